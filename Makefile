@@ -1,0 +1,17 @@
+# Drover's front door. Every target works on a fresh Debian machine with Go.
+SHELL := /bin/bash
+GO ?= go
+MODULES := $(shell $(GO) list -m -f '{{.Dir}}' 2>/dev/null)
+PKGS := $(addsuffix /...,$(MODULES))
+
+.PHONY: build test lint bench run
+build:
+	$(GO) build -o bin/ ./services/proxy/cmd/... ./services/aggregator/cmd/... ./services/droverctl/... ./pkg/fakeollama/cmd/...
+
+test:
+	$(GO) test -race -count=1 -timeout 20m $(PKGS)
+
+lint:
+	@out=$$(gofmt -l $(MODULES)); if [ -n "$$out" ]; then echo "gofmt needs running on:"; echo "$$out"; exit 1; fi
+	$(GO) vet $(PKGS)
+	$(GO) run honnef.co/go/tools/cmd/staticcheck@v0.7.0 $(PKGS)

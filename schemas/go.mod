@@ -1,0 +1,3 @@
+module github.com/droverhq/drover/schemas
+
+go 1.26.8
