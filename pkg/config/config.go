@@ -1,0 +1,173 @@
+// Package config loads Drover's YAML configuration, applies DROVER_-prefixed
+// environment overrides and validates the result. Errors name the key that is
+// wrong (for example "backends[1].url: must be an http or https URL").
+//
+// Every scalar key can be overridden by an environment variable named after
+// its path: routing.queue.max_wait is DROVER_ROUTING_QUEUE_MAX_WAIT, and the
+// URL of the first backend is DROVER_BACKENDS_0_URL. Two shorthands suit
+// container deployments: DROVER_BACKENDS="http://a:11434,http://b:11434"
+// (replaces the list, type ollama) and DROVER_AUTH_KEYS="id1:key1,id2:key2".
+package config
+
+import (
+	"time"
+)
+
+// Config is the whole file. Both services read it; each uses its sections.
+type Config struct {
+	// Listen is the proxy's address (default ":12434").
+	Listen string `yaml:"listen"`
+	// Replica names this process in usage events and heartbeats (default:
+	// hostname plus pid).
+	Replica    string             `yaml:"replica"`
+	LogLevel   string             `yaml:"log_level"`
+	Backends   []Backend          `yaml:"backends"`
+	Routing    Routing            `yaml:"routing"`
+	Cache      Cache              `yaml:"cache"`
+	Health     Health             `yaml:"health"`
+	Auth       Auth               `yaml:"auth"`
+	Aliases    map[string][]Alias `yaml:"aliases"`
+	NATS       NATS               `yaml:"nats"`
+	Usage      Usage              `yaml:"usage"`
+	ClickHouse ClickHouse         `yaml:"clickhouse"`
+	Aggregator Aggregator         `yaml:"aggregator"`
+}
+
+// Backend is one inference server.
+type Backend struct {
+	// Name identifies the backend in usage records, metrics and /health
+	// (default: host:port of URL).
+	Name string `yaml:"name"`
+	URL  string `yaml:"url"`
+	// Type is "ollama" (default) or "openai".
+	Type   string `yaml:"type"`
+	APIKey Secret `yaml:"api_key"`
+	// MaxConcurrency caps in-flight requests per model on this backend;
+	// 0 means routing.max_concurrency.
+	MaxConcurrency int `yaml:"max_concurrency"`
+	// Weight breaks ties between otherwise equal backends; higher wins
+	// (default 1).
+	Weight int `yaml:"weight"`
+}
+
+// Alias maps a public model name to a name on specific backends.
+type Alias struct {
+	Backend string `yaml:"backend"`
+	Model   string `yaml:"model"`
+}
+
+// Routing holds slot, queue and failover settings.
+type Routing struct {
+	// MaxConcurrency is the default cap per (backend, model), normally the
+	// backend's OLLAMA_NUM_PARALLEL (default 4).
+	MaxConcurrency int   `yaml:"max_concurrency"`
+	Queue          Queue `yaml:"queue"`
+	// MaxAttempts bounds failover: how many backends one request may try
+	// before any byte reached the client (default 3).
+	MaxAttempts int `yaml:"max_attempts"`
+	// ConnectTimeout bounds dialing a backend (default 3s).
+	ConnectTimeout time.Duration `yaml:"connect_timeout"`
+	// HeaderTimeout bounds the wait for a backend's response headers; a
+	// non-streaming generation answers only when done, so keep it long
+	// (default 10m).
+	HeaderTimeout time.Duration `yaml:"header_timeout"`
+}
+
+// Queue bounds the FIFO of requests waiting for a free slot.
+type Queue struct {
+	MaxLength int           `yaml:"max_length"` // default 1024
+	MaxWait   time.Duration `yaml:"max_wait"`   // default 60s
+}
+
+// Cache sets model-list and loaded-model freshness per backend.
+type Cache struct {
+	ModelsTTL   time.Duration `yaml:"models_ttl"`   // default 5m
+	ModelsStale time.Duration `yaml:"models_stale"` // default 10m
+	LoadedTTL   time.Duration `yaml:"loaded_ttl"`   // default 10s
+	LoadedStale time.Duration `yaml:"loaded_stale"` // default 60s
+}
+
+// Health sets the breaker and background probes.
+type Health struct {
+	// FailureThreshold consecutive failures open the breaker (default 3).
+	FailureThreshold int `yaml:"failure_threshold"`
+	// OpenFor is the first open period; it doubles on each failed probe up
+	// to OpenMax (defaults 2s and 60s).
+	OpenFor time.Duration `yaml:"open_for"`
+	OpenMax time.Duration `yaml:"open_max"`
+	// ProbeInterval is how often open backends are probed (default 2s).
+	ProbeInterval time.Duration `yaml:"probe_interval"`
+}
+
+// Auth lists client API keys. With none, the proxy is open and usage is
+// recorded under the key id "anonymous".
+type Auth struct {
+	Keys []APIKey `yaml:"keys"`
+}
+
+// APIKey is one client credential. ID is what usage records carry; the key
+// itself is never logged.
+type APIKey struct {
+	ID  string `yaml:"id"`
+	Key Secret `yaml:"key"`
+}
+
+// NATS is the connection shared by publishing, consuming and fleet state.
+type NATS struct {
+	// URL of the NATS server(s); empty disables everything NATS-backed.
+	URL string `yaml:"url"`
+	// Stream is the JetStream stream for usage events (default "USAGE").
+	Stream string `yaml:"stream"`
+	// MaxAge and MaxBytes limit the stream (defaults 168h and 1 GiB).
+	MaxAge   time.Duration `yaml:"max_age"`
+	MaxBytes int64         `yaml:"max_bytes"`
+	// DuplicateWindow deduplicates republished events (default 10m).
+	DuplicateWindow time.Duration `yaml:"duplicate_window"`
+	// Partitions is the number of usage subjects usage.v1.<p> (default 8).
+	Partitions int `yaml:"partitions"`
+}
+
+// Usage configures the proxy's event sink.
+type Usage struct {
+	// QueueSize bounds the in-memory queue in front of the publisher
+	// (default 65536).
+	QueueSize int `yaml:"queue_size"`
+	// SpoolDir holds events that could not be published (default
+	// "./data/spool"); SpoolMaxBytes bounds it (default 1 GiB).
+	SpoolDir      string `yaml:"spool_dir"`
+	SpoolMaxBytes int64  `yaml:"spool_max_bytes"`
+}
+
+// ClickHouse is where token analytics live.
+type ClickHouse struct {
+	// Addr is host:port of the native protocol (empty disables analytics).
+	Addr     string `yaml:"addr"`
+	Database string `yaml:"database"` // default "drover"
+	Username string `yaml:"username"` // default "default"
+	Password Secret `yaml:"password"`
+}
+
+// Aggregator configures batching from JetStream into ClickHouse.
+type Aggregator struct {
+	BatchSize     int           `yaml:"batch_size"`     // default 20000
+	FlushInterval time.Duration `yaml:"flush_interval"` // default 500ms
+	// MetricsListen serves /metrics and /health (default ":9464").
+	MetricsListen string `yaml:"metrics_listen"`
+}
+
+// Secret is a string that never prints itself.
+type Secret string
+
+// String hides the value so that a logged config shows no secrets.
+func (s Secret) String() string {
+	if s == "" {
+		return ""
+	}
+	return "[redacted]"
+}
+
+// GoString hides the value from %#v as well.
+func (s Secret) GoString() string { return `"` + s.String() + `"` }
+
+// Reveal returns the secret for use on the wire.
+func (s Secret) Reveal() string { return string(s) }

@@ -1,0 +1,180 @@
+package config
+
+import (
+	"errors"
+	"fmt"
+	"net/url"
+	"os"
+	"strings"
+	"time"
+)
+
+func (c *Config) setDefaults() {
+	def := func(s *string, v string) {
+		if *s == "" {
+			*s = v
+		}
+	}
+	defInt := func(n *int, v int) {
+		if *n == 0 {
+			*n = v
+		}
+	}
+	defDur := func(d *time.Duration, v time.Duration) {
+		if *d == 0 {
+			*d = v
+		}
+	}
+	def(&c.Listen, ":12434")
+	def(&c.LogLevel, "info")
+	if c.Replica == "" {
+		host, _ := os.Hostname()
+		c.Replica = fmt.Sprintf("%s-%d", host, os.Getpid())
+	}
+	for i := range c.Backends {
+		b := &c.Backends[i]
+		def(&b.Type, "ollama")
+		defInt(&b.Weight, 1)
+		if b.Name == "" {
+			if u, err := url.Parse(b.URL); err == nil && u.Host != "" {
+				b.Name = u.Host
+			}
+		}
+		b.URL = strings.TrimRight(b.URL, "/")
+	}
+	r := &c.Routing
+	defInt(&r.MaxConcurrency, 4)
+	defInt(&r.Queue.MaxLength, 1024)
+	defDur(&r.Queue.MaxWait, 60*time.Second)
+	defInt(&r.MaxAttempts, 3)
+	defDur(&r.ConnectTimeout, 3*time.Second)
+	defDur(&r.HeaderTimeout, 10*time.Minute)
+	defDur(&c.Cache.ModelsTTL, 5*time.Minute)
+	defDur(&c.Cache.ModelsStale, 10*time.Minute)
+	defDur(&c.Cache.LoadedTTL, 10*time.Second)
+	defDur(&c.Cache.LoadedStale, 60*time.Second)
+	defInt(&c.Health.FailureThreshold, 3)
+	defDur(&c.Health.OpenFor, 2*time.Second)
+	defDur(&c.Health.OpenMax, 60*time.Second)
+	defDur(&c.Health.ProbeInterval, 2*time.Second)
+	def(&c.NATS.Stream, "USAGE")
+	defDur(&c.NATS.MaxAge, 7*24*time.Hour)
+	if c.NATS.MaxBytes == 0 {
+		c.NATS.MaxBytes = 1 << 30
+	}
+	defDur(&c.NATS.DuplicateWindow, 10*time.Minute)
+	defInt(&c.NATS.Partitions, 8)
+	defInt(&c.Usage.QueueSize, 65536)
+	def(&c.Usage.SpoolDir, "./data/spool")
+	if c.Usage.SpoolMaxBytes == 0 {
+		c.Usage.SpoolMaxBytes = 1 << 30
+	}
+	def(&c.ClickHouse.Database, "drover")
+	def(&c.ClickHouse.Username, "default")
+	defInt(&c.Aggregator.BatchSize, 20000)
+	defDur(&c.Aggregator.FlushInterval, 500*time.Millisecond)
+	def(&c.Aggregator.MetricsListen, ":9464")
+}
+
+// Validate reports every problem at once, each prefixed with its key.
+func (c *Config) Validate() error {
+	var errs []error
+	bad := func(key, format string, args ...any) {
+		errs = append(errs, fmt.Errorf("%s: %s", key, fmt.Sprintf(format, args...)))
+	}
+	names := map[string]int{}
+	for i, b := range c.Backends {
+		key := fmt.Sprintf("backends[%d]", i)
+		u, err := url.Parse(b.URL)
+		switch {
+		case b.URL == "":
+			bad(key+".url", "is required")
+		case err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "":
+			bad(key+".url", "must be an http or https URL, got %q", b.URL)
+		}
+		if b.Type != "ollama" && b.Type != "openai" {
+			bad(key+".type", "must be ollama or openai, got %q", b.Type)
+		}
+		if b.MaxConcurrency < 0 {
+			bad(key+".max_concurrency", "must not be negative")
+		}
+		if b.Weight < 0 {
+			bad(key+".weight", "must not be negative")
+		}
+		if j, dup := names[b.Name]; dup && b.Name != "" {
+			bad(key+".name", "%q is already the name of backends[%d]", b.Name, j)
+		}
+		names[b.Name] = i
+	}
+	for model, targets := range c.Aliases {
+		for i, t := range targets {
+			key := fmt.Sprintf("aliases.%s[%d]", model, i)
+			if _, ok := names[t.Backend]; !ok {
+				bad(key+".backend", "no backend is named %q", t.Backend)
+			}
+			if t.Model == "" {
+				bad(key+".model", "is required")
+			}
+		}
+	}
+	positive := map[string]int{
+		"routing.max_concurrency":  c.Routing.MaxConcurrency,
+		"routing.queue.max_length": c.Routing.Queue.MaxLength,
+		"routing.max_attempts":     c.Routing.MaxAttempts,
+		"health.failure_threshold": c.Health.FailureThreshold,
+		"nats.partitions":          c.NATS.Partitions,
+		"usage.queue_size":         c.Usage.QueueSize,
+		"aggregator.batch_size":    c.Aggregator.BatchSize,
+	}
+	for key, v := range positive {
+		if v < 0 {
+			bad(key, "must be positive, got %d", v)
+		}
+	}
+	durations := map[string]time.Duration{
+		"routing.queue.max_wait":    c.Routing.Queue.MaxWait,
+		"routing.connect_timeout":   c.Routing.ConnectTimeout,
+		"routing.header_timeout":    c.Routing.HeaderTimeout,
+		"cache.models_ttl":          c.Cache.ModelsTTL,
+		"cache.loaded_ttl":          c.Cache.LoadedTTL,
+		"health.open_for":           c.Health.OpenFor,
+		"health.probe_interval":     c.Health.ProbeInterval,
+		"aggregator.flush_interval": c.Aggregator.FlushInterval,
+	}
+	for key, d := range durations {
+		if d < 0 {
+			bad(key, "must be positive, got %s", d)
+		}
+	}
+	if c.Cache.ModelsStale < c.Cache.ModelsTTL {
+		bad("cache.models_stale", "must be at least cache.models_ttl (%s)", c.Cache.ModelsTTL)
+	}
+	if c.Cache.LoadedStale < c.Cache.LoadedTTL {
+		bad("cache.loaded_stale", "must be at least cache.loaded_ttl (%s)", c.Cache.LoadedTTL)
+	}
+	if c.Health.OpenMax < c.Health.OpenFor {
+		bad("health.open_max", "must be at least health.open_for (%s)", c.Health.OpenFor)
+	}
+	ids := map[string]bool{}
+	keys := map[Secret]bool{}
+	for i, k := range c.Auth.Keys {
+		key := fmt.Sprintf("auth.keys[%d]", i)
+		if k.ID == "" {
+			bad(key+".id", "is required")
+		} else if ids[k.ID] {
+			bad(key+".id", "%q appears twice", k.ID)
+		}
+		if len(k.Key) < 8 {
+			bad(key+".key", "must be at least 8 characters")
+		} else if keys[k.Key] {
+			bad(key+".key", "is the same as another key")
+		}
+		ids[k.ID], keys[k.Key] = true, true
+	}
+	switch strings.ToLower(c.LogLevel) {
+	case "debug", "info", "warn", "error":
+	default:
+		bad("log_level", "must be debug, info, warn or error, got %q", c.LogLevel)
+	}
+	return errors.Join(errs...)
+}

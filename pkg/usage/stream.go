@@ -1,0 +1,66 @@
+package usage
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"hash/fnv"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+)
+
+// SubjectPrefix starts every usage subject. Model names never go in
+// subjects (they contain dots); events are spread over numbered partitions
+// by their id so that each partition can have a single writer downstream.
+const SubjectPrefix = "usage.v1."
+
+// Subject is the partition subject for an event id.
+func Subject(id string, partitions int) string {
+	return PartitionSubject(Partition(id, partitions))
+}
+
+// Partition maps an event id to 0..partitions-1.
+func Partition(id string, partitions int) int {
+	if partitions <= 1 {
+		return 0
+	}
+	h := fnv.New32a()
+	h.Write([]byte(id))
+	return int(h.Sum32() % uint32(partitions))
+}
+
+// PartitionSubject is "usage.v1.<p>".
+func PartitionSubject(p int) string { return fmt.Sprintf("%s%d", SubjectPrefix, p) }
+
+// StreamConfig describes the usage stream.
+type StreamConfig struct {
+	Name            string
+	MaxAge          time.Duration
+	MaxBytes        int64
+	DuplicateWindow time.Duration
+}
+
+// EnsureStream creates the usage stream or updates it to cfg. Every service
+// calls it at start-up; whichever comes first creates it, and concurrent
+// callers converge on the same configuration.
+func EnsureStream(ctx context.Context, js jetstream.JetStream, cfg StreamConfig) (jetstream.Stream, error) {
+	sc := jetstream.StreamConfig{
+		Name:       cfg.Name,
+		Subjects:   []string{SubjectPrefix + ">"},
+		Storage:    jetstream.FileStorage,
+		Retention:  jetstream.LimitsPolicy,
+		Discard:    jetstream.DiscardOld,
+		MaxAge:     cfg.MaxAge,
+		MaxBytes:   cfg.MaxBytes,
+		Duplicates: cfg.DuplicateWindow,
+	}
+	s, err := js.CreateOrUpdateStream(ctx, sc)
+	if err != nil && errors.Is(err, jetstream.ErrStreamNameAlreadyInUse) {
+		s, err = js.UpdateStream(ctx, sc)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("ensuring stream %s: %w", cfg.Name, err)
+	}
+	return s, nil
+}
