@@ -1,0 +1,243 @@
+// Command drover-bench measures what Drover costs: the same workloads, in
+// one interleaved run, sent straight to a fake Ollama backend, through a bare
+// httputil.ReverseProxy, and through drover-proxy, and prints the results
+// with Drover-versus-bare ratios as a Markdown table (and optionally JSON).
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"log/slog"
+	"net/url"
+	"os"
+	"os/signal"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/droverhq/drover/services/bench/internal/bareproxy"
+	"github.com/droverhq/drover/services/bench/internal/launch"
+	"github.com/droverhq/drover/services/bench/internal/loadgen"
+	"github.com/droverhq/drover/services/bench/internal/report"
+	"github.com/droverhq/drover/services/bench/internal/suite"
+	"github.com/droverhq/drover/services/bench/internal/workload"
+)
+
+type options struct {
+	backendBin, backendURL string
+	droverBin, droverURL   string
+	workloads, modes       string
+	duration, warmup       time.Duration
+	timeout                time.Duration
+	rounds, conns          int
+	rate                   float64
+	maxInFlight            int
+	pick                   string
+	jsonPath, logDir       string
+}
+
+func parseFlags(args []string) (options, error) {
+	var o options
+	fs := flag.NewFlagSet("drover-bench", flag.ContinueOnError)
+	fs.StringVar(&o.backendBin, "backend-bin", "", "fake Ollama binary to start (e.g. ./bin/fake-ollama)")
+	fs.StringVar(&o.backendURL, "backend-url", "", "use an already-running backend at this URL instead of -backend-bin")
+	fs.StringVar(&o.droverBin, "drover", "", "drover-proxy binary to start (e.g. ./bin/drover-proxy)")
+	fs.StringVar(&o.droverURL, "drover-url", "", "use an already-running Drover at this URL instead of -drover")
+	fs.StringVar(&o.workloads, "workloads", workload.Default, "comma-separated workloads, or all: "+strings.Join(workload.Names(), ", "))
+	fs.StringVar(&o.modes, "modes", "closed,open", "load modes to run: closed, open or both")
+	fs.DurationVar(&o.duration, "duration", 10*time.Second, "length of each measured run")
+	fs.DurationVar(&o.warmup, "warmup", time.Second, "closed-loop warm-up per target before each workload (0 to skip)")
+	fs.IntVar(&o.rounds, "rounds", 3, "rounds; each round runs every target once, interleaved")
+	fs.StringVar(&o.pick, "pick", string(suite.Median), "how rounds reduce to one row: median or best")
+	fs.IntVar(&o.conns, "conns", 64, "closed loop: concurrent connections")
+	fs.Float64Var(&o.rate, "rate", 2000, "open loop: requests per second")
+	fs.IntVar(&o.maxInFlight, "max-inflight", 4096, "open loop: requests outstanding before new ones are dropped (counted as errors)")
+	fs.DurationVar(&o.timeout, "timeout", 30*time.Second, "per-request timeout, including reading the whole stream")
+	fs.StringVar(&o.jsonPath, "json", "", "also write results as JSON to this file; - writes JSON to stdout instead of Markdown")
+	fs.StringVar(&o.logDir, "logs", "", "directory for child process logs and the Drover config (default: a new temp dir)")
+	if err := fs.Parse(args); err != nil {
+		return o, err
+	}
+	if (o.backendBin == "") == (o.backendURL == "") {
+		return o, errors.New("give exactly one of -backend-bin or -backend-url")
+	}
+	if o.droverBin != "" && o.droverURL != "" {
+		return o, errors.New("give at most one of -drover or -drover-url")
+	}
+	if o.pick != string(suite.Median) && o.pick != string(suite.Best) {
+		return o, fmt.Errorf("-pick must be median or best, got %q", o.pick)
+	}
+	return o, nil
+}
+
+func main() {
+	opts, err := parseFlags(os.Args[1:])
+	if errors.Is(err, flag.ErrHelp) {
+		os.Exit(0)
+	}
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "drover-bench:", err)
+		os.Exit(2)
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	if err := run(ctx, opts); err != nil {
+		slog.Error("benchmark failed", "err", err)
+		os.Exit(1)
+	}
+}
+
+func run(ctx context.Context, o options) error {
+	ws, err := workload.Select(o.workloads)
+	if err != nil {
+		return err
+	}
+	modes, err := parseModes(o.modes, o.conns, o.rate)
+	if err != nil {
+		return err
+	}
+	load := loadAvg()
+	if load > 0.5 {
+		fmt.Fprintf(os.Stderr, "warning: 1-minute load average is %.2f; the machine is not quiet, numbers will be noisy\n", load)
+	}
+	logDir := o.logDir
+	if logDir == "" {
+		if logDir, err = os.MkdirTemp("", "drover-bench-"); err != nil {
+			return fmt.Errorf("creating log dir: %w", err)
+		}
+	} else if err := os.MkdirAll(logDir, 0o755); err != nil {
+		return fmt.Errorf("creating log dir: %w", err)
+	}
+	fmt.Fprintf(os.Stderr, "child logs and config in %s\n", logDir)
+
+	startCtx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	backendURL := o.backendURL
+	if o.backendBin != "" {
+		p, err := launch.StartFakeOllama(startCtx, o.backendBin, logDir)
+		if err != nil {
+			return err
+		}
+		defer stopProcess(p)
+		backendURL = p.URL
+	}
+	bu, err := url.Parse(backendURL)
+	if err != nil {
+		return fmt.Errorf("parsing backend URL: %w", err)
+	}
+	bare, err := bareproxy.Start("127.0.0.1:0", bu)
+	if err != nil {
+		return err
+	}
+	defer func() {
+		c, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		bare.Close(c)
+	}()
+	targets := []suite.Target{
+		{Name: suite.Direct, URL: backendURL},
+		{Name: suite.Bare, URL: bare.URL},
+	}
+	droverURL := o.droverURL
+	if o.droverBin != "" {
+		p, err := launch.StartDrover(startCtx, o.droverBin, backendURL, logDir)
+		if err != nil {
+			return err
+		}
+		defer stopProcess(p)
+		droverURL = p.URL
+	}
+	if droverURL != "" {
+		targets = append(targets, suite.Target{Name: suite.Drover, URL: strings.TrimRight(droverURL, "/")})
+	} else {
+		fmt.Fprintln(os.Stderr, "warning: no -drover or -drover-url; comparing direct and bare only")
+	}
+	for i := range targets {
+		targets[i].Client = loadgen.NewClient(o.timeout)
+		defer targets[i].Client.CloseIdleConnections()
+	}
+
+	doc := report.Document{
+		Started: time.Now(),
+		LoadAvg: load,
+		Settings: map[string]string{
+			"duration": o.duration.String(), "rounds": strconv.Itoa(o.rounds), "pick": o.pick,
+			"conns": strconv.Itoa(o.conns), "rate": strconv.FormatFloat(o.rate, 'g', -1, 64),
+		},
+	}
+	rows, runErr := suite.Run(ctx, suite.Plan{
+		Targets: targets, Workloads: ws, Modes: modes,
+		Duration: o.duration, Warmup: o.warmup, Rounds: o.rounds,
+		Pick: suite.Pick(o.pick), MaxInFlight: o.maxInFlight, Progress: os.Stderr,
+	})
+	doc.Rows = rows
+	doc.Ratios = report.Ratios(rows)
+	if err := write(doc, o.jsonPath); err != nil {
+		return err
+	}
+	return runErr
+}
+
+// write prints the Markdown report to stdout and the JSON one where asked.
+func write(doc report.Document, jsonPath string) error {
+	switch jsonPath {
+	case "-":
+		return report.JSON(os.Stdout, doc)
+	case "":
+	default:
+		f, err := os.Create(jsonPath)
+		if err != nil {
+			return fmt.Errorf("creating JSON report: %w", err)
+		}
+		if err := report.JSON(f, doc); err != nil {
+			f.Close()
+			return err
+		}
+		if err := f.Close(); err != nil {
+			return fmt.Errorf("writing JSON report: %w", err)
+		}
+	}
+	return report.Markdown(os.Stdout, doc)
+}
+
+func parseModes(list string, conns int, rate float64) ([]suite.Mode, error) {
+	var modes []suite.Mode
+	for _, m := range strings.Split(list, ",") {
+		switch strings.TrimSpace(m) {
+		case "closed":
+			modes = append(modes, suite.Mode{Closed: true, Conns: conns})
+		case "open":
+			modes = append(modes, suite.Mode{Rate: rate})
+		case "":
+		default:
+			return nil, fmt.Errorf("unknown mode %q (closed, open)", m)
+		}
+	}
+	if len(modes) == 0 {
+		return nil, errors.New("no load modes selected")
+	}
+	return modes, nil
+}
+
+func stopProcess(p *launch.Process) {
+	if err := p.Stop(); err != nil {
+		slog.Warn("stopping child", "name", p.Name, "err", err)
+	}
+}
+
+// loadAvg returns the 1-minute load average, or 0 where it is unknown.
+func loadAvg() float64 {
+	b, err := os.ReadFile("/proc/loadavg")
+	if err != nil {
+		return 0
+	}
+	f := strings.Fields(string(b))
+	if len(f) == 0 {
+		return 0
+	}
+	v, _ := strconv.ParseFloat(f[0], 64)
+	return v
+}

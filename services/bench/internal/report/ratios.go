@@ -1,0 +1,100 @@
+// Package report turns benchmark rows into the comparisons that matter
+// (Drover against a bare reverse proxy, both against going direct) and
+// prints them as a Markdown table or JSON.
+package report
+
+import (
+	"fmt"
+	"time"
+
+	"github.com/droverhq/drover/services/bench/internal/suite"
+)
+
+// Goals for Drover relative to a bare httputil.ReverseProxy.
+const (
+	// MinThroughputRatio: Drover's saturated req/s ÷ the bare proxy's.
+	MinThroughputRatio = 0.8
+	// MaxAddedLatencyRatio: Drover's added latency over direct ÷ the bare
+	// proxy's, at a fixed rate.
+	MaxAddedLatencyRatio = 1.2
+)
+
+// Ratio is one Drover-versus-bare comparison.
+type Ratio struct {
+	Workload string  `json:"workload"`
+	Mode     string  `json:"mode"`
+	Metric   string  `json:"metric"` // "throughput", "added p50", "added p99"
+	Value    float64 `json:"value"`
+	Goal     string  `json:"goal"` // e.g. ">= 0.8"
+	// Valid is false when the ratio is undefined (a target missing, or the
+	// bare proxy added no latency); Value is then 0 and Note says why.
+	Valid bool   `json:"valid"`
+	Met   bool   `json:"met"`
+	Note  string `json:"note,omitempty"`
+}
+
+type key struct{ target, mode, workload string }
+
+// Ratios compares the drover rows with the bare and direct rows: throughput
+// for every closed-loop mode, added p50 and p99 for every open-loop mode.
+func Ratios(rows []suite.Row) []Ratio {
+	by := map[key]suite.Row{}
+	for _, r := range rows {
+		by[key{r.Target, r.Mode, r.Workload}] = r
+	}
+	var out []Ratio
+	for _, r := range rows {
+		if r.Target != suite.Drover {
+			continue
+		}
+		bare, okBare := by[key{suite.Bare, r.Mode, r.Workload}]
+		direct, okDirect := by[key{suite.Direct, r.Mode, r.Workload}]
+		if r.Closed {
+			ratio := Ratio{Workload: r.Workload, Mode: r.Mode, Metric: "throughput", Goal: fmt.Sprintf(">= %.1f", MinThroughputRatio)}
+			switch {
+			case !okBare:
+				ratio.Note = "no bare proxy row"
+			case bare.Summary.ReqPerSec <= 0:
+				ratio.Note = "bare proxy completed no requests"
+			default:
+				ratio.Valid = true
+				ratio.Value = r.Summary.ReqPerSec / bare.Summary.ReqPerSec
+				ratio.Met = ratio.Value >= MinThroughputRatio
+				ratio.Note = fmt.Sprintf("%.0f ÷ %.0f req/s", r.Summary.ReqPerSec, bare.Summary.ReqPerSec)
+			}
+			out = append(out, ratio)
+			continue
+		}
+		for _, m := range []struct {
+			name string
+			get  func(suite.Row) time.Duration
+		}{
+			{"added p50", func(x suite.Row) time.Duration { return x.Summary.P50 }},
+			{"added p99", func(x suite.Row) time.Duration { return x.Summary.P99 }},
+		} {
+			ratio := Ratio{Workload: r.Workload, Mode: r.Mode, Metric: m.name, Goal: fmt.Sprintf("<= %.1f", MaxAddedLatencyRatio)}
+			switch {
+			case !okBare || !okDirect:
+				ratio.Note = "needs direct and bare proxy rows"
+			default:
+				droverAdded := m.get(r) - m.get(direct)
+				bareAdded := m.get(bare) - m.get(direct)
+				ratio.Note = fmt.Sprintf("%s ÷ %s", ms(droverAdded), ms(bareAdded))
+				if bareAdded <= 0 {
+					ratio.Note += "; bare proxy added no latency, ratio undefined"
+					break
+				}
+				ratio.Valid = true
+				ratio.Value = float64(droverAdded) / float64(bareAdded)
+				ratio.Met = ratio.Value <= MaxAddedLatencyRatio
+			}
+			out = append(out, ratio)
+		}
+	}
+	return out
+}
+
+// ms formats a duration as milliseconds with microsecond precision.
+func ms(d time.Duration) string {
+	return fmt.Sprintf("%.3f ms", float64(d)/float64(time.Millisecond))
+}
