@@ -9,7 +9,9 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"io"
 	"log/slog"
+	"net/http"
 	"net/url"
 	"os"
 	"os/signal"
@@ -84,13 +86,13 @@ func main() {
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	if err := run(ctx, opts); err != nil {
+	if err := run(ctx, opts, os.Stdout, os.Stderr); err != nil {
 		slog.Error("benchmark failed", "err", err)
 		os.Exit(1)
 	}
 }
 
-func run(ctx context.Context, o options) error {
+func run(ctx context.Context, o options, stdout, stderr io.Writer) error {
 	ws, err := workload.Select(o.workloads)
 	if err != nil {
 		return err
@@ -101,7 +103,7 @@ func run(ctx context.Context, o options) error {
 	}
 	load := loadAvg()
 	if load > 0.5 {
-		fmt.Fprintf(os.Stderr, "warning: 1-minute load average is %.2f; the machine is not quiet, numbers will be noisy\n", load)
+		fmt.Fprintf(stderr, "warning: 1-minute load average is %.2f; the machine is not quiet, numbers will be noisy\n", load)
 	}
 	logDir := o.logDir
 	if logDir == "" {
@@ -111,7 +113,7 @@ func run(ctx context.Context, o options) error {
 	} else if err := os.MkdirAll(logDir, 0o755); err != nil {
 		return fmt.Errorf("creating log dir: %w", err)
 	}
-	fmt.Fprintf(os.Stderr, "child logs and config in %s\n", logDir)
+	fmt.Fprintf(stderr, "child logs and config in %s\n", logDir)
 
 	startCtx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
@@ -123,6 +125,9 @@ func run(ctx context.Context, o options) error {
 		}
 		defer stopProcess(p)
 		backendURL = p.URL
+	}
+	if err := checkReady(startCtx, "backend", backendURL); err != nil {
+		return err
 	}
 	bu, err := url.Parse(backendURL)
 	if err != nil {
@@ -151,9 +156,12 @@ func run(ctx context.Context, o options) error {
 		droverURL = p.URL
 	}
 	if droverURL != "" {
+		if err := checkReady(startCtx, "drover", droverURL); err != nil {
+			return err
+		}
 		targets = append(targets, suite.Target{Name: suite.Drover, URL: strings.TrimRight(droverURL, "/")})
 	} else {
-		fmt.Fprintln(os.Stderr, "warning: no -drover or -drover-url; comparing direct and bare only")
+		fmt.Fprintln(stderr, "warning: no -drover or -drover-url; comparing direct and bare only")
 	}
 	for i := range targets {
 		targets[i].Client = loadgen.NewClient(o.timeout)
@@ -171,21 +179,21 @@ func run(ctx context.Context, o options) error {
 	rows, runErr := suite.Run(ctx, suite.Plan{
 		Targets: targets, Workloads: ws, Modes: modes,
 		Duration: o.duration, Warmup: o.warmup, Rounds: o.rounds,
-		Pick: suite.Pick(o.pick), MaxInFlight: o.maxInFlight, Progress: os.Stderr,
+		Pick: suite.Pick(o.pick), MaxInFlight: o.maxInFlight, Progress: stderr,
 	})
 	doc.Rows = rows
 	doc.Ratios = report.Ratios(rows)
-	if err := write(doc, o.jsonPath); err != nil {
+	if err := write(doc, o.jsonPath, stdout); err != nil {
 		return err
 	}
 	return runErr
 }
 
 // write prints the Markdown report to stdout and the JSON one where asked.
-func write(doc report.Document, jsonPath string) error {
+func write(doc report.Document, jsonPath string, stdout io.Writer) error {
 	switch jsonPath {
 	case "-":
-		return report.JSON(os.Stdout, doc)
+		return report.JSON(stdout, doc)
 	case "":
 	default:
 		f, err := os.Create(jsonPath)
@@ -200,7 +208,7 @@ func write(doc report.Document, jsonPath string) error {
 			return fmt.Errorf("writing JSON report: %w", err)
 		}
 	}
-	return report.Markdown(os.Stdout, doc)
+	return report.Markdown(stdout, doc)
 }
 
 func parseModes(list string, conns int, rate float64) ([]suite.Mode, error) {
@@ -220,6 +228,17 @@ func parseModes(list string, conns int, rate float64) ([]suite.Mode, error) {
 		return nil, errors.New("no load modes selected")
 	}
 	return modes, nil
+}
+
+// checkReady fails fast when a target given by URL is not answering, rather
+// than measuring a run of connection errors.
+func checkReady(ctx context.Context, name, base string) error {
+	client := &http.Client{Timeout: 5 * time.Second}
+	defer client.CloseIdleConnections()
+	if err := launch.Ready(ctx, client, strings.TrimRight(base, "/")+"/api/version"); err != nil {
+		return fmt.Errorf("%s at %s is not ready: %w", name, base, err)
+	}
+	return nil
 }
 
 func stopProcess(p *launch.Process) {

@@ -1,0 +1,128 @@
+package report
+
+import (
+	"bytes"
+	"encoding/json"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/droverhq/drover/services/bench/internal/loadgen"
+	"github.com/droverhq/drover/services/bench/internal/suite"
+)
+
+func row(target string, closed bool, rps float64, p50, p99 time.Duration) suite.Row {
+	mode := "open 2000/s"
+	if closed {
+		mode = "closed c=64"
+	}
+	return suite.Row{Target: target, Mode: mode, Closed: closed, Workload: "chat",
+		Summary: loadgen.Summary{ReqPerSec: rps, P50: p50, P99: p99}}
+}
+
+func TestRatios(t *testing.T) {
+	us := time.Microsecond
+	cases := []struct {
+		name string
+		rows []suite.Row
+		want []Ratio // compared on Metric, Valid, Met and Value
+	}{
+		{
+			name: "throughput met and missed",
+			rows: []suite.Row{row(suite.Direct, true, 9000, 0, 0), row(suite.Bare, true, 8000, 0, 0), row(suite.Drover, true, 6800, 0, 0)},
+			want: []Ratio{{Metric: "throughput", Valid: true, Met: true, Value: 0.85}},
+		},
+		{
+			name: "throughput missed",
+			rows: []suite.Row{row(suite.Bare, true, 8000, 0, 0), row(suite.Drover, true, 4000, 0, 0)},
+			want: []Ratio{{Metric: "throughput", Valid: true, Met: false, Value: 0.5}},
+		},
+		{
+			name: "added latency",
+			rows: []suite.Row{
+				row(suite.Direct, false, 2000, 300*us, 1000*us),
+				row(suite.Bare, false, 2000, 650*us, 2000*us),
+				row(suite.Drover, false, 2000, 720*us, 3000*us),
+			},
+			want: []Ratio{
+				{Metric: "added p50", Valid: true, Met: true, Value: 420.0 / 350.0},
+				{Metric: "added p99", Valid: true, Met: false, Value: 2.0},
+			},
+		},
+		{
+			name: "bare adds nothing",
+			rows: []suite.Row{
+				row(suite.Direct, false, 2000, 300*us, 1000*us),
+				row(suite.Bare, false, 2000, 300*us, 900*us),
+				row(suite.Drover, false, 2000, 400*us, 1100*us),
+			},
+			want: []Ratio{{Metric: "added p50"}, {Metric: "added p99"}},
+		},
+		{
+			name: "no drover",
+			rows: []suite.Row{row(suite.Direct, true, 9000, 0, 0), row(suite.Bare, true, 8000, 0, 0)},
+		},
+		{
+			name: "no bare",
+			rows: []suite.Row{row(suite.Drover, true, 8000, 0, 0)},
+			want: []Ratio{{Metric: "throughput"}},
+		},
+	}
+	for _, c := range cases {
+		got := Ratios(c.rows)
+		if len(got) != len(c.want) {
+			t.Errorf("%s: %d ratios %+v, want %d", c.name, len(got), got, len(c.want))
+			continue
+		}
+		for i, w := range c.want {
+			g := got[i]
+			if g.Metric != w.Metric || g.Valid != w.Valid || g.Met != w.Met || abs(g.Value-w.Value) > 1e-9 {
+				t.Errorf("%s: ratio %d = %+v, want %+v", c.name, i, g, w)
+			}
+		}
+	}
+}
+
+func abs(x float64) float64 {
+	if x < 0 {
+		return -x
+	}
+	return x
+}
+
+func TestPrint(t *testing.T) {
+	rows := []suite.Row{
+		row(suite.Direct, true, 9000, time.Millisecond, 2*time.Millisecond),
+		row(suite.Bare, true, 8000, time.Millisecond, 3*time.Millisecond),
+		row(suite.Drover, true, 7000, 2*time.Millisecond, 4*time.Millisecond),
+	}
+	rows[2].Kinds = map[string]int{"status 502": 3}
+	rows[2].Summary.Errors = 3
+	doc := Document{Started: time.Unix(0, 0).UTC(), Settings: map[string]string{"rounds": "3"}, Rows: rows, Ratios: Ratios(rows)}
+
+	var md bytes.Buffer
+	if err := Markdown(&md, doc); err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{
+		"| drover | closed c=64 | chat | 7000 | 2.000 | 4.000 | 3 |",
+		"| chat | closed c=64 | throughput | 0.88 | >= 0.8 | yes |",
+		"drover closed c=64 chat: 3 × status 502",
+	} {
+		if !strings.Contains(md.String(), want) {
+			t.Errorf("Markdown lacks %q:\n%s", want, md.String())
+		}
+	}
+
+	var js bytes.Buffer
+	if err := JSON(&js, doc); err != nil {
+		t.Fatal(err)
+	}
+	var back Document
+	if err := json.Unmarshal(js.Bytes(), &back); err != nil {
+		t.Fatal(err)
+	}
+	if len(back.Rows) != 3 || back.Rows[2].Summary.ReqPerSec != 7000 || len(back.Ratios) != 1 {
+		t.Errorf("JSON round trip lost data: %+v", back)
+	}
+}
