@@ -1,0 +1,355 @@
+// Package fleet knows the backends: what models each has and has loaded
+// (cached per backend, stale-while-revalidate, one refresh at a time), which
+// are healthy (probed in the background while their breaker is open), and
+// which can serve a given model.
+package fleet
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"sync"
+	"time"
+
+	"github.com/droverhq/drover/pkg/config"
+	"github.com/droverhq/drover/services/proxy/internal/backend"
+	"github.com/droverhq/drover/services/proxy/internal/cache"
+	"github.com/droverhq/drover/services/proxy/internal/routing"
+)
+
+// Fleet is safe for concurrent use. Backends and aliases are fixed at New.
+type Fleet struct {
+	Backends []*backend.Backend
+	byName   map[string]*backend.Backend
+	aliases  map[string][]config.Alias // public name (normalised) -> targets
+	models   *cache.Cache[*ModelList]
+	loaded   *cache.Cache[*ModelList]
+	log      *slog.Logger
+	probe    time.Duration
+
+	// OnInvalidate, if set, is called after every local invalidation with
+	// the backends affected (empty: all), so a fleet-wide subscriber can
+	// forward it. Set it before serving.
+	OnInvalidate func(backends []string)
+
+	stop chan struct{}
+	wg   sync.WaitGroup
+}
+
+// Metrics hooks, all optional.
+type Hooks struct {
+	Fetch func(kind, backend string, err error, took time.Duration)
+}
+
+// New builds the fleet and starts its prober; Close stops it.
+func New(cfg *config.Config, log *slog.Logger, hooks Hooks) *Fleet {
+	f := &Fleet{byName: map[string]*backend.Backend{}, aliases: map[string][]config.Alias{}, log: log, probe: cfg.Health.ProbeInterval, stop: make(chan struct{})}
+	for _, bc := range cfg.Backends {
+		b := backend.New(bc, cfg.Routing, cfg.Health)
+		name := b.Name
+		b.Health.OnChange(func(s backend.State) {
+			log.Warn("backend health changed", "backend", name, "state", s.String())
+		})
+		f.Backends = append(f.Backends, b)
+		f.byName[b.Name] = b
+	}
+	for public, targets := range cfg.Aliases {
+		f.aliases[Normalize(public)] = targets
+	}
+	onFetch := func(kind string) func(string, error, time.Duration) {
+		return func(key string, err error, took time.Duration) {
+			if hooks.Fetch != nil {
+				hooks.Fetch(kind, key, err, took)
+			}
+		}
+	}
+	f.models = cache.New(f.fetchModels, cache.Options{TTL: cfg.Cache.ModelsTTL, Stale: cfg.Cache.ModelsStale, OnFetch: onFetch("models")})
+	f.loaded = cache.New(f.fetchLoaded, cache.Options{TTL: cfg.Cache.LoadedTTL, Stale: cfg.Cache.LoadedStale, OnFetch: onFetch("loaded")})
+	f.wg.Add(1)
+	go f.probeLoop()
+	return f
+}
+
+// Close stops the prober and background refreshes.
+func (f *Fleet) Close() {
+	close(f.stop)
+	f.wg.Wait()
+	f.models.Close()
+	f.loaded.Close()
+}
+
+// Backend returns the backend named name.
+func (f *Fleet) Backend(name string) (*backend.Backend, bool) {
+	b, ok := f.byName[name]
+	return b, ok
+}
+
+// Invalidate drops cached model lists and loaded models for the named
+// backends, or for all with none named. It is the one call both local
+// changes and fleet-wide invalidation messages make.
+func (f *Fleet) Invalidate(backends ...string) {
+	f.InvalidateLocal(backends...)
+	if f.OnInvalidate != nil {
+		f.OnInvalidate(backends)
+	}
+}
+
+// InvalidateLocal drops entries without telling anyone else (for messages
+// that came from elsewhere).
+func (f *Fleet) InvalidateLocal(backends ...string) {
+	f.models.Invalidate(backends...)
+	f.loaded.Invalidate(backends...)
+}
+
+// Models returns a backend's model list, from cache when fresh enough.
+func (f *Fleet) Models(ctx context.Context, b *backend.Backend) (*ModelList, error) {
+	return f.models.Get(ctx, b.Name)
+}
+
+// Loaded returns a backend's loaded models, from cache when fresh enough.
+func (f *Fleet) Loaded(ctx context.Context, b *backend.Backend) (*ModelList, error) {
+	return f.loaded.Get(ctx, b.Name)
+}
+
+// StoreModels and StoreLoaded keep the result of a live fan-out.
+func (f *Fleet) StoreModels(b *backend.Backend, l *ModelList) { f.models.Set(b.Name, l) }
+func (f *Fleet) StoreLoaded(b *backend.Backend, l *ModelList) { f.loaded.Set(b.Name, l) }
+
+// ErrModelNotFound means no backend has the model.
+var ErrModelNotFound = errors.New("model not found")
+
+// ErrNoHealthy means backends have the model but none is usable now.
+var ErrNoHealthy = errors.New("no healthy backend has this model")
+
+// Candidates lists the backends that can serve model, with their caps and
+// whether they have it loaded. kinds limits the backend types (nil: any).
+// exclude skips backends already tried.
+func (f *Fleet) Candidates(ctx context.Context, model string, kinds []backend.Type, exclude map[string]bool) ([]routing.Candidate, error) {
+	type target struct {
+		b     *backend.Backend
+		model string
+	}
+	var targets []target
+	if aliased, ok := f.aliases[Normalize(model)]; ok {
+		for _, a := range aliased {
+			targets = append(targets, target{f.byName[a.Backend], a.Model})
+		}
+	} else {
+		for _, b := range f.Backends {
+			targets = append(targets, target{b, model})
+		}
+	}
+	lists := f.modelLists(ctx, targets2backends(targets, func(t target) *backend.Backend { return t.b }))
+	var healthy, halfOpen []routing.Candidate
+	for _, t := range targets {
+		if !typeAllowed(t.b.Type, kinds) || !lists[t.b.Name].Has(t.model) || exclude[t.b.Name] {
+			continue
+		}
+		m, _ := lists[t.b.Name].Get(t.model)
+		c := routing.Candidate{Key: routing.Key{Backend: t.b.Name, Model: m.Name}, Cap: t.b.MaxConcurrency, Weight: t.b.Weight}
+		if loaded, ok := f.loaded.Peek(t.b.Name); ok {
+			c.Loaded = loaded.Has(t.model)
+		}
+		switch t.b.Health.State() {
+		case backend.Closed:
+			healthy = append(healthy, c)
+		case backend.HalfOpen:
+			halfOpen = append(halfOpen, c)
+		}
+	}
+	switch {
+	case len(healthy) > 0:
+		return healthy, nil
+	case len(halfOpen) > 0:
+		return halfOpen, nil
+	}
+	for _, t := range targets {
+		if typeAllowed(t.b.Type, kinds) && lists[t.b.Name].Has(t.model) && !exclude[t.b.Name] {
+			return nil, ErrNoHealthy
+		}
+	}
+	return nil, ErrModelNotFound
+}
+
+func targets2backends[T any](ts []T, get func(T) *backend.Backend) []*backend.Backend {
+	out := make([]*backend.Backend, 0, len(ts))
+	for _, t := range ts {
+		out = append(out, get(t))
+	}
+	return out
+}
+
+func typeAllowed(t backend.Type, kinds []backend.Type) bool {
+	if kinds == nil {
+		return true
+	}
+	for _, k := range kinds {
+		if k == t {
+			return true
+		}
+	}
+	return false
+}
+
+// modelLists reads every backend's model list, fetching cold ones in
+// parallel. A backend whose list cannot be had is simply absent.
+func (f *Fleet) modelLists(ctx context.Context, bs []*backend.Backend) map[string]*ModelList {
+	out := make(map[string]*ModelList, len(bs))
+	var cold []*backend.Backend
+	for _, b := range bs {
+		if l, ok := f.models.Peek(b.Name); ok {
+			out[b.Name] = l
+			continue
+		}
+		cold = append(cold, b)
+	}
+	if len(cold) == 0 {
+		return out
+	}
+	var mu sync.Mutex
+	var wg sync.WaitGroup
+	for _, b := range cold {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if l, err := f.models.Get(ctx, b.Name); err == nil {
+				mu.Lock()
+				out[b.Name] = l
+				mu.Unlock()
+			}
+		}()
+	}
+	wg.Wait()
+	return out
+}
+
+func (f *Fleet) fetchModels(ctx context.Context, name string) (*ModelList, error) {
+	b := f.byName[name]
+	if b.Type == backend.TypeOpenAI {
+		all, _, err := f.fetchOpenAI(ctx, b)
+		return newModelList(all), err
+	}
+	body, err := f.get(ctx, b, "/api/tags")
+	if err != nil {
+		return nil, err
+	}
+	models, err := decodeModels(body)
+	if err != nil {
+		return nil, fmt.Errorf("decoding /api/tags from %s: %w", name, err)
+	}
+	return newModelList(models), nil
+}
+
+func (f *Fleet) fetchLoaded(ctx context.Context, name string) (*ModelList, error) {
+	b := f.byName[name]
+	if b.Type == backend.TypeOpenAI {
+		_, loaded, err := f.fetchOpenAI(ctx, b)
+		return newModelList(loaded), err
+	}
+	body, err := f.get(ctx, b, "/api/ps")
+	if err != nil {
+		return nil, err
+	}
+	models, err := decodeModels(body)
+	if err != nil {
+		return nil, fmt.Errorf("decoding /api/ps from %s: %w", name, err)
+	}
+	return newModelList(models), nil
+}
+
+func (f *Fleet) fetchOpenAI(ctx context.Context, b *backend.Backend) (all, loaded []Model, err error) {
+	body, err := f.get(ctx, b, "/v1/models")
+	if err != nil {
+		return nil, nil, err
+	}
+	all, loaded, err = decodeOpenAIModels(body)
+	if err != nil {
+		return nil, nil, fmt.Errorf("decoding /v1/models from %s: %w", b.Name, err)
+	}
+	return all, loaded, nil
+}
+
+// Get fetches path from b, feeding the breaker: a connect error opens it at
+// once, a 5xx counts. It is what every control-plane read goes through.
+func (f *Fleet) Get(ctx context.Context, b *backend.Backend, path string) ([]byte, error) {
+	return f.get(ctx, b, path)
+}
+
+func (f *Fleet) get(ctx context.Context, b *backend.Backend, path string) ([]byte, error) {
+	req, err := b.NewRequest(ctx, http.MethodGet, path, nil)
+	if err != nil {
+		return nil, err
+	}
+	resp, err := b.Client.Do(req)
+	if err != nil {
+		if ctx.Err() == nil {
+			b.Health.Failure(err, isConnectError(err))
+		}
+		return nil, fmt.Errorf("GET %s on %s: %w", path, b.Name, err)
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(io.LimitReader(resp.Body, 64<<20))
+	if err != nil {
+		b.Health.Failure(err, false)
+		return nil, fmt.Errorf("reading %s from %s: %w", path, b.Name, err)
+	}
+	if resp.StatusCode >= 500 {
+		err := fmt.Errorf("GET %s on %s: status %d", path, b.Name, resp.StatusCode)
+		b.Health.Failure(err, false)
+		return nil, err
+	}
+	if resp.StatusCode != http.StatusOK {
+		return nil, fmt.Errorf("GET %s on %s: status %d", path, b.Name, resp.StatusCode)
+	}
+	return body, nil
+}
+
+// isConnectError reports a failure to reach the server at all.
+func isConnectError(err error) bool {
+	var op *net.OpError
+	return errors.As(err, &op) && op.Op == "dial"
+}
+
+// IsConnectError is exported for the forwarding path.
+func IsConnectError(err error) bool { return isConnectError(err) }
+
+// probeLoop checks backends whose breaker is open, so that a backend that
+// comes back is used again without waiting for traffic to find out.
+func (f *Fleet) probeLoop() {
+	defer f.wg.Done()
+	t := time.NewTicker(f.probe)
+	defer t.Stop()
+	for {
+		select {
+		case <-f.stop:
+			return
+		case <-t.C:
+		}
+		for _, b := range f.Backends {
+			if b.Health.State() != backend.HalfOpen || !b.Health.BeginTrial() {
+				continue
+			}
+			ctx, cancel := context.WithTimeout(context.Background(), f.probe+time.Second)
+			path := "/api/version"
+			if b.Type == backend.TypeOpenAI {
+				path = "/v1/models"
+			}
+			_, err := f.get(ctx, b, path)
+			cancel()
+			if err == nil {
+				b.Health.Success()
+				f.Invalidate(b.Name)
+				f.log.Info("backend is back", "backend", b.Name)
+			} else {
+				b.Health.EndTrial()
+				if b.Health.State() == backend.HalfOpen {
+					b.Health.Failure(err, true)
+				}
+			}
+		}
+	}
+}

@@ -1,0 +1,88 @@
+// Package ollamaapi serves Ollama's own HTTP API over the whole fleet:
+// inference routes go to one backend through the router, model management
+// fans out to every Ollama backend, and listings are merged.
+package ollamaapi
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+)
+
+// WriteError writes Ollama's error shape, {"error": msg}.
+func WriteError(w http.ResponseWriter, status int, msg string) {
+	w.Header().Set("Content-Type", "application/json; charset=utf-8")
+	w.WriteHeader(status)
+	b, _ := json.Marshal(map[string]string{"error": msg})
+	w.Write(b) //nolint:errcheck // the client may be gone
+}
+
+func writeJSON(w http.ResponseWriter, status int, v any) {
+	w.Header().Set("Content-Type", "application/json; charset=utf-8")
+	w.WriteHeader(status)
+	json.NewEncoder(w).Encode(v) //nolint:errcheck // the client may be gone
+}
+
+// maxBody bounds a request body; chat requests carry base64 images.
+const maxBody = 256 << 20
+
+// readBody reads the whole request body; Drover must read it to find the
+// model, and reading it first also avoids golang/go#40747 on forwarding.
+func readBody(w http.ResponseWriter, r *http.Request) ([]byte, bool) {
+	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, maxBody))
+	if err != nil {
+		var tooBig *http.MaxBytesError
+		if errors.As(err, &tooBig) {
+			WriteError(w, http.StatusRequestEntityTooLarge, "request body too large")
+		} else {
+			WriteError(w, http.StatusBadRequest, err.Error())
+		}
+		return nil, false
+	}
+	return body, true
+}
+
+// head is the part of a request Drover reads; every other field goes to the
+// backend untouched.
+type head struct {
+	Model  string `json:"model"`
+	Name   string `json:"name"` // older clients' spelling on show/pull/push/delete
+	Stream *bool  `json:"stream"`
+}
+
+// parseHead decodes model and stream as Ollama does: an empty body is
+// "missing request body", malformed JSON is reported with encoding/json's
+// own words, both 400. A missing model is the caller's to handle (Ollama
+// words it differently per route). A mistyped
+// field Drover does not need is left for the backend to reject in its words;
+// kind names Ollama's request struct ("ChatRequest") for the one it words.
+func parseHead(w http.ResponseWriter, body []byte, kind string) (head, bool) {
+	var h head
+	if len(bytes.TrimSpace(body)) == 0 {
+		WriteError(w, http.StatusBadRequest, "missing request body")
+		return h, false
+	}
+	if err := json.NewDecoder(bytes.NewReader(body)).Decode(&h); err != nil {
+		var typeErr *json.UnmarshalTypeError
+		switch {
+		case errors.As(err, &typeErr) && typeErr.Field == "stream":
+			h.Stream = nil
+		case errors.As(err, &typeErr):
+			WriteError(w, http.StatusBadRequest, fmt.Sprintf("json: cannot unmarshal %s into Go struct field %s.%s of type %s", typeErr.Value, kind, typeErr.Field, typeErr.Type))
+			return h, false
+		default:
+			WriteError(w, http.StatusBadRequest, err.Error())
+			return h, false
+		}
+	}
+	if h.Model == "" {
+		h.Model = h.Name
+	}
+	return h, true
+}
+
+// streaming applies Ollama's default: stream unless told not to.
+func (h head) streaming() bool { return h.Stream == nil || *h.Stream }

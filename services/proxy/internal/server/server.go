@@ -1,0 +1,186 @@
+// Package server wires the proxy together: configuration in, one
+// http.Handler out, with a Close that stops every goroutine it started.
+package server
+
+import (
+	"encoding/json"
+	"log/slog"
+	"net/http"
+	"strings"
+
+	"github.com/go-chi/chi/v5"
+	"github.com/go-chi/chi/v5/middleware"
+
+	"github.com/droverhq/drover/pkg/config"
+	"github.com/droverhq/drover/pkg/usage"
+	"github.com/droverhq/drover/services/proxy/internal/auth"
+	"github.com/droverhq/drover/services/proxy/internal/backend"
+	"github.com/droverhq/drover/services/proxy/internal/fleet"
+	"github.com/droverhq/drover/services/proxy/internal/forward"
+	"github.com/droverhq/drover/services/proxy/internal/ollamaapi"
+	"github.com/droverhq/drover/services/proxy/internal/routing"
+)
+
+// Server is one proxy replica.
+type Server struct {
+	Config  *config.Config
+	Fleet   *fleet.Fleet
+	Router  *routing.Router
+	Totals  *usage.Totals
+	Forward *forward.Forwarder
+	log     *slog.Logger
+	handler http.Handler
+}
+
+// Options are the parts a caller may supply.
+type Options struct {
+	// Sink receives every usage event besides the local totals (the
+	// JetStream publisher in production); nil for none.
+	Sink usage.Sink
+	// Remote adds other replicas' in-flight counts to routing; nil for none.
+	Remote routing.Remote
+}
+
+// New builds a replica from cfg.
+func New(cfg *config.Config, log *slog.Logger, opts Options) *Server {
+	s := &Server{Config: cfg, log: log, Totals: usage.NewTotals()}
+	s.Fleet = fleet.New(cfg, log, fleet.Hooks{})
+	s.Router = routing.New(routing.Options{MaxQueue: cfg.Routing.Queue.MaxLength, MaxWait: cfg.Routing.Queue.MaxWait}, opts.Remote)
+	sinks := usage.Sinks{s.Totals}
+	if opts.Sink != nil {
+		sinks = append(sinks, opts.Sink)
+	}
+	s.Forward = &forward.Forwarder{Fleet: s.Fleet, Router: s.Router, Sink: sinks, Replica: cfg.Replica, MaxAttempts: cfg.Routing.MaxAttempts, Log: log}
+	s.handler = s.routes()
+	return s
+}
+
+// Handler serves every route.
+func (s *Server) Handler() http.Handler { return s.handler }
+
+// Close stops background work. Call it after the HTTP server has drained.
+func (s *Server) Close() { s.Fleet.Close() }
+
+func (s *Server) routes() http.Handler {
+	r := chi.NewRouter()
+	r.Use(middleware.Recoverer)
+	keys := auth.New(s.Config.Auth.Keys)
+	r.Use(keys.Middleware(openPath, deny))
+	// Ollama answers unknown paths and methods with a plain 404.
+	r.NotFound(http.NotFound)
+	r.MethodNotAllowed(http.NotFound)
+
+	api := &ollamaapi.Handler{Fleet: s.Fleet, Forward: s.Forward, Log: s.log}
+	api.Routes(r)
+	r.Get("/health", s.health)
+	r.Get("/api/usage", s.usage)
+	r.Get("/api/config", s.endpoints)
+	r.Post("/api/cache/invalidate", s.invalidate)
+	return r
+}
+
+// openPath lists what needs no key: liveness for load balancers and
+// Ollama's "is it running" probe.
+func openPath(p string) bool { return p == "/" || p == "/health" || p == "/metrics" }
+
+func deny(w http.ResponseWriter, r *http.Request, msg string) {
+	w.Header().Set("WWW-Authenticate", `Bearer realm="drover"`)
+	if strings.HasPrefix(r.URL.Path, "/v1/") {
+		w.Header().Set("Content-Type", "application/json")
+		w.WriteHeader(http.StatusUnauthorized)
+		json.NewEncoder(w).Encode(map[string]any{"error": map[string]any{ //nolint:errcheck
+			"message": msg, "type": "invalid_request_error", "param": nil, "code": "invalid_api_key",
+		}})
+		return
+	}
+	ollamaapi.WriteError(w, http.StatusUnauthorized, msg)
+}
+
+type backendStatus struct {
+	Name           string           `json:"name"`
+	URL            string           `json:"url"`
+	Type           backend.Type     `json:"type"`
+	MaxConcurrency int              `json:"max_concurrency"`
+	Weight         int              `json:"weight"`
+	Health         backend.Snapshot `json:"health"`
+}
+
+func (s *Server) backendStatuses() ([]backendStatus, int) {
+	var out []backendStatus
+	usable := 0
+	for _, b := range s.Fleet.Backends {
+		snap := b.Health.Snapshot()
+		if snap.State != backend.Open.String() {
+			usable++
+		}
+		out = append(out, backendStatus{Name: b.Name, URL: b.URL, Type: b.Type, MaxConcurrency: b.MaxConcurrency, Weight: b.Weight, Health: snap})
+	}
+	return out, usable
+}
+
+// health tells the truth per backend, and is 503 when none is usable.
+func (s *Server) health(w http.ResponseWriter, r *http.Request) {
+	backends, usable := s.backendStatuses()
+	status, code := "ok", http.StatusOK
+	switch {
+	case usable == 0:
+		status, code = "unavailable", http.StatusServiceUnavailable
+	case usable < len(backends):
+		status = "degraded"
+	}
+	writeJSON(w, code, map[string]any{"status": status, "replica": s.Config.Replica, "backends": backends, "queue_length": s.Router.QueueLen()})
+}
+
+// endpoints is /api/config: each backend and its state.
+func (s *Server) endpoints(w http.ResponseWriter, r *http.Request) {
+	backends, _ := s.backendStatuses()
+	writeJSON(w, http.StatusOK, map[string]any{"endpoints": backends})
+}
+
+// usage shows in-flight and token totals per endpoint and model, shaped as
+// the Python router's /api/usage, with fuller counts beside.
+func (s *Server) usage(w http.ResponseWriter, r *http.Request) {
+	inflight := s.Router.InFlight()
+	totals := s.Totals.Snapshot()
+	tokens := map[string]map[string]int64{}
+	for ep, models := range totals {
+		tokens[ep] = map[string]int64{}
+		for m, c := range models {
+			tokens[ep][m] = c.InputTokens + c.OutputTokens
+		}
+	}
+	writeJSON(w, http.StatusOK, map[string]any{
+		"usage_counts":       inflight,
+		"token_usage_counts": tokens,
+		"totals":             totals,
+		"queue_length":       s.Router.QueueLen(),
+	})
+}
+
+// invalidate drops cached model lists, for all backends or those named in
+// {"backends": [...]}.
+func (s *Server) invalidate(w http.ResponseWriter, r *http.Request) {
+	var req struct {
+		Backends []string `json:"backends"`
+	}
+	if r.ContentLength != 0 {
+		if err := json.NewDecoder(r.Body).Decode(&req); err != nil {
+			ollamaapi.WriteError(w, http.StatusBadRequest, err.Error())
+			return
+		}
+	}
+	for _, name := range req.Backends {
+		if _, ok := s.Fleet.Backend(name); !ok {
+			ollamaapi.WriteError(w, http.StatusNotFound, "no backend named "+name)
+			return
+		}
+	}
+	s.Fleet.Invalidate(req.Backends...)
+	writeJSON(w, http.StatusOK, map[string]any{"invalidated": req.Backends})
+}
+
+func writeJSON(w http.ResponseWriter, status int, v any) {
+	w.Header().Set("Content-Type", "application/json; charset=utf-8")
+	w.WriteHeader(status)
+	json.NewEncoder(w).Encode(v) //nolint:errcheck // the client may be gone
+}
