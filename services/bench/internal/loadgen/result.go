@@ -12,8 +12,9 @@ type Result struct {
 	OK     int            `json:"ok"`
 	Errors int            `json:"errors"`
 	Kinds  map[string]int `json:"error_kinds,omitempty"`
-	// Elapsed is the measurement window: the schedule for an open loop, the
-	// time until the last worker finished for a closed loop.
+	// Elapsed is the measurement window: for an open loop the schedule (or
+	// longer, if dispatch fell behind it), for a closed loop the time until
+	// the last worker finished.
 	Elapsed time.Duration `json:"elapsed_ns"`
 	// MaxLag is how far behind its schedule the open-loop dispatcher fell
 	// at worst; large values mean the load generator itself was starved.

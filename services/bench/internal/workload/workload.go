@@ -21,10 +21,6 @@ type Workload struct {
 	Validate func(body []byte) error
 }
 
-// Stream reports whether the workload reads a streamed response; it only
-// labels output.
-func (w Workload) Stream() bool { return strings.Contains(w.Name, "stream") }
-
 var table = []Workload{
 	{
 		Name:     "chat",
