@@ -208,6 +208,13 @@ func (f *Forwarder) copy(w http.ResponseWriter, body io.Reader, stream bool, tok
 	defer func() { mh.m.Reset(); meterPool.Put(mh) }()
 	buf := *bp
 	flusher, _ := w.(http.Flusher)
+	defer func() {
+		// Counts seen before the client left or the stream broke are still
+		// what the backend reported.
+		if ev.Status < 300 && tokens != nil {
+			ev.InputTokens, ev.OutputTokens = tokens(&mh.m)
+		}
+	}()
 	for {
 		n, err := body.Read(buf)
 		if n > 0 {
@@ -223,16 +230,12 @@ func (f *Forwarder) copy(w http.ResponseWriter, body io.Reader, stream bool, tok
 			}
 		}
 		if err == io.EOF {
-			break
+			return ttfb, nil, false
 		}
 		if err != nil {
 			return ttfb, err, false
 		}
 	}
-	if ev.Status < 300 && tokens != nil {
-		ev.InputTokens, ev.OutputTokens = tokens(&mh.m)
-	}
-	return ttfb, nil, false
 }
 
 func (f *Forwarder) prepare(req *Request, b *backend.Backend, model string) (string, []byte, error) {
