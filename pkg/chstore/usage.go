@@ -1,0 +1,157 @@
+package chstore
+
+import (
+	"context"
+	"fmt"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// Dimension is a column usage can be grouped or filtered by.
+type Dimension string
+
+// The dimensions of token_usage_minute.
+const (
+	ByEndpoint Dimension = "endpoint"
+	ByModel    Dimension = "model"
+	ByAPIKey   Dimension = "api_key"
+)
+
+// ParseDimension accepts endpoint, model, key or api_key.
+func ParseDimension(s string) (Dimension, error) {
+	switch strings.ToLower(s) {
+	case "endpoint":
+		return ByEndpoint, nil
+	case "model":
+		return ByModel, nil
+	case "key", "api_key", "apikey":
+		return ByAPIKey, nil
+	}
+	return "", fmt.Errorf("unknown dimension %q: want endpoint, model or key", s)
+}
+
+// UsageQuery selects and groups token_usage_minute. Zero values mean "all".
+type UsageQuery struct {
+	// Since (inclusive) and Until (exclusive) bound the minute buckets.
+	Since, Until time.Time
+	// Filters; empty means any.
+	Endpoint, Model, APIKey string
+	GroupBy                 []Dimension
+	// Bucket groups by time: a whole number of minutes (1m, 1h, 24h...);
+	// zero means no time grouping.
+	Bucket time.Duration
+}
+
+// UsageRow is one group. Bucket is zero without time grouping; a dimension
+// not grouped by is empty.
+type UsageRow struct {
+	Bucket        time.Time `json:"bucket,omitzero"`
+	Endpoint      string    `json:"endpoint,omitempty"`
+	Model         string    `json:"model,omitempty"`
+	APIKey        string    `json:"api_key,omitempty"`
+	Requests      uint64    `json:"requests"`
+	Errors        uint64    `json:"errors"`
+	InputTokens   uint64    `json:"input_tokens"`
+	OutputTokens  uint64    `json:"output_tokens"`
+	TotalTokens   uint64    `json:"total_tokens"`
+	TokensUnknown uint64    `json:"tokens_unknown"`
+	DurationMsSum float64   `json:"duration_ms_sum"`
+	TTFBMsSum     float64   `json:"ttfb_ms_sum"`
+}
+
+// MaxUsageRows bounds what one Usage call returns.
+const MaxUsageRows = 100000
+
+// Usage sums token_usage_minute over q. Rows come ordered by bucket, then
+// by the grouped dimensions. It never needs FINAL: every measure is a sum.
+func (s *Store) Usage(ctx context.Context, q UsageQuery) ([]UsageRow, error) {
+	var sel, group []string
+	if q.Bucket != 0 {
+		if q.Bucket < time.Minute || q.Bucket%time.Minute != 0 {
+			return nil, fmt.Errorf("bucket %s: want a whole number of minutes", q.Bucket)
+		}
+		secs := strconv.FormatInt(int64(q.Bucket/time.Second), 10)
+		sel = append(sel, "toDateTime(intDiv(toUInt32(minute), "+secs+") * "+secs+", 'UTC') AS bucket")
+		group = append(group, "bucket")
+	}
+	seen := map[Dimension]bool{}
+	var dims []Dimension
+	for _, d := range q.GroupBy {
+		switch d {
+		case ByEndpoint, ByModel, ByAPIKey:
+		default:
+			return nil, fmt.Errorf("unknown dimension %q", d)
+		}
+		if !seen[d] {
+			seen[d] = true
+			dims = append(dims, d)
+			sel = append(sel, string(d))
+			group = append(group, string(d))
+		}
+	}
+	// Aggregates get names of their own: "sum(x) AS x" beside GROUP BY
+	// fails on 18.16.
+	sel = append(sel, "sum(requests) AS s_requests", "sum(errors) AS s_errors",
+		"sum(input_tokens) AS s_input", "sum(output_tokens) AS s_output", "sum(total_tokens) AS s_total",
+		"sum(tokens_unknown) AS s_unknown", "sum(duration_ms_sum) AS s_duration", "sum(ttfb_ms_sum) AS s_ttfb")
+	var where []string
+	var args []any
+	if !q.Since.IsZero() {
+		where = append(where, "minute >= toDateTime(?)")
+		args = append(args, q.Since.Unix())
+	}
+	if !q.Until.IsZero() {
+		where = append(where, "minute < toDateTime(?)")
+		args = append(args, q.Until.Unix())
+	}
+	for col, v := range map[string]string{"endpoint": q.Endpoint, "model": q.Model, "api_key": q.APIKey} {
+		if v != "" {
+			where = append(where, col+" = ?")
+			args = append(args, v)
+		}
+	}
+	sql := "SELECT " + strings.Join(sel, ", ") + " FROM " + s.table("token_usage_minute")
+	if len(where) > 0 {
+		sql += " WHERE " + strings.Join(where, " AND ")
+	}
+	if len(group) > 0 {
+		sql += " GROUP BY " + strings.Join(group, ", ") + " ORDER BY " + strings.Join(group, ", ")
+	}
+	sql += " LIMIT " + strconv.Itoa(MaxUsageRows)
+
+	rows, err := s.conn.Query(ctx, sql, args...)
+	if err != nil {
+		return nil, fmt.Errorf("querying token usage: %w", err)
+	}
+	defer rows.Close()
+	var out []UsageRow
+	for rows.Next() {
+		var r UsageRow
+		var dest []any
+		if q.Bucket != 0 {
+			dest = append(dest, &r.Bucket)
+		}
+		for _, d := range dims {
+			switch d {
+			case ByEndpoint:
+				dest = append(dest, &r.Endpoint)
+			case ByModel:
+				dest = append(dest, &r.Model)
+			case ByAPIKey:
+				dest = append(dest, &r.APIKey)
+			}
+		}
+		dest = append(dest, &r.Requests, &r.Errors, &r.InputTokens, &r.OutputTokens, &r.TotalTokens,
+			&r.TokensUnknown, &r.DurationMsSum, &r.TTFBMsSum)
+		if err := rows.Scan(dest...); err != nil {
+			return nil, fmt.Errorf("reading token usage: %w", err)
+		}
+		r.Bucket = r.Bucket.UTC()
+		out = append(out, r)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("reading token usage: %w", err)
+	}
+	return out, nil
+}
