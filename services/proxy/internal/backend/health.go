@@ -80,8 +80,12 @@ func (h *Health) Usable() bool {
 // BeginTrial marks a half-open trial as running; it returns false if the
 // backend is not half-open or a trial is already running.
 func (h *Health) BeginTrial() bool {
+	now := h.now()
 	h.mu.Lock()
 	defer h.mu.Unlock()
+	if h.state == Open && !now.Before(h.openUntil) {
+		h.state = HalfOpen
+	}
 	if h.state != HalfOpen || h.trial {
 		return false
 	}

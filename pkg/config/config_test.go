@@ -1,0 +1,105 @@
+package config
+
+import (
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+func write(t *testing.T, yaml string) string {
+	t.Helper()
+	p := filepath.Join(t.TempDir(), "drover.yaml")
+	if err := os.WriteFile(p, []byte(yaml), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+func TestLoadFileEnvAndDefaults(t *testing.T) {
+	p := write(t, `
+listen: 127.0.0.1:9000
+backends:
+  - name: gpu1
+    url: http://10.0.0.1:11434/
+    api_key: ${GPU1_KEY}
+    max_concurrency: 2
+  - url: http://10.0.0.2:11434
+    type: openai
+routing:
+  queue:
+    max_wait: 5s
+auth:
+  keys:
+    - id: team-a
+      key: ${TEAM_A}
+`)
+	cfg, err := Load(p, []string{"GPU1_KEY=s3cr3t:with:colons", "TEAM_A=abcdefghij", "DROVER_ROUTING_MAX_CONCURRENCY=8", "DROVER_BACKENDS_1_WEIGHT=5", "DROVER_ROUTING_QUEUE_MAX_LENGTH=7"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	b := cfg.Backends
+	if b[0].APIKey.Reveal() != "s3cr3t:with:colons" || b[0].URL != "http://10.0.0.1:11434" || b[0].Type != "ollama" {
+		t.Fatalf("backend 0: %+v", b[0])
+	}
+	if b[1].Name != "10.0.0.2:11434" || b[1].Weight != 5 || b[1].Type != "openai" {
+		t.Fatalf("backend 1: %+v", b[1])
+	}
+	if cfg.Routing.MaxConcurrency != 8 || cfg.Routing.Queue.MaxLength != 7 || cfg.Routing.Queue.MaxWait != 5*time.Second {
+		t.Fatalf("routing: %+v", cfg.Routing)
+	}
+	if cfg.Cache.ModelsTTL != 5*time.Minute || cfg.NATS.Partitions != 8 {
+		t.Fatal("defaults not applied")
+	}
+	if s := b[0].APIKey.String(); strings.Contains(s, "s3cr3t") {
+		t.Fatal("secret printed")
+	}
+}
+
+func TestShorthands(t *testing.T) {
+	cfg, err := Load("", []string{"DROVER_BACKENDS=http://a:11434, http://b:11434", "DROVER_AUTH_KEYS=web:0123456789,cli:abcdefghij"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(cfg.Backends) != 2 || cfg.Backends[1].Name != "b:11434" || len(cfg.Auth.Keys) != 2 || cfg.Auth.Keys[1].ID != "cli" {
+		t.Fatalf("%+v %+v", cfg.Backends, cfg.Auth)
+	}
+}
+
+func TestErrorsNameTheKey(t *testing.T) {
+	tests := []struct {
+		name, yaml string
+		env        []string
+		want       string
+	}{
+		{"bad url", "backends: [{url: 'ftp://x'}]", nil, "backends[0].url: must be an http or https URL"},
+		{"missing url", "backends: [{name: a}]", nil, "backends[0].url: is required"},
+		{"bad type", "backends: [{url: 'http://x', type: vllm}]", nil, "backends[0].type: must be ollama or openai"},
+		{"duplicate name", "backends: [{url: 'http://x', name: a}, {url: 'http://y', name: a}]", nil, "backends[1].name"},
+		{"unset secret", "backends: [{url: 'http://x', api_key: '${NOPE}'}]", nil, "environment variable NOPE is not set"},
+		{"unknown key", "listne: x", nil, "field listne not found"},
+		{"negative cap", "routing: {max_concurrency: -1}", nil, "routing.max_concurrency: must be positive"},
+		{"stale below ttl", "cache: {models_ttl: 10m, models_stale: 1m}", nil, "cache.models_stale"},
+		{"short key", "auth: {keys: [{id: a, key: short}]}", nil, "auth.keys[0].key: must be at least 8 characters"},
+		{"bad env duration", "", []string{"DROVER_ROUTING_QUEUE_MAX_WAIT=soon"}, "DROVER_ROUTING_QUEUE_MAX_WAIT: want a duration"},
+		{"unknown env key", "", []string{"DROVER_ROUTNG_MAX_CONCURRENCY=3"}, "DROVER_ROUTNG_MAX_CONCURRENCY: no such configuration key"},
+		{"alias to unknown backend", "backends: [{url: 'http://x'}]\naliases: {big: [{backend: nope, model: m}]}", nil, "aliases.big[0].backend"},
+		{"bad log level", "log_level: loud", nil, "log_level: must be"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			_, err := Load(write(t, tt.yaml), tt.env)
+			if err == nil || !strings.Contains(err.Error(), tt.want) {
+				t.Fatalf("got %v, want it to contain %q", err, tt.want)
+			}
+		})
+	}
+}
+
+func TestSecretNeverInErrors(t *testing.T) {
+	_, err := Load(write(t, "auth: {keys: [{id: a, key: '${K}'}, {id: b, key: '${K}'}]}"), []string{"K=supersecretvalue"})
+	if err == nil || strings.Contains(err.Error(), "supersecretvalue") {
+		t.Fatalf("got %v", err)
+	}
+}
