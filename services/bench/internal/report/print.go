@@ -80,11 +80,16 @@ func Markdown(w io.Writer, d Document) error {
 		b.WriteString(strings.Join(errs, "\n"))
 		b.WriteString("\n")
 	}
+	var lags []string
 	for _, r := range d.Rows {
 		if r.MaxLag > 10*time.Millisecond {
-			fmt.Fprintf(&b, "\nwarning: load generator fell %v behind schedule (%s %s %s); latencies include that lag\n",
-				r.MaxLag.Round(time.Millisecond), r.Target, r.Mode, r.Workload)
+			lags = append(lags, fmt.Sprintf("- %s %s %s: %v", r.Target, r.Mode, r.Workload, r.MaxLag.Round(time.Millisecond)))
 		}
+	}
+	if len(lags) > 0 {
+		b.WriteString("\nWarning: the load generator fell behind its open-loop schedule (latencies include the lag; the machine is too busy):\n")
+		b.WriteString(strings.Join(lags, "\n"))
+		b.WriteString("\n")
 	}
 	_, err := io.WriteString(w, b.String())
 	return err

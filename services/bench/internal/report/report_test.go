@@ -98,6 +98,7 @@ func TestPrint(t *testing.T) {
 	}
 	rows[2].Kinds = map[string]int{"status 502": 3}
 	rows[2].Summary.Errors = 3
+	rows[1].MaxLag = 25 * time.Millisecond
 	doc := Document{Started: time.Unix(0, 0).UTC(), Settings: map[string]string{"rounds": "3"}, Rows: rows, Ratios: Ratios(rows)}
 
 	var md bytes.Buffer
@@ -108,6 +109,8 @@ func TestPrint(t *testing.T) {
 		"| drover | closed c=64 | chat | 7000 | 2.000 | 4.000 | 3 |",
 		"| chat | closed c=64 | throughput | 0.88 | >= 0.8 | yes |",
 		"drover closed c=64 chat: 3 × status 502",
+		"fell behind its open-loop schedule",
+		"- bare closed c=64 chat: 25ms",
 	} {
 		if !strings.Contains(md.String(), want) {
 			t.Errorf("Markdown lacks %q:\n%s", want, md.String())
