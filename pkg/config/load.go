@@ -193,3 +193,13 @@ func setScalar(v reflect.Value, val string) error {
 	}
 	return nil
 }
+
+// FromStruct fills defaults into a Config built in code (tests, embedding)
+// and validates it, as Load does for a file.
+func FromStruct(c *Config) (*Config, error) {
+	c.setDefaults()
+	if err := c.Validate(); err != nil {
+		return nil, err
+	}
+	return c, nil
+}
