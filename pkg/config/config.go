@@ -71,6 +71,10 @@ type Routing struct {
 	// non-streaming generation answers only when done, so keep it long
 	// (default 10m).
 	HeaderTimeout time.Duration `yaml:"header_timeout"`
+	// CancelGrace keeps a slot reserved this long after a client cancels,
+	// while the backend notices the closed connection and stops (default
+	// 50ms). It keeps the cap true at the backend, not only in Drover.
+	CancelGrace time.Duration `yaml:"cancel_grace"`
 }
 
 // Queue bounds the FIFO of requests waiting for a free slot.
@@ -136,6 +140,15 @@ type Usage struct {
 	// "./data/spool"); SpoolMaxBytes bounds it (default 1 GiB).
 	SpoolDir      string `yaml:"spool_dir"`
 	SpoolMaxBytes int64  `yaml:"spool_max_bytes"`
+	// SpoolSyncInterval is how often spooled events are fsync'd: a machine
+	// crash can lose at most this much of the spool (default 100ms).
+	SpoolSyncInterval time.Duration `yaml:"spool_sync_interval"`
+	// MaxPendingAcks bounds JetStream publishes awaiting their ack
+	// (default 4096).
+	MaxPendingAcks int `yaml:"max_pending_acks"`
+	// AckTimeout is how long a publish waits for its ack before the event
+	// is spooled and NATS is treated as slow (default 5s).
+	AckTimeout time.Duration `yaml:"ack_timeout"`
 }
 
 // ClickHouse is where token analytics live.
@@ -145,6 +158,10 @@ type ClickHouse struct {
 	Database string `yaml:"database"` // default "drover"
 	Username string `yaml:"username"` // default "default"
 	Password Secret `yaml:"password"`
+	// DialTimeout bounds connecting (default 5s); ReadTimeout bounds waiting
+	// for a query or insert to answer (default 30s).
+	DialTimeout time.Duration `yaml:"dial_timeout"`
+	ReadTimeout time.Duration `yaml:"read_timeout"`
 }
 
 // Aggregator configures batching from JetStream into ClickHouse.
@@ -153,6 +170,23 @@ type Aggregator struct {
 	FlushInterval time.Duration `yaml:"flush_interval"` // default 500ms
 	// MetricsListen serves /metrics and /health (default ":9464").
 	MetricsListen string `yaml:"metrics_listen"`
+	// Instance names this aggregator in partition leases (default: replica).
+	Instance string `yaml:"instance"`
+	// LeaseBucket is the JetStream KV bucket of partition leases (default
+	// "drover_aggregator"); LeaseTTL is how long a lease outlives its
+	// holder's last renewal, so how soon a crashed aggregator's partitions
+	// move (default 10s).
+	LeaseBucket string        `yaml:"lease_bucket"`
+	LeaseTTL    time.Duration `yaml:"lease_ttl"`
+	// FetchBatch is how many messages each partition pulls ahead (default 2000).
+	FetchBatch int `yaml:"fetch_batch"`
+	// DeadLetterSubject receives undecodable usage messages (default
+	// "drover.usage.deadletter"; must not be under usage.v1.>).
+	DeadLetterSubject string `yaml:"dead_letter_subject"`
+	// RetryMax caps the backoff between failed inserts (default 30s).
+	RetryMax time.Duration `yaml:"retry_max"`
+	// ShutdownTimeout bounds the final flush on SIGTERM (default 30s).
+	ShutdownTimeout time.Duration `yaml:"shutdown_timeout"`
 }
 
 // Secret is a string that never prints itself.

@@ -49,6 +49,7 @@ func (c *Config) setDefaults() {
 	defInt(&r.MaxAttempts, 3)
 	defDur(&r.ConnectTimeout, 3*time.Second)
 	defDur(&r.HeaderTimeout, 10*time.Minute)
+	defDur(&r.CancelGrace, 50*time.Millisecond)
 	defDur(&c.Cache.ModelsTTL, 5*time.Minute)
 	defDur(&c.Cache.ModelsStale, 10*time.Minute)
 	defDur(&c.Cache.LoadedTTL, 10*time.Second)
@@ -69,11 +70,23 @@ func (c *Config) setDefaults() {
 	if c.Usage.SpoolMaxBytes == 0 {
 		c.Usage.SpoolMaxBytes = 1 << 30
 	}
+	defDur(&c.Usage.SpoolSyncInterval, 100*time.Millisecond)
+	defInt(&c.Usage.MaxPendingAcks, 4096)
+	defDur(&c.Usage.AckTimeout, 5*time.Second)
 	def(&c.ClickHouse.Database, "drover")
 	def(&c.ClickHouse.Username, "default")
+	defDur(&c.ClickHouse.DialTimeout, 5*time.Second)
+	defDur(&c.ClickHouse.ReadTimeout, 30*time.Second)
 	defInt(&c.Aggregator.BatchSize, 20000)
 	defDur(&c.Aggregator.FlushInterval, 500*time.Millisecond)
 	def(&c.Aggregator.MetricsListen, ":9464")
+	def(&c.Aggregator.Instance, c.Replica)
+	def(&c.Aggregator.LeaseBucket, "drover_aggregator")
+	defDur(&c.Aggregator.LeaseTTL, 10*time.Second)
+	defInt(&c.Aggregator.FetchBatch, 2000)
+	def(&c.Aggregator.DeadLetterSubject, "drover.usage.deadletter")
+	defDur(&c.Aggregator.RetryMax, 30*time.Second)
+	defDur(&c.Aggregator.ShutdownTimeout, 30*time.Second)
 }
 
 // Validate reports every problem at once, each prefixed with its key.
@@ -125,6 +138,7 @@ func (c *Config) Validate() error {
 		"nats.partitions":          c.NATS.Partitions,
 		"usage.queue_size":         c.Usage.QueueSize,
 		"aggregator.batch_size":    c.Aggregator.BatchSize,
+		"aggregator.fetch_batch":   c.Aggregator.FetchBatch,
 	}
 	for key, v := range positive {
 		if v < 0 {
@@ -140,6 +154,9 @@ func (c *Config) Validate() error {
 		"health.open_for":           c.Health.OpenFor,
 		"health.probe_interval":     c.Health.ProbeInterval,
 		"aggregator.flush_interval": c.Aggregator.FlushInterval,
+		"aggregator.lease_ttl":      c.Aggregator.LeaseTTL,
+		"aggregator.retry_max":      c.Aggregator.RetryMax,
+		"clickhouse.read_timeout":   c.ClickHouse.ReadTimeout,
 	}
 	for key, d := range durations {
 		if d < 0 {

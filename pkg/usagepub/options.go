@@ -1,0 +1,118 @@
+package usagepub
+
+import (
+	"log/slog"
+	"time"
+
+	"github.com/droverhq/drover/pkg/config"
+	"github.com/droverhq/drover/pkg/usage"
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// Option configures a Publisher.
+type Option func(*options)
+
+type options struct {
+	stream        usage.StreamConfig
+	partitions    int
+	queueSize     int
+	spoolDir      string
+	spoolMaxBytes int64
+	syncInterval  time.Duration
+	maxPending    int
+	ackTimeout    time.Duration
+	stallWait     time.Duration
+	retryInterval time.Duration
+	checkInterval time.Duration
+	replayBatch   int
+	reg           prometheus.Registerer
+	log           *slog.Logger
+}
+
+func defaultOptions() options {
+	return options{
+		stream: usage.StreamConfig{Name: "USAGE", MaxAge: 7 * 24 * time.Hour,
+			MaxBytes: 1 << 30, DuplicateWindow: 10 * time.Minute},
+		partitions:    8,
+		queueSize:     65536,
+		spoolDir:      "./data/spool",
+		spoolMaxBytes: 1 << 30,
+		syncInterval:  100 * time.Millisecond,
+		maxPending:    4096,
+		ackTimeout:    5 * time.Second,
+		stallWait:     200 * time.Millisecond,
+		retryInterval: time.Second,
+		checkInterval: 200 * time.Millisecond,
+		replayBatch:   1024,
+		log:           slog.Default(),
+	}
+}
+
+// WithConfig applies the nats and usage sections of the config file.
+func WithConfig(n config.NATS, u config.Usage) Option {
+	return func(o *options) {
+		o.stream = usage.StreamConfig{Name: n.Stream, MaxAge: n.MaxAge,
+			MaxBytes: n.MaxBytes, DuplicateWindow: n.DuplicateWindow}
+		setIf(&o.partitions, n.Partitions)
+		setIf(&o.queueSize, u.QueueSize)
+		setIf(&o.spoolDir, u.SpoolDir)
+		setIf(&o.spoolMaxBytes, u.SpoolMaxBytes)
+		setIf(&o.syncInterval, u.SpoolSyncInterval)
+		setIf(&o.maxPending, u.MaxPendingAcks)
+		setIf(&o.ackTimeout, u.AckTimeout)
+	}
+}
+
+func setIf[T comparable](dst *T, v T) {
+	var zero T
+	if v != zero {
+		*dst = v
+	}
+}
+
+// WithStream sets the stream ensured at start-up and after NATS returns.
+func WithStream(cfg usage.StreamConfig) Option { return func(o *options) { o.stream = cfg } }
+
+// WithPartitions sets the number of subjects usage.v1.<p> (default 8).
+func WithPartitions(n int) Option { return func(o *options) { setIf(&o.partitions, n) } }
+
+// WithQueueSize bounds the in-memory queue (default 65536). When it is
+// full, Record writes to the spool instead.
+func WithQueueSize(n int) Option { return func(o *options) { setIf(&o.queueSize, n) } }
+
+// WithSpool sets the spool directory and its size bound (defaults
+// "./data/spool" and 1 GiB).
+func WithSpool(dir string, maxBytes int64) Option {
+	return func(o *options) { setIf(&o.spoolDir, dir); setIf(&o.spoolMaxBytes, maxBytes) }
+}
+
+// WithSpoolSyncInterval sets how often the spool is fsync'd (default 100ms).
+func WithSpoolSyncInterval(d time.Duration) Option {
+	return func(o *options) { setIf(&o.syncInterval, d) }
+}
+
+// WithMaxPending bounds unacknowledged async publishes (default 4096).
+func WithMaxPending(n int) Option { return func(o *options) { setIf(&o.maxPending, n) } }
+
+// WithAckTimeout is how long a publish may wait for its ack before the
+// event is spooled and the publisher treats NATS as slow (default 5s).
+func WithAckTimeout(d time.Duration) Option { return func(o *options) { setIf(&o.ackTimeout, d) } }
+
+// WithRetryInterval is how long the publisher keeps spooling after a
+// failure before it tries NATS again (default 1s).
+func WithRetryInterval(d time.Duration) Option {
+	return func(o *options) { setIf(&o.retryInterval, d) }
+}
+
+// WithRegisterer registers the publisher's metrics; without it they are
+// not registered.
+func WithRegisterer(r prometheus.Registerer) Option { return func(o *options) { o.reg = r } }
+
+// WithLogger sets the logger (default slog.Default()).
+func WithLogger(l *slog.Logger) Option {
+	return func(o *options) {
+		if l != nil {
+			o.log = l
+		}
+	}
+}

@@ -1,0 +1,359 @@
+package usagepub
+
+import (
+	"context"
+	"encoding/json"
+	"os"
+	"path/filepath"
+	"sort"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/droverhq/drover/pkg/natstest"
+	"github.com/droverhq/drover/pkg/usage"
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+func record(p *Publisher, sent *ids) {
+	id := usage.NewID()
+	sent.add(id)
+	p.Record(event(id))
+}
+
+func TestPublishManyFromManyGoroutinesExactlyOnce(t *testing.T) {
+	srv := natstest.Start(t)
+	nc := connect(t, srv.URL())
+	p := newPub(t, nc, t.TempDir())
+	sent := newIDs()
+	const goroutines, per = 50, 1000
+	var wg sync.WaitGroup
+	for g := 0; g < goroutines; g++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := 0; i < per; i++ {
+				record(p, sent)
+			}
+		}()
+	}
+	wg.Wait()
+	waitDrained(t, p, 30*time.Second)
+	closePub(t, p)
+	st := p.Stats()
+	if st.Published+st.Spooled != goroutines*per || st.Dropped != 0 {
+		t.Fatalf("stats %+v: want %d published or spooled", st, goroutines*per)
+	}
+	checkExactlyOnce(t, srv.URL(), sent)
+}
+
+// recorder calls Record from many goroutines until stopped and tracks the
+// slowest call.
+type recorder struct {
+	p     *Publisher
+	sent  *ids
+	stop  chan struct{}
+	wg    sync.WaitGroup
+	worst atomic.Int64
+}
+
+func startRecorder(p *Publisher, sent *ids, goroutines int) *recorder {
+	r := &recorder{p: p, sent: sent, stop: make(chan struct{})}
+	for g := 0; g < goroutines; g++ {
+		r.wg.Add(1)
+		go func() {
+			defer r.wg.Done()
+			for {
+				select {
+				case <-r.stop:
+					return
+				default:
+				}
+				id := usage.NewID()
+				sent.add(id)
+				start := time.Now()
+				p.Record(event(id))
+				if d := int64(time.Since(start)); d > r.worst.Load() {
+					r.worst.Store(d)
+				}
+				time.Sleep(100 * time.Microsecond)
+			}
+		}()
+	}
+	return r
+}
+
+func (r *recorder) halt() time.Duration {
+	close(r.stop)
+	r.wg.Wait()
+	return time.Duration(r.worst.Load())
+}
+
+func counterValue(t *testing.T, reg *prometheus.Registry, name string) float64 {
+	t.Helper()
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mf := range mfs {
+		if mf.GetName() == name {
+			m := mf.GetMetric()[0]
+			if m.Counter != nil {
+				return m.Counter.GetValue()
+			}
+			return m.Gauge.GetValue()
+		}
+	}
+	t.Fatalf("metric %s not registered", name)
+	return 0
+}
+
+func TestNATSStoppedMidRunThenRestarted(t *testing.T) {
+	srv := natstest.Start(t)
+	nc := connect(t, srv.URL())
+	reg := prometheus.NewRegistry()
+	p := newPub(t, nc, t.TempDir(), WithRegisterer(reg), WithQueueSize(1024))
+	sent := newIDs()
+	r := startRecorder(p, sent, 16)
+
+	time.Sleep(300 * time.Millisecond)
+	srv.Stop()
+	time.Sleep(1500 * time.Millisecond)
+	if st := p.Stats(); st.NATSConnected || st.Publishing || st.SpooledPending == 0 {
+		t.Fatalf("while NATS is down: %+v, want spooling", st)
+	}
+	srv.Restart()
+	time.Sleep(500 * time.Millisecond)
+	worst := r.halt()
+	if worst > 200*time.Millisecond {
+		t.Errorf("slowest Record took %v", worst)
+	}
+	t.Logf("recorded %d events, slowest Record %v", sent.len(), worst)
+
+	waitDrained(t, p, 30*time.Second)
+	st := p.Stats()
+	t.Logf("stats %+v", st)
+	if st.Spooled == 0 || st.Replayed != st.Spooled || st.Dropped != 0 {
+		t.Fatalf("stats %+v: want spooled events all replayed", st)
+	}
+	if got := counterValue(t, reg, "drover_usage_events_spooled_total"); got != float64(st.Spooled) {
+		t.Fatalf("spooled metric %v, stats %d", got, st.Spooled)
+	}
+	if got := counterValue(t, reg, "drover_usage_events_replayed_total"); got != float64(st.Replayed) {
+		t.Fatalf("replayed metric %v, stats %d", got, st.Replayed)
+	}
+	if got := counterValue(t, reg, "drover_usage_spool_pending_events"); got != 0 {
+		t.Fatalf("spool pending metric %v", got)
+	}
+	closePub(t, p)
+	checkExactlyOnce(t, srv.URL(), sent)
+}
+
+func TestNATSDownAtStartUp(t *testing.T) {
+	srv := natstest.Start(t)
+	srv.Stop()
+	nc := connect(t, srv.URL())
+	p := newPub(t, nc, t.TempDir())
+	sent := newIDs()
+	for i := 0; i < 2000; i++ {
+		record(p, sent)
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for p.Stats().Spooled < 2000 {
+		if time.Now().After(deadline) {
+			t.Fatalf("events not spooled: %+v", p.Stats())
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	srv.Restart()
+	waitDrained(t, p, 30*time.Second)
+	if st := p.Stats(); st.Replayed != 2000 || !st.StreamReady {
+		t.Fatalf("stats %+v", st)
+	}
+	closePub(t, p)
+	checkExactlyOnce(t, srv.URL(), sent)
+}
+
+func TestSpoolFullDropsExactlyWhatDoesNotFit(t *testing.T) {
+	srv := natstest.Start(t)
+	srv.Stop()
+	nc := connect(t, srv.URL())
+	// Every event encodes to the same size (fixed time, fixed-length ids).
+	it := item{id: usage.NewID()}
+	ev := event(it.id)
+	ev.Schema = usage.SchemaVersion
+	it.data, _ = jsonMarshal(ev)
+	frame := int64(8 + len(encodeRecord(it)))
+	const fit, total = 25, 100
+	dir := t.TempDir()
+	p := newPub(t, nc, dir, WithSpool(dir, fit*frame+frame/2), WithQueueSize(8))
+	sent := newIDs()
+	for i := 0; i < total; i++ {
+		record(p, sent)
+	}
+	closePub(t, p)
+	st := p.Stats()
+	if st.Dropped != total-fit || st.Spooled != fit || st.Published != 0 {
+		t.Fatalf("stats %+v: want %d spooled, %d dropped", st, fit, total-fit)
+	}
+
+	srv.Restart()
+	p2 := newPub(t, nc, dir, WithSpool(dir, fit*frame+frame/2))
+	waitDrained(t, p2, 30*time.Second)
+	closePub(t, p2)
+	got := streamIDs(t, srv.URL())
+	if len(got) != fit {
+		t.Fatalf("stream holds %d events, want %d", len(got), fit)
+	}
+	for id, n := range got {
+		if n != 1 || !sent.set[id] {
+			t.Fatalf("id %s: %d times, sent %v", id, n, sent.set[id])
+		}
+	}
+}
+
+// spoolOffline records n events with NATS down and closes, leaving them in
+// dir's spool.
+func spoolOffline(t *testing.T, url, dir string, n int) *ids {
+	t.Helper()
+	nc := connect(t, url)
+	p := newPub(t, nc, dir)
+	sent := newIDs()
+	for i := 0; i < n; i++ {
+		record(p, sent)
+	}
+	closePub(t, p)
+	if st := p.Stats(); st.Spooled != uint64(n) {
+		t.Fatalf("stats %+v: want %d spooled", st, n)
+	}
+	nc.Close()
+	return sent
+}
+
+func TestCrashDuringReplayResendsAndStreamDeduplicates(t *testing.T) {
+	srv := natstest.Start(t)
+	srv.Stop()
+	dir := t.TempDir()
+	sent := spoolOffline(t, srv.URL(), dir, 5000)
+	// The ack file as it was before any replay, to put back later: as if
+	// replay had crashed before acknowledging anything.
+	before, err := os.ReadFile(filepath.Join(dir, "ack"))
+	if err != nil && !os.IsNotExist(err) {
+		t.Fatal(err)
+	}
+
+	srv.Restart()
+	nc := connect(t, srv.URL())
+	small := func(o *options) { o.replayBatch = 100 }
+	p := newPub(t, nc, dir, small)
+	for p.Stats().Replayed < 1000 {
+		time.Sleep(time.Millisecond)
+	}
+	closePub(t, p) // replay stopped midway
+	mid := p.Stats()
+	t.Logf("first replay stopped after %d of 5000", mid.Replayed)
+
+	if before != nil {
+		os.WriteFile(filepath.Join(dir, "ack"), before, 0o644)
+	} else {
+		os.Remove(filepath.Join(dir, "ack"))
+	}
+	p = newPub(t, nc, dir, small)
+	waitDrained(t, p, 30*time.Second)
+	closePub(t, p)
+	st := p.Stats()
+	// Segments already deleted cannot be re-sent; what is left is re-sent
+	// from the start, duplicates included.
+	if st.Replayed+mid.Replayed < 5000 {
+		t.Fatalf("replayed %d + %d, want at least 5000", mid.Replayed, st.Replayed)
+	}
+	checkExactlyOnce(t, srv.URL(), sent)
+}
+
+func TestTornSpoolRecordIsSkipped(t *testing.T) {
+	srv := natstest.Start(t)
+	srv.Stop()
+	dir := t.TempDir()
+	sent := spoolOffline(t, srv.URL(), dir, 300)
+	segs, _ := filepath.Glob(filepath.Join(dir, "*.seg"))
+	sort.Strings(segs)
+	var last string
+	for _, s := range segs {
+		if fi, _ := os.Stat(s); fi.Size() > 0 {
+			last = s
+		}
+	}
+	f, err := os.OpenFile(last, os.O_APPEND|os.O_WRONLY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.Write([]byte{0, 0, 1, 0, 0xde, 0xad, 'p', 'a', 'r'}) // a record cut short
+	f.Close()
+
+	srv.Restart()
+	p := newPub(t, connect(t, srv.URL()), dir)
+	waitDrained(t, p, 30*time.Second)
+	closePub(t, p)
+	if st := p.Stats(); st.Replayed != 300 {
+		t.Fatalf("stats %+v", st)
+	}
+	checkExactlyOnce(t, srv.URL(), sent)
+}
+
+func TestCloseUnderLoadLosesNothing(t *testing.T) {
+	srv := natstest.Start(t)
+	nc := connect(t, srv.URL())
+	dir := t.TempDir()
+	p := newPub(t, nc, dir, WithQueueSize(2048))
+	sent := newIDs()
+	r := startRecorder(p, sent, 16)
+	time.Sleep(500 * time.Millisecond)
+	// Take NATS away too, so that Close has queued events to spool and
+	// pending acks that fail.
+	srv.Stop()
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+	if err := p.Close(ctx); err != nil {
+		t.Fatal(err)
+	}
+	cancel()
+	r.halt()
+	st := p.Stats()
+	t.Logf("first publisher: %+v", st)
+	if st.QueueDepth != 0 || st.PendingAcks != 0 {
+		t.Fatalf("left behind: %+v", st)
+	}
+	// Records racing with or after Close are spooled, or counted as
+	// dropped once the spool is closed.
+	if st.Published+st.Spooled+st.Dropped != uint64(sent.len()) {
+		t.Fatalf("published %d + spooled %d + dropped %d != recorded %d",
+			st.Published, st.Spooled, st.Dropped, sent.len())
+	}
+
+	srv.Restart()
+	p2 := newPub(t, nc, dir)
+	waitDrained(t, p2, 30*time.Second)
+	closePub(t, p2)
+	got := streamIDs(t, srv.URL())
+	for id, n := range got {
+		if n != 1 || !sent.set[id] {
+			t.Fatalf("id %s: stored %d times", id, n)
+		}
+	}
+	if uint64(len(got))+st.Dropped != uint64(sent.len()) {
+		t.Fatalf("stream %d + dropped after close %d != recorded %d", len(got), st.Dropped, sent.len())
+	}
+}
+
+func TestTwoPublishersCannotShareASpool(t *testing.T) {
+	srv := natstest.Start(t)
+	nc := connect(t, srv.URL())
+	dir := t.TempDir()
+	p := newPub(t, nc, dir)
+	defer closePub(t, p)
+	if _, err := New(nc, WithSpool(dir, 1<<20)); err == nil {
+		t.Fatal("second publisher on the same spool dir started")
+	}
+}
+
+func jsonMarshal(ev usage.Event) ([]byte, error) { return json.Marshal(ev) }
