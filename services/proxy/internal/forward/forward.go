@@ -56,6 +56,8 @@ type Forwarder struct {
 	Sink        usage.Sink
 	Replica     string
 	MaxAttempts int
+	// CancelGrace holds a slot this long after its client cancelled.
+	CancelGrace time.Duration
 	Log         *slog.Logger
 	Observe     func(o Outcome) // metrics hook, optional
 }
@@ -137,8 +139,17 @@ type failure struct {
 // request is over (answered, or the client left); otherwise the failure to
 // retry. The slot is released on every path.
 func (f *Forwarder) attempt(w http.ResponseWriter, r *http.Request, req *Request, slot *routing.Slot, ev *usage.Event, start time.Time) (done bool, fail *failure) {
-	defer slot.Release()
 	ctx := r.Context()
+	defer func() {
+		// A backend notices a client's cancel only when it sees the
+		// connection close; hold the slot a moment so the next request
+		// does not land while the cancelled one is still running there.
+		if ctx.Err() != nil && f.CancelGrace > 0 {
+			time.AfterFunc(f.CancelGrace, slot.Release)
+			return
+		}
+		slot.Release()
+	}()
 	b, _ := f.Fleet.Backend(slot.Backend)
 	ev.Endpoint, ev.BackendModel = b.Name, ""
 	if fleet.Normalize(slot.Model) != fleet.Normalize(req.Model) {

@@ -50,7 +50,7 @@ func New(cfg *config.Config, log *slog.Logger, opts Options) *Server {
 	if opts.Sink != nil {
 		sinks = append(sinks, opts.Sink)
 	}
-	s.Forward = &forward.Forwarder{Fleet: s.Fleet, Router: s.Router, Sink: sinks, Replica: cfg.Replica, MaxAttempts: cfg.Routing.MaxAttempts, Log: log}
+	s.Forward = &forward.Forwarder{Fleet: s.Fleet, Router: s.Router, Sink: sinks, Replica: cfg.Replica, MaxAttempts: cfg.Routing.MaxAttempts, CancelGrace: cfg.Routing.CancelGrace, Log: log}
 	s.handler = s.routes()
 	return s
 }
