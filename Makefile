@@ -6,7 +6,16 @@ PKGS := $(addsuffix /...,$(MODULES))
 
 .PHONY: build test lint bench run
 build:
-	$(GO) build -o bin/ ./services/proxy/cmd/... ./services/aggregator/cmd/... ./services/droverctl/... ./pkg/fakeollama/cmd/...
+	$(GO) build -o bin/ ./services/proxy/cmd/... ./pkg/fakeollama/cmd/... ./services/bench/cmd/...
+
+# Side by side in one run: direct to the fake backend, a bare
+# httputil.ReverseProxy, and Drover. BENCH_FLAGS=-duration 3s -rounds 1 for a quick look.
+BENCH_FLAGS ?= -duration 10s -rounds 3
+bench: build
+	./bin/drover-bench -backend-bin ./bin/fake-ollama -drover ./bin/drover-proxy $(BENCH_FLAGS) -json bench.json
+
+run: build
+	./deploy/local/run.sh
 
 test:
 	$(GO) test -race -count=1 -timeout 20m $(PKGS)
