@@ -68,6 +68,10 @@ type Outcome struct {
 	Status                int
 	TTFB, Duration        time.Duration
 	Attempts              int
+	// InputTokens, OutputTokens and TokensKnown are what the backend
+	// reported, for successful responses.
+	InputTokens, OutputTokens int64
+	TokensKnown               bool
 }
 
 var bufPool = sync.Pool{New: func() any { b := make([]byte, 32<<10); return &b }}
@@ -275,6 +279,7 @@ func (f *Forwarder) finish(ev *usage.Event, start, ttfb time.Time, failed bool) 
 	}
 	if f.Observe != nil {
 		o := Outcome{Route: ev.Route, Backend: ev.Endpoint, Model: ev.Model, Status: ev.Status, Duration: end.Sub(start), Attempts: ev.Attempts}
+		o.InputTokens, o.OutputTokens, o.TokensKnown = ev.Tokens()
 		if !ttfb.IsZero() {
 			o.TTFB = ttfb.Sub(start)
 		}

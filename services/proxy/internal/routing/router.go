@@ -56,6 +56,9 @@ type Options struct {
 	// Observe, if set, receives how long each granted or refused request
 	// waited and whether it queued at all.
 	Observe func(wait time.Duration, queued bool, err error)
+	// LockWait, if set, receives how long each acquisition of the router's
+	// lock waited (the seed asks for lock-contention metrics).
+	LockWait func(time.Duration)
 }
 
 // Router owns every slot count on this replica.
@@ -100,7 +103,7 @@ func (r *Router) Acquire(ctx context.Context, cands []Candidate) (*Slot, error) 
 		return nil, ErrNoCandidates
 	}
 	start := time.Now()
-	r.mu.Lock()
+	r.lock(start)
 	if c, ok := r.pickLocked(cands); ok {
 		s := r.reserveLocked(c.Key)
 		r.mu.Unlock()
@@ -140,6 +143,20 @@ func (r *Router) Acquire(ctx context.Context, cands []Candidate) (*Slot, error) 
 	}
 	r.observe(start, true, err)
 	return nil, err
+}
+
+// lock takes r.mu, reporting the wait when asked to. since is when the
+// caller started waiting (zero: now).
+func (r *Router) lock(since time.Time) {
+	if r.opts.LockWait == nil {
+		r.mu.Lock()
+		return
+	}
+	if since.IsZero() {
+		since = time.Now()
+	}
+	r.mu.Lock()
+	r.opts.LockWait(time.Since(since))
 }
 
 func (r *Router) observe(start time.Time, queued bool, err error) {
@@ -190,7 +207,7 @@ func (r *Router) reserveLocked(k Key) *Slot {
 }
 
 func (r *Router) release(k Key) {
-	r.mu.Lock()
+	r.lock(time.Time{})
 	defer r.mu.Unlock()
 	if r.inflight[k]--; r.inflight[k] <= 0 {
 		delete(r.inflight, k)

@@ -3,13 +3,17 @@
 package server
 
 import (
+	"context"
 	"encoding/json"
+	"errors"
 	"log/slog"
 	"net/http"
 	"strings"
+	"time"
 
 	"github.com/go-chi/chi/v5"
 	"github.com/go-chi/chi/v5/middleware"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/droverhq/drover/pkg/config"
 	"github.com/droverhq/drover/pkg/usage"
@@ -17,6 +21,7 @@ import (
 	"github.com/droverhq/drover/services/proxy/internal/backend"
 	"github.com/droverhq/drover/services/proxy/internal/fleet"
 	"github.com/droverhq/drover/services/proxy/internal/forward"
+	"github.com/droverhq/drover/services/proxy/internal/metrics"
 	"github.com/droverhq/drover/services/proxy/internal/ollamaapi"
 	"github.com/droverhq/drover/services/proxy/internal/routing"
 )
@@ -28,6 +33,7 @@ type Server struct {
 	Router  *routing.Router
 	Totals  *usage.Totals
 	Forward *forward.Forwarder
+	Metrics *metrics.Metrics
 	log     *slog.Logger
 	handler http.Handler
 }
@@ -44,13 +50,20 @@ type Options struct {
 // New builds a replica from cfg.
 func New(cfg *config.Config, log *slog.Logger, opts Options) *Server {
 	s := &Server{Config: cfg, log: log, Totals: usage.NewTotals()}
-	s.Fleet = fleet.New(cfg, log, fleet.Hooks{})
-	s.Router = routing.New(routing.Options{MaxQueue: cfg.Routing.Queue.MaxLength, MaxWait: cfg.Routing.Queue.MaxWait}, opts.Remote)
+	s.Metrics = metrics.New()
+	s.Fleet = fleet.New(cfg, log, fleet.Hooks{Fetch: s.Metrics.Fetch})
+	s.Router = routing.New(routing.Options{
+		MaxQueue: cfg.Routing.Queue.MaxLength,
+		MaxWait:  cfg.Routing.Queue.MaxWait,
+		Observe:  s.observeQueue,
+		LockWait: func(d time.Duration) { s.Metrics.LockWait("router", d) },
+	}, opts.Remote)
+	s.Metrics.Watch(metrics.GaugeSource{InFlight: s.Router.InFlight, Queue: s.Router.QueueLen, Breakers: s.breakers})
 	sinks := usage.Sinks{s.Totals}
 	if opts.Sink != nil {
 		sinks = append(sinks, opts.Sink)
 	}
-	s.Forward = &forward.Forwarder{Fleet: s.Fleet, Router: s.Router, Sink: sinks, Replica: cfg.Replica, MaxAttempts: cfg.Routing.MaxAttempts, CancelGrace: cfg.Routing.CancelGrace, Log: log}
+	s.Forward = &forward.Forwarder{Fleet: s.Fleet, Router: s.Router, Sink: sinks, Replica: cfg.Replica, MaxAttempts: cfg.Routing.MaxAttempts, CancelGrace: cfg.Routing.CancelGrace, Log: log, Observe: s.observeRequest}
 	s.handler = s.routes()
 	return s
 }
@@ -73,6 +86,7 @@ func (s *Server) routes() http.Handler {
 	api := &ollamaapi.Handler{Fleet: s.Fleet, Forward: s.Forward, Log: s.log}
 	api.Routes(r)
 	r.Get("/health", s.health)
+	r.Method(http.MethodGet, "/metrics", promhttp.HandlerFor(s.Metrics.Registry, promhttp.HandlerOpts{}))
 	r.Get("/api/usage", s.usage)
 	r.Get("/api/config", s.endpoints)
 	r.Post("/api/cache/invalidate", s.invalidate)
@@ -183,4 +197,39 @@ func writeJSON(w http.ResponseWriter, status int, v any) {
 	w.Header().Set("Content-Type", "application/json; charset=utf-8")
 	w.WriteHeader(status)
 	json.NewEncoder(w).Encode(v) //nolint:errcheck // the client may be gone
+}
+
+func (s *Server) observeQueue(wait time.Duration, queued bool, err error) {
+	outcome := "granted"
+	switch {
+	case errors.Is(err, routing.ErrQueueFull):
+		outcome = "full"
+	case errors.Is(err, routing.ErrQueueTimeout):
+		outcome = "timeout"
+	case err != nil:
+		outcome = "cancelled"
+	case !queued:
+		outcome = "immediate"
+	}
+	s.Metrics.QueueWait(outcome, wait)
+}
+
+func (s *Server) observeRequest(o forward.Outcome) {
+	s.Metrics.Request(o.Route, o.Backend, o.Model, o.Status, o.TTFB, o.Duration, o.Attempts)
+	if o.Status < 300 && o.Backend != "" {
+		s.Metrics.Tokens(o.Backend, o.Model, o.Route, o.InputTokens, o.OutputTokens, o.TokensKnown)
+	}
+	if !s.log.Enabled(context.Background(), slog.LevelDebug) {
+		return
+	}
+	s.log.Debug("request", "route", o.Route, "backend", o.Backend, "model", o.Model, "status", o.Status,
+		"ttfb_ms", o.TTFB.Milliseconds(), "duration_ms", o.Duration.Milliseconds(), "attempts", o.Attempts)
+}
+
+func (s *Server) breakers() map[string]int {
+	out := make(map[string]int, len(s.Fleet.Backends))
+	for _, b := range s.Fleet.Backends {
+		out[b.Name] = int(b.Health.State())
+	}
+	return out
 }
