@@ -21,7 +21,7 @@ type Model struct {
 	Name              string       // e.g. "tiny" (normalised to tiny:latest)
 	Capabilities      []Capability // default [completion]
 	Family            string       // default "llama"
-	ParameterSize     string       // default "136.45K"
+	ParameterSize     string       // default "136K"
 	QuantizationLevel string       // default "F16"
 	Size              int64        // bytes; default 288000
 	ContextLength     int          // default 4096
@@ -64,13 +64,15 @@ const DefaultChunks = 10
 const PerMessageTokens = 4
 
 // DefaultModels mirrors the models that realollama creates.
+// tiny-alias is a copy of tiny, so they share a digest.
 func DefaultModels() []Model {
+	const tinyDigest = "25e3e2ca9fa8f3b4c0f1e2d3c4b5a6978877665544332211000f1e2d3c4b5a69"
 	return []Model{
-		{Name: "tiny", Capabilities: []Capability{CapCompletion}},
+		{Name: "tiny", Capabilities: []Capability{CapCompletion}, Digest: tinyDigest},
 		{Name: "tiny2", Capabilities: []Capability{CapCompletion, CapTools}},
 		{Name: "tiny-fixed", Capabilities: []Capability{CapCompletion}},
 		{Name: "tiny-embed", Capabilities: []Capability{CapEmbedding}},
-		{Name: "tiny-alias", Capabilities: []Capability{CapCompletion}},
+		{Name: "tiny-alias", Capabilities: []Capability{CapCompletion}, Digest: tinyDigest},
 	}
 }
 

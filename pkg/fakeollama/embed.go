@@ -87,7 +87,7 @@ func (s *Server) embedStart(w http.ResponseWriter, r *http.Request, model string
 func (s *Server) handleEmbed(w http.ResponseWriter, r *http.Request) {
 	start := time.Now()
 	var req embedRequest
-	if !decode(w, r, &req) || !s.applyFault(w, r, req.Fake) || s.serverFailure(w) {
+	if !decode(w, r, &req, "EmbedRequest") || !s.applyFault(w, r, req.Fake) || s.serverFailure(w) {
 		return
 	}
 	var input []string
@@ -110,6 +110,10 @@ func (s *Server) handleEmbed(w http.ResponseWriter, r *http.Request) {
 			writeError(w, http.StatusBadRequest, "invalid input type")
 			return
 		}
+	}
+	if req.Model == "" {
+		writeError(w, http.StatusInternalServerError, "unqualified name: registry.ollama.ai/library/!MISSING!:latest")
+		return
 	}
 	e, done := s.embedStart(w, r, req.Model, req.KeepAlive)
 	if e == nil {
@@ -150,7 +154,7 @@ func (s *Server) handleEmbed(w http.ResponseWriter, r *http.Request) {
 
 func (s *Server) handleEmbeddings(w http.ResponseWriter, r *http.Request) {
 	var req embeddingRequest
-	if !decode(w, r, &req) || !s.applyFault(w, r, req.Fake) || s.serverFailure(w) {
+	if !decode(w, r, &req, "EmbeddingRequest") || !s.applyFault(w, r, req.Fake) || s.serverFailure(w) {
 		return
 	}
 	if !parseName(req.Model).valid() {

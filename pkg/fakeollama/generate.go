@@ -51,7 +51,7 @@ type job struct {
 func (s *Server) handleChat(w http.ResponseWriter, r *http.Request) {
 	start := time.Now()
 	var req chatRequest
-	if !decode(w, r, &req) || !s.applyFault(w, r, req.Fake) || s.serverFailure(w) {
+	if !decode(w, r, &req, "ChatRequest") || !s.applyFault(w, r, req.Fake) || s.serverFailure(w) {
 		return
 	}
 	if !parseName(req.Model).valid() {
@@ -77,7 +77,7 @@ func (s *Server) handleChat(w http.ResponseWriter, r *http.Request) {
 	if len(req.Tools) > 0 {
 		want = append(want, CapTools)
 	}
-	if !s.checkCaps(w, e, req.Model, "chat", want) {
+	if !s.checkCaps(w, e, req.Model, "chat", want) || !validOptions(w, req.Options) {
 		return
 	}
 	prompt := 0
@@ -92,7 +92,7 @@ func (s *Server) handleChat(w http.ResponseWriter, r *http.Request) {
 func (s *Server) handleGenerate(w http.ResponseWriter, r *http.Request) {
 	start := time.Now()
 	var req generateRequest
-	if !decode(w, r, &req) || !s.applyFault(w, r, req.Fake) || s.serverFailure(w) {
+	if !decode(w, r, &req, "GenerateRequest") || !s.applyFault(w, r, req.Fake) || s.serverFailure(w) {
 		return
 	}
 	var e *entry
@@ -121,7 +121,7 @@ func (s *Server) handleGenerate(w http.ResponseWriter, r *http.Request) {
 	if req.Suffix != "" {
 		want = append(want, CapInsert)
 	}
-	if !s.checkCaps(w, e, req.Model, "generate", want) {
+	if !s.checkCaps(w, e, req.Model, "generate", want) || !validOptions(w, req.Options) {
 		return
 	}
 	prompt := countWords(req.Prompt) + countWords(req.Suffix) + PerMessageTokens

@@ -19,12 +19,19 @@ type showRequest struct {
 	Fake    *Fault `json:"fake"`
 }
 
+type tensor struct {
+	Name  string   `json:"name"`
+	Type  string   `json:"type"`
+	Shape []uint64 `json:"shape"`
+}
+
 type showResponse struct {
 	Modelfile    string         `json:"modelfile,omitempty"`
 	Parameters   string         `json:"parameters,omitempty"`
 	Template     string         `json:"template,omitempty"`
 	Details      modelDetails   `json:"details"`
 	ModelInfo    map[string]any `json:"model_info"`
+	Tensors      []tensor       `json:"tensors"`
 	Capabilities []Capability   `json:"capabilities,omitempty"`
 	ModifiedAt   time.Time      `json:"modified_at"`
 }
@@ -33,7 +40,7 @@ const fakeTemplate = "{{- range .Messages }}<|{{ .Role }}|>{{ .Content }}\n{{ en
 
 func (s *Server) handleShow(w http.ResponseWriter, r *http.Request) {
 	var req showRequest
-	if !decode(w, r, &req) || !s.applyFault(w, r, req.Fake) {
+	if !decode(w, r, &req, "ShowRequest") || !s.applyFault(w, r, req.Fake) {
 		return
 	}
 	name := cmp.Or(req.Model, req.Name)
@@ -54,9 +61,11 @@ func (s *Server) handleShow(w http.ResponseWriter, r *http.Request) {
 		e.Family + ".embedding_length":     e.EmbeddingLength,
 		e.Family + ".block_count":          2,
 		e.Family + ".attention.head_count": 4,
+		e.Family + ".vocab_size":           483,
+		"tokenizer.ggml.model":             "llama",
+		"tokenizer.ggml.tokens":            nil,
 	}
 	if req.Verbose {
-		info["tokenizer.ggml.model"] = "llama"
 		info["tokenizer.ggml.tokens"] = tokenWords
 	}
 	writeJSON(w, http.StatusOK, showResponse{
@@ -65,6 +74,7 @@ func (s *Server) handleShow(w http.ResponseWriter, r *http.Request) {
 		Template:     fakeTemplate,
 		Details:      e.details(),
 		ModelInfo:    info,
+		Tensors:      []tensor{{Name: "token_embd.weight", Type: "F16", Shape: []uint64{64, 483}}},
 		Capabilities: e.Capabilities,
 		ModifiedAt:   e.modifiedAt,
 	})
@@ -124,12 +134,12 @@ func (s *Server) progress(w http.ResponseWriter, r *http.Request, stream *bool, 
 	n := len(lines)
 	if stream != nil && !*stream {
 		w.Header().Set("Content-Type", "application/json")
-		for i := 0; i < n; i++ {
+		for i := 0; i <= n; i++ {
 			if at(f.ErrorAfterChunks, i, n) {
 				writeError(w, http.StatusInternalServerError, f.errorMessage(0))
 				return false
 			}
-			if !s.sleep(r.Context(), time.Duration(f.DelayMs)*time.Millisecond) {
+			if i < n && !s.sleep(r.Context(), time.Duration(f.DelayMs)*time.Millisecond) {
 				return false
 			}
 		}
@@ -170,7 +180,7 @@ func (s *Server) progress(w http.ResponseWriter, r *http.Request, stream *bool, 
 
 func (s *Server) handlePull(w http.ResponseWriter, r *http.Request) {
 	var req nameRequest
-	if !decode(w, r, &req) || !s.applyFault(w, r, req.Fake) {
+	if !decode(w, r, &req, "PullRequest") || !s.applyFault(w, r, req.Fake) {
 		return
 	}
 	name := cmp.Or(req.Model, req.Name)
@@ -195,7 +205,7 @@ func (s *Server) handlePull(w http.ResponseWriter, r *http.Request) {
 
 func (s *Server) handlePush(w http.ResponseWriter, r *http.Request) {
 	var req nameRequest
-	if !decode(w, r, &req) || !s.applyFault(w, r, req.Fake) {
+	if !decode(w, r, &req, "PushRequest") || !s.applyFault(w, r, req.Fake) {
 		return
 	}
 	name := cmp.Or(req.Model, req.Name)
@@ -205,7 +215,11 @@ func (s *Server) handlePush(w http.ResponseWriter, r *http.Request) {
 	}
 	e := s.lookup(name)
 	if e == nil {
-		writeError(w, http.StatusInternalServerError, fmt.Sprintf("model '%s' not found", name))
+		n := parseName(name)
+		f := &Fault{ErrorAfterChunks: new(int), Error: fmt.Sprintf(
+			"open manifests/%s/%s/%s/%s: no such file or directory", n.host, n.namespace, n.model, n.tag)}
+		*f.ErrorAfterChunks = 2
+		s.progress(w, r, req.Stream, []progressLine{{status: "retrieving manifest"}, {status: "couldn't retrieve manifest"}}, f)
 		return
 	}
 	lines := append([]progressLine{{status: "retrieving manifest"}}, layerLines("pushing", e)...)
@@ -217,7 +231,7 @@ func (s *Server) handlePush(w http.ResponseWriter, r *http.Request) {
 // model inherits its capabilities. Anything else makes a completion model.
 func (s *Server) handleCreate(w http.ResponseWriter, r *http.Request) {
 	var req nameRequest
-	if !decode(w, r, &req) || !s.applyFault(w, r, req.Fake) {
+	if !decode(w, r, &req, "CreateRequest") || !s.applyFault(w, r, req.Fake) {
 		return
 	}
 	name := cmp.Or(req.Model, req.Name)
@@ -228,15 +242,17 @@ func (s *Server) handleCreate(w http.ResponseWriter, r *http.Request) {
 	m := Model{Name: name}
 	if req.From != "" {
 		from := s.lookup(req.From)
-		if from == nil {
-			writeError(w, http.StatusBadRequest, fmt.Sprintf("model '%s' not found", req.From))
+		if from == nil { // Ollama tries to pull it; offline that fails in-stream
+			f := &Fault{ErrorAfterChunks: new(int), Error: "pull model manifest: file does not exist"}
+			*f.ErrorAfterChunks = 1
+			s.progress(w, r, req.Stream, []progressLine{{status: "pulling manifest"}}, f)
 			return
 		}
 		m = from.Model
 		m.Name, m.Digest = name, ""
 	}
 	e := newEntry(m, time.Now())
-	lines := []progressLine{{status: "gathering model components"}}
+	var lines []progressLine
 	for _, l := range layerLines("pulling", e) {
 		if l.completed == l.total {
 			lines = append(lines, progressLine{status: "using existing layer " + l.digest})
@@ -258,7 +274,7 @@ type copyRequest struct {
 
 func (s *Server) handleCopy(w http.ResponseWriter, r *http.Request) {
 	var req copyRequest
-	if !decode(w, r, &req) || !s.applyFault(w, r, req.Fake) {
+	if !decode(w, r, &req, "CopyRequest") || !s.applyFault(w, r, req.Fake) {
 		return
 	}
 	switch {
@@ -273,7 +289,7 @@ func (s *Server) handleCopy(w http.ResponseWriter, r *http.Request) {
 
 func (s *Server) handleDelete(w http.ResponseWriter, r *http.Request) {
 	var req nameRequest
-	if !decode(w, r, &req) || !s.applyFault(w, r, req.Fake) {
+	if !decode(w, r, &req, "DeleteRequest") || !s.applyFault(w, r, req.Fake) {
 		return
 	}
 	name := cmp.Or(req.Model, req.Name)

@@ -25,7 +25,7 @@ func newEntry(m Model, now time.Time) *entry {
 		m.Capabilities = []Capability{CapCompletion}
 	}
 	m.Family = cmp.Or(m.Family, "llama")
-	m.ParameterSize = cmp.Or(m.ParameterSize, "136.45K")
+	m.ParameterSize = cmp.Or(m.ParameterSize, "136K")
 	m.QuantizationLevel = cmp.Or(m.QuantizationLevel, "F16")
 	if m.Size == 0 {
 		m.Size = 288000

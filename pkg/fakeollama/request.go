@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"math"
+	"net/http"
 	"reflect"
 	"time"
 )
@@ -18,7 +19,7 @@ type message struct {
 }
 
 type options struct {
-	NumPredict *float64 `json:"num_predict"`
+	NumPredict any `json:"num_predict"`
 }
 
 type chatRequest struct {
@@ -123,6 +124,26 @@ func countWords(s string) int {
 	return n
 }
 
+func (o *options) numPredict() (float64, bool) {
+	if o == nil {
+		return 0, false
+	}
+	n, ok := o.NumPredict.(float64)
+	return n, ok
+}
+
+// validOptions answers Ollama's 500 for a mistyped option it acts on.
+func validOptions(w http.ResponseWriter, o *options) bool {
+	if o == nil || o.NumPredict == nil {
+		return true
+	}
+	if _, ok := o.NumPredict.(float64); !ok {
+		writeError(w, http.StatusInternalServerError, `option "num_predict" must be of type integer`)
+		return false
+	}
+	return true
+}
+
 // plan is what one generation will produce, fixed before any byte is written.
 type plan struct {
 	promptTokens int
@@ -136,8 +157,8 @@ type plan struct {
 func (s *Server) makePlan(promptTokens int, opts *options, f *Fault, think bool) plan {
 	p := plan{promptTokens: promptTokens, doneReason: "stop", fault: f,
 		chunks: int(s.chunks.Load()), delay: time.Duration(s.chunkDelay.Load())}
-	if opts != nil && opts.NumPredict != nil && *opts.NumPredict >= 0 {
-		p.chunks = int(min(*opts.NumPredict, math.MaxInt32))
+	if n, ok := opts.numPredict(); ok && n >= 0 {
+		p.chunks = int(min(n, math.MaxInt32))
 		p.doneReason = "length"
 	}
 	if f != nil {

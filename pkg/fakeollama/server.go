@@ -127,18 +127,50 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	case route == "/api/blobs" && (m == http.MethodHead || post):
 		s.handleBlob(w, r)
 	default:
-		if !s.serveOpenAI(w, r) {
-			w.Header().Set("Content-Type", "text/plain")
-			w.WriteHeader(http.StatusNotFound)
-			io.WriteString(w, "404 page not found")
+		if s.serveOpenAI(w, r) {
+			return
 		}
+		w.Header().Set("Content-Type", "text/plain")
+		if allow := allowed(route); allow != "" {
+			w.Header().Set("Allow", allow)
+			w.WriteHeader(http.StatusMethodNotAllowed)
+			io.WriteString(w, "405 method not allowed")
+			return
+		}
+		w.WriteHeader(http.StatusNotFound)
+		io.WriteString(w, "404 page not found")
 	}
+}
+
+// allowed is gin's Allow header for a known path hit with the wrong method.
+func allowed(route string) string {
+	switch route {
+	case "/", "/api/version", "/api/tags":
+		return "HEAD, GET"
+	case "/api/ps", "/v1/models":
+		return "GET"
+	case "/api/delete":
+		return "DELETE"
+	case "/api/blobs":
+		return "HEAD, POST"
+	case "/api/show", "/api/chat", "/api/generate", "/api/embed", "/api/embeddings", "/api/pull",
+		"/api/push", "/api/create", "/api/copy", "/v1/chat/completions", "/v1/completions", "/v1/embeddings":
+		return "POST"
+	}
+	return ""
 }
 
 // decode reads a JSON body like gin's ShouldBindJSON and answers 400 with
 // Ollama's message when it fails.
-func decode(w http.ResponseWriter, r *http.Request, v any) bool {
+// typeName is the Ollama request type named in JSON type errors.
+func decode(w http.ResponseWriter, r *http.Request, v any, typeName string) bool {
 	err := json.NewDecoder(r.Body).Decode(v)
+	var te *json.UnmarshalTypeError
+	if errors.As(err, &te) && te.Struct != "" {
+		msg := strings.Replace(err.Error(), "field "+te.Struct+".", "field "+typeName+".", 1)
+		writeError(w, http.StatusBadRequest, msg)
+		return false
+	}
 	switch {
 	case errors.Is(err, io.EOF):
 		writeError(w, http.StatusBadRequest, "missing request body")
