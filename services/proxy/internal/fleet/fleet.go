@@ -53,6 +53,9 @@ func New(cfg *config.Config, log *slog.Logger, hooks Hooks) *Fleet {
 		name := b.Name
 		b.Health.OnChange(func(s backend.State) {
 			log.Warn("backend health changed", "backend", name, "state", s.String())
+			// What the backend has may have changed while it was away;
+			// every replica should read it afresh.
+			f.Invalidate(name)
 		})
 		f.Backends = append(f.Backends, b)
 		f.byName[b.Name] = b

@@ -59,6 +59,9 @@ type Options struct {
 	// LockWait, if set, receives how long each acquisition of the router's
 	// lock waited (the seed asks for lock-contention metrics).
 	LockWait func(time.Duration)
+	// Changed, if set, is called (under the router's lock, so it must not
+	// block) after every reserve and release, so counts can be shared.
+	Changed func()
 }
 
 // Router owns every slot count on this replica.
@@ -203,6 +206,9 @@ func better(c Candidate, in, total int, b Candidate, bIn, bTotal int) bool {
 func (r *Router) reserveLocked(k Key) *Slot {
 	r.inflight[k]++
 	r.backend[k.Backend]++
+	if r.opts.Changed != nil {
+		r.opts.Changed()
+	}
 	return &Slot{Key: k, r: r}
 }
 
@@ -214,6 +220,9 @@ func (r *Router) release(k Key) {
 	}
 	if r.backend[k.Backend]--; r.backend[k.Backend] <= 0 {
 		delete(r.backend, k.Backend)
+	}
+	if r.opts.Changed != nil {
+		r.opts.Changed()
 	}
 	r.grantLocked()
 }

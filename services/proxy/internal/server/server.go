@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/go-chi/chi/v5"
+	"github.com/nats-io/nats.go"
 	"github.com/go-chi/chi/v5/middleware"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
@@ -20,6 +21,7 @@ import (
 	"github.com/droverhq/drover/services/proxy/internal/auth"
 	"github.com/droverhq/drover/services/proxy/internal/backend"
 	"github.com/droverhq/drover/services/proxy/internal/fleet"
+	"github.com/droverhq/drover/services/proxy/internal/fleetsync"
 	"github.com/droverhq/drover/services/proxy/internal/forward"
 	"github.com/droverhq/drover/services/proxy/internal/metrics"
 	"github.com/droverhq/drover/services/proxy/internal/ollamaapi"
@@ -34,6 +36,7 @@ type Server struct {
 	Totals  *usage.Totals
 	Forward *forward.Forwarder
 	Metrics *metrics.Metrics
+	Sync    *fleetsync.Sync
 	log     *slog.Logger
 	handler http.Handler
 }
@@ -43,21 +46,30 @@ type Options struct {
 	// Sink receives every usage event besides the local totals (the
 	// JetStream publisher in production); nil for none.
 	Sink usage.Sink
-	// Remote adds other replicas' in-flight counts to routing; nil for none.
-	Remote routing.Remote
+	// SyncConn is a NATS connection for sharing in-flight counts and cache
+	// invalidations with the other replicas (the server owns its handlers);
+	// nil routes on this replica's counts only.
+	SyncConn *nats.Conn
 }
 
 // New builds a replica from cfg.
 func New(cfg *config.Config, log *slog.Logger, opts Options) *Server {
 	s := &Server{Config: cfg, log: log, Totals: usage.NewTotals()}
 	s.Metrics = metrics.New()
+	s.Sync = fleetsync.New(opts.SyncConn, fleetsync.Options{Replica: cfg.Replica}, log)
 	s.Fleet = fleet.New(cfg, log, fleet.Hooks{Fetch: s.Metrics.Fetch})
+	s.Fleet.OnInvalidate = s.Sync.PublishInvalidate
 	s.Router = routing.New(routing.Options{
 		MaxQueue: cfg.Routing.Queue.MaxLength,
 		MaxWait:  cfg.Routing.Queue.MaxWait,
 		Observe:  s.observeQueue,
 		LockWait: func(d time.Duration) { s.Metrics.LockWait("router", d) },
-	}, opts.Remote)
+		Changed:  s.Sync.Changed,
+	}, s.Sync)
+	s.Sync.Attach(s.Router, s.Fleet.InvalidateLocal)
+	if err := s.Sync.Start(); err != nil {
+		log.Error("fleet sync did not start: routing on this replica's counts only", "err", err)
+	}
 	s.Metrics.Watch(metrics.GaugeSource{InFlight: s.Router.InFlight, Queue: s.Router.QueueLen, Breakers: s.breakers})
 	sinks := usage.Sinks{s.Totals}
 	if opts.Sink != nil {
@@ -72,7 +84,10 @@ func New(cfg *config.Config, log *slog.Logger, opts Options) *Server {
 func (s *Server) Handler() http.Handler { return s.handler }
 
 // Close stops background work. Call it after the HTTP server has drained.
-func (s *Server) Close() { s.Fleet.Close() }
+func (s *Server) Close() {
+	s.Sync.Close()
+	s.Fleet.Close()
+}
 
 func (s *Server) routes() http.Handler {
 	r := chi.NewRouter()
@@ -124,7 +139,9 @@ func (s *Server) backendStatuses() ([]backendStatus, int) {
 	usable := 0
 	for _, b := range s.Fleet.Backends {
 		snap := b.Health.Snapshot()
-		if snap.State != backend.Open.String() {
+		// Half-open is a backend under trial after failing: not usable
+		// until a probe or request proves it.
+		if snap.Healthy {
 			usable++
 		}
 		out = append(out, backendStatus{Name: b.Name, URL: b.URL, Type: b.Type, MaxConcurrency: b.MaxConcurrency, Weight: b.Weight, Health: snap})
@@ -142,7 +159,7 @@ func (s *Server) health(w http.ResponseWriter, r *http.Request) {
 	case usable < len(backends):
 		status = "degraded"
 	}
-	writeJSON(w, code, map[string]any{"status": status, "replica": s.Config.Replica, "backends": backends, "queue_length": s.Router.QueueLen()})
+	writeJSON(w, code, map[string]any{"status": status, "replica": s.Config.Replica, "backends": backends, "queue_length": s.Router.QueueLen(), "fleet_sync": s.Sync.Status()})
 }
 
 // endpoints is /api/config: each backend and its state.

@@ -1,0 +1,356 @@
+// Package fleetsync makes proxy replicas behave as one router over core NATS:
+// each replica publishes its in-flight counts per (backend, model) when they
+// change (coalesced) and as a heartbeat, routes on its own exact counts plus
+// the others' latest, forgets a replica whose heartbeat expires, and fans
+// cache invalidations out to every replica.
+//
+// Subjects and payloads (JSON):
+//
+//	drover.inflight          {"replica","seq","ttl_ms","counts":[{"backend","model","n"}]}
+//	drover.cache.invalidate  {"replica","backends":[...]}   (empty list: everything)
+//
+// A replica that says goodbye publishes empty counts. Core NATS may drop
+// messages: counts are re-sent every heartbeat, a replica clears its caches
+// when it reconnects, and cached entries keep their TTLs as a backstop.
+// Without NATS every replica routes on its own counts and says so in
+// Status.
+package fleetsync
+
+import (
+	"context"
+	"encoding/json"
+	"log/slog"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/nats-io/nats.go"
+
+	"github.com/droverhq/drover/services/proxy/internal/routing"
+)
+
+// Subjects.
+const (
+	SubjectInFlight   = "drover.inflight"
+	SubjectInvalidate = "drover.cache.invalidate"
+)
+
+// Options tune the sync.
+type Options struct {
+	Replica string
+	// Coalesce is the longest a change waits before it is published
+	// (default 5ms); Heartbeat re-sends counts (default 1s); a peer is
+	// forgotten after TTL without a message (default 3 heartbeats).
+	Coalesce  time.Duration
+	Heartbeat time.Duration
+	TTL       time.Duration
+}
+
+// Local is what the sync needs from this replica.
+type Local interface {
+	InFlight() map[string]map[string]int
+	Recheck()
+}
+
+// Invalidator drops cached model lists locally.
+type Invalidator func(backends ...string)
+
+type countMsg struct {
+	Replica string  `json:"replica"`
+	Seq     uint64  `json:"seq"`
+	TTLms   int64   `json:"ttl_ms"`
+	Counts  []count `json:"counts"`
+}
+
+type count struct {
+	Backend string `json:"backend"`
+	Model   string `json:"model"`
+	N       int    `json:"n"`
+}
+
+type invalidateMsg struct {
+	Replica  string   `json:"replica"`
+	Backends []string `json:"backends"`
+}
+
+// snapshot is the sum of every live peer's counts; it is replaced whole
+// (copy-on-write) so the router reads it without a lock.
+type snapshot struct {
+	byKey     map[routing.Key]int
+	byBackend map[string]int
+}
+
+type peer struct {
+	seq     uint64
+	counts  []count
+	expires time.Time
+}
+
+// Sync is one replica's side. Create it with New, give it the router with
+// Attach, then Start; Close stops it.
+type Sync struct {
+	opts       Options
+	nc         *nats.Conn
+	log        *slog.Logger
+	local      Local
+	invalidate Invalidator
+
+	remote  atomic.Pointer[snapshot]
+	changed chan struct{} // buffered 1: a change is waiting to be published
+	seq     atomic.Uint64
+	online  atomic.Bool
+
+	mu    sync.Mutex // guards peers
+	peers map[string]*peer
+
+	subs   []*nats.Subscription
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+
+	// Counters for metrics and tests.
+	Published, Received, Dropped atomic.Int64
+}
+
+// New prepares a sync over nc (which may be nil: local counts only). The
+// sync sets nc's disconnect and reconnect handlers, so give it a connection
+// of its own.
+func New(nc *nats.Conn, opts Options, log *slog.Logger) *Sync {
+	if opts.Coalesce == 0 {
+		opts.Coalesce = 5 * time.Millisecond
+	}
+	if opts.Heartbeat == 0 {
+		opts.Heartbeat = time.Second
+	}
+	if opts.TTL == 0 {
+		opts.TTL = 3 * opts.Heartbeat
+	}
+	s := &Sync{opts: opts, nc: nc, log: log, changed: make(chan struct{}, 1), peers: map[string]*peer{}}
+	s.remote.Store(&snapshot{byKey: map[routing.Key]int{}, byBackend: map[string]int{}})
+	return s
+}
+
+// InFlight is the other replicas' count for k (routing.Remote).
+func (s *Sync) InFlight(k routing.Key) int { return s.remote.Load().byKey[k] }
+
+// BackendInFlight is the other replicas' count on a backend (routing.Remote).
+func (s *Sync) BackendInFlight(b string) int { return s.remote.Load().byBackend[b] }
+
+// Changed signals that local counts changed; it never blocks (it is called
+// under the router's lock).
+func (s *Sync) Changed() {
+	select {
+	case s.changed <- struct{}{}:
+	default:
+	}
+}
+
+// Attach gives the sync this replica's router and cache invalidation.
+func (s *Sync) Attach(local Local, inv Invalidator) {
+	s.local, s.invalidate = local, inv
+}
+
+// Start subscribes and starts publishing. With no connection it does
+// nothing: the replica routes on its own counts.
+func (s *Sync) Start() error {
+	if s.nc == nil {
+		return nil
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	s.cancel = cancel
+	for subj, h := range map[string]nats.MsgHandler{SubjectInFlight: s.onCounts, SubjectInvalidate: s.onInvalidate} {
+		sub, err := s.nc.Subscribe(subj, h)
+		if err != nil {
+			cancel()
+			return err
+		}
+		s.subs = append(s.subs, sub)
+	}
+	s.online.Store(s.nc.IsConnected())
+	s.nc.SetDisconnectErrHandler(func(_ *nats.Conn, err error) {
+		s.online.Store(false)
+		s.forgetPeers()
+		s.log.Warn("fleet sync lost NATS: routing on this replica's counts only", "err", err)
+	})
+	s.nc.SetReconnectHandler(func(*nats.Conn) {
+		s.online.Store(true)
+		// Invalidations may have been missed while away.
+		if s.invalidate != nil {
+			s.invalidate()
+		}
+		s.Changed()
+		s.log.Info("fleet sync reconnected to NATS; caches cleared")
+	})
+	s.wg.Add(1)
+	go s.loop(ctx)
+	return nil
+}
+
+// Close says goodbye (peers forget this replica at once) and stops.
+func (s *Sync) Close() {
+	if s.cancel == nil {
+		return
+	}
+	s.cancel()
+	s.wg.Wait()
+	for _, sub := range s.subs {
+		sub.Unsubscribe() //nolint:errcheck // closing anyway
+	}
+	s.publishCounts(nil)
+	s.nc.Flush() //nolint:errcheck // best effort goodbye
+}
+
+func (s *Sync) loop(ctx context.Context) {
+	defer s.wg.Done()
+	beat := time.NewTicker(s.opts.Heartbeat)
+	defer beat.Stop()
+	expire := time.NewTicker(s.opts.TTL / 3)
+	defer expire.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-s.changed:
+			// Coalesce a burst of changes into one message.
+			t := time.NewTimer(s.opts.Coalesce)
+			select {
+			case <-ctx.Done():
+				t.Stop()
+				return
+			case <-t.C:
+			}
+			s.publishLocal()
+		case <-beat.C:
+			s.publishLocal()
+		case <-expire.C:
+			s.expirePeers()
+		}
+	}
+}
+
+func (s *Sync) publishLocal() {
+	var counts []count
+	for b, models := range s.local.InFlight() {
+		for m, n := range models {
+			counts = append(counts, count{Backend: b, Model: m, N: n})
+		}
+	}
+	s.publishCounts(counts)
+}
+
+func (s *Sync) publishCounts(counts []count) {
+	msg, _ := json.Marshal(countMsg{Replica: s.opts.Replica, Seq: s.seq.Add(1), TTLms: s.opts.TTL.Milliseconds(), Counts: counts})
+	if err := s.nc.Publish(SubjectInFlight, msg); err != nil {
+		s.Dropped.Add(1)
+		return
+	}
+	s.Published.Add(1)
+}
+
+// PublishInvalidate tells every other replica to drop cached entries.
+func (s *Sync) PublishInvalidate(backends []string) {
+	if s.nc == nil {
+		return
+	}
+	msg, _ := json.Marshal(invalidateMsg{Replica: s.opts.Replica, Backends: backends})
+	if err := s.nc.Publish(SubjectInvalidate, msg); err != nil {
+		s.Dropped.Add(1)
+		s.log.Warn("could not publish cache invalidation", "err", err)
+	}
+}
+
+func (s *Sync) onInvalidate(m *nats.Msg) {
+	var msg invalidateMsg
+	if json.Unmarshal(m.Data, &msg) != nil || msg.Replica == s.opts.Replica {
+		return
+	}
+	if s.invalidate != nil {
+		s.invalidate(msg.Backends...)
+	}
+}
+
+func (s *Sync) onCounts(m *nats.Msg) {
+	var msg countMsg
+	if json.Unmarshal(m.Data, &msg) != nil || msg.Replica == s.opts.Replica {
+		return
+	}
+	s.Received.Add(1)
+	ttl := time.Duration(msg.TTLms) * time.Millisecond
+	if ttl <= 0 {
+		ttl = s.opts.TTL
+	}
+	s.mu.Lock()
+	p := s.peers[msg.Replica]
+	if p != nil && msg.Seq <= p.seq && msg.Seq != 1 {
+		s.mu.Unlock()
+		return // out of order; a restarted replica starts again at 1
+	}
+	s.peers[msg.Replica] = &peer{seq: msg.Seq, counts: msg.Counts, expires: time.Now().Add(ttl)}
+	s.rebuildLocked()
+	s.mu.Unlock()
+	// Remote slots may have freed: let local waiters have them.
+	if s.local != nil {
+		s.local.Recheck()
+	}
+}
+
+func (s *Sync) expirePeers() {
+	now := time.Now()
+	s.mu.Lock()
+	dropped := false
+	for name, p := range s.peers {
+		if now.After(p.expires) {
+			delete(s.peers, name)
+			dropped = true
+			s.log.Info("forgot replica: heartbeat expired", "replica", name)
+		}
+	}
+	if dropped {
+		s.rebuildLocked()
+	}
+	s.mu.Unlock()
+	if dropped && s.local != nil {
+		s.local.Recheck()
+	}
+}
+
+func (s *Sync) forgetPeers() {
+	s.mu.Lock()
+	s.peers = map[string]*peer{}
+	s.rebuildLocked()
+	s.mu.Unlock()
+}
+
+func (s *Sync) rebuildLocked() {
+	snap := &snapshot{byKey: map[routing.Key]int{}, byBackend: map[string]int{}}
+	for _, p := range s.peers {
+		for _, c := range p.counts {
+			snap.byKey[routing.Key{Backend: c.Backend, Model: c.Model}] += c.N
+			snap.byBackend[c.Backend] += c.N
+		}
+	}
+	s.remote.Store(snap)
+}
+
+// Status is reported by /health.
+type Status struct {
+	Mode   string   `json:"mode"` // "fleet" or "local"
+	Peers  []string `json:"peers"`
+	Reason string   `json:"reason,omitempty"`
+}
+
+// Status says whether counts are shared and with whom.
+func (s *Sync) Status() Status {
+	if s.nc == nil {
+		return Status{Mode: "local", Reason: "nats.url is not set", Peers: []string{}}
+	}
+	if !s.online.Load() {
+		return Status{Mode: "local", Reason: "NATS unreachable", Peers: []string{}}
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	peers := []string{}
+	for name := range s.peers {
+		peers = append(peers, name)
+	}
+	return Status{Mode: "fleet", Peers: peers}
+}
