@@ -36,19 +36,36 @@ func (s *Store) InsertEvents(ctx context.Context, rows []EventRow) error {
 	if err != nil {
 		return fmt.Errorf("preparing usage_events insert: %w", err)
 	}
+	// Columnar appends: one slice per column is several times cheaper than
+	// row-by-row Append at the aggregator's rates.
+	n := len(rows)
+	var (
+		ids, replicas, endpoints, models, backendModels, apiKeys, routes = make([]string, n), make([]string, n), make([]string, n), make([]string, n), make([]string, n), make([]string, n), make([]string, n)
+		times, minutes                                                   = make([]time.Time, n), make([]time.Time, n)
+		statuses, partitions                                             = make([]uint16, n), make([]uint16, n)
+		errs, known, streams, attempts                                   = make([]uint8, n), make([]uint8, n), make([]uint8, n), make([]uint8, n)
+		ins, outs, totals, seqs                                          = make([]uint64, n), make([]uint64, n), make([]uint64, n), make([]uint64, n)
+		ttfbs, durations                                                 = make([]float64, n), make([]float64, n)
+	)
 	for i := range rows {
 		r := &rows[i]
 		e := &r.Event
-		in, out, known := e.Tokens()
+		in, out, ok := e.Tokens()
+		in, out = max(in, 0), max(out, 0)
 		t := e.Time.UTC()
-		err := batch.Append(
-			e.ID, t, t.Truncate(time.Minute), e.Replica, e.Endpoint, e.Model, e.BackendModel, e.APIKey, e.Route,
-			uint16(clamp(e.Status, 0, 65535)), b2u(e.Error), uint64(max(in, 0)), uint64(max(out, 0)), uint64(max(in, 0)+max(out, 0)), b2u(known), b2u(e.Stream),
-			e.TTFBMs, e.DurationMs, uint8(clamp(e.Attempts, 0, 255)), r.Partition, r.Seq,
-		)
-		if err != nil {
+		ids[i], times[i], minutes[i] = e.ID, t, t.Truncate(time.Minute)
+		replicas[i], endpoints[i], models[i], backendModels[i], apiKeys[i], routes[i] = e.Replica, e.Endpoint, e.Model, e.BackendModel, e.APIKey, e.Route
+		statuses[i], errs[i] = uint16(clamp(e.Status, 0, 65535)), b2u(e.Error)
+		ins[i], outs[i], totals[i], known[i], streams[i] = uint64(in), uint64(out), uint64(in+out), b2u(ok), b2u(e.Stream)
+		ttfbs[i], durations[i], attempts[i] = e.TTFBMs, e.DurationMs, uint8(clamp(e.Attempts, 0, 255))
+		partitions[i], seqs[i] = r.Partition, r.Seq
+	}
+	cols := []any{ids, times, minutes, replicas, endpoints, models, backendModels, apiKeys, routes,
+		statuses, errs, ins, outs, totals, known, streams, ttfbs, durations, attempts, partitions, seqs}
+	for i, col := range cols {
+		if err := batch.Column(i).Append(col); err != nil {
 			_ = batch.Abort()
-			return fmt.Errorf("appending event %s: %w", e.ID, err)
+			return fmt.Errorf("appending usage_events column %d: %w", i, err)
 		}
 	}
 	if err := batch.Send(); err != nil {
@@ -87,6 +104,16 @@ func (s *Store) Committed(ctx context.Context, partitions []int) (map[int]uint64
 		return nil, fmt.Errorf("reading committed sequences: %w", err)
 	}
 	return out, nil
+}
+
+// EventCounts counts the rows of usage_events and their distinct ids, for
+// consistency checks: the two are equal when no event was stored twice.
+func (s *Store) EventCounts(ctx context.Context) (rows, ids uint64, err error) {
+	err = s.conn.QueryRow(ctx, "SELECT count() AS n, uniqExact(id) AS d FROM "+s.table("usage_events")).Scan(&rows, &ids)
+	if err != nil {
+		return 0, 0, fmt.Errorf("counting usage events: %w", err)
+	}
+	return rows, ids, nil
 }
 
 func b2u(b bool) uint8 {
