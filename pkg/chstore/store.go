@@ -138,4 +138,3 @@ func ParseVersion(raw string) (Version, error) {
 
 // table qualifies a table name with the store's database.
 func (s *Store) table(name string) string { return s.db + "." + name }
-
