@@ -1,5 +1,11 @@
 // Command drover-proxy is the replica clients talk to: the Ollama API (and
 // OpenAI's under /v1) over a whole fleet of inference servers.
+//
+// With nats.url set, every request's usage is published to JetStream (or
+// spooled on disk while NATS is away) and in-flight counts and cache
+// invalidations are shared with the other replicas. On SIGTERM it stops
+// accepting, finishes in-flight requests, publishes or spools every event,
+// then exits.
 package main
 
 import (
@@ -16,7 +22,12 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/nats-io/nats.go"
+	"github.com/prometheus/client_golang/prometheus"
+
 	"github.com/droverhq/drover/pkg/config"
+	"github.com/droverhq/drover/pkg/usage"
+	"github.com/droverhq/drover/pkg/usagepub"
 	"github.com/droverhq/drover/services/proxy/internal/server"
 )
 
@@ -31,9 +42,8 @@ func run() error {
 	path := flag.String("config", os.Getenv("DROVER_CONFIG"), "YAML config file (DROVER_ env variables override it)")
 	drain := flag.Duration("drain", 30*time.Second, "how long SIGTERM waits for in-flight requests")
 	flag.Parse()
-	environ := os.Environ()
 	var env []string
-	for _, kv := range environ {
+	for _, kv := range os.Environ() {
 		if !strings.HasPrefix(kv, "DROVER_CONFIG=") {
 			env = append(env, kv)
 		}
@@ -47,8 +57,30 @@ func run() error {
 		log.Warn("no backends configured: set backends in the config file or DROVER_BACKENDS")
 	}
 
-	srv := server.New(cfg, log, server.Options{})
-	defer srv.Close()
+	reg := prometheus.NewRegistry()
+	opts := server.Options{Registry: reg}
+	var pub *usagepub.Publisher
+	var conns []*nats.Conn
+	if cfg.NATS.URL != "" {
+		pubConn, err := connect(cfg.NATS.URL, cfg.Replica+"-usage", log)
+		if err != nil {
+			return err
+		}
+		syncConn, err := connect(cfg.NATS.URL, cfg.Replica+"-sync", log)
+		if err != nil {
+			return err
+		}
+		conns = append(conns, pubConn, syncConn)
+		pub, err = usagepub.New(pubConn, usagepub.WithConfig(cfg.NATS, cfg.Usage), usagepub.WithRegisterer(reg), usagepub.WithLogger(log))
+		if err != nil {
+			return fmt.Errorf("usage publisher: %w", err)
+		}
+		opts.Sink, opts.SyncConn = pub, syncConn
+		opts.UsageStatus = func() any { return pub.Stats() }
+	} else {
+		log.Warn("nats.url is not set: usage stays in this process and replicas do not share state")
+	}
+	srv := server.New(cfg, log, opts)
 
 	ln, err := net.Listen("tcp", cfg.Listen)
 	if err != nil {
@@ -70,11 +102,40 @@ func run() error {
 	sctx, cancel := context.WithTimeout(context.Background(), *drain)
 	defer cancel()
 	if err := hs.Shutdown(sctx); err != nil && !errors.Is(err, context.DeadlineExceeded) {
-		return err
+		log.Error("shutdown", "err", err)
+	}
+	srv.Close()
+	if pub != nil {
+		// Every event is published or spooled before we exit.
+		pctx, pcancel := context.WithTimeout(context.Background(), 20*time.Second)
+		defer pcancel()
+		if err := pub.Close(pctx); err != nil {
+			log.Error("closing usage publisher", "err", err)
+		}
+		log.Info("usage publisher closed", "stats", pub.Stats())
+	}
+	for _, nc := range conns {
+		nc.Close()
 	}
 	log.Info("stopped")
 	return nil
 }
+
+// connect dials NATS without failing when it is down: the publisher spools
+// and routing uses local counts until it comes.
+func connect(url, name string, log *slog.Logger) (*nats.Conn, error) {
+	nc, err := nats.Connect(url, nats.Name(name), nats.RetryOnFailedConnect(true), nats.MaxReconnects(-1),
+		nats.ReconnectWait(500*time.Millisecond))
+	if err != nil {
+		return nil, fmt.Errorf("nats %s: %w", name, err)
+	}
+	if !nc.IsConnected() {
+		log.Warn("NATS not reachable yet; retrying in the background", "conn", name)
+	}
+	return nc, nil
+}
+
+var _ usage.Sink = (*usagepub.Publisher)(nil)
 
 func level(s string) slog.Level {
 	var l slog.Level

@@ -149,6 +149,17 @@ func (c *Cache[V]) Peek(key string) (V, bool) {
 	return e.val, true
 }
 
+// Stored returns the stored value, however old, without fetching.
+func (c *Cache[V]) Stored(key string) (V, bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if e := c.entries[key]; e != nil && e.has {
+		return e.val, true
+	}
+	var zero V
+	return zero, false
+}
+
 // Set stores a value fetched elsewhere (for example by a live fan-out) as
 // fresh.
 func (c *Cache[V]) Set(key string, v V) {

@@ -356,3 +356,6 @@ func (f *Fleet) probeLoop() {
 		}
 	}
 }
+
+// PeekModels returns a backend's cached model list without fetching.
+func (f *Fleet) PeekModels(name string) (*ModelList, bool) { return f.models.Stored(name) }

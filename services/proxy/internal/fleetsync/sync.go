@@ -38,8 +38,9 @@ const (
 // Options tune the sync.
 type Options struct {
 	Replica string
-	// Coalesce is the longest a change waits before it is published
-	// (default 5ms); Heartbeat re-sends counts (default 1s); a peer is
+	// Coalesce is an extra wait before a change is published (default 0:
+	// publish at once; changes during a publish merge into the next);
+	// Heartbeat re-sends counts (default 1s); a peer is
 	// forgotten after TTL without a message (default 3 heartbeats).
 	Coalesce  time.Duration
 	Heartbeat time.Duration
@@ -115,9 +116,6 @@ type Sync struct {
 // sync sets nc's disconnect and reconnect handlers, so give it a connection
 // of its own.
 func New(nc *nats.Conn, opts Options, log *slog.Logger) *Sync {
-	if opts.Coalesce == 0 {
-		opts.Coalesce = 5 * time.Millisecond
-	}
 	if opts.Heartbeat == 0 {
 		opts.Heartbeat = time.Second
 	}
@@ -210,13 +208,16 @@ func (s *Sync) loop(ctx context.Context) {
 		case <-ctx.Done():
 			return
 		case <-s.changed:
-			// Coalesce a burst of changes into one message.
-			t := time.NewTimer(s.opts.Coalesce)
-			select {
-			case <-ctx.Done():
-				t.Stop()
-				return
-			case <-t.C:
+			// Changes that arrive while one is being published are merged
+			// into the next message; Coalesce adds a deliberate wait.
+			if s.opts.Coalesce > 0 {
+				t := time.NewTimer(s.opts.Coalesce)
+				select {
+				case <-ctx.Done():
+					t.Stop()
+					return
+				case <-t.C:
+				}
 			}
 			s.publishLocal()
 		case <-beat.C:

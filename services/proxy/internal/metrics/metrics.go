@@ -31,10 +31,12 @@ type Metrics struct {
 // generations.
 var latencyBuckets = []float64{.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600}
 
-// New registers every collector on a new registry, including the Go
-// runtime and process collectors.
-func New() *Metrics {
-	reg := prometheus.NewRegistry()
+// New registers every collector on reg (a new registry when nil),
+// including the Go runtime and process collectors.
+func New(reg *prometheus.Registry) *Metrics {
+	if reg == nil {
+		reg = prometheus.NewRegistry()
+	}
 	m := &Metrics{
 		Registry: reg,
 		requests: prometheus.NewCounterVec(prometheus.CounterOpts{

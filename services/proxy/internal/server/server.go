@@ -14,6 +14,7 @@ import (
 	"github.com/go-chi/chi/v5"
 	"github.com/nats-io/nats.go"
 	"github.com/go-chi/chi/v5/middleware"
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/droverhq/drover/pkg/config"
@@ -38,6 +39,8 @@ type Server struct {
 	Metrics *metrics.Metrics
 	Sync    *fleetsync.Sync
 	log     *slog.Logger
+
+	usageStatus func() any
 	handler http.Handler
 }
 
@@ -50,12 +53,18 @@ type Options struct {
 	// invalidations with the other replicas (the server owns its handlers);
 	// nil routes on this replica's counts only.
 	SyncConn *nats.Conn
+	// Registry collects the proxy's metrics (a new one when nil), so that
+	// parts built outside, like the usage publisher, appear on /metrics.
+	Registry *prometheus.Registry
+	// UsageStatus, if set, is shown in /health (the publisher's state).
+	UsageStatus func() any
 }
 
 // New builds a replica from cfg.
 func New(cfg *config.Config, log *slog.Logger, opts Options) *Server {
 	s := &Server{Config: cfg, log: log, Totals: usage.NewTotals()}
-	s.Metrics = metrics.New()
+	s.Metrics = metrics.New(opts.Registry)
+	s.usageStatus = opts.UsageStatus
 	s.Sync = fleetsync.New(opts.SyncConn, fleetsync.Options{Replica: cfg.Replica}, log)
 	s.Fleet = fleet.New(cfg, log, fleet.Hooks{Fetch: s.Metrics.Fetch})
 	s.Fleet.OnInvalidate = s.Sync.PublishInvalidate
@@ -159,7 +168,11 @@ func (s *Server) health(w http.ResponseWriter, r *http.Request) {
 	case usable < len(backends):
 		status = "degraded"
 	}
-	writeJSON(w, code, map[string]any{"status": status, "replica": s.Config.Replica, "backends": backends, "queue_length": s.Router.QueueLen(), "fleet_sync": s.Sync.Status()})
+	out := map[string]any{"status": status, "replica": s.Config.Replica, "backends": backends, "queue_length": s.Router.QueueLen(), "fleet_sync": s.Sync.Status()}
+	if s.usageStatus != nil {
+		out["usage_pipeline"] = s.usageStatus()
+	}
+	writeJSON(w, code, out)
 }
 
 // endpoints is /api/config: each backend and its state.
