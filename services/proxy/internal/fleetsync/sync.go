@@ -355,3 +355,17 @@ func (s *Sync) Status() Status {
 	}
 	return Status{Mode: "fleet", Peers: peers}
 }
+
+// Remote returns the other replicas' latest in-flight counts per backend
+// and model (for fleet-wide views such as /api/usage).
+func (s *Sync) Remote() map[string]map[string]int {
+	snap := s.remote.Load()
+	out := map[string]map[string]int{}
+	for k, n := range snap.byKey {
+		if out[k.Backend] == nil {
+			out[k.Backend] = map[string]int{}
+		}
+		out[k.Backend][k.Model] = n
+	}
+	return out
+}
