@@ -26,6 +26,7 @@ type Fleet struct {
 	Backends []*backend.Backend
 	byName   map[string]*backend.Backend
 	aliases  map[string][]config.Alias // public name (normalised) -> targets
+	public   map[string][]config.Alias // public name as configured -> targets
 	models   *cache.Cache[*ModelList]
 	loaded   *cache.Cache[*ModelList]
 	log      *slog.Logger
@@ -60,8 +61,10 @@ func New(cfg *config.Config, log *slog.Logger, hooks Hooks) *Fleet {
 		f.Backends = append(f.Backends, b)
 		f.byName[b.Name] = b
 	}
+	f.public = make(map[string][]config.Alias, len(cfg.Aliases))
 	for public, targets := range cfg.Aliases {
 		f.aliases[Normalize(public)] = targets
+		f.public[public] = targets
 	}
 	onFetch := func(kind string) func(string, error, time.Duration) {
 		return func(key string, err error, took time.Duration) {
@@ -90,6 +93,10 @@ func (f *Fleet) Backend(name string) (*backend.Backend, bool) {
 	b, ok := f.byName[name]
 	return b, ok
 }
+
+// Aliases returns the configured model aliases, public name as configured
+// to targets. The map is shared: do not modify it.
+func (f *Fleet) Aliases() map[string][]config.Alias { return f.public }
 
 // Invalidate drops cached model lists and loaded models for the named
 // backends, or for all with none named. It is the one call both local

@@ -42,9 +42,20 @@ type Request struct {
 	// as they are, unless the backend's model name differs, in which case
 	// the body's "model" field is rewritten.
 	Prepare func(b *backend.Backend, model string) (path string, body []byte, err error)
-	// Tokens reads the counts from the end of a finished 2xx response; nil
-	// results mean the backend did not report them.
-	Tokens func(m *Meter) (in, out *int64)
+	// Tokens reads the counts from the end of a finished 2xx response as
+	// the backend b sent it; nil results mean the backend did not report
+	// them.
+	Tokens func(b *backend.Backend, m *Meter) (in, out *int64)
+	// Transform, if set, is called once backend b has answered (any status
+	// it is not failed over for, and the last failure when every attempt
+	// failed), before anything reaches the client. It may edit h, the
+	// backend's response headers, which are then copied to the client, and
+	// returns the filter the body goes through on its way to client, or nil
+	// to pass it through untouched. The Meter sees the backend's bytes, not
+	// the filter's. Close is called only when the backend's body ended
+	// cleanly; a Write error means the client is gone. Content-Length is
+	// dropped whenever a filter is used.
+	Transform func(b *backend.Backend, status int, h http.Header, client io.Writer) io.WriteCloser
 	// Error writes an error in the API's own format.
 	Error func(w http.ResponseWriter, status int, msg string)
 }
@@ -120,9 +131,20 @@ func (f *Forwarder) Serve(w http.ResponseWriter, r *http.Request, req *Request) 
 	if last.status == 0 {
 		req.Error(w, http.StatusBadGateway, last.msg)
 	} else {
+		var filter io.WriteCloser
+		if req.Transform != nil {
+			filter = req.Transform(last.backend, last.status, last.header, w)
+		}
+		if filter != nil {
+			last.header.Del("Content-Length")
+		}
 		copyHeaders(w.Header(), last.header)
 		w.WriteHeader(last.status)
-		w.Write(last.body) //nolint:errcheck // the client may be gone
+		if filter == nil {
+			w.Write(last.body) //nolint:errcheck // the client may be gone
+		} else if _, err := filter.Write(last.body); err == nil {
+			filter.Close() //nolint:errcheck // the client may be gone
+		}
 	}
 	ev.Status = last.status
 	if ev.Status == 0 {
@@ -133,7 +155,8 @@ func (f *Forwarder) Serve(w http.ResponseWriter, r *http.Request, req *Request) 
 
 // failure is an attempt that can be retried elsewhere.
 type failure struct {
-	status int // 0: no response at all
+	backend *backend.Backend
+	status  int // 0: no response at all
 	header http.Header
 	body   []byte
 	msg    string
@@ -188,14 +211,26 @@ func (f *Forwarder) attempt(w http.ResponseWriter, r *http.Request, req *Request
 		msg, _ := io.ReadAll(io.LimitReader(resp.Body, 64<<10))
 		err := fmt.Errorf("backend %s: status %d: %s", b.Name, resp.StatusCode, bytes.TrimSpace(msg))
 		b.Health.Failure(err, false)
-		return false, &failure{status: resp.StatusCode, header: resp.Header.Clone(), body: msg, msg: err.Error()}
+		return false, &failure{backend: b, status: resp.StatusCode, header: resp.Header.Clone(), body: msg, msg: err.Error()}
 	}
 	b.Health.Success()
 	ev.Status = resp.StatusCode
 
+	stream := req.Stream || isStreamType(resp.Header.Get("Content-Type"))
+	var filter io.WriteCloser
+	if req.Transform != nil {
+		filter = req.Transform(b, resp.StatusCode, resp.Header, w)
+	}
+	if filter != nil {
+		resp.Header.Del("Content-Length")
+	}
 	copyHeaders(w.Header(), resp.Header)
 	w.WriteHeader(resp.StatusCode)
-	ttfb, copyErr, clientGone := f.copy(w, resp.Body, req.Stream || isStreamType(resp.Header.Get("Content-Type")), req.Tokens, ev)
+	var tokens func(*Meter) (in, out *int64)
+	if req.Tokens != nil {
+		tokens = func(m *Meter) (in, out *int64) { return req.Tokens(b, m) }
+	}
+	ttfb, copyErr, clientGone := f.copy(w, filter, resp.Body, stream, tokens, ev)
 	switch {
 	case clientGone || (copyErr != nil && ctx.Err() != nil):
 		ev.Error = true // the client left; not the backend's fault
@@ -214,9 +249,10 @@ type meterHolder struct{ m Meter }
 
 var meterPool = sync.Pool{New: func() any { return &meterHolder{} }}
 
-// copy streams body to w, flushing each read when streaming, and fills the
-// event's token counts. It returns when the first byte was written.
-func (f *Forwarder) copy(w http.ResponseWriter, body io.Reader, stream bool, tokens func(*Meter) (in, out *int64), ev *usage.Event) (ttfb time.Time, readErr error, clientGone bool) {
+// copy streams body to w (through filter, when set), flushing each read
+// when streaming, and fills the event's token counts. It returns when the
+// first byte was written.
+func (f *Forwarder) copy(w http.ResponseWriter, filter io.WriteCloser, body io.Reader, stream bool, tokens func(*Meter) (in, out *int64), ev *usage.Event) (ttfb time.Time, readErr error, clientGone bool) {
 	bp := bufPool.Get().(*[]byte)
 	defer bufPool.Put(bp)
 	mh := meterPool.Get().(*meterHolder)
@@ -237,7 +273,13 @@ func (f *Forwarder) copy(w http.ResponseWriter, body io.Reader, stream bool, tok
 				ttfb = time.Now()
 			}
 			mh.m.Write(buf[:n]) //nolint:errcheck // never fails
-			if _, werr := w.Write(buf[:n]); werr != nil {
+			var werr error
+			if filter == nil {
+				_, werr = w.Write(buf[:n])
+			} else {
+				_, werr = filter.Write(buf[:n])
+			}
+			if werr != nil {
 				return ttfb, nil, true
 			}
 			if stream && flusher != nil {
@@ -245,6 +287,14 @@ func (f *Forwarder) copy(w http.ResponseWriter, body io.Reader, stream bool, tok
 			}
 		}
 		if err == io.EOF {
+			if filter != nil {
+				if filter.Close() != nil {
+					return ttfb, nil, true
+				}
+				if stream && flusher != nil {
+					flusher.Flush()
+				}
+			}
 			return ttfb, nil, false
 		}
 		if err != nil {

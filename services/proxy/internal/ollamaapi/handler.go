@@ -1,8 +1,13 @@
 package ollamaapi
 
 import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"io"
 	"log/slog"
 	"net/http"
+	"time"
 
 	"github.com/go-chi/chi/v5"
 
@@ -10,6 +15,8 @@ import (
 	"github.com/droverhq/drover/services/proxy/internal/backend"
 	"github.com/droverhq/drover/services/proxy/internal/fleet"
 	"github.com/droverhq/drover/services/proxy/internal/forward"
+	"github.com/droverhq/drover/services/proxy/internal/openaiapi"
+	"github.com/droverhq/drover/services/proxy/internal/translate"
 )
 
 // Handler serves /api/*.
@@ -50,14 +57,18 @@ func running(w http.ResponseWriter, r *http.Request) {
 	}
 }
 
-// ollamaOnly limits routing and fan-outs to Ollama backends; OpenAI-type
-// backends get translated inference requests (a later layer) and never
-// management calls.
+// ollamaOnly limits fan-outs to Ollama backends: management calls never go
+// to OpenAI-type backends, which get translated inference requests only.
 var ollamaOnly = []backend.Type{backend.TypeOllama}
 
-// inference routes one request to one backend through the router.
+// inference routes one request to one backend of either type through the
+// router. An Ollama backend gets the request as sent; an OpenAI-type one
+// gets it translated (Prepare), and its answer is translated back
+// (Transform) and counted in OpenAI's terms (Tokens).
 func (h *Handler) inference(route, kind string, tokens func(*forward.Meter) (in, out *int64)) http.HandlerFunc {
+	tk := translators[route]
 	return func(w http.ResponseWriter, r *http.Request) {
+		start := time.Now()
 		body, ok := readBody(w, r)
 		if !ok {
 			return
@@ -71,19 +82,109 @@ func (h *Handler) inference(route, kind string, tokens func(*forward.Meter) (in,
 			h.passAny(w, r, route, body)
 			return
 		}
+		stream := hd.streaming() && route != "/api/embed" && route != "/api/embeddings"
+		var kinds []backend.Type
+		if load, unload := loadOnly(route, body); load {
+			// Loading a model is Ollama's business; a model only
+			// OpenAI-type backends serve is as loaded as it gets.
+			if h.onlyOpenAI(r, hd.Model) {
+				w.Header().Set("Content-Type", "application/json; charset=utf-8")
+				if stream {
+					w.Header().Set("Content-Type", "application/x-ndjson")
+				}
+				w.Write(translate.LoadReply(tk.kind, hd.Model, unload, stream)) //nolint:errcheck // the client may be gone
+				return
+			}
+			kinds = ollamaOnly
+		}
+		var tr translate.Request // the last translation made, for Transform and Tokens
 		h.Forward.Serve(w, r, &forward.Request{
 			Route:  route,
 			Method: http.MethodPost,
 			Path:   route,
 			Body:   body,
 			Model:  hd.Model,
-			Stream: hd.streaming() && route != "/api/embed" && route != "/api/embeddings",
+			Stream: stream,
 			APIKey: auth.KeyID(r.Context()),
-			Kinds:  ollamaOnly,
-			Tokens: tokens,
-			Error:  WriteError,
+			Kinds:  kinds,
+			Prepare: func(b *backend.Backend, model string) (string, []byte, error) {
+				if b.Type != backend.TypeOpenAI {
+					if fleet.Normalize(model) == fleet.Normalize(hd.Model) {
+						return route, body, nil
+					}
+					out, err := forward.SetModel(body, model)
+					return route, out, err
+				}
+				var err error
+				tr, err = tk.request(body, model)
+				return tr.Path, tr.Body, err
+			},
+			Transform: func(b *backend.Backend, status int, hdr http.Header, client io.Writer) io.WriteCloser {
+				if b.Type != backend.TypeOpenAI {
+					return nil
+				}
+				return translate.Response(tr, hd.Model, start, status, hdr, client)
+			},
+			Tokens: func(b *backend.Backend, m *forward.Meter) (in, out *int64) {
+				if b.Type == backend.TypeOpenAI {
+					return openaiapi.CountUsage(tr.Stream)(b, m)
+				}
+				return tokens(m)
+			},
+			Error: WriteError,
 		})
 	}
+}
+
+// translator is how one Ollama route goes to an OpenAI-type backend.
+type translator struct {
+	kind    translate.Kind
+	request func(body []byte, model string) (translate.Request, error)
+}
+
+var translators = map[string]translator{
+	"/api/chat":       {translate.Chat, translate.ChatRequest},
+	"/api/generate":   {translate.Generate, translate.GenerateRequest},
+	"/api/embed":      {translate.Embed, translate.EmbedRequest},
+	"/api/embeddings": {translate.Embeddings, translate.EmbeddingsRequest},
+}
+
+// loadOnly reports a request that only loads (or, with keep_alive 0,
+// unloads) a model: a chat without messages, a generate without prompt, an
+// embed without input.
+func loadOnly(route string, body []byte) (load, unload bool) {
+	var req struct {
+		Messages  []json.RawMessage `json:"messages"`
+		Prompt    *string           `json:"prompt"`
+		Images    []json.RawMessage `json:"images"`
+		Input     json.RawMessage   `json:"input"`
+		KeepAlive json.RawMessage   `json:"keep_alive"`
+	}
+	if json.Unmarshal(body, &req) != nil {
+		return false, false
+	}
+	switch route {
+	case "/api/chat":
+		load = len(req.Messages) == 0
+	case "/api/generate":
+		load = (req.Prompt == nil || *req.Prompt == "") && len(req.Images) == 0
+	case "/api/embed":
+		in := string(bytes.TrimSpace(req.Input))
+		load = in == "" || in == "null" || in == `""` || in == "[]"
+	case "/api/embeddings":
+		load = req.Prompt == nil || *req.Prompt == ""
+	}
+	ka := string(bytes.TrimSpace(req.KeepAlive))
+	return load, ka == "0" || ka == `"0"` || ka == `"0s"`
+}
+
+// onlyOpenAI reports a model no Ollama backend has but an OpenAI-type one does.
+func (h *Handler) onlyOpenAI(r *http.Request, model string) bool {
+	if _, err := h.Fleet.Candidates(r.Context(), model, ollamaOnly, nil); !errors.Is(err, fleet.ErrModelNotFound) {
+		return false
+	}
+	_, err := h.Fleet.Candidates(r.Context(), model, []backend.Type{backend.TypeOpenAI}, nil)
+	return !errors.Is(err, fleet.ErrModelNotFound)
 }
 
 // countGeneration reads Ollama's final chunk (or non-stream body). Ollama

@@ -177,8 +177,125 @@ func withField(obj json.RawMessage, key string, v any) json.RawMessage {
 
 // tags merges every backend's /api/tags, read live so that changes made
 // directly on a backend show at once, and refreshes the model cache with it.
+// OpenAI-type backends' models (from their /v1/models) are listed too, as
+// they serve /api/chat and friends through translation, and so are the
+// configured aliases some backend can serve.
 func (h *Handler) tags(w http.ResponseWriter, r *http.Request) {
-	h.list(w, r, "/api/tags", h.Fleet.StoreModels)
+	lists, order, ok := h.liveLists(r.Context(), "/api/tags", h.Fleet.StoreModels)
+	for _, res := range h.fanGet(r.Context(), "/v1/models", []backend.Type{backend.TypeOpenAI}) {
+		if res.err != nil {
+			continue
+		}
+		l, err := openAITags(res.body)
+		if err != nil {
+			h.Log.Warn("bad model list", "backend", res.b.Name, "path", "/v1/models", "err", err)
+			continue
+		}
+		lists[res.b] = l
+		order = append(order, res.b)
+		ok = true
+	}
+	if !ok {
+		WriteError(w, http.StatusServiceUnavailable, "no backend is reachable")
+		return
+	}
+	models := merge(lists, order)
+	writeJSON(w, http.StatusOK, map[string]any{"models": append(models, h.aliasTags(lists, models)...)})
+}
+
+// openAITags shapes a /v1/models answer as /api/tags entries.
+func openAITags(body []byte) (*fleet.ModelList, error) {
+	var doc struct {
+		Data []struct {
+			ID      string `json:"id"`
+			Created int64  `json:"created"`
+		} `json:"data"`
+	}
+	if err := json.Unmarshal(body, &doc); err != nil {
+		return nil, err
+	}
+	type details struct {
+		ParentModel       string   `json:"parent_model"`
+		Format            string   `json:"format"`
+		Family            string   `json:"family"`
+		Families          []string `json:"families"`
+		ParameterSize     string   `json:"parameter_size"`
+		QuantizationLevel string   `json:"quantization_level"`
+	}
+	type tag struct {
+		Name       string  `json:"name"`
+		Model      string  `json:"model"`
+		ModifiedAt string  `json:"modified_at"`
+		Size       int64   `json:"size"`
+		Digest     string  `json:"digest"`
+		Details    details `json:"details"`
+	}
+	tags := make([]tag, 0, len(doc.Data))
+	for _, m := range doc.Data {
+		tags = append(tags, tag{Name: m.ID, Model: m.ID, ModifiedAt: time.Unix(m.Created, 0).UTC().Format(time.RFC3339Nano)})
+	}
+	b, err := json.Marshal(map[string]any{"models": tags})
+	if err != nil {
+		return nil, err
+	}
+	return fleet.ParseModelList(b)
+}
+
+// aliasTags lists each configured alias some listed backend can serve, as
+// its first available target's entry under the public name, with the
+// backends that serve it. Names already listed are left alone.
+func (h *Handler) aliasTags(lists map[*backend.Backend]*fleet.ModelList, listed []json.RawMessage) []json.RawMessage {
+	taken := map[string]bool{}
+	for _, raw := range listed {
+		var m struct {
+			Name string `json:"name"`
+		}
+		json.Unmarshal(raw, &m) //nolint:errcheck // our own output
+		taken[fleet.Normalize(m.Name)] = true
+	}
+	byName := map[string]*fleet.ModelList{}
+	for b, l := range lists {
+		byName[b.Name] = l
+	}
+	names := make([]string, 0, len(h.Fleet.Aliases()))
+	for public := range h.Fleet.Aliases() {
+		names = append(names, public)
+	}
+	sort.Strings(names)
+	var out []json.RawMessage
+	for _, public := range names {
+		if taken[fleet.Normalize(public)] {
+			continue
+		}
+		var entry json.RawMessage
+		var endpoints []string
+		for _, t := range h.Fleet.Aliases()[public] {
+			m, ok := byName[t.Backend].Get(t.Model)
+			if !ok {
+				continue
+			}
+			if entry == nil {
+				entry = renamed(m.Raw, public)
+			}
+			endpoints = append(endpoints, t.Backend)
+		}
+		if entry != nil {
+			out = append(out, withField(entry, "endpoints", endpoints))
+		}
+	}
+	return out
+}
+
+// renamed is a model entry with its name and model fields set to name.
+func renamed(raw json.RawMessage, name string) json.RawMessage {
+	var doc map[string]json.RawMessage
+	if json.Unmarshal(raw, &doc) != nil {
+		return nil
+	}
+	n, _ := json.Marshal(name)
+	doc["name"], doc["model"] = n, n
+	b, _ := json.Marshal(doc)
+	return b
 }
 
 // ps merges every backend's /api/ps.

@@ -26,6 +26,7 @@ import (
 	"github.com/droverhq/drover/services/proxy/internal/forward"
 	"github.com/droverhq/drover/services/proxy/internal/metrics"
 	"github.com/droverhq/drover/services/proxy/internal/ollamaapi"
+	"github.com/droverhq/drover/services/proxy/internal/openaiapi"
 	"github.com/droverhq/drover/services/proxy/internal/routing"
 )
 
@@ -109,6 +110,7 @@ func (s *Server) routes() http.Handler {
 
 	api := &ollamaapi.Handler{Fleet: s.Fleet, Forward: s.Forward, Log: s.log}
 	api.Routes(r)
+	(&openaiapi.Handler{Fleet: s.Fleet, Forward: s.Forward, Log: s.log}).Routes(r)
 	r.Get("/health", s.health)
 	r.Method(http.MethodGet, "/metrics", promhttp.HandlerFor(s.Metrics.Registry, promhttp.HandlerOpts{}))
 	r.Get("/api/usage", s.usage)

@@ -1,0 +1,115 @@
+// Package openaiapi serves the OpenAI API under /v1 over the whole fleet:
+// chat and text completions, embeddings and rerank go to one backend
+// through the router (Ollama backends' own /v1 endpoints, OpenAI-type
+// backends' /v1 endpoints), and /v1/models merges every backend's list.
+package openaiapi
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"io"
+	"net/http"
+	"strings"
+)
+
+// apiError is OpenAI's error object.
+type apiError struct {
+	Message string  `json:"message"`
+	Type    string  `json:"type"`
+	Param   *string `json:"param"`
+	Code    *string `json:"code"`
+}
+
+// WriteError writes OpenAI's error shape,
+// {"error":{"message","type","param","code"}}, with the type and code
+// OpenAI uses for status.
+func WriteError(w http.ResponseWriter, status int, msg string) {
+	typ, code := "invalid_request_error", ""
+	switch {
+	case status == http.StatusNotFound && strings.Contains(msg, "model"):
+		code = "model_not_found"
+	case status == http.StatusNotImplemented:
+		code = "not_implemented"
+	case status == http.StatusRequestEntityTooLarge:
+		code = "request_too_large"
+	case status >= 500:
+		typ = "server_error"
+	}
+	writeError(w, status, apiError{Message: msg, Type: typ, Code: strPtr(code)})
+}
+
+func writeError(w http.ResponseWriter, status int, e apiError) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(status)
+	b, _ := json.Marshal(map[string]apiError{"error": e})
+	w.Write(append(b, '\n')) //nolint:errcheck // the client may be gone
+}
+
+func strPtr(s string) *string {
+	if s == "" {
+		return nil
+	}
+	return &s
+}
+
+func writeJSON(w http.ResponseWriter, status int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(status)
+	json.NewEncoder(w).Encode(v) //nolint:errcheck // the client may be gone
+}
+
+// maxBody bounds a request body; chat requests carry base64 images.
+const maxBody = 256 << 20
+
+func readBody(w http.ResponseWriter, r *http.Request) ([]byte, bool) {
+	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, maxBody))
+	if err != nil {
+		var tooBig *http.MaxBytesError
+		if errors.As(err, &tooBig) {
+			WriteError(w, http.StatusRequestEntityTooLarge, "request body too large")
+		} else {
+			WriteError(w, http.StatusBadRequest, err.Error())
+		}
+		return nil, false
+	}
+	return body, true
+}
+
+// head is the part of a request Drover reads; every other field goes to the
+// backend untouched.
+type head struct {
+	Model         string `json:"model"`
+	Stream        bool   `json:"stream"`
+	StreamOptions *struct {
+		IncludeUsage bool `json:"include_usage"`
+	} `json:"stream_options"`
+}
+
+// parseHead reads model and stream, answering 400 the way OpenAI does when
+// the body is not a JSON object or names no model.
+func parseHead(w http.ResponseWriter, body []byte) (head, bool) {
+	var h head
+	trimmed := bytes.TrimSpace(body)
+	if len(trimmed) == 0 || trimmed[0] != '{' {
+		writeError(w, http.StatusBadRequest, apiError{Message: "We could not parse the JSON body of your request. The request body must be a JSON object.", Type: "invalid_request_error"})
+		return h, false
+	}
+	if err := json.Unmarshal(trimmed, &h); err != nil {
+		var typeErr *json.UnmarshalTypeError
+		if errors.As(err, &typeErr) && typeErr.Field != "" {
+			writeError(w, http.StatusBadRequest, apiError{Message: "Invalid type for '" + typeErr.Field + "': expected " + typeErr.Type.String() + ", got " + typeErr.Value + ".", Type: "invalid_request_error", Param: strPtr(typeErr.Field), Code: strPtr("invalid_type")})
+		} else {
+			writeError(w, http.StatusBadRequest, apiError{Message: "We could not parse the JSON body of your request: " + err.Error(), Type: "invalid_request_error"})
+		}
+		return h, false
+	}
+	if h.Model == "" {
+		writeError(w, http.StatusBadRequest, apiError{Message: "you must provide a model parameter", Type: "invalid_request_error", Param: strPtr("model")})
+		return h, false
+	}
+	return h, true
+}
+
+// wantsUsage reports whether the client asked for the usage chunk itself.
+func (h head) wantsUsage() bool { return h.StreamOptions != nil && h.StreamOptions.IncludeUsage }

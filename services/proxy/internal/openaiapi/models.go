@@ -1,0 +1,185 @@
+package openaiapi
+
+import (
+	"context"
+	"encoding/json"
+	"net/http"
+	"sort"
+	"strings"
+	"time"
+
+	"github.com/go-chi/chi/v5"
+	"github.com/sourcegraph/conc/iter"
+
+	"github.com/droverhq/drover/services/proxy/internal/backend"
+	"github.com/droverhq/drover/services/proxy/internal/fleet"
+)
+
+// listTimeout bounds a live fan-out read; a slow backend is left out rather
+// than holding up the whole list.
+const listTimeout = 5 * time.Second
+
+// modelEntry is one model of /v1/models. OpenAI-type backends' entries
+// keep every field they sent (llama.cpp's status, vLLM's max_model_len).
+type modelEntry struct {
+	id  string
+	raw json.RawMessage
+}
+
+// listed is an entry Drover makes itself, in OpenAI's field order.
+type listed struct {
+	ID      string `json:"id"`
+	Object  string `json:"object"`
+	Created int64  `json:"created"`
+	OwnedBy string `json:"owned_by"`
+}
+
+// models is /v1/models: every backend's list read live (OpenAI-type
+// backends' /v1/models, Ollama backends' /api/tags shaped the way Ollama's
+// own /v1/models shapes it), de-duplicated by name, plus the configured
+// aliases that some backend can serve.
+func (h *Handler) models(w http.ResponseWriter, r *http.Request) {
+	entries, ok := h.catalog(r.Context())
+	if !ok {
+		WriteError(w, http.StatusServiceUnavailable, "no backend is reachable")
+		return
+	}
+	data := make([]json.RawMessage, len(entries))
+	for i, e := range entries {
+		data[i] = e.raw
+	}
+	writeJSON(w, http.StatusOK, map[string]any{"object": "list", "data": data})
+}
+
+// model is /v1/models/{id}.
+func (h *Handler) model(w http.ResponseWriter, r *http.Request) {
+	id := chi.URLParam(r, "*")
+	entries, _ := h.catalog(r.Context())
+	for _, e := range entries {
+		if fleet.Normalize(e.id) == fleet.Normalize(id) {
+			w.Header().Set("Content-Type", "application/json")
+			w.WriteHeader(http.StatusOK)
+			w.Write(append(e.raw, '\n')) //nolint:errcheck // the client may be gone
+			return
+		}
+	}
+	WriteError(w, http.StatusNotFound, "The model '"+id+"' does not exist")
+}
+
+func (h *Handler) catalog(ctx context.Context) ([]modelEntry, bool) {
+	var bs []*backend.Backend
+	for _, b := range h.Fleet.Backends {
+		if b.Health.State() != backend.Open {
+			bs = append(bs, b)
+		}
+	}
+	ctx, cancel := context.WithTimeout(ctx, listTimeout)
+	defer cancel()
+	lists := iter.Map(bs, func(b **backend.Backend) []modelEntry {
+		entries, err := h.backendModels(ctx, *b)
+		if err != nil {
+			h.Log.Debug("model list unavailable", "backend", (*b).Name, "err", err)
+			return nil
+		}
+		return entries
+	})
+	seen := map[string]bool{}
+	var out []modelEntry
+	reached := len(h.Fleet.Backends) == 0
+	for _, l := range lists {
+		if l != nil {
+			reached = true
+		}
+		for _, e := range l {
+			if key := fleet.Normalize(e.id); !seen[key] {
+				seen[key] = true
+				out = append(out, e)
+			}
+		}
+	}
+	for _, a := range h.aliases(lists, bs) {
+		if key := fleet.Normalize(a.id); !seen[key] {
+			seen[key] = true
+			out = append(out, a)
+		}
+	}
+	return out, reached
+}
+
+// aliases lists the configured public names that a reachable backend can
+// serve, sorted by name.
+func (h *Handler) aliases(lists [][]modelEntry, bs []*backend.Backend) []modelEntry {
+	has := map[string]map[string]bool{}
+	for i, b := range bs {
+		has[b.Name] = map[string]bool{}
+		for _, e := range lists[i] {
+			has[b.Name][fleet.Normalize(e.id)] = true
+		}
+	}
+	var out []modelEntry
+	for public, targets := range h.Fleet.Aliases() {
+		for _, t := range targets {
+			if has[t.Backend][fleet.Normalize(t.Model)] {
+				raw, _ := json.Marshal(listed{ID: public, Object: "model", OwnedBy: "drover"})
+				out = append(out, modelEntry{id: public, raw: raw})
+				break
+			}
+		}
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].id < out[j].id })
+	return out
+}
+
+func (h *Handler) backendModels(ctx context.Context, b *backend.Backend) ([]modelEntry, error) {
+	if b.Type == backend.TypeOpenAI {
+		body, err := h.Fleet.Get(ctx, b, "/v1/models")
+		if err != nil {
+			return nil, err
+		}
+		var doc struct {
+			Data []json.RawMessage `json:"data"`
+		}
+		if err := json.Unmarshal(body, &doc); err != nil {
+			return nil, err
+		}
+		out := make([]modelEntry, 0, len(doc.Data))
+		for _, raw := range doc.Data {
+			var m struct {
+				ID string `json:"id"`
+			}
+			if json.Unmarshal(raw, &m) == nil && m.ID != "" {
+				out = append(out, modelEntry{id: m.ID, raw: raw})
+			}
+		}
+		return out, nil
+	}
+	body, err := h.Fleet.Get(ctx, b, "/api/tags")
+	if err != nil {
+		return nil, err
+	}
+	list, err := fleet.ParseModelList(body)
+	if err != nil {
+		return nil, err
+	}
+	h.Fleet.StoreModels(b, list)
+	out := make([]modelEntry, 0, len(list.Models))
+	for _, m := range list.Models {
+		var meta struct {
+			ModifiedAt time.Time `json:"modified_at"`
+		}
+		json.Unmarshal(m.Raw, &meta) //nolint:errcheck // created is informative
+		raw, _ := json.Marshal(listed{ID: m.Name, Object: "model", Created: meta.ModifiedAt.Unix(), OwnedBy: namespace(m.Name)})
+		out = append(out, modelEntry{id: m.Name, raw: raw})
+	}
+	return out, nil
+}
+
+// namespace is the owner Ollama's /v1/models reports: the name's namespace,
+// "library" for official models.
+func namespace(name string) string {
+	parts := strings.Split(name, "/")
+	if len(parts) >= 2 {
+		return parts[len(parts)-2]
+	}
+	return "library"
+}
