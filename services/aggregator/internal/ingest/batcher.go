@@ -15,23 +15,46 @@ import (
 type partState struct {
 	term      uint64
 	committed uint64 // highest sequence known stored in ClickHouse
-	last      uint64 // highest sequence stored or held in the batch
+	last      uint64 // highest sequence stored, in flight or held
 }
 
-// heldMsg is a message to acknowledge once the batch is stored.
+// heldMsg is a message to acknowledge once its batch is stored.
 type heldMsg struct {
 	p    int
 	term uint64
 	msg  jetstream.Msg
 }
 
+// batch is rows in arrival order (so in sequence order per partition), the
+// term each row was read in, and the messages to acknowledge after storing.
+type batch struct {
+	rows  []chstore.EventRow
+	terms []uint64
+	held  []heldMsg
+}
+
+func (b *batch) empty() bool { return len(b.rows) == 0 && len(b.held) == 0 }
+
+// insertResult is what the insert goroutine reports.
+type insertResult struct {
+	b         *batch
+	stored    []chstore.EventRow // rows actually inserted (after the committed check)
+	committed map[int]uint64     // committed sequences read before the insert
+	err       error
+}
+
 // batcher is the state of the batch goroutine; nothing else touches it.
+// At most one insert is in flight, so batches are stored in order: a later
+// batch is never stored while an earlier one of the same partition can
+// still fail (which would make the earlier one look committed).
 type batcher struct {
 	a       *Aggregator
 	parts   map[int]*partState
-	rows    []chstore.EventRow
-	held    []heldMsg
-	firstAt time.Time // when the oldest held row arrived
+	cur     *batch
+	firstAt time.Time // when the oldest row of cur arrived
+
+	inflight *batch
+	results  chan insertResult
 
 	retrying bool
 	backoff  time.Duration
@@ -40,21 +63,25 @@ type batcher struct {
 // batchLoop owns the batch. It returns errCrash when AfterInsert asks for a
 // crash, and nil when ctx ends.
 func (a *Aggregator) batchLoop(ctx context.Context) error {
-	b := &batcher{a: a, parts: map[int]*partState{}, backoff: a.o.RetryMin}
+	b := &batcher{a: a, parts: map[int]*partState{}, cur: &batch{}, backoff: a.o.RetryMin, results: make(chan insertResult, 1)}
+	defer b.waitInflight()
 	timer := time.NewTimer(time.Hour)
 	defer timer.Stop()
 	for {
+		full := len(b.cur.rows) >= a.o.BatchSize
 		// Take more only while the batch has room and ClickHouse is not
 		// failing: a held batch stops the fetchers through back-pressure.
 		var in <-chan item
-		if !b.retrying && len(b.rows) < a.o.BatchSize {
+		if !b.retrying && !full {
 			in = a.in
 		}
 		var wake <-chan time.Time
-		if len(b.rows) > 0 || len(b.held) > 0 {
+		if b.inflight == nil && !b.cur.empty() {
 			d := time.Until(b.firstAt.Add(a.o.FlushInterval))
 			if b.retrying {
 				d = b.backoff
+			} else if full {
+				d = 0
 			}
 			timer.Reset(max(d, 0))
 			wake = timer.C
@@ -62,20 +89,24 @@ func (a *Aggregator) batchLoop(ctx context.Context) error {
 		select {
 		case it := <-in:
 			b.add(it)
-			if len(b.rows) >= a.o.BatchSize {
-				if err := b.tryFlush(ctx); errors.Is(err, errCrash) {
-					return err
-				}
+			if len(b.cur.rows) >= a.o.BatchSize && b.inflight == nil {
+				b.start(ctx)
 			}
 		case <-wake:
-			if err := b.tryFlush(ctx); errors.Is(err, errCrash) {
+			b.start(ctx)
+		case r := <-b.results:
+			if err := b.finish(r); errors.Is(err, errCrash) {
 				return err
 			}
 		case c := <-a.cmds:
 			switch c := c.(type) {
 			case dropCmd:
+				if err := b.waitInflight(); errors.Is(err, errCrash) {
+					close(c.done)
+					return err
+				}
 				if c.flush {
-					if err := b.tryFlush(ctx); errors.Is(err, errCrash) {
+					if err := b.flushNow(ctx); errors.Is(err, errCrash) {
 						close(c.done)
 						return err
 					}
@@ -89,7 +120,10 @@ func (a *Aggregator) batchLoop(ctx context.Context) error {
 				// The fetchers have stopped: what they already handed over
 				// is ours to flush too.
 				b.drain()
-				err := b.flushUntil(ctx, c.deadline)
+				err := b.waitInflight()
+				if err == nil || !errors.Is(err, errCrash) {
+					err = b.flushUntil(ctx, c.deadline)
+				}
 				c.done <- err
 				if errors.Is(err, errCrash) {
 					return err
@@ -139,71 +173,131 @@ func (b *batcher) add(it item) {
 		m.Redeliveries.Inc()
 	}
 	if it.seq <= st.last {
-		// Already stored, or already in this batch: a redelivery.
+		// Already stored, in flight or held: a redelivery.
 		m.Duplicates.Inc()
 		if it.seq <= st.committed {
 			_ = it.msg.Ack()
 		} else {
-			b.held = append(b.held, heldMsg{p: it.p, term: it.term, msg: it.msg})
+			b.cur.held = append(b.cur.held, heldMsg{p: it.p, term: it.term, msg: it.msg})
 		}
 		return
 	}
 	st.last = it.seq
-	if len(b.rows) == 0 && len(b.held) == 0 {
+	if b.cur.empty() {
 		b.firstAt = time.Now()
 	}
-	b.rows = append(b.rows, chstore.EventRow{Event: it.ev, Partition: uint16(it.p), Seq: it.seq})
-	b.held = append(b.held, heldMsg{p: it.p, term: it.term, msg: it.msg})
+	b.cur.rows = append(b.cur.rows, chstore.EventRow{Event: it.ev, Partition: uint16(it.p), Seq: it.seq})
+	b.cur.terms = append(b.cur.terms, it.term)
+	b.cur.held = append(b.cur.held, heldMsg{p: it.p, term: it.term, msg: it.msg})
 }
 
-// forget removes partition p from the batch without acknowledging it, and
-// rewinds its state to what is committed.
+// forget removes partition p from the current batch without acknowledging
+// it, and rewinds its state to what is committed. Call it with no insert in
+// flight.
 func (b *batcher) forget(p int) {
-	rows := b.rows[:0]
-	for _, r := range b.rows {
-		if int(r.Partition) != p {
-			rows = append(rows, r)
-		}
-	}
-	clear(b.rows[len(rows):])
-	b.rows = rows
-	held := b.held[:0]
-	for _, h := range b.held {
-		if h.p != p {
-			held = append(held, h)
-		}
-	}
-	clear(b.held[len(held):])
-	b.held = held
+	b.cur = b.cur.without(func(q int, _ uint64) bool { return q == p })
 	if st := b.parts[p]; st != nil {
 		st.last = st.committed
 	}
 }
 
-// tryFlush flushes once; on failure it arms the backoff.
-func (b *batcher) tryFlush(ctx context.Context) error {
-	err := b.flush(ctx)
-	switch {
-	case err == nil:
-		b.retrying = false
-		b.backoff = b.a.o.RetryMin
-	case errors.Is(err, errCrash):
-	default:
-		b.a.o.Metrics.InsertFailures.Inc()
-		b.a.o.Logger.Warn("insert failed; holding the batch and retrying",
-			"rows", len(b.rows), "retry_in", b.backoff, "err", err)
-		if b.retrying {
-			b.backoff = min(b.backoff*2, b.a.o.RetryMax)
+// without returns a copy of bt minus the rows and messages drop selects.
+func (bt *batch) without(drop func(p int, term uint64) bool) *batch {
+	out := &batch{}
+	for i, r := range bt.rows {
+		if !drop(int(r.Partition), bt.terms[i]) {
+			out.rows = append(out.rows, r)
+			out.terms = append(out.terms, bt.terms[i])
 		}
-		b.retrying = true
 	}
-	return err
+	for _, h := range bt.held {
+		if !drop(h.p, h.term) {
+			out.held = append(out.held, h)
+		}
+	}
+	return out
 }
 
-// flushUntil retries the flush until it succeeds or deadline passes.
+// start hands the current batch to an insert goroutine.
+func (b *batcher) start(ctx context.Context) {
+	if b.inflight != nil || b.cur.empty() {
+		return
+	}
+	bt := b.cur
+	b.cur, b.inflight = &batch{}, bt
+	go func() { b.results <- b.a.store(ctx, bt) }()
+}
+
+// waitInflight waits for the insert in flight, if any, and settles it.
+func (b *batcher) waitInflight() error {
+	if b.inflight == nil {
+		return nil
+	}
+	return b.finish(<-b.results)
+}
+
+// finish settles an insert: acknowledge on success; on failure put the
+// batch back in front of what arrived since, and back off.
+func (b *batcher) finish(r insertResult) error {
+	b.inflight = nil
+	o := b.a.o
+	if errors.Is(r.err, errCrash) {
+		return r.err
+	}
+	if r.err != nil {
+		o.Metrics.InsertFailures.Inc()
+		o.Logger.Warn("insert failed; holding the batch and retrying",
+			"rows", len(r.b.rows), "retry_in", b.backoff, "err", r.err)
+		if b.retrying {
+			b.backoff = min(b.backoff*2, o.RetryMax)
+		}
+		b.retrying = true
+		// Rows of terms that ended meanwhile are not ours any more.
+		stale := func(p int, term uint64) bool {
+			st := b.parts[p]
+			return st == nil || st.term != term
+		}
+		back := r.b.without(stale)
+		back.rows = append(back.rows, b.cur.rows...)
+		back.terms = append(back.terms, b.cur.terms...)
+		back.held = append(back.held, b.cur.held...)
+		b.cur = back
+		if !b.cur.empty() && len(back.rows) > 0 {
+			b.firstAt = time.Now()
+		}
+		return r.err
+	}
+	b.retrying = false
+	b.backoff = o.RetryMin
+	for _, row := range r.stored {
+		if st := b.parts[int(row.Partition)]; st != nil && row.Seq > st.committed {
+			st.committed = row.Seq
+		}
+	}
+	for p, seq := range r.committed {
+		if st := b.parts[p]; st != nil && seq > st.committed {
+			st.committed = seq
+		}
+	}
+	for _, h := range r.b.held {
+		_ = h.msg.Ack()
+	}
+	return nil
+}
+
+// flushNow stores the current batch synchronously (no insert in flight).
+func (b *batcher) flushNow(ctx context.Context) error {
+	if b.cur.empty() {
+		return nil
+	}
+	b.start(ctx)
+	return b.waitInflight()
+}
+
+// flushUntil retries flushNow until it succeeds or deadline passes.
 func (b *batcher) flushUntil(ctx context.Context, deadline time.Time) error {
 	for {
-		err := b.tryFlush(ctx)
+		err := b.flushNow(ctx)
 		if err == nil || errors.Is(err, errCrash) {
 			return err
 		}
@@ -219,32 +313,42 @@ func (b *batcher) flushUntil(ctx context.Context, deadline time.Time) error {
 	}
 }
 
-// flush stores the batch and then acknowledges it. Before inserting it
-// drops partitions whose lease may have lapsed and rows ClickHouse already
-// has (a writer that lost its lease may have inserted after we started).
-func (b *batcher) flush(ctx context.Context) error {
-	if len(b.rows) == 0 && len(b.held) == 0 {
-		return nil
+// store inserts one batch; it runs on its own goroutine and touches no
+// batcher state. Before inserting it checks the leases of partitions (a
+// fence) and drops rows ClickHouse already has (a writer that lost its lease
+// may have inserted after this term started).
+func (a *Aggregator) store(ctx context.Context, bt *batch) insertResult {
+	o := a.o
+	res := insertResult{b: bt}
+	if len(bt.rows) == 0 {
+		return res
 	}
-	o := b.a.o
-	// Fence: never insert for a partition whose lease may have lapsed. The
-	// lease loop either renews it (and the retry goes through) or declares it
-	// lost and drops it from the batch.
-	now := time.Now().UnixNano()
-	ps := make([]int, 0, len(b.parts))
-	for p := range b.parts {
-		if b.a.validUntil[p].Load() < now {
-			return fmt.Errorf("lease of partition %d not renewed in time; holding its events", p)
+	var owned []int
+	seen := make([]bool, len(a.validUntil))
+	for _, r := range bt.rows {
+		if p := int(r.Partition); !seen[p] {
+			seen[p] = true
+			owned = append(owned, p)
 		}
-		ps = append(ps, p)
 	}
-	committed, err := o.Store.Committed(ctx, ps)
-	b.a.noteCH(err)
+	// Fence: never insert for a partition whose lease may have lapsed. The
+	// lease loop either renews it (and the retry goes through) or declares
+	// it lost and drops it from the batch.
+	now := time.Now().UnixNano()
+	for _, p := range owned {
+		if a.validUntil[p].Load() < now {
+			res.err = fmt.Errorf("lease of partition %d not renewed in time; holding its events", p)
+			return res
+		}
+	}
+	committed, err := o.Store.Committed(ctx, owned)
+	a.noteCH(err)
 	if err != nil {
-		return err
+		res.err = err
+		return res
 	}
-	rows := b.rows[:0:0]
-	for _, r := range b.rows {
+	rows := make([]chstore.EventRow, 0, len(bt.rows))
+	for _, r := range bt.rows {
 		if r.Seq > committed[int(r.Partition)] {
 			rows = append(rows, r)
 		} else {
@@ -253,10 +357,11 @@ func (b *batcher) flush(ctx context.Context) error {
 	}
 	start := time.Now()
 	if err := o.Store.InsertEvents(ctx, rows); err != nil {
-		b.a.noteCH(err)
-		return fmt.Errorf("inserting batch: %w", err)
+		a.noteCH(err)
+		res.err = fmt.Errorf("inserting batch: %w", err)
+		return res
 	}
-	b.a.noteCH(nil)
+	a.noteCH(nil)
 	if len(rows) > 0 {
 		o.Metrics.InsertSeconds.Observe(time.Since(start).Seconds())
 		o.Metrics.BatchSize.Observe(float64(len(rows)))
@@ -264,24 +369,10 @@ func (b *batcher) flush(ctx context.Context) error {
 	}
 	if o.AfterInsert != nil {
 		if err := o.AfterInsert(rows); err != nil {
-			return fmt.Errorf("%w: %v", errCrash, err)
+			res.err = fmt.Errorf("%w: %v", errCrash, err)
+			return res
 		}
 	}
-	for _, r := range rows {
-		if st := b.parts[int(r.Partition)]; st != nil && r.Seq > st.committed {
-			st.committed = r.Seq
-		}
-	}
-	for p, seq := range committed {
-		if st := b.parts[p]; st != nil && seq > st.committed {
-			st.committed = seq
-		}
-	}
-	for _, h := range b.held {
-		_ = h.msg.Ack()
-	}
-	clear(b.rows)
-	clear(b.held)
-	b.rows, b.held = b.rows[:0], b.held[:0]
-	return nil
+	res.stored, res.committed = rows, committed
+	return res
 }

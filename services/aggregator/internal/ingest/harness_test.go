@@ -39,7 +39,7 @@ const (
 // env is one NATS server, one ClickHouse server and the expected totals of
 // everything published so far.
 type env struct {
-	t     *testing.T
+	t     testing.TB
 	nats  *natstest.Server
 	ch    *chtest.Server
 	store *chstore.Store
@@ -58,7 +58,7 @@ type key struct {
 
 type sums struct{ requests, errors, in, out, total, unknown uint64 }
 
-func newEnv(t *testing.T) *env {
+func newEnv(t testing.TB) *env {
 	t.Helper()
 	e := &env{t: t, nats: natstest.Start(t), ch: chtest.Start(t), expected: map[key]sums{}}
 	store, err := chstore.Open(chstore.Options{Addr: e.ch.Addr(), Database: "drover", ReadTimeout: 10 * time.Second, DialTimeout: time.Second})
@@ -327,7 +327,7 @@ func (e *env) startAgg(id string, opts ...aggOption) *agg {
 }
 
 // stop is a graceful shutdown (SIGTERM); it returns Run's error.
-func (g *agg) stop(t *testing.T) error {
+func (g *agg) stop(t testing.TB) error {
 	if g.stopped {
 		return nil
 	}
