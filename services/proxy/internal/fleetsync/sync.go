@@ -6,7 +6,11 @@
 //
 // Subjects and payloads (JSON):
 //
-//	drover.inflight          {"replica","seq","ttl_ms","counts":[{"backend","model","n"}]}
+//	drover.inflight          {"replica","seq","ttl_ms","counts":[{"backend","model","n","d"}]}
+//
+// n is in flight, d is demand (in flight plus requests waiting that could
+// use that backend and model).
+//
 //	drover.cache.invalidate  {"replica","backends":[...]}   (empty list: everything)
 //
 // A replica that says goodbye publishes empty counts. Core NATS may drop
@@ -20,6 +24,7 @@ import (
 	"context"
 	"encoding/json"
 	"log/slog"
+	"sort"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -49,7 +54,7 @@ type Options struct {
 
 // Local is what the sync needs from this replica.
 type Local interface {
-	InFlight() map[string]map[string]int
+	Loads() map[routing.Key]routing.Load
 	Recheck()
 }
 
@@ -66,7 +71,8 @@ type countMsg struct {
 type count struct {
 	Backend string `json:"backend"`
 	Model   string `json:"model"`
-	N       int    `json:"n"`
+	N       int    `json:"n"` // in flight
+	D       int    `json:"d"` // demand: in flight plus waiting
 }
 
 type invalidateMsg struct {
@@ -79,7 +85,12 @@ type invalidateMsg struct {
 type snapshot struct {
 	byKey     map[routing.Key]int
 	byBackend map[string]int
+	peers     map[routing.Key][]peerLoad
+	replicas  int // live replicas, this one included
+	rank      int // this replica's place among them, by name
 }
+
+type peerLoad struct{ n, d, rank int }
 
 type peer struct {
 	seq     uint64
@@ -123,7 +134,7 @@ func New(nc *nats.Conn, opts Options, log *slog.Logger) *Sync {
 		opts.TTL = 3 * opts.Heartbeat
 	}
 	s := &Sync{opts: opts, nc: nc, log: log, changed: make(chan struct{}, 1), peers: map[string]*peer{}}
-	s.remote.Store(&snapshot{byKey: map[routing.Key]int{}, byBackend: map[string]int{}})
+	s.remote.Store(&snapshot{byKey: map[routing.Key]int{}, byBackend: map[string]int{}, peers: map[routing.Key][]peerLoad{}, replicas: 1})
 	return s
 }
 
@@ -132,6 +143,14 @@ func (s *Sync) InFlight(k routing.Key) int { return s.remote.Load().byKey[k] }
 
 // BackendInFlight is the other replicas' count on a backend (routing.Remote).
 func (s *Sync) BackendInFlight(b string) int { return s.remote.Load().byBackend[b] }
+
+// Share divides cap evenly among the live replicas, the remainder going to
+// the first by name, so that shares sum to cap (routing.Remote). A replica
+// alone has it all.
+func (s *Sync) Share(_ routing.Key, cap int) int {
+	snap := s.remote.Load()
+	return share(cap, snap.replicas, snap.rank)
+}
 
 // Changed signals that local counts changed; it never blocks (it is called
 // under the router's lock).
@@ -180,6 +199,7 @@ func (s *Sync) Start() error {
 	})
 	s.wg.Add(1)
 	go s.loop(ctx)
+	s.Changed() // say hello at once, so peers count this replica in their shares
 	return nil
 }
 
@@ -230,10 +250,8 @@ func (s *Sync) loop(ctx context.Context) {
 
 func (s *Sync) publishLocal() {
 	var counts []count
-	for b, models := range s.local.InFlight() {
-		for m, n := range models {
-			counts = append(counts, count{Backend: b, Model: m, N: n})
-		}
+	for k, l := range s.local.Loads() {
+		counts = append(counts, count{Backend: k.Backend, Model: k.Model, N: l.InFlight, D: l.Demand})
 	}
 	s.publishCounts(counts)
 }
@@ -322,14 +340,46 @@ func (s *Sync) forgetPeers() {
 }
 
 func (s *Sync) rebuildLocked() {
-	snap := &snapshot{byKey: map[routing.Key]int{}, byBackend: map[string]int{}}
-	for _, p := range s.peers {
-		for _, c := range p.counts {
-			snap.byKey[routing.Key{Backend: c.Backend, Model: c.Model}] += c.N
+	snap := &snapshot{byKey: map[routing.Key]int{}, byBackend: map[string]int{}, peers: map[routing.Key][]peerLoad{}, replicas: len(s.peers) + 1}
+	names := make([]string, 0, len(s.peers)+1)
+	names = append(names, s.opts.Replica)
+	for name := range s.peers {
+		names = append(names, name)
+	}
+	sort.Strings(names)
+	for rank, name := range names {
+		if name == s.opts.Replica {
+			snap.rank = rank
+			continue
+		}
+		for _, c := range s.peers[name].counts {
+			k := routing.Key{Backend: c.Backend, Model: c.Model}
+			snap.byKey[k] += c.N
 			snap.byBackend[c.Backend] += c.N
+			snap.peers[k] = append(snap.peers[k], peerLoad{n: c.N, d: c.D, rank: rank})
 		}
 	}
 	s.remote.Store(snap)
+}
+
+// Reserved is what the other replicas hold of cap on k (routing.Remote):
+// each holds its in-flight count or, while it has demand, at least its
+// share, so that borrowing never takes a slot a busy replica is owed.
+func (s *Sync) Reserved(k routing.Key, cap int) int {
+	snap := s.remote.Load()
+	total := 0
+	for _, p := range snap.peers[k] {
+		total += max(p.n, min(p.d, share(cap, snap.replicas, p.rank)))
+	}
+	return total
+}
+
+func share(cap, replicas, rank int) int {
+	n := cap / replicas
+	if rank < cap%replicas {
+		n++
+	}
+	return n
 }
 
 // Status is reported by /health.

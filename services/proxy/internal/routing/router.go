@@ -44,9 +44,24 @@ type Candidate struct {
 
 // Remote reports load that other replicas hold on a key, so that caps hold
 // across the fleet. Implementations must be fast and never block.
+//
+// Other replicas' counts arrive late, so each replica has a share of every
+// cap (Share) and the others count as holding theirs while they have demand
+// (Reserved). Beyond its share a replica borrows only where the fleet view
+// shows room, only after its own demand has been visible for a BorrowGap,
+// and one slot per gap, so replicas that race for the same free slot
+// overshoot by at most one slot each.
 type Remote interface {
+	// InFlight and BackendInFlight are the others' latest counts, for
+	// ranking.
 	InFlight(k Key) int
 	BackendInFlight(backend string) int
+	// Reserved is what the others hold of cap on k: each holds its
+	// in-flight count, or, while it has requests waiting, at least its
+	// share of cap.
+	Reserved(k Key, cap int) int
+	// Share is how many of cap slots this replica may use on its own.
+	Share(k Key, cap int) int
 }
 
 // Options bound the queue.
@@ -62,6 +77,9 @@ type Options struct {
 	// Changed, if set, is called (under the router's lock, so it must not
 	// block) after every reserve and release, so counts can be shared.
 	Changed func()
+	// BorrowGap spaces borrowed slots beyond this replica's share (default
+	// 5ms, about two NATS hops).
+	BorrowGap time.Duration
 }
 
 // Router owns every slot count on this replica.
@@ -69,10 +87,12 @@ type Router struct {
 	opts   Options
 	remote Remote
 
-	mu       sync.Mutex     // guards inflight, backend, waiters
-	inflight map[Key]int    // local in-flight per (backend, model)
-	backend  map[string]int // local in-flight per backend
-	waiters  *list.List     // of *waiter, oldest first
+	mu       sync.Mutex        // guards inflight, backend, waiters
+	inflight map[Key]int       // local in-flight per (backend, model)
+	backend  map[string]int    // local in-flight per backend
+	waiters  *list.List        // of *waiter, oldest first
+	borrowed map[Key]time.Time // last slot taken beyond this replica's share
+	busy     map[Key]time.Time // since when this replica has had demand for a key
 }
 
 type waiter struct {
@@ -82,7 +102,10 @@ type waiter struct {
 
 // New returns an empty router. remote may be nil.
 func New(opts Options, remote Remote) *Router {
-	return &Router{opts: opts, remote: remote, inflight: map[Key]int{}, backend: map[string]int{}, waiters: list.New()}
+	if opts.BorrowGap == 0 {
+		opts.BorrowGap = 10 * time.Millisecond
+	}
+	return &Router{opts: opts, remote: remote, inflight: map[Key]int{}, backend: map[string]int{}, waiters: list.New(), borrowed: map[Key]time.Time{}, busy: map[Key]time.Time{}}
 }
 
 // Slot is a reserved place on one backend for one model. Release it exactly
@@ -107,8 +130,8 @@ func (r *Router) Acquire(ctx context.Context, cands []Candidate) (*Slot, error) 
 	}
 	start := time.Now()
 	r.lock(start)
-	if c, ok := r.pickLocked(cands); ok {
-		s := r.reserveLocked(c.Key)
+	if c, ok := r.pickLocked(cands, start); ok {
+		s := r.reserveLocked(c, start)
 		r.mu.Unlock()
 		r.observe(start, false, nil)
 		return s, nil
@@ -169,18 +192,23 @@ func (r *Router) observe(start time.Time, queued bool, err error) {
 }
 
 // pickLocked ranks candidates that have a free slot.
-func (r *Router) pickLocked(cands []Candidate) (Candidate, bool) {
+func (r *Router) pickLocked(cands []Candidate, now time.Time) (Candidate, bool) {
 	var best Candidate
 	var bestIn, bestTotal int
 	found := false
 	for _, c := range cands {
-		in := r.inflight[c.Key]
-		total := r.backend[c.Backend]
+		local := r.inflight[c.Key]
+		in, total := local, r.backend[c.Backend]
 		if r.remote != nil {
+			if local+r.remote.Reserved(c.Key, c.Cap) >= c.Cap {
+				continue
+			}
+			if local >= r.remote.Share(c.Key, c.Cap) && !r.mayBorrowLocked(c.Key, now) {
+				continue
+			}
 			in += r.remote.InFlight(c.Key)
 			total += r.remote.BackendInFlight(c.Backend)
-		}
-		if in >= c.Cap {
+		} else if in >= c.Cap {
 			continue
 		}
 		if !found || better(c, in, total, best, bestIn, bestTotal) {
@@ -188,6 +216,19 @@ func (r *Router) pickLocked(cands []Candidate) (Candidate, bool) {
 		}
 	}
 	return best, found
+}
+
+// mayBorrowLocked allows a slot beyond this replica's share only once its
+// demand has been visible to the others for a borrow gap (so that a burst
+// hitting every replica at once is met with shares, not borrowing), and no
+// more than one borrowed slot per gap.
+func (r *Router) mayBorrowLocked(k Key, now time.Time) bool {
+	since, ok := r.busy[k]
+	if !ok {
+		r.busy[k] = now
+		return false
+	}
+	return now.Sub(since) >= r.opts.BorrowGap && now.Sub(r.borrowed[k]) >= r.opts.BorrowGap
 }
 
 func better(c Candidate, in, total int, b Candidate, bIn, bTotal int) bool {
@@ -203,7 +244,14 @@ func better(c Candidate, in, total int, b Candidate, bIn, bTotal int) bool {
 	return c.Weight > b.Weight
 }
 
-func (r *Router) reserveLocked(k Key) *Slot {
+func (r *Router) reserveLocked(c Candidate, now time.Time) *Slot {
+	k := c.Key
+	if _, ok := r.busy[k]; !ok {
+		r.busy[k] = now
+	}
+	if r.remote != nil && r.inflight[k] >= r.remote.Share(k, c.Cap) {
+		r.borrowed[k] = now
+	}
 	r.inflight[k]++
 	r.backend[k.Backend]++
 	if r.opts.Changed != nil {
@@ -213,10 +261,14 @@ func (r *Router) reserveLocked(k Key) *Slot {
 }
 
 func (r *Router) release(k Key) {
-	r.lock(time.Time{})
+	now := time.Now()
+	r.lock(now)
 	defer r.mu.Unlock()
 	if r.inflight[k]--; r.inflight[k] <= 0 {
 		delete(r.inflight, k)
+		if r.waiters.Len() == 0 {
+			delete(r.busy, k) // idle again: the next burst starts with shares
+		}
 	}
 	if r.backend[k.Backend]--; r.backend[k.Backend] <= 0 {
 		delete(r.backend, k.Backend)
@@ -224,17 +276,17 @@ func (r *Router) release(k Key) {
 	if r.opts.Changed != nil {
 		r.opts.Changed()
 	}
-	r.grantLocked()
+	r.grantLocked(now)
 }
 
 // grantLocked serves waiters oldest first while any of them fits.
-func (r *Router) grantLocked() {
+func (r *Router) grantLocked(now time.Time) {
 	for e := r.waiters.Front(); e != nil; {
 		next := e.Next()
 		w := e.Value.(*waiter)
-		if c, ok := r.pickLocked(w.cands); ok {
+		if c, ok := r.pickLocked(w.cands, now); ok {
 			r.waiters.Remove(e)
-			w.grant <- r.reserveLocked(c.Key)
+			w.grant <- r.reserveLocked(c, now)
 		}
 		e = next
 	}
@@ -243,8 +295,9 @@ func (r *Router) grantLocked() {
 // Recheck grants waiters after capacity changed outside Release (remote
 // replicas released slots, or a cap was raised).
 func (r *Router) Recheck() {
-	r.mu.Lock()
-	r.grantLocked()
+	now := time.Now()
+	r.lock(now)
+	r.grantLocked(now)
 	r.mu.Unlock()
 }
 
@@ -258,6 +311,29 @@ func (r *Router) InFlight() map[string]map[string]int {
 			out[k.Backend] = map[string]int{}
 		}
 		out[k.Backend][k.Model] = n
+	}
+	return out
+}
+
+// Load is one key's local in-flight count and demand (in-flight plus
+// requests waiting that could use it).
+type Load struct{ InFlight, Demand int }
+
+// Loads returns this replica's load per key, for sharing with the others.
+// A waiter counts as demand on every key it could use.
+func (r *Router) Loads() map[Key]Load {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	out := make(map[Key]Load, len(r.inflight))
+	for k, n := range r.inflight {
+		out[k] = Load{InFlight: n, Demand: n}
+	}
+	for e := r.waiters.Front(); e != nil; e = e.Next() {
+		for _, c := range e.Value.(*waiter).cands {
+			l := out[c.Key]
+			l.Demand++
+			out[c.Key] = l
+		}
 	}
 	return out
 }

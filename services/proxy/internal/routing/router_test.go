@@ -218,6 +218,9 @@ func TestCapNeverExceeded(t *testing.T) {
 
 type fakeRemote map[Key]int
 
+func (f fakeRemote) Share(k Key, cap int) int    { return cap }
+func (f fakeRemote) Reserved(k Key, cap int) int { return f[k] }
+
 func (f fakeRemote) InFlight(k Key) int { return f[k] }
 func (f fakeRemote) BackendInFlight(b string) int {
 	n := 0
