@@ -17,6 +17,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
+	"github.com/droverhq/drover/pkg/chstore"
 	"github.com/droverhq/drover/pkg/config"
 	"github.com/droverhq/drover/pkg/usage"
 	"github.com/droverhq/drover/services/proxy/internal/auth"
@@ -24,6 +25,7 @@ import (
 	"github.com/droverhq/drover/services/proxy/internal/fleet"
 	"github.com/droverhq/drover/services/proxy/internal/fleetsync"
 	"github.com/droverhq/drover/services/proxy/internal/forward"
+	"github.com/droverhq/drover/services/proxy/internal/live"
 	"github.com/droverhq/drover/services/proxy/internal/metrics"
 	"github.com/droverhq/drover/services/proxy/internal/ollamaapi"
 	"github.com/droverhq/drover/services/proxy/internal/openaiapi"
@@ -39,6 +41,7 @@ type Server struct {
 	Forward *forward.Forwarder
 	Metrics *metrics.Metrics
 	Sync    *fleetsync.Sync
+	Live    *live.Live
 	log     *slog.Logger
 
 	usageStatus func() any
@@ -59,6 +62,10 @@ type Options struct {
 	Registry *prometheus.Registry
 	// UsageStatus, if set, is shown in /health (the publisher's state).
 	UsageStatus func() any
+	// ClickHouse, if set, gives /api/usage the fleet's token totals (with
+	// SyncConn, which follows the usage stream) and the dashboard its
+	// charts; nil shows this replica's totals.
+	ClickHouse *chstore.Store
 }
 
 // New builds a replica from cfg.
@@ -81,7 +88,10 @@ func New(cfg *config.Config, log *slog.Logger, opts Options) *Server {
 		log.Error("fleet sync did not start: routing on this replica's counts only", "err", err)
 	}
 	s.Metrics.Watch(metrics.GaugeSource{InFlight: s.Router.InFlight, Queue: s.Router.QueueLen, Breakers: s.breakers})
-	sinks := usage.Sinks{s.Totals}
+	s.Live = live.New(live.Options{Replica: cfg.Replica, Local: s.Router.InFlight, Remote: s.Sync.Remote, Fleet: s.Sync.Status,
+		QueueLen: s.Router.QueueLen, Totals: s.Totals, Store: opts.ClickHouse, Conn: opts.SyncConn,
+		Stream: cfg.NATS.Stream, Partitions: cfg.NATS.Partitions, Log: log})
+	sinks := usage.Sinks{s.Totals, s.Live}
 	if opts.Sink != nil {
 		sinks = append(sinks, opts.Sink)
 	}
@@ -95,6 +105,7 @@ func (s *Server) Handler() http.Handler { return s.handler }
 
 // Close stops background work. Call it after the HTTP server has drained.
 func (s *Server) Close() {
+	s.Live.Close()
 	s.Sync.Close()
 	s.Fleet.Close()
 }
@@ -113,7 +124,8 @@ func (s *Server) routes() http.Handler {
 	(&openaiapi.Handler{Fleet: s.Fleet, Forward: s.Forward, Log: s.log}).Routes(r)
 	r.Get("/health", s.health)
 	r.Method(http.MethodGet, "/metrics", promhttp.HandlerFor(s.Metrics.Registry, promhttp.HandlerOpts{}))
-	r.Get("/api/usage", s.usage)
+	r.Get("/api/usage", s.Live.ServeUsage)
+	r.Get("/api/usage-stream", s.Live.ServeStream)
 	r.Get("/api/config", s.endpoints)
 	r.Post("/api/cache/invalidate", s.invalidate)
 	return r
@@ -181,26 +193,6 @@ func (s *Server) health(w http.ResponseWriter, r *http.Request) {
 func (s *Server) endpoints(w http.ResponseWriter, r *http.Request) {
 	backends, _ := s.backendStatuses()
 	writeJSON(w, http.StatusOK, map[string]any{"endpoints": backends})
-}
-
-// usage shows in-flight and token totals per endpoint and model, shaped as
-// the Python router's /api/usage, with fuller counts beside.
-func (s *Server) usage(w http.ResponseWriter, r *http.Request) {
-	inflight := s.Router.InFlight()
-	totals := s.Totals.Snapshot()
-	tokens := map[string]map[string]int64{}
-	for ep, models := range totals {
-		tokens[ep] = map[string]int64{}
-		for m, c := range models {
-			tokens[ep][m] = c.InputTokens + c.OutputTokens
-		}
-	}
-	writeJSON(w, http.StatusOK, map[string]any{
-		"usage_counts":       inflight,
-		"token_usage_counts": tokens,
-		"totals":             totals,
-		"queue_length":       s.Router.QueueLen(),
-	})
 }
 
 // invalidate drops cached model lists, for all backends or those named in

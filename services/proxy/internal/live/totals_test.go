@@ -1,0 +1,232 @@
+package live
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"net"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/droverhq/drover/pkg/chstore"
+	"github.com/droverhq/drover/pkg/chtest"
+	"github.com/droverhq/drover/pkg/natstest"
+	"github.com/droverhq/drover/pkg/usage"
+)
+
+const testPartitions = 4
+
+// pipeline is a real NATS with the usage stream and a real ClickHouse with
+// the schema; the test plays the proxy (publishing) and the aggregator
+// (inserting rows with their stream sequences).
+type pipeline struct {
+	t     *testing.T
+	nc    *nats.Conn
+	js    jetstream.JetStream
+	store *chstore.Store
+	rows  []chstore.EventRow // everything published, in stream order
+	want  map[tokenKey]usage.Count
+}
+
+func newPipeline(t *testing.T) *pipeline {
+	t.Helper()
+	ctx := context.Background()
+	ch := chtest.Start(t)
+	store, err := chstore.Open(chstore.Options{Addr: ch.Addr(), Database: "drover_live"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { store.Close() })
+	if _, err := store.Migrate(ctx); err != nil {
+		t.Fatal(err)
+	}
+	ns := natstest.Start(t)
+	nc, err := nats.Connect(ns.URL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(nc.Close)
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := usage.EnsureStream(ctx, js, usage.StreamConfig{Name: "USAGE", DuplicateWindow: time.Minute}); err != nil {
+		t.Fatal(err)
+	}
+	return &pipeline{t: t, nc: nc, js: js, store: store, want: map[tokenKey]usage.Count{}}
+}
+
+// publish sends n events spread over endpoints, models and keys.
+func (p *pipeline) publish(n int) {
+	p.t.Helper()
+	for i := range n {
+		ev := usage.Event{
+			Schema: usage.SchemaVersion, ID: usage.NewID(), Time: time.Now().UTC(),
+			Endpoint: []string{"a", "b"}[i%2], Model: []string{"tiny", "llama3.2:3b"}[i%3%2], APIKey: []string{"team-a", "team-b", "team-c"}[i%3],
+			Route: "/api/chat", Status: 200, InputTokens: usage.Int64(int64(10 + i)), OutputTokens: usage.Int64(int64(100 + i)),
+		}
+		if i%7 == 0 {
+			ev.Status, ev.Error, ev.InputTokens, ev.OutputTokens = 502, true, nil, nil
+		}
+		data, _ := jsonMarshal(ev)
+		part := usage.Partition(ev.ID, testPartitions)
+		ack, err := p.js.Publish(context.Background(), usage.PartitionSubject(part), data, jetstream.WithMsgID(ev.ID))
+		if err != nil {
+			p.t.Fatal(err)
+		}
+		p.rows = append(p.rows, chstore.EventRow{Event: ev, Partition: uint16(part), Seq: ack.Sequence})
+		k := tokenKey{ev.Endpoint, ev.Model, ev.APIKey}
+		c := p.want[k]
+		count(&c, ev)
+		p.want[k] = c
+	}
+}
+
+// publishJunk sends what the aggregator dead-letters: it must not count.
+func (p *pipeline) publishJunk() {
+	p.t.Helper()
+	for _, data := range []string{`{"schema":"usage.v2","id":"x","time":"2024-01-01T00:00:00Z","endpoint":"a","model":"tiny","input_tokens":1000000,"output_tokens":1}`, `not json`} {
+		if _, err := p.js.Publish(context.Background(), usage.PartitionSubject(1), []byte(data)); err != nil {
+			p.t.Fatal(err)
+		}
+	}
+}
+
+// commit stores, per partition, the first frac of its published events
+// not stored yet, as the aggregator would.
+func (p *pipeline) commit(frac float64) {
+	p.t.Helper()
+	ctx := context.Background()
+	done, err := p.store.Committed(ctx, []int{0, 1, 2, 3})
+	if err != nil {
+		p.t.Fatal(err)
+	}
+	for part := range testPartitions {
+		var todo []chstore.EventRow
+		for _, r := range p.rows {
+			if int(r.Partition) == part && r.Seq > done[part] {
+				todo = append(todo, r)
+			}
+		}
+		todo = todo[:int(float64(len(todo))*frac)]
+		if err := p.store.InsertEvents(ctx, todo); err != nil {
+			p.t.Fatal(err)
+		}
+	}
+}
+
+func (p *pipeline) live() *Live {
+	l := New(Options{Local: (&counter{}).InFlight, Store: p.store, Conn: p.nc, Partitions: testPartitions})
+	p.t.Cleanup(l.Close)
+	return l
+}
+
+// exact waits until l's totals equal everything published.
+func (p *pipeline) exact(l *Live) {
+	p.t.Helper()
+	var last string
+	deadline := time.Now().Add(20 * time.Second)
+	for time.Now().Before(deadline) {
+		if last = p.diff(l.Snapshot()); last == "" {
+			return
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	p.t.Fatalf("fleet totals never matched what was published: %s", last)
+}
+
+func (p *pipeline) diff(s *Snapshot) string {
+	if s.Tokens.Mode != ModeFleet {
+		return fmt.Sprintf("token source %+v", s.Tokens)
+	}
+	byEP := map[string]map[string]usage.Count{}
+	byKey := map[string]usage.Count{}
+	for k, c := range p.want {
+		if byEP[k.Endpoint] == nil {
+			byEP[k.Endpoint] = map[string]usage.Count{}
+		}
+		byEP[k.Endpoint][k.Model] = sum(byEP[k.Endpoint][k.Model], c)
+		byKey[k.APIKey] = sum(byKey[k.APIKey], c)
+	}
+	if !equal2(byEP, s.Totals) {
+		return fmt.Sprintf("totals %v, want %v", s.Totals, byEP)
+	}
+	if !equal1(byKey, s.Keys) {
+		return fmt.Sprintf("key totals %v, want %v", s.Keys, byKey)
+	}
+	for ep, models := range byEP {
+		for m, c := range models {
+			if s.TokenUsageCounts[ep][m] != c.InputTokens+c.OutputTokens {
+				return fmt.Sprintf("token_usage_counts[%s][%s] = %d, want %d", ep, m, s.TokenUsageCounts[ep][m], c.InputTokens+c.OutputTokens)
+			}
+		}
+	}
+	return ""
+}
+
+// Totals are ClickHouse's plus the stream after each partition's committed
+// sequence: exact whatever share the aggregator has stored, with the
+// stream overlapping ClickHouse, junk in the stream, and events arriving
+// after the start.
+func TestFleetTotalsAreExact(t *testing.T) {
+	p := newPipeline(t)
+	p.publish(60)
+	p.publishJunk()
+	p.commit(0.5) // half of each partition is in ClickHouse, all of it in the stream
+	l := p.live()
+	p.exact(l)
+
+	p.publish(25) // arrives after the start
+	p.exact(l)
+
+	p.commit(0.6) // the aggregator moves on: a fresh baseline cuts elsewhere
+	p.publish(5)
+	p.exact(p.live())
+	p.exact(l)
+
+	p.commit(1) // everything stored; only ClickHouse counts
+	p.exact(p.live())
+}
+
+// Without a reachable ClickHouse the snapshot says why and shows this
+// replica's totals.
+func TestFleetTotalsFallBackWhileClickHouseIsDown(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := ln.Addr().String()
+	ln.Close()
+	store, err := chstore.Open(chstore.Options{Addr: addr, DialTimeout: 200 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer store.Close()
+	ns := natstest.Start(t)
+	nc, err := nats.Connect(ns.URL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	js, _ := jetstream.New(nc)
+	if _, err := usage.EnsureStream(context.Background(), js, usage.StreamConfig{Name: "USAGE"}); err != nil {
+		t.Fatal(err)
+	}
+	totals := usage.NewTotals()
+	totals.Record(usage.Event{Endpoint: "a", Model: "tiny", InputTokens: usage.Int64(1), OutputTokens: usage.Int64(2)})
+	l := New(Options{Local: (&counter{}).InFlight, Totals: totals, Store: store, Conn: nc})
+	defer l.Close()
+	waitFor(t, "the ClickHouse error to be reported", func() bool {
+		return strings.Contains(l.Snapshot().Tokens.Reason, "clickhouse")
+	})
+	s := l.Snapshot()
+	if s.Tokens.Mode != ModeLocal || s.TokenUsageCounts["a"]["tiny"] != 3 {
+		t.Fatalf("snapshot %+v, want this replica's totals in local mode", s)
+	}
+}
+
+func jsonMarshal(v any) ([]byte, error) { return json.Marshal(v) }
