@@ -25,6 +25,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/droverhq/drover/pkg/chstore"
 	"github.com/droverhq/drover/pkg/config"
 	"github.com/droverhq/drover/pkg/usage"
 	"github.com/droverhq/drover/pkg/usagepub"
@@ -80,6 +81,19 @@ func run() error {
 	} else {
 		log.Warn("nats.url is not set: usage stays in this process and replicas do not share state")
 	}
+	if cfg.ClickHouse.Addr != "" {
+		// Read-only here: fleet token totals and the dashboard's charts.
+		store, err := chstore.Open(chstore.Options{
+			Addr: cfg.ClickHouse.Addr, Database: cfg.ClickHouse.Database,
+			Username: cfg.ClickHouse.Username, Password: cfg.ClickHouse.Password.Reveal(),
+			DialTimeout: cfg.ClickHouse.DialTimeout, ReadTimeout: cfg.ClickHouse.ReadTimeout,
+		})
+		if err != nil {
+			return fmt.Errorf("clickhouse: %w", err)
+		}
+		defer store.Close()
+		opts.ClickHouse = store
+	}
 	srv := server.New(cfg, log, opts)
 
 	ln, err := net.Listen("tcp", cfg.Listen)
@@ -87,6 +101,7 @@ func run() error {
 		return fmt.Errorf("listen: %w", err)
 	}
 	hs := &http.Server{Handler: srv.Handler(), ReadHeaderTimeout: 10 * time.Second}
+	hs.RegisterOnShutdown(srv.Live.Close) // live usage streams never go idle: end them so draining can finish
 	log.Info("drover-proxy listening", "addr", ln.Addr().String(), "backends", len(cfg.Backends), "replica", cfg.Replica)
 
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
