@@ -83,6 +83,9 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 	}
+	if strings.HasPrefix(path, "/v1/") && s.serveOpenAI(w, r) {
+		return // OpenAI routes answer faults in OpenAI's error shape
+	}
 	if h := r.Header.Get(FaultHeader); h != "" {
 		var f Fault
 		if err := json.Unmarshal([]byte(h), &f); err == nil && !s.applyFault(w, r, &f) {
