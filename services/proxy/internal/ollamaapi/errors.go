@@ -14,10 +14,30 @@ import (
 
 // WriteError writes Ollama's error shape, {"error": msg}.
 func WriteError(w http.ResponseWriter, status int, msg string) {
-	w.Header().Set("Content-Type", "application/json; charset=utf-8")
+	writeError(w, status, "application/json; charset=utf-8", msg)
+}
+
+func writeError(w http.ResponseWriter, status int, contentType, msg string) {
+	w.Header().Set("Content-Type", contentType)
 	w.WriteHeader(status)
 	b, _ := json.Marshal(map[string]string{"error": msg})
 	w.Write(b) //nolint:errcheck // the client may be gone
+}
+
+// NotFound and MethodNotAllowed answer unknown paths, and known paths with
+// the wrong method, as Ollama's router (gin) does: plain text without a
+// trailing newline.
+func NotFound(w http.ResponseWriter, r *http.Request) {
+	w.Header().Set("Content-Type", "text/plain")
+	w.WriteHeader(http.StatusNotFound)
+	io.WriteString(w, "404 page not found") //nolint:errcheck // the client may be gone
+}
+
+// MethodNotAllowed: see NotFound.
+func MethodNotAllowed(w http.ResponseWriter, r *http.Request) {
+	w.Header().Set("Content-Type", "text/plain")
+	w.WriteHeader(http.StatusMethodNotAllowed)
+	io.WriteString(w, "405 method not allowed") //nolint:errcheck // the client may be gone
 }
 
 func writeJSON(w http.ResponseWriter, status int, v any) {

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"net/http"
@@ -98,6 +99,17 @@ func (h *Handler) inference(route, kind string, tokens func(*forward.Meter) (in,
 			kinds = ollamaOnly
 		}
 		var tr translate.Request // the last translation made, for Transform and Tokens
+		writeErr := WriteError
+		if route == "/api/embed" || route == "/api/embeddings" {
+			// The embedding routes word an unknown model their own way.
+			model := hd.Model
+			writeErr = func(w http.ResponseWriter, status int, msg string) {
+				if status == http.StatusNotFound {
+					msg = fmt.Sprintf("model %q not found, try pulling it first", model)
+				}
+				WriteError(w, status, msg)
+			}
+		}
 		h.Forward.Serve(w, r, &forward.Request{
 			Route:  route,
 			Method: http.MethodPost,
@@ -131,7 +143,7 @@ func (h *Handler) inference(route, kind string, tokens func(*forward.Meter) (in,
 				}
 				return tokens(m)
 			},
-			Error: WriteError,
+			Error: writeErr,
 		})
 	}
 }

@@ -380,9 +380,11 @@ func (h *Handler) show(w http.ResponseWriter, r *http.Request) {
 
 // passAny sends a request that names no model to any reachable Ollama
 // backend, so its answer (Ollama's own error wording) reaches the client.
+// Whatever status it answers is the answer: Ollama itself says 500 to some
+// of these (an embed without a model), which says nothing of its health.
 func (h *Handler) passAny(w http.ResponseWriter, r *http.Request, path string, body []byte) {
 	for _, b := range h.Fleet.Backends {
-		if b.Type == backend.TypeOllama && b.Health.State() != backend.Open && h.pass(w, r, b, r.Method, path, body) {
+		if b.Type == backend.TypeOllama && b.Health.State() != backend.Open && h.passThrough(w, r, b, r.Method, path, body, true) {
 			return
 		}
 	}
@@ -392,6 +394,12 @@ func (h *Handler) passAny(w http.ResponseWriter, r *http.Request, path string, b
 // pass relays one backend's answer to the client. It returns false, having
 // written nothing, when the backend could not be reached or failed with 5xx.
 func (h *Handler) pass(w http.ResponseWriter, r *http.Request, b *backend.Backend, method, path string, body []byte) bool {
+	return h.passThrough(w, r, b, method, path, body, false)
+}
+
+// passThrough is pass; with any5xx it relays a 5xx answer too, and does
+// not count it against the backend.
+func (h *Handler) passThrough(w http.ResponseWriter, r *http.Request, b *backend.Backend, method, path string, body []byte, any5xx bool) bool {
 	req, err := b.NewRequest(r.Context(), method, path, bytes.NewReader(body))
 	if err != nil {
 		return false
@@ -405,7 +413,7 @@ func (h *Handler) pass(w http.ResponseWriter, r *http.Request, b *backend.Backen
 		return false
 	}
 	defer resp.Body.Close()
-	if resp.StatusCode >= 500 {
+	if resp.StatusCode >= 500 && !any5xx {
 		b.Health.Failure(fmt.Errorf("%s: status %d", path, resp.StatusCode), false)
 		return false
 	}

@@ -50,7 +50,8 @@ type progressLine struct {
 type backendLine struct {
 	b      *backend.Backend
 	line   progressLine
-	status int // HTTP status when the backend refused outright
+	status int    // HTTP status when the backend refused outright
+	ct     string // the backend's Content-Type, for relaying its error
 }
 
 // progress fans a pull, push or create out to the Ollama backends at once
@@ -88,13 +89,13 @@ func (h *Handler) progress(route, verb string, needModel bool) http.HandlerFunc 
 		m := newProgressMerger(w, hd.streaming())
 		failed := map[string]string{}
 		var succeeded []string
-		firstStatus := 0
+		firstStatus, firstCT := 0, ""
 		for bl := range lines {
 			switch {
 			case bl.line.Error != "":
 				failed[bl.b.Name] = bl.line.Error
 				if firstStatus == 0 {
-					firstStatus = bl.status
+					firstStatus, firstCT = bl.status, bl.ct
 				}
 			case bl.line.Status == "success":
 				succeeded = append(succeeded, bl.b.Name)
@@ -108,14 +109,14 @@ func (h *Handler) progress(route, verb string, needModel bool) http.HandlerFunc 
 		}
 		h.Fleet.Invalidate(names...)
 		if len(failed) == 0 {
-			m.finish(progressLine{Status: "success"}, http.StatusOK)
+			m.finish(progressLine{Status: "success"}, http.StatusOK, "")
 			return
 		}
 		h.Log.Warn(verb+" failed on some backends", "model", hd.Model, "failed", failed, "succeeded", succeeded)
 		if firstStatus == 0 || len(succeeded) > 0 {
 			firstStatus = http.StatusInternalServerError
 		}
-		m.finish(progressLine{Error: describeFailures(verb, failed, succeeded)}, firstStatus)
+		m.finish(progressLine{Error: describeFailures(verb, failed, succeeded)}, firstStatus, firstCT)
 	}
 }
 
@@ -155,7 +156,8 @@ func same(msgs []string) bool {
 // readProgress sends one backend's progress lines; it always ends with a
 // success or an error line for that backend.
 func (h *Handler) readProgress(ctx context.Context, b *backend.Backend, route string, body []byte, out chan<- backendLine) {
-	send := func(l progressLine, status int) { out <- backendLine{b: b, line: l, status: status} }
+	ct := ""
+	send := func(l progressLine, status int) { out <- backendLine{b: b, line: l, status: status, ct: ct} }
 	req, err := b.NewRequest(ctx, http.MethodPost, route, bytes.NewReader(body))
 	if err != nil {
 		send(progressLine{Error: err.Error()}, http.StatusInternalServerError)
@@ -168,6 +170,7 @@ func (h *Handler) readProgress(ctx context.Context, b *backend.Backend, route st
 		return
 	}
 	defer resp.Body.Close()
+	ct = resp.Header.Get("Content-Type")
 	sc := bufio.NewScanner(resp.Body)
 	sc.Buffer(make([]byte, 64<<10), 4<<20)
 	sawEnd := false
@@ -258,20 +261,28 @@ func (m *progressMerger) write(l progressLine) {
 }
 
 // finish writes the last line, or for a non-streaming request the one answer.
-func (m *progressMerger) finish(l progressLine, status int) {
-	if m.started {
+// An error a backend streamed (status 200) is streamed; one it answered
+// with an error status is answered with that status and Content-Type:
+// Ollama's "application/json" without charset for a failure while working,
+// with charset for a request it refused. A non-streaming success is the
+// last line as "application/json", as Ollama's waitForStream writes it.
+func (m *progressMerger) finish(l progressLine, status int, errCT string) {
+	switch {
+	case m.started || (m.stream && (l.Error == "" || status < 300)):
 		m.write(l)
-		return
+	case l.Error != "":
+		if status < 300 {
+			status = http.StatusInternalServerError
+		}
+		if !strings.HasPrefix(errCT, "application/json") {
+			errCT = "application/json; charset=utf-8"
+		}
+		writeError(m.w, status, errCT, l.Error)
+	default:
+		m.w.Header().Set("Content-Type", "application/json")
+		m.w.WriteHeader(http.StatusOK)
+		json.NewEncoder(m.w).Encode(l) //nolint:errcheck // the client may be gone
 	}
-	if l.Error != "" {
-		WriteError(m.w, status, l.Error)
-		return
-	}
-	if m.stream {
-		m.write(l)
-		return
-	}
-	writeJSON(m.w, http.StatusOK, l)
 }
 
 // simpleResult is one backend's answer to a copy or delete.
@@ -326,11 +337,23 @@ func answerSimple(w http.ResponseWriter, verb string, results []simpleResult) {
 		relay(w, ok[0])
 	case len(failed) == 0 && len(notFound) > 0:
 		relay(w, notFound[0])
-	case len(failed) > 0 && len(ok) == 0 && len(notFound) == 0 && len(results) == 1 && results[0].err == nil:
+	case len(failed) > 0 && len(ok) == 0 && len(notFound) == 0 && sameAnswer(results):
+		// Every backend refused it alike (an invalid name): that answer.
 		relay(w, results[0])
 	default:
 		WriteError(w, http.StatusInternalServerError, describeFailures(verb, failed, succeeded))
 	}
+}
+
+// sameAnswer reports whether every backend answered with the same status
+// and body.
+func sameAnswer(results []simpleResult) bool {
+	for _, r := range results {
+		if r.err != nil || r.status != results[0].status || !bytes.Equal(r.body, results[0].body) {
+			return false
+		}
+	}
+	return len(results) > 0
 }
 
 func relay(w http.ResponseWriter, r simpleResult) {
@@ -414,6 +437,7 @@ func (h *Handler) blobExists(w http.ResponseWriter, r *http.Request) {
 	path := "/api/blobs/" + chi.URLParam(r, "digest")
 	for _, res := range h.fanSimple(r.Context(), targets, http.MethodHead, path, nil) {
 		if res.err != nil || res.status != http.StatusOK {
+			w.Header().Set("Content-Type", "application/json; charset=utf-8") // as Ollama's 404
 			w.WriteHeader(http.StatusNotFound)
 			return
 		}

@@ -115,9 +115,9 @@ func (s *Server) routes() http.Handler {
 	r.Use(middleware.Recoverer)
 	keys := auth.New(s.Config.Auth.Keys)
 	r.Use(keys.Middleware(openPath, deny))
-	// Ollama answers unknown paths and methods with a plain 404.
-	r.NotFound(http.NotFound)
-	r.MethodNotAllowed(http.NotFound)
+	// Ollama answers unknown paths with a plain 404, wrong methods with 405.
+	r.NotFound(ollamaapi.NotFound)
+	r.MethodNotAllowed(ollamaapi.MethodNotAllowed)
 
 	api := &ollamaapi.Handler{Fleet: s.Fleet, Forward: s.Forward, Log: s.log}
 	api.Routes(r)
