@@ -85,7 +85,7 @@ func (e *env) connect() (*nats.Conn, jetstream.JetStream) {
 		e.t.Fatal(err)
 	}
 	e.t.Cleanup(nc.Close)
-	js, err := jetstream.New(nc)
+	js, err := jetstream.New(nc, jetstream.WithPublishAsyncMaxPending(65536))
 	if err != nil {
 		e.t.Fatal(err)
 	}
@@ -150,8 +150,8 @@ func (e *env) publish(n int, seed uint64) {
 
 func (e *env) publishEvents(js jetstream.JetStream, evs []usage.Event) {
 	e.t.Helper()
-	for start := 0; start < len(evs); start += 2000 {
-		end := min(start+2000, len(evs))
+	for start := 0; start < len(evs); start += 5000 {
+		end := min(start+5000, len(evs))
 		var futures []jetstream.PubAckFuture
 		for _, ev := range evs[start:end] {
 			f, err := js.PublishMsgAsync(eventMsg(ev))
