@@ -4,7 +4,7 @@ GO ?= go
 MODULES := $(shell $(GO) list -m -f '{{.Dir}}' 2>/dev/null)
 PKGS := $(addsuffix /...,$(MODULES))
 
-.PHONY: build test lint bench run
+.PHONY: build test lint bench run conformance
 build:
 	$(GO) build -o bin/ ./services/proxy/cmd/... ./pkg/fakeollama/cmd/... ./services/bench/cmd/...
 
@@ -19,6 +19,12 @@ run: build
 
 test:
 	$(GO) test -race -count=1 -timeout 20m $(PKGS)
+
+# Drover in front of two real Ollama servers, compared with Ollama itself
+# (services/proxy/conformance). Needs .ci/realollama/setup.sh build and
+# models first (cached in $HOME/.cache/realollama); fails without them.
+conformance:
+	DROVER_CONFORMANCE=1 $(GO) test -race -count=1 -timeout 5m ./services/proxy/conformance/
 
 lint:
 	@out=$$(gofmt -l $(MODULES)); if [ -n "$$out" ]; then echo "gofmt needs running on:"; echo "$$out"; exit 1; fi
