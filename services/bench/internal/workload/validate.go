@@ -44,6 +44,25 @@ func checkOllamaChunk(chunk []byte) error {
 	return nil
 }
 
+// openAIFinal accepts a non-streamed chat completion with at least one
+// choice and no error object.
+func openAIFinal(body []byte) error {
+	var c struct {
+		Choices []json.RawMessage `json:"choices"`
+		Error   json.RawMessage   `json:"error"`
+	}
+	if err := json.Unmarshal(body, &c); err != nil {
+		return fmt.Errorf("response is not JSON: %w", err)
+	}
+	if len(c.Error) > 0 && string(c.Error) != "null" {
+		return fmt.Errorf("backend error: %s", c.Error)
+	}
+	if len(c.Choices) == 0 {
+		return errors.New("completion has no choices")
+	}
+	return nil
+}
+
 var sseDone = []byte("data: [DONE]")
 
 // openAIStream accepts a server-sent event stream that ends with data: [DONE].

@@ -37,6 +37,13 @@ var table = []Workload{
 		Validate: ollamaStream,
 	},
 	{
+		Name:     "openai-chat",
+		Method:   "POST",
+		Path:     "/v1/chat/completions",
+		Body:     []byte(`{"model":"tiny","messages":[{"role":"user","content":"hello there"}],"stream":false}`),
+		Validate: openAIFinal,
+	},
+	{
 		Name:     "openai-stream",
 		Method:   "POST",
 		Path:     "/v1/chat/completions",

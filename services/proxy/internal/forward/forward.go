@@ -56,6 +56,10 @@ type Request struct {
 	// cleanly; a Write error means the client is gone. Content-Length is
 	// dropped whenever a filter is used.
 	Transform func(b *backend.Backend, status int, h http.Header, client io.Writer) io.WriteCloser
+	// Complete, if set, reports whether the backend bytes seen so far are
+	// a whole answer, so that a client hanging up right after it (as
+	// OpenAI's SDKs do at data: [DONE]) is not recorded as an error.
+	Complete func(m *Meter) bool
 	// Error writes an error in the API's own format.
 	Error func(w http.ResponseWriter, status int, msg string)
 }
@@ -157,9 +161,9 @@ func (f *Forwarder) Serve(w http.ResponseWriter, r *http.Request, req *Request) 
 type failure struct {
 	backend *backend.Backend
 	status  int // 0: no response at all
-	header http.Header
-	body   []byte
-	msg    string
+	header  http.Header
+	body    []byte
+	msg     string
 }
 
 // attempt runs the request on the slot's backend. It returns done when the
@@ -230,8 +234,11 @@ func (f *Forwarder) attempt(w http.ResponseWriter, r *http.Request, req *Request
 	if req.Tokens != nil {
 		tokens = func(m *Meter) (in, out *int64) { return req.Tokens(b, m) }
 	}
-	ttfb, copyErr, clientGone := f.copy(w, filter, resp.Body, stream, tokens, ev)
+	ttfb, copyErr, clientGone, complete := f.copy(w, filter, resp.Body, stream, tokens, req.Complete, ev)
 	switch {
+	case (clientGone || (copyErr != nil && ctx.Err() != nil)) && complete:
+		// The client left once it had the whole answer (OpenAI's clients
+		// hang up at data: [DONE]); nothing was cut short.
 	case clientGone || (copyErr != nil && ctx.Err() != nil):
 		ev.Error = true // the client left; not the backend's fault
 	case copyErr != nil:
@@ -251,8 +258,8 @@ var meterPool = sync.Pool{New: func() any { return &meterHolder{} }}
 
 // copy streams body to w (through filter, when set), flushing each read
 // when streaming, and fills the event's token counts. It returns when the
-// first byte was written.
-func (f *Forwarder) copy(w http.ResponseWriter, filter io.WriteCloser, body io.Reader, stream bool, tokens func(*Meter) (in, out *int64), ev *usage.Event) (ttfb time.Time, readErr error, clientGone bool) {
+// first byte was written, and whether done judged the bytes seen complete.
+func (f *Forwarder) copy(w http.ResponseWriter, filter io.WriteCloser, body io.Reader, stream bool, tokens func(*Meter) (in, out *int64), done func(*Meter) bool, ev *usage.Event) (ttfb time.Time, readErr error, clientGone, complete bool) {
 	bp := bufPool.Get().(*[]byte)
 	defer bufPool.Put(bp)
 	mh := meterPool.Get().(*meterHolder)
@@ -265,6 +272,7 @@ func (f *Forwarder) copy(w http.ResponseWriter, filter io.WriteCloser, body io.R
 		if ev.Status < 300 && tokens != nil {
 			ev.InputTokens, ev.OutputTokens = tokens(&mh.m)
 		}
+		complete = done != nil && done(&mh.m)
 	}()
 	for {
 		n, err := body.Read(buf)
@@ -280,7 +288,7 @@ func (f *Forwarder) copy(w http.ResponseWriter, filter io.WriteCloser, body io.R
 				_, werr = filter.Write(buf[:n])
 			}
 			if werr != nil {
-				return ttfb, nil, true
+				return ttfb, nil, true, false
 			}
 			if stream && flusher != nil {
 				flusher.Flush()
@@ -289,16 +297,16 @@ func (f *Forwarder) copy(w http.ResponseWriter, filter io.WriteCloser, body io.R
 		if err == io.EOF {
 			if filter != nil {
 				if filter.Close() != nil {
-					return ttfb, nil, true
+					return ttfb, nil, true, false
 				}
 				if stream && flusher != nil {
 					flusher.Flush()
 				}
 			}
-			return ttfb, nil, false
+			return ttfb, nil, false, false
 		}
 		if err != nil {
-			return ttfb, err, false
+			return ttfb, err, false, false
 		}
 	}
 }

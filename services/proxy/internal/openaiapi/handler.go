@@ -64,7 +64,7 @@ func (h *Handler) generation(route string) http.HandlerFunc {
 }
 
 func (h *Handler) request(r *http.Request, route string, body []byte, hd head) *forward.Request {
-	return &forward.Request{
+	req := &forward.Request{
 		Route:  route,
 		Method: http.MethodPost,
 		Path:   route,
@@ -75,6 +75,10 @@ func (h *Handler) request(r *http.Request, route string, body []byte, hd head) *
 		Tokens: CountUsage(hd.Stream),
 		Error:  WriteError,
 	}
+	if hd.Stream {
+		req.Complete = streamDone
+	}
+	return req
 }
 
 func (h *Handler) embeddings(w http.ResponseWriter, r *http.Request) {

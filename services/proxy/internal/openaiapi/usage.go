@@ -18,7 +18,7 @@ import (
 // present: nil, unknown.
 func CountUsage(stream bool) func(b *backend.Backend, m *forward.Meter) (in, out *int64) {
 	return func(_ *backend.Backend, m *forward.Meter) (in, out *int64) {
-		if stream && !bytes.Contains(m.Tail(), []byte("data: [DONE]")) {
+		if stream && !streamDone(m) {
 			return nil, nil
 		}
 		if i, ok := m.Count("prompt_tokens"); ok {
@@ -34,6 +34,9 @@ func CountUsage(stream bool) func(b *backend.Backend, m *forward.Meter) (in, out
 		return nil, nil
 	}
 }
+
+// streamDone reports a stream that reached data: [DONE].
+func streamDone(m *forward.Meter) bool { return bytes.Contains(m.Tail(), []byte("data: [DONE]")) }
 
 // withUsage rewrites a streaming request for backend model name model,
 // asking for stream_options.include_usage; every other field stays as the

@@ -71,8 +71,8 @@ type common struct {
 
 type chatRequest struct {
 	common
-	Messages []message      `json:"messages"`
-	Tools    []any          `json:"tools"`
+	Messages []message `json:"messages"`
+	Tools    []any     `json:"tools"`
 }
 
 type generateRequest struct {
@@ -337,11 +337,11 @@ func dataURL(img string) (string, error) {
 	if strings.HasPrefix(img, "data:") {
 		return img, nil
 	}
-	head := img[:min(len(img), 24)]
-	raw, err := base64.StdEncoding.DecodeString(head[:len(head)/4*4])
-	if err != nil {
+	if !isBase64(img) {
 		return "", errors.New("invalid image: not base64")
 	}
+	head := img[:min(len(img), 24)]
+	raw, _ := base64.StdEncoding.DecodeString(head[:len(head)/4*4])
 	mime := "image/jpeg"
 	switch {
 	case bytes.HasPrefix(raw, []byte("\x89PNG")):
@@ -378,4 +378,21 @@ func LoadReply(kind Kind, model string, unload, stream bool) []byte {
 		b = append(b, '\n')
 	}
 	return b
+}
+
+// isBase64 checks standard padded base64 without decoding it all.
+func isBase64(s string) bool {
+	if len(s) == 0 || len(s)%4 != 0 {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		switch {
+		case c >= 'A' && c <= 'Z', c >= 'a' && c <= 'z', c >= '0' && c <= '9', c == '+', c == '/':
+		case c == '=' && i >= len(s)-2:
+		default:
+			return false
+		}
+	}
+	return true
 }

@@ -291,19 +291,19 @@ func toolCalls(calls []*oaToolDelta) []toolCall {
 
 // ollamaChunk is Ollama's chat or generate response, in Ollama's field order.
 type ollamaChunk struct {
-	Model              string          `json:"model"`
-	CreatedAt          string          `json:"created_at"`
-	Message            *message        `json:"message,omitempty"`
-	Response           *string         `json:"response,omitempty"`
-	Thinking           string          `json:"thinking,omitempty"`
-	DoneReason         string          `json:"done_reason,omitempty"`
-	Done               bool            `json:"done"`
-	TotalDuration      int64           `json:"total_duration,omitempty"`
-	LoadDuration       int64           `json:"load_duration,omitempty"`
-	PromptEvalCount    *int64          `json:"prompt_eval_count,omitempty"`
-	PromptEvalDuration int64           `json:"prompt_eval_duration,omitempty"`
-	EvalCount          *int64          `json:"eval_count,omitempty"`
-	EvalDuration       int64           `json:"eval_duration,omitempty"`
+	Model              string   `json:"model"`
+	CreatedAt          string   `json:"created_at"`
+	Message            *message `json:"message,omitempty"`
+	Response           *string  `json:"response,omitempty"`
+	Thinking           string   `json:"thinking,omitempty"`
+	DoneReason         string   `json:"done_reason,omitempty"`
+	Done               bool     `json:"done"`
+	TotalDuration      int64    `json:"total_duration,omitempty"`
+	LoadDuration       int64    `json:"load_duration,omitempty"`
+	PromptEvalCount    *int64   `json:"prompt_eval_count,omitempty"`
+	PromptEvalDuration int64    `json:"prompt_eval_duration,omitempty"`
+	EvalCount          *int64   `json:"eval_count,omitempty"`
+	EvalDuration       int64    `json:"eval_duration,omitempty"`
 }
 
 // chunk renders one Ollama response line (NDJSON when streaming).
