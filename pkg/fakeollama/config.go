@@ -16,7 +16,7 @@ const (
 )
 
 // Model describes one installed model. Zero fields get the values of the
-// tiny models of /work/shared/tools/realollama.
+// tiny models of .ci/realollama.
 type Model struct {
 	Name              string       // e.g. "tiny" (normalised to tiny:latest)
 	Capabilities      []Capability // default [completion]

@@ -3,6 +3,9 @@
 // status codes, Content-Types, JSON field names and order, NDJSON streams,
 // error messages) closely enough that a router cannot tell it from the real
 // thing, but answers in microseconds and lets tests count and misbehave.
+// `make conformance` holds it to that: TestFakeMatchesOllama in
+// services/proxy/conformance sends the same requests to real Ollama and to
+// the fake and compares status, Content-Type, JSON shape and error wording.
 //
 // # Routes
 //

@@ -44,6 +44,7 @@ type job struct {
 	stream    bool
 	keepAlive time.Duration
 	empty     bool // no messages/prompt: load only
+	raw       bool // generate with raw: Ollama sends no context
 	plan      plan
 	start     time.Time
 }
@@ -129,7 +130,7 @@ func (s *Server) handleGenerate(w http.ResponseWriter, r *http.Request) {
 		prompt += countWords(req.System) + PerMessageTokens
 	}
 	s.run(w, r, &job{kind: kindGenerate, e: e, model: appendString(nil, req.Model),
-		stream: req.Stream == nil || *req.Stream, keepAlive: ka, empty: req.Prompt == "",
+		stream: req.Stream == nil || *req.Stream, keepAlive: ka, empty: req.Prompt == "", raw: req.Raw,
 		plan: s.makePlan(prompt, req.Options, req.Fake, think > 0), start: start})
 }
 

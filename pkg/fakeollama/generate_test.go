@@ -30,6 +30,9 @@ func TestChatGenerateErrors(t *testing.T) {
 		{"/api/chat", `{"model":"emb",` + msgs + `}`, 400, `{"error":"\"emb\" does not support chat"}`},
 		{"/api/generate", `{"model":"emb","prompt":"x"}`, 400, `{"error":"\"emb\" does not support generate"}`},
 		{"/api/chat", `{"model":"tiny","options":{"num_predict":"x"},` + msgs + `}`, 500, `{"error":"option \"num_predict\" must be of type integer"}`},
+		// Type errors name Ollama's types, not the fake's (found against real Ollama).
+		{"/api/chat", `{"model":"tiny","messages":"hi"}`, 400, `{"error":"json: cannot unmarshal string into Go struct field ChatRequest.messages of type []api.Message"}`},
+		{"/api/generate", `{"model":"tiny","prompt":"a","options":[1]}`, 400, `{"error":"json: cannot unmarshal array into Go struct field GenerateRequest.options of type map[string]interface {}"}`},
 	}
 	for _, c := range cases {
 		r := e.post(c.path, c.body)

@@ -163,6 +163,10 @@ func allowed(route string) string {
 	return ""
 }
 
+// ollamaTypes renames the fake's request types to the ones Ollama's decoder
+// names in its errors.
+var ollamaTypes = strings.NewReplacer("fakeollama.message", "api.Message", "fakeollama.options", "map[string]interface {}")
+
 // decode reads a JSON body like gin's ShouldBindJSON and answers 400 with
 // Ollama's message when it fails.
 // typeName is the Ollama request type named in JSON type errors.
@@ -171,6 +175,7 @@ func decode(w http.ResponseWriter, r *http.Request, v any, typeName string) bool
 	var te *json.UnmarshalTypeError
 	if errors.As(err, &te) && te.Struct != "" {
 		msg := strings.Replace(err.Error(), "field "+te.Struct+".", "field "+typeName+".", 1)
+		msg = ollamaTypes.Replace(msg)
 		writeError(w, http.StatusBadRequest, msg)
 		return false
 	}

@@ -90,7 +90,7 @@ func (j *job) appendFinal(b []byte, content, thinking string, start, loaded, fir
 	b = append(b, `,"done":true,"done_reason":"`...)
 	b = append(b, j.plan.doneReason...)
 	b = append(b, '"')
-	if j.kind == kindGenerate {
+	if j.kind == kindGenerate && !j.raw {
 		b = appendContext(b, j.plan.promptTokens+j.plan.chunks)
 	}
 	load := max(loaded.Sub(start), 1)

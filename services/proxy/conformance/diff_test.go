@@ -45,8 +45,8 @@ var allowedDifferences = []allowance{
 	{"POST /api/create", "", mergedProgress, "create fans out to every Ollama backend; their progress is merged"},
 }
 
-func allowed(route, field string, kind allowKind) bool {
-	for _, a := range allowedDifferences {
+func allowed(list []allowance, route, field string, kind allowKind) bool {
+	for _, a := range list {
 		if ok, _ := path.Match(a.route, route); ok && a.field == field && a.kind == kind {
 			return true
 		}
@@ -77,7 +77,18 @@ var sampled = map[string]bool{
 type differ struct {
 	route  string
 	seeded bool // the request fixed a seed: generated text must match too
-	diffs  []string
+	allow  []allowance
+	// shapesOnly compares keys and types, and values only of the fields in
+	// keptValues: for the fake backend, whose models are not real ones.
+	shapesOnly bool
+	diffs      []string
+}
+
+// keptValues are compared even in shapesOnly mode.
+var keptValues = map[string]bool{"error": true, "model": true, "done": true, "status": true, "version": true, "name": true}
+
+func (d *differ) allowed(field string, kind allowKind) bool {
+	return allowed(d.allow, d.route, field, kind)
 }
 
 func (d *differ) errorf(format string, args ...any) {
@@ -129,7 +140,7 @@ func (d *differ) value(p string, direct, via any) {
 	if _, ok := volatile[leaf]; ok {
 		return
 	}
-	if !d.seeded && (sampled[p] || sampled[leaf]) {
+	if (!d.seeded || d.shapesOnly) && (sampled[p] || sampled[leaf]) {
 		if arr, ok := direct.([]any); ok && len(arr) > 0 {
 			if va := via.([]any); len(va) > 0 && kindOf(arr[0]) != kindOf(va[0]) {
 				d.errorf("%s[]: element type %s directly, %s through Drover", p, kindOf(arr[0]), kindOf(va[0]))
@@ -149,14 +160,28 @@ func (d *differ) value(p string, direct, via any) {
 			d.value(join(p, k), x, y)
 		}
 		for k := range vv {
-			if _, ok := dv[k]; !ok && !allowed(d.route, join(p, k), extraField) {
+			if _, ok := dv[k]; !ok && !d.allowed(join(p, k), extraField) {
 				d.errorf("%s: only through Drover (%v)", join(p, k), short(vv[k]))
 			}
 		}
 	case []any:
 		va := via.([]any)
-		if allowed(d.route, p, mergedList) {
+		if d.allowed(p, mergedList) {
 			d.merged(p, dv, va)
+			return
+		}
+		if d.shapesOnly {
+			// Keys and types of every element, whatever the order.
+			want := map[string]bool{}
+			for _, e := range dv {
+				want[d.shape(e, p+"[]")] = true
+			}
+			for _, e := range va {
+				if s := d.shape(e, p+"[]"); len(want) > 0 && !want[s] {
+					d.errorf("%s[]: shape %s through Drover, never directly", p, s)
+					return
+				}
+			}
 			return
 		}
 		if len(dv) != len(va) {
@@ -167,10 +192,16 @@ func (d *differ) value(p string, direct, via any) {
 			d.value(p+"[]", dv[i], va[i])
 		}
 	case json.Number:
+		if d.shapesOnly && !keptValues[leaf] {
+			return
+		}
 		if !sameNumber(dv, via.(json.Number)) {
 			d.errorf("%s: %s directly, %s through Drover", p, dv, via)
 		}
 	case string:
+		if d.shapesOnly && !keptValues[leaf] {
+			return
+		}
 		if normString(leaf, dv) != normString(leaf, via.(string)) {
 			d.errorf("%s: %q directly, %q through Drover", p, short(dv), short(via))
 		}
@@ -192,7 +223,7 @@ func (d *differ) merged(p string, direct, via []any) {
 	shapes := map[string]bool{}
 	for _, e := range direct {
 		name := fmt.Sprint(e.(map[string]any)["name"])
-		shapes[shape(e, d.route, p+"[]")] = true
+		shapes[d.shape(e, p+"[]")] = true
 		got, ok := byName[name]
 		if !ok {
 			d.errorf("%s: %s listed directly, not through Drover", p, name)
@@ -201,34 +232,34 @@ func (d *differ) merged(p string, direct, via []any) {
 		d.value(p+"[]", e, got)
 	}
 	for _, e := range via {
-		if s := shape(e, d.route, p+"[]"); len(shapes) > 0 && !shapes[s] {
+		if s := d.shape(e, p+"[]"); len(shapes) > 0 && !shapes[s] {
 			d.errorf("%s: entry %v has a shape Ollama never sends: %s", p, short(e), s)
 		}
 	}
 }
 
 // shape is a value's JSON skeleton: keys and types, no values; fields
-// Drover may add at route are left out.
-func shape(v any, route, p string) string {
+// Drover may add at the route are left out.
+func (d *differ) shape(v any, p string) string {
 	switch x := v.(type) {
 	case map[string]any:
 		keys := make([]string, 0, len(x))
 		for k := range x {
-			if !allowed(route, join(p, k), extraField) {
+			if !d.allowed(join(p, k), extraField) {
 				keys = append(keys, k)
 			}
 		}
 		sort.Strings(keys)
 		parts := make([]string, len(keys))
 		for i, k := range keys {
-			parts[i] = k + ":" + shape(x[k], route, join(p, k))
+			parts[i] = k + ":" + d.shape(x[k], join(p, k))
 		}
 		return "{" + strings.Join(parts, ",") + "}"
 	case []any:
 		if len(x) == 0 {
 			return "[]"
 		}
-		return "[" + shape(x[0], route, p+"[]") + "]"
+		return "[" + d.shape(x[0], p+"[]") + "]"
 	}
 	return kindOf(v)
 }
@@ -281,7 +312,10 @@ func short(v any) string {
 // compareReplies compares a direct answer with Drover's answer to the same
 // request: status, Content-Type, then the body as JSON, NDJSON or text.
 func compareReplies(route string, seeded bool, direct, via reply) []string {
-	d := &differ{route: route, seeded: seeded}
+	return (&differ{route: route, seeded: seeded, allow: allowedDifferences}).replies(direct, via)
+}
+
+func (d *differ) replies(direct, via reply) []string {
 	if direct.status != via.status {
 		d.errorf("status %d directly, %d through Drover (bodies %q / %q)", direct.status, via.status, short(string(direct.body)), short(string(via.body)))
 		return d.diffs
@@ -330,20 +364,20 @@ func (d *differ) stream(direct, via [][]byte) {
 		}
 		return
 	}
-	if allowed(d.route, "", mergedProgress) {
+	if d.allowed("", mergedProgress) {
 		shapes := map[string]bool{}
 		for _, c := range dv {
-			shapes[shape(c, d.route, "")] = true
+			shapes[d.shape(c, "")] = true
 		}
 		for _, c := range vv {
-			if !shapes[shape(c, d.route, "")] {
+			if !shapes[d.shape(c, "")] {
 				d.errorf("progress line %v has a shape Ollama never sends", short(c))
 			}
 		}
 		d.value("(last line)", dv[len(dv)-1], vv[len(vv)-1])
 		return
 	}
-	if d.seeded {
+	if d.seeded && !d.shapesOnly {
 		if len(dv) != len(vv) {
 			d.errorf("%d chunks directly, %d through Drover", len(dv), len(vv))
 			return
@@ -353,18 +387,22 @@ func (d *differ) stream(direct, via [][]byte) {
 		}
 		return
 	}
-	if a, b := collapsed(dv, d.route), collapsed(vv, d.route); a != b && !stoppedAtOnce(dv) && !stoppedAtOnce(vv) {
+	if a, b := d.collapsed(dv), d.collapsed(vv); a != b && !stoppedAtOnce(dv) && !stoppedAtOnce(vv) {
 		d.errorf("chunk sequence %s directly, %s through Drover", a, b)
+	}
+	if d.shapesOnly {
+		d.value("", dv[len(dv)-1], vv[len(vv)-1])
+		return
 	}
 	// Each chunk against a direct chunk of the same shape.
 	byShape := map[string]any{}
 	for _, c := range dv[:len(dv)-1] {
-		if s := shape(c, d.route, ""); byShape[s] == nil {
+		if s := d.shape(c, ""); byShape[s] == nil {
 			byShape[s] = c
 		}
 	}
 	for _, c := range vv[:len(vv)-1] {
-		if ref := byShape[shape(c, d.route, "")]; ref != nil {
+		if ref := byShape[d.shape(c, "")]; ref != nil {
 			d.value("", ref, c)
 		}
 	}
@@ -384,11 +422,11 @@ func decodeAll(ls [][]byte) ([]any, error) {
 }
 
 // collapsed is the chunk shapes with runs folded, one or more alike: "A+ B+".
-func collapsed(chunks []any, route string) string {
+func (d *differ) collapsed(chunks []any) string {
 	var parts []string
 	prev := ""
 	for _, c := range chunks {
-		s := shape(c, route, "")
+		s := d.shape(c, "")
 		if s != prev {
 			parts = append(parts, s+"+")
 			prev = s
