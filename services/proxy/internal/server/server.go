@@ -12,16 +12,18 @@ import (
 	"time"
 
 	"github.com/go-chi/chi/v5"
-	"github.com/nats-io/nats.go"
 	"github.com/go-chi/chi/v5/middleware"
+	"github.com/nats-io/nats.go"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
+	"github.com/droverhq/drover/pkg/analytics"
 	"github.com/droverhq/drover/pkg/chstore"
 	"github.com/droverhq/drover/pkg/config"
 	"github.com/droverhq/drover/pkg/usage"
 	"github.com/droverhq/drover/services/proxy/internal/auth"
 	"github.com/droverhq/drover/services/proxy/internal/backend"
+	"github.com/droverhq/drover/services/proxy/internal/dashboard"
 	"github.com/droverhq/drover/services/proxy/internal/fleet"
 	"github.com/droverhq/drover/services/proxy/internal/fleetsync"
 	"github.com/droverhq/drover/services/proxy/internal/forward"
@@ -45,7 +47,8 @@ type Server struct {
 	log     *slog.Logger
 
 	usageStatus func() any
-	handler http.Handler
+	analytics   *analytics.Handler
+	handler     http.Handler
 }
 
 // Options are the parts a caller may supply.
@@ -92,6 +95,7 @@ func New(cfg *config.Config, log *slog.Logger, opts Options) *Server {
 		QueueLen: s.Router.QueueLen, Totals: s.Totals, Store: opts.ClickHouse, Conn: opts.SyncConn,
 		Stream: cfg.NATS.Stream, Partitions: cfg.NATS.Partitions, Log: log})
 	sinks := usage.Sinks{s.Totals, s.Live}
+	s.analytics = analytics.NewHandler(opts.ClickHouse)
 	if opts.Sink != nil {
 		sinks = append(sinks, opts.Sink)
 	}
@@ -113,6 +117,9 @@ func (s *Server) Close() {
 func (s *Server) routes() http.Handler {
 	r := chi.NewRouter()
 	r.Use(middleware.Recoverer)
+	// The page for browsers at / and its static assets: no key needed (they
+	// hold no data; the page asks for a key when the API wants one).
+	r.Use(dashboard.Middleware)
 	keys := auth.New(s.Config.Auth.Keys)
 	r.Use(keys.Middleware(openPath, deny))
 	// Ollama answers unknown paths with a plain 404, wrong methods with 405.
@@ -128,6 +135,11 @@ func (s *Server) routes() http.Handler {
 	r.Get("/api/usage-stream", s.Live.ServeStream)
 	r.Get("/api/config", s.endpoints)
 	r.Post("/api/cache/invalidate", s.invalidate)
+	stats := http.NewServeMux() // analytics from ClickHouse (503 without it)
+	s.analytics.Register(stats)
+	r.Method(http.MethodGet, "/api/token_counts", stats)
+	r.Method(http.MethodPost, "/api/stats", stats)
+	r.Method(http.MethodGet, "/api/token_usage", stats)
 	return r
 }
 
