@@ -79,11 +79,12 @@ func readBody(w http.ResponseWriter, r *http.Request) ([]byte, bool) {
 // head is the part of a request Drover reads; every other field goes to the
 // backend untouched.
 type head struct {
-	Model         string `json:"model"`
-	Stream        bool   `json:"stream"`
-	StreamOptions *struct {
+	Model            string          `json:"model"`
+	Stream           bool            `json:"stream"`
+	RawStreamOptions json.RawMessage `json:"stream_options"`
+	StreamOptions    *struct {
 		IncludeUsage bool `json:"include_usage"`
-	} `json:"stream_options"`
+	} `json:"-"`
 }
 
 // parseHead reads model and stream, answering 400 the way OpenAI does when
@@ -103,6 +104,12 @@ func parseHead(w http.ResponseWriter, body []byte) (head, bool) {
 			writeError(w, http.StatusBadRequest, apiError{Message: "We could not parse the JSON body of your request: " + err.Error(), Type: "invalid_request_error"})
 		}
 		return h, false
+	}
+	if len(h.RawStreamOptions) > 0 {
+		if err := json.Unmarshal(h.RawStreamOptions, &h.StreamOptions); err != nil {
+			writeError(w, http.StatusBadRequest, apiError{Message: "Invalid type for 'stream_options': expected an object.", Type: "invalid_request_error", Param: strPtr("stream_options"), Code: strPtr("invalid_type")})
+			return h, false
+		}
 	}
 	if h.Model == "" {
 		writeError(w, http.StatusBadRequest, apiError{Message: "you must provide a model parameter", Type: "invalid_request_error", Param: strPtr("model")})

@@ -49,7 +49,7 @@ func (h *Handler) generation(route string) http.HandlerFunc {
 		req := h.request(r, route, body, hd)
 		if hd.Stream && !hd.wantsUsage() {
 			req.Prepare = func(_ *backend.Backend, model string) (string, []byte, error) {
-				out, err := withUsage(body, model)
+				out, err := withUsage(body, model, hd)
 				return route, out, err
 			}
 			req.Transform = func(_ *backend.Backend, status int, _ http.Header, client io.Writer) io.WriteCloser {

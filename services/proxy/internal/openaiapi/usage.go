@@ -40,8 +40,19 @@ func streamDone(m *forward.Meter) bool { return bytes.Contains(m.Tail(), []byte(
 
 // withUsage rewrites a streaming request for backend model name model,
 // asking for stream_options.include_usage; every other field stays as the
-// client sent it.
-func withUsage(body []byte, model string) ([]byte, error) {
+// client sent it. When the request has no stream_options and keeps its
+// model, the field is spliced in without re-encoding the body (which may
+// carry megabytes of images).
+func withUsage(body []byte, model string, hd head) ([]byte, error) {
+	if len(hd.RawStreamOptions) == 0 && model == hd.Model {
+		if i := bytes.IndexByte(body, '{'); i >= 0 {
+			const field = `"stream_options":{"include_usage":true},`
+			out := make([]byte, 0, len(body)+len(field))
+			out = append(out, body[:i+1]...)
+			out = append(out, field...)
+			return append(out, body[i+1:]...), nil
+		}
+	}
 	var doc map[string]json.RawMessage
 	if err := json.Unmarshal(body, &doc); err != nil {
 		return nil, fmt.Errorf("invalid JSON body: %w", err)
@@ -68,6 +79,15 @@ func dropUsage(client io.Writer) io.WriteCloser {
 		if !bytes.Contains(ev, []byte(`"usage"`)) {
 			return ev
 		}
+		// The usual cases without decoding: the usage-only chunk, and
+		// OpenAI's "usage":null on every other chunk. A quoted key followed
+		// by a colon cannot occur inside a JSON string.
+		if hasKeyValue(ev, "choices", "[]") && hasKeyValue(ev, "usage", "{") {
+			return nil
+		}
+		if i := bytes.Index(ev, []byte(`,"usage":null`)); i >= 0 && bytes.Count(ev, []byte(`"usage"`)) == 1 {
+			return append(append([]byte(nil), ev[:i]...), ev[i+len(`,"usage":null`):]...)
+		}
 		data := forward.EventData(ev)
 		var doc map[string]json.RawMessage
 		if json.Unmarshal(data, &doc) != nil {
@@ -87,4 +107,33 @@ func dropUsage(client io.Writer) io.WriteCloser {
 		}
 		return append(append([]byte("data: "), out...), '\n', '\n')
 	})
+}
+
+// hasKeyValue reports whether "key", a colon and a value starting with
+// prefix appear in b (whitespace allowed around the colon and inside an
+// empty array).
+func hasKeyValue(b []byte, key, prefix string) bool {
+	pat := `"` + key + `"`
+	for {
+		i := bytes.Index(b, []byte(pat))
+		if i < 0 {
+			return false
+		}
+		b = b[i+len(pat):]
+		rest := bytes.TrimLeft(b, " \t\r\n")
+		if len(rest) == 0 || rest[0] != ':' {
+			continue
+		}
+		rest = bytes.TrimLeft(rest[1:], " \t\r\n")
+		if prefix == "[]" && len(rest) > 0 && rest[0] == '[' {
+			rest = bytes.TrimLeft(rest[1:], " \t\r\n")
+			if len(rest) > 0 && rest[0] == ']' {
+				return true
+			}
+			continue
+		}
+		if bytes.HasPrefix(rest, []byte(prefix)) {
+			return true
+		}
+	}
 }

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"net/http"
 	"strings"
+	"sync"
 	"testing"
 
 	"github.com/ollama/ollama/api"
@@ -373,4 +374,58 @@ func TestOpenAIStreamTokensWithoutUsageFallBackToTimings(t *testing.T) {
 		t.Fatalf("%d %s", status, body)
 	}
 	e.checkTotals()
+}
+
+// Both APIs over both backend kinds at once: what Drover recorded equals
+// what the backends produced, token for token, and clients that did not
+// ask for usage never saw it.
+func TestTokenTotalsExactAcrossAPIsAndBackendKinds(t *testing.T) {
+	e := newMixedEnv(t, 2, []fakeopenai.Config{{Flavor: fakeopenai.VLLM}, {Flavor: fakeopenai.LlamaCpp}}, nil)
+	if !ollamaServesV1(t, e.ollama[0]) {
+		t.Skip("pkg/fakeollama does not serve Ollama's /v1 routes yet")
+	}
+	reqs := []struct{ path, body string }{
+		{"/api/chat", `{"model":"tiny","messages":[{"role":"user","content":"a b c"}]}`},
+		{"/api/chat", `{"model":"tiny","messages":[{"role":"user","content":"a b c"}],"stream":false}`},
+		{"/api/generate", `{"model":"tiny","prompt":"x y","options":{"num_predict":3}}`},
+		{"/api/embed", `{"model":"tiny-embed","input":["a","b c"]}`},
+		{"/v1/chat/completions", `{"model":"tiny","messages":[{"role":"user","content":"a b"}],"stream":true}`},
+		{"/v1/chat/completions", `{"model":"tiny","messages":[{"role":"user","content":"a b"}],"stream":true,"stream_options":{"include_usage":true}}`},
+		{"/v1/chat/completions", `{"model":"tiny","messages":[{"role":"user","content":"a b"}],"max_tokens":4}`},
+		{"/v1/completions", `{"model":"tiny","prompt":"p q r","stream":true}`},
+		{"/v1/embeddings", `{"model":"tiny-embed","input":["a b","c"]}`},
+	}
+	var wg sync.WaitGroup
+	errs := make(chan string, 1000)
+	for range 6 {
+		for _, r := range reqs {
+			wg.Go(func() {
+				status, _, body := e.raw(r.path, r.body)
+				switch {
+				case status != 200:
+					errs <- r.path + ": " + string(body)
+				case strings.Contains(r.body, `"stream":true`) && !strings.Contains(r.body, "include_usage") && bytes.Contains(body, []byte(`"usage"`)):
+					errs <- r.path + ": usage reached a client that did not ask: " + string(body)
+				case strings.HasPrefix(r.path, "/v1/") && strings.Contains(r.body, `"stream":true`) && !bytes.HasSuffix(body, []byte("data: [DONE]\n\n")):
+					errs <- r.path + ": stream did not end with [DONE]: " + string(body)
+				}
+			})
+		}
+	}
+	wg.Wait()
+	close(errs)
+	for msg := range errs {
+		t.Error(msg)
+	}
+	e.checkTotals()
+	perBackend := map[string]int{}
+	for _, ev := range e.events.all() {
+		if ev.InputTokens == nil || ev.OutputTokens == nil || ev.Error {
+			t.Fatalf("event %+v", ev)
+		}
+		perBackend[ev.Endpoint]++
+	}
+	if len(perBackend) != 4 {
+		t.Fatalf("requests by backend: %v", perBackend)
+	}
 }
