@@ -229,6 +229,24 @@ func TestDashboardInBrowser(t *testing.T) {
 			t.Fatal("a backend did not get the pulled model")
 		}
 	}
+
+	// Show, copy and delete from the model's row.
+	row := `#models tbody tr[data-model="fresh-model:1b"] `
+	step("show", chromedp.Click(chromedp.CSS(row+`button:nth-of-type(1)`)))
+	wait("the model's details", `document.querySelector('#show-dialog').open && document.querySelector('#show-body').textContent.includes('"details"')`)
+	step("closing show", chromedp.Click(chromedp.CSS(`#show-dialog button`)))
+	step("copy", chromedp.Click(chromedp.CSS(row+`button:nth-of-type(2)`)))
+	wait("the copy dialog", `document.querySelector('#copy-dialog').open && document.querySelector('#copy-dest').value === 'fresh-model-copy:1b'`)
+	step("copying", chromedp.Click(chromedp.CSS(`#copy-dialog button[value="copy"]`)))
+	wait("the copy to be listed", `document.querySelector('#models tbody tr[data-model="fresh-model-copy:1b"]') !== null`)
+	step("confirming deletes", chromedp.Evaluate[chromedp.Void](`window.confirm = () => true`))
+	step("delete", chromedp.Click(chromedp.CSS(`#models tbody tr[data-model="fresh-model-copy:1b"] button.danger`)))
+	wait("the deleted model to go", `document.querySelector('#models tbody tr[data-model="fresh-model-copy:1b"]') === null && document.querySelector('#models tbody tr[data-model="fresh-model:1b"]') !== null`)
+	for _, f := range e.fakes {
+		if slices.Contains(f.Models(), "fresh-model-copy:1b") || !slices.Contains(f.Models(), "fresh-model:1b") {
+			t.Fatalf("after copy and delete a backend has %v", f.Models())
+		}
+	}
 }
 
 // newEnvOpts is newEnv with server options (a ClickHouse store).
