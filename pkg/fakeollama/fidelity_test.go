@@ -24,6 +24,17 @@ func TestRealOllamaDetails(t *testing.T) {
 		}
 	}
 
+	// Nothing generated: Ollama omits eval_count and eval_duration alike.
+	var final map[string]any
+	if err := json.Unmarshal(e.post("/api/generate", `{"model":"tiny","prompt":"hi","stream":false,"fake":{"chunks":0}}`).body, &final); err != nil {
+		t.Fatal(err)
+	}
+	_, count := final["eval_count"]
+	_, dur := final["eval_duration"]
+	if count || dur || final["done"] != true {
+		t.Errorf("no tokens generated: %v", final)
+	}
+
 	// /api/show's model_info has the keys the tiny GGUFs give real Ollama.
 	for model, extra := range map[string]string{"tiny": "", "tiny-embed": "llama.pooling_type"} {
 		var show struct {

@@ -101,10 +101,10 @@ func (j *job) appendFinal(b []byte, content, thinking string, start, loaded, fir
 	b = appendIntField(b, "load_duration", int64(load))
 	b = appendIntField(b, "prompt_eval_count", int64(j.plan.promptTokens))
 	b = appendIntField(b, "prompt_eval_duration", int64(prompt))
-	if j.plan.chunks > 0 {
+	if j.plan.chunks > 0 { // Ollama omits both when nothing was generated
 		b = appendIntField(b, "eval_count", int64(j.plan.chunks))
+		b = appendIntField(b, "eval_duration", int64(eval))
 	}
-	b = appendIntField(b, "eval_duration", int64(eval))
 	return append(b, '}')
 }
 

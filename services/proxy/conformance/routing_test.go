@@ -245,7 +245,9 @@ func TestQueueInDroverNotOllama(t *testing.T) {
 	if maxPerBackend > 1 {
 		t.Errorf("Drover let %d requests run at once on one server, cap is 1", maxPerBackend)
 	}
-	if maxOf(waits) >= minOf(evals)/2 {
+	// Queued behind another request inside Ollama costs at least that
+	// request's eval time.
+	if maxOf(waits) >= minOf(evals) {
 		t.Errorf("a request waited %s inside Ollama (evals %v): queued there, not in Drover", maxOf(waits), evals)
 	}
 }
