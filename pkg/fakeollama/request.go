@@ -72,6 +72,7 @@ func (d *duration) UnmarshalJSON(b []byte) error {
 			d.Duration = forever
 		}
 	default:
+		//lint:ignore ST1005 Ollama's own wording, capital and all
 		return fmt.Errorf("Unsupported type: '%s'", reflect.TypeOf(v))
 	}
 	return nil
