@@ -29,15 +29,36 @@ func (f *eventFilter) Write(p []byte) (int, error) {
 		f.pending = append(f.pending, p...)
 		data = f.pending
 	}
-	out := f.out[:0]
+	// While fn hands every event back as it was, the complete events go
+	// out as one slice of data, uncopied; the first change switches to
+	// building the output in f.out.
+	out, same := f.out[:0], true
 	start := 0
 	for {
 		n := eventEnd(data[start:])
 		if n < 0 {
 			break
 		}
-		out = append(out, f.fn(data[start:start+n])...)
+		ev := data[start : start+n]
+		r := f.fn(ev)
+		if same && (len(r) != len(ev) || (len(r) > 0 && &r[0] != &ev[0])) {
+			same = false
+			out = append(out, data[:start]...)
+		}
+		if !same {
+			out = append(out, r...)
+		}
 		start += n
+	}
+	if same {
+		out = data[:start]
+	}
+	var err error
+	if len(out) > 0 {
+		_, err = f.w.Write(out)
+	}
+	if !same {
+		f.out = out[:0]
 	}
 	rest := data[start:]
 	if len(f.pending) > 0 {
@@ -45,11 +66,8 @@ func (f *eventFilter) Write(p []byte) (int, error) {
 	} else {
 		f.pending = append(f.pending, rest...)
 	}
-	f.out = out
-	if len(out) > 0 {
-		if _, err := f.w.Write(out); err != nil {
-			return 0, err
-		}
+	if err != nil {
+		return 0, err
 	}
 	return len(p), nil
 }

@@ -7,6 +7,7 @@ import (
 	"io"
 
 	"github.com/droverhq/drover/services/proxy/internal/backend"
+	"github.com/droverhq/drover/services/proxy/internal/fleet"
 	"github.com/droverhq/drover/services/proxy/internal/forward"
 )
 
@@ -44,7 +45,7 @@ func streamDone(m *forward.Meter) bool { return bytes.Contains(m.Tail(), []byte(
 // model, the field is spliced in without re-encoding the body (which may
 // carry megabytes of images).
 func withUsage(body []byte, model string, hd head) ([]byte, error) {
-	if len(hd.RawStreamOptions) == 0 && model == hd.Model {
+	if len(hd.RawStreamOptions) == 0 && fleet.Normalize(model) == fleet.Normalize(hd.Model) {
 		if i := bytes.IndexByte(body, '{'); i >= 0 {
 			const field = `"stream_options":{"include_usage":true},`
 			out := make([]byte, 0, len(body)+len(field))

@@ -25,7 +25,7 @@ import (
 // and fake OpenAI-compatible backends (v0, v1, ...), with the official
 // OpenAI and Ollama clients pointed at it and every usage event kept.
 type mixedEnv struct {
-	t      *testing.T
+	t      testing.TB
 	ollama []*fakeollama.Server
 	oai    []*fakeopenai.Server
 	srv    *Server
@@ -52,7 +52,7 @@ func (r *recorder) all() []usage.Event {
 	return append([]usage.Event(nil), r.events...)
 }
 
-func newMixedEnv(t *testing.T, nOllama int, oaCfgs []fakeopenai.Config, mutate func(*config.Config)) *mixedEnv {
+func newMixedEnv(t testing.TB, nOllama int, oaCfgs []fakeopenai.Config, mutate func(*config.Config)) *mixedEnv {
 	t.Helper()
 	e := &mixedEnv{t: t, events: &recorder{}}
 	cfg := &config.Config{Replica: "test"}
@@ -181,7 +181,7 @@ func ollamaServesV1(t *testing.T, f *fakeollama.Server) bool {
 	return resp.StatusCode == http.StatusOK
 }
 
-func metricsText(t *testing.T, base string) string {
+func metricsText(t testing.TB, base string) string {
 	t.Helper()
 	resp, err := http.Get(base + "/metrics")
 	if err != nil {
