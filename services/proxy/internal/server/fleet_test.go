@@ -108,11 +108,13 @@ func testFleetWideCap(t *testing.T, k int) {
 	if ok.Load() != int64(requests) {
 		t.Fatalf("%d of %d completed", ok.Load(), requests)
 	}
-	// Documented slack (docs/fleet.md): each replica uses its share of K
-	// on its own and borrows beyond it one slot per borrow gap, so replicas
-	// racing for the same free slot overshoot by at most one each.
-	if seen > int64(k+len(reps)-1) {
-		t.Fatalf("backend saw %d concurrent, cap %d + slack %d", seen, k, len(reps)-1)
+	// Documented tolerance (docs/fleet.md): on a quiet machine replicas
+	// racing for a free slot overshoot by at most one each (K + replicas -
+	// 1); when the machine is so loaded that messages lag by many borrow
+	// gaps, a replica can borrow twice on one stale view. The test holds
+	// the latter bound so that it measures the design, not the scheduler.
+	if limit := int64(k + 2*(len(reps)-1)); seen > limit {
+		t.Fatalf("backend saw %d concurrent, cap %d, tolerance %d", seen, k, limit)
 	}
 	for _, r := range reps {
 		waitFor(t, func() bool { return len(r.Router.InFlight()) == 0 })

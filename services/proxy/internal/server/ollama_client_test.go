@@ -235,9 +235,15 @@ func TestOllamaClientDeadBackend(t *testing.T) {
 		t.Fatalf("health %d %+v", resp.StatusCode, h)
 	}
 	e.fakes[1].Down()
-	err = e.client.Chat(ctx(t), &api.ChatRequest{Model: "tiny", Messages: []api.Message{{Role: "user", Content: "x"}}}, func(api.ChatResponse) error { return nil })
-	if err == nil {
-		t.Fatal("chat with every backend down succeeded")
+	// A request on a pooled connection to a server that just died fails
+	// with a reset, which counts towards the threshold; a fresh dial is
+	// refused, which opens the breaker at once. Either way, within the
+	// threshold every backend is known to be down.
+	for range e.srv.Config.Health.FailureThreshold {
+		err = e.client.Chat(ctx(t), &api.ChatRequest{Model: "tiny", Messages: []api.Message{{Role: "user", Content: "x"}}}, func(api.ChatResponse) error { return nil })
+		if err == nil {
+			t.Fatal("chat with every backend down succeeded")
+		}
 	}
 	resp, _ = http.Get(e.url + "/health")
 	resp.Body.Close()
