@@ -234,7 +234,7 @@ func (f *Forwarder) attempt(w http.ResponseWriter, r *http.Request, req *Request
 	if req.Tokens != nil {
 		tokens = func(m *Meter) (in, out *int64) { return req.Tokens(b, m) }
 	}
-	ttfb, copyErr, clientGone, complete := f.copy(w, filter, resp.Body, stream, tokens, req.Complete, ev)
+	ttfb, clientGone, complete, copyErr := f.copy(w, filter, resp.Body, stream, tokens, req.Complete, ev)
 	switch {
 	case (clientGone || (copyErr != nil && ctx.Err() != nil)) && complete:
 		// The client left once it had the whole answer (OpenAI's clients
@@ -259,7 +259,7 @@ var meterPool = sync.Pool{New: func() any { return &meterHolder{} }}
 // copy streams body to w (through filter, when set), flushing each read
 // when streaming, and fills the event's token counts. It returns when the
 // first byte was written, and whether done judged the bytes seen complete.
-func (f *Forwarder) copy(w http.ResponseWriter, filter io.WriteCloser, body io.Reader, stream bool, tokens func(*Meter) (in, out *int64), done func(*Meter) bool, ev *usage.Event) (ttfb time.Time, readErr error, clientGone, complete bool) {
+func (f *Forwarder) copy(w http.ResponseWriter, filter io.WriteCloser, body io.Reader, stream bool, tokens func(*Meter) (in, out *int64), done func(*Meter) bool, ev *usage.Event) (ttfb time.Time, clientGone, complete bool, readErr error) {
 	bp := bufPool.Get().(*[]byte)
 	defer bufPool.Put(bp)
 	mh := meterPool.Get().(*meterHolder)
@@ -288,7 +288,7 @@ func (f *Forwarder) copy(w http.ResponseWriter, filter io.WriteCloser, body io.R
 				_, werr = filter.Write(buf[:n])
 			}
 			if werr != nil {
-				return ttfb, nil, true, false
+				return ttfb, true, false, nil
 			}
 			if stream && flusher != nil {
 				flusher.Flush()
@@ -297,16 +297,16 @@ func (f *Forwarder) copy(w http.ResponseWriter, filter io.WriteCloser, body io.R
 		if err == io.EOF {
 			if filter != nil {
 				if filter.Close() != nil {
-					return ttfb, nil, true, false
+					return ttfb, true, false, nil
 				}
 				if stream && flusher != nil {
 					flusher.Flush()
 				}
 			}
-			return ttfb, nil, false, false
+			return ttfb, false, false, nil
 		}
 		if err != nil {
-			return ttfb, err, false, false
+			return ttfb, false, false, err
 		}
 	}
 }

@@ -222,12 +222,17 @@ func TestOllamaClientErrorsOverOpenAIBackend(t *testing.T) {
 	if status != 200 || len(lines) != 3 || lines[2] != `{"error":"engine died"}` {
 		t.Fatalf("mid-stream error: %d %s", status, body)
 	}
+	// When every backend fails, the last answer is translated too.
+	status, _, body = e.rawHeader("/api/generate", `{"model":"tiny","prompt":"x"}`, fakeopenai.FaultHeader, `{"status":500,"error":"engine dead"}`)
+	if status != 500 || string(body) != `{"error":"engine dead"}` {
+		t.Fatalf("5xx: %d %s", status, body)
+	}
 	// Loading a model that only OpenAI-type backends serve is a no-op.
 	var final api.ChatResponse
 	if err := e.ol.Chat(ctx(t), &api.ChatRequest{Model: "tiny"}, func(r api.ChatResponse) error { final = r; return nil }); err != nil || final.DoneReason != "load" || !final.Done {
 		t.Fatalf("load: %v %+v", err, final)
 	}
-	if n := e.oai[0].Requests("/v1/chat/completions"); n != 2 {
+	if n := e.oai[0].Requests("/v1/chat/completions"); n != 3 {
 		t.Fatalf("%d backend chat requests", n)
 	}
 }
