@@ -2,6 +2,9 @@
 //
 //	droverctl usage   [flags]   token usage from ClickHouse (table, --json, --csv)
 //	droverctl migrate [flags]   apply the ClickHouse migrations
+//	droverctl status  [flags]   fleet health, loaded models, in-flight (from a proxy's HTTP API)
+//	droverctl cache invalidate  drop cached model lists across the fleet
+//	droverctl pull MODEL        pull onto every backend, with progress bars
 //
 // Every subcommand reads the same configuration as the services: -config
 // FILE, then DROVER_ environment variables, then its own flags.
@@ -28,7 +31,7 @@ type command struct {
 	run func(ctx context.Context, args []string, stdout, stderr io.Writer) error
 }
 
-var commands = []*command{usageCommand, migrateCommand}
+var commands = []*command{usageCommand, migrateCommand, statusCommand, cacheCommand, pullCommand}
 
 // errUsage means the arguments were wrong; the flag set already said how.
 var errUsage = errors.New("usage error")
