@@ -2,7 +2,9 @@ package forward
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
+	"io"
 	"net/http"
 )
 
@@ -50,4 +52,25 @@ func SetModel(body []byte, model string) ([]byte, error) {
 	m, _ := json.Marshal(model)
 	doc["model"] = m
 	return json.Marshal(doc)
+}
+
+// MaxBody bounds a request body; chat requests carry base64 images.
+const MaxBody = 256 << 20
+
+// ReadBody reads the whole request body, as a router must to find the model
+// (reading it first also avoids golang/go#40747 when forwarding). A body
+// over MaxBody is 413; a broken one 400; both written with writeErr, the
+// API's own error format.
+func ReadBody(w http.ResponseWriter, r *http.Request, writeErr func(http.ResponseWriter, int, string)) ([]byte, bool) {
+	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, MaxBody))
+	if err != nil {
+		var tooBig *http.MaxBytesError
+		if errors.As(err, &tooBig) {
+			writeErr(w, http.StatusRequestEntityTooLarge, "request body too large")
+		} else {
+			writeErr(w, http.StatusBadRequest, err.Error())
+		}
+		return nil, false
+	}
+	return body, true
 }

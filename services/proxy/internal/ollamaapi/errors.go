@@ -10,6 +10,8 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+
+	"github.com/droverhq/drover/services/proxy/internal/forward"
 )
 
 // WriteError writes Ollama's error shape, {"error": msg}.
@@ -46,23 +48,9 @@ func writeJSON(w http.ResponseWriter, status int, v any) {
 	json.NewEncoder(w).Encode(v) //nolint:errcheck // the client may be gone
 }
 
-// maxBody bounds a request body; chat requests carry base64 images.
-const maxBody = 256 << 20
-
-// readBody reads the whole request body; Drover must read it to find the
-// model, and reading it first also avoids golang/go#40747 on forwarding.
+// readBody reads the request body, answering errors in this API's format.
 func readBody(w http.ResponseWriter, r *http.Request) ([]byte, bool) {
-	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, maxBody))
-	if err != nil {
-		var tooBig *http.MaxBytesError
-		if errors.As(err, &tooBig) {
-			WriteError(w, http.StatusRequestEntityTooLarge, "request body too large")
-		} else {
-			WriteError(w, http.StatusBadRequest, err.Error())
-		}
-		return nil, false
-	}
-	return body, true
+	return forward.ReadBody(w, r, WriteError)
 }
 
 // head is the part of a request Drover reads; every other field goes to the

@@ -8,9 +8,10 @@ import (
 	"bytes"
 	"encoding/json"
 	"errors"
-	"io"
 	"net/http"
 	"strings"
+
+	"github.com/droverhq/drover/services/proxy/internal/forward"
 )
 
 // apiError is OpenAI's error object.
@@ -59,21 +60,9 @@ func writeJSON(w http.ResponseWriter, status int, v any) {
 	json.NewEncoder(w).Encode(v) //nolint:errcheck // the client may be gone
 }
 
-// maxBody bounds a request body; chat requests carry base64 images.
-const maxBody = 256 << 20
-
+// readBody reads the request body, answering errors in this API's format.
 func readBody(w http.ResponseWriter, r *http.Request) ([]byte, bool) {
-	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, maxBody))
-	if err != nil {
-		var tooBig *http.MaxBytesError
-		if errors.As(err, &tooBig) {
-			WriteError(w, http.StatusRequestEntityTooLarge, "request body too large")
-		} else {
-			WriteError(w, http.StatusBadRequest, err.Error())
-		}
-		return nil, false
-	}
-	return body, true
+	return forward.ReadBody(w, r, WriteError)
 }
 
 // head is the part of a request Drover reads; every other field goes to the
