@@ -4,7 +4,7 @@ GO ?= go
 MODULES := $(shell $(GO) list -m -f '{{.Dir}}' 2>/dev/null)
 PKGS := $(addsuffix /...,$(MODULES))
 
-.PHONY: build test lint bench run conformance
+.PHONY: build test lint bench run demo smoke conformance
 build:
 	$(GO) build -o bin/ ./services/proxy/cmd/... ./pkg/fakeollama/cmd/... ./services/bench/cmd/...
 
@@ -14,8 +14,18 @@ BENCH_FLAGS ?= -duration 10s -rounds 3
 bench: build
 	./bin/drover-bench -backend-bin ./bin/fake-ollama -drover ./bin/drover-proxy $(BENCH_FLAGS) -json bench.json
 
+# The whole topology as local processes: NATS, ClickHouse, the aggregator,
+# two proxies behind a load balancer, fake backends (deploy/local/run.sh).
 run: build
 	./deploy/local/run.sh
+
+# make run, plus traffic and a usage table every 15 seconds.
+demo: build
+	DEMO=1 DROVER_AUTH_KEYS=$${DROVER_AUTH_KEYS-team-a:demo-key-a,team-b:demo-key-b} ./deploy/local/run.sh
+
+# The local stack end to end, as CI runs it (deploy/local/smoke.sh).
+smoke: build
+	./deploy/local/smoke.sh
 
 test:
 	$(GO) test -race -count=1 -timeout 20m $(PKGS)

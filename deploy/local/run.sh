@@ -1,46 +1,247 @@
 #!/usr/bin/env bash
-# Runs Drover locally as plain processes: the proxy in front of the Ollama
-# servers named in DROVER_BACKENDS, or, when none are named, in front of two
-# fake Ollama servers so that it works on a fresh machine. Ctrl-C stops all.
+# Drover's whole topology as local processes, the same as docker-compose.yml
+# but without Docker, on a fresh Debian machine with Go:
 #
-#   make run                                     # fakes
+#   NATS (JetStream)  ClickHouse  drover-aggregator  2 x drover-proxy  drover-lb
+#   and two fake Ollama servers when DROVER_BACKENDS is unset.
+#
+#   make run                                              # fakes
 #   DROVER_BACKENDS=http://gpu1:11434,http://gpu2:11434 make run
+#   make demo                                             # plus traffic and a usage table
+#
+# NATS is nats-server built from the Go module proxy; ClickHouse is Debian's
+# clickhouse-server (installed with apt when missing), started with its own
+# config, data directory and ports. State (JetStream, ClickHouse data, spools,
+# logs) lives in $RUN_DIR (default ./.run), so usage survives restarts;
+# remove the directory to start afresh. Ctrl-C (or SIGTERM) stops everything
+# in order: load balancer, proxies (they drain and publish every usage event),
+# aggregator (it flushes), then backends, NATS and ClickHouse.
+#
+# Settings (environment):
+#   DROVER_PORT   client port, default 12434; every other port is derived from it
+#   REPLICAS      proxy replicas, default 2
+#   RUN_DIR       state and logs, default ./.run
+#   NO_BUILD=1    use the binaries already in $BIN (default ./bin)
+#   DEMO=1        send traffic and print usage every 15s (make demo)
+# Any other DROVER_ variable (DROVER_AUTH_KEYS, DROVER_ROUTING_MAX_CONCURRENCY,
+# DROVER_CONFIG, ...) reaches the proxies and the aggregator.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 BIN=${BIN:-./bin}
 RUN=${RUN_DIR:-./.run}
 PORT=${DROVER_PORT:-12434}
+REPLICAS=${REPLICAS:-2}
+# DROVER_PORT is this script's setting, not a Drover key: the services would
+# refuse it.
+unset DROVER_PORT
 mkdir -p "$RUN"
+RUN=$(cd "$RUN" && pwd)
 
-pids=()
-cleanup() {
-	trap - INT TERM EXIT
-	for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-	wait 2>/dev/null || true
-	echo "stopped"
+NATS_PORT=$((PORT + 40)) NATS_MON=$((PORT + 41))
+CH_TCP=$((PORT + 50)) CH_HTTP=$((PORT + 51)) CH_INTER=$((PORT + 52))
+AGG_METRICS=$((PORT + 30))
+
+log() { printf '%s\n' "$*" >&2; }
+die() {
+	log "run.sh: $*"
+	exit 1
 }
-trap cleanup INT TERM EXIT
 
+if [[ -z ${NO_BUILD:-} ]]; then
+	log "building into $BIN/ ..."
+	go build -o "$BIN/" ./services/proxy/cmd/drover-proxy ./services/aggregator/cmd/drover-aggregator \
+		./services/droverctl/cmd/... ./pkg/fakeollama/cmd/fake-ollama github.com/nats-io/nats-server/v2
+fi
+
+find_clickhouse() {
+	command -v clickhouse-server 2>/dev/null && return
+	for b in /usr/bin/clickhouse-server /usr/sbin/clickhouse-server; do
+		[[ -x $b ]] && echo "$b" && return
+	done
+	return 1
+}
+CH_BIN=${CLICKHOUSE_SERVER:-$(find_clickhouse || true)}
+if [[ -z $CH_BIN ]]; then
+	log "clickhouse-server is missing: installing Debian's package ..."
+	sudo=()
+	((EUID == 0)) || sudo=(sudo)
+	"${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get update -qq
+	"${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq clickhouse-server clickhouse-client >/dev/null
+	CH_BIN=$(find_clickhouse) || die "clickhouse-server still not found after apt-get install"
+fi
+
+# Processes, in start order; stopped in reverse.
+pids=() names=()
+echo -n >"$RUN/pids"
+rm -f "$RUN/ready"
+start() { # name logfile command...
+	local name=$1 logf=$2
+	shift 2
+	# Own session: Ctrl-C reaches this script only, which stops the
+	# children in order.
+	setsid "$@" >"$logf" 2>&1 &
+	pids+=($!)
+	names+=("$name")
+	echo "$! $name" >>"$RUN/pids"
+}
+
+stopping=
+cleanup() {
+	local code=$?
+	trap - INT TERM EXIT
+	[[ -n $stopping ]] && return
+	stopping=1
+	[[ -n ${demo_pid:-} ]] && kill "$demo_pid" 2>/dev/null && wait "$demo_pid" 2>/dev/null
+	log ""
+	log "stopping ..."
+	for ((i = ${#pids[@]} - 1; i >= 0; i--)); do
+		local p=${pids[i]}
+		kill -0 "$p" 2>/dev/null || continue
+		kill -TERM "$p" 2>/dev/null || true
+		# Proxies drain for up to 30s and publish for up to 20s.
+		for _ in $(seq 600); do
+			kill -0 "$p" 2>/dev/null || break
+			sleep 0.1
+		done
+		if kill -0 "$p" 2>/dev/null; then
+			log "  ${names[i]} did not stop in 60s: killing it"
+			kill -KILL "$p" 2>/dev/null || true
+		fi
+		wait "$p" 2>/dev/null || true
+		log "  stopped ${names[i]}"
+	done
+	log "stopped"
+	exit "$code"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+wait_ready() { # name pid logfile check-command...
+	local name=$1 pid=$2 logf=$3
+	shift 3
+	for _ in $(seq 600); do
+		"$@" >/dev/null 2>&1 && return 0
+		if ! kill -0 "$pid" 2>/dev/null; then
+			log "$name exited during start-up; the end of $logf:"
+			tail -n 30 "$logf" >&2 || true
+			exit 1
+		fi
+		sleep 0.1
+	done
+	log "$name not ready after 60s; the end of $logf:"
+	tail -n 30 "$logf" >&2 || true
+	exit 1
+}
+http_ok() { curl -fsS -m 2 -o /dev/null "$1"; }
+
+# --- ClickHouse: its own config, data and ports under $RUN/clickhouse.
+CH_DIR=$RUN/clickhouse
+mkdir -p "$CH_DIR"/data/{tmp,user_files,format_schemas}
+cat >"$CH_DIR/config.xml" <<EOF
+<?xml version="1.0"?>
+<yandex>
+  <logger><level>warning</level><log>$CH_DIR/server.log</log><errorlog>$CH_DIR/server.err.log</errorlog><size>50M</size><count>1</count></logger>
+  <listen_host>127.0.0.1</listen_host>
+  <tcp_port>$CH_TCP</tcp_port>
+  <http_port>$CH_HTTP</http_port>
+  <interserver_http_port>$CH_INTER</interserver_http_port>
+  <interserver_http_host>127.0.0.1</interserver_http_host>
+  <path>$CH_DIR/data/</path>
+  <tmp_path>$CH_DIR/data/tmp/</tmp_path>
+  <user_files_path>$CH_DIR/data/user_files/</user_files_path>
+  <format_schema_path>$CH_DIR/data/format_schemas/</format_schema_path>
+  <users_config>$CH_DIR/users.xml</users_config>
+  <default_profile>default</default_profile>
+  <default_database>default</default_database>
+  <timezone>UTC</timezone>
+  <mark_cache_size>67108864</mark_cache_size>
+  <uncompressed_cache_size>67108864</uncompressed_cache_size>
+  <mlock_executable>false</mlock_executable>
+</yandex>
+EOF
+cat >"$CH_DIR/users.xml" <<'EOF'
+<?xml version="1.0"?>
+<yandex>
+  <profiles><default><max_memory_usage>4000000000</max_memory_usage></default></profiles>
+  <users><default><password></password><networks><ip>127.0.0.1</ip><ip>::1</ip></networks><profile>default</profile><quota>default</quota></default></users>
+  <quotas><default><interval><duration>3600</duration><queries>0</queries><errors>0</errors><result_rows>0</result_rows><read_rows>0</read_rows><execution_time>0</execution_time></interval></default></quotas>
+</yandex>
+EOF
+start clickhouse "$CH_DIR/stdout.log" "$CH_BIN" --config-file="$CH_DIR/config.xml"
+wait_ready clickhouse "${pids[-1]}" "$CH_DIR/server.err.log" http_ok "http://127.0.0.1:$CH_HTTP/?query=SELECT%201"
+
+# --- NATS with JetStream, its store under $RUN/nats.
+start nats "$RUN/nats.log" "$BIN/nats-server" -a 127.0.0.1 -p "$NATS_PORT" -m "$NATS_MON" -js -sd "$RUN/nats" -n drover-local
+wait_ready nats "${pids[-1]}" "$RUN/nats.log" http_ok "http://127.0.0.1:$NATS_MON/healthz?js-enabled-only=true"
+
+export DROVER_NATS_URL=nats://127.0.0.1:$NATS_PORT
+export DROVER_CLICKHOUSE_ADDR=127.0.0.1:$CH_TCP
+config=()
+[[ -n ${DROVER_CONFIG:-} ]] && config=(-config "$DROVER_CONFIG")
+
+# --- Aggregator (applies the ClickHouse migrations on start).
+DROVER_AGGREGATOR_METRICS_LISTEN=127.0.0.1:$AGG_METRICS DROVER_REPLICA=aggregator \
+	start aggregator "$RUN/aggregator.log" "$BIN/drover-aggregator" "${config[@]}"
+wait_ready aggregator "${pids[-1]}" "$RUN/aggregator.log" http_ok "http://127.0.0.1:$AGG_METRICS/health"
+
+# --- Backends: fakes unless DROVER_BACKENDS names real ones.
+fakes=()
 if [[ -z ${DROVER_BACKENDS:-} ]]; then
 	backends=()
-	for p in 11501 11502; do
-		"$BIN/fake-ollama" -addr "127.0.0.1:$p" -chunks 20 -chunk-delay 5ms >"$RUN/fake-$p.log" 2>&1 &
-		pids+=($!)
+	for i in 1 2; do
+		p=$((PORT + 60 + i))
+		start "fake-ollama-$i" "$RUN/fake-$i.log" "$BIN/fake-ollama" -addr "127.0.0.1:$p" -chunks 20 -chunk-delay 5ms -parallel 4
+		wait_ready "fake-ollama-$i" "${pids[-1]}" "$RUN/fake-$i.log" http_ok "http://127.0.0.1:$p/"
 		backends+=("http://127.0.0.1:$p")
-		echo "fake Ollama        http://127.0.0.1:$p  (log $RUN/fake-$p.log)"
+		fakes+=("http://127.0.0.1:$p")
 	done
 	export DROVER_BACKENDS=$(IFS=,; echo "${backends[*]}")
 fi
 
-DROVER_LISTEN=${DROVER_LISTEN:-127.0.0.1:$PORT} "$BIN/drover-proxy" ${DROVER_CONFIG:+-config "$DROVER_CONFIG"} >"$RUN/proxy.log" 2>&1 &
-pids+=($!)
-for _ in $(seq 50); do
-	curl -fsS -m 1 "http://127.0.0.1:$PORT/" >/dev/null 2>&1 && break
-	sleep 0.1
+# --- Proxy replicas, each with its own spool.
+replicas=()
+for ((i = 1; i <= REPLICAS; i++)); do
+	p=$((PORT + 6 + i))
+	DROVER_LISTEN=127.0.0.1:$p DROVER_REPLICA=proxy-$i DROVER_USAGE_SPOOL_DIR=$RUN/spool-$i \
+		start "drover-proxy-$i" "$RUN/proxy-$i.log" "$BIN/drover-proxy" "${config[@]}"
+	wait_ready "drover-proxy-$i" "${pids[-1]}" "$RUN/proxy-$i.log" http_ok "http://127.0.0.1:$p/"
+	replicas+=("http://127.0.0.1:$p")
 done
-echo "drover-proxy       http://127.0.0.1:$PORT  (log $RUN/proxy.log)  backends: $DROVER_BACKENDS"
-echo
-echo "try:  OLLAMA_HOST=127.0.0.1:$PORT ollama list"
-echo "      curl http://127.0.0.1:$PORT/api/chat -d '{\"model\":\"tiny\",\"messages\":[{\"role\":\"user\",\"content\":\"hi\"}]}'"
-echo "Ctrl-C stops everything."
+
+# --- One port for clients.
+start drover-lb "$RUN/lb.log" "$BIN/drover-lb" -listen "127.0.0.1:$PORT" "${replicas[@]}"
+wait_ready drover-lb "${pids[-1]}" "$RUN/lb.log" http_ok "http://127.0.0.1:$PORT/"
+
+cat <<EOF
+
+Drover                http://127.0.0.1:$PORT        (drover-lb over ${#replicas[@]} replicas; log $RUN/lb.log)
+$(for i in "${!replicas[@]}"; do printf '  drover-proxy-%d      %-29s (log %s/proxy-%d.log)\n' $((i + 1)) "${replicas[i]}" "$RUN" $((i + 1)); done)
+backends              $DROVER_BACKENDS$( ((${#fakes[@]})) && echo "  (fake Ollama)")
+drover-aggregator     http://127.0.0.1:$AGG_METRICS/metrics  (log $RUN/aggregator.log)
+NATS                  $DROVER_NATS_URL   (monitoring http://127.0.0.1:$NATS_MON)
+ClickHouse            $DROVER_CLICKHOUSE_ADDR (native)  http://127.0.0.1:$CH_HTTP  (data $CH_DIR)
+
+try:  OLLAMA_HOST=127.0.0.1:$PORT ollama list
+      curl http://127.0.0.1:$PORT/api/chat -d '{"model":"tiny","messages":[{"role":"user","content":"hi"}]}'
+      $BIN/droverctl status --url http://127.0.0.1:$PORT
+      DROVER_CLICKHOUSE_ADDR=$DROVER_CLICKHOUSE_ADDR $BIN/droverctl usage
+Ctrl-C stops everything.
+EOF
+echo "ready" >"$RUN/ready"
+
+if [[ -n ${DEMO:-} ]]; then
+	./deploy/local/demo.sh "http://127.0.0.1:$PORT" "$BIN" &
+	demo_pid=$!
+fi
+
+# Until Ctrl-C, or until a process dies on its own.
+set +e
 wait -n "${pids[@]}"
+code=$?
+for i in "${!pids[@]}"; do
+	if ! kill -0 "${pids[i]}" 2>/dev/null; then
+		log "${names[i]} exited (status $code); see its log in $RUN"
+	fi
+done
+exit 1

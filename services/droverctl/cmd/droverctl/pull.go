@@ -102,23 +102,24 @@ type jsonView struct{ w io.Writer }
 func (v *jsonView) update(_ progress, raw []byte) { fmt.Fprintf(v.w, "%s\n", raw) }
 func (v *jsonView) done()                         {}
 
-// lineView prints one line per status change and per layer finished, for
-// logs and pipes.
+// lineView prints each status once and each layer once finished, for logs
+// and pipes. (The fleet's statuses interleave: every backend says "pulling
+// manifest".)
 type lineView struct {
 	w        io.Writer
-	last     string
+	seen     map[string]bool
 	finished map[string]bool
 }
 
 func (v *lineView) update(p progress, _ []byte) {
 	if v.finished == nil {
-		v.finished = map[string]bool{}
+		v.finished, v.seen = map[string]bool{}, map[string]bool{}
 	}
 	if p.Digest == "" {
-		if p.Status != v.last && p.Status != "success" {
+		if !v.seen[p.Status] && p.Status != "success" {
 			fmt.Fprintln(v.w, p.Status)
 		}
-		v.last = p.Status
+		v.seen[p.Status] = true
 		return
 	}
 	if p.Total > 0 && p.Completed >= p.Total && !v.finished[p.Digest] {

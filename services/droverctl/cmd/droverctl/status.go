@@ -148,20 +148,27 @@ func writeStatus(w io.Writer, url string, h healthDoc, l loadedDoc, u usageDoc) 
 		inflight        int
 		c               usage.Count
 	}
-	var rows []row
-	seen := map[[2]string]bool{}
+	// Totals are keyed by the name clients asked for ("tiny"), in-flight
+	// counts by the backend's ("tiny:latest"): one row for both.
+	byKey := map[[2]string]*row{}
 	for ep, models := range u.Totals {
 		for m, c := range models {
-			rows = append(rows, row{m, ep, u.InFlightBy[ep][m], c})
-			seen[[2]string{ep, m}] = true
+			byKey[[2]string{ep, strings.TrimSuffix(m, ":latest")}] = &row{model: m, endpoint: ep, c: c}
 		}
 	}
 	for ep, models := range u.InFlightBy {
 		for m, n := range models {
-			if !seen[[2]string{ep, m}] && n > 0 {
-				rows = append(rows, row{model: m, endpoint: ep, inflight: n})
+			k := [2]string{ep, strings.TrimSuffix(m, ":latest")}
+			if r, ok := byKey[k]; ok {
+				r.inflight += n
+			} else if n > 0 {
+				byKey[k] = &row{model: m, endpoint: ep, inflight: n}
 			}
 		}
+	}
+	var rows []row
+	for _, r := range byKey {
+		rows = append(rows, *r)
 	}
 	fmt.Fprintln(w)
 	if len(rows) == 0 {

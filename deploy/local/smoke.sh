@@ -1,0 +1,129 @@
+#!/usr/bin/env bash
+# CI smoke test of the local stack (deploy/local/run.sh), end to end: start
+# it in a fresh state directory, send requests of every kind through the load
+# balancer, check droverctl status / cache invalidate / pull against it, wait
+# until ClickHouse (droverctl usage --json) holds exactly the tokens the
+# clients were told, then stop it with SIGTERM and check that every process
+# it started is gone.
+#
+#   deploy/local/smoke.sh            (make smoke)
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+export RUN_DIR=${RUN_DIR:-$(mktemp -d /tmp/drover-smoke.XXXXXX)}
+PORT=${SMOKE_PORT:-22434}
+BIN=${BIN:-./bin}
+URL=http://127.0.0.1:$PORT
+export DROVER_AUTH_KEYS=smoke-a:smoke-key-aaaa,smoke-b:smoke-key-bbbb
+N=${SMOKE_REQUESTS:-60}
+
+if ! command -v jq >/dev/null; then
+	sudo=()
+	((EUID == 0)) || sudo=(sudo)
+	"${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get update -qq
+	"${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq jq >/dev/null
+fi
+
+fail() {
+	echo "smoke: FAIL: $*" >&2
+	echo "--- run.sh output:" >&2
+	tail -n 40 "$RUN_DIR/run.out" >&2 || true
+	for f in "$RUN_DIR"/*.log; do
+		echo "--- $f (tail):" >&2
+		tail -n 15 "$f" >&2 || true
+	done
+	exit 1
+}
+
+# DROVER_PORT is run.sh's setting; droverctl below would refuse it.
+DROVER_PORT=$PORT ./deploy/local/run.sh >"$RUN_DIR/run.out" 2>&1 &
+stack=$!
+stop_stack() {
+	kill -TERM "$stack" 2>/dev/null || true
+	wait "$stack" 2>/dev/null || true
+}
+trap stop_stack EXIT
+
+for _ in $(seq 300); do
+	[[ -f $RUN_DIR/ready ]] && break
+	kill -0 "$stack" 2>/dev/null || fail "run.sh exited during start-up"
+	sleep 1
+done
+[[ -f $RUN_DIR/ready ]] || fail "the stack was not ready after 300s"
+cat "$RUN_DIR/run.out"
+CH_ADDR=$(sed -n 's/^ClickHouse *\([0-9.:]*\) (native).*/\1/p' "$RUN_DIR/run.out")
+[[ -n $CH_ADDR ]] || fail "run.sh did not say where ClickHouse listens"
+
+echo "smoke: $N requests through $URL"
+# Each request's token counts as the client saw them, one "in out" line each.
+counts=$RUN_DIR/client-tokens
+: >"$counts"
+key() { if (($1 % 2)); then echo smoke-key-aaaa; else echo smoke-key-bbbb; fi; }
+for ((i = 0; i < N; i++)); do
+	auth="Authorization: Bearer $(key "$i")"
+	case $((i % 4)) in
+	0) # Ollama, not streamed
+		curl -fsS -H "$auth" "$URL/api/chat" \
+			-d '{"model":"tiny","messages":[{"role":"user","content":"hello there"}],"stream":false}' |
+			jq -r '"\(.prompt_eval_count) \(.eval_count)"' >>"$counts" ;;
+	1) # Ollama, streamed: the counts are on the last line
+		curl -fsS -N -H "$auth" "$URL/api/generate" -d '{"model":"tiny2","prompt":"why is the sky blue"}' |
+			tail -n 1 | jq -r 'select(.done) | "\(.prompt_eval_count) \(.eval_count)"' >>"$counts" ;;
+	2) # OpenAI, streamed with usage
+		curl -fsS -N -H "$auth" "$URL/v1/chat/completions" \
+			-d '{"model":"tiny","messages":[{"role":"user","content":"hi"}],"stream":true,"stream_options":{"include_usage":true}}' |
+			sed -n 's/^data: //p' | grep -v '^\[DONE\]' | tail -n 1 |
+			jq -r '"\(.usage.prompt_tokens) \(.usage.completion_tokens)"' >>"$counts" ;;
+	3) # OpenAI, not streamed
+		curl -fsS -H "$auth" "$URL/v1/chat/completions" \
+			-d '{"model":"tiny2","messages":[{"role":"user","content":"a b c"}]}' |
+			jq -r '"\(.usage.prompt_tokens) \(.usage.completion_tokens)"' >>"$counts" ;;
+	esac || fail "request $i failed"
+done
+[[ $(wc -l <"$counts") -eq $N ]] || fail "$(wc -l <"$counts") of $N requests reported token counts"
+grep -q null "$counts" && fail "a response had no token counts"
+want=$(awk '{s += $1 + $2} END {print s}' "$counts")
+echo "smoke: clients were told $want tokens"
+
+# Without a key Drover answers 401, as configured.
+code=$(curl -s -o /dev/null -w '%{http_code}' "$URL/api/chat" -d '{"model":"tiny","messages":[]}')
+[[ $code == 401 ]] || fail "no key: got $code, want 401"
+
+export DROVERCTL_API_KEY=smoke-key-aaaa
+"$BIN/droverctl" status --url "$URL" || fail "droverctl status"
+"$BIN/droverctl" status --url "$URL" --json | jq -e '.health.status == "ok" and (.health.backends | length) == 2' >/dev/null ||
+	fail "droverctl status --json: fleet not ok"
+"$BIN/droverctl" cache invalidate --url "$URL" || fail "droverctl cache invalidate"
+"$BIN/droverctl" pull tiny --url "$URL" || fail "droverctl pull"
+"$BIN/droverctl" pull tiny --url "$URL" --json | tail -n 1 | jq -e '.status == "success"' >/dev/null ||
+	fail "droverctl pull --json did not end in success"
+
+echo "smoke: waiting for ClickHouse to hold $want tokens"
+got=
+for _ in $(seq 120); do
+	got=$(DROVER_CLICKHOUSE_ADDR=$CH_ADDR "$BIN/droverctl" usage --since 1h --group-by key --json |
+		jq '[.[] | select(.api_key | startswith("smoke-")) | .total_tokens] | add // 0') || true
+	[[ $got == "$want" ]] && break
+	sleep 0.5
+done
+[[ $got == "$want" ]] || fail "ClickHouse holds $got tokens, clients were told $want"
+DROVER_CLICKHOUSE_ADDR=$CH_ADDR "$BIN/droverctl" usage --since 1h --group-by model,key
+reqs=$(DROVER_CLICKHOUSE_ADDR=$CH_ADDR "$BIN/droverctl" usage --since 1h --model tiny --group-by '' --json | jq '.[0].requests')
+((reqs >= N / 2)) || fail "ClickHouse counts $reqs requests for tiny, want at least $((N / 2))"
+
+echo "smoke: stopping the stack"
+trap - EXIT
+kill -TERM "$stack"
+start=$(date +%s)
+code=0
+wait "$stack" || code=$?
+# run.sh exits 143 after a clean stop on SIGTERM.
+((code == 143)) || fail "run.sh exited with $code after SIGTERM"
+echo "smoke: stopped in $(($(date +%s) - start))s"
+while read -r pid name; do
+	if kill -0 "$pid" 2>/dev/null; then
+		fail "$name (pid $pid) still running after the stack stopped"
+	fi
+done <"$RUN_DIR/pids"
+grep -q '^stopped$' "$RUN_DIR/run.out" || fail "run.sh did not report a clean stop"
+echo "smoke: OK"
+rm -rf "$RUN_DIR"
