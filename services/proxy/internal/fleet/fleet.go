@@ -115,6 +115,10 @@ func (f *Fleet) InvalidateLocal(backends ...string) {
 	f.loaded.Invalidate(backends...)
 }
 
+// InvalidateLoaded drops one backend's cached loaded-model list on this
+// replica, so the next request reads it afresh in the background.
+func (f *Fleet) InvalidateLoaded(name string) { f.loaded.Invalidate(name) }
+
 // Models returns a backend's model list, from cache when fresh enough.
 func (f *Fleet) Models(ctx context.Context, b *backend.Backend) (*ModelList, error) {
 	return f.models.Get(ctx, b.Name)

@@ -218,6 +218,11 @@ func (f *Forwarder) attempt(w http.ResponseWriter, r *http.Request, req *Request
 		return false, &failure{backend: b, status: resp.StatusCode, header: resp.Header.Clone(), body: msg, msg: err.Error()}
 	}
 	b.Health.Success()
+	if !slot.Loaded && resp.StatusCode < 300 {
+		// The backend has just loaded the model to answer: read its loaded
+		// list afresh so the next request prefers it.
+		f.Fleet.InvalidateLoaded(b.Name)
+	}
 	ev.Status = resp.StatusCode
 
 	stream := req.Stream || isStreamType(resp.Header.Get("Content-Type"))

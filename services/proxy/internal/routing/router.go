@@ -112,8 +112,10 @@ func New(opts Options, remote Remote) *Router {
 // once; further calls do nothing.
 type Slot struct {
 	Key
-	r    *Router
-	once sync.Once
+	// Loaded is whether the router believed the model loaded there.
+	Loaded bool
+	r      *Router
+	once   sync.Once
 }
 
 // Release frees the slot and hands it to the oldest waiter that can use it.
@@ -257,7 +259,7 @@ func (r *Router) reserveLocked(c Candidate, now time.Time) *Slot {
 	if r.opts.Changed != nil {
 		r.opts.Changed()
 	}
-	return &Slot{Key: k, r: r}
+	return &Slot{Key: k, Loaded: c.Loaded, r: r}
 }
 
 func (r *Router) release(k Key) {
