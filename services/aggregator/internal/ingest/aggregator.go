@@ -67,7 +67,7 @@ type Options struct {
 type Aggregator struct {
 	o Options
 
-	in   chan item    // fetchers → batcher
+	in   chan chunk   // fetchers → batcher
 	cmds chan command // lease loop and Run → batcher
 
 	// validUntil[p] is the UnixNano instant after which this instance must
@@ -108,7 +108,7 @@ func New(o Options) (*Aggregator, error) {
 	}
 	return &Aggregator{
 		o:          o,
-		in:         make(chan item, o.BatchSize),
+		in:         make(chan chunk, o.BatchSize/maxChunk+2*o.Partitions),
 		cmds:       make(chan command),
 		validUntil: make([]atomic.Int64, o.Partitions),
 	}, nil
@@ -205,14 +205,21 @@ func (a *Aggregator) Run(ctx context.Context) error {
 	return nil
 }
 
-// item is what a fetcher hands the batcher: either the start of an
-// ownership term (start=true) or one decoded message.
-type item struct {
+// chunk is what a fetcher hands the batcher: either the start of an
+// ownership term (start=true) or a run of messages of one term, in delivery
+// order.
+type chunk struct {
 	p         int
 	term      uint64
 	start     bool
 	committed uint64 // with start
 
+	items []fetched
+}
+
+// fetched is one message of a chunk. ev is decoded only when seq is new to
+// the fetcher; a redelivery carries just its sequence.
+type fetched struct {
 	msg       jetstream.Msg
 	seq       uint64
 	delivered uint64

@@ -18,22 +18,40 @@ type partState struct {
 	last      uint64 // highest sequence stored, in flight or held
 }
 
-// heldMsg is a message to acknowledge once its batch is stored.
-type heldMsg struct {
+// ackPoint is the message to acknowledge for one partition and term once
+// its batch is stored. The consumers are AckAll: acknowledging the highest
+// sequence received acknowledges every delivery before it, so one ack per
+// partition and batch replaces one per message.
+type ackPoint struct {
 	p    int
 	term uint64
+	seq  uint64
 	msg  jetstream.Msg
 }
 
 // batch is rows in arrival order (so in sequence order per partition), the
-// term each row was read in, and the messages to acknowledge after storing.
+// term each row was read in, and what to acknowledge after storing.
 type batch struct {
 	rows  []chstore.EventRow
 	terms []uint64
-	held  []heldMsg
+	acks  []ackPoint // at most one per (partition, term): its highest sequence
 }
 
-func (b *batch) empty() bool { return len(b.rows) == 0 && len(b.held) == 0 }
+func (b *batch) empty() bool { return len(b.rows) == 0 && len(b.acks) == 0 }
+
+// noteAck records a as the ack of its partition and term unless one with a
+// higher (or, for a redelivery, the same) sequence is already there.
+func (b *batch) noteAck(a ackPoint) {
+	for i := range b.acks {
+		if b.acks[i].p == a.p && b.acks[i].term == a.term {
+			if a.seq > b.acks[i].seq {
+				b.acks[i] = a
+			}
+			return
+		}
+	}
+	b.acks = append(b.acks, a)
+}
 
 // insertResult is what the insert goroutine reports.
 type insertResult struct {
@@ -71,7 +89,7 @@ func (a *Aggregator) batchLoop(ctx context.Context) error {
 		full := len(b.cur.rows) >= a.o.BatchSize
 		// Take more only while the batch has room and ClickHouse is not
 		// failing: a held batch stops the fetchers through back-pressure.
-		var in <-chan item
+		var in <-chan chunk
 		if !b.retrying && !full {
 			in = a.in
 		}
@@ -87,8 +105,8 @@ func (a *Aggregator) batchLoop(ctx context.Context) error {
 			wake = timer.C
 		}
 		select {
-		case it := <-in:
-			b.add(it)
+		case c := <-in:
+			b.add(c)
 			if len(b.cur.rows) >= a.o.BatchSize && b.inflight == nil {
 				b.start(ctx)
 			}
@@ -148,47 +166,52 @@ func (a *Aggregator) batchLoop(ctx context.Context) error {
 func (b *batcher) drain() {
 	for {
 		select {
-		case it := <-b.a.in:
-			b.add(it)
+		case c := <-b.a.in:
+			b.add(c)
 		default:
 			return
 		}
 	}
 }
 
-// add takes one item from a fetcher.
-func (b *batcher) add(it item) {
+// add takes one chunk from a fetcher. Within a term the fetcher hands over
+// every sequence after committed once, in order (fetch); anything at or
+// below the last sequence held is a redelivery, so only counted, and
+// acknowledged with the batch.
+func (b *batcher) add(c chunk) {
 	m := b.a.o.Metrics
-	if it.start {
+	if c.start {
 		// A new term replaces whatever an older term of p left behind.
-		b.forget(it.p)
-		b.parts[it.p] = &partState{term: it.term, committed: it.committed, last: it.committed}
+		b.forget(c.p)
+		b.parts[c.p] = &partState{term: c.term, committed: c.committed, last: c.committed}
 		return
 	}
-	st := b.parts[it.p]
-	if st == nil || st.term != it.term {
+	st := b.parts[c.p]
+	if st == nil || st.term != c.term || len(c.items) == 0 {
 		return // from an ended term: not ours to acknowledge
 	}
-	if it.delivered > 1 {
-		m.Redeliveries.Inc()
-	}
-	if it.seq <= st.last {
-		// Already stored, in flight or held: a redelivery.
-		m.Duplicates.Inc()
-		if it.seq <= st.committed {
-			_ = it.msg.Ack()
-		} else {
-			b.cur.held = append(b.cur.held, heldMsg{p: it.p, term: it.term, msg: it.msg})
-		}
-		return
-	}
-	st.last = it.seq
 	if b.cur.empty() {
 		b.firstAt = time.Now()
 	}
-	b.cur.rows = append(b.cur.rows, chstore.EventRow{Event: it.ev, Partition: uint16(it.p), Seq: it.seq})
-	b.cur.terms = append(b.cur.terms, it.term)
-	b.cur.held = append(b.cur.held, heldMsg{p: it.p, term: it.term, msg: it.msg})
+	top := &c.items[0]
+	for i := range c.items {
+		f := &c.items[i]
+		if f.delivered > 1 {
+			m.Redeliveries.Inc()
+		}
+		if f.seq > top.seq {
+			top = f
+		}
+		if f.seq <= st.last {
+			// Already stored, in flight or held: a redelivery.
+			m.Duplicates.Inc()
+			continue
+		}
+		st.last = f.seq
+		b.cur.rows = append(b.cur.rows, chstore.EventRow{Event: f.ev, Partition: uint16(c.p), Seq: f.seq})
+		b.cur.terms = append(b.cur.terms, c.term)
+	}
+	b.cur.noteAck(ackPoint{p: c.p, term: c.term, seq: top.seq, msg: top.msg})
 }
 
 // forget removes partition p from the current batch without acknowledging
@@ -210,9 +233,9 @@ func (bt *batch) without(drop func(p int, term uint64) bool) *batch {
 			out.terms = append(out.terms, bt.terms[i])
 		}
 	}
-	for _, h := range bt.held {
-		if !drop(h.p, h.term) {
-			out.held = append(out.held, h)
+	for _, a := range bt.acks {
+		if !drop(a.p, a.term) {
+			out.acks = append(out.acks, a)
 		}
 	}
 	return out
@@ -260,7 +283,9 @@ func (b *batcher) finish(r insertResult) error {
 		back := r.b.without(stale)
 		back.rows = append(back.rows, b.cur.rows...)
 		back.terms = append(back.terms, b.cur.terms...)
-		back.held = append(back.held, b.cur.held...)
+		for _, a := range b.cur.acks {
+			back.noteAck(a)
+		}
 		b.cur = back
 		if !b.cur.empty() && len(back.rows) > 0 {
 			b.firstAt = time.Now()
@@ -279,8 +304,12 @@ func (b *batcher) finish(r insertResult) error {
 			st.committed = seq
 		}
 	}
-	for _, h := range r.b.held {
-		_ = h.msg.Ack()
+	// Only for terms still running: a new term's consumer starts from
+	// ClickHouse's committed sequence and owes nothing to an old one.
+	for _, a := range r.b.acks {
+		if st := b.parts[a.p]; st != nil && st.term == a.term {
+			_ = a.msg.Ack()
+		}
 	}
 	return nil
 }
