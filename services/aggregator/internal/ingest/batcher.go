@@ -86,11 +86,18 @@ func (a *Aggregator) batchLoop(ctx context.Context) error {
 	timer := time.NewTimer(time.Hour)
 	defer timer.Stop()
 	for {
-		full := len(b.cur.rows) >= a.o.BatchSize
+		ready := len(b.cur.rows) >= a.o.BatchSize
+		// While an insert runs the next batch may grow past BatchSize, up
+		// to maxBatch: when ClickHouse is the bottleneck it then gets fewer,
+		// larger blocks, which cost it less per row.
+		limit := a.o.BatchSize
+		if b.inflight != nil {
+			limit = a.maxBatch()
+		}
 		// Take more only while the batch has room and ClickHouse is not
 		// failing: a held batch stops the fetchers through back-pressure.
 		var in <-chan chunk
-		if !b.retrying && !full {
+		if !b.retrying && len(b.cur.rows) < limit {
 			in = a.in
 		}
 		var wake <-chan time.Time
@@ -98,7 +105,7 @@ func (a *Aggregator) batchLoop(ctx context.Context) error {
 			d := time.Until(b.firstAt.Add(a.o.FlushInterval))
 			if b.retrying {
 				d = b.backoff
-			} else if full {
+			} else if ready {
 				d = 0
 			}
 			timer.Reset(max(d, 0))
@@ -160,6 +167,9 @@ func (a *Aggregator) batchLoop(ctx context.Context) error {
 		}
 	}
 }
+
+// maxBatch is how large a batch may grow while the previous insert runs.
+func (a *Aggregator) maxBatch() int { return 4 * a.o.BatchSize }
 
 // drain adds every item waiting in the channel, ignoring the batch size:
 // at shutdown one larger insert beats leaving events for redelivery.

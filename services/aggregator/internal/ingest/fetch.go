@@ -174,10 +174,13 @@ func (a *Aggregator) recreateConsumer(ctx context.Context, p int, startSeq uint6
 		// each partition per stored batch. Acks never decide what is
 		// stored (ClickHouse's committed sequence does, and the consumer
 		// is recreated from it), they only spare redeliveries.
-		AckPolicy:     jetstream.AckAllPolicy,
-		AckWait:       a.o.AckWait,
-		MaxDeliver:    -1,
-		MaxAckPending: 2*a.o.BatchSize + 2*a.o.FetchBatch,
+		AckPolicy:  jetstream.AckAllPolicy,
+		AckWait:    a.o.AckWait,
+		MaxDeliver: -1,
+		// Room for a batch in flight, the largest next one and the
+		// iterators' read-ahead: the limit only throttles a partition
+		// that has all of them to itself.
+		MaxAckPending: a.o.BatchSize + a.maxBatch() + 2*a.o.FetchBatch,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("creating consumer %s: %w", name, err)
