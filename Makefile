@@ -4,7 +4,7 @@ GO ?= go
 MODULES := $(shell $(GO) list -m -f '{{.Dir}}' 2>/dev/null)
 PKGS := $(addsuffix /...,$(MODULES))
 
-.PHONY: build test lint bench run demo smoke conformance
+.PHONY: build test deps lint bench run demo smoke conformance
 build:
 	$(GO) build -o bin/ ./services/proxy/cmd/... ./pkg/fakeollama/cmd/... ./services/bench/cmd/...
 
@@ -27,8 +27,13 @@ demo: build
 smoke: build
 	./deploy/local/smoke.sh
 
-test:
+# Tests run against real servers: Debian's clickhouse-server and Chromium are
+# installed first when missing (.ci/deps).
+test: deps
 	$(GO) test -race -count=1 -timeout 20m $(PKGS)
+
+deps:
+	./.ci/deps
 
 # Drover in front of two real Ollama servers, compared with Ollama itself
 # (services/proxy/conformance). Needs .ci/realollama/setup.sh build and
