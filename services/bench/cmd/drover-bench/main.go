@@ -31,6 +31,7 @@ import (
 type options struct {
 	backendBin, backendURL string
 	droverBin, droverURL   string
+	droverNATS             bool
 	workloads, modes       string
 	duration, warmup       time.Duration
 	timeout                time.Duration
@@ -48,6 +49,7 @@ func parseFlags(args []string) (options, error) {
 	fs.StringVar(&o.backendURL, "backend-url", "", "use an already-running backend at this URL instead of -backend-bin")
 	fs.StringVar(&o.droverBin, "drover", "", "drover-proxy binary to start (e.g. ./bin/drover-proxy)")
 	fs.StringVar(&o.droverURL, "drover-url", "", "use an already-running Drover at this URL instead of -drover")
+	fs.BoolVar(&o.droverNATS, "drover-nats", false, "also start an embedded NATS JetStream server and a second -drover publishing usage to it (target drover+nats)")
 	fs.StringVar(&o.workloads, "workloads", workload.Default, "comma-separated workloads, or all: "+strings.Join(workload.Names(), ", "))
 	fs.StringVar(&o.modes, "modes", "closed,open", "load modes to run: closed, open or both")
 	fs.DurationVar(&o.duration, "duration", 10*time.Second, "length of each measured run")
@@ -68,6 +70,9 @@ func parseFlags(args []string) (options, error) {
 	}
 	if o.droverBin != "" && o.droverURL != "" {
 		return o, errors.New("give at most one of -drover or -drover-url")
+	}
+	if o.droverNATS && o.droverBin == "" {
+		return o, errors.New("-drover-nats needs -drover (a binary to start with publishing on)")
 	}
 	if o.pick != string(suite.Median) && o.pick != string(suite.Best) {
 		return o, fmt.Errorf("-pick must be median or best, got %q", o.pick)
@@ -160,6 +165,19 @@ func run(ctx context.Context, o options, stdout, stderr io.Writer) error {
 			return err
 		}
 		targets = append(targets, suite.Target{Name: suite.Drover, URL: strings.TrimRight(droverURL, "/")})
+		if o.droverNATS {
+			n, err := launch.StartNATS(logDir)
+			if err != nil {
+				return err
+			}
+			defer n.Stop()
+			p, err := launch.StartDroverNATS(startCtx, o.droverBin, backendURL, n.URL(), logDir)
+			if err != nil {
+				return err
+			}
+			defer stopProcess(p)
+			targets = append(targets, suite.Target{Name: suite.DroverNATS, URL: p.URL})
+		}
 	} else {
 		fmt.Fprintln(stderr, "warning: no -drover or -drover-url; comparing direct and bare only")
 	}
@@ -183,6 +201,7 @@ func run(ctx context.Context, o options, stdout, stderr io.Writer) error {
 	})
 	doc.Rows = rows
 	doc.Ratios = report.Ratios(rows)
+	doc.Publishing = report.PublishingRatios(rows)
 	if err := write(doc, o.jsonPath, stdout); err != nil {
 		return err
 	}

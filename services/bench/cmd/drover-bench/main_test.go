@@ -81,6 +81,9 @@ func TestParseFlags(t *testing.T) {
 		{[]string{"-backend-url", "http://x", "-backend-bin", "b"}, false},
 		{[]string{"-backend-url", "http://x", "-drover", "d", "-drover-url", "http://y"}, false},
 		{[]string{"-backend-url", "http://x", "-pick", "worst"}, false},
+		{[]string{"-backend-url", "http://x", "-drover-nats"}, false},
+		{[]string{"-backend-url", "http://x", "-drover-url", "http://y", "-drover-nats"}, false},
+		{[]string{"-backend-url", "http://x", "-drover", "d", "-drover-nats"}, true},
 	}
 	for _, c := range cases {
 		if _, err := parseFlags(c.args); (err == nil) != c.ok {

@@ -3,9 +3,12 @@ package launch
 import (
 	"bufio"
 	"context"
+	"net"
 	"net/http"
+	"net/http/httptest"
 	"net/url"
 	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -144,5 +147,62 @@ routing:
 `
 	if got := DroverConfig(8080, "http://127.0.0.1:9090"); got != want {
 		t.Errorf("got\n%s\nwant\n%s", got, want)
+	}
+}
+
+func TestDroverNATSConfig(t *testing.T) {
+	got := DroverNATSConfig(8080, "http://127.0.0.1:9090", "nats://127.0.0.1:4222", "/tmp/x/spool")
+	want := DroverConfig(8080, "http://127.0.0.1:9090") + `nats:
+  url: nats://127.0.0.1:4222
+usage:
+  spool_dir: /tmp/x/spool
+`
+	if got != want {
+		t.Errorf("got\n%s\nwant\n%s", got, want)
+	}
+}
+
+// The embedded server speaks NATS with JetStream on, and the second Drover
+// gets its own config naming it.
+func TestStartNATSAndDroverNATS(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	dir := t.TempDir()
+	n, err := StartNATS(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer n.Stop()
+	u, err := url.Parse(n.URL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	conn, err := net.DialTimeout("tcp", u.Host, 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	info, err := bufio.NewReader(conn).ReadString('\n')
+	conn.Close()
+	if err != nil || !strings.HasPrefix(info, "INFO ") || !strings.Contains(info, `"jetstream":true`) {
+		t.Fatalf("embedded NATS greeting %q (%v), want INFO with jetstream", info, err)
+	}
+
+	backend := httptest.NewServer(&stubollama.Server{})
+	defer backend.Close()
+	t.Setenv(helperEnv, "drover")
+	p, err := StartDroverNATS(ctx, os.Args[0], backend.URL, n.URL(), dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Stop()
+	cfg, err := os.ReadFile(filepath.Join(dir, "drover-proxy-nats.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(string(cfg), "url: "+n.URL()) || !strings.Contains(string(cfg), "spool_dir: "+filepath.Join(dir, "spool")) {
+		t.Errorf("drover+nats config lacks the NATS URL or spool dir:\n%s", cfg)
+	}
+	if err := p.Stop(); err != nil {
+		t.Errorf("stopping: %v", err)
 	}
 }

@@ -36,16 +36,43 @@ routing:
 `, port, backendURL)
 }
 
+// DroverNATSConfig is DroverConfig plus usage publishing: every finished
+// request becomes an event published to JetStream at natsURL, spooled in
+// spoolDir while NATS is away.
+func DroverNATSConfig(port int, backendURL, natsURL, spoolDir string) string {
+	return DroverConfig(port, backendURL) + fmt.Sprintf(`nats:
+  url: %s
+usage:
+  spool_dir: %s
+`, natsURL, spoolDir)
+}
+
 // StartDrover writes a config to dir and starts drover-proxy with it.
 func StartDrover(ctx context.Context, bin, backendURL, dir string) (*Process, error) {
+	return startDrover(ctx, "drover-proxy", bin, dir, func(port int) string { return DroverConfig(port, backendURL) })
+}
+
+// StartDroverNATS starts a second drover-proxy, configured as StartDrover's
+// but publishing usage to natsURL (logs and config as drover-proxy-nats).
+func StartDroverNATS(ctx context.Context, bin, backendURL, natsURL, dir string) (*Process, error) {
+	spool := filepath.Join(dir, "spool")
+	return startDrover(ctx, "drover-proxy-nats", bin, dir, func(port int) string {
+		return DroverNATSConfig(port, backendURL, natsURL, spool)
+	})
+}
+
+func startDrover(ctx context.Context, name, bin, dir string, config func(port int) string) (*Process, error) {
 	port, err := FreePort()
 	if err != nil {
 		return nil, err
 	}
-	cfg := filepath.Join(dir, "drover.yaml")
-	if err := os.WriteFile(cfg, []byte(DroverConfig(port, backendURL)), 0o644); err != nil {
-		return nil, fmt.Errorf("writing drover config: %w", err)
+	cfg := filepath.Join(dir, name+".yaml")
+	if name == "drover-proxy" {
+		cfg = filepath.Join(dir, "drover.yaml")
+	}
+	if err := os.WriteFile(cfg, []byte(config(port)), 0o644); err != nil {
+		return nil, fmt.Errorf("writing %s config: %w", name, err)
 	}
 	url := "http://127.0.0.1:" + strconv.Itoa(port)
-	return Start(ctx, "drover-proxy", bin, []string{"-config", cfg}, url, "/api/version", dir)
+	return Start(ctx, name, bin, []string{"-config", cfg}, url, "/api/version", dir)
 }

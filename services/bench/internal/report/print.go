@@ -18,6 +18,8 @@ type Document struct {
 	Settings map[string]string `json:"settings"`
 	Rows     []suite.Row       `json:"rows"`
 	Ratios   []Ratio           `json:"ratios"`
+	// Publishing compares drover+nats with drover (-drover-nats).
+	Publishing []Ratio `json:"publishing,omitempty"`
 }
 
 // JSON writes the document, indented.
@@ -56,6 +58,22 @@ func Markdown(w io.Writer, d Document) error {
 		b.WriteString("\n| workload | mode | drover ÷ bare | value | goal | met | detail |\n")
 		b.WriteString("|---|---|---|---:|---|---|---|\n")
 		for _, r := range d.Ratios {
+			value, met := "n/a", "n/a"
+			if r.Valid {
+				value = fmt.Sprintf("%.2f", r.Value)
+				met = "no"
+				if r.Met {
+					met = "yes"
+				}
+			}
+			fmt.Fprintf(&b, "| %s | %s | %s | %s | %s | %s | %s |\n", r.Workload, r.Mode, r.Metric, value, r.Goal, met, r.Note)
+		}
+	}
+
+	if len(d.Publishing) > 0 {
+		b.WriteString("\n| workload | mode | drover+nats ÷ drover | value | goal | met | detail |\n")
+		b.WriteString("|---|---|---|---:|---|---|---|\n")
+		for _, r := range d.Publishing {
 			value, met := "n/a", "n/a"
 			if r.Valid {
 				value = fmt.Sprintf("%.2f", r.Value)

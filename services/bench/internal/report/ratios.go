@@ -98,3 +98,37 @@ func Ratios(rows []suite.Row) []Ratio {
 func ms(d time.Duration) string {
 	return fmt.Sprintf("%.3f ms", float64(d)/float64(time.Millisecond))
 }
+
+// MinPublishingRatio: Drover's saturated req/s with usage publishing on ÷
+// with it off.
+const MinPublishingRatio = 0.95
+
+// PublishingRatios compares drover+nats with drover: throughput for every
+// closed-loop mode (what publishing costs the proxy at saturation).
+func PublishingRatios(rows []suite.Row) []Ratio {
+	by := map[key]suite.Row{}
+	for _, r := range rows {
+		by[key{r.Target, r.Mode, r.Workload}] = r
+	}
+	var out []Ratio
+	for _, r := range rows {
+		if r.Target != suite.DroverNATS || !r.Closed {
+			continue
+		}
+		ratio := Ratio{Workload: r.Workload, Mode: r.Mode, Metric: "throughput", Goal: fmt.Sprintf(">= %.2f", MinPublishingRatio)}
+		off, ok := by[key{suite.Drover, r.Mode, r.Workload}]
+		switch {
+		case !ok:
+			ratio.Note = "no drover row"
+		case off.Summary.ReqPerSec <= 0:
+			ratio.Note = "drover completed no requests"
+		default:
+			ratio.Valid = true
+			ratio.Value = r.Summary.ReqPerSec / off.Summary.ReqPerSec
+			ratio.Met = ratio.Value >= MinPublishingRatio
+			ratio.Note = fmt.Sprintf("%.0f ÷ %.0f req/s", r.Summary.ReqPerSec, off.Summary.ReqPerSec)
+		}
+		out = append(out, ratio)
+	}
+	return out
+}

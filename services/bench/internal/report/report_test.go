@@ -129,3 +129,36 @@ func TestPrint(t *testing.T) {
 		t.Errorf("JSON round trip lost data: %+v", back)
 	}
 }
+
+func TestPublishingRatios(t *testing.T) {
+	rows := []suite.Row{
+		row(suite.Bare, true, 8000, 0, 0),
+		row(suite.Drover, true, 7000, 0, 0),
+		row(suite.DroverNATS, true, 6790, 0, 0),
+		row(suite.Drover, false, 2000, time.Millisecond, time.Millisecond),
+		row(suite.DroverNATS, false, 2000, time.Millisecond, time.Millisecond),
+	}
+	got := PublishingRatios(rows)
+	if len(got) != 1 || !got[0].Valid || !got[0].Met || got[0].Value < 0.969 || got[0].Value > 0.971 || got[0].Metric != "throughput" {
+		t.Fatalf("got %+v, want one met throughput ratio of 0.97", got)
+	}
+	if r := PublishingRatios(rows[2:3]); len(r) != 1 || r[0].Valid {
+		t.Errorf("without a drover row: %+v, want one invalid ratio", r)
+	}
+	rows[2].Summary.ReqPerSec = 6000
+	if r := PublishingRatios(rows); r[0].Met {
+		t.Errorf("0.86 counted as met: %+v", r)
+	}
+	// The Drover-versus-bare comparison is unchanged by the extra target.
+	if r := Ratios(rows); len(r) != 3 || r[0].Value != 7000.0/8000 {
+		t.Errorf("Ratios with drover+nats rows: %+v", r)
+	}
+	doc := Document{Rows: rows, Ratios: Ratios(rows), Publishing: PublishingRatios(rows)}
+	var md bytes.Buffer
+	if err := Markdown(&md, doc); err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(md.String(), "| chat | closed c=64 | throughput | 0.86 | >= 0.95 | no | 6000 ÷ 7000 req/s |") {
+		t.Errorf("Markdown lacks the publishing ratio:\n%s", md.String())
+	}
+}

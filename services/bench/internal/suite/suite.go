@@ -21,6 +21,8 @@ const (
 	Direct = "direct"
 	Bare   = "bare"
 	Drover = "drover"
+	// DroverNATS is drover-proxy with usage publishing to JetStream on.
+	DroverNATS = "drover+nats"
 )
 
 // Target is one base URL under test, with its own connection pool.
