@@ -9,10 +9,21 @@ build:
 	$(GO) build -o bin/ ./services/proxy/cmd/... ./pkg/fakeollama/cmd/... ./services/bench/cmd/...
 
 # Side by side in one run: direct to the fake backend, a bare
-# httputil.ReverseProxy, and Drover. BENCH_FLAGS=-duration 3s -rounds 1 for a quick look.
+# httputil.ReverseProxy, Drover, and Drover publishing usage to an embedded
+# JetStream (drover+nats); then the usage pipeline (bench-pipeline).
+# BENCH_FLAGS=-duration 3s -rounds 1 for a quick look.
 BENCH_FLAGS ?= -duration 10s -rounds 3
 bench: build
-	./bin/drover-bench -backend-bin ./bin/fake-ollama -drover ./bin/drover-proxy $(BENCH_FLAGS) -json bench.json
+	./bin/drover-bench -backend-bin ./bin/fake-ollama -drover ./bin/drover-proxy -drover-nats $(BENCH_FLAGS) -json bench.json
+	$(MAKE) --no-print-directory bench-pipeline
+
+# The aggregator against real NATS and ClickHouse (clickhouse-server must be
+# installed): BenchmarkIngest, a 300,000-event backlog from JetStream into
+# ClickHouse in events/s; BenchmarkDelay, event time to row stored at
+# 20,000 events/s, p50/p99. Each runs PIPELINE_COUNT times; see docs/pipeline.md.
+PIPELINE_COUNT ?= 3
+bench-pipeline:
+	cd services/aggregator && $(GO) test -run '^$$' -bench 'Ingest|Delay' -benchtime 300000x -count $(PIPELINE_COUNT) -timeout 30m ./internal/ingest/
 
 # The whole topology as local processes: NATS, ClickHouse, the aggregator,
 # two proxies behind a load balancer, fake backends (deploy/local/run.sh).
