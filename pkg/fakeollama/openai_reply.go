@@ -234,7 +234,9 @@ func (s *Server) streamOpenAI(w http.ResponseWriter, r *http.Request, j *openaiJ
 	if _, err := w.Write(append(buf, sseDone...)); err != nil {
 		return
 	}
-	if rc.Flush() != nil || ctx.Err() != nil {
+	// Flushed is delivered: a client that hangs up right after reading
+	// the end (as OpenAI's SDKs do at [DONE]) still got the counts.
+	if rc.Flush() != nil {
 		return
 	}
 	s.countFinal(&j.job)

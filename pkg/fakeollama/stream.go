@@ -169,7 +169,9 @@ func (s *Server) stream(w http.ResponseWriter, r *http.Request, j *job, loaded t
 	if _, err := w.Write(buf); err != nil {
 		return
 	}
-	if rc.Flush() != nil || ctx.Err() != nil {
+	// Flushed is delivered: a client that hangs up right after reading
+	// the end (as OpenAI's SDKs do at [DONE]) still got the counts.
+	if rc.Flush() != nil {
 		return
 	}
 	s.countFinal(j)
