@@ -81,6 +81,13 @@ func parseFlags(args []string) (options, error) {
 }
 
 func main() {
+	if len(os.Args) > 1 && os.Args[1] == serveBare {
+		if err := runBare(os.Args[2:]); err != nil {
+			fmt.Fprintln(os.Stderr, "drover-bench serve-bare:", err)
+			os.Exit(1)
+		}
+		return
+	}
 	opts, err := parseFlags(os.Args[1:])
 	if errors.Is(err, flag.ErrHelp) {
 		os.Exit(0)
@@ -138,15 +145,13 @@ func run(ctx context.Context, o options, stdout, stderr io.Writer) error {
 	if err != nil {
 		return fmt.Errorf("parsing backend URL: %w", err)
 	}
-	bare, err := bareproxy.Start("127.0.0.1:0", bu)
+	// The bare proxy runs as a process of its own, like Drover, so that it
+	// does not share a heap and a garbage collector with the load generator.
+	bare, err := startBare(startCtx, bu, logDir)
 	if err != nil {
 		return err
 	}
-	defer func() {
-		c, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer cancel()
-		bare.Close(c)
-	}()
+	defer stopProcess(bare)
 	targets := []suite.Target{
 		{Name: suite.Direct, URL: backendURL},
 		{Name: suite.Bare, URL: bare.URL},
@@ -278,4 +283,41 @@ func loadAvg() float64 {
 	}
 	v, _ := strconv.ParseFloat(f[0], 64)
 	return v
+}
+
+// serveBare is the hidden subcommand that runs the bare proxy in a child
+// process: drover-bench serve-bare ADDR BACKEND_URL.
+const serveBare = "serve-bare"
+
+func startBare(ctx context.Context, backend *url.URL, logDir string) (*launch.Process, error) {
+	self, err := os.Executable()
+	if err != nil {
+		return nil, fmt.Errorf("finding drover-bench itself: %w", err)
+	}
+	port, err := launch.FreePort()
+	if err != nil {
+		return nil, err
+	}
+	addr := fmt.Sprintf("127.0.0.1:%d", port)
+	return launch.Start(ctx, "bare", self, []string{serveBare, addr, backend.String()}, "http://"+addr, "/api/version", logDir)
+}
+
+func runBare(args []string) error {
+	if len(args) != 2 {
+		return errors.New("want ADDR BACKEND_URL")
+	}
+	bu, err := url.Parse(args[1])
+	if err != nil {
+		return err
+	}
+	srv, err := bareproxy.Start(args[0], bu)
+	if err != nil {
+		return err
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	<-ctx.Done()
+	c, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	return srv.Close(c)
 }

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"fmt"
 	"net/http/httptest"
 	"net/url"
 	"os"
@@ -18,7 +19,18 @@ import (
 	"github.com/droverhq/drover/services/bench/internal/stubollama"
 )
 
-func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+func TestMain(m *testing.M) {
+	// run starts the bare proxy by re-running its own executable, which in
+	// a test is this binary.
+	if len(os.Args) > 1 && os.Args[1] == serveBare {
+		if err := runBare(os.Args[2:]); err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			os.Exit(1)
+		}
+		os.Exit(0)
+	}
+	goleak.VerifyTestMain(m)
+}
 
 // TestRunEndToEnd runs the whole tool against a stub backend that fails
 // some requests, with a second bare proxy standing in for Drover.
