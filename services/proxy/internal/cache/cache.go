@@ -160,6 +160,19 @@ func (c *Cache[V]) Stored(key string) (V, bool) {
 	return zero, false
 }
 
+// Update replaces a stored value with f's result, atomically, keeping its
+// age; f reports false to leave it alone. Nothing happens when no value is
+// stored.
+func (c *Cache[V]) Update(key string, f func(V) (V, bool)) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if e := c.entries[key]; e != nil && e.has {
+		if v, ok := f(e.val); ok {
+			e.val = v
+		}
+	}
+}
+
 // Set stores a value fetched elsewhere (for example by a live fan-out) as
 // fresh.
 func (c *Cache[V]) Set(key string, v V) {

@@ -115,9 +115,18 @@ func (f *Fleet) InvalidateLocal(backends ...string) {
 	f.loaded.Invalidate(backends...)
 }
 
-// InvalidateLoaded drops one backend's cached loaded-model list on this
-// replica, so the next request reads it afresh in the background.
-func (f *Fleet) InvalidateLoaded(name string) { f.loaded.Invalidate(name) }
+// NoteLoaded records that a backend has just loaded model to answer a
+// request, so routing prefers it at once instead of after the next refresh
+// of its loaded list (which then tells the whole truth again).
+func (f *Fleet) NoteLoaded(name, model string) {
+	f.loaded.Update(name, func(l *ModelList) (*ModelList, bool) {
+		if l.Has(model) {
+			return l, false
+		}
+		models := append(append([]Model(nil), l.Models...), Model{Name: model})
+		return newModelList(models), true
+	})
+}
 
 // Models returns a backend's model list, from cache when fresh enough.
 func (f *Fleet) Models(ctx context.Context, b *backend.Backend) (*ModelList, error) {

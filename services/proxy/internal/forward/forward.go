@@ -219,9 +219,8 @@ func (f *Forwarder) attempt(w http.ResponseWriter, r *http.Request, req *Request
 	}
 	b.Health.Success()
 	if !slot.Loaded && resp.StatusCode < 300 {
-		// The backend has just loaded the model to answer: read its loaded
-		// list afresh so the next request prefers it.
-		f.Fleet.InvalidateLoaded(b.Name)
+		// The backend has just loaded the model to answer.
+		f.Fleet.NoteLoaded(b.Name, slot.Model)
 	}
 	ev.Status = resp.StatusCode
 

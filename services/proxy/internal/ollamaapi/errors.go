@@ -73,6 +73,13 @@ func parseHead(w http.ResponseWriter, body []byte, kind string) (head, bool) {
 		WriteError(w, http.StatusBadRequest, "missing request body")
 		return h, false
 	}
+	// Unmarshal is the cheap path for a well-formed body; anything else goes
+	// through a Decoder, as Ollama's router reads bodies, for its semantics
+	// (trailing data ignored) and its error wording.
+	if json.Unmarshal(body, &h) == nil {
+		return h.withName(), true
+	}
+	h = head{}
 	if err := json.NewDecoder(bytes.NewReader(body)).Decode(&h); err != nil {
 		var typeErr *json.UnmarshalTypeError
 		switch {
@@ -86,10 +93,15 @@ func parseHead(w http.ResponseWriter, body []byte, kind string) (head, bool) {
 			return h, false
 		}
 	}
+	return h.withName(), true
+}
+
+// withName takes the older "name" field when "model" is absent.
+func (h head) withName() head {
 	if h.Model == "" {
 		h.Model = h.Name
 	}
-	return h, true
+	return h
 }
 
 // streaming applies Ollama's default: stream unless told not to.
