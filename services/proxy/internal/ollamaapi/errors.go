@@ -53,6 +53,25 @@ func readBody(w http.ResponseWriter, r *http.Request) ([]byte, bool) {
 	return forward.ReadBody(w, r, WriteError)
 }
 
+// request reads a request's body and head. A request that names no model
+// is answered by any backend, since Ollama words that differently per route;
+// ok is false once the request has been answered.
+func (h *Handler) request(w http.ResponseWriter, r *http.Request, route, kind string) ([]byte, head, bool) {
+	body, ok := readBody(w, r)
+	if !ok {
+		return nil, head{}, false
+	}
+	hd, ok := parseHead(w, body, kind)
+	if !ok {
+		return nil, head{}, false
+	}
+	if hd.Model == "" {
+		h.passAny(w, r, route, body)
+		return nil, head{}, false
+	}
+	return body, hd, true
+}
+
 // head is the part of a request Drover reads; every other field goes to the
 // backend untouched.
 type head struct {

@@ -70,17 +70,8 @@ func (h *Handler) inference(route, kind string, tokens func(*forward.Meter) (in,
 	tk := translators[route]
 	return func(w http.ResponseWriter, r *http.Request) {
 		start := time.Now()
-		body, ok := readBody(w, r)
+		body, hd, ok := h.request(w, r, route, kind)
 		if !ok {
-			return
-		}
-		hd, ok := parseHead(w, body, kind)
-		if !ok {
-			return
-		}
-		if hd.Model == "" {
-			// Ollama words this differently per route; let one answer.
-			h.passAny(w, r, route, body)
 			return
 		}
 		stream := hd.streaming() && route != "/api/embed" && route != "/api/embeddings"

@@ -348,16 +348,8 @@ func (h *Handler) psDetails(w http.ResponseWriter, r *http.Request) {
 
 // show answers from one backend that has the model.
 func (h *Handler) show(w http.ResponseWriter, r *http.Request) {
-	body, ok := readBody(w, r)
+	body, hd, ok := h.request(w, r, "/api/show", "ShowRequest")
 	if !ok {
-		return
-	}
-	hd, ok := parseHead(w, body, "ShowRequest")
-	if !ok {
-		return
-	}
-	if hd.Model == "" {
-		h.passAny(w, r, "/api/show", body)
 		return
 	}
 	cands, err := h.Fleet.Candidates(r.Context(), hd.Model, ollamaOnly, nil)

@@ -59,16 +59,8 @@ type backendLine struct {
 // completed bytes are summed across backends, so one bar shows the fleet.
 func (h *Handler) progress(route, verb string, needModel bool) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
-		body, ok := readBody(w, r)
+		body, hd, ok := h.request(w, r, route, "PullRequest")
 		if !ok {
-			return
-		}
-		hd, ok := parseHead(w, body, "PullRequest")
-		if !ok {
-			return
-		}
-		if hd.Model == "" {
-			h.passAny(w, r, route, body)
 			return
 		}
 		targets := h.targets(r.Context(), hd.Model, needModel)
