@@ -234,17 +234,7 @@ func TestPipelineExactAcrossNATSAndClickHouseOutages(t *testing.T) {
 func runPipeline(t *testing.T, fault func(*natstest.Server, *chtest.Server, []*proc)) {
 	ns := natstest.Start(t)
 	ch := chtest.Start(t)
-	var fakes []*fakeollama.Server
-	var urls []string
-	for range 3 {
-		f := fakeollama.New(fakeollama.Config{ChunkDelay: 200 * time.Microsecond})
-		if err := f.Start(); err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(f.Close)
-		fakes = append(fakes, f)
-		urls = append(urls, f.URL())
-	}
+	fakes, urls := startFakes(t, 3, fakeollama.Config{ChunkDelay: 200 * time.Microsecond})
 	keys := map[string]string{"team-a": "key-aaaaaaaa", "team-b": "key-bbbbbbbb"}
 	common := []string{
 		"DROVER_NATS_URL=" + ns.URL(),
@@ -390,6 +380,23 @@ func runPipeline(t *testing.T, fault func(*natstest.Server, *chtest.Server, []*p
 			t.Errorf("bucket %+v: rollup %v, raw events %v", b, v, raw[b])
 		}
 	}
+}
+
+// startFakes starts n fake Ollama servers, stopped when the test ends.
+func startFakes(t *testing.T, n int, cfg fakeollama.Config) ([]*fakeollama.Server, []string) {
+	t.Helper()
+	var fakes []*fakeollama.Server
+	var urls []string
+	for range n {
+		f := fakeollama.New(cfg)
+		if err := f.Start(); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(f.Close)
+		fakes = append(fakes, f)
+		urls = append(urls, f.URL())
+	}
+	return fakes, urls
 }
 
 type bucket struct {

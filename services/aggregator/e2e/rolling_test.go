@@ -49,18 +49,8 @@ func TestRollingRestartBehindLoadBalancer(t *testing.T) {
 	}
 	ns := natstest.Start(t)
 	ch := chtest.Start(t)
-	var fakes []*fakeollama.Server
-	var urls []string
-	for range 2 {
-		// Slow enough that requests are in flight when SIGTERM arrives.
-		f := fakeollama.New(fakeollama.Config{ChunkDelay: 2 * time.Millisecond})
-		if err := f.Start(); err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(f.Close)
-		fakes = append(fakes, f)
-		urls = append(urls, f.URL())
-	}
+	// Slow enough that requests are in flight when SIGTERM arrives.
+	fakes, urls := startFakes(t, 2, fakeollama.Config{ChunkDelay: 2 * time.Millisecond})
 	common := []string{
 		"DROVER_NATS_URL=" + ns.URL(),
 		"DROVER_CLICKHOUSE_ADDR=" + ch.Addr(),

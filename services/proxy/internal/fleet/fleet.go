@@ -166,12 +166,21 @@ func (f *Fleet) Candidates(ctx context.Context, model string, kinds []backend.Ty
 			targets = append(targets, target{b, model})
 		}
 	}
-	lists := f.modelLists(ctx, targets2backends(targets, func(t target) *backend.Backend { return t.b }))
+	bs := make([]*backend.Backend, len(targets))
+	for i, t := range targets {
+		bs[i] = t.b
+	}
+	lists := f.modelLists(ctx, bs)
+	eligible := func(t target) bool {
+		return typeAllowed(t.b.Type, kinds) && lists[t.b.Name].Has(t.model) && !exclude[t.b.Name]
+	}
 	var healthy, halfOpen []routing.Candidate
+	found := false
 	for _, t := range targets {
-		if !typeAllowed(t.b.Type, kinds) || !lists[t.b.Name].Has(t.model) || exclude[t.b.Name] {
+		if !eligible(t) {
 			continue
 		}
+		found = true
 		m, _ := lists[t.b.Name].Get(t.model)
 		c := routing.Candidate{Key: routing.Key{Backend: t.b.Name, Model: m.Name}, Cap: t.b.MaxConcurrency, Weight: t.b.Weight}
 		if loaded, ok := f.loaded.Peek(t.b.Name); ok {
@@ -190,20 +199,10 @@ func (f *Fleet) Candidates(ctx context.Context, model string, kinds []backend.Ty
 	case len(halfOpen) > 0:
 		return halfOpen, nil
 	}
-	for _, t := range targets {
-		if typeAllowed(t.b.Type, kinds) && lists[t.b.Name].Has(t.model) && !exclude[t.b.Name] {
-			return nil, ErrNoHealthy
-		}
+	if found {
+		return nil, ErrNoHealthy
 	}
 	return nil, ErrModelNotFound
-}
-
-func targets2backends[T any](ts []T, get func(T) *backend.Backend) []*backend.Backend {
-	out := make([]*backend.Backend, 0, len(ts))
-	for _, t := range ts {
-		out = append(out, get(t))
-	}
-	return out
 }
 
 func typeAllowed(t backend.Type, kinds []backend.Type) bool {

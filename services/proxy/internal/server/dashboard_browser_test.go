@@ -4,9 +4,7 @@ import (
 	"context"
 	"fmt"
 	"io"
-	"log/slog"
 	"net/http"
-	"net/http/httptest"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -247,42 +245,6 @@ func TestDashboardInBrowser(t *testing.T) {
 			t.Fatalf("after copy and delete a backend has %v", f.Models())
 		}
 	}
-}
-
-// newEnvOpts is newEnv with server options (a ClickHouse store).
-func newEnvOpts(t *testing.T, n int, fake func(i int, c *fakeollama.Config), mutate func(*config.Config), opts Options) *env {
-	t.Helper()
-	e := &env{t: t}
-	cfg := &config.Config{Replica: "test"}
-	for i := range n {
-		fc := fakeollama.Config{}
-		if fake != nil {
-			fake(i, &fc)
-		}
-		f := fakeollama.New(fc)
-		if err := f.Start(); err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(f.Close)
-		e.fakes = append(e.fakes, f)
-		cfg.Backends = append(cfg.Backends, config.Backend{Name: string(rune('a' + i)), URL: f.URL()})
-	}
-	if mutate != nil {
-		mutate(cfg)
-	}
-	loaded, err := config.FromStruct(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	e.srv = New(loaded, slog.New(slog.NewTextHandler(io.Discard, nil)), opts)
-	e.http = httptest.NewServer(e.srv.Handler())
-	e.url = e.http.URL
-	t.Cleanup(func() {
-		e.http.CloseClientConnections()
-		e.http.Close()
-		e.srv.Close()
-	})
-	return e
 }
 
 // load keeps streaming chats going from two client keys.

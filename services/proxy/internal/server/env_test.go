@@ -39,6 +39,12 @@ type env struct {
 // over them (configured by mutate, if set).
 func newEnv(t *testing.T, n int, fake func(i int, c *fakeollama.Config), mutate func(*config.Config)) *env {
 	t.Helper()
+	return newEnvOpts(t, n, fake, mutate, Options{})
+}
+
+// newEnvOpts is newEnv with server options (a ClickHouse store, say).
+func newEnvOpts(t *testing.T, n int, fake func(i int, c *fakeollama.Config), mutate func(*config.Config), opts Options) *env {
+	t.Helper()
 	e := &env{t: t}
 	cfg := &config.Config{Replica: "test"}
 	for i := range n {
@@ -64,7 +70,7 @@ func newEnv(t *testing.T, n int, fake func(i int, c *fakeollama.Config), mutate 
 	if err != nil {
 		t.Fatal(err)
 	}
-	e.srv = New(loaded, slog.New(slog.NewTextHandler(io.Discard, nil)), Options{})
+	e.srv = New(loaded, slog.New(slog.NewTextHandler(io.Discard, nil)), opts)
 	e.http = httptest.NewServer(e.srv.Handler())
 	e.url = e.http.URL
 	t.Cleanup(func() {
