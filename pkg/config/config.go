@@ -19,18 +19,21 @@ type Config struct {
 	Listen string `yaml:"listen"`
 	// Replica names this process in usage events and heartbeats (default:
 	// hostname plus pid).
-	Replica    string             `yaml:"replica"`
-	LogLevel   string             `yaml:"log_level"`
-	Backends   []Backend          `yaml:"backends"`
-	Routing    Routing            `yaml:"routing"`
-	Cache      Cache              `yaml:"cache"`
-	Health     Health             `yaml:"health"`
-	Auth       Auth               `yaml:"auth"`
-	Aliases    map[string][]Alias `yaml:"aliases"`
-	NATS       NATS               `yaml:"nats"`
-	Usage      Usage              `yaml:"usage"`
-	ClickHouse ClickHouse         `yaml:"clickhouse"`
-	Aggregator Aggregator         `yaml:"aggregator"`
+	Replica  string `yaml:"replica"`
+	LogLevel string `yaml:"log_level"`
+	// DebugListen, when set, serves net/http/pprof on this address, apart
+	// from the API (off by default; bind it to localhost).
+	DebugListen string             `yaml:"debug_listen"`
+	Backends    []Backend          `yaml:"backends"`
+	Routing     Routing            `yaml:"routing"`
+	Cache       Cache              `yaml:"cache"`
+	Health      Health             `yaml:"health"`
+	Auth        Auth               `yaml:"auth"`
+	Aliases     map[string][]Alias `yaml:"aliases"`
+	NATS        NATS               `yaml:"nats"`
+	Usage       Usage              `yaml:"usage"`
+	ClickHouse  ClickHouse         `yaml:"clickhouse"`
+	Aggregator  Aggregator         `yaml:"aggregator"`
 }
 
 // Backend is one inference server.
@@ -143,11 +146,17 @@ type Usage struct {
 	// SpoolSyncInterval is how often spooled events are fsync'd: a machine
 	// crash can lose at most this much of the spool (default 100ms).
 	SpoolSyncInterval time.Duration `yaml:"spool_sync_interval"`
-	// MaxPendingAcks bounds JetStream publishes awaiting their ack
-	// (default 4096).
-	MaxPendingAcks int `yaml:"max_pending_acks"`
-	// AckTimeout is how long a publish waits for its ack before the event
-	// is spooled and NATS is treated as slow (default 5s).
+	// BatchSize is the most events published as one JetStream batch
+	// (default 500); BatchLinger is how long new events may wait for more
+	// after the previous batch left (default 5ms). One batch is in flight
+	// at a time.
+	BatchSize   int           `yaml:"batch_size"`
+	BatchLinger time.Duration `yaml:"batch_linger"`
+	// PublishMode is "batch" (JetStream fast batches, one ack per batch;
+	// NATS 2.14 or later, with a fallback) or "message" (one ack per event).
+	PublishMode string `yaml:"publish_mode"`
+	// AckTimeout is how long a batch waits for its ack before its events
+	// are spooled and NATS is treated as slow (default 5s).
 	AckTimeout time.Duration `yaml:"ack_timeout"`
 }
 

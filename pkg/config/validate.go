@@ -3,6 +3,7 @@ package config
 import (
 	"errors"
 	"fmt"
+	"net"
 	"net/url"
 	"os"
 	"strings"
@@ -71,7 +72,9 @@ func (c *Config) setDefaults() {
 		c.Usage.SpoolMaxBytes = 1 << 30
 	}
 	defDur(&c.Usage.SpoolSyncInterval, 100*time.Millisecond)
-	defInt(&c.Usage.MaxPendingAcks, 4096)
+	defInt(&c.Usage.BatchSize, 500)
+	defDur(&c.Usage.BatchLinger, 5*time.Millisecond)
+	def(&c.Usage.PublishMode, "batch")
 	defDur(&c.Usage.AckTimeout, 5*time.Second)
 	def(&c.ClickHouse.Database, "drover")
 	def(&c.ClickHouse.Username, "default")
@@ -137,6 +140,7 @@ func (c *Config) Validate() error {
 		"health.failure_threshold": c.Health.FailureThreshold,
 		"nats.partitions":          c.NATS.Partitions,
 		"usage.queue_size":         c.Usage.QueueSize,
+		"usage.batch_size":         c.Usage.BatchSize,
 		"aggregator.batch_size":    c.Aggregator.BatchSize,
 		"aggregator.fetch_batch":   c.Aggregator.FetchBatch,
 	}
@@ -154,6 +158,7 @@ func (c *Config) Validate() error {
 		"health.open_for":           c.Health.OpenFor,
 		"health.probe_interval":     c.Health.ProbeInterval,
 		"aggregator.flush_interval": c.Aggregator.FlushInterval,
+		"usage.batch_linger":        c.Usage.BatchLinger,
 		"aggregator.lease_ttl":      c.Aggregator.LeaseTTL,
 		"aggregator.retry_max":      c.Aggregator.RetryMax,
 		"clickhouse.read_timeout":   c.ClickHouse.ReadTimeout,
@@ -187,6 +192,14 @@ func (c *Config) Validate() error {
 			bad(key+".key", "is the same as another key")
 		}
 		ids[k.ID], keys[k.Key] = true, true
+	}
+	if m := c.Usage.PublishMode; m != "batch" && m != "message" {
+		bad("usage.publish_mode", "must be batch or message, got %q", m)
+	}
+	if c.DebugListen != "" {
+		if _, _, err := net.SplitHostPort(c.DebugListen); err != nil {
+			bad("debug_listen", "must be host:port, got %q", c.DebugListen)
+		}
 	}
 	switch strings.ToLower(c.LogLevel) {
 	case "debug", "info", "warn", "error":

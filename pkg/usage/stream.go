@@ -54,6 +54,10 @@ func EnsureStream(ctx context.Context, js jetstream.JetStream, cfg StreamConfig)
 		MaxAge:     cfg.MaxAge,
 		MaxBytes:   cfg.MaxBytes,
 		Duplicates: cfg.DuplicateWindow,
+		// Publishers send fast batches (one ack per batch); servers before
+		// NATS 2.14 ignore the field and publishers fall back to one ack
+		// per event.
+		AllowBatchPublish: true,
 	}
 	s, err := js.CreateOrUpdateStream(ctx, sc)
 	if err != nil && errors.Is(err, jetstream.ErrStreamNameAlreadyInUse) {

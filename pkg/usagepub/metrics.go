@@ -12,14 +12,20 @@ type metrics struct {
 	reg        prometheus.Registerer
 	collectors []prometheus.Collector
 	latency    prometheus.Histogram
+	batchSize  prometheus.Histogram
 }
 
 func newMetrics(p *Publisher, reg prometheus.Registerer) (*metrics, error) {
 	m := &metrics{reg: reg}
 	m.latency = prometheus.NewHistogram(prometheus.HistogramOpts{
 		Name:    "drover_usage_publish_latency_seconds",
-		Help:    "Time from JetStream publish to its ack.",
+		Help:    "Time from sending a batch of usage events to JetStream's ack of all of it.",
 		Buckets: prometheus.ExponentialBuckets(0.0005, 2, 14),
+	})
+	m.batchSize = prometheus.NewHistogram(prometheus.HistogramOpts{
+		Name:    "drover_usage_publish_batch_events",
+		Help:    "Usage events per batch stored by JetStream.",
+		Buckets: prometheus.ExponentialBuckets(1, 2, 11),
 	})
 	counter := func(name, help string, f func() float64) prometheus.Collector {
 		return prometheus.NewCounterFunc(prometheus.CounterOpts{Name: name, Help: help}, f)
@@ -34,7 +40,7 @@ func newMetrics(p *Publisher, reg prometheus.Registerer) (*metrics, error) {
 		return 0
 	}
 	m.collectors = []prometheus.Collector{
-		m.latency,
+		m.latency, m.batchSize,
 		counter("drover_usage_events_published_total", "Usage events published to JetStream directly and acknowledged.",
 			func() float64 { return float64(p.published.Load()) }),
 		counter("drover_usage_events_spooled_total", "Usage events written to the on-disk spool.",
@@ -45,7 +51,7 @@ func newMetrics(p *Publisher, reg prometheus.Registerer) (*metrics, error) {
 			func() float64 { return float64(p.dropped.Load()) }),
 		gauge("drover_usage_queue_depth", "Usage events in the in-memory queue.",
 			func() float64 { return float64(len(p.queue)) }),
-		gauge("drover_usage_pending_acks", "JetStream publishes awaiting their ack.",
+		gauge("drover_usage_pending_acks", "Usage events sent to JetStream and awaiting its ack.",
 			func() float64 { return float64(p.pendingAcks.Load()) }),
 		gauge("drover_usage_spool_pending_events", "Spooled usage events not yet replayed.",
 			func() float64 { return float64(p.sp.Stats().Pending) }),

@@ -19,9 +19,10 @@ type options struct {
 	spoolDir      string
 	spoolMaxBytes int64
 	syncInterval  time.Duration
-	maxPending    int
+	batchSize     int
+	linger        time.Duration
+	perMessage    bool
 	ackTimeout    time.Duration
-	stallWait     time.Duration
 	retryInterval time.Duration
 	checkInterval time.Duration
 	replayBatch   int
@@ -38,12 +39,12 @@ func defaultOptions() options {
 		spoolDir:      "./data/spool",
 		spoolMaxBytes: 1 << 30,
 		syncInterval:  100 * time.Millisecond,
-		maxPending:    4096,
+		batchSize:     500,
+		linger:        5 * time.Millisecond,
 		ackTimeout:    5 * time.Second,
-		stallWait:     200 * time.Millisecond,
 		retryInterval: time.Second,
 		checkInterval: 200 * time.Millisecond,
-		replayBatch:   1024,
+		replayBatch:   500,
 		log:           slog.Default(),
 	}
 }
@@ -58,7 +59,9 @@ func WithConfig(n config.NATS, u config.Usage) Option {
 		setIf(&o.spoolDir, u.SpoolDir)
 		setIf(&o.spoolMaxBytes, u.SpoolMaxBytes)
 		setIf(&o.syncInterval, u.SpoolSyncInterval)
-		setIf(&o.maxPending, u.MaxPendingAcks)
+		setIf(&o.batchSize, u.BatchSize)
+		setIf(&o.linger, u.BatchLinger)
+		o.perMessage = u.PublishMode == "message"
 		setIf(&o.ackTimeout, u.AckTimeout)
 	}
 }
@@ -91,11 +94,20 @@ func WithSpoolSyncInterval(d time.Duration) Option {
 	return func(o *options) { setIf(&o.syncInterval, d) }
 }
 
-// WithMaxPending bounds unacknowledged async publishes (default 4096).
-func WithMaxPending(n int) Option { return func(o *options) { setIf(&o.maxPending, n) } }
+// WithBatch sets the most events sent as one batch (default 500) and how
+// long events may wait for more to join them after the previous batch left
+// (default 5ms).
+func WithBatch(size int, linger time.Duration) Option {
+	return func(o *options) { setIf(&o.batchSize, size); setIf(&o.linger, linger) }
+}
 
-// WithAckTimeout is how long a publish may wait for its ack before the
-// event is spooled and the publisher treats NATS as slow (default 5s).
+// WithPerMessageAcks publishes every event with its own ack instead of as
+// fast batches (for servers before NATS 2.14; the publisher also falls back
+// on its own when the server refuses fast batches).
+func WithPerMessageAcks() Option { return func(o *options) { o.perMessage = true } }
+
+// WithAckTimeout is how long a batch may wait for its ack before its
+// events are spooled and the publisher treats NATS as slow (default 5s).
 func WithAckTimeout(d time.Duration) Option { return func(o *options) { setIf(&o.ackTimeout, d) } }
 
 // WithRetryInterval is how long the publisher keeps spooling after a

@@ -1,24 +1,28 @@
 // Package usagepub publishes usage events to the JetStream usage stream
 // without ever making the request path wait for NATS.
 //
-// Record encodes the event and hands it to a bounded queue; one goroutine
-// (the owner) takes events off the queue and publishes them asynchronously
-// with Nats-Msg-Id set to the event id, and a second one waits for the
-// acks in publish order. Whenever NATS is unreachable or slow (not
-// connected, a publish or ack fails, acks time out, the queue overflows)
-// events go to an on-disk spool (package spool) instead. Once NATS is
-// back, the owner replays the spool in order, one batch in flight at a
-// time, acknowledging the spool only after JetStream acknowledged every
-// event of the batch; new events are published alongside. Re-sends are
-// deduplicated by the stream's duplicate window, so the guarantee is: an
-// event reaches the stream at least once unless the spool was full, and
-// the stream stores it once.
+// Record encodes the event and hands it to a bounded queue. One goroutine
+// (the owner) gathers queued events into batches and publishes one batch
+// at a time as a JetStream fast batch: every event is its own message with
+// Nats-Msg-Id set to the event id, and the server answers the whole batch
+// with one PubAck instead of one per event (a server or stream without
+// fast batches gets each event acknowledged on its own instead). A new
+// batch leaves when the previous one is acknowledged and one linger
+// (default 5ms) has passed, or at once when it is full, so a busy replica
+// sends a few large batches a second and a quiet one sends each event
+// straight away. Whenever NATS is unreachable or slow (not connected, a
+// publish fails or is refused, acks time out, the queue overflows) events
+// go to an on-disk spool (package spool) instead. Once NATS is back, the
+// owner replays the spool in order, a batch at a time, acknowledging the
+// spool only after JetStream stored all of the batch, taking turns with
+// new events. Re-sends are deduplicated by the stream's duplicate window,
+// so the guarantee is: an event reaches the stream at least once unless
+// the spool was full, and the stream stores it once.
 package usagepub
 
 import (
 	"context"
 	"encoding/binary"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -48,7 +52,10 @@ type Publisher struct {
 	log *slog.Logger
 	m   *metrics
 
-	queue chan item
+	queue   chan item
+	inbox   string         // reply subjects of this publisher's batches: <inbox>.<batch id>...
+	replies chan *nats.Msg // JetStream's answers on them
+	sub     *nats.Subscription
 
 	// closeMu guards closed; Record holds it shared while it enqueues so
 	// that Close knows no enqueue races the final drain.
@@ -58,12 +65,7 @@ type Publisher struct {
 	stop      chan struct{} // closed by Close: drain and stop
 	abort     chan struct{} // closed when Close's context ends: spool, don't wait
 	ownerDone chan struct{}
-	ackerDone chan struct{}
-
-	acks       chan pending // owner → acker, in publish order
-	replayDone chan bool    // acker → owner: the replay batch in flight succeeded
-	ackFailed  chan struct{}
-	statusCh   chan nats.Status
+	statusCh  chan nats.Status
 
 	published, spooled, replayed, dropped atomic.Uint64
 	pendingAcks                           atomic.Int64
@@ -83,9 +85,7 @@ func New(nc *nats.Conn, opts ...Option) (*Publisher, error) {
 	for _, opt := range opts {
 		opt(&o)
 	}
-	js, err := jetstream.New(nc,
-		jetstream.WithPublishAsyncMaxPending(o.maxPending),
-		jetstream.WithPublishAsyncTimeout(o.ackTimeout))
+	js, err := jetstream.New(nc)
 	if err != nil {
 		return nil, fmt.Errorf("usagepub: creating JetStream context: %w", err)
 	}
@@ -96,18 +96,23 @@ func New(nc *nats.Conn, opts ...Option) (*Publisher, error) {
 	}
 	p := &Publisher{
 		nc: nc, js: js, o: o, sp: sp, log: o.log.With("component", "usagepub"),
-		queue:      make(chan item, o.queueSize),
-		stop:       make(chan struct{}),
-		abort:      make(chan struct{}),
-		ownerDone:  make(chan struct{}),
-		ackerDone:  make(chan struct{}),
-		acks:       make(chan pending, o.maxPending+1),
-		replayDone: make(chan bool, 1),
-		ackFailed:  make(chan struct{}, 1),
-		statusCh:   nc.StatusChanged(nats.CONNECTED, nats.DISCONNECTED, nats.RECONNECTING),
+		queue:     make(chan item, o.queueSize),
+		inbox:     nc.NewInbox(),
+		replies:   make(chan *nats.Msg, 2*o.batchSize+64),
+		stop:      make(chan struct{}),
+		abort:     make(chan struct{}),
+		ownerDone: make(chan struct{}),
 	}
+	// Overflowing replies are dropped by the client (a slow consumer); the
+	// batch then times out and is spooled, nothing is lost.
+	if p.sub, err = nc.ChanSubscribe(p.inbox+".>", p.replies); err != nil {
+		sp.Close()
+		return nil, fmt.Errorf("usagepub: subscribing to JetStream replies: %w", err)
+	}
+	p.statusCh = nc.StatusChanged(nats.CONNECTED, nats.DISCONNECTED, nats.RECONNECTING)
 	if p.m, err = newMetrics(p, o.reg); err != nil {
 		nc.RemoveStatusListener(p.statusCh)
+		p.sub.Unsubscribe() //nolint:errcheck // failing anyway
 		sp.Close()
 		return nil, err
 	}
@@ -115,7 +120,6 @@ func New(nc *nats.Conn, opts ...Option) (*Publisher, error) {
 		p.log.Info("spool holds events from a previous run; they will be replayed", "events", n)
 	}
 	go p.run()
-	go p.ackLoop()
 	return p, nil
 }
 
@@ -130,13 +134,7 @@ func (p *Publisher) Record(ev usage.Event) {
 	if ev.Schema == "" {
 		ev.Schema = usage.SchemaVersion
 	}
-	data, err := json.Marshal(ev)
-	if err != nil {
-		p.dropped.Add(1)
-		p.log.Error("usage event cannot be encoded; dropped", "id", ev.ID, "err", err)
-		return
-	}
-	it := item{id: ev.ID, data: data}
+	it := item{id: ev.ID, data: usage.AppendJSON(make([]byte, 0, 512), &ev)}
 	// The read lock is held through the spill too, so that an event
 	// accepted before Close began is in the queue or the spool before Close
 	// drains and closes them.
@@ -210,17 +208,15 @@ func (p *Publisher) Close(ctx context.Context) error {
 	p.closeMu.Unlock()
 
 	close(p.stop)
-	done := make(chan struct{})
-	go func() { <-p.ownerDone; <-p.ackerDone; close(done) }()
 	select {
-	case <-done:
+	case <-p.ownerDone:
 	case <-ctx.Done():
 		p.log.Warn("usage publisher close deadline reached; spooling what is left", "err", ctx.Err())
 		close(p.abort)
-		<-done
+		<-p.ownerDone
 	}
 	p.nc.RemoveStatusListener(p.statusCh)
-	p.js.CleanupPublisher()
+	p.sub.Unsubscribe() //nolint:errcheck // the connection may be gone; nothing more is read
 	if err := p.sp.Close(); err != nil {
 		return fmt.Errorf("usagepub: closing spool: %w", err)
 	}
@@ -232,9 +228,10 @@ func (p *Publisher) Close(ctx context.Context) error {
 type Stats struct {
 	NATSConnected bool `json:"nats_connected"`
 	// Publishing is false while new events go to the spool.
-	Publishing  bool  `json:"publishing"`
-	StreamReady bool  `json:"stream_ready"`
-	QueueDepth  int   `json:"queue_depth"`
+	Publishing  bool `json:"publishing"`
+	StreamReady bool `json:"stream_ready"`
+	QueueDepth  int  `json:"queue_depth"`
+	// PendingAcks is the number of events in the batch in flight.
 	PendingAcks int64 `json:"pending_acks"`
 	// SpooledPending is the number of events in the spool not yet
 	// acknowledged by JetStream; SpoolBytes is the spool's size on disk.

@@ -13,6 +13,7 @@ import (
 
 	"github.com/droverhq/drover/pkg/natstest"
 	"github.com/droverhq/drover/pkg/usage"
+	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
 )
 
@@ -23,9 +24,16 @@ func record(p *Publisher, sent *ids) {
 }
 
 func TestPublishManyFromManyGoroutinesExactlyOnce(t *testing.T) {
+	for name, opts := range map[string][]Option{"fast batches": nil, "per-message acks": {WithPerMessageAcks()}} {
+		t.Run(name, func(t *testing.T) { publishMany(t, opts...) })
+	}
+}
+
+func publishMany(t *testing.T, opts ...Option) {
 	srv := natstest.Start(t)
 	nc := connect(t, srv.URL())
-	p := newPub(t, nc, t.TempDir())
+	reg := prometheus.NewRegistry()
+	p := newPub(t, nc, t.TempDir(), append(opts, WithRegisterer(reg))...)
 	sent := newIDs()
 	const goroutines, per = 50, 1000
 	var wg sync.WaitGroup
@@ -40,12 +48,70 @@ func TestPublishManyFromManyGoroutinesExactlyOnce(t *testing.T) {
 	}
 	wg.Wait()
 	waitDrained(t, p, 30*time.Second)
+	batches, events := histogram(t, reg, "drover_usage_publish_batch_events")
 	closePub(t, p)
 	st := p.Stats()
 	if st.Published+st.Spooled != goroutines*per || st.Dropped != 0 {
 		t.Fatalf("stats %+v: want %d published or spooled", st, goroutines*per)
 	}
+	t.Logf("%.0f events in %.0f batches", events, batches)
+	if events != float64(st.Published) || batches >= events/10 {
+		t.Errorf("%.0f events in %.0f batches: want the published events in batches of more than 10", events, batches)
+	}
 	checkExactlyOnce(t, srv.URL(), sent)
+}
+
+// A stream that stops taking fast batches (an operator turned
+// allow_batched off, or an older server) costs a failed batch, which is
+// spooled and re-sent one ack per event: nothing is lost or doubled.
+func TestFallsBackToPerMessageAcksWhenBatchesAreRefused(t *testing.T) {
+	srv := natstest.Start(t)
+	nc := connect(t, srv.URL())
+	p := newPub(t, nc, t.TempDir())
+	sent := newIDs()
+	for i := 0; i < 100; i++ {
+		record(p, sent)
+	}
+	waitDrained(t, p, 10*time.Second)
+
+	js, _ := jetstream.New(nc)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	s, err := js.Stream(ctx, testStream)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := s.CachedInfo().Config
+	cfg.AllowBatchPublish = false
+	if _, err := js.UpdateStream(ctx, cfg); err != nil {
+		t.Fatal(err)
+	}
+	for i := 0; i < 2000; i++ {
+		record(p, sent)
+	}
+	waitDrained(t, p, 30*time.Second)
+	closePub(t, p)
+	st := p.Stats()
+	if st.Published != 2100 || st.Spooled != 0 || st.Dropped != 0 {
+		t.Fatalf("stats %+v: want all 2100 published, none spooled", st)
+	}
+	checkExactlyOnce(t, srv.URL(), sent)
+}
+
+func histogram(t *testing.T, reg *prometheus.Registry, name string) (count, sum float64) {
+	t.Helper()
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mf := range mfs {
+		if mf.GetName() == name {
+			h := mf.GetMetric()[0].GetHistogram()
+			return float64(h.GetSampleCount()), h.GetSampleSum()
+		}
+	}
+	t.Fatalf("metric %s not registered", name)
+	return 0, 0
 }
 
 // recorder calls Record from many goroutines until stopped and tracks the

@@ -2,141 +2,341 @@ package usagepub
 
 import (
 	"context"
-	"errors"
+	"encoding/json"
+	"strconv"
+	"strings"
 	"time"
 
 	"github.com/droverhq/drover/pkg/spool"
 	"github.com/droverhq/drover/pkg/usage"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/nats-io/nuid"
 )
 
-// pending is one entry of the owner → acker pipe: a publish awaiting its
-// ack, or (marker != nil) the end of a replay batch.
-type pending struct {
-	fut       jetstream.PubAckFuture
-	it        item
-	sent      time.Time
+// batch is what the owner has in flight: events sent together, awaiting
+// JetStream's word on all of them.
+type batch struct {
+	id        string
+	items     []item
 	fromSpool bool
-
-	marker *spool.Pos
-	n      int  // events in the replay batch
-	failed bool // a publish of the batch failed before it was sent
+	next      spool.Pos // replay: the spool position after the batch
+	sent      time.Time
+	deadline  time.Time
+	perMsg    bool // each event was published on its own and gets its own ack
+	acked     int  // per-message mode: acks received so far
 }
-
-var errAborted = errors.New("close deadline reached")
 
 // owner is the state of the goroutine that runs the publisher; nothing
 // else touches it.
 type owner struct {
-	online     bool
-	retryAt    time.Time
-	replaying  bool // a replay batch is in flight
-	draining   bool // replay episode in progress, for logging
+	online  bool
+	retryAt time.Time
+	perMsg  bool // the server or stream does not take fast batches
+
+	buf        []item // new events waiting for the next batch
+	inflight   *batch
+	lastSent   time.Time
+	replayNext bool // alternate replay and new batches while both wait
+
 	readPos    spool.Pos
+	draining   bool // replay episode in progress, for logging
 	replayedAt uint64
+
+	timer *time.Timer
+	armed time.Time
 }
 
-const drainBatch = 256
-
-// run owns publishing: it takes events off the queue, publishes or spools
-// them, watches the connection and replays the spool.
+// run owns publishing: it gathers queued events into batches, publishes
+// one batch at a time, spools while NATS is away and replays the spool.
 func (p *Publisher) run() {
 	defer close(p.ownerDone)
-	defer close(p.acks)
-	st := &owner{readPos: p.sp.Acked()}
+	st := &owner{readPos: p.sp.Acked(), perMsg: p.o.perMessage, timer: time.NewTimer(time.Hour)}
+	defer st.timer.Stop()
 	tick := time.NewTicker(p.o.checkInterval)
 	defer tick.Stop()
 	p.tryOnline(st)
-	batch := make([]item, 0, drainBatch)
+	stop, abort := p.stop, p.abort
+	stopping := false
 	for {
-		if st.online && !st.replaying {
-			p.replayBatch(st)
+		if !st.online {
+			p.spoolBuffered(st)
+		}
+		p.next(st, stopping)
+		if stopping {
+			if st.inflight == nil && len(st.buf) == 0 && len(p.queue) == 0 {
+				return
+			}
+		}
+		p.arm(st)
+		var queue <-chan item
+		if len(st.buf) < p.o.batchSize {
+			queue = p.queue
 		}
 		select {
-		case it := <-p.queue:
-			batch = p.take(append(batch[:0], it))
-			p.handle(st, batch)
+		case it := <-queue:
+			st.buf = p.take(append(st.buf, it))
+		case m := <-p.replies:
+			p.onReply(st, m)
+		case <-st.timer.C:
+			st.armed = time.Time{}
+			if b := st.inflight; b != nil && !time.Now().Before(b.deadline) {
+				p.fail(st, "JetStream acks timed out")
+			}
 		case <-tick.C:
 			p.checkConn(st)
 		case <-p.statusCh:
 			p.checkConn(st)
-		case <-p.ackFailed:
-			p.goOffline(st, "publish acks failing or timing out")
-		case ok := <-p.replayDone:
-			p.replayFinished(st, ok)
-		case <-p.stop:
-			p.drain(st)
+		case <-stop:
+			stop, stopping = nil, true
+		case <-abort:
+			p.fail(st, "close deadline reached")
+			st.online = false
+			p.spoolBuffered(st)
 			return
 		}
 	}
 }
 
-// take adds whatever else is queued, up to drainBatch, without waiting.
-func (p *Publisher) take(batch []item) []item {
-	for len(batch) < drainBatch {
+// take adds whatever else is queued, up to the batch size, without waiting.
+func (p *Publisher) take(buf []item) []item {
+	for len(buf) < p.o.batchSize {
 		select {
 		case it := <-p.queue:
-			batch = append(batch, it)
+			buf = append(buf, it)
 		default:
-			return batch
+			return buf
 		}
 	}
-	return batch
+	return buf
 }
 
-// handle publishes a batch of new events, or spools it while offline.
-func (p *Publisher) handle(st *owner, batch []item) {
-	for i, it := range batch {
-		if !st.online {
-			p.spoolItems(batch[i:])
+// spoolBuffered spools the new events the owner holds and everything
+// queued.
+func (p *Publisher) spoolBuffered(st *owner) {
+	st.buf = p.take(st.buf)
+	for len(st.buf) > 0 {
+		p.spoolItems(st.buf)
+		st.buf = p.take(st.buf[:0])
+	}
+}
+
+// next sends the next batch when nothing is in flight: from the spool or
+// from new events, taking turns while both wait. New events leave at most
+// one linger after the previous batch, or at once when a batch is full, so
+// that a busy replica sends few large batches and a quiet one does not
+// delay its events.
+func (p *Publisher) next(st *owner, stopping bool) {
+	if !st.online || st.inflight != nil {
+		return
+	}
+	replay := p.sp.Stats().Pending > 0
+	if replay && (st.replayNext || len(st.buf) == 0) {
+		st.replayNext = false
+		p.replayBatch(st)
+		if st.inflight != nil || !st.online {
 			return
 		}
-		if err := p.publish(it, false); err != nil {
-			p.spoolItems([]item{it})
-			p.goOffline(st, "publish failed: "+err.Error())
-		}
 	}
+	if len(st.buf) == 0 {
+		return
+	}
+	if len(st.buf) < p.o.batchSize && !stopping && time.Now().Before(st.lastSent.Add(p.o.linger)) {
+		return
+	}
+	items := st.buf
+	st.buf = make([]item, 0, p.o.batchSize)
+	st.replayNext = replay
+	p.send(st, &batch{items: items})
 }
 
-// drain empties the queue after Close: publish while online, spool the
-// rest (all of it once the close deadline passes).
-func (p *Publisher) drain(st *owner) {
-	batch := make([]item, 0, drainBatch)
-	for {
-		batch = p.take(batch[:0])
-		if len(batch) == 0 {
+// arm points the timer at the next moment the owner must act: the in-flight
+// batch's deadline, or the end of the linger.
+func (p *Publisher) arm(st *owner) {
+	var at time.Time
+	switch {
+	case st.inflight != nil:
+		at = st.inflight.deadline
+	case st.online && len(st.buf) > 0:
+		at = st.lastSent.Add(p.o.linger)
+	}
+	if at.Equal(st.armed) {
+		return
+	}
+	st.armed = at
+	if at.IsZero() {
+		st.timer.Stop()
+		return
+	}
+	st.timer.Reset(time.Until(at))
+}
+
+// send publishes b. In batch mode every event is a message of one JetStream
+// fast batch (the reply subject carries the batch id, the event's place in
+// it and whether it starts, continues or commits the batch, gap mode
+// "fail"); the server answers with one PubAck that counts the batch, and
+// flow-control acks in between. In per-message mode each event gets its own
+// PubAck. Either way each message carries Nats-Msg-Id = event id, so a
+// re-send is deduplicated by the stream.
+func (p *Publisher) send(st *owner, b *batch) {
+	b.id = nuid.Next()
+	b.perMsg = st.perMsg
+	b.sent = time.Now()
+	b.deadline = b.sent.Add(p.o.ackTimeout)
+	st.inflight = b
+	st.lastSent = b.sent
+	p.pendingAcks.Store(int64(len(b.items)))
+
+	hdr := nats.Header{jetstream.MsgIDHeader: []string{""}}
+	msg := nats.Msg{Header: hdr}
+	reply := make([]byte, 0, len(p.inbox)+64)
+	n := len(b.items)
+	for i, it := range b.items {
+		hdr[jetstream.MsgIDHeader][0] = it.id
+		msg.Subject = usage.Subject(it.id, p.o.partitions)
+		msg.Data = it.data
+		reply = append(append(append(reply[:0], p.inbox...), '.'), b.id...)
+		if b.perMsg {
+			reply = strconv.AppendInt(append(reply, '.'), int64(i+1), 10)
+		} else {
+			// <inbox>.<batch id>.<flow>.fail.<seq>.<op>.$FI
+			op := fastAppend
+			switch {
+			case i == n-1:
+				op = fastCommit
+			case i == 0:
+				op = fastStart
+			}
+			reply = strconv.AppendInt(append(reply, '.'), int64(n), 10)
+			reply = append(reply, ".fail."...)
+			reply = strconv.AppendInt(reply, int64(i+1), 10)
+			reply = append(append(reply, '.', op), ".$FI"...)
+		}
+		msg.Reply = string(reply)
+		if err := p.nc.PublishMsg(&msg); err != nil {
+			p.fail(st, "publish failed: "+err.Error())
 			return
 		}
-		select {
-		case <-p.abort:
-			st.online = false
-		default:
-		}
-		p.handle(st, batch)
 	}
 }
 
-func (p *Publisher) publish(it item, fromSpool bool) error {
-	msg := &nats.Msg{
-		Subject: usage.Subject(it.id, p.o.partitions),
-		Data:    it.data,
-		Header:  nats.Header{jetstream.MsgIDHeader: []string{it.id}},
+// Fast batch operations, as the last token but one of the reply subject.
+const (
+	fastStart  byte = '0'
+	fastAppend byte = '1'
+	fastCommit byte = '2'
+)
+
+// reply is what JetStream answers on a batch's reply subjects: a PubAck
+// (Type empty; Batch and Count set for a fast batch), or a fast-batch flow
+// message of type "ack", "gap" or "err".
+type reply struct {
+	Type      string `json:"type"`
+	Batch     string `json:"batch"`
+	Count     int    `json:"count"`
+	Duplicate bool   `json:"duplicate"`
+	Error     *struct {
+		Code        int    `json:"code"`
+		ErrCode     int    `json:"err_code"`
+		Description string `json:"description"`
+	} `json:"error"`
+}
+
+// JetStream errors that mean the stream or server does not take fast
+// batches: batch publish disabled, pattern invalid, batch id unknown.
+func batchUnsupported(errCode int) bool { return errCode >= 10205 && errCode <= 10208 }
+
+func (p *Publisher) onReply(st *owner, m *nats.Msg) {
+	b := st.inflight
+	// Replies to an earlier batch (one that timed out or failed) are stale.
+	if b == nil || !strings.HasPrefix(m.Subject, p.inbox) || !strings.HasPrefix(m.Subject[len(p.inbox):], "."+b.id+".") {
+		return
 	}
-	sent := time.Now()
-	fut, err := p.js.PublishMsgAsync(msg, jetstream.WithStallWait(p.o.stallWait))
-	if err != nil {
-		return err
+	var r reply
+	if err := json.Unmarshal(m.Data, &r); err != nil {
+		p.fail(st, "undecodable JetStream reply: "+err.Error())
+		return
 	}
-	p.pendingAcks.Add(1)
-	p.acks <- pending{fut: fut, it: it, sent: sent, fromSpool: fromSpool}
-	return nil
+	switch {
+	case r.Error != nil && !b.perMsg && batchUnsupported(r.Error.ErrCode):
+		p.perMessage(st, r.Error.Description)
+	case r.Error != nil:
+		p.fail(st, "JetStream refused a publish: "+r.Error.Description)
+	case r.Type == "ack":
+		// Flow control: the server has persisted a prefix of the batch.
+	case r.Type != "":
+		p.fail(st, "JetStream reported a "+r.Type+" in a fast batch")
+	case b.perMsg:
+		if b.acked++; b.acked == len(b.items) {
+			p.done(st)
+		}
+	case r.Batch == "":
+		// A server without fast batches treats the reply subjects as plain
+		// ones and acknowledges each message.
+		p.perMessage(st, "the server acknowledges each message of a fast batch")
+	case r.Count == len(b.items):
+		p.done(st)
+	default:
+		p.fail(st, "JetStream committed "+strconv.Itoa(r.Count)+" of "+strconv.Itoa(len(b.items))+" events of a batch")
+	}
+}
+
+// perMessage switches to one ack per event for good and sends the batch in
+// flight again that way (what of it is stored already is deduplicated).
+func (p *Publisher) perMessage(st *owner, why string) {
+	st.perMsg = true
+	p.log.Warn("JetStream does not take fast batches here; publishing each usage event with its own ack", "reason", why)
+	b := st.inflight
+	st.inflight = nil
+	p.send(st, &batch{items: b.items, fromSpool: b.fromSpool, next: b.next})
+}
+
+// done settles a batch JetStream has stored in full.
+func (p *Publisher) done(st *owner) {
+	b := st.inflight
+	st.inflight = nil
+	p.pendingAcks.Store(0)
+	p.m.latency.Observe(time.Since(b.sent).Seconds())
+	p.m.batchSize.Observe(float64(len(b.items)))
+	if !b.fromSpool {
+		p.published.Add(uint64(len(b.items)))
+		return
+	}
+	if err := p.sp.Ack(b.next); err != nil {
+		p.log.Warn("acknowledging usage spool", "err", err)
+		st.readPos = p.sp.Acked()
+		return
+	}
+	p.replayed.Add(uint64(len(b.items)))
+	if st.draining && p.sp.Stats().Pending == 0 {
+		st.draining = false
+		p.log.Info("spool replay finished", "replayed", p.replayed.Load()-st.replayedAt)
+	}
+}
+
+// fail gives up on the in-flight batch: new events go to the spool, a
+// replay batch is read again later. Some of its events may be stored
+// already; their re-send is deduplicated by the stream.
+func (p *Publisher) fail(st *owner, reason string) {
+	b := st.inflight
+	if b == nil {
+		return
+	}
+	st.inflight = nil
+	p.pendingAcks.Store(0)
+	if b.fromSpool {
+		st.readPos = p.sp.Acked()
+	} else {
+		p.spoolItems(b.items)
+	}
+	p.goOffline(st, reason)
 }
 
 // checkConn follows the connection: offline when it drops, back online
 // (after the retry interval) when it is up.
 func (p *Publisher) checkConn(st *owner) {
 	if !p.nc.IsConnected() {
+		p.fail(st, "NATS disconnected")
 		p.goOffline(st, "NATS disconnected")
 		return
 	}
@@ -174,29 +374,18 @@ func (p *Publisher) goOffline(st *owner, reason string) {
 	p.streamReady.Store(false)
 	st.retryAt = time.Now().Add(p.o.retryInterval)
 	p.log.Warn("NATS unavailable; spooling usage events to disk", "reason", reason, "dir", p.o.spoolDir)
+	p.spoolBuffered(st)
 }
 
-// replayBatch sends the next batch from the spool, if any. Only one batch
-// is in flight; the acker acknowledges it in the spool once JetStream has
-// acknowledged all of it.
+// replayBatch sends the next batch from the spool, if any; the spool is
+// acknowledged once JetStream has stored all of it.
 func (p *Publisher) replayBatch(st *owner) {
-	if p.sp.Stats().Pending == 0 {
-		return
-	}
 	recs, next, err := p.sp.Read(st.readPos, p.o.replayBatch)
 	if err != nil {
 		p.log.Warn("reading usage spool", "err", err)
 		return
 	}
-	if len(recs) == 0 {
-		return
-	}
-	if !st.draining {
-		st.draining = true
-		st.replayedAt = p.replayed.Load()
-		p.log.Info("replaying spooled usage events", "pending", p.sp.Stats().Pending)
-	}
-	failed := false
+	items := make([]item, 0, len(recs))
 	for _, r := range recs {
 		it, err := decodeRecord(r)
 		if err != nil {
@@ -204,77 +393,22 @@ func (p *Publisher) replayBatch(st *owner) {
 			p.log.Error("undecodable spool record skipped", "err", err)
 			continue
 		}
-		if err := p.publish(it, true); err != nil {
-			failed = true
-			p.goOffline(st, "replay publish failed: "+err.Error())
-			break
-		}
+		items = append(items, it)
 	}
-	p.acks <- pending{marker: &next, n: len(recs), failed: failed}
 	st.readPos = next
-	st.replaying = true
-}
-
-func (p *Publisher) replayFinished(st *owner, ok bool) {
-	st.replaying = false
-	if !ok {
-		// Re-send from the last acknowledged position; duplicates are
-		// dropped by the stream.
-		st.readPos = p.sp.Acked()
-		p.goOffline(st, "replay publish failed")
+	if len(items) == 0 {
+		if len(recs) > 0 {
+			// Nothing but torn records: acknowledge past them.
+			if err := p.sp.Ack(next); err != nil {
+				p.log.Warn("acknowledging usage spool", "err", err)
+			}
+		}
 		return
 	}
-	if st.draining && p.sp.Stats().Pending == 0 {
-		st.draining = false
-		p.log.Info("spool replay finished", "replayed", p.replayed.Load()-st.replayedAt)
+	if !st.draining {
+		st.draining = true
+		st.replayedAt = p.replayed.Load()
+		p.log.Info("replaying spooled usage events", "pending", p.sp.Stats().Pending)
 	}
-}
-
-// ackLoop waits for acks in publish order. Failed new events are spooled;
-// a failed replay event fails its batch, which is then re-read.
-func (p *Publisher) ackLoop() {
-	defer close(p.ackerDone)
-	batchFailed := false
-	for pd := range p.acks {
-		if pd.marker != nil {
-			ok := !batchFailed && !pd.failed
-			batchFailed = false
-			if ok {
-				if err := p.sp.Ack(*pd.marker); err != nil {
-					p.log.Warn("acknowledging usage spool", "err", err)
-					ok = false
-				} else {
-					p.replayed.Add(uint64(pd.n))
-				}
-			}
-			p.replayDone <- ok // never blocks: one batch in flight, buffer 1
-			continue
-		}
-		var err error
-		select {
-		case <-pd.fut.Ok():
-		case err = <-pd.fut.Err():
-		case <-p.abort:
-			err = errAborted
-		}
-		p.pendingAcks.Add(-1)
-		if err == nil {
-			p.m.latency.Observe(time.Since(pd.sent).Seconds())
-			if !pd.fromSpool {
-				p.published.Add(1)
-			}
-			continue
-		}
-		if pd.fromSpool {
-			batchFailed = true
-		} else {
-			p.spoolItems([]item{pd.it})
-		}
-		if err != errAborted {
-			select {
-			case p.ackFailed <- struct{}{}:
-			default:
-			}
-		}
-	}
+	p.send(st, &batch{items: items, fromSpool: true, next: next})
 }

@@ -16,6 +16,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	_ "net/http/pprof" // served only on debug_listen
 	"os"
 	"os/signal"
 	"strings"
@@ -58,6 +59,15 @@ func run() error {
 		log.Warn("no backends configured: set backends in the config file or DROVER_BACKENDS")
 	}
 
+	if cfg.DebugListen != "" {
+		dl, err := net.Listen("tcp", cfg.DebugListen)
+		if err != nil {
+			return fmt.Errorf("debug_listen: %w", err)
+		}
+		log.Info("serving pprof", "addr", dl.Addr().String())
+		go http.Serve(dl, http.DefaultServeMux) //nolint:errcheck // debug only; ends with the process
+	}
+
 	reg := prometheus.NewRegistry()
 	opts := server.Options{Registry: reg}
 	var pub *usagepub.Publisher
@@ -67,7 +77,8 @@ func run() error {
 		if err != nil {
 			return err
 		}
-		syncConn, err := connect(cfg.NATS.URL, cfg.Replica+"-sync", log)
+		// NoEcho: a replica's own counts and invalidations need not come back.
+		syncConn, err := connect(cfg.NATS.URL, cfg.Replica+"-sync", log, nats.NoEcho())
 		if err != nil {
 			return err
 		}
@@ -138,9 +149,10 @@ func run() error {
 
 // connect dials NATS without failing when it is down: the publisher spools
 // and routing uses local counts until it comes.
-func connect(url, name string, log *slog.Logger) (*nats.Conn, error) {
-	nc, err := nats.Connect(url, nats.Name(name), nats.RetryOnFailedConnect(true), nats.MaxReconnects(-1),
-		nats.ReconnectWait(500*time.Millisecond))
+func connect(url, name string, log *slog.Logger, extra ...nats.Option) (*nats.Conn, error) {
+	opts := append([]nats.Option{nats.Name(name), nats.RetryOnFailedConnect(true), nats.MaxReconnects(-1),
+		nats.ReconnectWait(500 * time.Millisecond)}, extra...)
+	nc, err := nats.Connect(url, opts...)
 	if err != nil {
 		return nil, fmt.Errorf("nats %s: %w", name, err)
 	}

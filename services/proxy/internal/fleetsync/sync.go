@@ -43,13 +43,15 @@ const (
 // Options tune the sync.
 type Options struct {
 	Replica string
-	// Coalesce is an extra wait before a change is published (default 0:
-	// publish at once; changes during a publish merge into the next);
-	// Heartbeat re-sends counts (default 1s); a peer is
+	// MinInterval spaces change messages (default 2ms): a change is
+	// published at once unless the previous message left less than
+	// MinInterval ago, and changes in between merge into one message. A
+	// busy replica thus sends at most 1/MinInterval messages a second, not
+	// two per request. Heartbeat re-sends counts (default 1s); a peer is
 	// forgotten after TTL without a message (default 3 heartbeats).
-	Coalesce  time.Duration
-	Heartbeat time.Duration
-	TTL       time.Duration
+	MinInterval time.Duration
+	Heartbeat   time.Duration
+	TTL         time.Duration
 }
 
 // Local is what the sync needs from this replica.
@@ -132,6 +134,9 @@ func New(nc *nats.Conn, opts Options, log *slog.Logger) *Sync {
 	}
 	if opts.TTL == 0 {
 		opts.TTL = 3 * opts.Heartbeat
+	}
+	if opts.MinInterval == 0 {
+		opts.MinInterval = 2 * time.Millisecond
 	}
 	s := &Sync{opts: opts, nc: nc, log: log, changed: make(chan struct{}, 1), peers: map[string]*peer{}}
 	s.remote.Store(&snapshot{byKey: map[routing.Key]int{}, byBackend: map[string]int{}, peers: map[routing.Key][]peerLoad{}, replicas: 1})
@@ -223,15 +228,14 @@ func (s *Sync) loop(ctx context.Context) {
 	defer beat.Stop()
 	expire := time.NewTicker(s.opts.TTL / 3)
 	defer expire.Stop()
+	var last time.Time
 	for {
 		select {
 		case <-ctx.Done():
 			return
 		case <-s.changed:
-			// Changes that arrive while one is being published are merged
-			// into the next message; Coalesce adds a deliberate wait.
-			if s.opts.Coalesce > 0 {
-				t := time.NewTimer(s.opts.Coalesce)
+			if wait := s.opts.MinInterval - time.Since(last); wait > 0 {
+				t := time.NewTimer(wait)
 				select {
 				case <-ctx.Done():
 					t.Stop()
@@ -240,8 +244,10 @@ func (s *Sync) loop(ctx context.Context) {
 				}
 			}
 			s.publishLocal()
+			last = time.Now()
 		case <-beat.C:
 			s.publishLocal()
+			last = time.Now()
 		case <-expire.C:
 			s.expirePeers()
 		}
