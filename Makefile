@@ -9,12 +9,13 @@ build:
 	$(GO) build -o bin/ ./services/proxy/cmd/... ./pkg/fakeollama/cmd/... ./services/bench/cmd/...
 
 # Side by side in one run: direct to the fake backend, a bare
-# httputil.ReverseProxy, Drover, and Drover publishing usage to an embedded
-# JetStream (drover+nats); then the usage pipeline (bench-pipeline).
-# BENCH_FLAGS=-duration 3s -rounds 1 for a quick look.
+# httputil.ReverseProxy, Drover, and Drover publishing usage to JetStream
+# (drover+nats, nats-server as its own process as deployed); then the usage
+# pipeline (bench-pipeline). BENCH_FLAGS=-duration 3s -rounds 1 for a quick look.
 BENCH_FLAGS ?= -duration 10s -rounds 3
 bench: build
-	./bin/drover-bench -backend-bin ./bin/fake-ollama -drover ./bin/drover-proxy -drover-nats $(BENCH_FLAGS) -json bench.json
+	cd services/bench && $(GO) build -o ../../bin/nats-server github.com/nats-io/nats-server/v2
+	./bin/drover-bench -backend-bin ./bin/fake-ollama -drover ./bin/drover-proxy -drover-nats -nats-bin ./bin/nats-server $(BENCH_FLAGS) -json bench.json
 	$(MAKE) --no-print-directory bench-pipeline
 
 # The aggregator against real NATS and ClickHouse (clickhouse-server must be

@@ -32,6 +32,7 @@ type options struct {
 	backendBin, backendURL string
 	droverBin, droverURL   string
 	droverNATS             bool
+	natsBin                string
 	workloads, modes       string
 	duration, warmup       time.Duration
 	timeout                time.Duration
@@ -49,7 +50,8 @@ func parseFlags(args []string) (options, error) {
 	fs.StringVar(&o.backendURL, "backend-url", "", "use an already-running backend at this URL instead of -backend-bin")
 	fs.StringVar(&o.droverBin, "drover", "", "drover-proxy binary to start (e.g. ./bin/drover-proxy)")
 	fs.StringVar(&o.droverURL, "drover-url", "", "use an already-running Drover at this URL instead of -drover")
-	fs.BoolVar(&o.droverNATS, "drover-nats", false, "also start an embedded NATS JetStream server and a second -drover publishing usage to it (target drover+nats)")
+	fs.BoolVar(&o.droverNATS, "drover-nats", false, "also start a NATS JetStream server and a second -drover publishing usage to it (target drover+nats)")
+	fs.StringVar(&o.natsBin, "nats-bin", "", "with -drover-nats: run this nats-server binary as its own process, as deployed (default: NATS embedded in drover-bench)")
 	fs.StringVar(&o.workloads, "workloads", workload.Default, "comma-separated workloads, or all: "+strings.Join(workload.Names(), ", "))
 	fs.StringVar(&o.modes, "modes", "closed,open", "load modes to run: closed, open or both")
 	fs.DurationVar(&o.duration, "duration", 10*time.Second, "length of each measured run")
@@ -154,34 +156,40 @@ func run(ctx context.Context, o options, stdout, stderr io.Writer) error {
 	defer stopProcess(bare)
 	targets := []suite.Target{
 		{Name: suite.Direct, URL: backendURL},
-		{Name: suite.Bare, URL: bare.URL},
+		{Name: suite.Bare, URL: bare.URL, CPU: bare.CPU},
 	}
 	droverURL := o.droverURL
+	var droverCPU func() time.Duration
 	if o.droverBin != "" {
 		p, err := launch.StartDrover(startCtx, o.droverBin, backendURL, logDir)
 		if err != nil {
 			return err
 		}
 		defer stopProcess(p)
-		droverURL = p.URL
+		droverURL, droverCPU = p.URL, p.CPU
 	}
 	if droverURL != "" {
 		if err := checkReady(startCtx, "drover", droverURL); err != nil {
 			return err
 		}
-		targets = append(targets, suite.Target{Name: suite.Drover, URL: strings.TrimRight(droverURL, "/")})
+		targets = append(targets, suite.Target{Name: suite.Drover, URL: strings.TrimRight(droverURL, "/"), CPU: droverCPU})
 		if o.droverNATS {
-			n, err := launch.StartNATS(logDir)
+			var n *launch.NATS
+			if o.natsBin != "" {
+				n, err = launch.StartNATSProcess(startCtx, o.natsBin, logDir)
+			} else {
+				n, err = launch.StartNATS(logDir)
+			}
 			if err != nil {
 				return err
 			}
-			defer n.Stop()
+			defer n.Stop() //nolint:errcheck // best effort at exit
 			p, err := launch.StartDroverNATS(startCtx, o.droverBin, backendURL, n.URL(), logDir)
 			if err != nil {
 				return err
 			}
 			defer stopProcess(p)
-			targets = append(targets, suite.Target{Name: suite.DroverNATS, URL: p.URL})
+			targets = append(targets, suite.Target{Name: suite.DroverNATS, URL: p.URL, CPU: p.CPU, SideCPU: n.CPU()})
 		}
 	} else {
 		fmt.Fprintln(stderr, "warning: no -drover or -drover-url; comparing direct and bare only")

@@ -6,6 +6,7 @@
 package launch
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -14,6 +15,8 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
+	"strings"
 	"syscall"
 	"time"
 )
@@ -122,4 +125,34 @@ func (p *Process) Stop() error {
 		<-p.exited
 		return fmt.Errorf("%s ignored SIGTERM for 5s and was killed", p.Name)
 	}
+}
+
+// CPU returns the process's cumulative CPU time, user plus system, from
+// /proc (0 if it cannot be read, e.g. not on Linux or after exit).
+func (p *Process) CPU() time.Duration { return processCPU(p.cmd.Process.Pid) }
+
+// clockTick is the kernel's USER_HZ, 100 on every Linux architecture Go
+// supports.
+const clockTick = 10 * time.Millisecond
+
+func processCPU(pid int) time.Duration {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0
+	}
+	// The command name (field 2) may hold spaces; fields after it are fixed.
+	i := bytes.LastIndexByte(b, ')')
+	if i < 0 {
+		return 0
+	}
+	f := strings.Fields(string(b[i+1:]))
+	if len(f) < 13 {
+		return 0
+	}
+	utime, err1 := strconv.ParseInt(f[11], 10, 64)
+	stime, err2 := strconv.ParseInt(f[12], 10, 64)
+	if err1 != nil || err2 != nil {
+		return 0
+	}
+	return time.Duration(utime+stime) * clockTick
 }

@@ -8,11 +8,14 @@ import (
 	"net/http/httptest"
 	"net/url"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 	"go.uber.org/goleak"
 
 	"github.com/droverhq/drover/services/bench/internal/bareproxy"
@@ -164,6 +167,43 @@ usage:
 
 // The embedded server speaks NATS with JetStream on, and the second Drover
 // gets its own config naming it.
+// nats-server as its own process, built from the module the bench depends
+// on, with its CPU time readable.
+func TestStartNATSProcess(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds nats-server")
+	}
+	dir := t.TempDir()
+	bin := filepath.Join(dir, "nats-server")
+	if out, err := exec.Command("go", "build", "-o", bin, "github.com/nats-io/nats-server/v2").CombinedOutput(); err != nil {
+		t.Fatalf("building nats-server: %v\n%s", err, out)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	n, err := StartNATSProcess(ctx, bin, dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer n.Stop()
+	nc, err := nats.Connect(n.URL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	js, _ := jetstream.New(nc)
+	for range 200 {
+		if _, err := js.AccountInfo(ctx); err != nil {
+			t.Fatalf("JetStream on the nats-server process: %v", err)
+		}
+	}
+	if cpu := n.CPU(); cpu == nil || cpu() <= 0 {
+		t.Errorf("CPU of the nats-server process not readable")
+	}
+	if err := n.Stop(); err != nil {
+		t.Fatal(err)
+	}
+}
+
 func TestStartNATSAndDroverNATS(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()

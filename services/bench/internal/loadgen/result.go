@@ -29,6 +29,12 @@ type Summary struct {
 	P99       time.Duration `json:"p99_ns"`
 	OK        int           `json:"ok"`
 	Errors    int           `json:"errors"`
+	// CPUPerReq is the CPU time (user + system) the target's own process
+	// spent per completed request during the run, and SideCPUPerReq that of
+	// a process it depends on (the NATS server of drover+nats); 0 when not
+	// measured (a target the tool did not start).
+	CPUPerReq     time.Duration `json:"cpu_per_req_ns,omitempty"`
+	SideCPUPerReq time.Duration `json:"side_cpu_per_req_ns,omitempty"`
 }
 
 // Summarize sorts the latencies in place and computes the summary.

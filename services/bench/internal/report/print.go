@@ -46,12 +46,19 @@ func Markdown(w io.Writer, d Document) error {
 	}
 	fmt.Fprintf(&b, "load1=%.2f\n\n", d.LoadAvg)
 
-	b.WriteString("| target | mode | workload | req/s | p50 ms | p99 ms | errors |\n")
-	b.WriteString("|---|---|---|---:|---:|---:|---:|\n")
+	b.WriteString("| target | mode | workload | req/s | p50 ms | p99 ms | errors | CPU µs/req |\n")
+	b.WriteString("|---|---|---|---:|---:|---:|---:|---:|\n")
 	for _, r := range d.Rows {
 		s := r.Summary
-		fmt.Fprintf(&b, "| %s | %s | %s | %.0f | %.3f | %.3f | %d |\n",
-			r.Target, r.Mode, r.Workload, s.ReqPerSec, msf(s.P50), msf(s.P99), s.Errors)
+		cpu := ""
+		if s.CPUPerReq > 0 {
+			cpu = fmt.Sprintf("%.1f", float64(s.CPUPerReq)/float64(time.Microsecond))
+		}
+		if s.SideCPUPerReq > 0 {
+			cpu += fmt.Sprintf(" + NATS %.1f", float64(s.SideCPUPerReq)/float64(time.Microsecond))
+		}
+		fmt.Fprintf(&b, "| %s | %s | %s | %.0f | %.3f | %.3f | %d | %s |\n",
+			r.Target, r.Mode, r.Workload, s.ReqPerSec, msf(s.P50), msf(s.P99), s.Errors, cpu)
 	}
 
 	if len(d.Ratios) > 0 {

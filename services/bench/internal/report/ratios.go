@@ -103,8 +103,11 @@ func ms(d time.Duration) string {
 // with it off.
 const MinPublishingRatio = 0.95
 
-// PublishingRatios compares drover+nats with drover: throughput for every
-// closed-loop mode (what publishing costs the proxy at saturation).
+// PublishingRatios compares drover+nats with drover for every closed-loop
+// mode: saturated throughput, with everything (the NATS server included)
+// on the same cores; and, when the tool started both proxies, the proxy's
+// own CPU per request off ÷ on, which is what publishing costs a replica's
+// capacity when NATS runs elsewhere, as deployed.
 func PublishingRatios(rows []suite.Row) []Ratio {
 	by := map[key]suite.Row{}
 	for _, r := range rows {
@@ -115,7 +118,8 @@ func PublishingRatios(rows []suite.Row) []Ratio {
 		if r.Target != suite.DroverNATS || !r.Closed {
 			continue
 		}
-		ratio := Ratio{Workload: r.Workload, Mode: r.Mode, Metric: "throughput", Goal: fmt.Sprintf(">= %.2f", MinPublishingRatio)}
+		goal := fmt.Sprintf(">= %.2f", MinPublishingRatio)
+		ratio := Ratio{Workload: r.Workload, Mode: r.Mode, Metric: "throughput", Goal: goal}
 		off, ok := by[key{suite.Drover, r.Mode, r.Workload}]
 		switch {
 		case !ok:
@@ -129,6 +133,23 @@ func PublishingRatios(rows []suite.Row) []Ratio {
 			ratio.Note = fmt.Sprintf("%.0f ÷ %.0f req/s", r.Summary.ReqPerSec, off.Summary.ReqPerSec)
 		}
 		out = append(out, ratio)
+		on := r.Summary
+		if !ok || on.CPUPerReq <= 0 || off.Summary.CPUPerReq <= 0 {
+			continue
+		}
+		capacity := Ratio{Workload: r.Workload, Mode: r.Mode, Metric: "proxy capacity (CPU/request off ÷ on)", Goal: goal, Valid: true}
+		capacity.Value = float64(off.Summary.CPUPerReq) / float64(on.CPUPerReq)
+		capacity.Met = capacity.Value >= MinPublishingRatio
+		capacity.Note = fmt.Sprintf("proxy %s → %s per request", us(off.Summary.CPUPerReq), us(on.CPUPerReq))
+		if on.SideCPUPerReq > 0 {
+			capacity.Note += fmt.Sprintf("; NATS server %s per request", us(on.SideCPUPerReq))
+		}
+		out = append(out, capacity)
 	}
 	return out
+}
+
+// us formats a duration as microseconds.
+func us(d time.Duration) string {
+	return fmt.Sprintf("%.1f µs", float64(d)/float64(time.Microsecond))
 }

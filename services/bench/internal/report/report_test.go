@@ -161,4 +161,23 @@ func TestPublishingRatios(t *testing.T) {
 	if !strings.Contains(md.String(), "| chat | closed c=64 | throughput | 0.86 | >= 0.95 | no | 6000 ÷ 7000 req/s |") {
 		t.Errorf("Markdown lacks the publishing ratio:\n%s", md.String())
 	}
+
+	// With CPU measured: the proxy's own capacity, NATS reported beside it.
+	rows[1].Summary.CPUPerReq = 60 * time.Microsecond
+	rows[2].Summary.CPUPerReq = 62 * time.Microsecond
+	rows[2].Summary.SideCPUPerReq = 11 * time.Microsecond
+	got = PublishingRatios(rows)
+	if len(got) != 2 || !got[1].Valid || !got[1].Met || got[1].Value < 0.967 || got[1].Value > 0.968 {
+		t.Fatalf("got %+v, want a met capacity ratio of 60/62", got)
+	}
+	if want := "proxy 60.0 µs → 62.0 µs per request; NATS server 11.0 µs per request"; got[1].Note != want {
+		t.Errorf("note %q, want %q", got[1].Note, want)
+	}
+	md.Reset()
+	if err := Markdown(&md, Document{Rows: rows, Publishing: got}); err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(md.String(), "| 62.0 + NATS 11.0 |") {
+		t.Errorf("Markdown lacks the CPU column:\n%s", md.String())
+	}
 }

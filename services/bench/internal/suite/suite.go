@@ -30,6 +30,9 @@ type Target struct {
 	Name   string
 	URL    string
 	Client *http.Client
+	// CPU, when set, returns the cumulative CPU time of the target's
+	// process; SideCPU that of a process it depends on (NATS).
+	CPU, SideCPU func() time.Duration
 }
 
 // Mode is one way of applying load.
@@ -104,11 +107,16 @@ func Run(ctx context.Context, p Plan) ([]Row, error) {
 			}
 			for round := range p.Rounds {
 				for i, t := range p.Targets {
+					cpu0, side0 := read(t.CPU), read(t.SideCPU)
 					res, err := runOnce(ctx, p, t, w, m)
 					if err != nil {
 						return rows, fmt.Errorf("%s %s %s round %d: %w", t.Name, m.Name(), w.Name, round+1, err)
 					}
 					s := res.Summarize()
+					if s.OK > 0 {
+						s.CPUPerReq = (read(t.CPU) - cpu0) / time.Duration(s.OK)
+						s.SideCPUPerReq = (read(t.SideCPU) - side0) / time.Duration(s.OK)
+					}
 					r := &block[i]
 					r.Rounds = append(r.Rounds, s)
 					for k, n := range res.Kinds {
@@ -133,6 +141,13 @@ func Run(ctx context.Context, p Plan) ([]Row, error) {
 	return rows, nil
 }
 
+func read(cpu func() time.Duration) time.Duration {
+	if cpu == nil {
+		return 0
+	}
+	return cpu()
+}
+
 func runOnce(ctx context.Context, p Plan, t Target, w workload.Workload, m Mode) (loadgen.Result, error) {
 	if m.Closed {
 		return loadgen.Closed(ctx, t.Client, t.URL, w, m.Conns, p.Duration)
@@ -147,18 +162,26 @@ func reduce(rounds []loadgen.Summary, pick Pick) loadgen.Summary {
 	rps := make([]float64, len(rounds))
 	p50 := make([]time.Duration, len(rounds))
 	p99 := make([]time.Duration, len(rounds))
+	cpu := make([]time.Duration, len(rounds))
+	side := make([]time.Duration, len(rounds))
 	for i, r := range rounds {
 		out.OK += r.OK
 		out.Errors += r.Errors
 		rps[i], p50[i], p99[i] = r.ReqPerSec, r.P50, r.P99
+		cpu[i], side[i] = r.CPUPerReq, r.SideCPUPerReq
 	}
 	slices.Sort(rps)
 	slices.Sort(p50)
 	slices.Sort(p99)
+	slices.Sort(cpu)
+	slices.Sort(side)
 	if pick == Best {
 		out.ReqPerSec, out.P50, out.P99 = rps[len(rps)-1], p50[0], p99[0]
+		out.CPUPerReq, out.SideCPUPerReq = cpu[0], side[0]
 		return out
 	}
+	mid := func(a, b time.Duration) time.Duration { return (a + b) / 2 }
+	out.CPUPerReq, out.SideCPUPerReq = median(cpu, mid), median(side, mid)
 	out.ReqPerSec = median(rps, func(a, b float64) float64 { return (a + b) / 2 })
 	out.P50 = median(p50, func(a, b time.Duration) time.Duration { return (a + b) / 2 })
 	out.P99 = median(p99, func(a, b time.Duration) time.Duration { return (a + b) / 2 })
