@@ -50,7 +50,7 @@ func newMetrics(p *Publisher, reg prometheus.Registerer) (*metrics, error) {
 		counter("drover_usage_events_dropped_total", "Usage events lost because the spool was full.",
 			func() float64 { return float64(p.dropped.Load()) }),
 		gauge("drover_usage_queue_depth", "Usage events in the in-memory queue.",
-			func() float64 { return float64(len(p.queue)) }),
+			func() float64 { return float64(p.queued.Load()) }),
 		gauge("drover_usage_pending_acks", "Usage events sent to JetStream and awaiting its ack.",
 			func() float64 { return float64(p.pendingAcks.Load()) }),
 		gauge("drover_usage_spool_pending_events", "Spooled usage events not yet replayed.",

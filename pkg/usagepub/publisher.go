@@ -68,9 +68,11 @@ type Publisher struct {
 	statusCh  chan nats.Status
 
 	published, spooled, replayed, dropped atomic.Uint64
-	pendingAcks                           atomic.Int64
-	online, streamReady                   atomic.Bool
-	lastFullWarn                          atomic.Int64
+	// queued counts events in the queue or gathered for the next batch;
+	// pendingAcks those in the batch in flight.
+	queued, pendingAcks atomic.Int64
+	online, streamReady atomic.Bool
+	lastFullWarn        atomic.Int64
 }
 
 // New starts a publisher on nc. nc may still be connecting (connect with
@@ -141,11 +143,13 @@ func (p *Publisher) Record(ev usage.Event) {
 	p.closeMu.RLock()
 	defer p.closeMu.RUnlock()
 	if !p.closed {
+		p.queued.Add(1)
 		select {
 		case p.queue <- it:
 			return
 		default:
 		}
+		p.queued.Add(-1)
 		p.warnOverflow()
 	}
 	p.spoolItems([]item{it})
@@ -253,7 +257,7 @@ func (p *Publisher) Stats() Stats {
 		NATSConnected:  p.nc.IsConnected(),
 		Publishing:     p.online.Load(),
 		StreamReady:    p.streamReady.Load(),
-		QueueDepth:     len(p.queue),
+		QueueDepth:     int(p.queued.Load()),
 		PendingAcks:    p.pendingAcks.Load(),
 		SpooledPending: ss.Pending,
 		SpoolBytes:     ss.Bytes,

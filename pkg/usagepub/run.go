@@ -69,8 +69,12 @@ func (p *Publisher) run() {
 			}
 		}
 		p.arm(st)
+		// The queue is read only when the owner is idle: while a batch is
+		// in flight or events linger, new ones wait in the channel and are
+		// taken all at once, so a busy replica wakes the owner once per
+		// batch rather than once per event.
 		var queue <-chan item
-		if len(st.buf) < p.o.batchSize {
+		if st.inflight == nil && len(st.buf) == 0 {
 			queue = p.queue
 		}
 		select {
@@ -117,6 +121,7 @@ func (p *Publisher) spoolBuffered(st *owner) {
 	st.buf = p.take(st.buf)
 	for len(st.buf) > 0 {
 		p.spoolItems(st.buf)
+		p.queued.Add(-int64(len(st.buf)))
 		st.buf = p.take(st.buf[:0])
 	}
 }
@@ -130,6 +135,7 @@ func (p *Publisher) next(st *owner, stopping bool) {
 	if !st.online || st.inflight != nil {
 		return
 	}
+	st.buf = p.take(st.buf)
 	replay := p.sp.Stats().Pending > 0
 	if replay && (st.replayNext || len(st.buf) == 0) {
 		st.replayNext = false
@@ -148,6 +154,7 @@ func (p *Publisher) next(st *owner, stopping bool) {
 	st.buf = make([]item, 0, p.o.batchSize)
 	st.replayNext = replay
 	p.send(st, &batch{items: items})
+	p.queued.Add(-int64(len(items)))
 }
 
 // arm points the timer at the next moment the owner must act: the in-flight
