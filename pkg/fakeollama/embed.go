@@ -8,6 +8,8 @@ import (
 	"net/http"
 	"strconv"
 	"time"
+
+	"github.com/droverhq/drover/pkg/jsonw"
 )
 
 type embedRequest struct {
@@ -121,7 +123,7 @@ func (s *Server) handleEmbed(w http.ResponseWriter, r *http.Request) {
 	}
 	defer done()
 	loaded := time.Now()
-	b := append([]byte(`{"model":`), appendString(nil, req.Model)...)
+	b := append([]byte(`{"model":`), jsonw.AppendString(nil, req.Model)...)
 	if len(input) == 0 {
 		writeRaw(w, http.StatusOK, append(b, `,"embeddings":[]}`...))
 		return

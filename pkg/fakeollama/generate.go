@@ -6,6 +6,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/droverhq/drover/pkg/jsonw"
 )
 
 // tokens are the reply pieces, one per content chunk, pre-encoded as JSON strings.
@@ -14,7 +16,7 @@ var tokenWords = []string{" llama", " three", " fast", " fake", " token", " herd
 var tokenJSON = func() [][]byte {
 	out := make([][]byte, len(tokenWords))
 	for i, w := range tokenWords {
-		out[i] = appendString(nil, w)
+		out[i] = jsonw.AppendString(nil, w)
 	}
 	return out
 }()
@@ -85,7 +87,7 @@ func (s *Server) handleChat(w http.ResponseWriter, r *http.Request) {
 	for _, m := range req.Messages {
 		prompt += countWords(m.Content) + PerMessageTokens
 	}
-	s.run(w, r, &job{kind: kindChat, e: e, model: appendString(nil, req.Model),
+	s.run(w, r, &job{kind: kindChat, e: e, model: jsonw.AppendString(nil, req.Model),
 		stream: req.Stream == nil || *req.Stream, keepAlive: ka, empty: len(req.Messages) == 0,
 		plan: s.makePlan(prompt, req.Options, req.Fake, think > 0), start: start})
 }
@@ -129,7 +131,7 @@ func (s *Server) handleGenerate(w http.ResponseWriter, r *http.Request) {
 	if req.System != "" {
 		prompt += countWords(req.System) + PerMessageTokens
 	}
-	s.run(w, r, &job{kind: kindGenerate, e: e, model: appendString(nil, req.Model),
+	s.run(w, r, &job{kind: kindGenerate, e: e, model: jsonw.AppendString(nil, req.Model),
 		stream: req.Stream == nil || *req.Stream, keepAlive: ka, empty: req.Prompt == "", raw: req.Raw,
 		plan: s.makePlan(prompt, req.Options, req.Fake, think > 0), start: start})
 }
@@ -173,7 +175,7 @@ func (s *Server) checkCaps(w http.ResponseWriter, e *entry, reqModel, verb strin
 
 // doneOnly is the body of a load or unload answer.
 func (s *Server) doneOnly(kind genKind, model, reason string) []byte {
-	b := append([]byte(`{"model":`), appendString(nil, model)...)
+	b := append([]byte(`{"model":`), jsonw.AppendString(nil, model)...)
 	b = append(b, `,"created_at":`...)
 	b = appendTime(b, time.Now().UTC())
 	if kind == kindChat {
@@ -182,7 +184,7 @@ func (s *Server) doneOnly(kind genKind, model, reason string) []byte {
 		b = append(b, `,"response":""`...)
 	}
 	b = append(b, `,"done":true,"done_reason":`...)
-	b = appendString(b, reason)
+	b = jsonw.AppendString(b, reason)
 	return append(b, '}')
 }
 

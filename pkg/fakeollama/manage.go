@@ -10,6 +10,8 @@ import (
 	"regexp"
 	"strings"
 	"time"
+
+	"github.com/droverhq/drover/pkg/jsonw"
 )
 
 type showRequest struct {
@@ -121,10 +123,10 @@ type progressLine struct {
 
 func (p progressLine) appendJSON(b []byte) []byte {
 	b = append(b, `{"status":`...)
-	b = appendString(b, p.status)
+	b = jsonw.AppendString(b, p.status)
 	if p.digest != "" {
 		b = append(b, `,"digest":`...)
-		b = appendString(b, p.digest)
+		b = jsonw.AppendString(b, p.digest)
 	}
 	if p.total != 0 {
 		b = appendIntField(b, "total", p.total)
@@ -180,7 +182,7 @@ func (s *Server) progress(w http.ResponseWriter, r *http.Request, stream *bool, 
 			cut(w)
 			return false
 		case at(f.ErrorAfterChunks, i, n):
-			b = append(append(b[:0], `{"error":`...), appendString(nil, f.errorMessage(0))...)
+			b = append(append(b[:0], `{"error":`...), jsonw.AppendString(nil, f.errorMessage(0))...)
 			w.Write(append(b, '}', '\n'))
 			return false
 		case at(f.HangAfterChunks, i, n):

@@ -7,6 +7,8 @@ import (
 	"net/http"
 	"strconv"
 	"strings"
+
+	"github.com/droverhq/drover/pkg/jsonw"
 )
 
 // Ollama serves its OpenAI-compatible routes by wrapping its own handlers in
@@ -147,7 +149,7 @@ func (e *openaiErrors) Unwrap() http.ResponseWriter { return e.ResponseWriter }
 
 func appendOpenAIError(b []byte, typ, msg string, newline bool) []byte {
 	b = append(b, `{"error":{"message":`...)
-	b = appendString(b, msg)
+	b = jsonw.AppendString(b, msg)
 	b = append(b, `,"type":"`...)
 	b = append(b, typ...)
 	b = append(b, `","param":null,"code":null}}`...)

@@ -8,6 +8,8 @@ import (
 	"net/http"
 	"strings"
 	"time"
+
+	"github.com/droverhq/drover/pkg/jsonw"
 )
 
 // Request bodies of /v1/chat/completions and /v1/completions: the fields of
@@ -175,7 +177,7 @@ func (s *Server) handleChatCompletions(w http.ResponseWriter, r *http.Request, h
 	}
 	f := pickFault(hf, req.Fake)
 	j := &openaiJob{
-		job: job{kind: kindChat, e: e, model: appendString(nil, req.Model), stream: req.Stream,
+		job: job{kind: kindChat, e: e, model: jsonw.AppendString(nil, req.Model), stream: req.Stream,
 			keepAlive: s.cfg.KeepAlive, start: start,
 			plan: s.makePlan(prompt, maxTokens(req.MaxTokens), f.fault(), thinking > 0)},
 		id: openaiID("chatcmpl-"), usage: req.StreamOptions.includeUsage(),
@@ -323,7 +325,7 @@ func (s *Server) handleCompletions(w http.ResponseWriter, r *http.Request, hf *o
 	}
 	prompt := countWords(req.Prompt) + countWords(req.Suffix) + PerMessageTokens
 	s.runOpenAI(w, ew, r, &openaiJob{
-		job: job{kind: kindGenerate, e: e, model: appendString(nil, req.Model), stream: req.Stream,
+		job: job{kind: kindGenerate, e: e, model: jsonw.AppendString(nil, req.Model), stream: req.Stream,
 			keepAlive: s.cfg.KeepAlive, empty: req.Prompt == "", start: start,
 			plan: s.makePlan(prompt, maxTokens(req.MaxTokens), pickFault(hf, req.Fake).fault(), thinking > 0)},
 		id: openaiID("cmpl-"), usage: req.StreamOptions.includeUsage(),

@@ -9,6 +9,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/droverhq/drover/pkg/jsonw"
 )
 
 // openaiEmbedRequest is Ollama's openai.EmbedRequest plus the fake field.
@@ -97,7 +99,7 @@ func (s *Server) handleOpenAIEmbeddings(w http.ResponseWriter, r *http.Request, 
 		tokens += countWords(text) + PerMessageTokens
 	}
 	b = append(b, `],"model":`...)
-	b = appendString(b, req.Model)
+	b = jsonw.AppendString(b, req.Model)
 	b = append(b, `,"usage":{"prompt_tokens":`...)
 	b = strconv.AppendInt(b, int64(tokens), 10)
 	b = append(b, `,"total_tokens":`...)

@@ -6,6 +6,8 @@ import (
 	"net/http"
 	"slices"
 	"strconv"
+
+	"github.com/droverhq/drover/pkg/jsonw"
 )
 
 // handleListModels is /v1/models: /api/tags through openai.ToListCompletion
@@ -59,10 +61,10 @@ func (s *Server) handleRetrieveModel(w http.ResponseWriter, r *http.Request, nam
 
 func appendOpenAIModel(b []byte, id string, e *entry) []byte {
 	b = append(b, `{"id":`...)
-	b = appendString(b, id)
+	b = jsonw.AppendString(b, id)
 	b = append(b, `,"object":"model","created":`...)
 	b = strconv.AppendInt(b, e.modifiedAt.Unix(), 10)
 	b = append(b, `,"owned_by":`...)
-	b = appendString(b, parseName(id).namespace)
+	b = jsonw.AppendString(b, parseName(id).namespace)
 	return append(b, '}')
 }

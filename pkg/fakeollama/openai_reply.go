@@ -6,6 +6,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/droverhq/drover/pkg/jsonw"
 )
 
 // openaiJob is a validated /v1/chat/completions or /v1/completions request.
@@ -142,7 +144,7 @@ func (j *openaiJob) appendToolCall(b []byte) []byte {
 		b = append(b, letters[rand.IntN(len(letters))])
 	}
 	b = append(b, `","index":0,"type":"function","function":{"name":`...)
-	b = appendString(b, j.tool)
+	b = jsonw.AppendString(b, j.tool)
 	return append(b, `,"arguments":"{}"}}`...)
 }
 
@@ -277,13 +279,13 @@ func (s *Server) onceOpenAI(w http.ResponseWriter, ew *openaiErrors, r *http.Req
 	}
 	var reasoning, call []byte
 	if j.kind == kindChat && thinking.Len() > 0 {
-		reasoning = appendString(nil, thinking.String())
+		reasoning = jsonw.AppendString(nil, thinking.String())
 	}
 	if j.tool != "" {
 		call = j.appendToolCall(nil)
 	}
 	b := j.appendHead(make([]byte, 0, 512), false, time.Now().Unix(), j.model)
-	b = j.appendChoice(b, false, appendString(nil, content.String()), reasoning, call, j.finishReason())
+	b = j.appendChoice(b, false, jsonw.AppendString(nil, content.String()), reasoning, call, j.finishReason())
 	b = j.appendTail(b, false, j.model, &[2]int{j.plan.promptTokens, j.plan.chunks})
 	w.Header().Set("Content-Type", "application/json")
 	writeRaw(w, http.StatusOK, append(b, '\n'))

@@ -11,6 +11,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/droverhq/drover/pkg/jsonw"
 )
 
 // Server is a fake Ollama. It is an http.Handler; Start serves it on a
@@ -210,7 +212,7 @@ func writeRaw(w http.ResponseWriter, status int, b []byte) {
 }
 
 func writeError(w http.ResponseWriter, status int, msg string) {
-	b := append([]byte(`{"error":`), appendString(nil, msg)...)
+	b := append([]byte(`{"error":`), jsonw.AppendString(nil, msg)...)
 	writeRaw(w, status, append(b, '}'))
 }
 

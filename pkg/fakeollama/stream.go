@@ -4,6 +4,8 @@ import (
 	"net/http"
 	"strings"
 	"time"
+
+	"github.com/droverhq/drover/pkg/jsonw"
 )
 
 // run serves a validated chat or generate job: it takes a slot, loads the
@@ -73,18 +75,18 @@ func (j *job) appendFinal(b []byte, content, thinking string, start, loaded, fir
 	b = j.chunkPrefix(b)
 	if j.kind == kindChat {
 		b = append(b, `,"message":{"role":"assistant","content":`...)
-		b = appendString(b, content)
+		b = jsonw.AppendString(b, content)
 		if thinking != "" {
 			b = append(b, `,"thinking":`...)
-			b = appendString(b, thinking)
+			b = jsonw.AppendString(b, thinking)
 		}
 		b = append(b, '}')
 	} else {
 		b = append(b, `,"response":`...)
-		b = appendString(b, content)
+		b = jsonw.AppendString(b, content)
 		if thinking != "" {
 			b = append(b, `,"thinking":`...)
-			b = appendString(b, thinking)
+			b = jsonw.AppendString(b, thinking)
 		}
 	}
 	b = append(b, `,"done":true,"done_reason":"`...)
@@ -136,7 +138,7 @@ func (s *Server) stream(w http.ResponseWriter, r *http.Request, j *job, loaded t
 			cut(w)
 			return
 		case at(f.ErrorAfterChunks, i, j.plan.chunks):
-			buf = append(append(buf[:0], `{"error":`...), appendString(nil, f.errorMessage(0))...)
+			buf = append(append(buf[:0], `{"error":`...), jsonw.AppendString(nil, f.errorMessage(0))...)
 			w.Write(append(buf, '}', '\n'))
 			return
 		case at(f.HangAfterChunks, i, j.plan.chunks):

@@ -15,6 +15,7 @@ import (
 	"github.com/droverhq/drover/pkg/usage"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
+	dto "github.com/prometheus/client_model/go"
 )
 
 func record(p *Publisher, sent *ids) {
@@ -100,18 +101,8 @@ func TestFallsBackToPerMessageAcksWhenBatchesAreRefused(t *testing.T) {
 
 func histogram(t *testing.T, reg *prometheus.Registry, name string) (count, sum float64) {
 	t.Helper()
-	mfs, err := reg.Gather()
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, mf := range mfs {
-		if mf.GetName() == name {
-			h := mf.GetMetric()[0].GetHistogram()
-			return float64(h.GetSampleCount()), h.GetSampleSum()
-		}
-	}
-	t.Fatalf("metric %s not registered", name)
-	return 0, 0
+	h := gather(t, reg, name).GetHistogram()
+	return float64(h.GetSampleCount()), h.GetSampleSum()
 }
 
 // recorder calls Record from many goroutines until stopped and tracks the
@@ -164,21 +155,27 @@ func (r *recorder) halt() time.Duration {
 
 func counterValue(t *testing.T, reg *prometheus.Registry, name string) float64 {
 	t.Helper()
+	m := gather(t, reg, name)
+	if m.Counter != nil {
+		return m.Counter.GetValue()
+	}
+	return m.Gauge.GetValue()
+}
+
+// gather returns the first (unlabelled) series of metric name.
+func gather(t *testing.T, reg *prometheus.Registry, name string) *dto.Metric {
+	t.Helper()
 	mfs, err := reg.Gather()
 	if err != nil {
 		t.Fatal(err)
 	}
 	for _, mf := range mfs {
 		if mf.GetName() == name {
-			m := mf.GetMetric()[0]
-			if m.Counter != nil {
-				return m.Counter.GetValue()
-			}
-			return m.Gauge.GetValue()
+			return mf.GetMetric()[0]
 		}
 	}
 	t.Fatalf("metric %s not registered", name)
-	return 0
+	return nil
 }
 
 func TestNATSStoppedMidRunThenRestarted(t *testing.T) {
