@@ -61,37 +61,8 @@ func Markdown(w io.Writer, d Document) error {
 			r.Target, r.Mode, r.Workload, s.ReqPerSec, msf(s.P50), msf(s.P99), s.Errors, cpu)
 	}
 
-	if len(d.Ratios) > 0 {
-		b.WriteString("\n| workload | mode | drover ÷ bare | value | goal | met | detail |\n")
-		b.WriteString("|---|---|---|---:|---|---|---|\n")
-		for _, r := range d.Ratios {
-			value, met := "n/a", "n/a"
-			if r.Valid {
-				value = fmt.Sprintf("%.2f", r.Value)
-				met = "no"
-				if r.Met {
-					met = "yes"
-				}
-			}
-			fmt.Fprintf(&b, "| %s | %s | %s | %s | %s | %s | %s |\n", r.Workload, r.Mode, r.Metric, value, r.Goal, met, r.Note)
-		}
-	}
-
-	if len(d.Publishing) > 0 {
-		b.WriteString("\n| workload | mode | drover+nats ÷ drover | value | goal | met | detail |\n")
-		b.WriteString("|---|---|---|---:|---|---|---|\n")
-		for _, r := range d.Publishing {
-			value, met := "n/a", "n/a"
-			if r.Valid {
-				value = fmt.Sprintf("%.2f", r.Value)
-				met = "no"
-				if r.Met {
-					met = "yes"
-				}
-			}
-			fmt.Fprintf(&b, "| %s | %s | %s | %s | %s | %s | %s |\n", r.Workload, r.Mode, r.Metric, value, r.Goal, met, r.Note)
-		}
-	}
+	ratioTable(&b, "drover ÷ bare", d.Ratios)
+	ratioTable(&b, "drover+nats ÷ drover", d.Publishing)
 
 	var errs []string
 	for _, r := range d.Rows {
@@ -118,6 +89,26 @@ func Markdown(w io.Writer, d Document) error {
 	}
 	_, err := io.WriteString(w, b.String())
 	return err
+}
+
+// ratioTable writes one comparison table, if there is anything in it.
+func ratioTable(b *strings.Builder, title string, ratios []Ratio) {
+	if len(ratios) == 0 {
+		return
+	}
+	fmt.Fprintf(b, "\n| workload | mode | %s | value | goal | met | detail |\n", title)
+	b.WriteString("|---|---|---|---:|---|---|---|\n")
+	for _, r := range ratios {
+		value, met := "n/a", "n/a"
+		if r.Valid {
+			value = fmt.Sprintf("%.2f", r.Value)
+			met = "no"
+			if r.Met {
+				met = "yes"
+			}
+		}
+		fmt.Fprintf(b, "| %s | %s | %s | %s | %s | %s | %s |\n", r.Workload, r.Mode, r.Metric, value, r.Goal, met, r.Note)
+	}
 }
 
 func msf(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }

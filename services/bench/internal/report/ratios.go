@@ -50,19 +50,7 @@ func Ratios(rows []suite.Row) []Ratio {
 		bare, okBare := by[key{suite.Bare, r.Mode, r.Workload}]
 		direct, okDirect := by[key{suite.Direct, r.Mode, r.Workload}]
 		if r.Closed {
-			ratio := Ratio{Workload: r.Workload, Mode: r.Mode, Metric: "throughput", Goal: fmt.Sprintf(">= %.1f", MinThroughputRatio)}
-			switch {
-			case !okBare:
-				ratio.Note = "no bare proxy row"
-			case bare.Summary.ReqPerSec <= 0:
-				ratio.Note = "bare proxy completed no requests"
-			default:
-				ratio.Valid = true
-				ratio.Value = r.Summary.ReqPerSec / bare.Summary.ReqPerSec
-				ratio.Met = ratio.Value >= MinThroughputRatio
-				ratio.Note = fmt.Sprintf("%.0f ÷ %.0f req/s", r.Summary.ReqPerSec, bare.Summary.ReqPerSec)
-			}
-			out = append(out, ratio)
+			out = append(out, throughput(r, bare, okBare, "bare proxy", fmt.Sprintf(">= %.1f", MinThroughputRatio), MinThroughputRatio))
 			continue
 		}
 		for _, m := range []struct {
@@ -94,6 +82,24 @@ func Ratios(rows []suite.Row) []Ratio {
 	return out
 }
 
+// throughput is r's saturated req/s ÷ base's (found says whether there is
+// a base row; name is the base in notes), met at minimum or more.
+func throughput(r, base suite.Row, found bool, name, goal string, minimum float64) Ratio {
+	ratio := Ratio{Workload: r.Workload, Mode: r.Mode, Metric: "throughput", Goal: goal}
+	switch {
+	case !found:
+		ratio.Note = "no " + name + " row"
+	case base.Summary.ReqPerSec <= 0:
+		ratio.Note = name + " completed no requests"
+	default:
+		ratio.Valid = true
+		ratio.Value = r.Summary.ReqPerSec / base.Summary.ReqPerSec
+		ratio.Met = ratio.Value >= minimum
+		ratio.Note = fmt.Sprintf("%.0f ÷ %.0f req/s", r.Summary.ReqPerSec, base.Summary.ReqPerSec)
+	}
+	return ratio
+}
+
 // ms formats a duration as milliseconds with microsecond precision.
 func ms(d time.Duration) string {
 	return fmt.Sprintf("%.3f ms", float64(d)/float64(time.Millisecond))
@@ -119,20 +125,8 @@ func PublishingRatios(rows []suite.Row) []Ratio {
 			continue
 		}
 		goal := fmt.Sprintf(">= %.2f", MinPublishingRatio)
-		ratio := Ratio{Workload: r.Workload, Mode: r.Mode, Metric: "throughput", Goal: goal}
 		off, ok := by[key{suite.Drover, r.Mode, r.Workload}]
-		switch {
-		case !ok:
-			ratio.Note = "no drover row"
-		case off.Summary.ReqPerSec <= 0:
-			ratio.Note = "drover completed no requests"
-		default:
-			ratio.Valid = true
-			ratio.Value = r.Summary.ReqPerSec / off.Summary.ReqPerSec
-			ratio.Met = ratio.Value >= MinPublishingRatio
-			ratio.Note = fmt.Sprintf("%.0f ÷ %.0f req/s", r.Summary.ReqPerSec, off.Summary.ReqPerSec)
-		}
-		out = append(out, ratio)
+		out = append(out, throughput(r, off, ok, "drover", goal, MinPublishingRatio))
 		on := r.Summary
 		if !ok || on.CPUPerReq <= 0 || off.Summary.CPUPerReq <= 0 {
 			continue
