@@ -23,8 +23,7 @@ type batch struct {
 	next      spool.Pos // replay: the spool position after the batch
 	sent      time.Time
 	deadline  time.Time
-	perMsg    bool // each event was published on its own and gets its own ack
-	acked     int  // per-message mode: acks received so far
+	acked     int // per-message mode: acks received so far
 }
 
 // owner is the state of the goroutine that runs the publisher; nothing
@@ -187,7 +186,6 @@ func (p *Publisher) arm(st *owner) {
 // re-send is deduplicated by the stream.
 func (p *Publisher) send(st *owner, b *batch) {
 	b.id = nuid.Next()
-	b.perMsg = st.perMsg
 	b.sent = time.Now()
 	b.deadline = b.sent.Add(p.o.ackTimeout)
 	st.inflight = b
@@ -203,7 +201,7 @@ func (p *Publisher) send(st *owner, b *batch) {
 		msg.Subject = usage.Subject(it.id, p.o.partitions)
 		msg.Data = it.data
 		reply = append(append(append(reply[:0], p.inbox...), '.'), b.id...)
-		if b.perMsg {
+		if st.perMsg {
 			reply = strconv.AppendInt(append(reply, '.'), int64(i+1), 10)
 		} else {
 			// <inbox>.<batch id>.<flow>.fail.<seq>.<op>.$FI
@@ -265,7 +263,7 @@ func (p *Publisher) onReply(st *owner, m *nats.Msg) {
 		return
 	}
 	switch {
-	case r.Error != nil && !b.perMsg && batchUnsupported(r.Error.ErrCode):
+	case r.Error != nil && !st.perMsg && batchUnsupported(r.Error.ErrCode):
 		p.perMessage(st, r.Error.Description)
 	case r.Error != nil:
 		p.fail(st, "JetStream refused a publish: "+r.Error.Description)
@@ -273,7 +271,7 @@ func (p *Publisher) onReply(st *owner, m *nats.Msg) {
 		// Flow control: the server has persisted a prefix of the batch.
 	case r.Type != "":
 		p.fail(st, "JetStream reported a "+r.Type+" in a fast batch")
-	case b.perMsg:
+	case st.perMsg:
 		if b.acked++; b.acked == len(b.items) {
 			p.done(st)
 		}

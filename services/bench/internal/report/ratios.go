@@ -35,13 +35,18 @@ type Ratio struct {
 
 type key struct{ target, mode, workload string }
 
-// Ratios compares the drover rows with the bare and direct rows: throughput
-// for every closed-loop mode, added p50 and p99 for every open-loop mode.
-func Ratios(rows []suite.Row) []Ratio {
-	by := map[key]suite.Row{}
+func index(rows []suite.Row) map[key]suite.Row {
+	by := make(map[key]suite.Row, len(rows))
 	for _, r := range rows {
 		by[key{r.Target, r.Mode, r.Workload}] = r
 	}
+	return by
+}
+
+// Ratios compares the drover rows with the bare and direct rows: throughput
+// for every closed-loop mode, added p50 and p99 for every open-loop mode.
+func Ratios(rows []suite.Row) []Ratio {
+	by := index(rows)
 	var out []Ratio
 	for _, r := range rows {
 		if r.Target != suite.Drover {
@@ -115,10 +120,7 @@ const MinPublishingRatio = 0.95
 // own CPU per request off ÷ on, which is what publishing costs a replica's
 // capacity when NATS runs elsewhere, as deployed.
 func PublishingRatios(rows []suite.Row) []Ratio {
-	by := map[key]suite.Row{}
-	for _, r := range rows {
-		by[key{r.Target, r.Mode, r.Workload}] = r
-	}
+	by := index(rows)
 	var out []Ratio
 	for _, r := range rows {
 		if r.Target != suite.DroverNATS || !r.Closed {
