@@ -6,7 +6,7 @@ PKGS := $(addsuffix /...,$(MODULES))
 
 .PHONY: build test deps lint bench run demo smoke conformance
 build:
-	$(GO) build -o bin/ ./services/proxy/cmd/... ./pkg/fakeollama/cmd/... ./services/bench/cmd/...
+	$(GO) build -o bin/ ./services/proxy/cmd/... ./testkit/ollamatest/cmd/... ./services/bench/cmd/...
 
 # Side by side in one run: direct to the fake backend, a bare
 # httputil.ReverseProxy, Drover, and Drover publishing usage to JetStream

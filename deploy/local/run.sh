@@ -50,7 +50,7 @@ die() {
 if [[ -z ${NO_BUILD:-} ]]; then
 	log "building into $BIN/ ..."
 	go build -o "$BIN/" ./services/proxy/cmd/drover-proxy ./services/aggregator/cmd/drover-aggregator \
-		./services/droverctl/cmd/... ./pkg/fakeollama/cmd/fake-ollama github.com/nats-io/nats-server/v2
+		./services/droverctl/cmd/... ./testkit/ollamatest/cmd/fake-ollama github.com/nats-io/nats-server/v2
 fi
 
 find_clickhouse() {

@@ -11,7 +11,7 @@ import (
 
 	"github.com/droverhq/drover/pkg/analytics"
 	"github.com/droverhq/drover/pkg/chstore"
-	"github.com/droverhq/drover/pkg/chtest"
+	"github.com/droverhq/drover/testkit/chtest"
 	"github.com/droverhq/drover/pkg/usage"
 )
 

@@ -4,7 +4,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/droverhq/drover/pkg/natstest"
+	"github.com/droverhq/drover/testkit/natstest"
 	"github.com/droverhq/drover/pkg/usage"
 )
 

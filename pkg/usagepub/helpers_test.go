@@ -6,7 +6,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/droverhq/drover/pkg/natstest"
+	"github.com/droverhq/drover/testkit/natstest"
 	"github.com/droverhq/drover/pkg/usage"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"

@@ -11,7 +11,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/droverhq/drover/pkg/natstest"
+	"github.com/droverhq/drover/testkit/natstest"
 	"github.com/droverhq/drover/pkg/usage"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"

@@ -3,6 +3,7 @@ module github.com/droverhq/drover/services/aggregator
 go 1.26.8
 
 require (
+	github.com/droverhq/drover/testkit v0.0.0
 	github.com/droverhq/drover/pkg v0.0.0
 	github.com/nats-io/nats.go v1.55.0
 	github.com/prometheus/client_golang v1.25.0
@@ -48,4 +49,5 @@ require (
 replace (
 	github.com/droverhq/drover/pkg => ../../pkg
 	github.com/droverhq/drover/schemas => ../../schemas
+	github.com/droverhq/drover/testkit => ../../testkit
 )

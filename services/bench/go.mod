@@ -3,6 +3,7 @@ module github.com/droverhq/drover/services/bench
 go 1.26.8
 
 require (
+	github.com/droverhq/drover/testkit v0.0.0
 	github.com/nats-io/nats-server/v2 v2.15.2
 	github.com/nats-io/nats.go v1.55.0
 	go.uber.org/goleak v1.3.0
@@ -25,4 +26,5 @@ require (
 replace (
 	github.com/droverhq/drover/pkg => ../../pkg
 	github.com/droverhq/drover/schemas => ../../schemas
+	github.com/droverhq/drover/testkit => ../../testkit
 )

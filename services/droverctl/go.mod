@@ -3,6 +3,7 @@ module github.com/droverhq/drover/services/droverctl
 go 1.26.8
 
 require (
+	github.com/droverhq/drover/testkit v0.0.0
 	github.com/ClickHouse/clickhouse-go/v2 v2.51.0
 	github.com/compose-spec/compose-go/v2 v2.16.2
 	github.com/droverhq/drover/pkg v0.0.0
@@ -46,4 +47,5 @@ require (
 replace (
 	github.com/droverhq/drover/pkg => ../../pkg
 	github.com/droverhq/drover/schemas => ../../schemas
+	github.com/droverhq/drover/testkit => ../../testkit
 )

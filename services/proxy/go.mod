@@ -3,6 +3,7 @@ module github.com/droverhq/drover/services/proxy
 go 1.26.8
 
 require (
+	github.com/droverhq/drover/testkit v0.0.0
 	github.com/droverhq/drover/pkg v0.0.0
 	github.com/droverhq/drover/schemas v0.0.0
 )
@@ -129,4 +130,5 @@ require (
 replace (
 	github.com/droverhq/drover/pkg => ../../pkg
 	github.com/droverhq/drover/schemas => ../../schemas
+	github.com/droverhq/drover/testkit => ../../testkit
 )

@@ -26,9 +26,9 @@ import (
 	"github.com/ClickHouse/clickhouse-go/v2"
 	"github.com/ClickHouse/clickhouse-go/v2/lib/driver"
 
-	"github.com/droverhq/drover/pkg/chtest"
-	"github.com/droverhq/drover/pkg/fakeollama"
-	"github.com/droverhq/drover/pkg/natstest"
+	"github.com/droverhq/drover/testkit/chtest"
+	"github.com/droverhq/drover/testkit/ollamatest"
+	"github.com/droverhq/drover/testkit/natstest"
 )
 
 var binDir string
@@ -188,7 +188,7 @@ func parseTokens(r request, body []byte) (tokens, string, bool) {
 		if doc.Usage == nil {
 			// Not asked for: the fake's deterministic rule (words + 4 per
 			// message in, default chunks out) says what the backend counted.
-			return tokens{in: 4 + 4, out: fakeollama.DefaultChunks}, "tiny", true
+			return tokens{in: 4 + 4, out: ollamatest.DefaultChunks}, "tiny", true
 		}
 		return tokens{doc.Usage.PromptTokens, doc.Usage.CompletionTokens}, "", true
 	}
@@ -234,7 +234,7 @@ func TestPipelineExactAcrossNATSAndClickHouseOutages(t *testing.T) {
 func runPipeline(t *testing.T, fault func(*natstest.Server, *chtest.Server, []*proc)) {
 	ns := natstest.Start(t)
 	ch := chtest.Start(t)
-	fakes, urls := startFakes(t, 3, fakeollama.Config{ChunkDelay: 200 * time.Microsecond})
+	fakes, urls := startFakes(t, 3, ollamatest.Config{ChunkDelay: 200 * time.Microsecond})
 	keys := map[string]string{"team-a": "key-aaaaaaaa", "team-b": "key-bbbbbbbb"}
 	common := []string{
 		"DROVER_NATS_URL=" + ns.URL(),
@@ -383,12 +383,12 @@ func runPipeline(t *testing.T, fault func(*natstest.Server, *chtest.Server, []*p
 }
 
 // startFakes starts n fake Ollama servers, stopped when the test ends.
-func startFakes(t *testing.T, n int, cfg fakeollama.Config) ([]*fakeollama.Server, []string) {
+func startFakes(t *testing.T, n int, cfg ollamatest.Config) ([]*ollamatest.Server, []string) {
 	t.Helper()
-	var fakes []*fakeollama.Server
+	var fakes []*ollamatest.Server
 	var urls []string
 	for range n {
-		f := fakeollama.New(cfg)
+		f := ollamatest.New(cfg)
 		if err := f.Start(); err != nil {
 			t.Fatal(err)
 		}

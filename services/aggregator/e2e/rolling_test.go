@@ -21,9 +21,9 @@ import (
 
 	"github.com/ClickHouse/clickhouse-go/v2"
 
-	"github.com/droverhq/drover/pkg/chtest"
-	"github.com/droverhq/drover/pkg/fakeollama"
-	"github.com/droverhq/drover/pkg/natstest"
+	"github.com/droverhq/drover/testkit/chtest"
+	"github.com/droverhq/drover/testkit/ollamatest"
+	"github.com/droverhq/drover/testkit/natstest"
 )
 
 var buildLB = sync.OnceValue(func() error {
@@ -50,7 +50,7 @@ func TestRollingRestartBehindLoadBalancer(t *testing.T) {
 	ns := natstest.Start(t)
 	ch := chtest.Start(t)
 	// Slow enough that requests are in flight when SIGTERM arrives.
-	fakes, urls := startFakes(t, 2, fakeollama.Config{ChunkDelay: 2 * time.Millisecond})
+	fakes, urls := startFakes(t, 2, ollamatest.Config{ChunkDelay: 2 * time.Millisecond})
 	common := []string{
 		"DROVER_NATS_URL=" + ns.URL(),
 		"DROVER_CLICKHOUSE_ADDR=" + ch.Addr(),

@@ -5,10 +5,10 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/droverhq/drover/pkg/fakeollama"
+	"github.com/droverhq/drover/testkit/ollamatest"
 )
 
-// fakeDifferences are where pkg/fakeollama is simpler than Ollama on
+// fakeDifferences are where testkit/ollamatest is simpler than Ollama on
 // purpose. They concern the fake only; Drover's are allowedDifferences.
 var fakeDifferences = []allowance{}
 
@@ -19,12 +19,12 @@ var fakeSkips = map[string]string{
 }
 
 // TestFakeMatchesOllama sends the same requests to real Ollama and to
-// pkg/fakeollama, so that the fast tests built on the fake stay honest:
+// testkit/ollamatest, so that the fast tests built on the fake stay honest:
 // status, Content-Type, JSON keys and types, stream chunk shapes, and the
 // values that do not depend on real weights (errors, names, done, status).
 func TestFakeMatchesOllama(t *testing.T) {
 	need(t)
-	fake := fakeollama.New(fakeollama.Config{})
+	fake := ollamatest.New(ollamatest.Config{})
 	if err := fake.Start(); err != nil {
 		t.Fatal(err)
 	}

@@ -16,8 +16,8 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/droverhq/drover/pkg/chstore"
-	"github.com/droverhq/drover/pkg/chtest"
-	"github.com/droverhq/drover/pkg/natstest"
+	"github.com/droverhq/drover/testkit/chtest"
+	"github.com/droverhq/drover/testkit/natstest"
 	"github.com/droverhq/drover/pkg/usage"
 	"github.com/droverhq/drover/services/aggregator/internal/ingest"
 	"github.com/droverhq/drover/services/aggregator/internal/lease"

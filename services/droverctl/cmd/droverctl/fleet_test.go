@@ -14,26 +14,26 @@ import (
 	"testing"
 	"time"
 
-	"github.com/droverhq/drover/pkg/fakeollama"
+	"github.com/droverhq/drover/testkit/ollamatest"
 )
 
 // startProxy runs the real drover-proxy binary in front of two fake Ollama
 // servers (the first with tiny loaded) and returns its URL and the fakes.
-func startProxy(t *testing.T) (string, []*fakeollama.Server) {
+func startProxy(t *testing.T) (string, []*ollamatest.Server) {
 	t.Helper()
 	dir := t.TempDir()
 	build := exec.Command("go", "build", "-o", dir+"/", "github.com/droverhq/drover/services/proxy/cmd/drover-proxy")
 	if out, err := build.CombinedOutput(); err != nil {
 		t.Fatalf("building drover-proxy: %v\n%s", err, out)
 	}
-	var fakes []*fakeollama.Server
+	var fakes []*ollamatest.Server
 	var urls []string
 	for i := range 2 {
-		cfg := fakeollama.Config{}
+		cfg := ollamatest.Config{}
 		if i == 0 {
 			cfg.Loaded = []string{"tiny"}
 		}
-		f := fakeollama.New(cfg)
+		f := ollamatest.New(cfg)
 		if err := f.Start(); err != nil {
 			t.Fatal(err)
 		}

@@ -10,7 +10,7 @@ import (
 	"time"
 
 	"github.com/droverhq/drover/pkg/chstore"
-	"github.com/droverhq/drover/pkg/chtest"
+	"github.com/droverhq/drover/testkit/chtest"
 	"github.com/droverhq/drover/pkg/usage"
 )
 

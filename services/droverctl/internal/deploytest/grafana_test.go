@@ -14,7 +14,7 @@ import (
 	"gopkg.in/yaml.v3"
 
 	"github.com/droverhq/drover/pkg/chstore"
-	"github.com/droverhq/drover/pkg/chtest"
+	"github.com/droverhq/drover/testkit/chtest"
 	"github.com/droverhq/drover/pkg/usage"
 )
 

@@ -13,8 +13,8 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/droverhq/drover/pkg/chstore"
-	"github.com/droverhq/drover/pkg/chtest"
-	"github.com/droverhq/drover/pkg/natstest"
+	"github.com/droverhq/drover/testkit/chtest"
+	"github.com/droverhq/drover/testkit/natstest"
 	"github.com/droverhq/drover/pkg/usage"
 )
 

@@ -18,9 +18,9 @@ import (
 	"github.com/chromedp/chromedp"
 
 	"github.com/droverhq/drover/pkg/chstore"
-	"github.com/droverhq/drover/pkg/chtest"
+	"github.com/droverhq/drover/testkit/chtest"
 	"github.com/droverhq/drover/pkg/config"
-	"github.com/droverhq/drover/pkg/fakeollama"
+	"github.com/droverhq/drover/testkit/ollamatest"
 	"github.com/droverhq/drover/pkg/usage"
 )
 
@@ -99,7 +99,7 @@ func TestDashboardInBrowser(t *testing.T) {
 		t.Fatalf("%s not found: apt-get install chromium (or set DROVER_ALLOW_SKIP=1 to skip)", chromium)
 	}
 	store := seedClickHouse(t)
-	e := newEnvOpts(t, 2, func(i int, c *fakeollama.Config) {
+	e := newEnvOpts(t, 2, func(i int, c *ollamatest.Config) {
 		c.Chunks, c.ChunkDelay = 30, 20*time.Millisecond
 		c.Loaded = []string{"tiny"}
 	}, func(c *config.Config) {

@@ -13,7 +13,7 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/droverhq/drover/pkg/config"
-	"github.com/droverhq/drover/pkg/fakeollama"
+	"github.com/droverhq/drover/testkit/ollamatest"
 )
 
 func TestMain(m *testing.M) {
@@ -28,7 +28,7 @@ func TestMain(m *testing.M) {
 // env is Drover in front of fake Ollama backends, all in-process.
 type env struct {
 	t      *testing.T
-	fakes  []*fakeollama.Server
+	fakes  []*ollamatest.Server
 	srv    *Server
 	http   *httptest.Server
 	url    string
@@ -37,22 +37,22 @@ type env struct {
 
 // newEnv starts n fakes (configured by fake, if set) and a Drover replica
 // over them (configured by mutate, if set).
-func newEnv(t *testing.T, n int, fake func(i int, c *fakeollama.Config), mutate func(*config.Config)) *env {
+func newEnv(t *testing.T, n int, fake func(i int, c *ollamatest.Config), mutate func(*config.Config)) *env {
 	t.Helper()
 	return newEnvOpts(t, n, fake, mutate, Options{})
 }
 
 // newEnvOpts is newEnv with server options (a ClickHouse store, say).
-func newEnvOpts(t *testing.T, n int, fake func(i int, c *fakeollama.Config), mutate func(*config.Config), opts Options) *env {
+func newEnvOpts(t *testing.T, n int, fake func(i int, c *ollamatest.Config), mutate func(*config.Config), opts Options) *env {
 	t.Helper()
 	e := &env{t: t}
 	cfg := &config.Config{Replica: "test"}
 	for i := range n {
-		fc := fakeollama.Config{}
+		fc := ollamatest.Config{}
 		if fake != nil {
 			fake(i, &fc)
 		}
-		f := fakeollama.New(fc)
+		f := ollamatest.New(fc)
 		if err := f.Start(); err != nil {
 			t.Fatal(err)
 		}

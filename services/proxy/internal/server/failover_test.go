@@ -12,7 +12,7 @@ import (
 	"time"
 
 	"github.com/droverhq/drover/pkg/config"
-	"github.com/droverhq/drover/pkg/fakeollama"
+	"github.com/droverhq/drover/testkit/ollamatest"
 	"github.com/droverhq/drover/services/proxy/internal/forward"
 	"github.com/droverhq/drover/services/proxy/internal/ollamaapi"
 )
@@ -167,7 +167,7 @@ func TestQueueFullAndTimeoutAnswer503(t *testing.T) {
 }
 
 func TestModelLoadedIsPreferred(t *testing.T) {
-	e := newEnv(t, 3, func(i int, c *fakeollama.Config) {
+	e := newEnv(t, 3, func(i int, c *ollamatest.Config) {
 		if i == 2 {
 			c.Loaded = []string{"tiny2"}
 		}

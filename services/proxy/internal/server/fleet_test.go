@@ -15,13 +15,13 @@ import (
 	"github.com/nats-io/nats.go"
 
 	"github.com/droverhq/drover/pkg/config"
-	"github.com/droverhq/drover/pkg/fakeollama"
-	"github.com/droverhq/drover/pkg/natstest"
+	"github.com/droverhq/drover/testkit/ollamatest"
+	"github.com/droverhq/drover/testkit/natstest"
 )
 
 // replicas starts n Drover replicas over the same fakes, sharing state
 // through one real NATS server.
-func replicas(t *testing.T, n int, natsURL string, fakes []*fakeollama.Server, mutate func(*config.Config)) []*Server {
+func replicas(t *testing.T, n int, natsURL string, fakes []*ollamatest.Server, mutate func(*config.Config)) []*Server {
 	t.Helper()
 	var out []*Server
 	for i := range n {
@@ -66,12 +66,12 @@ func TestFleetWideCap(t *testing.T) {
 
 func testFleetWideCap(t *testing.T, k int) {
 	ns := natstest.Start(t)
-	fake := fakeollama.New(fakeollama.Config{Chunks: 5, ChunkDelay: 2 * time.Millisecond})
+	fake := ollamatest.New(ollamatest.Config{Chunks: 5, ChunkDelay: 2 * time.Millisecond})
 	if err := fake.Start(); err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(fake.Close)
-	reps := replicas(t, 3, ns.URL(), []*fakeollama.Server{fake}, func(c *config.Config) {
+	reps := replicas(t, 3, ns.URL(), []*ollamatest.Server{fake}, func(c *config.Config) {
 		c.Routing.MaxConcurrency = k
 		c.Routing.Queue.MaxLength = 10000
 		c.Routing.Queue.MaxWait = time.Minute
@@ -125,12 +125,12 @@ func testFleetWideCap(t *testing.T, k int) {
 // once: their cached model lists are dropped within 100 ms.
 func TestFleetInvalidation(t *testing.T) {
 	ns := natstest.Start(t)
-	fake := fakeollama.New(fakeollama.Config{})
+	fake := ollamatest.New(ollamatest.Config{})
 	if err := fake.Start(); err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(fake.Close)
-	reps := replicas(t, 2, ns.URL(), []*fakeollama.Server{fake}, nil)
+	reps := replicas(t, 2, ns.URL(), []*ollamatest.Server{fake}, nil)
 	u0, u1 := serve(t, reps[0]), serve(t, reps[1])
 	waitFor(t, func() bool { return len(reps[1].Sync.Status().Peers) == 1 })
 	// Replica 1 caches the model list (without the new model).
@@ -156,12 +156,12 @@ func TestFleetInvalidation(t *testing.T) {
 // TestFleetWithoutNATS: replicas fall back to their own counts and say so.
 func TestFleetWithoutNATS(t *testing.T) {
 	ns := natstest.Start(t)
-	fake := fakeollama.New(fakeollama.Config{})
+	fake := ollamatest.New(ollamatest.Config{})
 	if err := fake.Start(); err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(fake.Close)
-	reps := replicas(t, 2, ns.URL(), []*fakeollama.Server{fake}, nil)
+	reps := replicas(t, 2, ns.URL(), []*ollamatest.Server{fake}, nil)
 	waitFor(t, func() bool { return reps[0].Sync.Status().Mode == "fleet" && len(reps[0].Sync.Status().Peers) == 1 })
 	ns.Stop()
 	waitFor(t, func() bool { return reps[0].Sync.Status().Mode == "local" })

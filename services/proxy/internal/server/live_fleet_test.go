@@ -15,10 +15,10 @@ import (
 	"github.com/nats-io/nats.go"
 
 	"github.com/droverhq/drover/pkg/chstore"
-	"github.com/droverhq/drover/pkg/chtest"
+	"github.com/droverhq/drover/testkit/chtest"
 	"github.com/droverhq/drover/pkg/config"
-	"github.com/droverhq/drover/pkg/fakeollama"
-	"github.com/droverhq/drover/pkg/natstest"
+	"github.com/droverhq/drover/testkit/ollamatest"
+	"github.com/droverhq/drover/testkit/natstest"
 	"github.com/droverhq/drover/pkg/usage"
 	"github.com/droverhq/drover/pkg/usagepub"
 	"github.com/droverhq/drover/services/proxy/internal/live"
@@ -50,7 +50,7 @@ func TestUsageShowsTheFleet(t *testing.T) {
 	}
 
 	ns := natstest.Start(t)
-	fake := fakeollama.New(fakeollama.Config{Chunks: 4, ChunkDelay: time.Millisecond})
+	fake := ollamatest.New(ollamatest.Config{Chunks: 4, ChunkDelay: time.Millisecond})
 	if err := fake.Start(); err != nil {
 		t.Fatal(err)
 	}

@@ -13,7 +13,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/droverhq/drover/pkg/fakeollama"
+	"github.com/droverhq/drover/testkit/ollamatest"
 )
 
 // sseClient opens /api/usage-stream; next returns the next snapshot.
@@ -59,7 +59,7 @@ func (s *sseClient) close() { s.resp.Body.Close() }
 // subscriber is removed when it goes, and (TestMain's goleak) no goroutine
 // is left behind.
 func TestLiveStreamStress(t *testing.T) {
-	e := newEnv(t, 2, func(i int, c *fakeollama.Config) {
+	e := newEnv(t, 2, func(i int, c *ollamatest.Config) {
 		c.Chunks, c.ChunkDelay = 5, 2*time.Millisecond
 	}, nil)
 	client := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 64, MaxConnsPerHost: 0}}

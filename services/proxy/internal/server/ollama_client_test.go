@@ -10,7 +10,7 @@ import (
 
 	"github.com/ollama/ollama/api"
 
-	"github.com/droverhq/drover/pkg/fakeollama"
+	"github.com/droverhq/drover/testkit/ollamatest"
 )
 
 func ctx(t *testing.T) context.Context { return t.Context() }
@@ -29,13 +29,13 @@ func TestOllamaClientChatAndGenerate(t *testing.T) {
 		if err != nil {
 			t.Fatalf("chat stream=%v: %v", stream, err)
 		}
-		if !final.Done || final.PromptEvalCount != 3+fakeollama.PerMessageTokens || final.EvalCount != fakeollama.DefaultChunks {
+		if !final.Done || final.PromptEvalCount != 3+ollamatest.PerMessageTokens || final.EvalCount != ollamatest.DefaultChunks {
 			t.Fatalf("chat stream=%v final %+v", stream, final.Metrics)
 		}
 		if want := 1; !stream && chunks != want {
 			t.Fatalf("non-stream chat gave %d responses", chunks)
 		}
-		if stream && chunks != fakeollama.DefaultChunks+1 {
+		if stream && chunks != ollamatest.DefaultChunks+1 {
 			t.Fatalf("stream chat gave %d chunks", chunks)
 		}
 
@@ -49,7 +49,7 @@ func TestOllamaClientChatAndGenerate(t *testing.T) {
 		if err != nil {
 			t.Fatalf("generate stream=%v: %v", stream, err)
 		}
-		if gfinal.EvalCount != 5 || gfinal.DoneReason != "length" || text.String() != fakeollama.ReplyText(5) {
+		if gfinal.EvalCount != 5 || gfinal.DoneReason != "length" || text.String() != ollamatest.ReplyText(5) {
 			t.Fatalf("generate: %q %+v", text.String(), gfinal)
 		}
 	}
@@ -73,9 +73,9 @@ func TestOllamaClientChatAndGenerate(t *testing.T) {
 }
 
 func TestOllamaClientListPsShow(t *testing.T) {
-	e := newEnv(t, 2, func(i int, c *fakeollama.Config) {
+	e := newEnv(t, 2, func(i int, c *ollamatest.Config) {
 		if i == 1 {
-			c.Models = append(fakeollama.DefaultModels(), fakeollama.Model{Name: "only-on-b"})
+			c.Models = append(ollamatest.DefaultModels(), ollamatest.Model{Name: "only-on-b"})
 			c.Loaded = []string{"tiny"}
 		}
 	}, nil)
@@ -90,7 +90,7 @@ func TestOllamaClientListPsShow(t *testing.T) {
 		}
 		names[m.Name] = true
 	}
-	if !names["only-on-b:latest"] || !names["tiny:latest"] || len(list.Models) != len(fakeollama.DefaultModels())+1 {
+	if !names["only-on-b:latest"] || !names["tiny:latest"] || len(list.Models) != len(ollamatest.DefaultModels())+1 {
 		t.Fatalf("merged list: %v", names)
 	}
 	// Where each model lives is an extra field.
@@ -149,7 +149,7 @@ func TestOllamaClientEmbed(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(res.Embeddings) != 3 || res.PromptEvalCount != 6+3*fakeollama.PerMessageTokens {
+	if len(res.Embeddings) != 3 || res.PromptEvalCount != 6+3*ollamatest.PerMessageTokens {
 		t.Fatalf("embed: %d vectors, %d tokens", len(res.Embeddings), res.PromptEvalCount)
 	}
 	old, err := e.client.Embeddings(ctx(t), &api.EmbeddingRequest{Model: "tiny-embed", Prompt: "hello"})

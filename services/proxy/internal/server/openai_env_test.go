@@ -16,8 +16,8 @@ import (
 	"github.com/openai/openai-go/v3/option"
 
 	"github.com/droverhq/drover/pkg/config"
-	"github.com/droverhq/drover/pkg/fakeollama"
-	"github.com/droverhq/drover/pkg/fakeopenai"
+	"github.com/droverhq/drover/testkit/ollamatest"
+	"github.com/droverhq/drover/testkit/openaitest"
 	"github.com/droverhq/drover/pkg/usage"
 )
 
@@ -26,8 +26,8 @@ import (
 // OpenAI and Ollama clients pointed at it and every usage event kept.
 type mixedEnv struct {
 	t      testing.TB
-	ollama []*fakeollama.Server
-	oai    []*fakeopenai.Server
+	ollama []*ollamatest.Server
+	oai    []*openaitest.Server
 	srv    *Server
 	url    string
 	oa     openai.Client
@@ -52,12 +52,12 @@ func (r *recorder) all() []usage.Event {
 	return append([]usage.Event(nil), r.events...)
 }
 
-func newMixedEnv(t testing.TB, nOllama int, oaCfgs []fakeopenai.Config, mutate func(*config.Config)) *mixedEnv {
+func newMixedEnv(t testing.TB, nOllama int, oaCfgs []openaitest.Config, mutate func(*config.Config)) *mixedEnv {
 	t.Helper()
 	e := &mixedEnv{t: t, events: &recorder{}}
 	cfg := &config.Config{Replica: "test"}
 	for i := range nOllama {
-		f := fakeollama.New(fakeollama.Config{})
+		f := ollamatest.New(ollamatest.Config{})
 		if err := f.Start(); err != nil {
 			t.Fatal(err)
 		}
@@ -66,7 +66,7 @@ func newMixedEnv(t testing.TB, nOllama int, oaCfgs []fakeopenai.Config, mutate f
 		cfg.Backends = append(cfg.Backends, config.Backend{Name: "o" + string(rune('0'+i)), URL: f.URL()})
 	}
 	for i, fc := range oaCfgs {
-		f := fakeopenai.New(fc)
+		f := openaitest.New(fc)
 		if err := f.Start(); err != nil {
 			t.Fatal(err)
 		}
@@ -169,9 +169,9 @@ func (e *mixedEnv) rawHeader(path, body, key, value string) (int, http.Header, [
 	return resp.StatusCode, resp.Header, b
 }
 
-// ollamaServesV1 reports whether pkg/fakeollama serves Ollama's /v1 routes
+// ollamaServesV1 reports whether testkit/ollamatest serves Ollama's /v1 routes
 // (its OpenAI layer is built separately).
-func ollamaServesV1(t *testing.T, f *fakeollama.Server) bool {
+func ollamaServesV1(t *testing.T, f *ollamatest.Server) bool {
 	t.Helper()
 	resp, err := http.Get(f.URL() + "/v1/models")
 	if err != nil {

@@ -15,8 +15,8 @@ import (
 	"github.com/openai/openai-go/v3/shared"
 
 	"github.com/droverhq/drover/pkg/config"
-	"github.com/droverhq/drover/pkg/fakeollama"
-	"github.com/droverhq/drover/pkg/fakeopenai"
+	"github.com/droverhq/drover/testkit/ollamatest"
+	"github.com/droverhq/drover/testkit/openaitest"
 )
 
 func chatParams(model string) openai.ChatCompletionNewParams {
@@ -89,7 +89,7 @@ func sdkSuite(t *testing.T, e *mixedEnv, model string, prompt, reply int64, repl
 	// Tools, whole and streamed.
 	p = chatParams(model)
 	p.Tools = []openai.ChatCompletionToolUnionParam{weatherTool}
-	// fakeollama calls a tool only when told to; fakeopenai ignores the field.
+	// ollamatest calls a tool only when told to; openaitest ignores the field.
 	toolCall := option.WithJSONSet("fake", map[string]any{"tool_call": true})
 	res, err = e.oa.Chat.Completions.New(ctx(t), p, toolCall)
 	if err != nil {
@@ -124,10 +124,10 @@ func sdkSuite(t *testing.T, e *mixedEnv, model string, prompt, reply int64, repl
 }
 
 func TestOpenAISDKOverOpenAIBackends(t *testing.T) {
-	for _, flavor := range []fakeopenai.Flavor{fakeopenai.VLLM, fakeopenai.LlamaCpp} {
+	for _, flavor := range []openaitest.Flavor{openaitest.VLLM, openaitest.LlamaCpp} {
 		t.Run(string(flavor), func(t *testing.T) {
-			e := newMixedEnv(t, 0, []fakeopenai.Config{{Flavor: flavor}, {Flavor: flavor, APIKey: "backend-secret"}}, nil)
-			sdkSuite(t, e, "tiny", 3+fakeopenai.PerMessageTokens, fakeopenai.DefaultChunks, fakeopenai.ReplyText(fakeopenai.DefaultChunks))
+			e := newMixedEnv(t, 0, []openaitest.Config{{Flavor: flavor}, {Flavor: flavor, APIKey: "backend-secret"}}, nil)
+			sdkSuite(t, e, "tiny", 3+openaitest.PerMessageTokens, openaitest.DefaultChunks, openaitest.ReplyText(openaitest.DefaultChunks))
 
 			// Completions, streamed without usage.
 			cs := e.oa.Completions.NewStreaming(ctx(t), openai.CompletionNewParams{Model: openai.CompletionNewParamsModel("tiny"), Prompt: openai.CompletionNewParamsPromptUnion{OfString: openai.String("one two three")}})
@@ -139,7 +139,7 @@ func TestOpenAISDKOverOpenAIBackends(t *testing.T) {
 				}
 				text.WriteString(c.Choices[0].Text)
 			}
-			if cs.Err() != nil || text.String() != fakeopenai.ReplyText(fakeopenai.DefaultChunks) {
+			if cs.Err() != nil || text.String() != openaitest.ReplyText(openaitest.DefaultChunks) {
 				t.Fatalf("completions: %v %q", cs.Err(), text.String())
 			}
 
@@ -148,7 +148,7 @@ func TestOpenAISDKOverOpenAIBackends(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			if len(emb.Data) != 3 || len(emb.Data[2].Embedding) != 16 || emb.Usage.PromptTokens != 6+3*fakeopenai.PerMessageTokens {
+			if len(emb.Data) != 3 || len(emb.Data[2].Embedding) != 16 || emb.Usage.PromptTokens != 6+3*openaitest.PerMessageTokens {
 				t.Fatalf("embeddings: %d vectors, usage %+v", len(emb.Data), emb.Usage)
 			}
 
@@ -157,7 +157,7 @@ func TestOpenAISDKOverOpenAIBackends(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			if len(page.Data) != len(fakeopenai.DefaultModels()) {
+			if len(page.Data) != len(openaitest.DefaultModels()) {
 				t.Fatalf("models: %+v", page.Data)
 			}
 			e.checkTotals()
@@ -168,14 +168,14 @@ func TestOpenAISDKOverOpenAIBackends(t *testing.T) {
 func TestOpenAISDKOverOllamaBackends(t *testing.T) {
 	e := newMixedEnv(t, 2, nil, nil)
 	if !ollamaServesV1(t, e.ollama[0]) {
-		t.Skip("pkg/fakeollama does not serve Ollama's /v1 routes yet")
+		t.Skip("testkit/ollamatest does not serve Ollama's /v1 routes yet")
 	}
-	sdkSuite(t, e, "tiny2", 3+fakeollama.PerMessageTokens, fakeollama.DefaultChunks, fakeollama.ReplyText(fakeollama.DefaultChunks))
+	sdkSuite(t, e, "tiny2", 3+ollamatest.PerMessageTokens, ollamatest.DefaultChunks, ollamatest.ReplyText(ollamatest.DefaultChunks))
 	e.checkTotals()
 }
 
 func TestOpenAIModelsMergedWithAliases(t *testing.T) {
-	e := newMixedEnv(t, 1, []fakeopenai.Config{{Flavor: fakeopenai.LlamaCpp, Models: []fakeopenai.Model{{ID: "tiny", Status: "loaded"}, {ID: "big-oss", Status: "unloaded"}}}}, func(c *config.Config) {
+	e := newMixedEnv(t, 1, []openaitest.Config{{Flavor: openaitest.LlamaCpp, Models: []openaitest.Model{{ID: "tiny", Status: "loaded"}, {ID: "big-oss", Status: "unloaded"}}}}, func(c *config.Config) {
 		c.Aliases = map[string][]config.Alias{
 			"gpt-oss:120b": {{Backend: "o0", Model: "tiny2"}, {Backend: "v0", Model: "big-oss"}},
 			"nowhere":      {{Backend: "v0", Model: "absent"}},
@@ -250,7 +250,7 @@ func TestOpenAIModelsMergedWithAliases(t *testing.T) {
 }
 
 func TestOpenAIPassesEveryFieldThrough(t *testing.T) {
-	e := newMixedEnv(t, 0, []fakeopenai.Config{{}}, nil)
+	e := newMixedEnv(t, 0, []openaitest.Config{{}}, nil)
 	body := `{"model":"tiny","messages":[{"role":"user","content":"hi"}],"tool_choice":"none","n":1,"parallel_tool_calls":false,"reasoning_effort":"low","logit_bias":{"50256":-100},"whatever_comes_next":{"x":[1,2]}}`
 	status, _, _ := e.raw("/v1/chat/completions", body)
 	if status != 200 {
@@ -273,7 +273,7 @@ func TestOpenAIPassesEveryFieldThrough(t *testing.T) {
 }
 
 func TestOpenAIErrors(t *testing.T) {
-	e := newMixedEnv(t, 1, []fakeopenai.Config{{}, {}}, nil)
+	e := newMixedEnv(t, 1, []openaitest.Config{{}, {}}, nil)
 	cases := []struct {
 		name, path, body string
 		status           int
@@ -320,7 +320,7 @@ func TestOpenAIErrors(t *testing.T) {
 	}
 
 	// A full queue is a 503 with Retry-After, in OpenAI's shape.
-	e2 := newMixedEnv(t, 0, []fakeopenai.Config{{}}, func(c *config.Config) {
+	e2 := newMixedEnv(t, 0, []openaitest.Config{{}}, func(c *config.Config) {
 		c.Routing.MaxConcurrency = 1
 		c.Routing.Queue.MaxLength = 1
 	})
@@ -341,7 +341,7 @@ func TestOpenAIErrors(t *testing.T) {
 }
 
 func TestOpenAIUnknownUsageIsNotZero(t *testing.T) {
-	e := newMixedEnv(t, 0, []fakeopenai.Config{{NoUsage: true}}, nil)
+	e := newMixedEnv(t, 0, []openaitest.Config{{NoUsage: true}}, nil)
 	for _, stream := range []bool{false, true} {
 		if stream {
 			s := e.oa.Chat.Completions.NewStreaming(ctx(t), chatParams("tiny"))
@@ -368,7 +368,7 @@ func TestOpenAIUnknownUsageIsNotZero(t *testing.T) {
 func TestOpenAIStreamTokensWithoutUsageFallBackToTimings(t *testing.T) {
 	// llama.cpp reports timings even when the client asked for no usage;
 	// a backend that honours include_usage reports both, and usage wins.
-	e := newMixedEnv(t, 0, []fakeopenai.Config{{Flavor: fakeopenai.LlamaCpp}}, nil)
+	e := newMixedEnv(t, 0, []openaitest.Config{{Flavor: openaitest.LlamaCpp}}, nil)
 	status, _, body := e.raw("/v1/chat/completions", `{"model":"tiny","messages":[{"role":"user","content":"a b"}],"stream":true}`)
 	if status != 200 || bytes.Contains(body, []byte(`"usage"`)) || !bytes.Contains(body, []byte(`"timings"`)) {
 		t.Fatalf("%d %s", status, body)
@@ -380,9 +380,9 @@ func TestOpenAIStreamTokensWithoutUsageFallBackToTimings(t *testing.T) {
 // what the backends produced, token for token, and clients that did not
 // ask for usage never saw it.
 func TestTokenTotalsExactAcrossAPIsAndBackendKinds(t *testing.T) {
-	e := newMixedEnv(t, 2, []fakeopenai.Config{{Flavor: fakeopenai.VLLM}, {Flavor: fakeopenai.LlamaCpp}}, nil)
+	e := newMixedEnv(t, 2, []openaitest.Config{{Flavor: openaitest.VLLM}, {Flavor: openaitest.LlamaCpp}}, nil)
 	if !ollamaServesV1(t, e.ollama[0]) {
-		t.Skip("pkg/fakeollama does not serve Ollama's /v1 routes yet")
+		t.Skip("testkit/ollamatest does not serve Ollama's /v1 routes yet")
 	}
 	reqs := []struct{ path, body string }{
 		{"/api/chat", `{"model":"tiny","messages":[{"role":"user","content":"a b c"}]}`},

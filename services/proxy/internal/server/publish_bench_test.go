@@ -12,8 +12,8 @@ import (
 	"github.com/nats-io/nats.go"
 
 	"github.com/droverhq/drover/pkg/config"
-	"github.com/droverhq/drover/pkg/fakeollama"
-	"github.com/droverhq/drover/pkg/natstest"
+	"github.com/droverhq/drover/testkit/ollamatest"
+	"github.com/droverhq/drover/testkit/natstest"
 	"github.com/droverhq/drover/pkg/usagepub"
 )
 
@@ -22,7 +22,7 @@ import (
 // what publishing costs and where.
 func BenchmarkChatStreamPublishing(b *testing.B) {
 	ns := natstest.Start(b)
-	fake := fakeollama.New(fakeollama.Config{})
+	fake := ollamatest.New(ollamatest.Config{})
 	if err := fake.Start(); err != nil {
 		b.Fatal(err)
 	}

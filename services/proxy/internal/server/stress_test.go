@@ -10,7 +10,7 @@ import (
 	"time"
 
 	"github.com/droverhq/drover/pkg/config"
-	"github.com/droverhq/drover/pkg/fakeollama"
+	"github.com/droverhq/drover/testkit/ollamatest"
 )
 
 // TestSeedRaces runs the Python router's races at once: thousands of
@@ -24,7 +24,7 @@ func TestSeedRaces(t *testing.T) {
 		concurrency = 200
 		capPerModel = 2
 	)
-	e := newEnv(t, 3, func(i int, c *fakeollama.Config) {
+	e := newEnv(t, 3, func(i int, c *ollamatest.Config) {
 		c.Chunks = 4
 		c.ChunkDelay = 200 * time.Microsecond
 	}, func(c *config.Config) {

@@ -8,17 +8,17 @@ import (
 
 	"github.com/ollama/ollama/api"
 
-	"github.com/droverhq/drover/pkg/fakeopenai"
+	"github.com/droverhq/drover/testkit/openaitest"
 )
 
 // The official Ollama client against OpenAI-type backends only: every
 // request is translated both ways.
 func TestOllamaClientOverOpenAIBackend(t *testing.T) {
-	for _, flavor := range []fakeopenai.Flavor{fakeopenai.VLLM, fakeopenai.LlamaCpp} {
+	for _, flavor := range []openaitest.Flavor{openaitest.VLLM, openaitest.LlamaCpp} {
 		t.Run(string(flavor), func(t *testing.T) {
-			e := newMixedEnv(t, 0, []fakeopenai.Config{{Flavor: flavor}}, nil)
+			e := newMixedEnv(t, 0, []openaitest.Config{{Flavor: flavor}}, nil)
 			msgs := []api.Message{{Role: "system", Content: "be brief"}, {Role: "user", Content: "hello there friend"}}
-			wantPrompt := 2 + 3 + 2*fakeopenai.PerMessageTokens
+			wantPrompt := 2 + 3 + 2*openaitest.PerMessageTokens
 			for _, stream := range []bool{true, false} {
 				var text strings.Builder
 				var final api.ChatResponse
@@ -32,13 +32,13 @@ func TestOllamaClientOverOpenAIBackend(t *testing.T) {
 				if err != nil {
 					t.Fatalf("chat stream=%v: %v", stream, err)
 				}
-				if !final.Done || final.DoneReason != "stop" || final.PromptEvalCount != wantPrompt || final.EvalCount != fakeopenai.DefaultChunks || final.Model != "tiny" {
+				if !final.Done || final.DoneReason != "stop" || final.PromptEvalCount != wantPrompt || final.EvalCount != openaitest.DefaultChunks || final.Model != "tiny" {
 					t.Fatalf("chat stream=%v final %+v", stream, final)
 				}
-				if text.String() != fakeopenai.ReplyText(fakeopenai.DefaultChunks) {
+				if text.String() != openaitest.ReplyText(openaitest.DefaultChunks) {
 					t.Fatalf("chat stream=%v text %q", stream, text.String())
 				}
-				if want := map[bool]int{true: fakeopenai.DefaultChunks + 1, false: 1}[stream]; chunks != want {
+				if want := map[bool]int{true: openaitest.DefaultChunks + 1, false: 1}[stream]; chunks != want {
 					t.Fatalf("chat stream=%v: %d responses, want %d", stream, chunks, want)
 				}
 
@@ -55,7 +55,7 @@ func TestOllamaClientOverOpenAIBackend(t *testing.T) {
 				if err != nil {
 					t.Fatalf("generate stream=%v: %v", stream, err)
 				}
-				if gfinal.EvalCount != 5 || gfinal.DoneReason != "length" || text.String() != fakeopenai.ReplyText(5) || gfinal.PromptEvalCount != 3+2*fakeopenai.PerMessageTokens {
+				if gfinal.EvalCount != 5 || gfinal.DoneReason != "length" || text.String() != openaitest.ReplyText(5) || gfinal.PromptEvalCount != 3+2*openaitest.PerMessageTokens {
 					t.Fatalf("generate stream=%v: %q %+v", stream, text.String(), gfinal)
 				}
 				var sent map[string]any
@@ -71,7 +71,7 @@ func TestOllamaClientOverOpenAIBackend(t *testing.T) {
 			if err := e.ol.Generate(ctx(t), &api.GenerateRequest{Model: "tiny", Prompt: "<s>x", Raw: true, Stream: &raw}, func(r api.GenerateResponse) error { gr = r; return nil }); err != nil {
 				t.Fatal(err)
 			}
-			if gr.Response != fakeopenai.ReplyText(fakeopenai.DefaultChunks) || e.oai[0].Requests("/v1/completions") != 1 {
+			if gr.Response != openaitest.ReplyText(openaitest.DefaultChunks) || e.oai[0].Requests("/v1/completions") != 1 {
 				t.Fatalf("raw generate: %+v", gr)
 			}
 
@@ -80,7 +80,7 @@ func TestOllamaClientOverOpenAIBackend(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			if len(emb.Embeddings) != 3 || emb.PromptEvalCount != 6+3*fakeopenai.PerMessageTokens || emb.Embeddings[1][0] != fakeopenai.Embedding("c", 16)[0] {
+			if len(emb.Embeddings) != 3 || emb.PromptEvalCount != 6+3*openaitest.PerMessageTokens || emb.Embeddings[1][0] != openaitest.Embedding("c", 16)[0] {
 				t.Fatalf("embed: %d vectors, %d tokens", len(emb.Embeddings), emb.PromptEvalCount)
 			}
 			legacy, err := e.ol.Embeddings(ctx(t), &api.EmbeddingRequest{Model: "tiny-embed", Prompt: "one"})
@@ -93,7 +93,7 @@ func TestOllamaClientOverOpenAIBackend(t *testing.T) {
 }
 
 func TestOllamaClientToolsThinkingFormatImagesOverOpenAIBackend(t *testing.T) {
-	e := newMixedEnv(t, 0, []fakeopenai.Config{{}}, nil)
+	e := newMixedEnv(t, 0, []openaitest.Config{{}}, nil)
 	var tool api.Tool
 	if err := json.Unmarshal([]byte(`{"type":"function","function":{"name":"get_weather","description":"d","parameters":{"type":"object","required":["city"],"properties":{"city":{"type":"string"},"days":{"type":"integer"}}}}}`), &tool); err != nil {
 		t.Fatal(err)
@@ -109,7 +109,7 @@ func TestOllamaClientToolsThinkingFormatImagesOverOpenAIBackend(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if len(calls) != 1 || calls[0].Function.Name != "get_weather" || final.EvalCount != fakeopenai.ToolCallTokens || !final.Done {
+		if len(calls) != 1 || calls[0].Function.Name != "get_weather" || final.EvalCount != openaitest.ToolCallTokens || !final.Done {
 			t.Fatalf("stream=%v tool calls %+v final %+v", stream, calls, final)
 		}
 		city, _ := calls[0].Function.Arguments.Get("city")
@@ -156,8 +156,8 @@ func TestOllamaClientToolsThinkingFormatImagesOverOpenAIBackend(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		full := fakeopenai.ReplyText(fakeopenai.DefaultChunks)
-		half := len(fakeopenai.ReplyText(fakeopenai.DefaultChunks / 2))
+		full := openaitest.ReplyText(openaitest.DefaultChunks)
+		half := len(openaitest.ReplyText(openaitest.DefaultChunks / 2))
 		if content.String() != full[half:] || (think && thinking.String() != full[:half]) || (!think && thinking.Len() != 0) {
 			t.Fatalf("think=%v: thinking %q content %q", think, thinking.String(), content.String())
 		}
@@ -202,7 +202,7 @@ func TestOllamaClientToolsThinkingFormatImagesOverOpenAIBackend(t *testing.T) {
 }
 
 func TestOllamaClientErrorsOverOpenAIBackend(t *testing.T) {
-	e := newMixedEnv(t, 0, []fakeopenai.Config{{}}, nil)
+	e := newMixedEnv(t, 0, []openaitest.Config{{}}, nil)
 	var se api.StatusError
 	err := e.ol.Chat(ctx(t), &api.ChatRequest{Model: "nope", Messages: []api.Message{{Role: "user", Content: "x"}}}, func(api.ChatResponse) error { return nil })
 	if !errors.As(err, &se) || se.StatusCode != 404 || se.ErrorMessage != "model 'nope' not found" {
@@ -217,13 +217,13 @@ func TestOllamaClientErrorsOverOpenAIBackend(t *testing.T) {
 	// An error mid-stream ends the stream with Ollama's error line.
 	// (Translation keeps only what OpenAI has words for, so the fault
 	// travels in a header, which Drover passes on.)
-	status, _, body = e.rawHeader("/api/chat", `{"model":"tiny","messages":[{"role":"user","content":"x"}]}`, fakeopenai.FaultHeader, `{"error_after_chunks":2,"error":"engine died"}`)
+	status, _, body = e.rawHeader("/api/chat", `{"model":"tiny","messages":[{"role":"user","content":"x"}]}`, openaitest.FaultHeader, `{"error_after_chunks":2,"error":"engine died"}`)
 	lines := strings.Split(strings.TrimSpace(string(body)), "\n")
 	if status != 200 || len(lines) != 3 || lines[2] != `{"error":"engine died"}` {
 		t.Fatalf("mid-stream error: %d %s", status, body)
 	}
 	// When every backend fails, the last answer is translated too.
-	status, _, body = e.rawHeader("/api/generate", `{"model":"tiny","prompt":"x"}`, fakeopenai.FaultHeader, `{"status":500,"error":"engine dead"}`)
+	status, _, body = e.rawHeader("/api/generate", `{"model":"tiny","prompt":"x"}`, openaitest.FaultHeader, `{"status":500,"error":"engine dead"}`)
 	if status != 500 || string(body) != `{"error":"engine dead"}` {
 		t.Fatalf("5xx: %d %s", status, body)
 	}
