@@ -4,7 +4,7 @@ GO ?= go
 MODULES := $(shell $(GO) list -m -f '{{.Dir}}' 2>/dev/null)
 PKGS := $(addsuffix /...,$(MODULES))
 
-.PHONY: build test deps lint bench run demo smoke conformance
+.PHONY: build test deps lint bench bench-pipeline bench-compare run demo smoke conformance
 build:
 	$(GO) build -o bin/ ./services/proxy/cmd/... ./testkit/ollamatest/cmd/... ./services/bench/cmd/...
 
@@ -17,6 +17,16 @@ bench: build
 	cd services/bench && $(GO) build -o ../../bin/nats-server github.com/nats-io/nats-server/v2
 	./bin/drover-bench -backend-bin ./bin/fake-ollama -drover ./bin/drover-proxy -drover-nats -nats-bin ./bin/nats-server $(BENCH_FLAGS) -json bench.json
 	$(MAKE) --no-print-directory bench-pipeline
+
+# The current drover-proxy beside one built from BASE (any git revision),
+# interleaved in one run: drover ÷ baseline throughput and CPU per request,
+# goal >= 0.97 (a change that should not cost speed).
+BASE ?= HEAD~1
+bench-compare: build
+	rm -rf .run/baseline && mkdir -p .run/baseline
+	git archive $(BASE) | tar -x -C .run/baseline
+	cd .run/baseline && $(GO) build -o $(CURDIR)/bin/drover-proxy-baseline ./services/proxy/cmd/drover-proxy
+	./bin/drover-bench -backend-bin ./bin/fake-ollama -drover ./bin/drover-proxy -baseline ./bin/drover-proxy-baseline $(BENCH_FLAGS) -json bench-compare.json
 
 # The aggregator against real NATS and ClickHouse (clickhouse-server must be
 # installed): BenchmarkIngest, a 300,000-event backlog from JetStream into

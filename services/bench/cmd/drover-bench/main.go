@@ -32,6 +32,7 @@ type options struct {
 	backendBin, backendURL string
 	droverBin, droverURL   string
 	droverNATS             bool
+	baselineBin            string
 	natsBin                string
 	workloads, modes       string
 	duration, warmup       time.Duration
@@ -51,6 +52,7 @@ func parseFlags(args []string) (options, error) {
 	fs.StringVar(&o.droverBin, "drover", "", "drover-proxy binary to start (e.g. ./bin/drover-proxy)")
 	fs.StringVar(&o.droverURL, "drover-url", "", "use an already-running Drover at this URL instead of -drover")
 	fs.BoolVar(&o.droverNATS, "drover-nats", false, "also start a NATS JetStream server and a second -drover publishing usage to it (target drover+nats)")
+	fs.StringVar(&o.baselineBin, "baseline", "", "also start this earlier build of drover-proxy (target baseline) and report drover ÷ baseline")
 	fs.StringVar(&o.natsBin, "nats-bin", "", "with -drover-nats: run this nats-server binary as its own process, as deployed (default: NATS embedded in drover-bench)")
 	fs.StringVar(&o.workloads, "workloads", workload.Default, "comma-separated workloads, or all: "+strings.Join(workload.Names(), ", "))
 	fs.StringVar(&o.modes, "modes", "closed,open", "load modes to run: closed, open or both")
@@ -72,6 +74,9 @@ func parseFlags(args []string) (options, error) {
 	}
 	if o.droverBin != "" && o.droverURL != "" {
 		return o, errors.New("give at most one of -drover or -drover-url")
+	}
+	if o.baselineBin != "" && o.droverBin == "" && o.droverURL == "" {
+		return o, errors.New("-baseline needs -drover or -drover-url (the build to compare with it)")
 	}
 	if o.droverNATS && o.droverBin == "" {
 		return o, errors.New("-drover-nats needs -drover (a binary to start with publishing on)")
@@ -173,6 +178,14 @@ func run(ctx context.Context, o options, stdout, stderr io.Writer) error {
 			return err
 		}
 		targets = append(targets, suite.Target{Name: suite.Drover, URL: strings.TrimRight(droverURL, "/"), CPU: droverCPU})
+		if o.baselineBin != "" {
+			p, err := launch.StartBaseline(startCtx, o.baselineBin, backendURL, logDir)
+			if err != nil {
+				return err
+			}
+			defer stopProcess(p)
+			targets = append(targets, suite.Target{Name: suite.Baseline, URL: p.URL, CPU: p.CPU})
+		}
 		if o.droverNATS {
 			var n *launch.NATS
 			if o.natsBin != "" {
@@ -215,6 +228,7 @@ func run(ctx context.Context, o options, stdout, stderr io.Writer) error {
 	doc.Rows = rows
 	doc.Ratios = report.Ratios(rows)
 	doc.Publishing = report.PublishingRatios(rows)
+	doc.Baseline = report.BaselineRatios(rows)
 	if err := write(doc, o.jsonPath, stdout); err != nil {
 		return err
 	}

@@ -52,6 +52,13 @@ func StartDrover(ctx context.Context, bin, backendURL, dir string) (*Process, er
 	return startDrover(ctx, "drover-proxy", bin, dir, func(port int) string { return DroverConfig(port, backendURL) })
 }
 
+// StartBaseline starts an earlier build of drover-proxy configured as
+// StartDrover's (logs and config as drover-proxy-baseline), to compare a
+// change with what came before it in one run.
+func StartBaseline(ctx context.Context, bin, backendURL, dir string) (*Process, error) {
+	return startDrover(ctx, "drover-proxy-baseline", bin, dir, func(port int) string { return DroverConfig(port, backendURL) })
+}
+
 // StartDroverNATS starts a second drover-proxy, configured as StartDrover's
 // but publishing usage to natsURL (logs and config as drover-proxy-nats).
 func StartDroverNATS(ctx context.Context, bin, backendURL, natsURL, dir string) (*Process, error) {

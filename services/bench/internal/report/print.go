@@ -20,6 +20,8 @@ type Document struct {
 	Ratios   []Ratio           `json:"ratios"`
 	// Publishing compares drover+nats with drover (-drover-nats).
 	Publishing []Ratio `json:"publishing,omitempty"`
+	// Baseline compares drover with an earlier build of it (-baseline).
+	Baseline []Ratio `json:"baseline,omitempty"`
 }
 
 // JSON writes the document, indented.
@@ -63,6 +65,7 @@ func Markdown(w io.Writer, d Document) error {
 
 	ratioTable(&b, "drover ÷ bare", d.Ratios)
 	ratioTable(&b, "drover+nats ÷ drover", d.Publishing)
+	ratioTable(&b, "drover ÷ baseline", d.Baseline)
 
 	var errs []string
 	for _, r := range d.Rows {

@@ -149,3 +149,35 @@ func PublishingRatios(rows []suite.Row) []Ratio {
 func us(d time.Duration) string {
 	return fmt.Sprintf("%.1f µs", float64(d)/float64(time.Microsecond))
 }
+
+// MinBaselineRatio: the current Drover's saturated req/s ÷ the baseline
+// build's, and the baseline's CPU per request ÷ the current one's.
+const MinBaselineRatio = 0.97
+
+// BaselineRatios compares drover with baseline (an earlier build of
+// drover-proxy) for every closed-loop mode: throughput, and the proxy's own
+// CPU per request baseline ÷ current where both were measured.
+func BaselineRatios(rows []suite.Row) []Ratio {
+	by := index(rows)
+	goal := fmt.Sprintf(">= %.2f", MinBaselineRatio)
+	var out []Ratio
+	for _, r := range rows {
+		if r.Target != suite.Drover || !r.Closed {
+			continue
+		}
+		base, ok := by[key{suite.Baseline, r.Mode, r.Workload}]
+		if !ok {
+			continue
+		}
+		out = append(out, throughput(r, base, ok, "baseline", goal, MinBaselineRatio))
+		if r.Summary.CPUPerReq <= 0 || base.Summary.CPUPerReq <= 0 {
+			continue
+		}
+		cpu := Ratio{Workload: r.Workload, Mode: r.Mode, Metric: "CPU/request baseline ÷ current", Goal: goal, Valid: true}
+		cpu.Value = float64(base.Summary.CPUPerReq) / float64(r.Summary.CPUPerReq)
+		cpu.Met = cpu.Value >= MinBaselineRatio
+		cpu.Note = fmt.Sprintf("%s → %s per request", us(base.Summary.CPUPerReq), us(r.Summary.CPUPerReq))
+		out = append(out, cpu)
+	}
+	return out
+}

@@ -181,3 +181,36 @@ func TestPublishingRatios(t *testing.T) {
 		t.Errorf("Markdown lacks the CPU column:\n%s", md.String())
 	}
 }
+
+func TestBaselineRatios(t *testing.T) {
+	rows := []suite.Row{
+		row(suite.Drover, true, 6790, 0, 0),
+		row(suite.Baseline, true, 7000, 0, 0),
+		row(suite.Drover, false, 2000, time.Millisecond, time.Millisecond),
+		row(suite.Baseline, false, 2000, time.Millisecond, time.Millisecond),
+	}
+	got := BaselineRatios(rows)
+	if len(got) != 1 || !got[0].Valid || !got[0].Met || got[0].Value < 0.969 || got[0].Value > 0.971 {
+		t.Fatalf("got %+v, want one met throughput ratio of 0.97", got)
+	}
+	if r := BaselineRatios(rows[:1]); len(r) != 0 {
+		t.Errorf("without a baseline row: %+v, want none", r)
+	}
+	rows[0].Summary.ReqPerSec = 6700
+	if r := BaselineRatios(rows); r[0].Met {
+		t.Errorf("0.957 counted as met: %+v", r)
+	}
+	rows[0].Summary.CPUPerReq = 62 * time.Microsecond
+	rows[1].Summary.CPUPerReq = 60 * time.Microsecond
+	got = BaselineRatios(rows)
+	if len(got) != 2 || got[1].Met || got[1].Value < 0.967 || got[1].Value > 0.968 {
+		t.Fatalf("got %+v, want an unmet CPU ratio of 60/62", got)
+	}
+	var md bytes.Buffer
+	if err := Markdown(&md, Document{Rows: rows, Baseline: got}); err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(md.String(), "drover ÷ baseline") || !strings.Contains(md.String(), "60.0 µs → 62.0 µs per request") {
+		t.Errorf("Markdown lacks the baseline comparison:\n%s", md.String())
+	}
+}

@@ -23,6 +23,9 @@ const (
 	Drover = "drover"
 	// DroverNATS is drover-proxy with usage publishing to JetStream on.
 	DroverNATS = "drover+nats"
+	// Baseline is drover-proxy built from an earlier commit, run beside
+	// the current one to show a change did not make it slower.
+	Baseline = "baseline"
 )
 
 // Target is one base URL under test, with its own connection pool.
