@@ -29,29 +29,49 @@ func newTest(t *testing.T, fetch Fetch[int]) (*Cache[int], *clock) {
 	return c, clk
 }
 
+// waitCounter is a caller's context that counts how often Get reached
+// its wait (Get reads ctx.Done only to wait for a fetch).
+type waitCounter struct {
+	context.Context
+	n *atomic.Int64
+}
+
+func (w waitCounter) Done() <-chan struct{} {
+	w.n.Add(1)
+	return w.Context.Done()
+}
+
+// Every caller is waiting before the one fetch returns, so none of them
+// can be served from a value stored by an earlier fetch: one fetch for all
+// of them means they were coalesced.
 func TestConcurrentGetsCoalesce(t *testing.T) {
-	var fetches atomic.Int64
-	release := make(chan struct{})
+	const callers = 200
+	var fetches, waiting atomic.Int64
 	c, _ := newTest(t, func(ctx context.Context, key string) (int, error) {
 		fetches.Add(1)
-		<-release
+		deadline := time.Now().Add(5 * time.Second)
+		for waiting.Load() < callers {
+			if time.Now().After(deadline) {
+				return 0, errors.New("not every caller came to wait for the fetch")
+			}
+			time.Sleep(time.Millisecond) // polling the count, with a deadline
+		}
 		return 42, nil
 	})
+	ctx := waitCounter{context.Background(), &waiting}
 	var wg sync.WaitGroup
-	for range 200 {
+	for range callers {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			if v, err := c.Get(context.Background(), "k"); err != nil || v != 42 {
+			if v, err := c.Get(ctx, "k"); err != nil || v != 42 {
 				t.Errorf("got %d %v", v, err)
 			}
 		}()
 	}
-	time.Sleep(20 * time.Millisecond)
-	close(release)
 	wg.Wait()
 	if n := fetches.Load(); n != 1 {
-		t.Fatalf("%d fetches, want 1", n)
+		t.Fatalf("%d fetches for %d waiting callers, want 1", n, callers)
 	}
 }
 
