@@ -78,7 +78,8 @@ type Options struct {
 	// block) after every reserve and release, so counts can be shared.
 	Changed func()
 	// BorrowGap spaces borrowed slots beyond this replica's share (default
-	// 5ms, about two NATS hops).
+	// 10ms: time for a change message to reach the other replicas, fleet
+	// sync's 2ms spacing between messages included).
 	BorrowGap time.Duration
 }
 

@@ -171,24 +171,34 @@ func TestCancelWhileQueued(t *testing.T) {
 }
 
 // TestCapNeverExceeded hammers one router from many goroutines with random
-// cancels and checks the cap at every grant and zero counts at the end.
+// cancels and checks the cap at every grant, that every request that did
+// not give up was served, and zero counts at the end.
 func TestCapNeverExceeded(t *testing.T) {
 	r := New(Options{MaxQueue: 10000, MaxWait: 10 * time.Second}, nil)
 	cands := []Candidate{cand("a", "m", 3, true, 1), cand("b", "m", 2, false, 1)}
-	var inA, inB, maxA, maxB atomic.Int64
+	var inA, inB, maxA, maxB, granted, patientGranted atomic.Int64
+	const requests = 2000
 	var wg sync.WaitGroup
-	for i := range 2000 {
+	for i := range requests {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
+			patient := i%3 == 0
 			ctx, cancel := context.WithTimeout(context.Background(), time.Duration(i%7)*time.Millisecond)
 			defer cancel()
-			if i%3 == 0 {
+			if patient {
 				ctx = context.Background()
 			}
 			s, err := r.Acquire(ctx, cands)
 			if err != nil {
+				if patient || !errors.Is(err, context.DeadlineExceeded) {
+					t.Errorf("request %d: %v", i, err)
+				}
 				return
+			}
+			granted.Add(1)
+			if patient {
+				patientGranted.Add(1)
 			}
 			in, mx := &inA, &maxA
 			if s.Backend == "b" {
@@ -201,6 +211,8 @@ func TestCapNeverExceeded(t *testing.T) {
 					break
 				}
 			}
+			// Hold the slot a moment (not waiting for anything) so that
+			// requests pile up in the queue and time out in it.
 			time.Sleep(50 * time.Microsecond)
 			in.Add(-1)
 			s.Release()
@@ -208,23 +220,39 @@ func TestCapNeverExceeded(t *testing.T) {
 		}()
 	}
 	wg.Wait()
+	if want := int64((requests + 2) / 3); patientGranted.Load() != want {
+		t.Fatalf("%d of %d requests without a deadline were served", patientGranted.Load(), want)
+	}
 	if maxA.Load() > 3 || maxB.Load() > 2 {
 		t.Fatalf("cap exceeded: a=%d b=%d", maxA.Load(), maxB.Load())
+	}
+	if maxA.Load() < 3 || maxB.Load() < 1 {
+		t.Fatalf("the cap was never reached (a=%d b=%d): the test exercised no contention", maxA.Load(), maxB.Load())
 	}
 	if got := r.InFlight(); len(got) != 0 || r.QueueLen() != 0 {
 		t.Fatalf("in-flight %v queue %d", got, r.QueueLen())
 	}
+	t.Logf("%d of %d requests served", granted.Load(), requests)
 }
 
-type fakeRemote map[Key]int
+// fakeRemote is the other replicas as the router sees them: share is this
+// replica's share of every cap (0: all of it), held what the others hold.
+type fakeRemote struct {
+	share int
+	held  map[Key]int
+}
 
-func (f fakeRemote) Share(k Key, cap int) int    { return cap }
-func (f fakeRemote) Reserved(k Key, cap int) int { return f[k] }
-
-func (f fakeRemote) InFlight(k Key) int { return f[k] }
+func (f fakeRemote) Share(k Key, cap int) int {
+	if f.share == 0 {
+		return cap
+	}
+	return f.share
+}
+func (f fakeRemote) Reserved(k Key, cap int) int { return f.held[k] }
+func (f fakeRemote) InFlight(k Key) int          { return f.held[k] }
 func (f fakeRemote) BackendInFlight(b string) int {
 	n := 0
-	for k, v := range f {
+	for k, v := range f.held {
 		if k.Backend == b {
 			n += v
 		}
@@ -232,11 +260,44 @@ func (f fakeRemote) BackendInFlight(b string) int {
 	return n
 }
 
+// The others' slots count towards the cap; beyond its share a replica
+// borrows only once its demand has been visible for a borrow gap, and
+// never a slot the others hold.
 func TestRemoteCountsTowardsCap(t *testing.T) {
-	r := New(Options{MaxQueue: 0, MaxWait: time.Millisecond}, fakeRemote{{"a", "m"}: 2})
-	_, err := r.Acquire(context.Background(), []Candidate{cand("a", "m", 2, true, 1)})
-	if !errors.Is(err, ErrQueueFull) {
-		t.Fatalf("got %v, want full (remote holds both slots)", err)
+	k := Key{"a", "m"}
+	c := []Candidate{cand("a", "m", 4, true, 1)}
+	tests := []struct {
+		name      string
+		remote    fakeRemote
+		gap       time.Duration
+		wantSlots int // granted before the next Acquire is refused
+	}{
+		{"remote holds every slot", fakeRemote{held: map[Key]int{k: 4}}, time.Nanosecond, 0},
+		{"own share, no borrowing before the gap", fakeRemote{share: 2, held: map[Key]int{k: 1}}, time.Hour, 2},
+		// A nanosecond gap has always passed by the next Acquire.
+		{"borrows up to what the others leave", fakeRemote{share: 2, held: map[Key]int{k: 1}}, time.Nanosecond, 3},
+		{"borrows the whole cap from idle others", fakeRemote{share: 1, held: map[Key]int{}}, time.Nanosecond, 4},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			r := New(Options{MaxQueue: 0, MaxWait: time.Millisecond, BorrowGap: tt.gap}, tt.remote)
+			var held []*Slot
+			defer func() {
+				for _, s := range held {
+					s.Release()
+				}
+			}()
+			for range tt.wantSlots {
+				s, err := r.Acquire(context.Background(), c)
+				if err != nil {
+					t.Fatalf("slot %d of %d: %v", len(held)+1, tt.wantSlots, err)
+				}
+				held = append(held, s)
+			}
+			if _, err := r.Acquire(context.Background(), c); !errors.Is(err, ErrQueueFull) {
+				t.Fatalf("slot %d: got %v, want ErrQueueFull", tt.wantSlots+1, err)
+			}
+		})
 	}
 }
 
