@@ -3,6 +3,7 @@ package chstore
 import (
 	"context"
 	"fmt"
+	"math"
 	"strconv"
 	"strings"
 	"time"
@@ -50,14 +51,16 @@ func (s *Store) InsertEvents(ctx context.Context, rows []EventRow) error {
 	for i := range rows {
 		r := &rows[i]
 		e := &r.Event
+		// The event's facts as reported; token_usage_minute_mv counts them
+		// by usage.Event.Count's rule.
 		in, out, ok := e.Tokens()
 		in, out = max(in, 0), max(out, 0)
 		t := e.Time.UTC()
 		ids[i], times[i], minutes[i] = e.ID, t, t.Truncate(time.Minute)
 		replicas[i], endpoints[i], models[i], backendModels[i], apiKeys[i], routes[i] = e.Replica, e.Endpoint, e.Model, e.BackendModel, e.APIKey, e.Route
-		statuses[i], errs[i] = uint16(clamp(e.Status, 0, 65535)), b2u(e.Error)
+		statuses[i], errs[i] = uint16(clamp(e.Status, 0, math.MaxUint16)), b2u(e.Error)
 		ins[i], outs[i], totals[i], known[i], streams[i] = uint64(in), uint64(out), uint64(in+out), b2u(ok), b2u(e.Stream)
-		ttfbs[i], durations[i], attempts[i] = e.TTFBMs, e.DurationMs, uint8(clamp(e.Attempts, 0, 255))
+		ttfbs[i], durations[i], attempts[i] = e.TTFBMs, e.DurationMs, uint8(clamp(e.Attempts, 0, math.MaxUint8))
 		partitions[i], seqs[i] = r.Partition, r.Seq
 	}
 	cols := []any{ids, times, minutes, replicas, endpoints, models, backendModels, apiKeys, routes,
@@ -75,7 +78,8 @@ func (s *Store) InsertEvents(ctx context.Context, rows []EventRow) error {
 }
 
 // Committed returns, for each partition asked for, the highest stream
-// sequence stored in usage_events (0 when none is).
+// sequence stored (0 when none is). It reads usage_progress, which the view
+// usage_progress_mv fills from the same blocks as usage_events.
 func (s *Store) Committed(ctx context.Context, partitions []int) (map[int]uint64, error) {
 	out := make(map[int]uint64, len(partitions))
 	if len(partitions) == 0 {

@@ -57,11 +57,5 @@ func (e *Event) Tokens() (in, out int64, known bool) {
 	return in, out, known
 }
 
-// Sink receives finished requests. Record must not block the request path:
-// implementations queue and return.
-type Sink interface {
-	Record(Event)
-}
-
 // Int64 returns a pointer to v, for building events.
 func Int64(v int64) *int64 { return &v }

@@ -10,25 +10,16 @@ type Totals struct {
 	byKey map[string]map[string]*Count
 }
 
-// Count is what Totals keeps per endpoint and model.
-type Count struct {
-	Requests     int64 `json:"requests"`
-	Errors       int64 `json:"errors"`
-	InputTokens  int64 `json:"input_tokens"`
-	OutputTokens int64 `json:"output_tokens"`
-	// UnknownTokens counts requests whose backend reported no counts.
-	UnknownTokens int64 `json:"unknown_tokens"`
-}
-
 // NewTotals returns an empty sink.
 func NewTotals() *Totals { return &Totals{byKey: map[string]map[string]*Count{}} }
 
-// Record adds one event. It takes a short lock and never blocks on I/O.
+// Record adds one event that reached a backend, by Event.Count. It takes a
+// short lock and never blocks on I/O.
 func (t *Totals) Record(e Event) {
 	if e.Endpoint == "" {
 		return // never reached a backend
 	}
-	in, out, known := e.Tokens()
+	d := e.Count()
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	m := t.byKey[e.Endpoint]
@@ -41,15 +32,7 @@ func (t *Totals) Record(e Event) {
 		c = &Count{}
 		m[e.Model] = c
 	}
-	c.Requests++
-	if e.Error {
-		c.Errors++
-	}
-	c.InputTokens += in
-	c.OutputTokens += out
-	if !known && !e.Error {
-		c.UnknownTokens++
-	}
+	c.Add(d)
 }
 
 // Snapshot copies the totals.
@@ -64,14 +47,4 @@ func (t *Totals) Snapshot() map[string]map[string]Count {
 		}
 	}
 	return out
-}
-
-// Sinks hands each event to every sink in order.
-type Sinks []Sink
-
-// Record forwards e.
-func (t Sinks) Record(e Event) {
-	for _, s := range t {
-		s.Record(e)
-	}
 }

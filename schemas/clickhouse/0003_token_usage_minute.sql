@@ -22,6 +22,13 @@ ORDER BY (minute, endpoint, model, api_key);
 -- Fed from the same block as usage_events, so the rollup holds exactly the
 -- rows the raw table does. Its name sorts before usage_progress_mv: views run
 -- in name order, so progress is written last.
+--
+-- The counting rule is usage.Event.Count (pkg/usage/count.go), the one every
+-- Go total uses: each event is one request; error adds one error; input and
+-- output add the counts the backend reported (an unreported count is stored
+-- as 0); an event without both counts (tokens_known = 0) adds one to
+-- tokens_unknown, errors included. TestTokenUsageMinuteCountsAsEventCount
+-- (pkg/chstore) feeds the same events to both and compares.
 CREATE MATERIALIZED VIEW IF NOT EXISTS {{.Database}}.token_usage_minute_mv
 TO {{.Database}}.token_usage_minute
 AS SELECT

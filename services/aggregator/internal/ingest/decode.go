@@ -2,7 +2,6 @@ package ingest
 
 import (
 	"encoding/json"
-	"errors"
 	"fmt"
 	"strconv"
 	"unicode/utf8"
@@ -10,7 +9,7 @@ import (
 	"github.com/droverhq/drover/pkg/usage"
 )
 
-// Decode parses and checks one usage.v1 message.
+// Decode parses one usage message and checks it with usage.Validate.
 //
 // Events as proxies encode them take a fast path that reads the flat object
 // directly; anything it does not recognise (escapes in strings, unknown or
@@ -25,17 +24,7 @@ func Decode(data []byte) (usage.Event, error) {
 			return ev, fmt.Errorf("decoding usage event: %w", err)
 		}
 	}
-	switch {
-	case ev.Schema != usage.SchemaVersion:
-		return ev, fmt.Errorf("usage event schema %q, want %q", ev.Schema, usage.SchemaVersion)
-	case ev.ID == "":
-		return ev, errors.New("usage event without id")
-	case ev.Time.IsZero():
-		return ev, errors.New("usage event without time")
-	case ev.InputTokens != nil && *ev.InputTokens < 0, ev.OutputTokens != nil && *ev.OutputTokens < 0:
-		return ev, errors.New("usage event with negative token counts")
-	}
-	return ev, nil
+	return ev, usage.Validate(ev)
 }
 
 // decodeFast fills ev from data and reports true only where json.Unmarshal

@@ -142,7 +142,7 @@ func (l *Live) Record(ev usage.Event) {
 		c = &usage.Count{}
 		l.keys[ev.APIKey] = c
 	}
-	count(c, ev)
+	c.Add(ev.Count())
 	l.keysMu.Unlock()
 }
 

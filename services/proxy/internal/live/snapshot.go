@@ -195,9 +195,6 @@ func (s *Snapshot) fillTokens() {
 }
 
 func sum(a, b usage.Count) usage.Count {
-	return usage.Count{
-		Requests: a.Requests + b.Requests, Errors: a.Errors + b.Errors,
-		InputTokens: a.InputTokens + b.InputTokens, OutputTokens: a.OutputTokens + b.OutputTokens,
-		UnknownTokens: a.UnknownTokens + b.UnknownTokens,
-	}
+	a.Add(b)
+	return a
 }

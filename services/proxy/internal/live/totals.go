@@ -240,34 +240,16 @@ func add(m map[tokenKey]*usage.Count, ev usage.Event) {
 		c = &usage.Count{}
 		m[k] = c
 	}
-	count(c, ev)
-}
-
-// count adds one event to c, the way token_usage_minute sums it.
-func count(c *usage.Count, ev usage.Event) {
-	in, out, known := ev.Tokens()
-	c.Requests++
-	if ev.Error {
-		c.Errors++
-	}
-	c.InputTokens += max(in, 0)
-	c.OutputTokens += max(out, 0)
-	if !known {
-		c.UnknownTokens++
-	}
+	c.Add(ev.Count())
 }
 
 // decode accepts what the aggregator stores and rejects what it
-// dead-letters, so that the stream adds exactly what ClickHouse will hold.
+// dead-letters (usage.Validate), so that the stream adds exactly what
+// ClickHouse will hold.
 func decode(data []byte) (usage.Event, error) {
 	var ev usage.Event
 	if err := json.Unmarshal(data, &ev); err != nil {
 		return ev, err
 	}
-	switch {
-	case ev.Schema != usage.SchemaVersion, ev.ID == "", ev.Time.IsZero(),
-		ev.InputTokens != nil && *ev.InputTokens < 0, ev.OutputTokens != nil && *ev.OutputTokens < 0:
-		return ev, errors.New("not a usage event the aggregator stores")
-	}
-	return ev, nil
+	return ev, usage.Validate(ev)
 }

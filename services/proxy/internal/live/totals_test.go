@@ -13,9 +13,9 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/droverhq/drover/pkg/chstore"
+	"github.com/droverhq/drover/pkg/usage"
 	"github.com/droverhq/drover/testkit/chtest"
 	"github.com/droverhq/drover/testkit/natstest"
-	"github.com/droverhq/drover/pkg/usage"
 )
 
 const testPartitions = 4
@@ -81,7 +81,7 @@ func (p *pipeline) publish(n int) {
 		p.rows = append(p.rows, chstore.EventRow{Event: ev, Partition: uint16(part), Seq: ack.Sequence})
 		k := tokenKey{ev.Endpoint, ev.Model, ev.APIKey}
 		c := p.want[k]
-		count(&c, ev)
+		c.Add(ev.Count())
 		p.want[k] = c
 	}
 }
