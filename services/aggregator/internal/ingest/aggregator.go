@@ -68,11 +68,11 @@ type Aggregator struct {
 	o Options
 
 	in   chan chunk   // fetchers → batcher
-	cmds chan command // lease loop and Run → batcher
+	cmds chan command // lease keeper and Run → batcher
 
 	// validUntil[p] is the UnixNano instant after which this instance must
 	// not insert rows of partition p: a margin before its lease can expire
-	// in the KV bucket. Written by the lease loop, read by the batcher.
+	// in the KV bucket. Written by the lease keeper, read by the batcher.
 	validUntil []atomic.Int64
 
 	// lastErr is the last ClickHouse error (nil after a success), for /health.
@@ -145,7 +145,7 @@ var errCrash = errors.New("ingest: simulated crash after insert")
 // ShutdownTimeout), releases its leases and returns nil. It returns an error
 // only if it could not run or a test hook simulated a crash.
 func (a *Aggregator) Run(ctx context.Context) error {
-	// Fetchers stop with ctx; the batcher and the lease loop outlive it,
+	// Fetchers stop with ctx; the batcher and the lease keeper outlive it,
 	// so that the final flush happens under leases still held.
 	fetchCtx, stopFetch := context.WithCancel(ctx)
 	defer stopFetch()
@@ -160,7 +160,7 @@ func (a *Aggregator) Run(ctx context.Context) error {
 	leaseDone := make(chan struct{})
 	go func() {
 		defer close(leaseDone)
-		a.leaseLoop(leaseCtx, fetchCtx, fetchersStopped)
+		newLeaseKeeper(a).run(leaseCtx, fetchCtx, fetchersStopped)
 	}()
 
 	select {
@@ -259,7 +259,7 @@ func (a *Aggregator) sendCmd(ctx context.Context, c command) bool {
 	}
 }
 
-// fetcherHandle is one running fetcher, owned by the lease loop.
+// fetcherHandle is one running fetcher, owned by the lease keeper.
 type fetcherHandle struct {
 	term   uint64
 	cancel context.CancelFunc

@@ -371,7 +371,7 @@ func (a *Aggregator) store(ctx context.Context, bt *batch) insertResult {
 		}
 	}
 	// Fence: never insert for a partition whose lease may have lapsed. The
-	// lease loop either renews it (and the retry goes through) or declares
+	// lease keeper either renews it (and the retry goes through) or declares
 	// it lost and drops it from the batch.
 	now := time.Now().UnixNano()
 	for _, p := range owned {
