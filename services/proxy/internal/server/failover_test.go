@@ -1,6 +1,7 @@
 package server
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"encoding/json"
@@ -12,9 +13,10 @@ import (
 	"time"
 
 	"github.com/droverhq/drover/pkg/config"
-	"github.com/droverhq/drover/testkit/ollamatest"
+	"github.com/droverhq/drover/pkg/usage"
 	"github.com/droverhq/drover/services/proxy/internal/forward"
 	"github.com/droverhq/drover/services/proxy/internal/ollamaapi"
+	"github.com/droverhq/drover/testkit/ollamatest"
 )
 
 func chatBody(model string, stream bool, fake string) []byte {
@@ -91,11 +93,23 @@ func TestNoRetryAfterBytesStreamed(t *testing.T) {
 	if n := e.fakes[0].Requests("/api/chat") + e.fakes[1].Requests("/api/chat"); n != 1 {
 		t.Fatalf("%d attempts for a stream that had started", n)
 	}
-	totals := e.srv.Totals.Snapshot()
-	for _, models := range totals {
-		if c := models["tiny"]; c.Errors != 1 || c.InputTokens != 0 {
-			t.Fatalf("cut stream recorded as %+v", c)
+	// The event is recorded as the forwarder finishes, which may be just
+	// after the client saw the stream end.
+	var recorded []usage.Count
+	waitFor(t, func() bool {
+		recorded = recorded[:0]
+		for _, models := range e.srv.Totals.Snapshot() {
+			if c, ok := models["tiny"]; ok {
+				recorded = append(recorded, c)
+			}
 		}
+		return len(recorded) > 0
+	})
+	if len(recorded) != 1 {
+		t.Fatalf("cut stream recorded on %d backends: %+v", len(recorded), recorded)
+	}
+	if c := recorded[0]; c.Requests != 1 || c.Errors != 1 || c.InputTokens != 0 {
+		t.Fatalf("cut stream recorded as %+v, want one request, an error, no tokens", c)
 	}
 }
 
@@ -111,16 +125,40 @@ func TestAllAttemptsFailGivesBackendAnswer(t *testing.T) {
 	}
 }
 
+// A client that hangs up mid-stream does not count against the backend:
+// each request reaches it and streams, then the client leaves.
 func TestClientCancelIsNotABackendFailure(t *testing.T) {
 	e := newEnv(t, 1, nil, func(c *config.Config) { c.Health.FailureThreshold = 2 })
 	warm(t, e)
-	for range 5 {
-		ctx, cancel := context.WithTimeout(t.Context(), 30*time.Millisecond)
-		post(t, ctx, e.url+"/api/chat", chatBody("tiny", true, `{"hang_after_chunks":1}`))
+	const cancels = 5
+	for range cancels {
+		ctx, cancel := context.WithCancel(t.Context())
+		req, _ := http.NewRequestWithContext(ctx, http.MethodPost, e.url+"/api/chat",
+			bytes.NewReader(chatBody("tiny", true, `{"hang_after_chunks":1}`)))
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		// The first chunk came from the backend: the request is running there.
+		if _, err := bufio.NewReader(resp.Body).ReadBytes('\n'); err != nil {
+			t.Fatalf("first chunk: %v", err)
+		}
 		cancel()
+		resp.Body.Close()
 	}
-	if st := e.srv.Fleet.Backends[0].Health.State().String(); st != "closed" {
-		t.Fatalf("breaker %s after client cancels", st)
+	if n := e.fakes[0].Requests("/api/chat"); n != cancels {
+		t.Fatalf("backend saw %d requests, want %d", n, cancels)
+	}
+	// Each cancelled request is over once its event is recorded; only then
+	// is the breaker's verdict final.
+	waitFor(t, func() bool {
+		c := e.srv.Totals.Snapshot()["a"]["tiny"]
+		return c.Requests == cancels
+	})
+	// A breaker that opened would be closed again by the next probe, so
+	// ask whether any failure was ever recorded, not only the state now.
+	if h := e.srv.Fleet.Backends[0].Health.Snapshot(); h.State != "closed" || h.LastError != "" || !h.Since.IsZero() {
+		t.Fatalf("breaker after client cancels: %+v", h)
 	}
 	waitFor(t, func() bool { return len(e.srv.Router.InFlight()) == 0 })
 }
@@ -173,11 +211,11 @@ func TestModelLoadedIsPreferred(t *testing.T) {
 		}
 	}, nil)
 	warm(t, e)
-	// Let the loaded-model caches fill.
-	waitFor(t, func() bool {
-		_, err := http.Get(e.url + "/api/ps")
-		return err == nil
-	})
+	// /api/ps asks every backend and keeps what each has loaded, which is
+	// what routing ranks on.
+	if resp, body := get(t, e.url+"/api/ps", nil); resp.StatusCode != 200 || !strings.Contains(body, `"tiny2`) {
+		t.Fatalf("/api/ps: %d %s", resp.StatusCode, body)
+	}
 	for range 5 {
 		if resp, body, err := post(t, t.Context(), e.url+"/api/chat", chatBody("tiny2", false, "")); err != nil || resp.StatusCode != 200 {
 			t.Fatalf("%v %s", err, body)
@@ -211,7 +249,7 @@ func TestSlotReleasedOnPanic(t *testing.T) {
 		req, _ := http.NewRequest(http.MethodPost, "/api/chat", bytes.NewReader(body))
 		// Call the forwarder directly: chi's Recoverer would swallow it.
 		e.srv.Forward.Serve(&panicWriter{h: http.Header{}}, req, &forward.Request{
-			Route: "/api/chat", Method: http.MethodPost, Path: "/api/chat", Body: body,
+			Route: "/api/chat", Method: http.MethodPost, Body: body,
 			Model: "tiny", Stream: true, Error: ollamaapi.WriteError,
 		})
 	}()
