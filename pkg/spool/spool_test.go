@@ -7,6 +7,7 @@ import (
 	"path/filepath"
 	"sync"
 	"testing"
+	"time"
 
 	"go.uber.org/goleak"
 )
@@ -27,12 +28,17 @@ func open(t *testing.T, dir string, opts Options) *Spool {
 
 func rec(i int) []byte { return []byte(fmt.Sprintf("record-%06d", i)) }
 
-// readAll reads from the ack position to the end and acknowledges it.
+// readAll reads from the ack position to the end and acknowledges it. A
+// spool that never reports its end fails the test instead of hanging it.
 func readAll(t *testing.T, s *Spool, batch int) []string {
 	t.Helper()
 	var got []string
 	pos := s.Acked()
+	deadline := time.Now().Add(10 * time.Second)
 	for {
+		if time.Now().After(deadline) || len(got) > 1<<20 {
+			t.Fatalf("spool still returning records after %d", len(got))
+		}
 		recs, next, err := s.Read(pos, batch)
 		if err != nil {
 			t.Fatal(err)
@@ -202,11 +208,15 @@ func TestCrashDuringReplayResendsOnlyUnackedTail(t *testing.T) {
 	// acknowledging it.
 	pos := s.Acked()
 	for b := 0; b < 8; b++ {
-		recs, next, _ := s.Read(pos, 64)
-		if b < 7 {
-			s.Ack(next)
+		recs, next, err := s.Read(pos, 64)
+		if err != nil || len(recs) != 64 {
+			t.Fatalf("batch %d: %d records, %v", b, len(recs), err)
 		}
-		_ = recs
+		if b < 7 {
+			if err := s.Ack(next); err != nil {
+				t.Fatal(err)
+			}
+		}
 		pos = next
 	}
 	s.Close()
@@ -240,7 +250,11 @@ func TestConcurrentAppendWhileReading(t *testing.T) {
 	pos := s.Acked()
 	done := make(chan struct{})
 	go func() { wg.Wait(); close(done) }()
+	deadline := time.Now().Add(30 * time.Second)
 	for finished := false; ; {
+		if time.Now().After(deadline) {
+			t.Fatalf("reader did not catch up with the writers: read %d of %d", len(seen), writers*per)
+		}
 		select {
 		case <-done:
 			finished = true
