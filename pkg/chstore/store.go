@@ -20,17 +20,20 @@ import (
 
 	"github.com/ClickHouse/clickhouse-go/v2"
 	"github.com/ClickHouse/clickhouse-go/v2/lib/driver"
+
+	"github.com/droverhq/drover/pkg/config"
 )
 
 // Options says where ClickHouse is.
 type Options struct {
 	// Addr is host:port of the native protocol (9000 by default in ClickHouse).
-	Addr     string
-	Database string // default "drover"
-	Username string // default "default"
+	Addr string
+	// Database and Username default to config.DefaultClickHouse's.
+	Database string
+	Username string
 	Password string
-	// DialTimeout bounds connecting (default 5s); ReadTimeout bounds waiting
-	// for a query's answer (default 30s).
+	// DialTimeout bounds connecting; ReadTimeout bounds waiting for a
+	// query's answer. Both default to config.DefaultClickHouse's.
 	DialTimeout time.Duration
 	ReadTimeout time.Duration
 }
@@ -50,20 +53,21 @@ func Open(opts Options) (*Store, error) {
 	if opts.Addr == "" {
 		return nil, errors.New("chstore: no address")
 	}
+	def := config.DefaultClickHouse()
 	if opts.Database == "" {
-		opts.Database = "drover"
+		opts.Database = def.Database
 	}
 	if !identRe.MatchString(opts.Database) {
 		return nil, fmt.Errorf("chstore: database name %q: want letters, digits and _", opts.Database)
 	}
 	if opts.Username == "" {
-		opts.Username = "default"
+		opts.Username = def.Username
 	}
 	if opts.DialTimeout == 0 {
-		opts.DialTimeout = 5 * time.Second
+		opts.DialTimeout = def.DialTimeout
 	}
 	if opts.ReadTimeout == 0 {
-		opts.ReadTimeout = 30 * time.Second
+		opts.ReadTimeout = def.ReadTimeout
 	}
 	conn, err := clickhouse.Open(&clickhouse.Options{
 		Protocol: clickhouse.Native,

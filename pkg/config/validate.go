@@ -11,31 +11,19 @@ import (
 )
 
 func (c *Config) setDefaults() {
-	def := func(s *string, v string) {
-		if *s == "" {
-			*s = v
-		}
+	if c.Listen == "" {
+		c.Listen = DefaultListen
 	}
-	defInt := func(n *int, v int) {
-		if *n == 0 {
-			*n = v
-		}
+	if c.LogLevel == "" {
+		c.LogLevel = "info"
 	}
-	defDur := func(d *time.Duration, v time.Duration) {
-		if *d == 0 {
-			*d = v
-		}
-	}
-	def(&c.Listen, ":12434")
-	def(&c.LogLevel, "info")
 	if c.Replica == "" {
 		host, _ := os.Hostname()
 		c.Replica = fmt.Sprintf("%s-%d", host, os.Getpid())
 	}
 	for i := range c.Backends {
 		b := &c.Backends[i]
-		def(&b.Type, "ollama")
-		defInt(&b.Weight, 1)
+		fillZero(b, DefaultBackend())
 		if b.Name == "" {
 			if u, err := url.Parse(b.URL); err == nil && u.Host != "" {
 				b.Name = u.Host
@@ -43,53 +31,16 @@ func (c *Config) setDefaults() {
 		}
 		b.URL = strings.TrimRight(b.URL, "/")
 	}
-	r := &c.Routing
-	defInt(&r.MaxConcurrency, 4)
-	defInt(&r.Queue.MaxLength, 1024)
-	defDur(&r.Queue.MaxWait, 60*time.Second)
-	defInt(&r.MaxAttempts, 3)
-	defDur(&r.ConnectTimeout, 3*time.Second)
-	defDur(&r.HeaderTimeout, 10*time.Minute)
-	defDur(&r.CancelGrace, 50*time.Millisecond)
-	defDur(&c.Cache.ModelsTTL, 5*time.Minute)
-	defDur(&c.Cache.ModelsStale, 10*time.Minute)
-	defDur(&c.Cache.LoadedTTL, 10*time.Second)
-	defDur(&c.Cache.LoadedStale, 60*time.Second)
-	defInt(&c.Health.FailureThreshold, 3)
-	defDur(&c.Health.OpenFor, 2*time.Second)
-	defDur(&c.Health.OpenMax, 60*time.Second)
-	defDur(&c.Health.ProbeInterval, 2*time.Second)
-	def(&c.NATS.Stream, "USAGE")
-	defDur(&c.NATS.MaxAge, 7*24*time.Hour)
-	if c.NATS.MaxBytes == 0 {
-		c.NATS.MaxBytes = 1 << 30
+	fillZero(&c.Routing, DefaultRouting())
+	fillZero(&c.Cache, DefaultCache())
+	fillZero(&c.Health, DefaultHealth())
+	fillZero(&c.NATS, DefaultNATS())
+	fillZero(&c.Usage, DefaultUsage())
+	fillZero(&c.ClickHouse, DefaultClickHouse())
+	fillZero(&c.Aggregator, DefaultAggregator())
+	if c.Aggregator.Instance == "" {
+		c.Aggregator.Instance = c.Replica
 	}
-	defDur(&c.NATS.DuplicateWindow, 10*time.Minute)
-	defInt(&c.NATS.Partitions, 8)
-	defInt(&c.Usage.QueueSize, 65536)
-	def(&c.Usage.SpoolDir, "./data/spool")
-	if c.Usage.SpoolMaxBytes == 0 {
-		c.Usage.SpoolMaxBytes = 1 << 30
-	}
-	defDur(&c.Usage.SpoolSyncInterval, 100*time.Millisecond)
-	defInt(&c.Usage.BatchSize, 500)
-	defDur(&c.Usage.BatchLinger, 5*time.Millisecond)
-	def(&c.Usage.PublishMode, "batch")
-	defDur(&c.Usage.AckTimeout, 5*time.Second)
-	def(&c.ClickHouse.Database, "drover")
-	def(&c.ClickHouse.Username, "default")
-	defDur(&c.ClickHouse.DialTimeout, 5*time.Second)
-	defDur(&c.ClickHouse.ReadTimeout, 30*time.Second)
-	defInt(&c.Aggregator.BatchSize, 20000)
-	defDur(&c.Aggregator.FlushInterval, 500*time.Millisecond)
-	def(&c.Aggregator.MetricsListen, ":9464")
-	def(&c.Aggregator.Instance, c.Replica)
-	def(&c.Aggregator.LeaseBucket, "drover_aggregator")
-	defDur(&c.Aggregator.LeaseTTL, 10*time.Second)
-	defInt(&c.Aggregator.FetchBatch, 2000)
-	def(&c.Aggregator.DeadLetterSubject, "drover.usage.deadletter")
-	defDur(&c.Aggregator.RetryMax, 30*time.Second)
-	defDur(&c.Aggregator.ShutdownTimeout, 30*time.Second)
 }
 
 // Validate reports every problem at once, each prefixed with its key.
@@ -144,12 +95,8 @@ func (c *Config) Validate() error {
 		"aggregator.batch_size":    c.Aggregator.BatchSize,
 		"aggregator.fetch_batch":   c.Aggregator.FetchBatch,
 	}
-	for key, v := range positive {
-		if v < 0 {
-			bad(key, "must be positive, got %d", v)
-		}
-	}
-	durations := map[string]time.Duration{
+	notNegative(bad, positive)
+	notNegative(bad, map[string]time.Duration{
 		"routing.queue.max_wait":    c.Routing.Queue.MaxWait,
 		"routing.connect_timeout":   c.Routing.ConnectTimeout,
 		"routing.header_timeout":    c.Routing.HeaderTimeout,
@@ -162,12 +109,7 @@ func (c *Config) Validate() error {
 		"aggregator.lease_ttl":      c.Aggregator.LeaseTTL,
 		"aggregator.retry_max":      c.Aggregator.RetryMax,
 		"clickhouse.read_timeout":   c.ClickHouse.ReadTimeout,
-	}
-	for key, d := range durations {
-		if d < 0 {
-			bad(key, "must be positive, got %s", d)
-		}
-	}
+	})
 	if c.Cache.ModelsStale < c.Cache.ModelsTTL {
 		bad("cache.models_stale", "must be at least cache.models_ttl (%s)", c.Cache.ModelsTTL)
 	}
@@ -207,4 +149,13 @@ func (c *Config) Validate() error {
 		bad("log_level", "must be debug, info, warn or error, got %q", c.LogLevel)
 	}
 	return errors.Join(errs...)
+}
+
+// notNegative reports every value of vals below zero under its key.
+func notNegative[T int | time.Duration](bad func(key, format string, args ...any), vals map[string]T) {
+	for key, v := range vals {
+		if v < 0 {
+			bad(key, "must be positive, got %v", v)
+		}
+	}
 }

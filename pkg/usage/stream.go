@@ -5,17 +5,17 @@ import (
 	"errors"
 	"fmt"
 	"hash/fnv"
+	"strconv"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/droverhq/drover/pkg/config"
 )
 
-// SubjectPrefix starts every usage subject. Model names never go in
-// subjects (they contain dots); events are spread over numbered partitions
-// by their id so that each partition can have a single writer downstream.
-const SubjectPrefix = "usage.v1."
-
-// Subject is the partition subject for an event id.
+// Subject is the partition subject for an event id. Events are spread over
+// numbered partitions by their id so that each partition can have a single
+// writer downstream.
 func Subject(id string, partitions int) string {
 	return PartitionSubject(Partition(id, partitions))
 }
@@ -30,8 +30,8 @@ func Partition(id string, partitions int) int {
 	return int(h.Sum32() % uint32(partitions))
 }
 
-// PartitionSubject is "usage.v1.<p>".
-func PartitionSubject(p int) string { return fmt.Sprintf("%s%d", SubjectPrefix, p) }
+// PartitionSubject is "usage.v1.<p>" (config.UsageSubjectPrefix and p).
+func PartitionSubject(p int) string { return config.UsageSubjectPrefix + strconv.Itoa(p) }
 
 // StreamConfig describes the usage stream.
 type StreamConfig struct {
@@ -47,7 +47,7 @@ type StreamConfig struct {
 func EnsureStream(ctx context.Context, js jetstream.JetStream, cfg StreamConfig) (jetstream.Stream, error) {
 	sc := jetstream.StreamConfig{
 		Name:       cfg.Name,
-		Subjects:   []string{SubjectPrefix + ">"},
+		Subjects:   []string{config.UsageSubjectPrefix + ">"},
 		Storage:    jetstream.FileStorage,
 		Retention:  jetstream.LimitsPolicy,
 		Discard:    jetstream.DiscardOld,

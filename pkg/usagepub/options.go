@@ -30,23 +30,17 @@ type options struct {
 	log           *slog.Logger
 }
 
+// defaultOptions are the config file's defaults (config.DefaultNATS and
+// config.DefaultUsage) plus the publisher's own.
 func defaultOptions() options {
-	return options{
-		stream: usage.StreamConfig{Name: "USAGE", MaxAge: 7 * 24 * time.Hour,
-			MaxBytes: 1 << 30, DuplicateWindow: 10 * time.Minute},
-		partitions:    8,
-		queueSize:     65536,
-		spoolDir:      "./data/spool",
-		spoolMaxBytes: 1 << 30,
-		syncInterval:  100 * time.Millisecond,
-		batchSize:     500,
-		linger:        5 * time.Millisecond,
-		ackTimeout:    5 * time.Second,
+	o := options{
 		retryInterval: time.Second,
 		checkInterval: 200 * time.Millisecond,
 		replayBatch:   500,
 		log:           slog.Default(),
 	}
+	WithConfig(config.DefaultNATS(), config.DefaultUsage())(&o)
+	return o
 }
 
 // WithConfig applies the nats and usage sections of the config file.

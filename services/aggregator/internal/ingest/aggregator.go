@@ -26,6 +26,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/droverhq/drover/pkg/chstore"
+	"github.com/droverhq/drover/pkg/config"
 	"github.com/droverhq/drover/pkg/usage"
 	"github.com/droverhq/drover/services/aggregator/internal/lease"
 	"github.com/droverhq/drover/services/aggregator/internal/metrics"
@@ -41,16 +42,19 @@ type Options struct {
 	Metrics *metrics.Metrics
 	Logger  *slog.Logger
 
-	Stream            string        // default "USAGE"
-	Partitions        int           // default 8
-	BatchSize         int           // default 20000
-	FlushInterval     time.Duration // default 500ms
-	FetchBatch        int           // default 2000
-	LeaseTTL          time.Duration // default 10s
-	DeadLetterSubject string        // default "drover.usage.deadletter"
+	// Stream and Partitions default to config.DefaultNATS's; BatchSize,
+	// FlushInterval, FetchBatch, LeaseTTL, DeadLetterSubject, RetryMax and
+	// ShutdownTimeout to config.DefaultAggregator's.
+	Stream            string
+	Partitions        int
+	BatchSize         int
+	FlushInterval     time.Duration
+	FetchBatch        int
+	LeaseTTL          time.Duration
+	DeadLetterSubject string
 	RetryMin          time.Duration // default 100ms
-	RetryMax          time.Duration // default 30s
-	ShutdownTimeout   time.Duration // default 30s
+	RetryMax          time.Duration
+	ShutdownTimeout   time.Duration
 	// AckWait is how long JetStream waits for an ack before redelivering
 	// (default 2m). Redeliveries are harmless, only wasteful.
 	AckWait time.Duration
@@ -82,7 +86,12 @@ type Aggregator struct {
 }
 
 // DefaultDeadLetterSubject receives undecodable usage messages.
-const DefaultDeadLetterSubject = "drover.usage.deadletter"
+const DefaultDeadLetterSubject = config.DefaultDeadLetterSubject
+
+const (
+	defaultRetryMin = 100 * time.Millisecond
+	defaultAckWait  = 2 * time.Minute
+)
 
 // New checks the options and fills defaults.
 func New(o Options) (*Aggregator, error) {
@@ -92,19 +101,20 @@ func New(o Options) (*Aggregator, error) {
 	if o.Logger == nil {
 		o.Logger = slog.Default()
 	}
-	setDefault(&o.Stream, "USAGE")
-	setDefault(&o.DeadLetterSubject, DefaultDeadLetterSubject)
-	setDefault(&o.Partitions, 8)
-	setDefault(&o.BatchSize, 20000)
-	setDefault(&o.FetchBatch, 2000)
-	setDefault(&o.FlushInterval, 500*time.Millisecond)
-	setDefault(&o.LeaseTTL, 10*time.Second)
-	setDefault(&o.RetryMin, 100*time.Millisecond)
-	setDefault(&o.RetryMax, 30*time.Second)
-	setDefault(&o.ShutdownTimeout, 30*time.Second)
-	setDefault(&o.AckWait, 2*time.Minute)
-	if strings.HasPrefix(o.DeadLetterSubject, usage.SubjectPrefix) || o.DeadLetterSubject+"." == usage.SubjectPrefix {
-		return nil, fmt.Errorf("ingest: dead-letter subject %q must not be under %s>", o.DeadLetterSubject, usage.SubjectPrefix)
+	n, d := config.DefaultNATS(), config.DefaultAggregator()
+	setDefault(&o.Stream, n.Stream)
+	setDefault(&o.Partitions, n.Partitions)
+	setDefault(&o.DeadLetterSubject, d.DeadLetterSubject)
+	setDefault(&o.BatchSize, d.BatchSize)
+	setDefault(&o.FetchBatch, d.FetchBatch)
+	setDefault(&o.FlushInterval, d.FlushInterval)
+	setDefault(&o.LeaseTTL, d.LeaseTTL)
+	setDefault(&o.RetryMin, defaultRetryMin)
+	setDefault(&o.RetryMax, d.RetryMax)
+	setDefault(&o.ShutdownTimeout, d.ShutdownTimeout)
+	setDefault(&o.AckWait, defaultAckWait)
+	if strings.HasPrefix(o.DeadLetterSubject, config.UsageSubjectPrefix) || o.DeadLetterSubject+"." == config.UsageSubjectPrefix {
+		return nil, fmt.Errorf("ingest: dead-letter subject %q must not be under %s>", o.DeadLetterSubject, config.UsageSubjectPrefix)
 	}
 	return &Aggregator{
 		o:          o,

@@ -10,11 +10,12 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/droverhq/drover/pkg/config"
 	"github.com/droverhq/drover/pkg/usage"
 )
 
 // ConsumerName is the durable consumer of partition p.
-func ConsumerName(p int) string { return "drover-aggregator-p" + strconv.Itoa(p) }
+func ConsumerName(p int) string { return config.AggregatorConsumerPrefix + strconv.Itoa(p) }
 
 // fetch runs one ownership term of partition p: it reads the committed
 // sequence, recreates the consumer to start right after it, announces the

@@ -27,6 +27,7 @@ import (
 	"github.com/nats-io/nats.go"
 
 	"github.com/droverhq/drover/pkg/chstore"
+	"github.com/droverhq/drover/pkg/config"
 	"github.com/droverhq/drover/pkg/usage"
 	"github.com/droverhq/drover/services/proxy/internal/fleetsync"
 )
@@ -95,7 +96,7 @@ func New(opts Options) *Live {
 		opts.Log = slog.New(slog.DiscardHandler)
 	}
 	if opts.Stream == "" {
-		opts.Stream = "USAGE"
+		opts.Stream = config.DefaultStream
 	}
 	l := &Live{opts: opts, hub: newHub(), keys: map[string]*usage.Count{}, done: make(chan struct{})}
 	ctx, cancel := context.WithCancel(context.Background())

@@ -16,6 +16,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/droverhq/drover/pkg/chstore"
+	"github.com/droverhq/drover/pkg/config"
 	"github.com/droverhq/drover/pkg/usage"
 )
 
@@ -49,11 +50,29 @@ type fleetTotals struct {
 	reason    string    // why the totals are not (or no longer) current
 }
 
-// committedPartitions is how many partitions' committed sequences are read:
-// at least 64, so a proxy configured with fewer partitions than the
-// aggregator still skips what is stored (absent partitions read as 0).
+const (
+	// minCommittedPartitions is the fewest partitions whose committed
+	// sequences are read, so that a proxy configured with fewer partitions
+	// than the aggregator still skips what is stored (absent partitions
+	// read as 0).
+	minCommittedPartitions = 64
+	// baselineAttempts bounds reading a consistent ClickHouse baseline
+	// while the aggregator keeps committing.
+	baselineAttempts = 20
+	// insertSettle is how long a baseline read waits between reading the
+	// committed sequences and reading them again, for an insert caught
+	// between its two views to finish.
+	insertSettle = 100 * time.Millisecond
+	// followRetryMin and followRetryMax bound the backoff between attempts
+	// to follow the usage stream.
+	followRetryMin = 500 * time.Millisecond
+	followRetryMax = 30 * time.Second
+)
+
+// committedPartitions is the partitions whose committed sequences are read:
+// at least minCommittedPartitions.
 func (f *fleetTotals) committedPartitions() []int {
-	n := max(f.partitions, 64)
+	n := max(f.partitions, minCommittedPartitions)
 	out := make([]int, n)
 	for i := range out {
 		out[i] = i
@@ -64,7 +83,7 @@ func (f *fleetTotals) committedPartitions() []int {
 // run keeps the totals current until ctx ends, starting over (a fresh
 // baseline) after any failure.
 func (f *fleetTotals) run(ctx context.Context) {
-	wait := 500 * time.Millisecond
+	wait := followRetryMin
 	for ctx.Err() == nil {
 		err := f.follow(ctx)
 		if ctx.Err() != nil {
@@ -79,15 +98,14 @@ func (f *fleetTotals) run(ctx context.Context) {
 			return
 		case <-time.After(wait):
 		}
-		wait = min(2*wait, 30*time.Second)
+		wait = min(2*wait, followRetryMax)
 	}
 }
 
 // baseline reads ClickHouse's totals and the committed sequences they
 // include. Within one insert the rollup is written before the progress
 // row, so the committed sequence is read before and after the sums (with a
-// pause for an insert caught between its two views to finish); when it
-// moved, the read is repeated.
+// pause, insertSettle); when it moved, the read is repeated.
 func (f *fleetTotals) baseline(ctx context.Context) (map[tokenKey]*usage.Count, map[int]uint64, error) {
 	parts := f.committedPartitions()
 	for attempt := 0; ; attempt++ {
@@ -102,7 +120,7 @@ func (f *fleetTotals) baseline(ctx context.Context) (map[tokenKey]*usage.Count, 
 		select {
 		case <-ctx.Done():
 			return nil, nil, ctx.Err()
-		case <-time.After(100 * time.Millisecond):
+		case <-time.After(insertSettle):
 		}
 		after, err := f.store.Committed(ctx, parts)
 		if err != nil {
@@ -119,7 +137,7 @@ func (f *fleetTotals) baseline(ctx context.Context) (map[tokenKey]*usage.Count, 
 			}
 			return counts, after, nil
 		}
-		if attempt == 20 {
+		if attempt == baselineAttempts {
 			return nil, nil, errors.New("clickhouse totals kept moving while being read")
 		}
 	}
@@ -153,7 +171,7 @@ func (f *fleetTotals) follow(ctx context.Context) error {
 	}
 	start++
 	cfg := jetstream.OrderedConsumerConfig{
-		FilterSubjects: []string{usage.SubjectPrefix + ">"},
+		FilterSubjects: []string{config.UsageSubjectPrefix + ">"},
 		DeliverPolicy:  jetstream.DeliverByStartSequencePolicy,
 		OptStartSeq:    start,
 	}
@@ -199,7 +217,7 @@ func (f *fleetTotals) follow(ctx context.Context) error {
 			continue
 		}
 		seq := md.Sequence.Stream
-		p, perr := strconv.Atoi(strings.TrimPrefix(msg.Subject(), usage.SubjectPrefix))
+		p, perr := strconv.Atoi(strings.TrimPrefix(msg.Subject(), config.UsageSubjectPrefix))
 		ev, derr := decode(msg.Data())
 		f.mu.Lock()
 		if perr == nil && derr == nil && seq > committed[p] {
