@@ -106,16 +106,11 @@ type SeriesPoint struct {
 
 // StatsResponse is the body of POST /api/stats.
 type StatsResponse struct {
-	Model         string    `json:"model"`
-	Since         time.Time `json:"since,omitzero"`
-	Until         time.Time `json:"until"`
-	Bucket        string    `json:"bucket"`
-	Requests      uint64    `json:"requests"`
-	Errors        uint64    `json:"errors"`
-	InputTokens   uint64    `json:"input_tokens"`
-	OutputTokens  uint64    `json:"output_tokens"`
-	TotalTokens   uint64    `json:"total_tokens"`
-	TokensUnknown uint64    `json:"tokens_unknown"`
+	Model  string    `json:"model"`
+	Since  time.Time `json:"since,omitzero"`
+	Until  time.Time `json:"until"`
+	Bucket string    `json:"bucket"`
+	chstore.Sums
 	// AvgDurationMs and AvgTTFBMs average over the window's requests.
 	AvgDurationMs float64       `json:"avg_duration_ms"`
 	AvgTTFBMs     float64       `json:"avg_ttfb_ms"`
@@ -162,12 +157,7 @@ func (h *Handler) Stats(w http.ResponseWriter, r *http.Request) {
 		TimeSeries: []SeriesPoint{}, EndpointDistribution: map[string]uint64{}}
 	var durSum, ttfbSum float64
 	for _, e := range endpoints {
-		resp.Requests += e.Requests
-		resp.Errors += e.Errors
-		resp.InputTokens += e.InputTokens
-		resp.OutputTokens += e.OutputTokens
-		resp.TotalTokens += e.TotalTokens
-		resp.TokensUnknown += e.TokensUnknown
+		resp.Sums.Add(e.Sums)
 		durSum += e.DurationMsSum
 		ttfbSum += e.TTFBMsSum
 		resp.EndpointDistribution[e.Endpoint] = e.TotalTokens

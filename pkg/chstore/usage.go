@@ -43,21 +43,37 @@ type UsageQuery struct {
 	Bucket time.Duration
 }
 
+// Sums are the counts token_usage_minute holds for a group of events,
+// each event counted by usage.Event.Count's rule.
+type Sums struct {
+	Requests      uint64 `json:"requests"`
+	Errors        uint64 `json:"errors"`
+	InputTokens   uint64 `json:"input_tokens"`
+	OutputTokens  uint64 `json:"output_tokens"`
+	TotalTokens   uint64 `json:"total_tokens"`
+	TokensUnknown uint64 `json:"tokens_unknown"`
+}
+
+// Add adds o to s.
+func (s *Sums) Add(o Sums) {
+	s.Requests += o.Requests
+	s.Errors += o.Errors
+	s.InputTokens += o.InputTokens
+	s.OutputTokens += o.OutputTokens
+	s.TotalTokens += o.TotalTokens
+	s.TokensUnknown += o.TokensUnknown
+}
+
 // UsageRow is one group. Bucket is zero without time grouping; a dimension
 // not grouped by is empty.
 type UsageRow struct {
-	Bucket        time.Time `json:"bucket,omitzero"`
-	Endpoint      string    `json:"endpoint,omitempty"`
-	Model         string    `json:"model,omitempty"`
-	APIKey        string    `json:"api_key,omitempty"`
-	Requests      uint64    `json:"requests"`
-	Errors        uint64    `json:"errors"`
-	InputTokens   uint64    `json:"input_tokens"`
-	OutputTokens  uint64    `json:"output_tokens"`
-	TotalTokens   uint64    `json:"total_tokens"`
-	TokensUnknown uint64    `json:"tokens_unknown"`
-	DurationMsSum float64   `json:"duration_ms_sum"`
-	TTFBMsSum     float64   `json:"ttfb_ms_sum"`
+	Bucket   time.Time `json:"bucket,omitzero"`
+	Endpoint string    `json:"endpoint,omitempty"`
+	Model    string    `json:"model,omitempty"`
+	APIKey   string    `json:"api_key,omitempty"`
+	Sums
+	DurationMsSum float64 `json:"duration_ms_sum"`
+	TTFBMsSum     float64 `json:"ttfb_ms_sum"`
 }
 
 // MaxUsageRows bounds what one Usage call returns.
