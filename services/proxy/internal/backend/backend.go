@@ -10,14 +10,9 @@ import (
 	"time"
 
 	"github.com/droverhq/drover/pkg/config"
-)
-
-// Type is the API a backend speaks.
-type Type string
-
-const (
-	TypeOllama Type = "ollama"
-	TypeOpenAI Type = "openai"
+	"github.com/droverhq/drover/services/proxy/internal/dialect"
+	"github.com/droverhq/drover/services/proxy/internal/dialect/ollama"
+	"github.com/droverhq/drover/services/proxy/internal/dialect/openai"
 )
 
 // Backend is one configured server. Its fields are fixed after New; Health
@@ -25,7 +20,7 @@ const (
 type Backend struct {
 	Name           string
 	URL            string
-	Type           Type
+	Dialect        dialect.Dialect // what kind of server it is
 	APIKey         config.Secret
 	MaxConcurrency int // per model
 	Weight         int
@@ -33,8 +28,9 @@ type Backend struct {
 	Health         *Health
 }
 
-// New builds a backend from its config entry. defaultCap applies when the
-// entry sets no max_concurrency.
+// New builds a backend from its config entry; the routing default
+// max_concurrency applies when the entry sets none. The entry's type is
+// read here and nowhere else: it chooses the backend's dialect.
 func New(c config.Backend, r config.Routing, h config.Health) *Backend {
 	capacity := c.MaxConcurrency
 	if capacity == 0 {
@@ -43,13 +39,33 @@ func New(c config.Backend, r config.Routing, h config.Health) *Backend {
 	return &Backend{
 		Name:           c.Name,
 		URL:            c.URL,
-		Type:           Type(c.Type),
+		Dialect:        dialectOf(c.Type),
 		APIKey:         c.APIKey,
 		MaxConcurrency: capacity,
 		Weight:         c.Weight,
 		Client:         &http.Client{Transport: NewTransport(r.ConnectTimeout, r.HeaderTimeout)},
 		Health:         NewHealth(h),
 	}
+}
+
+// dialectOf is the dialect for a configured backend type: "openai", or
+// "ollama" (the default).
+func dialectOf(typ string) dialect.Dialect {
+	if typ == "openai" {
+		return openai.Dialect{}
+	}
+	return ollama.Dialect{}
+}
+
+// Serves reports whether b's dialect serves every route given (see
+// dialect.Dialect.Serves); an empty route asks nothing.
+func (b *Backend) Serves(routes ...string) bool {
+	for _, r := range routes {
+		if r != "" && !b.Dialect.Serves(r) {
+			return false
+		}
+	}
+	return true
 }
 
 // NewTransport is sized for a proxy: Go's default keeps two idle connections

@@ -18,6 +18,8 @@ import (
 	"github.com/droverhq/drover/pkg/config"
 	"github.com/droverhq/drover/services/proxy/internal/backend"
 	"github.com/droverhq/drover/services/proxy/internal/cache"
+	"github.com/droverhq/drover/services/proxy/internal/catalog"
+	"github.com/droverhq/drover/services/proxy/internal/dialect"
 	"github.com/droverhq/drover/services/proxy/internal/routing"
 )
 
@@ -27,8 +29,8 @@ type Fleet struct {
 	byName   map[string]*backend.Backend
 	aliases  map[string][]config.Alias // public name (normalised) -> targets
 	public   map[string][]config.Alias // public name as configured -> targets
-	models   *cache.Cache[*ModelList]
-	loaded   *cache.Cache[*ModelList]
+	models   *cache.Cache[*catalog.List]
+	loaded   *cache.Cache[*catalog.List]
 	log      *slog.Logger
 	probe    time.Duration
 
@@ -63,7 +65,7 @@ func New(cfg *config.Config, log *slog.Logger, hooks Hooks) *Fleet {
 	}
 	f.public = make(map[string][]config.Alias, len(cfg.Aliases))
 	for public, targets := range cfg.Aliases {
-		f.aliases[Normalize(public)] = targets
+		f.aliases[catalog.Normalize(public)] = targets
 		f.public[public] = targets
 	}
 	onFetch := func(kind string) func(string, error, time.Duration) {
@@ -73,8 +75,14 @@ func New(cfg *config.Config, log *slog.Logger, hooks Hooks) *Fleet {
 			}
 		}
 	}
-	f.models = cache.New(f.fetchModels, cache.Options{TTL: cfg.Cache.ModelsTTL, Stale: cfg.Cache.ModelsStale, OnFetch: onFetch("models")})
-	f.loaded = cache.New(f.fetchLoaded, cache.Options{TTL: cfg.Cache.LoadedTTL, Stale: cfg.Cache.LoadedStale, OnFetch: onFetch("loaded")})
+	f.models = cache.New(func(ctx context.Context, name string) (*catalog.List, error) {
+		b := f.byName[name]
+		return f.fetch(ctx, b, b.Dialect.Models())
+	}, cache.Options{TTL: cfg.Cache.ModelsTTL, Stale: cfg.Cache.ModelsStale, OnFetch: onFetch("models")})
+	f.loaded = cache.New(func(ctx context.Context, name string) (*catalog.List, error) {
+		b := f.byName[name]
+		return f.fetch(ctx, b, b.Dialect.Loaded())
+	}, cache.Options{TTL: cfg.Cache.LoadedTTL, Stale: cfg.Cache.LoadedStale, OnFetch: onFetch("loaded")})
 	f.wg.Add(1)
 	go f.probeLoop()
 	return f
@@ -119,28 +127,24 @@ func (f *Fleet) InvalidateLocal(backends ...string) {
 // request, so routing prefers it at once instead of after the next refresh
 // of its loaded list (which then tells the whole truth again).
 func (f *Fleet) NoteLoaded(name, model string) {
-	f.loaded.Update(name, func(l *ModelList) (*ModelList, bool) {
+	f.loaded.Update(name, func(l *catalog.List) (*catalog.List, bool) {
 		if l.Has(model) {
 			return l, false
 		}
-		models := append(append([]Model(nil), l.Models...), Model{Name: model})
-		return newModelList(models), true
+		models := append(append([]catalog.Model(nil), l.Models...), catalog.Model{Name: model})
+		return catalog.NewList(models), true
 	})
 }
 
 // Models returns a backend's model list, from cache when fresh enough.
-func (f *Fleet) Models(ctx context.Context, b *backend.Backend) (*ModelList, error) {
+func (f *Fleet) Models(ctx context.Context, b *backend.Backend) (*catalog.List, error) {
 	return f.models.Get(ctx, b.Name)
 }
 
 // Loaded returns a backend's loaded models, from cache when fresh enough.
-func (f *Fleet) Loaded(ctx context.Context, b *backend.Backend) (*ModelList, error) {
+func (f *Fleet) Loaded(ctx context.Context, b *backend.Backend) (*catalog.List, error) {
 	return f.loaded.Get(ctx, b.Name)
 }
-
-// StoreModels and StoreLoaded keep the result of a live fan-out.
-func (f *Fleet) StoreModels(b *backend.Backend, l *ModelList) { f.models.Set(b.Name, l) }
-func (f *Fleet) StoreLoaded(b *backend.Backend, l *ModelList) { f.loaded.Set(b.Name, l) }
 
 // ErrModelNotFound means no backend has the model.
 var ErrModelNotFound = errors.New("model not found")
@@ -148,16 +152,16 @@ var ErrModelNotFound = errors.New("model not found")
 // ErrNoHealthy means backends have the model but none is usable now.
 var ErrNoHealthy = errors.New("no healthy backend has this model")
 
-// Candidates lists the backends that can serve model, with their caps and
-// whether they have it loaded. kinds limits the backend types (nil: any).
-// exclude skips backends already tried.
-func (f *Fleet) Candidates(ctx context.Context, model string, kinds []backend.Type, exclude map[string]bool) ([]routing.Candidate, error) {
+// Candidates lists the backends that can serve model on the given routes
+// (backend.Serves; none given: any route), with their caps and whether they
+// have it loaded. exclude skips backends already tried.
+func (f *Fleet) Candidates(ctx context.Context, model string, exclude map[string]bool, routes ...string) ([]routing.Candidate, error) {
 	type target struct {
 		b     *backend.Backend
 		model string
 	}
 	var targets []target
-	if aliased, ok := f.aliases[Normalize(model)]; ok {
+	if aliased, ok := f.aliases[catalog.Normalize(model)]; ok {
 		for _, a := range aliased {
 			targets = append(targets, target{f.byName[a.Backend], a.Model})
 		}
@@ -171,17 +175,14 @@ func (f *Fleet) Candidates(ctx context.Context, model string, kinds []backend.Ty
 		bs[i] = t.b
 	}
 	lists := f.modelLists(ctx, bs)
-	eligible := func(t target) bool {
-		return typeAllowed(t.b.Type, kinds) && lists[t.b.Name].Has(t.model) && !exclude[t.b.Name]
-	}
 	var healthy, halfOpen []routing.Candidate
 	found := false
 	for _, t := range targets {
-		if !eligible(t) {
+		m, ok := lists[t.b.Name].Get(t.model)
+		if !ok || exclude[t.b.Name] || !t.b.Serves(routes...) {
 			continue
 		}
 		found = true
-		m, _ := lists[t.b.Name].Get(t.model)
 		c := routing.Candidate{Key: routing.Key{Backend: t.b.Name, Model: m.Name}, Cap: t.b.MaxConcurrency, Weight: t.b.Weight}
 		if loaded, ok := f.loaded.Peek(t.b.Name); ok {
 			c.Loaded = loaded.Has(t.model)
@@ -205,22 +206,23 @@ func (f *Fleet) Candidates(ctx context.Context, model string, kinds []backend.Ty
 	return nil, ErrModelNotFound
 }
 
-func typeAllowed(t backend.Type, kinds []backend.Type) bool {
-	if kinds == nil {
-		return true
-	}
-	for _, k := range kinds {
-		if k == t {
-			return true
+// Reachable lists the backends that serve the given routes (backend.Serves)
+// and whose breaker is not open, in configuration order: the targets of a
+// fan-out.
+func (f *Fleet) Reachable(routes ...string) []*backend.Backend {
+	var out []*backend.Backend
+	for _, b := range f.Backends {
+		if b.Serves(routes...) && b.Health.State() != backend.Open {
+			out = append(out, b)
 		}
 	}
-	return false
+	return out
 }
 
 // modelLists reads every backend's model list, fetching cold ones in
 // parallel. A backend whose list cannot be had is simply absent.
-func (f *Fleet) modelLists(ctx context.Context, bs []*backend.Backend) map[string]*ModelList {
-	out := make(map[string]*ModelList, len(bs))
+func (f *Fleet) modelLists(ctx context.Context, bs []*backend.Backend) map[string]*catalog.List {
+	out := make(map[string]*catalog.List, len(bs))
 	var cold []*backend.Backend
 	for _, b := range bs {
 		if l, ok := f.models.Peek(b.Name); ok {
@@ -249,59 +251,46 @@ func (f *Fleet) modelLists(ctx context.Context, bs []*backend.Backend) map[strin
 	return out
 }
 
-func (f *Fleet) fetchModels(ctx context.Context, name string) (*ModelList, error) {
-	b := f.byName[name]
-	if b.Type == backend.TypeOpenAI {
-		all, _, err := f.fetchOpenAI(ctx, b)
-		return newModelList(all), err
-	}
-	body, err := f.get(ctx, b, "/api/tags")
+// ReadModels reads b's model list from b now, bypassing the cache, and
+// keeps it there; ReadLoaded does the same for its loaded models. They are
+// for listings a client asked for, which must show changes at once.
+func (f *Fleet) ReadModels(ctx context.Context, b *backend.Backend) (*catalog.List, error) {
+	return f.read(ctx, b, b.Dialect.Models(), f.models)
+}
+
+// ReadLoaded: see ReadModels.
+func (f *Fleet) ReadLoaded(ctx context.Context, b *backend.Backend) (*catalog.List, error) {
+	return f.read(ctx, b, b.Dialect.Loaded(), f.loaded)
+}
+
+func (f *Fleet) read(ctx context.Context, b *backend.Backend, l dialect.Listing, into *cache.Cache[*catalog.List]) (*catalog.List, error) {
+	list, err := f.fetch(ctx, b, l)
 	if err != nil {
 		return nil, err
 	}
-	models, err := decodeModels(body)
-	if err != nil {
-		return nil, fmt.Errorf("decoding /api/tags from %s: %w", name, err)
-	}
-	return newModelList(models), nil
+	into.Set(b.Name, list)
+	return list, nil
 }
 
-func (f *Fleet) fetchLoaded(ctx context.Context, name string) (*ModelList, error) {
-	b := f.byName[name]
-	if b.Type == backend.TypeOpenAI {
-		_, loaded, err := f.fetchOpenAI(ctx, b)
-		return newModelList(loaded), err
-	}
-	body, err := f.get(ctx, b, "/api/ps")
+// fetch reads one of b's lists as its dialect says.
+func (f *Fleet) fetch(ctx context.Context, b *backend.Backend, l dialect.Listing) (*catalog.List, error) {
+	body, err := f.Get(ctx, b, l.Path)
 	if err != nil {
 		return nil, err
 	}
-	models, err := decodeModels(body)
+	models, err := l.Decode(body)
 	if err != nil {
-		return nil, fmt.Errorf("decoding /api/ps from %s: %w", name, err)
+		return nil, fmt.Errorf("decoding %s from %s: %w", l.Path, b.Name, err)
 	}
-	return newModelList(models), nil
+	return catalog.NewList(models), nil
 }
 
-func (f *Fleet) fetchOpenAI(ctx context.Context, b *backend.Backend) (all, loaded []Model, err error) {
-	body, err := f.get(ctx, b, "/v1/models")
-	if err != nil {
-		return nil, nil, err
-	}
-	all, loaded, err = decodeOpenAIModels(body)
-	if err != nil {
-		return nil, nil, fmt.Errorf("decoding /v1/models from %s: %w", b.Name, err)
-	}
-	return all, loaded, nil
-}
+// maxListBody bounds a control-plane answer (a model list, a version).
+const maxListBody = 64 << 20
 
 // Get fetches path from b, feeding the breaker: a connect error opens it at
 // once, a 5xx counts. It is what every control-plane read goes through.
 func (f *Fleet) Get(ctx context.Context, b *backend.Backend, path string) ([]byte, error) {
-	return f.get(ctx, b, path)
-}
-
-func (f *Fleet) get(ctx context.Context, b *backend.Backend, path string) ([]byte, error) {
 	req, err := b.NewRequest(ctx, http.MethodGet, path, nil)
 	if err != nil {
 		return nil, err
@@ -309,12 +298,12 @@ func (f *Fleet) get(ctx context.Context, b *backend.Backend, path string) ([]byt
 	resp, err := b.Client.Do(req)
 	if err != nil {
 		if ctx.Err() == nil {
-			b.Health.Failure(err, isConnectError(err))
+			b.Health.Failure(err, IsConnectError(err))
 		}
 		return nil, fmt.Errorf("GET %s on %s: %w", path, b.Name, err)
 	}
 	defer resp.Body.Close()
-	body, err := io.ReadAll(io.LimitReader(resp.Body, 64<<20))
+	body, err := io.ReadAll(io.LimitReader(resp.Body, maxListBody))
 	if err != nil {
 		b.Health.Failure(err, false)
 		return nil, fmt.Errorf("reading %s from %s: %w", path, b.Name, err)
@@ -330,14 +319,12 @@ func (f *Fleet) get(ctx context.Context, b *backend.Backend, path string) ([]byt
 	return body, nil
 }
 
-// isConnectError reports a failure to reach the server at all.
-func isConnectError(err error) bool {
+// IsConnectError reports a failure to reach the server at all, which opens
+// its breaker at once.
+func IsConnectError(err error) bool {
 	var op *net.OpError
 	return errors.As(err, &op) && op.Op == "dial"
 }
-
-// IsConnectError is exported for the forwarding path.
-func IsConnectError(err error) bool { return isConnectError(err) }
 
 // probeLoop checks backends whose breaker is open, so that a backend that
 // comes back is used again without waiting for traffic to find out.
@@ -356,11 +343,7 @@ func (f *Fleet) probeLoop() {
 				continue
 			}
 			ctx, cancel := context.WithTimeout(context.Background(), f.probe+time.Second)
-			path := "/api/version"
-			if b.Type == backend.TypeOpenAI {
-				path = "/v1/models"
-			}
-			_, err := f.get(ctx, b, path)
+			_, err := f.Get(ctx, b, b.Dialect.ProbePath())
 			cancel()
 			if err == nil {
 				b.Health.Success()
@@ -377,4 +360,4 @@ func (f *Fleet) probeLoop() {
 }
 
 // PeekModels returns a backend's cached model list without fetching.
-func (f *Fleet) PeekModels(name string) (*ModelList, bool) { return f.models.Stored(name) }
+func (f *Fleet) PeekModels(name string) (*catalog.List, bool) { return f.models.Stored(name) }

@@ -3,8 +3,9 @@
 // client, and streams the answer back as it arrives while a Meter watches
 // the bytes for token counts.
 //
-// What is copied: the request body as read (Drover never re-encodes a
-// request unless Prepare rewrites it), the client's end-to-end headers except
+// What is copied: the request body as the backend's dialect prepared it
+// (as read, unless an alias renames the model or the dialect translates
+// it), the client's end-to-end headers except
 // credentials and Accept-Encoding (bodies must stay readable for metering),
 // and the backend's response status, headers and body. Streaming responses
 // are flushed after every read.
@@ -22,44 +23,30 @@ import (
 	"time"
 
 	"github.com/droverhq/drover/pkg/usage"
-	"github.com/droverhq/drover/services/proxy/internal/backend"
+	"github.com/droverhq/drover/services/proxy/internal/dialect"
 	"github.com/droverhq/drover/services/proxy/internal/fleet"
+	"github.com/droverhq/drover/services/proxy/internal/meter"
 	"github.com/droverhq/drover/services/proxy/internal/routing"
 )
 
-// Request is what an API handler asks the forwarder to do.
+// Request is what an API handler asks the forwarder to do. It says nothing
+// about kinds of backend: each attempt asks the chosen backend's dialect
+// how to send it and how to read the answer.
 type Request struct {
-	Route  string // client-facing route, for usage and metrics
+	// Route is the client-facing route: it is recorded with usage and
+	// metrics, and only backends whose dialect serves it are candidates.
+	Route string
+	// Need, if set, is one more thing candidates' dialects must serve
+	// (dialect.Load for a request that only loads a model).
+	Need   string
 	Method string
-	Path   string // backend path
 	Body   []byte
 	Model  string // as the client named it
 	Stream bool
-	APIKey string // client key id
-	Kinds  []backend.Type
-	// Prepare, if set, gives the path and body for a chosen backend and
-	// model name there (aliases, translation). Without it Path and Body go
-	// as they are, unless the backend's model name differs, in which case
-	// the body's "model" field is rewritten.
-	Prepare func(b *backend.Backend, model string) (path string, body []byte, err error)
-	// Tokens reads the counts from the end of a finished 2xx response as
-	// the backend b sent it; nil results mean the backend did not report
-	// them.
-	Tokens func(b *backend.Backend, m *Meter) (in, out *int64)
-	// Transform, if set, is called once backend b has answered (any status
-	// it is not failed over for, and the last failure when every attempt
-	// failed), before anything reaches the client. It may edit h, the
-	// backend's response headers, which are then copied to the client, and
-	// returns the filter the body goes through on its way to client, or nil
-	// to pass it through untouched. The Meter sees the backend's bytes, not
-	// the filter's. Close is called only when the backend's body ended
-	// cleanly; a Write error means the client is gone. Content-Length is
-	// dropped whenever a filter is used.
-	Transform func(b *backend.Backend, status int, h http.Header, client io.Writer) io.WriteCloser
-	// Complete, if set, reports whether the backend bytes seen so far are
-	// a whole answer, so that a client hanging up right after it (as
-	// OpenAI's SDKs do at data: [DONE]) is not recorded as an error.
-	Complete func(m *Meter) bool
+	// IncludeUsage: the client asked for the stream's usage itself
+	// (dialect.Call).
+	IncludeUsage bool
+	APIKey       string // client key id
 	// Error writes an error in the API's own format.
 	Error func(w http.ResponseWriter, status int, msg string)
 }
@@ -89,7 +76,19 @@ type Outcome struct {
 	TokensKnown               bool
 }
 
-var bufPool = sync.Pool{New: func() any { b := make([]byte, 32<<10); return &b }}
+// StatusClientClosed is recorded for a request whose client went away
+// before the backend answered (nginx's 499; never sent, as no one is
+// listening).
+const StatusClientClosed = 499
+
+// maxErrorBody bounds the part of a failed backend answer kept to relay if
+// every attempt fails.
+const maxErrorBody = 64 << 10
+
+// copyBufSize is the size of one read from a backend's body.
+const copyBufSize = 32 << 10
+
+var bufPool = sync.Pool{New: func() any { b := make([]byte, copyBufSize); return &b }}
 
 // Serve runs req to completion and writes the response to w.
 func (f *Forwarder) Serve(w http.ResponseWriter, r *http.Request, req *Request) {
@@ -100,7 +99,7 @@ func (f *Forwarder) Serve(w http.ResponseWriter, r *http.Request, req *Request) 
 	var last *failure
 	for attempt := 1; attempt <= f.MaxAttempts; attempt++ {
 		ev.Attempts = attempt
-		cands, err := f.Fleet.Candidates(ctx, req.Model, req.Kinds, tried)
+		cands, err := f.Fleet.Candidates(ctx, req.Model, tried, req.Route, req.Need)
 		if err != nil {
 			if last != nil {
 				break
@@ -136,8 +135,8 @@ func (f *Forwarder) Serve(w http.ResponseWriter, r *http.Request, req *Request) 
 		req.Error(w, http.StatusBadGateway, last.msg)
 	} else {
 		var filter io.WriteCloser
-		if req.Transform != nil {
-			filter = req.Transform(last.backend, last.status, last.header, w)
+		if last.transform != nil {
+			filter = last.transform(last.status, last.header, w)
 		}
 		if filter != nil {
 			last.header.Del("Content-Length")
@@ -159,11 +158,11 @@ func (f *Forwarder) Serve(w http.ResponseWriter, r *http.Request, req *Request) 
 
 // failure is an attempt that can be retried elsewhere.
 type failure struct {
-	backend *backend.Backend
-	status  int // 0: no response at all
-	header  http.Header
-	body    []byte
-	msg     string
+	transform func(status int, h http.Header, client io.Writer) io.WriteCloser // the attempt's dialect.Exchange.Transform
+	status    int                                                              // 0: no response at all
+	header    http.Header
+	body      []byte
+	msg       string
 }
 
 // attempt runs the request on the slot's backend. It returns done when the
@@ -182,26 +181,27 @@ func (f *Forwarder) attempt(w http.ResponseWriter, r *http.Request, req *Request
 		slot.Release()
 	}()
 	b, _ := f.Fleet.Backend(slot.Backend)
+	call := dialect.Call{Route: req.Route, Body: req.Body, Model: req.Model, Target: slot.Model, Stream: req.Stream, IncludeUsage: req.IncludeUsage, Start: start}
 	ev.Endpoint, ev.BackendModel = b.Name, ""
-	if fleet.Normalize(slot.Model) != fleet.Normalize(req.Model) {
+	if call.Renamed() {
 		ev.BackendModel = slot.Model
 	}
-	path, body, err := f.prepare(req, b, slot.Model)
+	x, err := b.Dialect.Exchange(call)
 	if err != nil {
 		req.Error(w, http.StatusBadRequest, err.Error())
 		return true, nil
 	}
-	breq, err := b.NewRequest(ctx, req.Method, path, bytes.NewReader(body))
+	breq, err := b.NewRequest(ctx, req.Method, x.Path, bytes.NewReader(x.Body))
 	if err != nil {
 		return false, &failure{msg: err.Error()}
 	}
-	breq.ContentLength = int64(len(body))
+	breq.ContentLength = int64(len(x.Body))
 	copyRequestHeaders(breq.Header, r.Header)
 	resp, err := b.Client.Do(breq)
 	if err != nil {
 		if ctx.Err() != nil {
 			b.Health.EndTrial()
-			ev.Status, ev.Error = 499, true
+			ev.Status, ev.Error = StatusClientClosed, true
 			f.finish(ev, start, time.Time{}, true)
 			return true, nil
 		}
@@ -212,10 +212,10 @@ func (f *Forwarder) attempt(w http.ResponseWriter, r *http.Request, req *Request
 	if resp.StatusCode >= 500 {
 		// 5xx and Ollama's 503 "server busy" go to the next candidate;
 		// the body is kept in case every candidate fails the same way.
-		msg, _ := io.ReadAll(io.LimitReader(resp.Body, 64<<10))
+		msg, _ := io.ReadAll(io.LimitReader(resp.Body, maxErrorBody))
 		err := fmt.Errorf("backend %s: status %d: %s", b.Name, resp.StatusCode, bytes.TrimSpace(msg))
 		b.Health.Failure(err, false)
-		return false, &failure{backend: b, status: resp.StatusCode, header: resp.Header.Clone(), body: msg, msg: err.Error()}
+		return false, &failure{transform: x.Transform, status: resp.StatusCode, header: resp.Header.Clone(), body: msg, msg: err.Error()}
 	}
 	b.Health.Success()
 	if !slot.Loaded && resp.StatusCode < 300 {
@@ -226,19 +226,15 @@ func (f *Forwarder) attempt(w http.ResponseWriter, r *http.Request, req *Request
 
 	stream := req.Stream || isStreamType(resp.Header.Get("Content-Type"))
 	var filter io.WriteCloser
-	if req.Transform != nil {
-		filter = req.Transform(b, resp.StatusCode, resp.Header, w)
+	if x.Transform != nil {
+		filter = x.Transform(resp.StatusCode, resp.Header, w)
 	}
 	if filter != nil {
 		resp.Header.Del("Content-Length")
 	}
 	copyHeaders(w.Header(), resp.Header)
 	w.WriteHeader(resp.StatusCode)
-	var tokens func(*Meter) (in, out *int64)
-	if req.Tokens != nil {
-		tokens = func(m *Meter) (in, out *int64) { return req.Tokens(b, m) }
-	}
-	ttfb, clientGone, complete, copyErr := f.copy(w, filter, resp.Body, stream, tokens, req.Complete, ev)
+	ttfb, clientGone, complete, copyErr := f.copy(w, filter, resp.Body, stream, x.Tokens, x.Complete, ev)
 	switch {
 	case (clientGone || (copyErr != nil && ctx.Err() != nil)) && complete:
 		// The client left once it had the whole answer (OpenAI's clients
@@ -256,14 +252,14 @@ func (f *Forwarder) attempt(w http.ResponseWriter, r *http.Request, req *Request
 }
 
 // meterHolder lets Meters (and their buffers) be reused across requests.
-type meterHolder struct{ m Meter }
+type meterHolder struct{ m meter.Meter }
 
 var meterPool = sync.Pool{New: func() any { return &meterHolder{} }}
 
 // copy streams body to w (through filter, when set), flushing each read
 // when streaming, and fills the event's token counts. It returns when the
 // first byte was written, and whether done judged the bytes seen complete.
-func (f *Forwarder) copy(w http.ResponseWriter, filter io.WriteCloser, body io.Reader, stream bool, tokens func(*Meter) (in, out *int64), done func(*Meter) bool, ev *usage.Event) (ttfb time.Time, clientGone, complete bool, readErr error) {
+func (f *Forwarder) copy(w http.ResponseWriter, filter io.WriteCloser, body io.Reader, stream bool, tokens func(*meter.Meter) (in, out *int64), done func(*meter.Meter) bool, ev *usage.Event) (ttfb time.Time, clientGone, complete bool, readErr error) {
 	bp := bufPool.Get().(*[]byte)
 	defer bufPool.Put(bp)
 	mh := meterPool.Get().(*meterHolder)
@@ -313,17 +309,6 @@ func (f *Forwarder) copy(w http.ResponseWriter, filter io.WriteCloser, body io.R
 			return ttfb, false, false, err
 		}
 	}
-}
-
-func (f *Forwarder) prepare(req *Request, b *backend.Backend, model string) (string, []byte, error) {
-	if req.Prepare != nil {
-		return req.Prepare(b, model)
-	}
-	if fleet.Normalize(model) == fleet.Normalize(req.Model) {
-		return req.Path, req.Body, nil
-	}
-	body, err := SetModel(req.Body, model)
-	return req.Path, body, err
 }
 
 // finish stamps the event once, at the end, and hands it on.

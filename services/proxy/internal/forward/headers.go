@@ -1,11 +1,11 @@
 package forward
 
 import (
-	"encoding/json"
 	"errors"
-	"fmt"
 	"io"
 	"net/http"
+	"net/textproto"
+	"strings"
 )
 
 // hopHeaders are connection-level and never forwarded (RFC 9110 7.6.1).
@@ -21,37 +21,47 @@ var dropRequest = map[string]bool{
 	"Authorization": true, "Cookie": true, "Accept-Encoding": true, "Content-Length": true, "Host": true,
 }
 
+// copyRequestHeaders copies the client's end-to-end headers to the
+// backend's request, leaving those dst already has (the backend's own
+// credentials).
 func copyRequestHeaders(dst, src http.Header) {
+	conn := src["Connection"]
 	for k, vs := range src {
-		if hopHeaders[k] || dropRequest[k] {
+		if hopHeaders[k] || dropRequest[k] || connectionNames(conn, k) {
 			continue
 		}
 		if dst.Get(k) != "" {
-			continue // set by the backend (its own credentials)
-		}
-		dst[k] = vs
-	}
-}
-
-func copyHeaders(dst, src http.Header) {
-	for k, vs := range src {
-		if hopHeaders[k] {
 			continue
 		}
 		dst[k] = vs
 	}
 }
 
-// SetModel rewrites the top-level "model" field of a JSON object body and
-// leaves every other field as the client sent it.
-func SetModel(body []byte, model string) ([]byte, error) {
-	var doc map[string]json.RawMessage
-	if err := json.Unmarshal(body, &doc); err != nil {
-		return nil, fmt.Errorf("invalid JSON body: %w", err)
+// copyHeaders copies the backend's end-to-end response headers.
+func copyHeaders(dst, src http.Header) {
+	conn := src["Connection"]
+	for k, vs := range src {
+		if hopHeaders[k] || connectionNames(conn, k) {
+			continue
+		}
+		dst[k] = vs
 	}
-	m, _ := json.Marshal(model)
-	doc["model"] = m
-	return json.Marshal(doc)
+}
+
+// connectionNames reports whether the Connection header's values conn
+// name key, which makes it hop-by-hop too (RFC 9110 7.6.1), as
+// httputil.ReverseProxy treats it.
+func connectionNames(conn []string, key string) bool {
+	for _, v := range conn {
+		for v != "" {
+			var name string
+			name, v, _ = strings.Cut(v, ",")
+			if name = textproto.TrimString(name); name != "" && strings.EqualFold(name, key) {
+				return true
+			}
+		}
+	}
+	return false
 }
 
 // MaxBody bounds a request body; chat requests carry base64 images.

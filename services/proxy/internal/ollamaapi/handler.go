@@ -2,10 +2,10 @@ package ollamaapi
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"log/slog"
 	"net/http"
 	"time"
@@ -13,11 +13,9 @@ import (
 	"github.com/go-chi/chi/v5"
 
 	"github.com/droverhq/drover/services/proxy/internal/auth"
-	"github.com/droverhq/drover/services/proxy/internal/backend"
+	"github.com/droverhq/drover/services/proxy/internal/dialect"
 	"github.com/droverhq/drover/services/proxy/internal/fleet"
 	"github.com/droverhq/drover/services/proxy/internal/forward"
-	"github.com/droverhq/drover/services/proxy/internal/openaiapi"
-	"github.com/droverhq/drover/services/proxy/internal/translate"
 )
 
 // Handler serves /api/*.
@@ -37,10 +35,10 @@ func (h *Handler) Routes(r chi.Router) {
 	r.Get("/api/ps", h.ps)
 	r.Get("/api/ps_details", h.psDetails)
 	r.Post("/api/show", h.show)
-	r.Post("/api/chat", h.inference("/api/chat", "ChatRequest", countGeneration))
-	r.Post("/api/generate", h.inference("/api/generate", "GenerateRequest", countGeneration))
-	r.Post("/api/embed", h.inference("/api/embed", "EmbedRequest", countEmbedding))
-	r.Post("/api/embeddings", h.inference("/api/embeddings", "EmbeddingRequest", countEmbedding))
+	r.Post("/api/chat", h.inference("/api/chat", "ChatRequest"))
+	r.Post("/api/generate", h.inference("/api/generate", "GenerateRequest"))
+	r.Post("/api/embed", h.inference("/api/embed", "EmbedRequest"))
+	r.Post("/api/embeddings", h.inference("/api/embeddings", "EmbeddingRequest"))
 	r.Post("/api/pull", h.progress("/api/pull", "pull", false))
 	r.Post("/api/push", h.progress("/api/push", "push", true))
 	r.Post("/api/create", h.progress("/api/create", "create", false))
@@ -58,40 +56,32 @@ func running(w http.ResponseWriter, r *http.Request) {
 	}
 }
 
-// ollamaOnly limits fan-outs to Ollama backends: management calls never go
-// to OpenAI-type backends, which get translated inference requests only.
-var ollamaOnly = []backend.Type{backend.TypeOllama}
-
-// inference routes one request to one backend of either type through the
-// router. An Ollama backend gets the request as sent; an OpenAI-type one
-// gets it translated (Prepare), and its answer is translated back
-// (Transform) and counted in OpenAI's terms (Tokens).
-func (h *Handler) inference(route, kind string, tokens func(*forward.Meter) (in, out *int64)) http.HandlerFunc {
-	tk := translators[route]
+// inference routes one request to one backend through the router; the
+// backend's dialect says how it is sent there and read back.
+func (h *Handler) inference(route, kind string) http.HandlerFunc {
+	embedding := route == "/api/embed" || route == "/api/embeddings"
 	return func(w http.ResponseWriter, r *http.Request) {
-		start := time.Now()
 		body, hd, ok := h.request(w, r, route, kind)
 		if !ok {
 			return
 		}
-		stream := hd.streaming() && route != "/api/embed" && route != "/api/embeddings"
-		var kinds []backend.Type
+		stream := hd.streaming() && !embedding
+		need := ""
 		if load, unload := loadOnly(route, body); load {
-			// Loading a model is Ollama's business; a model only
-			// OpenAI-type backends serve is as loaded as it gets.
-			if h.onlyOpenAI(r, hd.Model) {
+			// Loading a model is for backends that load models on request;
+			// a model only other backends serve is as loaded as it gets.
+			if h.loadedAnyway(r.Context(), route, hd.Model) {
 				w.Header().Set("Content-Type", "application/json; charset=utf-8")
 				if stream {
 					w.Header().Set("Content-Type", "application/x-ndjson")
 				}
-				w.Write(translate.LoadReply(tk.kind, hd.Model, unload, stream)) //nolint:errcheck // the client may be gone
+				w.Write(loadReply(route, hd.Model, unload, stream)) //nolint:errcheck // the client may be gone
 				return
 			}
-			kinds = ollamaOnly
+			need = dialect.Load
 		}
-		var tr translate.Request // the last translation made, for Transform and Tokens
 		writeErr := WriteError
-		if route == "/api/embed" || route == "/api/embeddings" {
+		if embedding {
 			// The embedding routes word an unknown model their own way.
 			model := hd.Model
 			writeErr = func(w http.ResponseWriter, status int, msg string) {
@@ -103,53 +93,15 @@ func (h *Handler) inference(route, kind string, tokens func(*forward.Meter) (in,
 		}
 		h.Forward.Serve(w, r, &forward.Request{
 			Route:  route,
+			Need:   need,
 			Method: http.MethodPost,
-			Path:   route,
 			Body:   body,
 			Model:  hd.Model,
 			Stream: stream,
 			APIKey: auth.KeyID(r.Context()),
-			Kinds:  kinds,
-			Prepare: func(b *backend.Backend, model string) (string, []byte, error) {
-				if b.Type != backend.TypeOpenAI {
-					if fleet.Normalize(model) == fleet.Normalize(hd.Model) {
-						return route, body, nil
-					}
-					out, err := forward.SetModel(body, model)
-					return route, out, err
-				}
-				var err error
-				tr, err = tk.request(body, model)
-				return tr.Path, tr.Body, err
-			},
-			Transform: func(b *backend.Backend, status int, hdr http.Header, client io.Writer) io.WriteCloser {
-				if b.Type != backend.TypeOpenAI {
-					return nil
-				}
-				return translate.Response(tr, hd.Model, start, status, hdr, client)
-			},
-			Tokens: func(b *backend.Backend, m *forward.Meter) (in, out *int64) {
-				if b.Type == backend.TypeOpenAI {
-					return openaiapi.CountUsage(tr.Stream)(b, m)
-				}
-				return tokens(m)
-			},
-			Error: writeErr,
+			Error:  writeErr,
 		})
 	}
-}
-
-// translator is how one Ollama route goes to an OpenAI-type backend.
-type translator struct {
-	kind    translate.Kind
-	request func(body []byte, model string) (translate.Request, error)
-}
-
-var translators = map[string]translator{
-	"/api/chat":       {translate.Chat, translate.ChatRequest},
-	"/api/generate":   {translate.Generate, translate.GenerateRequest},
-	"/api/embed":      {translate.Embed, translate.EmbedRequest},
-	"/api/embeddings": {translate.Embeddings, translate.EmbeddingsRequest},
 }
 
 // loadOnly reports a request that only loads (or, with keep_alive 0,
@@ -181,32 +133,38 @@ func loadOnly(route string, body []byte) (load, unload bool) {
 	return load, ka == "0" || ka == `"0"` || ka == `"0s"`
 }
 
-// onlyOpenAI reports a model no Ollama backend has but an OpenAI-type one does.
-func (h *Handler) onlyOpenAI(r *http.Request, model string) bool {
-	if _, err := h.Fleet.Candidates(r.Context(), model, ollamaOnly, nil); !errors.Is(err, fleet.ErrModelNotFound) {
+// loadedAnyway reports a model no backend that loads models on request
+// has, but one serving route does.
+func (h *Handler) loadedAnyway(ctx context.Context, route, model string) bool {
+	if _, err := h.Fleet.Candidates(ctx, model, nil, dialect.Load); !errors.Is(err, fleet.ErrModelNotFound) {
 		return false
 	}
-	_, err := h.Fleet.Candidates(r.Context(), model, []backend.Type{backend.TypeOpenAI}, nil)
+	_, err := h.Fleet.Candidates(ctx, model, nil, route)
 	return !errors.Is(err, fleet.ErrModelNotFound)
 }
 
-// countGeneration reads Ollama's final chunk (or non-stream body). Ollama
-// omits a zero count, so a finished response without one counts zero.
-func countGeneration(m *forward.Meter) (in, out *int64) {
-	if !m.Has("done", "true") {
-		return nil, nil
+// loadReply is Ollama's answer to a request on route that only loads (or
+// unloads) a model, for a model whose backends load their own.
+func loadReply(route, model string, unload, stream bool) []byte {
+	reason := "load"
+	if unload {
+		reason = "unload"
 	}
-	i, _ := m.Count("prompt_eval_count")
-	o, _ := m.Count("eval_count")
-	return &i, &o
-}
-
-// countEmbedding reads an embed response's prompt_eval_count; embeddings
-// produce no output tokens. The legacy /api/embeddings reports no count.
-func countEmbedding(m *forward.Meter) (in, out *int64) {
-	zero := int64(0)
-	if i, ok := m.Count("prompt_eval_count"); ok {
-		return &i, &zero
+	now := time.Now().UTC().Format(time.RFC3339Nano)
+	var v any
+	switch route {
+	case "/api/chat":
+		v = map[string]any{"model": model, "created_at": now, "message": map[string]string{"role": "assistant", "content": ""}, "done_reason": reason, "done": true}
+	case "/api/generate":
+		v = map[string]any{"model": model, "created_at": now, "response": "", "done": true, "done_reason": reason}
+	case "/api/embed":
+		v = map[string]any{"model": model, "embeddings": []any{}}
+	default:
+		v = map[string]any{"embedding": []any{}}
 	}
-	return nil, &zero
+	b, _ := json.Marshal(v)
+	if stream {
+		b = append(b, '\n')
+	}
+	return b
 }

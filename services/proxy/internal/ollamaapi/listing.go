@@ -15,6 +15,8 @@ import (
 	"github.com/sourcegraph/conc/iter"
 
 	"github.com/droverhq/drover/services/proxy/internal/backend"
+	"github.com/droverhq/drover/services/proxy/internal/catalog"
+	"github.com/droverhq/drover/services/proxy/internal/dialect"
 	"github.com/droverhq/drover/services/proxy/internal/fleet"
 )
 
@@ -22,49 +24,38 @@ import (
 // than holding up the whole list.
 const listTimeout = 5 * time.Second
 
-type backendResult struct {
-	b    *backend.Backend
-	body []byte
-	err  error
-}
-
-// fanGet reads path from every usable backend of the given types at once.
-func (h *Handler) fanGet(ctx context.Context, path string, kinds []backend.Type) []backendResult {
-	var bs []*backend.Backend
-	for _, b := range h.Fleet.Backends {
-		if typeIn(b.Type, kinds) && b.Health.State() != backend.Open {
-			bs = append(bs, b)
-		}
-	}
+// fan runs read on every reachable backend that serves route, all at
+// once, and returns what each answered, in configuration order.
+func fan[T any](ctx context.Context, f *fleet.Fleet, route string, read func(context.Context, *backend.Backend) (T, error)) []result[T] {
 	ctx, cancel := context.WithTimeout(ctx, listTimeout)
 	defer cancel()
-	return iter.Map(bs, func(b **backend.Backend) backendResult {
-		body, err := h.Fleet.Get(ctx, *b, path)
-		return backendResult{b: *b, body: body, err: err}
+	return iter.Map(f.Reachable(route), func(b **backend.Backend) result[T] {
+		v, err := read(ctx, *b)
+		return result[T]{b: *b, v: v, err: err}
 	})
 }
 
-func typeIn(t backend.Type, kinds []backend.Type) bool {
-	for _, k := range kinds {
-		if k == t {
-			return true
-		}
-	}
-	return false
+type result[T any] struct {
+	b   *backend.Backend
+	v   T
+	err error
 }
 
 // version answers the lowest version across the fleet, so a client never
 // uses a feature some backend lacks.
 func (h *Handler) version(w http.ResponseWriter, r *http.Request) {
 	lowest := ""
-	for _, res := range h.fanGet(r.Context(), "/api/version", ollamaOnly) {
+	get := func(ctx context.Context, b *backend.Backend) ([]byte, error) {
+		return h.Fleet.Get(ctx, b, "/api/version")
+	}
+	for _, res := range fan(r.Context(), h.Fleet, "/api/version", get) {
 		if res.err != nil {
 			continue
 		}
 		var v struct {
 			Version string `json:"version"`
 		}
-		if json.Unmarshal(res.body, &v) != nil || v.Version == "" {
+		if json.Unmarshal(res.v, &v) != nil || v.Version == "" {
 			continue
 		}
 		if lowest == "" || compareVersions(v.Version, lowest) < 0 {
@@ -118,12 +109,12 @@ type mergedModel struct {
 
 // merge de-duplicates models by normalised name and adds an "endpoints"
 // field to each entry, keeping the backend's own fields and their order.
-func merge(lists map[*backend.Backend]*fleet.ModelList, order []*backend.Backend) []json.RawMessage {
+func merge(lists map[*backend.Backend]*catalog.List, order []*backend.Backend) []json.RawMessage {
 	byName := map[string]*mergedModel{}
 	var names []string
 	for _, b := range order {
 		for _, m := range lists[b].Models {
-			key := fleet.Normalize(m.Name)
+			key := catalog.Normalize(m.Name)
 			mm := byName[key]
 			if mm == nil {
 				mm = &mergedModel{}
@@ -175,26 +166,12 @@ func withField(obj json.RawMessage, key string, v any) json.RawMessage {
 	return append(out, '}')
 }
 
-// tags merges every backend's /api/tags, read live so that changes made
-// directly on a backend show at once, and refreshes the model cache with it.
-// OpenAI-type backends' models (from their /v1/models) are listed too, as
-// they serve /api/chat and friends through translation, and so are the
-// configured aliases some backend can serve.
+// tags merges every backend's model list, read live so that changes made
+// directly on a backend show at once (and kept in the fleet's cache), in
+// Ollama's shape whatever the backend's dialect, with the configured
+// aliases some backend can serve.
 func (h *Handler) tags(w http.ResponseWriter, r *http.Request) {
-	lists, order, ok := h.liveLists(r.Context(), "/api/tags", h.Fleet.StoreModels)
-	for _, res := range h.fanGet(r.Context(), "/v1/models", []backend.Type{backend.TypeOpenAI}) {
-		if res.err != nil {
-			continue
-		}
-		l, err := openAITags(res.body)
-		if err != nil {
-			h.Log.Warn("bad model list", "backend", res.b.Name, "path", "/v1/models", "err", err)
-			continue
-		}
-		lists[res.b] = l
-		order = append(order, res.b)
-		ok = true
-	}
+	lists, order, ok := h.liveLists(r.Context(), "/api/tags", h.Fleet.ReadModels)
 	if !ok {
 		WriteError(w, http.StatusServiceUnavailable, "no backend is reachable")
 		return
@@ -203,57 +180,19 @@ func (h *Handler) tags(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, map[string]any{"models": append(models, h.aliasTags(lists, models)...)})
 }
 
-// openAITags shapes a /v1/models answer as /api/tags entries.
-func openAITags(body []byte) (*fleet.ModelList, error) {
-	var doc struct {
-		Data []struct {
-			ID      string `json:"id"`
-			Created int64  `json:"created"`
-		} `json:"data"`
-	}
-	if err := json.Unmarshal(body, &doc); err != nil {
-		return nil, err
-	}
-	type details struct {
-		ParentModel       string   `json:"parent_model"`
-		Format            string   `json:"format"`
-		Family            string   `json:"family"`
-		Families          []string `json:"families"`
-		ParameterSize     string   `json:"parameter_size"`
-		QuantizationLevel string   `json:"quantization_level"`
-	}
-	type tag struct {
-		Name       string  `json:"name"`
-		Model      string  `json:"model"`
-		ModifiedAt string  `json:"modified_at"`
-		Size       int64   `json:"size"`
-		Digest     string  `json:"digest"`
-		Details    details `json:"details"`
-	}
-	tags := make([]tag, 0, len(doc.Data))
-	for _, m := range doc.Data {
-		tags = append(tags, tag{Name: m.ID, Model: m.ID, ModifiedAt: time.Unix(m.Created, 0).UTC().Format(time.RFC3339Nano)})
-	}
-	b, err := json.Marshal(map[string]any{"models": tags})
-	if err != nil {
-		return nil, err
-	}
-	return fleet.ParseModelList(b)
-}
-
 // aliasTags lists each configured alias some listed backend can serve, as
 // its first available target's entry under the public name, with the
 // backends that serve it. Names already listed are left alone.
-func (h *Handler) aliasTags(lists map[*backend.Backend]*fleet.ModelList, listed []json.RawMessage) []json.RawMessage {
+func (h *Handler) aliasTags(lists map[*backend.Backend]*catalog.List, listed []json.RawMessage) []json.RawMessage {
 	taken := map[string]bool{}
 	for _, raw := range listed {
 		var m struct {
 			Name string `json:"name"`
 		}
 		json.Unmarshal(raw, &m) //nolint:errcheck // our own output
-		taken[fleet.Normalize(m.Name)] = true
+		taken[catalog.Normalize(m.Name)] = true
 	}
-	byName := map[string]*fleet.ModelList{}
+	byName := map[string]*catalog.List{}
 	for b, l := range lists {
 		byName[b.Name] = l
 	}
@@ -264,7 +203,7 @@ func (h *Handler) aliasTags(lists map[*backend.Backend]*fleet.ModelList, listed 
 	sort.Strings(names)
 	var out []json.RawMessage
 	for _, public := range names {
-		if taken[fleet.Normalize(public)] {
+		if taken[catalog.Normalize(public)] {
 			continue
 		}
 		var entry json.RawMessage
@@ -298,13 +237,9 @@ func renamed(raw json.RawMessage, name string) json.RawMessage {
 	return b
 }
 
-// ps merges every backend's /api/ps.
+// ps merges every backend's loaded models, read live.
 func (h *Handler) ps(w http.ResponseWriter, r *http.Request) {
-	h.list(w, r, "/api/ps", h.Fleet.StoreLoaded)
-}
-
-func (h *Handler) list(w http.ResponseWriter, r *http.Request, path string, store func(*backend.Backend, *fleet.ModelList)) {
-	lists, order, ok := h.liveLists(r.Context(), path, store)
+	lists, order, ok := h.liveLists(r.Context(), "/api/ps", h.Fleet.ReadLoaded)
 	if !ok {
 		WriteError(w, http.StatusServiceUnavailable, "no backend is reachable")
 		return
@@ -312,31 +247,31 @@ func (h *Handler) list(w http.ResponseWriter, r *http.Request, path string, stor
 	writeJSON(w, http.StatusOK, map[string]any{"models": merge(lists, order)})
 }
 
-func (h *Handler) liveLists(ctx context.Context, path string, store func(*backend.Backend, *fleet.ModelList)) (map[*backend.Backend]*fleet.ModelList, []*backend.Backend, bool) {
-	lists := map[*backend.Backend]*fleet.ModelList{}
+// liveLists reads a list from every reachable backend serving route, its
+// entries in Ollama's shape. ok is false when there are backends and none
+// answered.
+func (h *Handler) liveLists(ctx context.Context, route string, read func(context.Context, *backend.Backend) (*catalog.List, error)) (map[*backend.Backend]*catalog.List, []*backend.Backend, bool) {
+	lists := map[*backend.Backend]*catalog.List{}
 	var order []*backend.Backend
-	any := false
-	for _, res := range h.fanGet(ctx, path, ollamaOnly) {
+	for _, res := range fan(ctx, h.Fleet, route, read) {
 		if res.err != nil {
+			h.Log.Debug("model list unavailable", "backend", res.b.Name, "route", route, "err", res.err)
 			continue
 		}
-		l, err := fleet.ParseModelList(res.body)
-		if err != nil {
-			h.Log.Warn("bad model list", "backend", res.b.Name, "path", path, "err", err)
-			continue
+		entries := make([]catalog.Model, len(res.v.Models))
+		for i, m := range res.v.Models {
+			entries[i] = catalog.Model{Name: m.Name, ExpiresAt: m.ExpiresAt, Raw: res.b.Dialect.OllamaEntry(m)}
 		}
-		store(res.b, l)
-		lists[res.b] = l
+		lists[res.b] = catalog.NewList(entries)
 		order = append(order, res.b)
-		any = true
 	}
-	return lists, order, any || len(h.Fleet.Backends) == 0
+	return lists, order, len(order) > 0 || len(h.Fleet.Backends) == 0
 }
 
 // psDetails lists every loaded model on every backend, not de-duplicated:
 // which endpoint runs which model, until when.
 func (h *Handler) psDetails(w http.ResponseWriter, r *http.Request) {
-	lists, order, _ := h.liveLists(r.Context(), "/api/ps", h.Fleet.StoreLoaded)
+	lists, order, _ := h.liveLists(r.Context(), "/api/ps", h.Fleet.ReadLoaded)
 	out := []json.RawMessage{}
 	for _, b := range order {
 		for _, m := range lists[b].Models {
@@ -352,7 +287,7 @@ func (h *Handler) show(w http.ResponseWriter, r *http.Request) {
 	if !ok {
 		return
 	}
-	cands, err := h.Fleet.Candidates(r.Context(), hd.Model, ollamaOnly, nil)
+	cands, err := h.Fleet.Candidates(r.Context(), hd.Model, nil, "/api/show")
 	if err != nil {
 		if err == fleet.ErrModelNotFound {
 			WriteError(w, http.StatusNotFound, fmt.Sprintf("model '%s' not found", hd.Model))
@@ -370,13 +305,14 @@ func (h *Handler) show(w http.ResponseWriter, r *http.Request) {
 	WriteError(w, http.StatusBadGateway, "no backend answered")
 }
 
-// passAny sends a request that names no model to any reachable Ollama
-// backend, so its answer (Ollama's own error wording) reaches the client.
+// passAny sends a request that names no model to any reachable backend
+// that relays Ollama's API, so its answer (Ollama's own error wording)
+// reaches the client.
 // Whatever status it answers is the answer: Ollama itself says 500 to some
 // of these (an embed without a model), which says nothing of its health.
 func (h *Handler) passAny(w http.ResponseWriter, r *http.Request, path string, body []byte) {
-	for _, b := range h.Fleet.Backends {
-		if b.Type == backend.TypeOllama && b.Health.State() != backend.Open && h.passThrough(w, r, b, r.Method, path, body, true) {
+	for _, b := range h.Fleet.Reachable(dialect.Relay) {
+		if h.passThrough(w, r, b, r.Method, path, body, true) {
 			return
 		}
 	}

@@ -19,14 +19,12 @@ import (
 	"github.com/droverhq/drover/services/proxy/internal/backend"
 )
 
-// targets picks the Ollama backends a management call goes to: every
-// usable one, or with needModel only those that have the model.
-func (h *Handler) targets(ctx context.Context, model string, needModel bool) []*backend.Backend {
+// targets picks the backends a management call on route goes to: every
+// reachable one serving it, or with needModel only those that have the
+// model.
+func (h *Handler) targets(ctx context.Context, route, model string, needModel bool) []*backend.Backend {
 	var out []*backend.Backend
-	for _, b := range h.Fleet.Backends {
-		if b.Type != backend.TypeOllama || b.Health.State() == backend.Open {
-			continue
-		}
+	for _, b := range h.Fleet.Reachable(route) {
 		if needModel {
 			l, err := h.Fleet.Models(ctx, b)
 			if err != nil || !l.Has(model) {
@@ -63,7 +61,7 @@ func (h *Handler) progress(route, verb string, needModel bool) http.HandlerFunc 
 		if !ok {
 			return
 		}
-		targets := h.targets(r.Context(), hd.Model, needModel)
+		targets := h.targets(r.Context(), route, hd.Model, needModel)
 		if len(targets) == 0 {
 			if needModel {
 				WriteError(w, http.StatusNotFound, fmt.Sprintf("model '%s' not found", hd.Model))
@@ -379,7 +377,7 @@ func (h *Handler) copyModel(w http.ResponseWriter, r *http.Request) {
 		h.passAny(w, r, "/api/copy", body)
 		return
 	}
-	targets := h.targets(r.Context(), req.Source, true)
+	targets := h.targets(r.Context(), "/api/copy", req.Source, true)
 	if len(targets) == 0 {
 		WriteError(w, http.StatusNotFound, fmt.Sprintf("model %q not found", req.Source))
 		return
@@ -400,7 +398,7 @@ func (h *Handler) deleteModel(w http.ResponseWriter, r *http.Request) {
 	if !ok {
 		return
 	}
-	targets := h.targets(r.Context(), "", false)
+	targets := h.targets(r.Context(), "/api/delete", "", false)
 	if hd.Model == "" || len(targets) == 0 {
 		h.passAny(w, r, "/api/delete", body)
 		return
@@ -421,7 +419,7 @@ func names(bs []*backend.Backend) []string {
 // blobExists is 200 only when every Ollama backend has the blob, so a
 // client uploads it when any lacks it.
 func (h *Handler) blobExists(w http.ResponseWriter, r *http.Request) {
-	targets := h.targets(r.Context(), "", false)
+	targets := h.targets(r.Context(), "/api/blobs", "", false)
 	if len(targets) == 0 {
 		w.WriteHeader(http.StatusServiceUnavailable)
 		return
@@ -439,7 +437,7 @@ func (h *Handler) blobExists(w http.ResponseWriter, r *http.Request) {
 
 // blobUpload streams one upload to every Ollama backend at once.
 func (h *Handler) blobUpload(w http.ResponseWriter, r *http.Request) {
-	targets := h.targets(r.Context(), "", false)
+	targets := h.targets(r.Context(), "/api/blobs", "", false)
 	if len(targets) == 0 {
 		WriteError(w, http.StatusServiceUnavailable, "no Ollama backend is reachable")
 		return

@@ -60,9 +60,14 @@ func writeJSON(w http.ResponseWriter, status int, v any) {
 	json.NewEncoder(w).Encode(v) //nolint:errcheck // the client may be gone
 }
 
-// readBody reads the request body, answering errors in this API's format.
-func readBody(w http.ResponseWriter, r *http.Request) ([]byte, bool) {
-	return forward.ReadBody(w, r, WriteError)
+// readRequest reads a request's body and head, answering errors in this
+// API's format; ok is false once the request has been answered.
+func readRequest(w http.ResponseWriter, r *http.Request) (hd head, body []byte, ok bool) {
+	if body, ok = forward.ReadBody(w, r, WriteError); !ok {
+		return hd, nil, false
+	}
+	hd, ok = parseHead(w, body)
+	return hd, body, ok
 }
 
 // head is the part of a request Drover reads; every other field goes to the

@@ -3,14 +3,12 @@ package openaiapi
 import (
 	"errors"
 	"fmt"
-	"io"
 	"log/slog"
 	"net/http"
 
 	"github.com/go-chi/chi/v5"
 
 	"github.com/droverhq/drover/services/proxy/internal/auth"
-	"github.com/droverhq/drover/services/proxy/internal/backend"
 	"github.com/droverhq/drover/services/proxy/internal/fleet"
 	"github.com/droverhq/drover/services/proxy/internal/forward"
 )
@@ -32,61 +30,21 @@ func (h *Handler) Routes(r chi.Router) {
 	r.Post("/v1/rerank", h.rerank)
 }
 
-// generation serves chat and text completions. Every request field goes to
-// the backend as sent, except that a stream whose client did not ask for
-// usage asks for it anyway, and the usage chunk that brings is taken out
-// again on the way back.
+// generation serves chat and text completions, embeddings serves
+// embeddings: each to one backend through the router, whose dialect says
+// how it is sent there and read back.
 func (h *Handler) generation(route string) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
-		body, ok := readBody(w, r)
+		hd, body, ok := readRequest(w, r)
 		if !ok {
 			return
 		}
-		hd, ok := parseHead(w, body)
-		if !ok {
-			return
-		}
-		req := h.request(r, route, body, hd)
-		if hd.Stream && !hd.wantsUsage() {
-			req.Prepare = func(_ *backend.Backend, model string) (string, []byte, error) {
-				out, err := withUsage(body, model, hd)
-				return route, out, err
-			}
-			req.Transform = func(_ *backend.Backend, status int, _ http.Header, client io.Writer) io.WriteCloser {
-				if status != http.StatusOK {
-					return nil
-				}
-				return dropUsage(client)
-			}
-		}
-		h.Forward.Serve(w, r, req)
+		h.Forward.Serve(w, r, h.request(r, route, body, hd))
 	}
-}
-
-func (h *Handler) request(r *http.Request, route string, body []byte, hd head) *forward.Request {
-	req := &forward.Request{
-		Route:  route,
-		Method: http.MethodPost,
-		Path:   route,
-		Body:   body,
-		Model:  hd.Model,
-		Stream: hd.Stream,
-		APIKey: auth.KeyID(r.Context()),
-		Tokens: CountUsage(hd.Stream),
-		Error:  WriteError,
-	}
-	if hd.Stream {
-		req.Complete = streamDone
-	}
-	return req
 }
 
 func (h *Handler) embeddings(w http.ResponseWriter, r *http.Request) {
-	body, ok := readBody(w, r)
-	if !ok {
-		return
-	}
-	hd, ok := parseHead(w, body)
+	hd, body, ok := readRequest(w, r)
 	if !ok {
 		return
 	}
@@ -94,28 +52,33 @@ func (h *Handler) embeddings(w http.ResponseWriter, r *http.Request) {
 	h.Forward.Serve(w, r, h.request(r, "/v1/embeddings", body, hd))
 }
 
-var openAIOnly = []backend.Type{backend.TypeOpenAI}
+func (h *Handler) request(r *http.Request, route string, body []byte, hd head) *forward.Request {
+	return &forward.Request{
+		Route:        route,
+		Method:       http.MethodPost,
+		Body:         body,
+		Model:        hd.Model,
+		Stream:       hd.Stream,
+		IncludeUsage: hd.wantsUsage(),
+		APIKey:       auth.KeyID(r.Context()),
+		Error:        WriteError,
+	}
+}
 
-// rerank goes to OpenAI-type backends (llama.cpp and vLLM serve
-// /v1/rerank); Ollama has no rerank, so a model only Ollama backends have
-// is a 501, not a 404.
+// rerank goes to backends that serve /v1/rerank (llama.cpp and vLLM do,
+// Ollama has none), so a model only other backends have is a 501, not a
+// 404.
 func (h *Handler) rerank(w http.ResponseWriter, r *http.Request) {
-	body, ok := readBody(w, r)
+	hd, body, ok := readRequest(w, r)
 	if !ok {
 		return
 	}
-	hd, ok := parseHead(w, body)
-	if !ok {
-		return
-	}
-	if _, err := h.Fleet.Candidates(r.Context(), hd.Model, openAIOnly, nil); errors.Is(err, fleet.ErrModelNotFound) {
-		if _, err := h.Fleet.Candidates(r.Context(), hd.Model, nil, nil); !errors.Is(err, fleet.ErrModelNotFound) {
+	if _, err := h.Fleet.Candidates(r.Context(), hd.Model, nil, "/v1/rerank"); errors.Is(err, fleet.ErrModelNotFound) {
+		if _, err := h.Fleet.Candidates(r.Context(), hd.Model, nil); !errors.Is(err, fleet.ErrModelNotFound) {
 			WriteError(w, http.StatusNotImplemented, fmt.Sprintf("rerank is not supported for model '%s': no backend serving it offers /v1/rerank", hd.Model))
 			return
 		}
 	}
 	hd.Stream = false
-	req := h.request(r, "/v1/rerank", body, hd)
-	req.Kinds = openAIOnly
-	h.Forward.Serve(w, r, req)
+	h.Forward.Serve(w, r, h.request(r, "/v1/rerank", body, hd))
 }

@@ -5,14 +5,13 @@ import (
 	"encoding/json"
 	"net/http"
 	"sort"
-	"strings"
 	"time"
 
 	"github.com/go-chi/chi/v5"
 	"github.com/sourcegraph/conc/iter"
 
 	"github.com/droverhq/drover/services/proxy/internal/backend"
-	"github.com/droverhq/drover/services/proxy/internal/fleet"
+	"github.com/droverhq/drover/services/proxy/internal/catalog"
 )
 
 // listTimeout bounds a live fan-out read; a slow backend is left out rather
@@ -34,12 +33,12 @@ type listed struct {
 	OwnedBy string `json:"owned_by"`
 }
 
-// models is /v1/models: every backend's list read live (OpenAI-type
-// backends' /v1/models, Ollama backends' /api/tags shaped the way Ollama's
-// own /v1/models shapes it), de-duplicated by name, plus the configured
-// aliases that some backend can serve.
+// models is /v1/models: every backend's list read live (and kept in the
+// fleet's cache) in OpenAI's shape whatever the backend's dialect,
+// de-duplicated by name, plus the configured aliases that some backend can
+// serve.
 func (h *Handler) models(w http.ResponseWriter, r *http.Request) {
-	entries, ok := h.catalog(r.Context())
+	entries, ok := h.entries(r.Context())
 	if !ok {
 		WriteError(w, http.StatusServiceUnavailable, "no backend is reachable")
 		return
@@ -54,9 +53,9 @@ func (h *Handler) models(w http.ResponseWriter, r *http.Request) {
 // model is /v1/models/{id}.
 func (h *Handler) model(w http.ResponseWriter, r *http.Request) {
 	id := chi.URLParam(r, "*")
-	entries, _ := h.catalog(r.Context())
+	entries, _ := h.entries(r.Context())
 	for _, e := range entries {
-		if fleet.Normalize(e.id) == fleet.Normalize(id) {
+		if catalog.Normalize(e.id) == catalog.Normalize(id) {
 			w.Header().Set("Content-Type", "application/json")
 			w.WriteHeader(http.StatusOK)
 			w.Write(append(e.raw, '\n')) //nolint:errcheck // the client may be gone
@@ -66,13 +65,8 @@ func (h *Handler) model(w http.ResponseWriter, r *http.Request) {
 	WriteError(w, http.StatusNotFound, "The model '"+id+"' does not exist")
 }
 
-func (h *Handler) catalog(ctx context.Context) ([]modelEntry, bool) {
-	var bs []*backend.Backend
-	for _, b := range h.Fleet.Backends {
-		if b.Health.State() != backend.Open {
-			bs = append(bs, b)
-		}
-	}
+func (h *Handler) entries(ctx context.Context) ([]modelEntry, bool) {
+	bs := h.Fleet.Reachable("/v1/models")
 	ctx, cancel := context.WithTimeout(ctx, listTimeout)
 	defer cancel()
 	lists := iter.Map(bs, func(b **backend.Backend) []modelEntry {
@@ -91,14 +85,14 @@ func (h *Handler) catalog(ctx context.Context) ([]modelEntry, bool) {
 			reached = true
 		}
 		for _, e := range l {
-			if key := fleet.Normalize(e.id); !seen[key] {
+			if key := catalog.Normalize(e.id); !seen[key] {
 				seen[key] = true
 				out = append(out, e)
 			}
 		}
 	}
 	for _, a := range h.aliases(lists, bs) {
-		if key := fleet.Normalize(a.id); !seen[key] {
+		if key := catalog.Normalize(a.id); !seen[key] {
 			seen[key] = true
 			out = append(out, a)
 		}
@@ -113,13 +107,13 @@ func (h *Handler) aliases(lists [][]modelEntry, bs []*backend.Backend) []modelEn
 	for i, b := range bs {
 		has[b.Name] = map[string]bool{}
 		for _, e := range lists[i] {
-			has[b.Name][fleet.Normalize(e.id)] = true
+			has[b.Name][catalog.Normalize(e.id)] = true
 		}
 	}
 	var out []modelEntry
 	for public, targets := range h.Fleet.Aliases() {
 		for _, t := range targets {
-			if has[t.Backend][fleet.Normalize(t.Model)] {
+			if has[t.Backend][catalog.Normalize(t.Model)] {
 				raw, _ := json.Marshal(listed{ID: public, Object: "model", OwnedBy: "drover"})
 				out = append(out, modelEntry{id: public, raw: raw})
 				break
@@ -130,56 +124,15 @@ func (h *Handler) aliases(lists [][]modelEntry, bs []*backend.Backend) []modelEn
 	return out
 }
 
+// backendModels reads b's model list in OpenAI's shape.
 func (h *Handler) backendModels(ctx context.Context, b *backend.Backend) ([]modelEntry, error) {
-	if b.Type == backend.TypeOpenAI {
-		body, err := h.Fleet.Get(ctx, b, "/v1/models")
-		if err != nil {
-			return nil, err
-		}
-		var doc struct {
-			Data []json.RawMessage `json:"data"`
-		}
-		if err := json.Unmarshal(body, &doc); err != nil {
-			return nil, err
-		}
-		out := make([]modelEntry, 0, len(doc.Data))
-		for _, raw := range doc.Data {
-			var m struct {
-				ID string `json:"id"`
-			}
-			if json.Unmarshal(raw, &m) == nil && m.ID != "" {
-				out = append(out, modelEntry{id: m.ID, raw: raw})
-			}
-		}
-		return out, nil
-	}
-	body, err := h.Fleet.Get(ctx, b, "/api/tags")
+	list, err := h.Fleet.ReadModels(ctx, b)
 	if err != nil {
 		return nil, err
 	}
-	list, err := fleet.ParseModelList(body)
-	if err != nil {
-		return nil, err
-	}
-	h.Fleet.StoreModels(b, list)
-	out := make([]modelEntry, 0, len(list.Models))
-	for _, m := range list.Models {
-		var meta struct {
-			ModifiedAt time.Time `json:"modified_at"`
-		}
-		json.Unmarshal(m.Raw, &meta) //nolint:errcheck // created is informative
-		raw, _ := json.Marshal(listed{ID: m.Name, Object: "model", Created: meta.ModifiedAt.Unix(), OwnedBy: namespace(m.Name)})
-		out = append(out, modelEntry{id: m.Name, raw: raw})
+	out := make([]modelEntry, len(list.Models))
+	for i, m := range list.Models {
+		out[i] = modelEntry{id: m.Name, raw: b.Dialect.OpenAIEntry(m)}
 	}
 	return out, nil
-}
-
-// namespace is the owner Ollama's /v1/models reports: the name's namespace,
-// "library" for official models.
-func namespace(name string) string {
-	parts := strings.Split(name, "/")
-	if len(parts) >= 2 {
-		return parts[len(parts)-2]
-	}
-	return "library"
 }

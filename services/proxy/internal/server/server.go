@@ -163,7 +163,7 @@ func deny(w http.ResponseWriter, r *http.Request, msg string) {
 type backendStatus struct {
 	Name           string           `json:"name"`
 	URL            string           `json:"url"`
-	Type           backend.Type     `json:"type"`
+	Type           string           `json:"type"`
 	MaxConcurrency int              `json:"max_concurrency"`
 	Weight         int              `json:"weight"`
 	Health         backend.Snapshot `json:"health"`
@@ -179,7 +179,7 @@ func (s *Server) backendStatuses() ([]backendStatus, int) {
 		if snap.Healthy {
 			usable++
 		}
-		out = append(out, backendStatus{Name: b.Name, URL: b.URL, Type: b.Type, MaxConcurrency: b.MaxConcurrency, Weight: b.Weight, Health: snap})
+		out = append(out, backendStatus{Name: b.Name, URL: b.URL, Type: b.Dialect.Kind(), MaxConcurrency: b.MaxConcurrency, Weight: b.Weight, Health: snap})
 	}
 	return out, usable
 }

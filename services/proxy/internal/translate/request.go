@@ -12,7 +12,6 @@ import (
 	"errors"
 	"fmt"
 	"strings"
-	"time"
 )
 
 // Kind is the Ollama route being translated.
@@ -352,32 +351,6 @@ func dataURL(img string) (string, error) {
 		mime = "image/webp"
 	}
 	return "data:" + mime + ";base64," + img, nil
-}
-
-// LoadReply is Ollama's answer to a request that only loads (or unloads) a
-// model, for a model served by OpenAI-type backends, which load their own.
-func LoadReply(kind Kind, model string, unload, stream bool) []byte {
-	reason := "load"
-	if unload {
-		reason = "unload"
-	}
-	now := time.Now().UTC().Format(time.RFC3339Nano)
-	var v any
-	switch kind {
-	case Chat:
-		v = map[string]any{"model": model, "created_at": now, "message": map[string]string{"role": "assistant", "content": ""}, "done_reason": reason, "done": true}
-	case Generate:
-		v = map[string]any{"model": model, "created_at": now, "response": "", "done": true, "done_reason": reason}
-	case Embed:
-		v = map[string]any{"model": model, "embeddings": []any{}}
-	default:
-		v = map[string]any{"embedding": []any{}}
-	}
-	b, _ := json.Marshal(v)
-	if stream {
-		b = append(b, '\n')
-	}
-	return b
 }
 
 // isBase64 checks standard padded base64 without decoding it all.

@@ -9,14 +9,14 @@ import (
 	"strings"
 	"time"
 
-	"github.com/droverhq/drover/services/proxy/internal/forward"
+	"github.com/droverhq/drover/services/proxy/internal/sse"
 )
 
 // maxBuffered bounds a non-streamed answer held for translation.
 const maxBuffered = 256 << 20
 
 // Response returns the filter that turns backend's answer to r into
-// Ollama's, for forward.Request.Transform: NDJSON lines for a stream, one
+// Ollama's, for a dialect.Exchange's Transform: NDJSON lines for a stream, one
 // JSON object otherwise, {"error": message} for an error status. model is
 // the name the client asked for; start is when the request arrived (for
 // total_duration). It sets h's Content-Type to what Ollama sends.
@@ -28,7 +28,7 @@ func Response(r Request, model string, start time.Time, status int, h http.Heade
 	o := &ollamaWriter{w: client, r: r, model: model, start: start}
 	if r.Stream && (r.Kind == Chat || r.Kind == Generate) {
 		h.Set("Content-Type", "application/x-ndjson")
-		return &streamed{WriteCloser: forward.EventFilter(client, o.event), o: o}
+		return &streamed{WriteCloser: sse.EventFilter(client, o.event), o: o}
 	}
 	h.Set("Content-Type", "application/json; charset=utf-8")
 	return &buffered{w: client, fn: o.whole}
@@ -153,7 +153,7 @@ type ollamaWriter struct {
 
 // event translates one SSE event of a streamed chat or text completion.
 func (o *ollamaWriter) event(ev []byte) []byte {
-	data := bytes.TrimSpace(forward.EventData(ev))
+	data := bytes.TrimSpace(sse.EventData(ev))
 	if len(data) == 0 || o.done || o.fail {
 		return nil
 	}

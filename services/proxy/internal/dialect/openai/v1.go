@@ -1,51 +1,45 @@
-package openaiapi
+package openai
 
 import (
 	"bytes"
 	"encoding/json"
 	"fmt"
 	"io"
+	"net/http"
 
-	"github.com/droverhq/drover/services/proxy/internal/backend"
-	"github.com/droverhq/drover/services/proxy/internal/fleet"
-	"github.com/droverhq/drover/services/proxy/internal/forward"
+	"github.com/droverhq/drover/services/proxy/internal/dialect"
+	"github.com/droverhq/drover/services/proxy/internal/sse"
 )
 
-// CountUsage reads token counts from the end of an OpenAI-style response:
-// usage.prompt_tokens and usage.completion_tokens (absent for embeddings
-// and rerank: zero output), else llama.cpp's timings (prompt_n plus
-// cache_n, predicted_n). A stream counts only once it reached
-// "data: [DONE]": chunks before it may carry placeholder usage. Neither
-// present: nil, unknown.
-func CountUsage(stream bool) func(b *backend.Backend, m *forward.Meter) (in, out *int64) {
-	return func(_ *backend.Backend, m *forward.Meter) (in, out *int64) {
-		if stream && !streamDone(m) {
-			return nil, nil
-		}
-		if i, ok := m.Count("prompt_tokens"); ok {
-			o, _ := m.Count("completion_tokens")
-			return &i, &o
-		}
-		if i, ok := m.Count("prompt_n"); ok {
-			c, _ := m.Count("cache_n")
-			o, _ := m.Count("predicted_n")
-			i += c
-			return &i, &o
-		}
-		return nil, nil
+// V1 is the exchange for a route of the OpenAI API on a server that speaks
+// it (Ollama's /v1 endpoints do too). Every request field goes to the
+// backend as sent, except the model's name when an alias renames it, and a
+// stream whose client did not ask for usage asks for it anyway, the usage
+// that brings being taken out again on the way back. Tokens are read from
+// the usage the answer reports (tokens.go).
+func V1(c dialect.Call) (dialect.Exchange, error) {
+	x := dialect.Exchange{Path: c.Route, Body: c.Body, Tokens: countWhole}
+	if c.Stream {
+		x.Tokens, x.Complete = countStream, streamDone
 	}
+	var err error
+	switch {
+	case c.Stream && !c.IncludeUsage:
+		x.Body, err = withUsage(c.Body, c.Target, c.Renamed())
+		x.Transform = dropUsageOK
+	case c.Renamed():
+		x.Body, err = dialect.SetModel(c.Body, c.Target)
+	}
+	return x, err
 }
-
-// streamDone reports a stream that reached data: [DONE].
-func streamDone(m *forward.Meter) bool { return bytes.Contains(m.Tail(), []byte("data: [DONE]")) }
 
 // withUsage rewrites a streaming request for backend model name model,
 // asking for stream_options.include_usage; every other field stays as the
-// client sent it. When the request has no stream_options and keeps its
-// model, the field is spliced in without re-encoding the body (which may
-// carry megabytes of images).
-func withUsage(body []byte, model string, hd head) ([]byte, error) {
-	if len(hd.RawStreamOptions) == 0 && fleet.Normalize(model) == fleet.Normalize(hd.Model) {
+// client sent it. When the body does not mention stream_options and keeps
+// its model, the field is spliced in without re-encoding the body (which
+// may carry megabytes of images).
+func withUsage(body []byte, model string, renamed bool) ([]byte, error) {
+	if !renamed && !bytes.Contains(body, []byte(`"stream_options"`)) {
 		if i := bytes.IndexByte(body, '{'); i >= 0 {
 			const field = `"stream_options":{"include_usage":true},`
 			out := make([]byte, 0, len(body)+len(field))
@@ -70,13 +64,22 @@ func withUsage(body []byte, model string, hd head) ([]byte, error) {
 	return json.Marshal(doc)
 }
 
+// dropUsageOK filters a successful stream through dropUsage; an error
+// answer passes as it is.
+func dropUsageOK(status int, _ http.Header, client io.Writer) io.WriteCloser {
+	if status != http.StatusOK {
+		return nil
+	}
+	return dropUsage(client)
+}
+
 // dropUsage is the filter for a stream whose client did not ask for usage
 // but got it because Drover did: it removes the usage-only chunk (empty
 // choices) and the usage field other chunks carry (Ollama's /v1/completions
 // puts zeros on every chunk, OpenAI null), so the client sees the stream it
 // asked for.
 func dropUsage(client io.Writer) io.WriteCloser {
-	return forward.EventFilter(client, func(ev []byte) []byte {
+	return sse.EventFilter(client, func(ev []byte) []byte {
 		if !bytes.Contains(ev, []byte(`"usage"`)) {
 			return ev
 		}
@@ -89,7 +92,7 @@ func dropUsage(client io.Writer) io.WriteCloser {
 		if i := bytes.Index(ev, []byte(`,"usage":null`)); i >= 0 && bytes.Count(ev, []byte(`"usage"`)) == 1 {
 			return append(append([]byte(nil), ev[:i]...), ev[i+len(`,"usage":null`):]...)
 		}
-		data := forward.EventData(ev)
+		data := sse.EventData(ev)
 		var doc map[string]json.RawMessage
 		if json.Unmarshal(data, &doc) != nil {
 			return ev

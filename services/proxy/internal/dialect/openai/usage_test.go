@@ -1,20 +1,23 @@
-package openaiapi
+package openai
 
 import (
 	"bytes"
 	"encoding/json"
 	"testing"
 
-	"github.com/droverhq/drover/services/proxy/internal/forward"
+	"github.com/droverhq/drover/services/proxy/internal/meter"
 )
 
 func count(stream bool, body string) (in, out *int64) {
-	var m forward.Meter
+	var m meter.Meter
 	m.Write([]byte(body)) //nolint:errcheck
-	return CountUsage(stream)(nil, &m)
+	if stream {
+		return countStream(&m)
+	}
+	return countWhole(&m)
 }
 
-func TestCountUsage(t *testing.T) {
+func TestCount(t *testing.T) {
 	cases := []struct {
 		name    string
 		stream  bool
@@ -74,25 +77,25 @@ func TestDropUsage(t *testing.T) {
 }
 
 func TestWithUsageKeepsFields(t *testing.T) {
-	out, err := withUsage([]byte(`{"model":"pub","stream":true,"stream_options":{"x":1},"n":2,"tool_choice":"auto"}`), "backend", head{Model: "pub", RawStreamOptions: json.RawMessage(`{"x":1}`)})
+	out, err := withUsage([]byte(`{"model":"pub","stream":true,"stream_options":{"x":1},"n":2,"tool_choice":"auto"}`), "backend", true)
 	if err != nil {
 		t.Fatal(err)
 	}
 	if string(out) != `{"model":"backend","n":2,"stream":true,"stream_options":{"include_usage":true,"x":1},"tool_choice":"auto"}` {
 		t.Fatalf("got %s", out)
 	}
-	if _, err := withUsage([]byte(`{"stream_options":"bad"}`), "m", head{RawStreamOptions: json.RawMessage(`"bad"`)}); err == nil {
+	if _, err := withUsage([]byte(`{"stream_options":"bad"}`), "m", false); err == nil {
 		t.Fatal("bad stream_options accepted")
 	}
 	// Without stream_options and with the same model, the field is
 	// spliced in and the rest left byte for byte.
 	body := ` {"model":"m", "messages":[{"content":"x"}] , "stream":true}`
-	out, err = withUsage([]byte(body), "m", head{Model: "m"})
+	out, err = withUsage([]byte(body), "m", false)
 	if err != nil || string(out) != ` {"stream_options":{"include_usage":true},"model":"m", "messages":[{"content":"x"}] , "stream":true}` {
 		t.Fatalf("splice: %s %v", out, err)
 	}
 	// A null stream_options must not be left beside the new one.
-	out, _ = withUsage([]byte(`{"model":"m","stream_options":null}`), "m", head{Model: "m", RawStreamOptions: json.RawMessage("null")})
+	out, _ = withUsage([]byte(`{"model":"m","stream_options":null}`), "m", false)
 	if string(out) != `{"model":"m","stream_options":{"include_usage":true}}` {
 		t.Fatalf("null stream_options: %s", out)
 	}

@@ -1,4 +1,4 @@
-package openaiapi
+package openai
 
 import (
 	"fmt"
@@ -49,7 +49,7 @@ func BenchmarkWithUsage(b *testing.B) {
 	body := []byte(`{"model":"tiny","messages":[{"role":"user","content":"hello there"}],"stream":true}`)
 	b.ReportAllocs()
 	for b.Loop() {
-		if _, err := withUsage(body, "tiny", head{Model: "tiny"}); err != nil {
+		if _, err := withUsage(body, "tiny", false); err != nil {
 			b.Fatal(err)
 		}
 	}

@@ -1,11 +1,14 @@
-package forward
+// Package sse reads server-sent event streams as they pass through: it
+// splits them into events, whatever the reads' boundaries, and reads an
+// event's data.
+package sse
 
 import (
 	"bytes"
 	"io"
 )
 
-// EventFilter returns a filter for Request.Transform that splits a
+// EventFilter returns a filter (a dialect.Exchange's Transform) that splits a
 // server-sent event stream into events and writes what fn returns for each
 // in its place: the event itself to pass it on, nil to drop it, or other
 // bytes to replace it. An event is handed to fn whole, with its

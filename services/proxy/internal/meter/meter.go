@@ -1,4 +1,6 @@
-package forward
+// Package meter watches response bytes go by on their way to the client
+// and keeps their end, where backends report token counts.
+package meter
 
 import (
 	"bytes"

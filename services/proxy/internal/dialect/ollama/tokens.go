@@ -1,0 +1,33 @@
+package ollama
+
+import "github.com/droverhq/drover/services/proxy/internal/meter"
+
+// tokens reads the counts of Ollama's own routes; its /v1 routes report
+// usage as OpenAI does (openai.V1).
+var tokens = map[string]func(*meter.Meter) (in, out *int64){
+	"/api/chat":       countGeneration,
+	"/api/generate":   countGeneration,
+	"/api/embed":      countEmbedding,
+	"/api/embeddings": countEmbedding,
+}
+
+// countGeneration reads Ollama's final chunk (or non-stream body). Ollama
+// omits a zero count, so a finished response without one counts zero.
+func countGeneration(m *meter.Meter) (in, out *int64) {
+	if !m.Has("done", "true") {
+		return nil, nil
+	}
+	i, _ := m.Count("prompt_eval_count")
+	o, _ := m.Count("eval_count")
+	return &i, &o
+}
+
+// countEmbedding reads an embed response's prompt_eval_count; embeddings
+// produce no output tokens. The legacy /api/embeddings reports no count.
+func countEmbedding(m *meter.Meter) (in, out *int64) {
+	zero := int64(0)
+	if i, ok := m.Count("prompt_eval_count"); ok {
+		return &i, &zero
+	}
+	return nil, &zero
+}
