@@ -104,6 +104,10 @@ type SeriesPoint struct {
 	TotalTokens  uint64    `json:"total_tokens"`
 }
 
+// maxRequestBody bounds a request body: a StatsRequest is a few short
+// fields.
+const maxRequestBody = 64 << 10
+
 // StatsResponse is the body of POST /api/stats.
 type StatsResponse struct {
 	Model  string    `json:"model"`
@@ -123,7 +127,7 @@ type StatsResponse struct {
 // its tokens spread over endpoints.
 func (h *Handler) Stats(w http.ResponseWriter, r *http.Request) {
 	var req StatsRequest
-	dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, 1<<16))
+	dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, maxRequestBody))
 	if err := dec.Decode(&req); err != nil {
 		writeError(w, http.StatusBadRequest, "invalid JSON body: "+err.Error())
 		return

@@ -144,7 +144,7 @@ func (s *Store) Migrate(ctx context.Context) ([]string, error) {
 	return done, nil
 }
 
-// AppliedMigrations returns the versions recorded as applied.
+// appliedMigrations returns the versions recorded as applied.
 func (s *Store) appliedMigrations(ctx context.Context) (map[uint32]bool, error) {
 	var n uint64
 	err := s.conn.QueryRow(ctx,

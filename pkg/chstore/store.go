@@ -3,10 +3,10 @@
 // event blocks for the aggregator and the read-only queries behind the
 // analytics API and droverctl.
 //
-// It works against ClickHouse 18.16 and current releases; see the last
-// section of docs/pipeline.md for what 18.16 does not accept (every INSERT
-// names its columns and goes through PrepareBatch; aggregates get names of
-// their own).
+// It works against ClickHouse 18.16 and current releases. 18.16 needs every
+// INSERT to name its columns and to go through PrepareBatch, and aggregates
+// to have names of their own; schemas/clickhouse/README.md and the "Tables"
+// section of docs/pipeline.md say which features each server version gets.
 package chstore
 
 import (
@@ -45,6 +45,13 @@ type Store struct {
 	db   string
 }
 
+// The pool: enough connections for the aggregator's insert and committed
+// reads beside the proxy's and droverctl's queries.
+const (
+	maxOpenConns = 16
+	maxIdleConns = 4
+)
+
 var identRe = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_]*$`)
 
 // Open prepares a connection pool. It does not contact the server: a store
@@ -77,8 +84,8 @@ func Open(opts Options) (*Store, error) {
 		Auth:         clickhouse.Auth{Database: "default", Username: opts.Username, Password: opts.Password},
 		DialTimeout:  opts.DialTimeout,
 		ReadTimeout:  opts.ReadTimeout,
-		MaxOpenConns: 16,
-		MaxIdleConns: 4,
+		MaxOpenConns: maxOpenConns,
+		MaxIdleConns: maxIdleConns,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("chstore: opening %s: %w", opts.Addr, err)

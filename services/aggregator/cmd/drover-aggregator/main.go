@@ -33,6 +33,16 @@ import (
 	"github.com/droverhq/drover/services/aggregator/internal/metrics"
 )
 
+const (
+	// startRetryMin and startRetryMax bound the backoff while waiting for
+	// NATS and ClickHouse at start-up.
+	startRetryMin = 200 * time.Millisecond
+	startRetryMax = 10 * time.Second
+	// httpTimeout bounds reading a metrics request's headers and shutting
+	// the metrics listener down.
+	httpTimeout = 5 * time.Second
+)
+
 func main() {
 	configPath := flag.String("config", "", "YAML config file (optional; DROVER_ variables override it)")
 	flag.Parse()
@@ -91,14 +101,14 @@ func run(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 			return errors.New("starting")
 		}
 		return a.Healthy()
-	}), ReadHeaderTimeout: 5 * time.Second}
+	}), ReadHeaderTimeout: httpTimeout}
 	go func() {
 		if err := srv.ListenAndServe(); err != nil && !errors.Is(err, http.ErrServerClosed) {
 			log.Error("metrics listener", "err", err)
 		}
 	}()
 	defer func() {
-		sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		sctx, cancel := context.WithTimeout(context.Background(), httpTimeout)
 		defer cancel()
 		_ = srv.Shutdown(sctx)
 	}()
@@ -163,7 +173,7 @@ func routes(m *metrics.Metrics, healthy func() error) http.Handler {
 }
 
 func retry(ctx context.Context, log *slog.Logger, what string, f func() error) bool {
-	backoff := 200 * time.Millisecond
+	backoff := startRetryMin
 	for {
 		err := f()
 		if err == nil {
@@ -175,7 +185,7 @@ func retry(ctx context.Context, log *slog.Logger, what string, f func() error) b
 		case <-ctx.Done():
 			return false
 		}
-		backoff = min(backoff*2, 10*time.Second)
+		backoff = min(backoff*2, startRetryMax)
 	}
 }
 

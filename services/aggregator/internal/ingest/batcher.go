@@ -168,8 +168,12 @@ func (a *Aggregator) batchLoop(ctx context.Context) error {
 	}
 }
 
+// growWhileInserting is how many times BatchSize a batch may grow to while
+// the previous insert runs.
+const growWhileInserting = 4
+
 // maxBatch is how large a batch may grow while the previous insert runs.
-func (a *Aggregator) maxBatch() int { return 4 * a.o.BatchSize }
+func (a *Aggregator) maxBatch() int { return growWhileInserting * a.o.BatchSize }
 
 // drain adds every item waiting in the channel, ignoring the batch size:
 // at shutdown one larger insert beats leaving events for redelivery.
