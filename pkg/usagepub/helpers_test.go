@@ -6,8 +6,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/droverhq/drover/testkit/natstest"
 	"github.com/droverhq/drover/pkg/usage"
+	"github.com/droverhq/drover/testkit/natstest"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"go.uber.org/goleak"
@@ -147,20 +147,26 @@ func checkExactlyOnce(t testing.TB, url string, want *ids) {
 	}
 }
 
+// waitFor polls cond until it holds, failing the test after timeout.
+func waitFor(t testing.TB, timeout time.Duration, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out after %s waiting for %s", timeout, what)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
 // waitDrained waits until nothing is queued, unacknowledged or spooled.
 func waitDrained(t testing.TB, p *Publisher, timeout time.Duration) {
 	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for {
-		st := p.Stats()
-		if st.QueueDepth == 0 && st.PendingAcks == 0 && st.SpooledPending == 0 && st.Publishing {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("publisher did not drain: %+v", st)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+	var st Stats
+	waitFor(t, timeout, "the publisher to drain", func() bool {
+		st = p.Stats()
+		return st.QueueDepth == 0 && st.PendingAcks == 0 && st.SpooledPending == 0 && st.Publishing
+	})
 }
 
 var _ = natstest.Start

@@ -61,17 +61,13 @@ func TestServerWithoutFastBatches(t *testing.T) {
 	t.Cleanup(func() { srv.Process.Kill(); srv.Wait() }) //nolint:errcheck // killed on purpose
 	url := fmt.Sprintf("nats://127.0.0.1:%d", port)
 	nc := connect(t, url)
-	for deadline := time.Now().Add(10 * time.Second); !nc.IsConnected(); time.Sleep(10 * time.Millisecond) {
-		if time.Now().After(deadline) {
-			t.Fatal("old nats-server did not come up")
-		}
-	}
+	waitFor(t, 10*time.Second, "the old nats-server to come up", nc.IsConnected)
 	p := newPub(t, nc, t.TempDir())
 	sent := newIDs()
 	for i := 0; i < 3000; i++ {
 		record(p, sent)
-		if i%500 == 0 {
-			time.Sleep(10 * time.Millisecond) // several batches
+		if i%500 == 499 {
+			waitDrained(t, p, 30*time.Second) // several batches
 		}
 	}
 	waitDrained(t, p, 30*time.Second)
