@@ -8,8 +8,9 @@ import (
 // Validate decides whether e is a usage event Drover stores. The aggregator
 // dead-letters what it rejects, and the live fleet totals skip it, so that
 // the stream adds exactly what ClickHouse holds. schemas/usage/usage.v1.json
-// rejects the same events (and more: it also checks types and formats, which
-// a decoded Event already has).
+// rejects these events too, except one whose time is the zero time (a valid
+// date-time there), and is stricter elsewhere: it requires every field and
+// checks types and formats.
 func Validate(e Event) error {
 	switch {
 	case e.Schema != SchemaVersion:
