@@ -15,7 +15,13 @@ const (
 	Closed State = iota
 	// Open: the backend is skipped until the open period ends.
 	Open
-	// HalfOpen: one trial request (or probe) decides.
+	// HalfOpen: the open period is over. Requests may go to the backend
+	// again, any number at once (routing prefers closed backends that have
+	// the model), and the prober tries it, one probe at a time
+	// (BeginTrial). A success, of a request or a probe, closes the
+	// breaker; a failure once the prober has begun a trial opens it again
+	// for twice as long (up to open_max). Before that first trial a
+	// failure changes nothing: the breaker is still open underneath.
 	HalfOpen
 )
 
@@ -44,7 +50,7 @@ type Health struct {
 	consecutive int           // failures in a row while closed
 	openUntil   time.Time     // while Open
 	backoff     time.Duration // current open period
-	trial       bool          // a half-open trial is in flight
+	trial       bool          // a half-open probe is in flight
 	lastErr     string
 	lastChange  time.Time
 	onChange    func(State)
@@ -59,36 +65,17 @@ func NewHealth(c config.Health) *Health {
 // change; it must be set before the backend is used.
 func (h *Health) OnChange(f func(State)) { h.onChange = f }
 
-// Usable reports whether requests may go to the backend now: closed, or
-// half-open with no trial running (the caller then is the trial).
-func (h *Health) Usable() bool {
-	now := h.now()
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	if h.state == Open && !now.Before(h.openUntil) {
-		h.state = HalfOpen
-	}
-	switch h.state {
-	case Closed:
-		return true
-	case HalfOpen:
-		return !h.trial
-	}
-	return false
-}
-
-// BeginTrial marks a half-open trial as running; it returns false if the
-// backend is not half-open or a trial is already running.
+// BeginTrial marks a half-open probe as running; it returns false if the
+// backend is not half-open or a probe is already running. Requests are not
+// trials: they need no BeginTrial and are not limited by one.
 func (h *Health) BeginTrial() bool {
 	now := h.now()
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	if h.state == Open && !now.Before(h.openUntil) {
-		h.state = HalfOpen
-	}
-	if h.state != HalfOpen || h.trial {
+	if h.stateLocked(now) != HalfOpen || h.trial {
 		return false
 	}
+	h.state = HalfOpen
 	h.trial = true
 	return true
 }
@@ -125,7 +112,7 @@ func (h *Health) Failure(err error, hard bool) {
 			opened = true
 		}
 	case HalfOpen:
-		// The trial failed: open again for longer.
+		// Half-open and failed again: open for longer.
 		h.backoff = min(h.backoff*2, h.openMax)
 		h.openLocked(now)
 		opened = true
@@ -144,8 +131,7 @@ func (h *Health) openLocked(now time.Time) {
 	h.lastChange = now
 }
 
-// EndTrial clears a half-open trial that ended without a verdict (the
-// client went away first).
+// EndTrial clears a half-open probe that ended without a verdict.
 func (h *Health) EndTrial() {
 	h.mu.Lock()
 	h.trial = false
@@ -167,10 +153,7 @@ func (h *Health) Snapshot() Snapshot {
 	now := h.now()
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	st := h.state
-	if st == Open && !now.Before(h.openUntil) {
-		st = HalfOpen
-	}
+	st := h.stateLocked(now)
 	s := Snapshot{State: st.String(), Healthy: st == Closed, Consecutive: h.consecutive, LastError: h.lastErr, Since: h.lastChange}
 	if st == Open {
 		s.OpenUntil = h.openUntil
@@ -183,6 +166,12 @@ func (h *Health) State() State {
 	now := h.now()
 	h.mu.Lock()
 	defer h.mu.Unlock()
+	return h.stateLocked(now)
+}
+
+// stateLocked returns the state as of now: an open breaker whose period is
+// over is half-open (the field itself moves there at BeginTrial).
+func (h *Health) stateLocked(now time.Time) State {
 	if h.state == Open && !now.Before(h.openUntil) {
 		return HalfOpen
 	}

@@ -39,7 +39,7 @@ func TestBreaker(t *testing.T) {
 		t.Fatal("success did not reset the count")
 	}
 	h.Failure(boom, false)
-	if h.State() != Open || h.Usable() {
+	if h.State() != Open || h.BeginTrial() {
 		t.Fatal("threshold reached but not open")
 	}
 	clk.add(time.Second)
@@ -80,5 +80,44 @@ func TestBackoffCapped(t *testing.T) {
 	clk.add(4 * time.Second)
 	if h.State() != HalfOpen {
 		t.Fatal("open period grew past open_max")
+	}
+}
+
+// TestHalfOpenAdmitsOneProbeAndAnyRequests: half-open takes one probe at a
+// time, stays half-open (so requests are still routed there) while it runs,
+// and the first verdict decides.
+func TestHalfOpenAdmitsOneProbeAndAnyRequests(t *testing.T) {
+	boom := errors.New("boom")
+	h, clk := newHealth()
+	h.Failure(boom, true)
+	clk.add(time.Second)
+	if !h.BeginTrial() {
+		t.Fatal("no probe admitted once the open period was over")
+	}
+	if h.BeginTrial() {
+		t.Fatal("a second probe admitted while one runs")
+	}
+	if h.State() != HalfOpen {
+		t.Fatalf("state %v while a probe runs: requests would not be routed there", h.State())
+	}
+	h.EndTrial() // the probe ended without a verdict
+	if !h.BeginTrial() {
+		t.Fatal("no probe admitted after the last one ended")
+	}
+	h.Success() // a request (or the probe) succeeded
+	if h.State() != Closed || h.BeginTrial() {
+		t.Fatal("a success did not close the breaker")
+	}
+	// A failure during half-open opens it again at once, for twice as long.
+	h.Failure(boom, true)
+	clk.add(time.Second)
+	h.BeginTrial()
+	h.Failure(boom, false)
+	if h.State() != Open {
+		t.Fatal("a half-open failure below the threshold did not reopen")
+	}
+	clk.add(time.Second)
+	if h.State() != Open {
+		t.Fatal("the open period did not double")
 	}
 }

@@ -200,7 +200,6 @@ func (f *Forwarder) attempt(w http.ResponseWriter, r *http.Request, req *Request
 	resp, err := b.Client.Do(breq)
 	if err != nil {
 		if ctx.Err() != nil {
-			b.Health.EndTrial()
 			ev.Status, ev.Error = StatusClientClosed, true
 			f.finish(ev, start, time.Time{}, true)
 			return true, nil
