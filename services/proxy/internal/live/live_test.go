@@ -131,10 +131,8 @@ func TestNewSubscriberGetsSnapshotAtOnce(t *testing.T) {
 	}
 }
 
-// Counts that change on every read publish at most one snapshot per
-// Interval, and the snapshots keep up with the changes.
-func TestUpdatesAreCoalesced(t *testing.T) {
-	var c counter
+// changeConstantly moves c until the test ends, like a busy router.
+func changeConstantly(tb testing.TB, c *counter) {
 	stop := make(chan struct{})
 	var wg sync.WaitGroup
 	wg.Add(1)
@@ -146,30 +144,69 @@ func TestUpdatesAreCoalesced(t *testing.T) {
 				return
 			default:
 				c.n.Add(1)
+				// Pace the changes like requests coming and going (not
+				// waiting for anything).
 				time.Sleep(50 * time.Microsecond)
 			}
 		}
 	}()
-	defer func() { close(stop); wg.Wait() }()
-	_, url := newLive(t, Options{Local: c.InFlight}) // default 100ms
+	tb.Cleanup(func() { close(stop); wg.Wait() })
+}
+
+// Counts that change all the time are published as a stream of snapshots
+// in order, each newer than the last, and the stream keeps up: once the
+// changes stop, the final count arrives. How many snapshots an Interval
+// holds is BenchmarkSnapshotsUnderConstantChange's to measure.
+func TestUpdatesAreCoalesced(t *testing.T) {
+	var c counter
+	changeConstantly(t, &c)
+	_, url := newLive(t, Options{Local: c.InFlight, Interval: 10 * time.Millisecond})
 	s := openStream(t, url)
-	s.next(t, time.Second)
-	start := time.Now()
-	n := 0
-	var last uint64
-	for time.Since(start) < time.Second {
-		snap := s.next(t, time.Second)
-		if snap.Seq <= last {
-			t.Fatalf("seq went from %d to %d", last, snap.Seq)
+	first := s.next(t, time.Second)
+	last, lastCount := first.Seq, first.UsageCounts["a"]["tiny"]
+	check := func(snap *Snapshot) {
+		t.Helper()
+		n := snap.UsageCounts["a"]["tiny"]
+		if snap.Seq <= last || n <= lastCount {
+			t.Fatalf("snapshot %d (count %d) after snapshot %d (count %d): want newer", snap.Seq, n, last, lastCount)
 		}
-		last = snap.Seq
-		n++
+		last, lastCount = snap.Seq, n
 	}
-	// One second of constant change: about 10 snapshots, never more than
-	// 11 (a tick may land at each end).
-	if n > 11 || n < 5 {
-		t.Fatalf("%d snapshots in a second of constant change, want 5..11", n)
+	for range 5 {
+		check(s.next(t, 5*time.Second))
 	}
+	c.n.Store(1 << 40) // beyond anything the changer reaches
+	for lastCount < 1<<40 {
+		check(s.next(t, 5*time.Second))
+	}
+}
+
+// BenchmarkSnapshotsUnderConstantChange receives b.N snapshots of counts
+// that change all the time: ns/op is the time between two snapshots, and
+// intervals/snapshot (at least 1) says how well changes are coalesced to
+// at most one snapshot per Interval.
+func BenchmarkSnapshotsUnderConstantChange(b *testing.B) {
+	var c counter
+	changeConstantly(b, &c)
+	const interval = 10 * time.Millisecond
+	l := New(Options{Local: c.InFlight, Interval: interval})
+	defer l.Close()
+	sub := l.subscribe()
+	defer l.hub.unsubscribe(sub)
+	<-sub.wake
+	sub.take()
+	b.ResetTimer()
+	start := time.Now()
+	for range b.N {
+		select {
+		case <-sub.wake:
+			sub.take()
+		case <-time.After(10 * time.Second):
+			b.Fatal("no snapshot in 10s")
+		}
+	}
+	el := time.Since(start)
+	b.ReportMetric(float64(el)/float64(interval)/float64(b.N), "intervals/snapshot")
 }
 
 func TestUnchangedCountsPublishNothing(t *testing.T) {
