@@ -134,15 +134,7 @@ func (f *Forwarder) Serve(w http.ResponseWriter, r *http.Request, req *Request) 
 	if last.status == 0 {
 		req.Error(w, http.StatusBadGateway, last.msg)
 	} else {
-		var filter io.WriteCloser
-		if last.transform != nil {
-			filter = last.transform(last.status, last.header, w)
-		}
-		if filter != nil {
-			last.header.Del("Content-Length")
-		}
-		copyHeaders(w.Header(), last.header)
-		w.WriteHeader(last.status)
+		filter := writeHead(w, last.transform, last.status, last.header)
 		if filter == nil {
 			w.Write(last.body) //nolint:errcheck // the client may be gone
 		} else if _, err := filter.Write(last.body); err == nil {
@@ -224,15 +216,7 @@ func (f *Forwarder) attempt(w http.ResponseWriter, r *http.Request, req *Request
 	ev.Status = resp.StatusCode
 
 	stream := req.Stream || isStreamType(resp.Header.Get("Content-Type"))
-	var filter io.WriteCloser
-	if x.Transform != nil {
-		filter = x.Transform(resp.StatusCode, resp.Header, w)
-	}
-	if filter != nil {
-		resp.Header.Del("Content-Length")
-	}
-	copyHeaders(w.Header(), resp.Header)
-	w.WriteHeader(resp.StatusCode)
+	filter := writeHead(w, x.Transform, resp.StatusCode, resp.Header)
 	ttfb, clientGone, complete, copyErr := f.copy(w, filter, resp.Body, stream, x.Tokens, x.Complete, ev)
 	switch {
 	case (clientGone || (copyErr != nil && ctx.Err() != nil)) && complete:
@@ -248,6 +232,23 @@ func (f *Forwarder) attempt(w http.ResponseWriter, r *http.Request, req *Request
 	}
 	f.finish(ev, start, ttfb, ev.Error || resp.StatusCode >= 400)
 	return true, nil
+}
+
+// writeHead writes the backend's status and headers to the client, through
+// the exchange's transform when it has one, and returns the filter the
+// body then goes through (nil: none). A filter may change the body's length,
+// so Content-Length goes whenever there is one.
+func writeHead(w http.ResponseWriter, transform func(int, http.Header, io.Writer) io.WriteCloser, status int, h http.Header) io.WriteCloser {
+	var filter io.WriteCloser
+	if transform != nil {
+		filter = transform(status, h, w)
+	}
+	if filter != nil {
+		h.Del("Content-Length")
+	}
+	copyHeaders(w.Header(), h)
+	w.WriteHeader(status)
+	return filter
 }
 
 // meterHolder lets Meters (and their buffers) be reused across requests.

@@ -36,6 +36,13 @@ func (h *Handler) targets(ctx context.Context, route, model string, needModel bo
 	return out
 }
 
+// maxProgressLine bounds one line of a backend's progress stream;
+// maxAnswer bounds the answer kept from each backend of a fan-out.
+const (
+	maxProgressLine = 4 << 20
+	maxAnswer       = 1 << 20
+)
+
 // progressLine is one line of Ollama's pull, push or create progress.
 type progressLine struct {
 	Status    string `json:"status,omitempty"`
@@ -162,7 +169,7 @@ func (h *Handler) readProgress(ctx context.Context, b *backend.Backend, route st
 	defer resp.Body.Close()
 	ct = resp.Header.Get("Content-Type")
 	sc := bufio.NewScanner(resp.Body)
-	sc.Buffer(make([]byte, 64<<10), 4<<20)
+	sc.Buffer(make([]byte, 64<<10), maxProgressLine)
 	sawEnd := false
 	for sc.Scan() {
 		var l progressLine
@@ -297,7 +304,7 @@ func (h *Handler) fanSimple(ctx context.Context, targets []*backend.Backend, met
 			return simpleResult{b: b, err: err}
 		}
 		defer resp.Body.Close()
-		out, err := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
+		out, err := io.ReadAll(io.LimitReader(resp.Body, maxAnswer))
 		return simpleResult{b: b, status: resp.StatusCode, body: out, err: err}
 	})
 }
@@ -465,7 +472,7 @@ func (h *Handler) blobUpload(w http.ResponseWriter, r *http.Request) {
 				return
 			}
 			defer resp.Body.Close()
-			out, _ := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
+			out, _ := io.ReadAll(io.LimitReader(resp.Body, maxAnswer))
 			results[i] = simpleResult{b: b, status: resp.StatusCode, body: out}
 		}()
 	}

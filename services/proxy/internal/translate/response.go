@@ -103,11 +103,27 @@ type oaToolDelta struct {
 	} `json:"function"`
 }
 
+// oaText is a choice's message, or in a stream its delta.
 type oaText struct {
 	Content          *string       `json:"content"`
 	ReasoningContent *string       `json:"reasoning_content"`
 	Reasoning        *string       `json:"reasoning"`
 	ToolCalls        []oaToolDelta `json:"tool_calls"`
+}
+
+// choice reads one choice's text (a completion's, or else its message's or
+// delta's content) and reasoning, and collects its tool calls.
+func (o *ollamaWriter) choice(completion *string, m *oaText) (text, think string) {
+	if completion != nil {
+		text = *completion
+	}
+	if m != nil {
+		text, think = str(m.Content), str(m.ReasoningContent)+str(m.Reasoning)
+		for _, tc := range m.ToolCalls {
+			o.addCall(tc)
+		}
+	}
+	return text, think
 }
 
 // oaReply is a chat or text completion, whole or one chunk of it.
@@ -175,16 +191,7 @@ func (o *ollamaWriter) event(ev []byte) []byte {
 		if ch.Index != 0 {
 			continue // Ollama has one choice
 		}
-		var text, think string
-		if ch.Text != nil {
-			text = *ch.Text
-		}
-		if d := ch.Delta; d != nil {
-			text, think = str(d.Content), str(d.ReasoningContent)+str(d.Reasoning)
-			for _, td := range d.ToolCalls {
-				o.addCall(td)
-			}
-		}
+		text, think := o.choice(ch.Text, ch.Delta)
 		if !o.r.Think {
 			think = ""
 		}
@@ -358,15 +365,7 @@ func (o *ollamaWriter) whole(body []byte) []byte {
 		if ch.Index != 0 {
 			continue
 		}
-		if ch.Text != nil {
-			text = *ch.Text
-		}
-		if m := ch.Message; m != nil {
-			text, think = str(m.Content), str(m.ReasoningContent)+str(m.Reasoning)
-			for _, tc := range m.ToolCalls {
-				o.addCall(tc)
-			}
-		}
+		text, think = o.choice(ch.Text, ch.Message)
 		if ch.FinishReason != nil {
 			o.finish = *ch.FinishReason
 		}
