@@ -19,6 +19,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -27,8 +28,8 @@ import (
 	"github.com/ClickHouse/clickhouse-go/v2/lib/driver"
 
 	"github.com/droverhq/drover/testkit/chtest"
-	"github.com/droverhq/drover/testkit/ollamatest"
 	"github.com/droverhq/drover/testkit/natstest"
+	"github.com/droverhq/drover/testkit/ollamatest"
 )
 
 var binDir string
@@ -111,17 +112,65 @@ func freeAddr(t *testing.T) string {
 
 func waitHTTP(t *testing.T, url string) {
 	t.Helper()
-	deadline := time.Now().Add(30 * time.Second)
-	for time.Now().Before(deadline) {
-		if resp, err := http.Get(url); err == nil {
-			resp.Body.Close()
-			if resp.StatusCode < 500 {
-				return
-			}
+	waitFor(t, 30*time.Second, url+" to come up", func() bool {
+		resp, err := http.Get(url)
+		if err != nil {
+			return false
+		}
+		resp.Body.Close()
+		return resp.StatusCode < 500
+	})
+}
+
+// waitFor polls cond until it holds, failing the test after timeout.
+func waitFor(t *testing.T, timeout time.Duration, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out after %s waiting for %s", timeout, what)
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
-	t.Fatalf("%s did not come up", url)
+}
+
+// usageStats reads a proxy's publisher counters from its /health.
+func usageStats(base string) (spooled, replayed uint64) {
+	resp, err := http.Get(base + "/health")
+	if err != nil {
+		return 0, 0
+	}
+	defer resp.Body.Close()
+	var h struct {
+		Usage struct {
+			Spooled  uint64 `json:"spooled"`
+			Replayed uint64 `json:"replayed"`
+		} `json:"usage_pipeline"`
+	}
+	json.NewDecoder(resp.Body).Decode(&h) //nolint:errcheck // zero counts on a bad answer
+	return h.Usage.Spooled, h.Usage.Replayed
+}
+
+// metric sums the samples of a Prometheus counter or gauge served at url.
+func metric(url, name string) float64 {
+	resp, err := http.Get(url)
+	if err != nil {
+		return 0
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(resp.Body)
+	var sum float64
+	for _, line := range strings.Split(string(body), "\n") {
+		rest, ok := strings.CutPrefix(line, name)
+		if !ok || rest == "" || (rest[0] != ' ' && rest[0] != '{') {
+			continue
+		}
+		var v float64
+		if _, err := fmt.Sscan(rest[strings.LastIndexByte(rest, ' ')+1:], &v); err == nil {
+			sum += v
+		}
+	}
+	return sum
 }
 
 type key struct{ model, apiKey string }
@@ -210,28 +259,61 @@ func modelOf(body string) string {
 }
 
 func TestPipelineExactUnderLoadAndSIGTERM(t *testing.T) {
-	runPipeline(t, func(ns *natstest.Server, ch *chtest.Server, proxies []*proc) {
+	runPipeline(t, func(p *pipeline) {
 		// SIGTERM one proxy under load: it drains, then publishes or
 		// spools every event before it exits.
-		proxies[1].cmd.Process.Signal(syscall.SIGTERM)
+		p.proxies[1].cmd.Process.Signal(syscall.SIGTERM)
 	})
 }
 
 // TestPipelineExactAcrossNATSAndClickHouseOutages takes NATS and then
-// ClickHouse away mid-run: proxies keep serving and spool, the aggregator
-// holds and retries, and afterwards the totals are still exact.
+// ClickHouse away while requests keep coming: proxies keep serving and
+// spool, the aggregator holds its batch and retries, and afterwards the
+// totals are still exact. Each outage lasts until it has been seen to
+// bite.
 func TestPipelineExactAcrossNATSAndClickHouseOutages(t *testing.T) {
-	runPipeline(t, func(ns *natstest.Server, ch *chtest.Server, proxies []*proc) {
-		ns.Stop()
-		time.Sleep(time.Second)
-		ns.Restart()
-		ch.Stop()
-		time.Sleep(2 * time.Second)
-		ch.Restart()
+	runPipeline(t, func(p *pipeline) {
+		p.ns.Stop()
+		for i, base := range p.bases {
+			waitFor(t, 60*time.Second, fmt.Sprintf("proxy %d to spool usage events while NATS is down", i), func() bool {
+				spooled, _ := usageStats(base)
+				return spooled > 0
+			})
+		}
+		p.ns.Restart()
+		for i, base := range p.bases {
+			waitFor(t, 60*time.Second, fmt.Sprintf("proxy %d to replay its spool", i), func() bool {
+				spooled, replayed := usageStats(base)
+				return replayed > 0 && replayed >= spooled
+			})
+		}
+		failures := "http://" + p.aggMetrics + "/metrics"
+		p.ch.Stop()
+		waitFor(t, 60*time.Second, "the aggregator to fail an insert while ClickHouse is down", func() bool {
+			return metric(failures, "drover_aggregator_insert_failures_total") > 0
+		})
+		p.ch.Restart()
+		for i, base := range p.bases {
+			spooled, replayed := usageStats(base)
+			t.Logf("proxy %d: %d events spooled, %d replayed", i, spooled, replayed)
+		}
 	})
 }
 
-func runPipeline(t *testing.T, fault func(*natstest.Server, *chtest.Server, []*proc)) {
+// pipeline is what a fault can act on while the load runs.
+type pipeline struct {
+	ns         *natstest.Server
+	ch         *chtest.Server
+	proxies    []*proc
+	bases      []string
+	aggMetrics string
+}
+
+// runPipeline sends at least 3000 requests through two proxies, runs
+// fault once half of them are sent (the load goes on meanwhile, for as
+// long as fault takes), stops the proxies and checks that ClickHouse holds
+// exactly what the backends reported and the clients saw.
+func runPipeline(t *testing.T, fault func(*pipeline)) {
 	ns := natstest.Start(t)
 	ch := chtest.Start(t)
 	fakes, urls := startFakes(t, 3, ollamatest.Config{ChunkDelay: 200 * time.Microsecond})
@@ -244,54 +326,73 @@ func runPipeline(t *testing.T, fault func(*natstest.Server, *chtest.Server, []*p
 		"DROVER_ROUTING_MAX_CONCURRENCY=16",
 		"DROVER_LOG_LEVEL=warn",
 	}
-	aggMetrics := freeAddr(t)
-	start(t, "drover-aggregator", append(common, "DROVER_AGGREGATOR_METRICS_LISTEN="+aggMetrics, "DROVER_AGGREGATOR_FLUSH_INTERVAL=200ms", "DROVER_REPLICA=agg"))
-	var proxies []*proc
-	var bases []string
+	p := &pipeline{ns: ns, ch: ch, aggMetrics: freeAddr(t)}
+	start(t, "drover-aggregator", append(common, "DROVER_AGGREGATOR_METRICS_LISTEN="+p.aggMetrics, "DROVER_AGGREGATOR_FLUSH_INTERVAL=200ms", "DROVER_REPLICA=agg"))
 	for i := range 2 {
 		addr := freeAddr(t)
-		proxies = append(proxies, start(t, "drover-proxy", append(common,
+		p.proxies = append(p.proxies, start(t, "drover-proxy", append(common,
 			"DROVER_LISTEN="+addr, fmt.Sprintf("DROVER_REPLICA=proxy-%d", i),
 			"DROVER_USAGE_SPOOL_DIR="+filepath.Join(t.TempDir(), "spool"))))
-		bases = append(bases, "http://"+addr)
+		p.bases = append(p.bases, "http://"+addr)
 	}
-	for _, b := range bases {
+	for _, b := range p.bases {
 		waitHTTP(t, b+"/")
 	}
-	waitHTTP(t, "http://"+aggMetrics+"/health")
+	waitHTTP(t, "http://"+p.aggMetrics+"/health")
 
 	client := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 256}, Timeout: 30 * time.Second}
 	var mu sync.Mutex
 	want := map[key]tokens{}
-	var wg sync.WaitGroup
-	sem := make(chan struct{}, 64)
 	const total = 3000
-	for i := range total {
-		if i == total/2 {
-			fault(ns, ch, proxies)
-		}
-		sem <- struct{}{}
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			defer func() { <-sem }()
-			r := requests[i%len(requests)]
-			id := []string{"team-a", "team-b"}[i%2]
-			tk, _, ok := send(t.Context(), client, bases[i%2], keys[id], r)
-			if !ok {
-				return // refused by the stopping proxy: never reached a backend
+	var sent atomic.Int64
+	faultDone := make(chan struct{})
+	var once sync.Once
+	endFault := func() { once.Do(func() { close(faultDone) }) }
+	loadDone := make(chan struct{})
+	go func() {
+		defer close(loadDone)
+		var wg sync.WaitGroup
+		defer wg.Wait()
+		sem := make(chan struct{}, 64)
+		for i := 0; ; i++ {
+			if i >= total {
+				select {
+				case <-faultDone:
+					return
+				default:
+				}
 			}
-			mu.Lock()
-			k := key{modelOf(r.body), id}
-			w := want[k]
-			w.in += tk.in
-			w.out += tk.out
-			want[k] = w
-			mu.Unlock()
-		}()
-	}
-	wg.Wait()
-	for i, p := range proxies {
+			sem <- struct{}{}
+			sent.Add(1)
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				defer func() { <-sem }()
+				r := requests[i%len(requests)]
+				id := []string{"team-a", "team-b"}[i%2]
+				tk, _, ok := send(t.Context(), client, p.bases[i%2], keys[id], r)
+				if !ok {
+					return // refused by a stopping proxy: never reached a backend
+				}
+				mu.Lock()
+				k := key{modelOf(r.body), id}
+				w := want[k]
+				w.in += tk.in
+				w.out += tk.out
+				want[k] = w
+				mu.Unlock()
+			}()
+		}
+	}()
+	// If the test fails in fault, the load ends too (t.Context is
+	// cancelled then, so the requests left fail at once).
+	t.Cleanup(func() { endFault(); <-loadDone })
+	waitFor(t, 5*time.Minute, "half the requests to be sent", func() bool { return sent.Load() >= total/2 })
+	fault(p)
+	endFault()
+	<-loadDone
+	t.Logf("%d requests sent", sent.Load())
+	for i, p := range p.proxies {
 		p.cmd.Process.Signal(syscall.SIGTERM)
 		if err := p.cmd.Wait(); err != nil && p.cmd.ProcessState.ExitCode() != 0 {
 			t.Fatalf("proxy %d exited with %v", i, err)
