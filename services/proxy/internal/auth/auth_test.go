@@ -1,0 +1,104 @@
+package auth
+
+import (
+	"context"
+	"net/http"
+	"net/http/httptest"
+	"testing"
+
+	"github.com/droverhq/drover/pkg/config"
+)
+
+var twoKeys = []config.APIKey{{ID: "team-a", Key: "secret-a"}, {ID: "team-b", Key: "secret-b"}}
+
+// serve runs one request through the middleware and reports whether it was
+// let through, with which key id, or the refusal's message.
+func serve(keys *Keys, req *http.Request) (passed bool, id, denied string) {
+	open := func(path string) bool { return path == "/health" }
+	deny := func(w http.ResponseWriter, r *http.Request, msg string) {
+		denied = msg
+		w.WriteHeader(http.StatusUnauthorized)
+	}
+	next := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		passed, id = true, KeyID(r.Context())
+	})
+	keys.Middleware(open, deny)(next).ServeHTTP(httptest.NewRecorder(), req)
+	return passed, id, denied
+}
+
+func TestMiddleware(t *testing.T) {
+	tests := []struct {
+		name   string
+		keys   []config.APIKey
+		target string
+		header string // Authorization
+		wantID string // "" means refused
+		denied string // the refusal's message
+	}{
+		{"no keys configured: open to all", nil, "/api/chat", "", Anonymous, ""},
+		{"no keys configured: a key is ignored", nil, "/api/chat", "Bearer whatever", Anonymous, ""},
+		{"missing key", twoKeys, "/api/chat", "", "", "missing API key: send Authorization: Bearer <key>"},
+		{"wrong key", twoKeys, "/api/chat", "Bearer secret-c", "", "invalid API key"},
+		{"a real key's prefix", twoKeys, "/api/chat", "Bearer secret-", "", "invalid API key"},
+		{"a real key with more after it", twoKeys, "/api/chat", "Bearer secret-aa", "", "invalid API key"},
+		{"key ids are not keys", twoKeys, "/api/chat", "Bearer team-a", "", "invalid API key"},
+		{"right key", twoKeys, "/api/chat", "Bearer secret-a", "team-a", ""},
+		{"the other right key", twoKeys, "/api/chat", "Bearer secret-b", "team-b", ""},
+		{"scheme in any case", twoKeys, "/api/chat", "bEARER secret-b", "team-b", ""},
+		{"spaces around the key", twoKeys, "/api/chat", "Bearer   secret-a  ", "team-a", ""},
+		{"not a bearer scheme", twoKeys, "/api/chat", "Basic secret-a", "", "missing API key: send Authorization: Bearer <key>"},
+		{"bearer without a key", twoKeys, "/api/chat", "Bearer", "", "missing API key: send Authorization: Bearer <key>"},
+		{"query parameter, for EventSource", twoKeys, "/api/usage-stream?api_key=secret-b", "", "team-b", ""},
+		{"wrong query parameter", twoKeys, "/api/usage-stream?api_key=nope", "", "", "invalid API key"},
+		{"header wins over query", twoKeys, "/api/usage-stream?api_key=secret-b", "Bearer secret-a", "team-a", ""},
+		{"non-bearer header leaves the query", twoKeys, "/api/usage-stream?api_key=secret-b", "Basic xyz", "team-b", ""},
+		{"open path without a key", twoKeys, "/health", "", Anonymous, ""},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			req := httptest.NewRequest(http.MethodGet, tt.target, nil)
+			if tt.header != "" {
+				req.Header.Set("Authorization", tt.header)
+			}
+			passed, id, denied := serve(New(tt.keys), req)
+			if tt.wantID == "" {
+				if passed || denied != tt.denied {
+					t.Fatalf("passed %v (id %q), denied %q; want refused with %q", passed, id, denied, tt.denied)
+				}
+				return
+			}
+			if !passed || id != tt.wantID {
+				t.Fatalf("passed %v with id %q (denied %q); want through as %q", passed, id, denied, tt.wantID)
+			}
+		})
+	}
+}
+
+// Lookup finds the right id wherever the key sits in the list and accepts
+// nothing but a configured key. (That it compares every digest in constant
+// time is read in the code, not measured here.)
+func TestLookup(t *testing.T) {
+	keys := New([]config.APIKey{{ID: "one", Key: "k1"}, {ID: "two", Key: "k2"}, {ID: "three", Key: "k3"}})
+	for presented, want := range map[string]string{"k1": "one", "k2": "two", "k3": "three"} {
+		if id, ok := keys.Lookup(presented); !ok || id != want {
+			t.Errorf("Lookup(%q) = %q, %v; want %q", presented, id, ok, want)
+		}
+	}
+	for _, presented := range []string{"", "k", "k4", "K1", "k1 "} {
+		if id, ok := keys.Lookup(presented); ok {
+			t.Errorf("Lookup(%q) = %q: accepted a key that is not configured", presented, id)
+		}
+	}
+	if _, ok := New(nil).Lookup(""); ok {
+		t.Error("an empty key set accepted the empty key")
+	}
+}
+
+func TestKeyIDInContext(t *testing.T) {
+	if got := KeyID(context.Background()); got != Anonymous {
+		t.Fatalf("no key id: got %q, want %q", got, Anonymous)
+	}
+	if got := KeyID(WithKeyID(context.Background(), "team-a")); got != "team-a" {
+		t.Fatalf("got %q", got)
+	}
+}
