@@ -139,7 +139,7 @@ func TestOpenLoopKeepsSchedule(t *testing.T) {
 	stub := &stubollama.Server{}
 	backend := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		mu.Lock()
-		time.Sleep(10 * time.Millisecond)
+		time.Sleep(10 * time.Millisecond) // a slow backend: the delay is the fault
 		mu.Unlock()
 		stub.ServeHTTP(w, r)
 	}))
@@ -184,7 +184,9 @@ func TestOpenLoopInFlightLimit(t *testing.T) {
 		}
 		done <- r
 	}()
-	time.Sleep(400 * time.Millisecond) // the whole schedule has passed
+	// The schedule is a matter of time: hold both requests for longer than
+	// its 250ms (a delay on purpose, not a wait for an event).
+	time.Sleep(400 * time.Millisecond)
 	close(release)
 	r := <-done
 	if r.OK != 2 || r.Errors != 48 || r.Kinds["dropped: in-flight limit reached"] != 48 {

@@ -171,6 +171,8 @@ func TestDashboardInBrowser(t *testing.T) {
 	load.add(2)
 	wait("in-flight numbers to appear", `+document.querySelector('#fleet-inflight').textContent > 0 && document.querySelectorAll('#inflight tbody tr[data-backend]').length > 0`)
 	seen := map[string]bool{}
+	// sample reads the page's number every 40ms for d: it collects what
+	// the page showed over a stretch of load (not waiting for anything).
 	sample := func(d time.Duration) {
 		for end := time.Now().Add(d); time.Now().Before(end); time.Sleep(40 * time.Millisecond) {
 			seen[text("#fleet-inflight")] = true

@@ -159,9 +159,10 @@ func TestLiveStreamStress(t *testing.T) {
 	}
 	subs.Wait()
 	elapsed := time.Since(start)
+	// The reading subscriber keeps getting updates under load beside the
+	// stalled ones.
 	before := updates.Load()
-	time.Sleep(500 * time.Millisecond)
-	during := updates.Load() - before
+	waitFor(t, func() bool { return updates.Load() >= before+2 })
 
 	cancel()
 	reqs.Wait()
@@ -177,9 +178,6 @@ func TestLiveStreamStress(t *testing.T) {
 	}
 	if failed.Load() > 0 || done.Load() < 100 {
 		t.Fatalf("requests: %d done, %d failed", done.Load(), failed.Load())
-	}
-	if during < 2 {
-		t.Fatalf("the reading subscriber got %d updates in 500ms of load beside stalled ones", during)
 	}
 	waitFor(t, func() bool { return e.srv.Live.Subscribers() == 0 })
 	waitFor(t, func() bool {
