@@ -11,8 +11,8 @@ import (
 
 	"github.com/droverhq/drover/pkg/analytics"
 	"github.com/droverhq/drover/pkg/chstore"
-	"github.com/droverhq/drover/testkit/chtest"
 	"github.com/droverhq/drover/pkg/usage"
+	"github.com/droverhq/drover/testkit/chtest"
 )
 
 type fixture struct {

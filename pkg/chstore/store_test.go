@@ -6,8 +6,8 @@ import (
 	"time"
 
 	"github.com/droverhq/drover/pkg/chstore"
-	"github.com/droverhq/drover/testkit/chtest"
 	"github.com/droverhq/drover/pkg/usage"
+	"github.com/droverhq/drover/testkit/chtest"
 )
 
 func openStore(t *testing.T) *chstore.Store {

@@ -10,8 +10,8 @@ import (
 	"time"
 
 	"github.com/droverhq/drover/pkg/chstore"
-	"github.com/droverhq/drover/testkit/chtest"
 	"github.com/droverhq/drover/pkg/usage"
+	"github.com/droverhq/drover/testkit/chtest"
 )
 
 func droverctl(t *testing.T, args ...string) (int, string, string) {

@@ -14,8 +14,8 @@ import (
 	"gopkg.in/yaml.v3"
 
 	"github.com/droverhq/drover/pkg/chstore"
-	"github.com/droverhq/drover/testkit/chtest"
 	"github.com/droverhq/drover/pkg/usage"
+	"github.com/droverhq/drover/testkit/chtest"
 )
 
 const pluginID = "grafana-clickhouse-datasource"

@@ -15,8 +15,8 @@ import (
 	"github.com/nats-io/nats.go"
 
 	"github.com/droverhq/drover/pkg/config"
-	"github.com/droverhq/drover/testkit/ollamatest"
 	"github.com/droverhq/drover/testkit/natstest"
+	"github.com/droverhq/drover/testkit/ollamatest"
 )
 
 // replicas starts n Drover replicas over the same fakes, sharing state

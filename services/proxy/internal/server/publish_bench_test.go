@@ -12,9 +12,9 @@ import (
 	"github.com/nats-io/nats.go"
 
 	"github.com/droverhq/drover/pkg/config"
-	"github.com/droverhq/drover/testkit/ollamatest"
-	"github.com/droverhq/drover/testkit/natstest"
 	"github.com/droverhq/drover/pkg/usagepub"
+	"github.com/droverhq/drover/testkit/natstest"
+	"github.com/droverhq/drover/testkit/ollamatest"
 )
 
 // BenchmarkChatStreamPublishing is BenchmarkOllamaChatStream with every
