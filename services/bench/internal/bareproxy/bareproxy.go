@@ -18,6 +18,8 @@ import (
 	"net/http/httputil"
 	"net/url"
 	"time"
+
+	"github.com/droverhq/drover/services/bench/internal/keepalive"
 )
 
 // Proxy is a reverse proxy to one backend; it is an http.Handler.
@@ -28,14 +30,7 @@ type Proxy struct {
 
 // New returns a reverse proxy to backend.
 func New(backend *url.URL) *Proxy {
-	tr := &http.Transport{
-		Proxy:               nil,
-		DialContext:         (&net.Dialer{Timeout: 5 * time.Second, KeepAlive: 30 * time.Second}).DialContext,
-		MaxIdleConns:        1024,
-		MaxIdleConnsPerHost: 1024,
-		IdleConnTimeout:     90 * time.Second,
-		DisableCompression:  true,
-	}
+	tr := keepalive.Transport()
 	rp := &httputil.ReverseProxy{
 		Rewrite: func(pr *httputil.ProxyRequest) {
 			pr.SetURL(backend)

@@ -9,29 +9,20 @@ import (
 	"context"
 	"fmt"
 	"io"
-	"net"
+
 	"net/http"
 	"strings"
 	"sync"
 	"time"
 
+	"github.com/droverhq/drover/services/bench/internal/keepalive"
 	"github.com/droverhq/drover/services/bench/internal/workload"
 )
 
-// NewClient returns an HTTP/1.1 keep-alive client whose idle pool holds
-// enough connections per host that 64 (or more) concurrent requests never
-// churn connections; Go's default of 2 would measure dialing, not proxying.
+// NewClient returns a client over a keep-alive transport (package
+// keepalive) with the given timeout per request.
 func NewClient(timeout time.Duration) *http.Client {
-	tr := &http.Transport{
-		Proxy:               nil,
-		DialContext:         (&net.Dialer{Timeout: 5 * time.Second, KeepAlive: 30 * time.Second}).DialContext,
-		MaxIdleConns:        1024,
-		MaxIdleConnsPerHost: 1024,
-		IdleConnTimeout:     90 * time.Second,
-		DisableCompression:  true,
-		ForceAttemptHTTP2:   false,
-	}
-	return &http.Client{Transport: tr, Timeout: timeout}
+	return &http.Client{Transport: keepalive.Transport(), Timeout: timeout}
 }
 
 // bufPool holds response buffers; a streamed 20-chunk reply is a few KB.

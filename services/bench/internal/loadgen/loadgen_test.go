@@ -116,8 +116,10 @@ func TestCounts(t *testing.T) {
 				if c.wantKind != "" && r.Kinds[c.wantKind] != r.Errors {
 					t.Errorf("error kinds %v, want all %d as %q", r.Kinds, r.Errors, c.wantKind)
 				}
-				if r.OK < 50 {
-					t.Errorf("only %d ok requests", r.OK)
+				// How many a 300ms closed loop gets through depends on the
+				// machine; what matters is that both outcomes were counted.
+				if r.OK == 0 || (c.failEvery > 0 && r.Errors == 0) {
+					t.Errorf("%d ok, %d errors: the run exercised too little", r.OK, r.Errors)
 				}
 				if len(r.Latencies) != r.OK {
 					t.Errorf("%d latencies for %d ok requests", len(r.Latencies), r.OK)

@@ -18,13 +18,20 @@ type commonFlags struct {
 	database   string
 }
 
-func newFlagSet(name, usage string, stderr io.Writer) (*flag.FlagSet, *commonFlags) {
+// commandFlagSet is the flag set of one droverctl command: errors are
+// returned, not fatal, and -h prints the command's usage line and flags.
+func commandFlagSet(name, usage string, stderr io.Writer) *flag.FlagSet {
 	fs := flag.NewFlagSet("droverctl "+name, flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	fs.Usage = func() {
 		fmt.Fprintf(stderr, "Usage: droverctl %s %s\n\nFlags:\n", name, usage)
 		fs.PrintDefaults()
 	}
+	return fs
+}
+
+func newFlagSet(name, usage string, stderr io.Writer) (*flag.FlagSet, *commonFlags) {
+	fs := commandFlagSet(name, usage, stderr)
 	c := &commonFlags{}
 	fs.StringVar(&c.config, "config", "", "YAML config file (DROVER_ variables override it)")
 	fs.StringVar(&c.clickhouse, "clickhouse", "", "ClickHouse native address host:port (default: clickhouse.addr)")

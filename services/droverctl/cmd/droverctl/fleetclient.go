@@ -35,12 +35,7 @@ func defaultURL() string {
 }
 
 func newFleetFlagSet(name, usage string, stderr io.Writer) (*flag.FlagSet, *fleetFlags) {
-	fs := flag.NewFlagSet("droverctl "+name, flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	fs.Usage = func() {
-		fmt.Fprintf(stderr, "Usage: droverctl %s %s\n\nFlags:\n", name, usage)
-		fs.PrintDefaults()
-	}
+	fs := commandFlagSet(name, usage, stderr)
 	f := &fleetFlags{}
 	fs.StringVar(&f.url, "url", defaultURL(), "Drover's address (a proxy replica or the load balancer); default $OLLAMA_HOST or http://127.0.0.1:12434")
 	fs.StringVar(&f.apiKey, "api-key", os.Getenv("DROVERCTL_API_KEY"), "client API key when Drover requires one (default $DROVERCTL_API_KEY)")
