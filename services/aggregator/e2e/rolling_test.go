@@ -1,7 +1,6 @@
 package e2e
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"fmt"
@@ -11,7 +10,6 @@ import (
 	"net/http"
 	"os/exec"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -22,8 +20,8 @@ import (
 	"github.com/ClickHouse/clickhouse-go/v2"
 
 	"github.com/droverhq/drover/testkit/chtest"
-	"github.com/droverhq/drover/testkit/ollamatest"
 	"github.com/droverhq/drover/testkit/natstest"
+	"github.com/droverhq/drover/testkit/ollamatest"
 )
 
 var buildLB = sync.OnceValue(func() error {
@@ -122,7 +120,8 @@ func TestRollingRestartBehindLoadBalancer(t *testing.T) {
 
 	// Roll: each replica in turn gets SIGTERM under load, drains, exits
 	// cleanly and comes back on the same port and spool.
-	time.Sleep(time.Second)
+	served := func(i int) float64 { return metric("http://"+addrs[i]+"/metrics", "drover_requests_total") }
+	waitFor(t, 60*time.Second, "load through both replicas", func() bool { return served(0) > 0 && served(1) > 0 })
 	for i := range proxies {
 		before := ok.Load()
 		old := proxies[i]
@@ -130,12 +129,11 @@ func TestRollingRestartBehindLoadBalancer(t *testing.T) {
 		if err := old.cmd.Wait(); err != nil {
 			t.Fatalf("proxy %d exited with %v after SIGTERM", i+1, err)
 		}
-		time.Sleep(300 * time.Millisecond) // load runs on one replica meanwhile
+		mid := ok.Load()
+		waitFor(t, 60*time.Second, "load to go on through the other replica", func() bool { return ok.Load() >= mid+50 })
 		proxies[i] = startProxy(i, 2)
-		time.Sleep(time.Second)
-		if served := requestsServed(t, addrs[i]); served == 0 {
-			t.Errorf("restarted proxy %d served no request: the load balancer did not take it back", i+1)
-		}
+		waitFor(t, 60*time.Second, fmt.Sprintf("restarted proxy %d to serve requests (the load balancer taking it back)", i+1),
+			func() bool { return served(i) > 0 })
 		t.Logf("replica %d restarted; %d requests completed meanwhile", i+1, ok.Load()-before)
 	}
 	close(stop)
@@ -252,25 +250,4 @@ func sendStatus(ctx context.Context, client *http.Client, base, apiKey string, r
 		return tokens{}, resp.StatusCode, fmt.Errorf("incomplete reply %.200q", body)
 	}
 	return tk, resp.StatusCode, nil
-}
-
-// requestsServed reads drover_requests_total from a replica's /metrics.
-func requestsServed(t *testing.T, addr string) int64 {
-	t.Helper()
-	resp, err := http.Get("http://" + addr + "/metrics")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	var n int64
-	sc := bufio.NewScanner(resp.Body)
-	for sc.Scan() {
-		line := sc.Text()
-		if strings.HasPrefix(line, "drover_requests_total{") {
-			f := strings.Fields(line)
-			v, _ := strconv.ParseFloat(f[len(f)-1], 64)
-			n += int64(v)
-		}
-	}
-	return n
 }

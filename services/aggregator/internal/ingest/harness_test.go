@@ -16,12 +16,12 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/droverhq/drover/pkg/chstore"
-	"github.com/droverhq/drover/testkit/chtest"
-	"github.com/droverhq/drover/testkit/natstest"
 	"github.com/droverhq/drover/pkg/usage"
 	"github.com/droverhq/drover/services/aggregator/internal/ingest"
 	"github.com/droverhq/drover/services/aggregator/internal/lease"
 	"github.com/droverhq/drover/services/aggregator/internal/metrics"
+	"github.com/droverhq/drover/testkit/chtest"
+	"github.com/droverhq/drover/testkit/natstest"
 )
 
 func TestMain(m *testing.M) {
@@ -204,8 +204,9 @@ func (e *env) actual(ctx context.Context) (map[key]sums, error) {
 }
 
 // waitExact waits until ClickHouse's totals equal what was published, then
-// checks that they stay equal (nothing late arrives twice) and that the raw
-// table holds each event exactly once.
+// until the consumers have settled, checks that they are still equal
+// (nothing late arrives twice) and that the raw table holds each event
+// exactly once.
 func (e *env) waitExact(timeout time.Duration) {
 	e.t.Helper()
 	deadline := time.Now().Add(timeout)
@@ -221,7 +222,14 @@ func (e *env) waitExact(timeout time.Duration) {
 	if err != nil || !e.equal(got) {
 		e.t.Fatalf("totals never matched: %s (err %v)", e.diff(got), err)
 	}
-	time.Sleep(700 * time.Millisecond)
+	// Once every consumer has nothing left to deliver or to acknowledge,
+	// nothing more can be inserted: the totals must still match then.
+	for !e.settled() {
+		if time.Now().After(deadline) {
+			e.t.Fatal("consumers never settled: messages still pending or unacknowledged")
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
 	got, err = e.actual(context.Background())
 	if err != nil || !e.equal(got) {
 		e.t.Fatalf("totals changed after matching: %s (err %v)", e.diff(got), err)
@@ -359,4 +367,21 @@ func counter(c interface{ Write(*dtoMetric) error }) float64 {
 		return m.Gauge.GetValue()
 	}
 	return 0
+}
+
+// settled reports whether no partition's consumer has messages left to
+// deliver or awaiting acknowledgement.
+func (e *env) settled() bool {
+	e.t.Helper()
+	for p := range partitions {
+		c, err := e.js.Consumer(context.Background(), streamName, ingest.ConsumerName(p))
+		if err != nil {
+			continue // not created yet, or none: nothing held
+		}
+		info, err := c.Info(context.Background())
+		if err != nil || info.NumPending+uint64(info.NumAckPending) > 0 {
+			return false
+		}
+	}
+	return true
 }

@@ -123,20 +123,32 @@ func TestClickHouseOutage(t *testing.T) {
 	e.waitExact(30 * time.Second)
 
 	e.ch.Stop()
+	// Events keep coming for as long as ClickHouse is down.
+	restarted := make(chan struct{})
 	var wg sync.WaitGroup
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
-		for i := range 10 {
+		for i := 0; ; i++ {
 			e.publish(500, uint64(100+i))
-			time.Sleep(200 * time.Millisecond)
+			select {
+			case <-restarted:
+				return
+			case <-time.After(200 * time.Millisecond): // pacing, like proxies' traffic
+			}
 		}
 	}()
-	time.Sleep(3 * time.Second)
-	if g.a.Healthy() == nil {
-		t.Error("aggregator reports healthy with ClickHouse down")
+	deadline := time.Now().Add(30 * time.Second)
+	for g.a.Healthy() == nil || counter(g.m.InsertFailures) == 0 {
+		if time.Now().After(deadline) {
+			close(restarted)
+			wg.Wait()
+			t.Fatalf("with ClickHouse down: healthy %v, %v insert failures; want unhealthy after a failed insert", g.a.Healthy(), counter(g.m.InsertFailures))
+		}
+		time.Sleep(50 * time.Millisecond)
 	}
 	e.ch.Restart()
+	close(restarted)
 	wg.Wait()
 	e.waitExact(60 * time.Second)
 	if counter(g.m.InsertFailures) == 0 {
@@ -168,8 +180,16 @@ func TestTwoInstances(t *testing.T) {
 			e.publish(500, uint64(200+i))
 		}
 	}()
-	time.Sleep(300 * time.Millisecond)
-	// One leaves mid-run; the other takes everything over.
+	// One leaves mid-run, once both are inserting the new events; the
+	// other takes everything over.
+	aBefore, bBefore := counter(a.m.EventsInserted), counter(b.m.EventsInserted)
+	deadline = time.Now().Add(20 * time.Second)
+	for counter(a.m.EventsInserted) == aBefore || counter(b.m.EventsInserted) == bBefore {
+		if time.Now().After(deadline) {
+			t.Fatal("the new events were not being inserted by both instances")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
 	if err := a.stop(t); err != nil {
 		t.Fatal(err)
 	}
@@ -233,7 +253,10 @@ func TestShutdownFlushes(t *testing.T) {
 	if n := ackPending(t, e.js); n < 4000 {
 		t.Fatalf("aggregator holds %d events, want 4000", n)
 	}
-	time.Sleep(300 * time.Millisecond) // from the pull buffer into the batch
+	// Give a wrong early flush a chance to show (there is no event to wait
+	// for when nothing should happen); the batch also takes what is in the
+	// pull buffer meanwhile.
+	time.Sleep(300 * time.Millisecond)
 	if rows, _ := e.rawCounts(); rows != 0 {
 		t.Fatalf("%d rows inserted before shutdown", rows)
 	}
