@@ -66,4 +66,5 @@ conformance:
 lint:
 	@out=$$(gofmt -l $(MODULES)); if [ -n "$$out" ]; then echo "gofmt needs running on:"; echo "$$out"; exit 1; fi
 	$(GO) vet $(PKGS)
+	@bad=$$($(GO) list -deps $(filter-out %/testkit/...,$(PKGS)) | grep '/drover/testkit'); if [ -n "$$bad" ]; then echo "production code imports the test kit: $$bad"; exit 1; fi
 	$(GO) run honnef.co/go/tools/cmd/staticcheck@v0.7.0 $(PKGS)

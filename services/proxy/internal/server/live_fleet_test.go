@@ -15,13 +15,13 @@ import (
 	"github.com/nats-io/nats.go"
 
 	"github.com/droverhq/drover/pkg/chstore"
-	"github.com/droverhq/drover/testkit/chtest"
 	"github.com/droverhq/drover/pkg/config"
-	"github.com/droverhq/drover/testkit/ollamatest"
-	"github.com/droverhq/drover/testkit/natstest"
 	"github.com/droverhq/drover/pkg/usage"
 	"github.com/droverhq/drover/pkg/usagepub"
 	"github.com/droverhq/drover/services/proxy/internal/live"
+	"github.com/droverhq/drover/testkit/chtest"
+	"github.com/droverhq/drover/testkit/natstest"
+	"github.com/droverhq/drover/testkit/ollamatest"
 )
 
 // TestUsageShowsTheFleet: two replicas, wired as in production (usage

@@ -16,9 +16,9 @@ import (
 	"github.com/openai/openai-go/v3/option"
 
 	"github.com/droverhq/drover/pkg/config"
+	"github.com/droverhq/drover/pkg/usage"
 	"github.com/droverhq/drover/testkit/ollamatest"
 	"github.com/droverhq/drover/testkit/openaitest"
-	"github.com/droverhq/drover/pkg/usage"
 )
 
 // mixedEnv is Drover in front of fake Ollama backends (named o0, o1, ...)
