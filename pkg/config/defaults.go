@@ -19,6 +19,11 @@ const (
 	// DefaultDeadLetterSubject receives usage messages the aggregator
 	// cannot store (aggregator.dead_letter_subject).
 	DefaultDeadLetterSubject = "drover.usage.deadletter"
+	// SubjectInFlight carries each proxy replica's in-flight counts per
+	// (backend, model), on change and as a heartbeat (docs/fleet.md).
+	SubjectInFlight = "drover.inflight"
+	// SubjectInvalidate carries cache invalidations between replicas.
+	SubjectInvalidate = "drover.cache.invalidate"
 )
 
 // The defaults below are what Load and FromStruct fill into a Config, and

@@ -31,13 +31,8 @@ import (
 
 	"github.com/nats-io/nats.go"
 
+	"github.com/droverhq/drover/pkg/config"
 	"github.com/droverhq/drover/services/proxy/internal/routing"
-)
-
-// Subjects.
-const (
-	SubjectInFlight   = "drover.inflight"
-	SubjectInvalidate = "drover.cache.invalidate"
 )
 
 // Options tune the sync.
@@ -179,7 +174,7 @@ func (s *Sync) Start() error {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	s.cancel = cancel
-	for subj, h := range map[string]nats.MsgHandler{SubjectInFlight: s.onCounts, SubjectInvalidate: s.onInvalidate} {
+	for subj, h := range map[string]nats.MsgHandler{config.SubjectInFlight: s.onCounts, config.SubjectInvalidate: s.onInvalidate} {
 		sub, err := s.nc.Subscribe(subj, h)
 		if err != nil {
 			cancel()
@@ -264,7 +259,7 @@ func (s *Sync) publishLocal() {
 
 func (s *Sync) publishCounts(counts []count) {
 	msg, _ := json.Marshal(countMsg{Replica: s.opts.Replica, Seq: s.seq.Add(1), TTLms: s.opts.TTL.Milliseconds(), Counts: counts})
-	if err := s.nc.Publish(SubjectInFlight, msg); err != nil {
+	if err := s.nc.Publish(config.SubjectInFlight, msg); err != nil {
 		s.Dropped.Add(1)
 		return
 	}
@@ -277,7 +272,7 @@ func (s *Sync) PublishInvalidate(backends []string) {
 		return
 	}
 	msg, _ := json.Marshal(invalidateMsg{Replica: s.opts.Replica, Backends: backends})
-	if err := s.nc.Publish(SubjectInvalidate, msg); err != nil {
+	if err := s.nc.Publish(config.SubjectInvalidate, msg); err != nil {
 		s.Dropped.Add(1)
 		s.log.Warn("could not publish cache invalidation", "err", err)
 	}

@@ -13,6 +13,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"go.uber.org/goleak"
 
+	"github.com/droverhq/drover/pkg/config"
 	"github.com/droverhq/drover/services/proxy/internal/routing"
 	"github.com/droverhq/drover/testkit/natstest"
 )
@@ -168,7 +169,7 @@ func TestSilentReplicaAgesOut(t *testing.T) {
 	}
 	defer ghost.Close()
 	msg, _ := json.Marshal(countMsg{Replica: "ghost", Seq: 1, TTLms: 200, Counts: []count{{Backend: "a", Model: "m", N: 3, D: 3}}})
-	if err := ghost.Publish(SubjectInFlight, msg); err != nil {
+	if err := ghost.Publish(config.SubjectInFlight, msg); err != nil {
 		t.Fatal(err)
 	}
 	waitFor(t, "the ghost's counts", func() bool { return r1.sync.InFlight(keyA) == 3 && r1.sync.InFlight(keyB) == 1 })
