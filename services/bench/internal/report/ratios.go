@@ -129,20 +129,30 @@ func PublishingRatios(rows []suite.Row) []Ratio {
 		goal := fmt.Sprintf(">= %.2f", MinPublishingRatio)
 		off, ok := by[key{suite.Drover, r.Mode, r.Workload}]
 		out = append(out, throughput(r, off, ok, "drover", goal, MinPublishingRatio))
-		on := r.Summary
-		if !ok || on.CPUPerReq <= 0 || off.Summary.CPUPerReq <= 0 {
+		capacity, measured := cpuRatio(r, off, ok, "proxy capacity (CPU/request off ÷ on)", goal, MinPublishingRatio)
+		if !measured {
 			continue
 		}
-		capacity := Ratio{Workload: r.Workload, Mode: r.Mode, Metric: "proxy capacity (CPU/request off ÷ on)", Goal: goal, Valid: true}
-		capacity.Value = float64(off.Summary.CPUPerReq) / float64(on.CPUPerReq)
-		capacity.Met = capacity.Value >= MinPublishingRatio
-		capacity.Note = fmt.Sprintf("proxy %s → %s per request", us(off.Summary.CPUPerReq), us(on.CPUPerReq))
-		if on.SideCPUPerReq > 0 {
-			capacity.Note += fmt.Sprintf("; NATS server %s per request", us(on.SideCPUPerReq))
+		capacity.Note = "proxy " + capacity.Note
+		if r.Summary.SideCPUPerReq > 0 {
+			capacity.Note += fmt.Sprintf("; NATS server %s per request", us(r.Summary.SideCPUPerReq))
 		}
 		out = append(out, capacity)
 	}
 	return out
+}
+
+// cpuRatio is base's CPU per request ÷ r's: what r costs in a process's
+// capacity against base. measured is false unless both were measured.
+func cpuRatio(r, base suite.Row, found bool, metric, goal string, minimum float64) (ratio Ratio, measured bool) {
+	if !found || r.Summary.CPUPerReq <= 0 || base.Summary.CPUPerReq <= 0 {
+		return Ratio{}, false
+	}
+	ratio = Ratio{Workload: r.Workload, Mode: r.Mode, Metric: metric, Goal: goal, Valid: true}
+	ratio.Value = float64(base.Summary.CPUPerReq) / float64(r.Summary.CPUPerReq)
+	ratio.Met = ratio.Value >= minimum
+	ratio.Note = fmt.Sprintf("%s → %s per request", us(base.Summary.CPUPerReq), us(r.Summary.CPUPerReq))
+	return ratio, true
 }
 
 // us formats a duration as microseconds.
@@ -170,14 +180,9 @@ func BaselineRatios(rows []suite.Row) []Ratio {
 			continue
 		}
 		out = append(out, throughput(r, base, ok, "baseline", goal, MinBaselineRatio))
-		if r.Summary.CPUPerReq <= 0 || base.Summary.CPUPerReq <= 0 {
-			continue
+		if cpu, measured := cpuRatio(r, base, ok, "CPU/request baseline ÷ current", goal, MinBaselineRatio); measured {
+			out = append(out, cpu)
 		}
-		cpu := Ratio{Workload: r.Workload, Mode: r.Mode, Metric: "CPU/request baseline ÷ current", Goal: goal, Valid: true}
-		cpu.Value = float64(base.Summary.CPUPerReq) / float64(r.Summary.CPUPerReq)
-		cpu.Met = cpu.Value >= MinBaselineRatio
-		cpu.Note = fmt.Sprintf("%s → %s per request", us(base.Summary.CPUPerReq), us(r.Summary.CPUPerReq))
-		out = append(out, cpu)
 	}
 	return out
 }

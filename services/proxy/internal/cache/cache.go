@@ -75,11 +75,7 @@ func (c *Cache[V]) Get(ctx context.Context, key string) (V, error) {
 	for {
 		now := c.now()
 		c.mu.Lock()
-		e := c.entries[key]
-		if e == nil {
-			e = &entry[V]{}
-			c.entries[key] = e
-		}
+		e := c.entryLocked(key)
 		age := now.Sub(e.fetched)
 		switch {
 		case e.has && e.err == nil && age < c.opts.TTL:
@@ -178,13 +174,20 @@ func (c *Cache[V]) Update(key string, f func(V) (V, bool)) {
 func (c *Cache[V]) Set(key string, v V) {
 	now := c.now()
 	c.mu.Lock()
+	e := c.entryLocked(key)
+	e.val, e.err, e.has, e.fetched = v, nil, true, now
+	c.mu.Unlock()
+}
+
+// entryLocked returns key's entry, adding an empty one if there is none.
+// c.mu must be held.
+func (c *Cache[V]) entryLocked(key string) *entry[V] {
 	e := c.entries[key]
 	if e == nil {
 		e = &entry[V]{}
 		c.entries[key] = e
 	}
-	e.val, e.err, e.has, e.fetched = v, nil, true, now
-	c.mu.Unlock()
+	return e
 }
 
 // Invalidate drops key so the next Get fetches; with no keys it drops all.
