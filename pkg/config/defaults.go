@@ -30,8 +30,12 @@ const (
 // what packages built without one (usagepub, ingest, live, chstore) fall
 // back to, so that both agree.
 
+// DefaultPort is the proxy's port, one above Ollama's 11434; the CLI and
+// the local load balancer assume it too.
+const DefaultPort = "12434"
+
 // DefaultListen is the proxy's address.
-const DefaultListen = ":12434"
+const DefaultListen = ":" + DefaultPort
 
 // DefaultNATS is the nats section's defaults; the URL has none.
 func DefaultNATS() NATS {

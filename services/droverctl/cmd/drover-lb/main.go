@@ -17,11 +17,12 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/droverhq/drover/pkg/config"
 	"github.com/droverhq/drover/services/droverctl/internal/lb"
 )
 
 func main() {
-	listen := flag.String("listen", "127.0.0.1:12434", "address clients connect to")
+	listen := flag.String("listen", "127.0.0.1:"+config.DefaultPort, "address clients connect to")
 	grace := flag.Duration("grace", 30*time.Second, "how long SIGTERM waits for responses in progress")
 	flag.Usage = func() {
 		fmt.Fprintln(os.Stderr, "Usage: drover-lb [-listen ADDR] REPLICA_URL...")

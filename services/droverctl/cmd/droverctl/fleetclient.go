@@ -11,6 +11,8 @@ import (
 	"os"
 	"strings"
 	"time"
+
+	"github.com/droverhq/drover/pkg/config"
 )
 
 // The fleet commands (status, cache, pull) talk to a Drover proxy, or the
@@ -31,13 +33,13 @@ func defaultURL() string {
 	if h := os.Getenv("OLLAMA_HOST"); h != "" {
 		return h
 	}
-	return "http://127.0.0.1:12434"
+	return "http://127.0.0.1:" + config.DefaultPort
 }
 
 func newFleetFlagSet(name, usage string, stderr io.Writer) (*flag.FlagSet, *fleetFlags) {
 	fs := commandFlagSet(name, usage, stderr)
 	f := &fleetFlags{}
-	fs.StringVar(&f.url, "url", defaultURL(), "Drover's address (a proxy replica or the load balancer); default $OLLAMA_HOST or http://127.0.0.1:12434")
+	fs.StringVar(&f.url, "url", defaultURL(), "Drover's address (a proxy replica or the load balancer); default $OLLAMA_HOST or http://127.0.0.1:"+config.DefaultPort)
 	fs.StringVar(&f.apiKey, "api-key", os.Getenv("DROVERCTL_API_KEY"), "client API key when Drover requires one (default $DROVERCTL_API_KEY)")
 	fs.DurationVar(&f.timeout, "timeout", 10*time.Second, "how long to wait for each answer")
 	fs.BoolVar(&f.json, "json", false, "print JSON for scripts")
