@@ -85,6 +85,10 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 	}
+	if path == "/v1/messages" {
+		s.serveMessages(w, r) // Anthropic's API, errors in its shape (anthropic.go)
+		return
+	}
 	if strings.HasPrefix(path, "/v1/") && s.serveOpenAI(w, r) {
 		return // OpenAI routes answer faults in OpenAI's error shape
 	}

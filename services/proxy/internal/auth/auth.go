@@ -63,8 +63,8 @@ func (k *Keys) Lookup(presented string) (string, bool) {
 	return k.ids[found], true
 }
 
-// Middleware requires a key (Bearer header, or ?api_key= for browsers'
-// EventSource) when keys are configured. deny writes the refusal in the
+// Middleware requires a key (Bearer header, Anthropic's x-api-key header,
+// or ?api_key= for browsers' EventSource) when keys are configured. deny writes the refusal in the
 // route's API format. Paths in open pass without a key.
 func (k *Keys) Middleware(open func(path string) bool, deny func(w http.ResponseWriter, r *http.Request, msg string)) func(http.Handler) http.Handler {
 	return func(next http.Handler) http.Handler {
@@ -74,6 +74,9 @@ func (k *Keys) Middleware(open func(path string) bool, deny func(w http.Response
 				return
 			}
 			presented := r.URL.Query().Get("api_key")
+			if h := r.Header.Get("X-Api-Key"); h != "" {
+				presented = strings.TrimSpace(h)
+			}
 			if h := r.Header.Get("Authorization"); h != "" {
 				scheme, token, _ := strings.Cut(h, " ")
 				if strings.EqualFold(scheme, "Bearer") {

@@ -74,6 +74,34 @@ func TestMiddleware(t *testing.T) {
 	}
 }
 
+// Anthropic's clients send the key as x-api-key; it counts as the Bearer
+// header does, and a Bearer header beside it wins.
+func TestMiddlewareXAPIKey(t *testing.T) {
+	tests := []struct {
+		name, xAPIKey, bearer, wantID, denied string
+	}{
+		{"right key", "secret-a", "", "team-a", ""},
+		{"the other right key", "secret-b", "", "team-b", ""},
+		{"wrong key", "secret-c", "", "", "invalid API key"},
+		{"spaces around the key", "  secret-b ", "", "team-b", ""},
+		{"bearer wins", "secret-a", "Bearer secret-b", "team-b", ""},
+		{"a wrong bearer is not rescued", "secret-a", "Bearer nope", "", "invalid API key"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			req := httptest.NewRequest(http.MethodPost, "/v1/messages", nil)
+			req.Header.Set("X-Api-Key", tt.xAPIKey)
+			if tt.bearer != "" {
+				req.Header.Set("Authorization", tt.bearer)
+			}
+			passed, id, denied := serve(New(twoKeys), req)
+			if passed != (tt.wantID != "") || id != tt.wantID || denied != tt.denied {
+				t.Fatalf("passed %v as %q, denied %q; want id %q, denied %q", passed, id, denied, tt.wantID, tt.denied)
+			}
+		})
+	}
+}
+
 // Lookup finds the right id wherever the key sits in the list and accepts
 // nothing but a configured key. (That it compares every digest in constant
 // time is read in the code, not measured here.)

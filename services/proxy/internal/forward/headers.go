@@ -15,10 +15,11 @@ var hopHeaders = map[string]bool{
 }
 
 // dropRequest are end-to-end headers Drover owns: the client's credentials
-// are for Drover, the backend's are set per backend; Drover meters bodies,
-// so it asks for them uncompressed; the length is the forwarded body's.
+// (Authorization, or Anthropic's X-Api-Key) are for Drover, the backend's
+// are set per backend; Drover meters bodies, so it asks for them
+// uncompressed; the length is the forwarded body's.
 var dropRequest = map[string]bool{
-	"Authorization": true, "Cookie": true, "Accept-Encoding": true, "Content-Length": true, "Host": true,
+	"Authorization": true, "X-Api-Key": true, "Cookie": true, "Accept-Encoding": true, "Content-Length": true, "Host": true,
 }
 
 // copyRequestHeaders copies the client's end-to-end headers to the

@@ -45,6 +45,12 @@ func TestHopByHopHeaders(t *testing.T) {
 			resp: http.Header{"Authorization": {"Bearer client"}, "Cookie": {"c"}, "Accept-Encoding": {"gzip"}, "Content-Length": {"9"}, "X-Trace": {"1"}},
 		},
 		{
+			name: "Anthropic's x-api-key is Drover's too; its version header passes",
+			src:  http.Header{"X-Api-Key": {"client"}, "Anthropic-Version": {"2023-06-01"}},
+			req:  http.Header{"Anthropic-Version": {"2023-06-01"}},
+			resp: http.Header{"X-Api-Key": {"client"}, "Anthropic-Version": {"2023-06-01"}},
+		},
+		{
 			name: "the backend's own credentials win",
 			src:  http.Header{"X-Api-Key": {"client"}},
 			dst:  http.Header{"X-Api-Key": {"backend"}},

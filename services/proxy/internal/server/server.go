@@ -21,6 +21,7 @@ import (
 	"github.com/droverhq/drover/pkg/chstore"
 	"github.com/droverhq/drover/pkg/config"
 	"github.com/droverhq/drover/pkg/usage"
+	"github.com/droverhq/drover/services/proxy/internal/anthropicapi"
 	"github.com/droverhq/drover/services/proxy/internal/auth"
 	"github.com/droverhq/drover/services/proxy/internal/backend"
 	"github.com/droverhq/drover/services/proxy/internal/dashboard"
@@ -129,6 +130,7 @@ func (s *Server) routes() http.Handler {
 	api := &ollamaapi.Handler{Fleet: s.Fleet, Forward: s.Forward, Log: s.log}
 	api.Routes(r)
 	(&openaiapi.Handler{Fleet: s.Fleet, Forward: s.Forward, Log: s.log}).Routes(r)
+	(&anthropicapi.Handler{Fleet: s.Fleet, Forward: s.Forward, Log: s.log}).Routes(r)
 	r.Get("/health", s.health)
 	r.Method(http.MethodGet, "/metrics", promhttp.HandlerFor(s.Metrics.Registry, promhttp.HandlerOpts{}))
 	r.Get("/api/usage", s.Live.ServeUsage)
@@ -149,6 +151,10 @@ func openPath(p string) bool { return p == "/" || p == "/health" || p == "/metri
 
 func deny(w http.ResponseWriter, r *http.Request, msg string) {
 	w.Header().Set("WWW-Authenticate", `Bearer realm="drover"`)
+	if r.URL.Path == anthropicapi.Route {
+		anthropicapi.WriteError(w, http.StatusUnauthorized, msg)
+		return
+	}
 	if strings.HasPrefix(r.URL.Path, "/v1/") {
 		w.Header().Set("Content-Type", "application/json")
 		w.WriteHeader(http.StatusUnauthorized)

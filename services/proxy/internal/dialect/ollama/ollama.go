@@ -42,6 +42,7 @@ var serves = map[string]bool{
 	"/v1/completions":      true,
 	"/v1/embeddings":       true,
 	"/v1/models":           true,
+	MessagesRoute:          true,
 	dialect.Load:           true,
 	dialect.Relay:          true,
 }
@@ -113,8 +114,12 @@ func namespace(name string) string {
 }
 
 // Exchange sends every request as the client sent it, renaming the model
-// for an alias; the /v1 routes are OpenAI's (openai.V1).
+// for an alias; the /v1 routes are OpenAI's (openai.V1) but Anthropic's
+// /v1/messages (anthropic.go).
 func (Dialect) Exchange(c dialect.Call) (dialect.Exchange, error) {
+	if c.Route == MessagesRoute {
+		return messages(c)
+	}
 	if strings.HasPrefix(c.Route, "/v1/") {
 		return openai.V1(c)
 	}

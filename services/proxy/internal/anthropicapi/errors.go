@@ -1,0 +1,84 @@
+// Package anthropicapi serves Anthropic's Messages API (POST /v1/messages)
+// over the fleet: a request goes to one backend through the router, by its
+// model, as /api/chat does, and the answer (one message, or Anthropic's SSE
+// events) is passed through. Errors Drover answers itself are in Anthropic's
+// shape with the types Ollama's middleware gives each status.
+package anthropicapi
+
+import (
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"net/http"
+)
+
+// Route is the one route this package serves.
+const Route = "/v1/messages"
+
+// apiError is Anthropic's error object,
+// {"type":"error","error":{"type","message"},"request_id"}.
+type apiError struct {
+	Type  string `json:"type"`
+	Error struct {
+		Type    string `json:"type"`
+		Message string `json:"message"`
+	} `json:"error"`
+	RequestID string `json:"request_id,omitempty"`
+}
+
+// errorType is the type Anthropic (and Ollama's anthropic.NewError) gives
+// an error of status; 413 is Anthropic's own request_too_large.
+func errorType(status int) string {
+	switch status {
+	case http.StatusBadRequest:
+		return "invalid_request_error"
+	case http.StatusUnauthorized:
+		return "authentication_error"
+	case http.StatusForbidden:
+		return "permission_error"
+	case http.StatusNotFound:
+		return "not_found_error"
+	case http.StatusRequestEntityTooLarge:
+		return "request_too_large"
+	case http.StatusTooManyRequests:
+		return "rate_limit_error"
+	case http.StatusServiceUnavailable, 529:
+		return "overloaded_error"
+	default:
+		return "api_error"
+	}
+}
+
+// WriteError writes msg in Anthropic's error shape with the type status
+// has there, as Ollama answers errors after its handler ran
+// (Content-Type application/json, a trailing newline).
+func WriteError(w http.ResponseWriter, status int, msg string) {
+	var e apiError
+	e.Type = "error"
+	e.Error.Type, e.Error.Message = errorType(status), msg
+	e.RequestID = requestID()
+	b, _ := json.Marshal(e)
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(status)
+	w.Write(append(b, '\n')) //nolint:errcheck // the client may be gone
+}
+
+// badRequest is the 400 of Ollama's middleware, which validates before its
+// handler runs (gin's AbortWithStatusJSON: charset, no trailing newline).
+func badRequest(w http.ResponseWriter, msg string) {
+	var e apiError
+	e.Type = "error"
+	e.Error.Type, e.Error.Message = errorType(http.StatusBadRequest), msg
+	e.RequestID = requestID()
+	b, _ := json.Marshal(e)
+	w.Header().Set("Content-Type", "application/json; charset=utf-8")
+	w.WriteHeader(http.StatusBadRequest)
+	w.Write(b) //nolint:errcheck // the client may be gone
+}
+
+// requestID is "req_" and 24 hex digits, as Ollama's generateID makes them.
+func requestID() string {
+	var b [12]byte
+	rand.Read(b[:]) //nolint:errcheck // never fails (crypto/rand)
+	return "req_" + hex.EncodeToString(b[:])
+}

@@ -1,0 +1,80 @@
+package anthropicapi
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/http"
+
+	"github.com/go-chi/chi/v5"
+
+	"github.com/droverhq/drover/services/proxy/internal/auth"
+	"github.com/droverhq/drover/services/proxy/internal/fleet"
+	"github.com/droverhq/drover/services/proxy/internal/forward"
+)
+
+// Handler serves /v1/messages.
+type Handler struct {
+	Fleet   *fleet.Fleet
+	Forward *forward.Forwarder
+	Log     *slog.Logger
+}
+
+// Routes mounts the Messages API on r.
+func (h *Handler) Routes(r chi.Router) {
+	r.Post(Route, h.messages)
+}
+
+// MessagesRequest is the part of a request Drover checks before routing,
+// the checks and their order those of Ollama's middleware (so that an
+// unknown model with a broken body gets the same 400 from Drover as from
+// Ollama). The type keeps Ollama's name, which encoding/json puts in type
+// errors. Everything else goes to the backend as the client sent it.
+type MessagesRequest struct {
+	Model     string            `json:"model"`
+	MaxTokens int               `json:"max_tokens"`
+	Messages  []json.RawMessage `json:"messages"`
+	Stream    bool              `json:"stream,omitempty"`
+}
+
+func (h *Handler) messages(w http.ResponseWriter, r *http.Request) {
+	body, ok := forward.ReadBody(w, r, WriteError)
+	if !ok {
+		return
+	}
+	var req MessagesRequest
+	// A decoder, as gin's ShouldBindJSON uses: an empty body is "EOF".
+	switch err := json.NewDecoder(bytes.NewReader(body)).Decode(&req); {
+	case err != nil:
+		badRequest(w, err.Error())
+		return
+	case req.Model == "":
+		badRequest(w, "model is required")
+		return
+	case req.MaxTokens <= 0:
+		badRequest(w, "max_tokens is required and must be positive")
+		return
+	case len(req.Messages) == 0:
+		badRequest(w, "messages is required")
+		return
+	}
+	// Only Ollama backends serve the route today; a model that only other
+	// kinds have is a 501, not a 404.
+	if _, err := h.Fleet.Candidates(r.Context(), req.Model, nil, Route); errors.Is(err, fleet.ErrModelNotFound) {
+		if _, err := h.Fleet.Candidates(r.Context(), req.Model, nil); !errors.Is(err, fleet.ErrModelNotFound) {
+			WriteError(w, http.StatusNotImplemented, fmt.Sprintf("the Messages API is not supported for model '%s': no backend serving it offers /v1/messages (only Ollama backends do)", req.Model))
+			return
+		}
+	}
+	h.Forward.Serve(w, r, &forward.Request{
+		Route:  Route,
+		Method: http.MethodPost,
+		Body:   body,
+		Model:  req.Model,
+		Stream: req.Stream,
+		APIKey: auth.KeyID(r.Context()),
+		Error:  WriteError,
+	})
+}
