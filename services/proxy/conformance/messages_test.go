@@ -2,10 +2,14 @@ package conformance
 
 import (
 	"bytes"
+	"errors"
 	"fmt"
 	"sort"
 	"strings"
 	"testing"
+
+	"github.com/anthropics/anthropic-sdk-go/v2"
+	"github.com/anthropics/anthropic-sdk-go/v2/option"
 
 	"github.com/droverhq/drover/testkit/ollamatest"
 )
@@ -79,6 +83,59 @@ func TestMessagesFakeMatchesOllama(t *testing.T) {
 				t.Errorf("%s: %s", c.body, strings.ReplaceAll(diff, "through Drover", "from the fake"))
 			}
 		})
+	}
+}
+
+// TestMessagesAnthropicSDK: the official Anthropic Go SDK through Drover in
+// front of the real servers, a message and streams, and Drover's counts
+// equal to the usage the SDK read. (The tiny models never call tools, so
+// tool use is covered against the fake, in internal/anthropicapi.)
+func TestMessagesAnthropicSDK(t *testing.T) {
+	need(t)
+	d := newDrover(t, nil)
+	client := anthropic.NewClient(option.WithBaseURL(d.url), option.WithAPIKey("unused"), option.WithMaxRetries(0))
+	params := func(model string, n int64) anthropic.MessageNewParams {
+		return anthropic.MessageNewParams{Model: model, MaxTokens: n,
+			Messages: []anthropic.MessageParam{anthropic.NewUserMessage(anthropic.NewTextBlock("hello there"))}}
+	}
+	var in, out int64
+	msg, err := client.Messages.New(t.Context(), params("tiny-fixed", 4))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if msg.StopReason != anthropic.StopReasonMaxTokens || msg.Usage.OutputTokens != 4 || msg.Usage.InputTokens == 0 || msg.Content[0].AsText().Text == "" {
+		t.Fatalf("message: %s", msg.RawJSON())
+	}
+	in, out = in+msg.Usage.InputTokens, out+msg.Usage.OutputTokens
+	for _, model := range []string{"tiny-fixed", "tiny", "tiny2"} {
+		stream := client.Messages.NewStreaming(t.Context(), params(model, 6))
+		var acc anthropic.Message
+		for stream.Next() {
+			if err := acc.Accumulate(stream.Current()); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if err := stream.Err(); err != nil {
+			t.Fatalf("%s: %v", model, err)
+		}
+		if acc.Usage.OutputTokens == 0 || acc.Usage.OutputTokens > 6 || (model == "tiny-fixed" && acc.Usage.OutputTokens != 6) {
+			t.Fatalf("%s stream: usage %+v", model, acc.Usage)
+		}
+		in, out = in+acc.Usage.InputTokens, out+acc.Usage.OutputTokens
+	}
+	var gotIn, gotOut int64
+	for _, models := range d.srv.Totals.Snapshot() {
+		for _, c := range models {
+			gotIn, gotOut = gotIn+c.InputTokens, gotOut+c.OutputTokens
+		}
+	}
+	if gotIn != in || gotOut != out {
+		t.Fatalf("Drover counted %d in, %d out; the SDK read %d, %d", gotIn, gotOut, in, out)
+	}
+	_, err = client.Messages.New(t.Context(), params("nope", 4))
+	var apiErr *anthropic.Error
+	if !errors.As(err, &apiErr) || apiErr.StatusCode != 404 || !strings.Contains(apiErr.RawJSON(), `"not_found_error"`) {
+		t.Fatalf("unknown model: %v", err)
 	}
 }
 

@@ -274,3 +274,44 @@ func TestMessagesXAPIKey(t *testing.T) {
 		t.Errorf("event key %q", ev.APIKey)
 	}
 }
+
+// A full queue is Drover's own 503, in Anthropic's shape with the type
+// Anthropic (and Ollama) give it: overloaded_error.
+func TestMessagesQueueFullIsOverloaded(t *testing.T) {
+	e := newEnv(t, false, func(c *config.Config) {
+		c.Routing.MaxConcurrency = 1
+		c.Routing.Queue.MaxLength = 1
+	})
+	body := `{"model":"tiny","max_tokens":1,` + ask + `}`
+	if r := e.post(body); r.status != 200 {
+		t.Fatalf("warm-up: %d %s", r.status, r.body)
+	}
+	e.fake.SetHang(true)
+	done := make(chan struct{}, 2)
+	for range 2 {
+		go func() {
+			defer func() { done <- struct{}{} }()
+			req, _ := http.NewRequest(http.MethodPost, e.url+"/v1/messages", strings.NewReader(body))
+			if resp, err := http.DefaultClient.Do(req); err == nil {
+				io.Copy(io.Discard, resp.Body) //nolint:errcheck
+				resp.Body.Close()
+			}
+		}()
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	for e.srv.Router.QueueLen() != 1 {
+		select {
+		case <-ctx.Done():
+			t.Fatal("the second request never queued")
+		case <-time.After(2 * time.Millisecond):
+		}
+	}
+	r := e.post(body)
+	e.fake.SetHang(false)
+	<-done
+	<-done
+	if r.status != http.StatusServiceUnavailable || r.header.Get("Retry-After") == "" || !strings.Contains(string(r.body), `"type":"error","error":{"type":"overloaded_error"`) {
+		t.Fatalf("queue full: %d %v %s", r.status, r.header, r.body)
+	}
+}

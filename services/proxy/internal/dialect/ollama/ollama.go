@@ -1,7 +1,8 @@
 // Package ollama is the dialect of Ollama servers: they list their models at
 // /api/tags and the loaded ones at /api/ps, answer every route of Ollama's
-// API as it is, and serve the OpenAI API's /v1 routes (but rerank) in
-// OpenAI's own terms.
+// API as it is, serve the OpenAI API's /v1 routes (but rerank) in
+// OpenAI's own terms, and Anthropic's /v1/messages in Anthropic's
+// (anthropic.go).
 package ollama
 
 import (
