@@ -10,6 +10,9 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"strings"
+
+	"github.com/go-chi/chi/v5"
 
 	"github.com/droverhq/drover/services/proxy/internal/forward"
 )
@@ -35,11 +38,35 @@ func NotFound(w http.ResponseWriter, r *http.Request) {
 	io.WriteString(w, "404 page not found") //nolint:errcheck // the client may be gone
 }
 
-// MethodNotAllowed: see NotFound.
+// MethodNotAllowed: see NotFound. Like gin, it lists in Allow the methods
+// the path has, asking the router that matched the path (chi tells its
+// handler only that the method did not match).
 func MethodNotAllowed(w http.ResponseWriter, r *http.Request) {
+	if rctx := chi.RouteContext(r.Context()); rctx != nil && rctx.Routes != nil {
+		if allow := allowed(rctx.Routes, r.URL.Path); allow != "" {
+			w.Header().Set("Allow", allow)
+		}
+	}
 	w.Header().Set("Content-Type", "text/plain")
 	w.WriteHeader(http.StatusMethodNotAllowed)
 	io.WriteString(w, "405 method not allowed") //nolint:errcheck // the client may be gone
+}
+
+// methodOrder is the order gin lists methods in Allow: the order Ollama's
+// route table first registers each (HEAD "/", GET "/", POST, DELETE), then
+// methods Ollama does not use.
+var methodOrder = []string{http.MethodHead, http.MethodGet, http.MethodPost, http.MethodDelete,
+	http.MethodPut, http.MethodPatch, http.MethodOptions}
+
+// allowed lists the methods routes serves path with, comma-separated.
+func allowed(routes chi.Routes, path string) string {
+	var out []string
+	for _, m := range methodOrder {
+		if routes.Match(chi.NewRouteContext(), m, path) {
+			out = append(out, m)
+		}
+	}
+	return strings.Join(out, ", ")
 }
 
 func writeJSON(w http.ResponseWriter, status int, v any) {

@@ -32,6 +32,7 @@ func (h *Handler) Routes(r chi.Router) {
 	r.Get("/api/version", h.version)
 	r.Head("/api/version", h.version)
 	r.Get("/api/tags", h.tags)
+	r.Head("/api/tags", h.tags)
 	r.Get("/api/ps", h.ps)
 	r.Get("/api/ps_details", h.psDetails)
 	r.Post("/api/show", h.show)

@@ -234,3 +234,27 @@ func TestErrorShapes(t *testing.T) {
 }
 
 func sprintf(format, model string) string { return strings.Replace(format, "%q", `"`+model+`"`, 1) }
+
+// A wrong method is answered as gin answers it, with Allow listing the
+// path's methods in Ollama's order (checked against Ollama 0.17.4).
+func TestMethodNotAllowedAllow(t *testing.T) {
+	e := newEnv(t)
+	cases := []struct{ method, path, allow string }{
+		{http.MethodGet, "/api/chat", "POST"},
+		{http.MethodHead, "/api/chat", "POST"},
+		{http.MethodPatch, "/api/tags", "HEAD, GET"},
+		{http.MethodPost, "/", "HEAD, GET"},
+		{http.MethodGet, "/api/blobs/sha256:abc", "HEAD, POST"},
+		{http.MethodPost, "/api/delete", "DELETE"},
+	}
+	for _, c := range cases {
+		status, hdr, body := e.do(t, c.method, c.path, "")
+		want := "405 method not allowed"
+		if c.method == http.MethodHead {
+			want = ""
+		}
+		if status != 405 || hdr.Get("Allow") != c.allow || hdr.Get("Content-Type") != "text/plain" || body != want {
+			t.Errorf("%s %s: got %d Allow %q %q %q, want 405 Allow %q", c.method, c.path, status, hdr.Get("Allow"), hdr.Get("Content-Type"), body, c.allow)
+		}
+	}
+}
