@@ -47,6 +47,9 @@ func (r *recorder) all() []usage.Event {
 // tee records what the backend received and answered on /v1/messages.
 type tee struct {
 	next http.Handler
+	// hold keeps the connection open after the answer until the request
+	// is cancelled, as a backend that has not closed its stream yet.
+	hold bool
 	mu   sync.Mutex
 	req  http.Header
 	body bytes.Buffer
@@ -62,6 +65,10 @@ func (t *tee) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	t.body.Reset()
 	t.mu.Unlock()
 	t.next.ServeHTTP(&teeWriter{ResponseWriter: w, t: t}, r)
+	if t.hold {
+		http.NewResponseController(w).Flush() //nolint:errcheck // the test reads what arrived
+		<-r.Context().Done()
+	}
 }
 
 func (t *tee) answered() (http.Header, []byte) {
@@ -313,5 +320,52 @@ func TestMessagesQueueFullIsOverloaded(t *testing.T) {
 	<-done
 	if r.status != http.StatusServiceUnavailable || r.header.Get("Retry-After") == "" || !strings.Contains(string(r.body), `"type":"error","error":{"type":"overloaded_error"`) {
 		t.Fatalf("queue full: %d %v %s", r.status, r.header, r.body)
+	}
+}
+
+// A client that hangs up once it has message_stop missed nothing: the
+// request is not an error, and its counts are recorded.
+func TestMessagesClientLeavingAfterMessageStop(t *testing.T) {
+	for _, c := range []struct {
+		name, fault, until string
+		wantError          bool
+	}{
+		{"after message_stop", "", "event: message_stop\ndata: {\"type\":\"message_stop\"}\n\n", false},
+		// The control: a backend that stopped sending mid-way.
+		{"mid-way", `{"hang_after_chunks":2}`, `"text":" three"}}` + "\n\n", true},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			e := newEnv(t, false, nil)
+			e.wire.hold = true
+			ctx, cancel := context.WithCancel(context.Background())
+			defer cancel()
+			req, _ := http.NewRequestWithContext(ctx, http.MethodPost, e.url+"/v1/messages",
+				strings.NewReader(`{"model":"tiny","max_tokens":3,"stream":true,`+ask+`}`))
+			if c.fault != "" {
+				req.Header.Set(ollamatest.FaultHeader, c.fault)
+			}
+			resp, err := http.DefaultClient.Do(req)
+			if err != nil {
+				t.Fatal(err)
+			}
+			var got []byte
+			buf := make([]byte, 4096)
+			for !bytes.Contains(got, []byte(c.until)) {
+				n, err := resp.Body.Read(buf)
+				got = append(got, buf[:n]...)
+				if err != nil {
+					t.Fatalf("stream ended before %q: %v\n%s", c.until, err, got)
+				}
+			}
+			cancel()
+			resp.Body.Close()
+			ev := e.event(1)
+			if ev.Error != c.wantError || ev.Status != 200 || (c.wantError && ev.OutputTokens != nil) {
+				t.Fatalf("event %+v, want error %v", ev, c.wantError)
+			}
+			if !c.wantError && (ev.OutputTokens == nil || *ev.OutputTokens != 3) {
+				t.Fatalf("counts lost: %+v", ev)
+			}
+		})
 	}
 }
