@@ -89,6 +89,14 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		s.serveMessages(w, r) // Anthropic's API, errors in its shape (anthropic.go)
 		return
 	}
+	switch path { // OpenAI's Responses and images APIs (responses.go, images.go)
+	case "/v1/responses":
+		s.serveResponses(w, r)
+		return
+	case "/v1/images/generations", "/v1/images/edits":
+		s.serveImages(w, r, path == "/v1/images/edits")
+		return
+	}
 	if strings.HasPrefix(path, "/v1/") && s.serveOpenAI(w, r) {
 		return // OpenAI routes answer faults in OpenAI's error shape
 	}

@@ -28,9 +28,13 @@ func (h *Handler) Routes(r chi.Router) {
 	r.Post("/v1/completions", h.generation("/v1/completions"))
 	r.Post("/v1/embeddings", h.embeddings)
 	r.Post("/v1/rerank", h.rerank)
+	r.Post("/v1/responses", h.generation("/v1/responses"))
+	r.Post("/v1/images/generations", h.generation("/v1/images/generations"))
+	r.Post("/v1/images/edits", h.generation("/v1/images/edits"))
 }
 
-// generation serves chat and text completions, embeddings serves
+// generation serves chat and text completions, responses and images
+// (passed through as they are: dialect/openai's responses.go), embeddings serves
 // embeddings: each to one backend through the router, whose dialect says
 // how it is sent there and read back.
 func (h *Handler) generation(route string) http.HandlerFunc {

@@ -23,16 +23,19 @@ func (Dialect) Kind() string { return "openai" }
 // serves lists the client routes an OpenAI-compatible server answers: its
 // own, and Ollama's inference routes and model list through translation.
 var serves = map[string]bool{
-	"/v1/chat/completions": true,
-	"/v1/completions":      true,
-	"/v1/embeddings":       true,
-	"/v1/rerank":           true,
-	"/v1/models":           true,
-	"/api/chat":            true,
-	"/api/generate":        true,
-	"/api/embed":           true,
-	"/api/embeddings":      true,
-	"/api/tags":            true,
+	"/v1/chat/completions":   true,
+	"/v1/completions":        true,
+	"/v1/embeddings":         true,
+	"/v1/rerank":             true,
+	"/v1/models":             true,
+	"/v1/responses":          true,
+	"/v1/images/generations": true,
+	"/v1/images/edits":       true,
+	"/api/chat":              true,
+	"/api/generate":          true,
+	"/api/embed":             true,
+	"/api/embeddings":        true,
+	"/api/tags":              true,
 }
 
 // Serves reports a route in the table above. Such servers load their own

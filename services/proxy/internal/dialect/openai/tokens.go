@@ -37,3 +37,37 @@ func countStream(m *meter.Meter) (in, out *int64) {
 
 // streamDone reports a stream that reached data: [DONE].
 func streamDone(m *meter.Meter) bool { return bytes.Contains(m.Tail(), []byte("data: [DONE]")) }
+
+// countUsage reads a whole answer's usage.input_tokens and
+// usage.output_tokens (a Response; an image answer that reports usage).
+// Without input_tokens the counts are unknown.
+func countUsage(m *meter.Meter) (in, out *int64) {
+	i, ok := m.Count("input_tokens")
+	if !ok {
+		return nil, nil
+	}
+	o, _ := m.Count("output_tokens")
+	return &i, &o
+}
+
+// countResponseStream reads the usage of the Response a Responses stream
+// ends with: response.completed (or response.incomplete, which is billed
+// too). Earlier events carry "usage":null.
+func countResponseStream(m *meter.Meter) (in, out *int64) {
+	if !hasEvent(m, "response.completed") && !hasEvent(m, "response.incomplete") {
+		return nil, nil
+	}
+	return countUsage(m)
+}
+
+// responseDone reports a Responses stream that reached its last event:
+// response.completed, response.incomplete or response.failed. A quoted
+// "type" key cannot occur inside a JSON string, so the text delta cannot
+// fake one.
+func responseDone(m *meter.Meter) bool {
+	return hasEvent(m, "response.completed") || hasEvent(m, "response.incomplete") || hasEvent(m, "response.failed")
+}
+
+func hasEvent(m *meter.Meter, typ string) bool {
+	return bytes.Contains(m.Tail(), []byte(`"type":"`+typ+`"`))
+}

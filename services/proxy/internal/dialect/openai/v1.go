@@ -16,8 +16,12 @@ import (
 // backend as sent, except the model's name when an alias renames it, and a
 // stream whose client did not ask for usage asks for it anyway, the usage
 // that brings being taken out again on the way back. Tokens are read from
-// the usage the answer reports (tokens.go).
+// the usage the answer reports (tokens.go). The Responses and images routes
+// go as they are (responses.go).
 func V1(c dialect.Call) (dialect.Exchange, error) {
+	if passRoutes[c.Route] {
+		return passed(c)
+	}
 	x := dialect.Exchange{Path: c.Route, Body: c.Body, Tokens: countWhole}
 	if c.Stream {
 		x.Tokens, x.Complete = countStream, streamDone
