@@ -35,6 +35,8 @@ type Server struct {
 	loaded map[string]*loadedModel
 	blobs  map[string]bool
 
+	aliases aliasStore // server-side aliases (aliases.go)
+
 	lmu       sync.Mutex // guards addr, srv, serveDone, closeOnce
 	addr      string
 	srv       *http.Server
@@ -89,7 +91,13 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		s.serveMessages(w, r) // Anthropic's API, errors in its shape (anthropic.go)
 		return
 	}
-	switch path { // OpenAI's Responses and images APIs (responses.go, images.go)
+	switch path { // OpenAI's Responses and images APIs (responses.go, images.go); status and aliases (aliases.go)
+	case "/api/status":
+		s.serveStatus(w, r)
+		return
+	case "/api/experimental/aliases":
+		s.serveAliases(w, r)
+		return
 	case "/v1/responses":
 		s.serveResponses(w, r)
 		return

@@ -47,6 +47,10 @@ func (h *Handler) Routes(r chi.Router) {
 	r.Delete("/api/delete", h.deleteModel)
 	r.Head("/api/blobs/{digest}", h.blobExists)
 	r.Post("/api/blobs/{digest}", h.blobUpload)
+	r.Get("/api/status", h.status)
+	r.Get(aliasesRoute, h.aliasesList)
+	r.Post(aliasesRoute, h.aliasesWrite("create alias"))
+	r.Delete(aliasesRoute, h.aliasesWrite("delete alias"))
 }
 
 func running(w http.ResponseWriter, r *http.Request) {
