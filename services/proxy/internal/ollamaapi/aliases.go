@@ -5,13 +5,16 @@ import (
 	"encoding/json"
 	"net/http"
 	"slices"
+
+	"github.com/droverhq/drover/services/proxy/internal/backend"
 )
 
 // Ollama's server-side aliases (/api/experimental/aliases) live in each
 // server's own store, apart from Drover's aliases (config). For the fleet,
 // a write goes to every reachable Ollama backend, folded into one answer as
 // copy and delete are (answerSimple: a backend that has no such alias to
-// delete is not a failure while another deleted it); the list is every
+// delete is not a failure while another deleted it), except that an alias
+// any backend refuses is refused and undone where it was made; the list is every
 // backend's list merged, one entry per alias (the first backend's when they
 // disagree), sorted by alias as Ollama sorts it.
 const aliasesRoute = "/api/experimental/aliases"
@@ -27,8 +30,49 @@ func (h *Handler) aliasesWrite(verb string) http.HandlerFunc {
 			WriteError(w, http.StatusServiceUnavailable, "no backend is reachable")
 			return
 		}
-		answerSimple(w, verb, h.fanSimple(r.Context(), targets, r.Method, aliasesRoute, body))
+		results := h.fanSimple(r.Context(), targets, r.Method, aliasesRoute, body)
+		if r.Method == http.MethodPost {
+			if refused, ok := h.undoRefusedCreate(r, results); ok {
+				relay(w, refused)
+				return
+			}
+		}
+		answerSimple(w, verb, results)
 	}
+}
+
+// undoRefusedCreate: an alias some backend refuses with a 4xx (its name is
+// a model there, say) is refused for the fleet, so the backends that
+// created it have it deleted again. It returns the refusal to relay.
+func (h *Handler) undoRefusedCreate(r *http.Request, results []simpleResult) (simpleResult, bool) {
+	var refused *simpleResult
+	var created []*backend.Backend
+	var alias json.RawMessage
+	for i, res := range results {
+		switch {
+		case res.err == nil && res.status >= 400 && res.status < 500 && refused == nil:
+			refused = &results[i]
+		case res.err == nil && res.status == http.StatusOK:
+			var e struct {
+				Alias json.RawMessage `json:"alias"`
+			}
+			if json.Unmarshal(res.body, &e) == nil && e.Alias != nil {
+				created, alias = append(created, res.b), e.Alias
+			}
+		}
+	}
+	if refused == nil {
+		return simpleResult{}, false
+	}
+	if len(created) > 0 {
+		undo, _ := json.Marshal(map[string]json.RawMessage{"alias": alias})
+		for _, res := range h.fanSimple(r.Context(), created, http.MethodDelete, aliasesRoute, undo) {
+			if res.err != nil || res.status != http.StatusOK {
+				h.Log.Warn("undoing a refused alias", "backend", res.b.Name, "error", resultError(res))
+			}
+		}
+	}
+	return *refused, true
 }
 
 func (h *Handler) aliasesList(w http.ResponseWriter, r *http.Request) {

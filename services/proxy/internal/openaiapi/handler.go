@@ -28,13 +28,12 @@ func (h *Handler) Routes(r chi.Router) {
 	r.Post("/v1/completions", h.generation("/v1/completions"))
 	r.Post("/v1/embeddings", h.embeddings)
 	r.Post("/v1/rerank", h.rerank)
-	r.Post("/v1/responses", h.generation("/v1/responses"))
-	r.Post("/v1/images/generations", h.generation("/v1/images/generations"))
-	r.Post("/v1/images/edits", h.generation("/v1/images/edits"))
+	r.Post("/v1/responses", h.passed("/v1/responses"))
+	r.Post("/v1/images/generations", h.passed("/v1/images/generations"))
+	r.Post("/v1/images/edits", h.passed("/v1/images/edits"))
 }
 
-// generation serves chat and text completions, responses and images
-// (passed through as they are: dialect/openai's responses.go), embeddings serves
+// generation serves chat and text completions, embeddings serves
 // embeddings: each to one backend through the router, whose dialect says
 // how it is sent there and read back.
 func (h *Handler) generation(route string) http.HandlerFunc {
@@ -85,4 +84,24 @@ func (h *Handler) rerank(w http.ResponseWriter, r *http.Request) {
 	}
 	hd.Stream = false
 	h.Forward.Serve(w, r, h.request(r, "/v1/rerank", body, hd))
+}
+
+// passed serves the Responses and images routes, which backends take as
+// they are (dialect/openai's responses.go). Drover's own errors there are
+// worded as Ollama's middleware words every error of these routes: type
+// "api_error", no code.
+func (h *Handler) passed(route string) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		hd, body, ok := readRequest(w, r)
+		if !ok {
+			return
+		}
+		req := h.request(r, route, body, hd)
+		req.Error = writeAPIError
+		h.Forward.Serve(w, r, req)
+	}
+}
+
+func writeAPIError(w http.ResponseWriter, status int, msg string) {
+	writeError(w, status, apiError{Message: msg, Type: "api_error"})
 }

@@ -73,6 +73,8 @@ func TestImagesAndResponsesWire(t *testing.T) {
 			`{"error":{"message":"image is required","type":"invalid_request_error","param":null,"code":null}}`},
 		{"POST", "/v1/responses", `{"model":"tiny-embed","input":"x"}`, 400, "application/json", "",
 			`{"error":{"message":"\"tiny-embed\" does not support chat","type":"api_error","param":null,"code":null}}` + "\n"},
+		{"POST", "/v1/responses", `{"model":"nope","input":"x"}`, 404, "application/json", "",
+			`{"error":{"message":"model 'nope' not found","type":"api_error","param":null,"code":null}}` + "\n"},
 		{"GET", "/v1/responses", "", 405, "text/plain", "POST", "405 method not allowed"},
 		{"GET", "/v1/images/edits", "", 405, "text/plain", "POST", "405 method not allowed"},
 	}

@@ -45,6 +45,16 @@ func TestStatusAndServerAliasesOverTheFleet(t *testing.T) {
 	s, h, b = e.call(t, "POST", e.url+aliases, `{"alias":"tiny2","target":"tiny"}`)
 	check("conflict", s, h, b, 400, `{"error":"alias \"tiny2\" conflicts with existing model"}`)
 
+	// Refused by one backend (the name is a model there): refused for the
+	// fleet and undone where it was made.
+	if s, _, b := e.call(t, "POST", e.ollama[0].URL()+"/api/copy", `{"source":"tiny","destination":"solo"}`); s != 200 {
+		t.Fatalf("copy: %d %s", s, b)
+	}
+	s, h, b = e.call(t, "POST", e.url+aliases, `{"alias":"solo","target":"tiny"}`)
+	check("refused by one", s, h, b, 400, `{"error":"alias \"solo\" conflicts with existing model"}`)
+	s, h, b = e.call(t, "GET", e.ollama[1].URL()+aliases, "")
+	check("undone", s, h, b, 200, `{"aliases":[{"alias":"Foo","target":"tiny"}]}`)
+
 	// The list is every backend's, merged and sorted.
 	e.call(t, "POST", e.ollama[1].URL()+aliases, `{"alias":"bar","target":"tiny2"}`)
 	s, h, b = e.call(t, "GET", e.url+aliases, "")
