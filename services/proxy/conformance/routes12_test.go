@@ -1,8 +1,13 @@
 package conformance
 
 import (
+	"errors"
 	"strings"
 	"testing"
+
+	"github.com/openai/openai-go/v3"
+	"github.com/openai/openai-go/v3/option"
+	"github.com/openai/openai-go/v3/responses"
 
 	"github.com/droverhq/drover/testkit/ollamatest"
 )
@@ -165,5 +170,58 @@ func compareUsage(d *differ, where string, direct, via any) {
 		if a[k] == nil || a[k] != b[k] {
 			d.errorf("%s usage.%s: %v directly, %v through Drover", where, k, a[k], b[k])
 		}
+	}
+}
+
+// TestResponsesOpenAISDK: the OpenAI Go SDK's Responses API through Drover
+// in front of the real servers, a Response and streams, and Drover's counts
+// equal to the usage the SDK read.
+func TestResponsesOpenAISDK(t *testing.T) {
+	need(t)
+	d := newDrover(t, nil)
+	client := openai.NewClient(option.WithBaseURL(d.url+"/v1/"), option.WithAPIKey("unused"), option.WithMaxRetries(0))
+	params := func(model string, n int64) responses.ResponseNewParams {
+		return responses.ResponseNewParams{Model: model, MaxOutputTokens: openai.Int(n),
+			Input: responses.ResponseNewParamsInputUnion{OfString: openai.String("hello there")}}
+	}
+	res, err := client.Responses.New(t.Context(), params("tiny-fixed", 4))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.Status != "completed" || res.Usage.OutputTokens != 4 || res.Usage.InputTokens == 0 || res.OutputText() == "" {
+		t.Fatalf("response: %s", res.RawJSON())
+	}
+	in, out := res.Usage.InputTokens, res.Usage.OutputTokens
+	for _, model := range []string{"tiny-fixed", "tiny", "tiny2"} {
+		stream := client.Responses.NewStreaming(t.Context(), params(model, 6))
+		var usage *responses.ResponseUsage
+		for stream.Next() {
+			if ev := stream.Current(); ev.Type == "response.completed" {
+				u := ev.Response.Usage
+				usage = &u
+			}
+		}
+		if err := stream.Err(); err != nil {
+			t.Fatalf("%s: %v", model, err)
+		}
+		if usage == nil || usage.OutputTokens > 6 || (model == "tiny-fixed" && usage.OutputTokens != 6) {
+			t.Fatalf("%s stream: usage %+v", model, usage)
+		}
+		in, out = in+usage.InputTokens, out+usage.OutputTokens
+	}
+	var gotIn, gotOut int64
+	waitUntil(t, "Drover's counts equal the SDK's", func() bool {
+		gotIn, gotOut = 0, 0
+		for _, models := range d.srv.Totals.Snapshot() {
+			for _, c := range models {
+				gotIn, gotOut = gotIn+c.InputTokens, gotOut+c.OutputTokens
+			}
+		}
+		return gotIn == in && gotOut == out
+	})
+	_, err = client.Responses.New(t.Context(), params("nope", 4))
+	var apiErr *openai.Error
+	if !errors.As(err, &apiErr) || apiErr.StatusCode != 404 {
+		t.Fatalf("unknown model: %v", err)
 	}
 }
