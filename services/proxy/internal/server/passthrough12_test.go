@@ -1,6 +1,8 @@
 package server
 
 import (
+	"bytes"
+	"context"
 	"io"
 	"net/http"
 	"net/http/httptest"
@@ -95,5 +97,63 @@ func TestStatusMergeDisabled(t *testing.T) {
 	s, _, b := e.call(t, "GET", e.url+"/api/status", "")
 	if s != 200 || b != `{"cloud":{"disabled":true,"source":"env"}}` {
 		t.Fatalf("got %d %s", s, b)
+	}
+}
+
+// A client that hangs up once it has response.completed missed nothing:
+// the request is not an error and its counts are kept, though the backend
+// had not closed its stream yet (control: hanging up before it is).
+func TestResponsesClientLeavingAfterCompleted(t *testing.T) {
+	const created = "event: response.created\ndata: {\"response\":{\"usage\":null},\"type\":\"response.created\"}\n\n"
+	const completed = "event: response.completed\ndata: {\"response\":{\"usage\":{\"input_tokens\":12,\"output_tokens\":5,\"total_tokens\":17}},\"type\":\"response.completed\"}\n\n"
+	for _, c := range []struct {
+		name, sent string
+		wantError  bool
+	}{
+		{"after response.completed", created + completed, false},
+		{"mid-way", created, true},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			stub := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				if r.URL.Path == "/v1/models" {
+					io.WriteString(w, `{"object":"list","data":[{"id":"gpt-r","object":"model"}]}`)
+					return
+				}
+				w.Header().Set("Content-Type", "text/event-stream")
+				io.WriteString(w, c.sent)
+				http.NewResponseController(w).Flush() //nolint:errcheck // the test reads what arrived
+				<-r.Context().Done()
+			}))
+			t.Cleanup(stub.Close)
+			e := newMixedEnv(t, 0, nil, func(cfg *config.Config) {
+				cfg.Backends = append(cfg.Backends, config.Backend{Name: "stub", URL: stub.URL, Type: "openai"})
+			})
+			ctx, cancel := context.WithCancel(t.Context())
+			defer cancel()
+			req, _ := http.NewRequestWithContext(ctx, http.MethodPost, e.url+"/v1/responses", strings.NewReader(`{"model":"gpt-r","input":"hi","stream":true}`))
+			resp, err := http.DefaultClient.Do(req)
+			if err != nil {
+				t.Fatal(err)
+			}
+			var got []byte
+			buf := make([]byte, 4096)
+			for !bytes.Contains(got, []byte(c.sent)) {
+				n, err := resp.Body.Read(buf)
+				got = append(got, buf[:n]...)
+				if err != nil {
+					t.Fatalf("stream ended early: %v\n%s", err, got)
+				}
+			}
+			cancel()
+			resp.Body.Close()
+			waitFor(t, func() bool { return len(e.events.all()) > 0 })
+			ev := e.events.all()[0]
+			if ev.Error != c.wantError || ev.Status != 200 {
+				t.Fatalf("event %+v, want error %v", ev, c.wantError)
+			}
+			if !c.wantError && (ev.InputTokens == nil || *ev.InputTokens != 12 || ev.OutputTokens == nil || *ev.OutputTokens != 5) {
+				t.Fatalf("counts lost: %+v", ev)
+			}
+		})
 	}
 }
