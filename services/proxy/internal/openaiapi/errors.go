@@ -1,6 +1,6 @@
 // Package openaiapi serves the OpenAI API under /v1 over the whole fleet:
-// chat and text completions, embeddings and rerank go to one backend
-// through the router (Ollama backends' own /v1 endpoints, OpenAI-type
+// chat and text completions, embeddings, rerank, responses and images go to
+// one backend through the router (Ollama backends' own /v1 endpoints, OpenAI-type
 // backends' /v1 endpoints), and /v1/models merges every backend's list.
 package openaiapi
 
