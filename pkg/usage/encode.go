@@ -34,6 +34,10 @@ func AppendJSON(b []byte, ev *Event) []byte {
 	b = jsonw.AppendString(b, ev.APIKey)
 	b = append(b, `,"route":`...)
 	b = jsonw.AppendString(b, ev.Route)
+	if ev.API != "" {
+		b = append(b, `,"api":`...)
+		b = jsonw.AppendString(b, ev.API)
+	}
 	b = append(b, `,"status":`...)
 	b = strconv.AppendInt(b, int64(ev.Status), 10)
 	b = append(b, `,"error":`...)

@@ -19,7 +19,7 @@ func TestAppendJSONIsJSONMarshal(t *testing.T) {
 		{},
 		{Schema: usage.SchemaVersion, ID: usage.NewID(), Time: time.Date(2026, 1, 2, 3, 4, 5, 0, time.FixedZone("x", 3600)),
 			Status: 502, Error: true, Attempts: 3},
-		{Replica: odd, Endpoint: odd, Model: odd, BackendModel: odd, APIKey: odd, Route: odd,
+		{Replica: odd, Endpoint: odd, Model: odd, BackendModel: odd, APIKey: odd, Route: odd, API: odd,
 			InputTokens: usage.Int64(math.MaxInt64), OutputTokens: usage.Int64(-1), Stream: true, Status: -1},
 	}
 	for _, f := range []float64{0, 1, -1, 0.1, 1e-6, 9.99e-7, 1e-7, 123456789.125, 1e20, 1e21, 1.5e300, -2.5e-9, math.SmallestNonzeroFloat64} {

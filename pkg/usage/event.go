@@ -29,7 +29,12 @@ type Event struct {
 	BackendModel string `json:"backend_model,omitempty"`
 	APIKey       string `json:"api_key"`
 	// Route is the client-facing route, e.g. "/api/chat" or "/v1/chat/completions".
-	Route  string `json:"route"`
+	Route string `json:"route"`
+	// API is the API family the client spoke (APIOf(Route)): "ollama",
+	// "openai", "anthropic" or "responses". Optional on the wire: events
+	// from before it existed leave it empty and readers derive it from
+	// Route with APIOf.
+	API    string `json:"api,omitempty"`
 	Status int    `json:"status"`
 	// Error is true for a request that did not complete successfully
 	// (non-2xx, backend failure mid-stream, client cancel).

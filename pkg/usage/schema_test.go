@@ -50,7 +50,7 @@ func fullEvent() usage.Event {
 	return usage.Event{
 		Schema: usage.SchemaVersion, ID: usage.NewID(), Time: time.Now().UTC(),
 		Replica: "proxy-1", Endpoint: "gpu-a:11434", Model: "llama3.2:3b", BackendModel: "llama3.2:3b-q4",
-		APIKey: "team-a", Route: "/api/chat", Status: 200,
+		APIKey: "team-a", Route: "/api/chat", API: usage.APIOllama, Status: 200,
 		InputTokens: usage.Int64(12), OutputTokens: usage.Int64(340), Stream: true,
 		TTFBMs: 41.5, DurationMs: 2200.25, Attempts: 1,
 	}
@@ -105,6 +105,7 @@ func TestSchemaRejectsBadEvents(t *testing.T) {
 		"fractional tokens": mutate(func(m map[string]any) { m["output_tokens"] = 1.5 }),
 		"tokens missing":    mutate(func(m map[string]any) { delete(m, "input_tokens") }),
 		"status as string":  mutate(func(m map[string]any) { m["status"] = "200" }),
+		"unknown api":       mutate(func(m map[string]any) { m["api"] = "grpc" }),
 		"not an object":     []byte(`[1,2]`),
 	}
 	for name, b := range cases {

@@ -63,6 +63,8 @@ func decodeFast(data []byte, ev *usage.Event) bool {
 			ev.APIKey, ok = d.str()
 		case "route":
 			ev.Route, ok = d.str()
+		case "api":
+			ev.API, ok = d.str()
 		case "time":
 			start := d.i
 			if _, ok = d.str(); ok {

@@ -13,7 +13,7 @@ func decodeSeeds(t testing.TB) [][]byte {
 	full := usage.Event{
 		Schema: usage.SchemaVersion, ID: usage.NewID(), Time: time.Date(2026, 3, 1, 12, 34, 56, 789000000, time.UTC),
 		Replica: "proxy-1", Endpoint: "gpu-a:11434", Model: "llama3.2:3b", BackendModel: "llama3.2:3b-q4",
-		APIKey: "team-a", Route: "/api/chat", Status: 200,
+		APIKey: "team-a", Route: "/api/chat", API: usage.APIOllama, Status: 200,
 		InputTokens: usage.Int64(12), OutputTokens: usage.Int64(340), Stream: true,
 		TTFBMs: 41.5, DurationMs: 2200.25, Attempts: 1,
 	}
@@ -33,6 +33,8 @@ func decodeSeeds(t testing.TB) [][]byte {
 		[]byte(`{"schema":"usage.v1","id":"a","time":"2026-03-01T12:00:00Z","extra":{"x":[1,2]},"stream":null}`),
 		[]byte(`{"schema":"usage.v1","id":"a","id":"b","time":"2026-03-01T12:00:00Z","output_tokens":1.0,"attempts":01}`),
 		[]byte(`{"schema":"usage.v1","id":"a\xff","time":"2026-03-01T12:00:00Z","status":99999999999999999999}`),
+		[]byte(`{"schema":"usage.v1","id":"a","time":"2026-03-01T12:00:00Z","route":"/v1/messages","api":"anthropic"}`),
+		[]byte(`{"schema":"usage.v1","id":"a","time":"2026-03-01T12:00:00Z","api":null,"API":"x"}`),
 		[]byte(`{}`), []byte(`{} x`), []byte(`[]`), []byte(`{"id":"a",}`), []byte(`{"error":truex}`),
 	)
 }

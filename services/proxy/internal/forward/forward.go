@@ -94,7 +94,7 @@ var bufPool = sync.Pool{New: func() any { b := make([]byte, copyBufSize); return
 func (f *Forwarder) Serve(w http.ResponseWriter, r *http.Request, req *Request) {
 	start := time.Now()
 	ctx := r.Context()
-	ev := usage.Event{Schema: usage.SchemaVersion, Replica: f.Replica, Model: req.Model, APIKey: req.APIKey, Route: req.Route, Stream: req.Stream}
+	ev := usage.Event{Schema: usage.SchemaVersion, Replica: f.Replica, Model: req.Model, APIKey: req.APIKey, Route: req.Route, API: usage.APIOf(req.Route), Stream: req.Stream}
 	tried := map[string]bool{}
 	var last *failure
 	for attempt := 1; attempt <= f.MaxAttempts; attempt++ {
