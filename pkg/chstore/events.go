@@ -21,7 +21,7 @@ type EventRow struct {
 // eventColumns is the column list of every insert into usage_events; 18.16
 // silently drops batches whose INSERT does not name its columns.
 const eventColumns = "id, time, minute, replica, endpoint, model, backend_model, api_key, route, " +
-	"status, error, input_tokens, output_tokens, total_tokens, tokens_known, stream, ttfb_ms, duration_ms, attempts, partition, seq"
+	"status, error, input_tokens, output_tokens, total_tokens, tokens_known, stream, ttfb_ms, duration_ms, attempts, partition, seq, api"
 
 // InsertEvents writes rows to usage_events as one block. The materialized
 // views derive token_usage_minute and usage_progress from that same block,
@@ -42,6 +42,7 @@ func (s *Store) InsertEvents(ctx context.Context, rows []EventRow) error {
 	n := len(rows)
 	var (
 		ids, replicas, endpoints, models, backendModels, apiKeys, routes = make([]string, n), make([]string, n), make([]string, n), make([]string, n), make([]string, n), make([]string, n), make([]string, n)
+		apis                                                             = make([]string, n)
 		times, minutes                                                   = make([]time.Time, n), make([]time.Time, n)
 		statuses, partitions                                             = make([]uint16, n), make([]uint16, n)
 		errs, known, streams, attempts                                   = make([]uint8, n), make([]uint8, n), make([]uint8, n), make([]uint8, n)
@@ -62,9 +63,11 @@ func (s *Store) InsertEvents(ctx context.Context, rows []EventRow) error {
 		ins[i], outs[i], totals[i], known[i], streams[i] = uint64(in), uint64(out), uint64(in+out), b2u(ok), b2u(e.Stream)
 		ttfbs[i], durations[i], attempts[i] = e.TTFBMs, e.DurationMs, uint8(clamp(e.Attempts, 0, math.MaxUint8))
 		partitions[i], seqs[i] = r.Partition, r.Seq
+		// Events from before the api field are named by their route.
+		apis[i] = e.APIName()
 	}
 	cols := []any{ids, times, minutes, replicas, endpoints, models, backendModels, apiKeys, routes,
-		statuses, errs, ins, outs, totals, known, streams, ttfbs, durations, attempts, partitions, seqs}
+		statuses, errs, ins, outs, totals, known, streams, ttfbs, durations, attempts, partitions, seqs, apis}
 	for i, col := range cols {
 		if err := batch.Column(i).Append(col); err != nil {
 			_ = batch.Abort()

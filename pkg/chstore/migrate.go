@@ -3,6 +3,7 @@ package chstore
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"io/fs"
 	"path"
@@ -11,6 +12,8 @@ import (
 	"strings"
 	"text/template"
 	"time"
+
+	"github.com/ClickHouse/clickhouse-go/v2"
 
 	"github.com/droverhq/drover/schemas"
 )
@@ -132,7 +135,7 @@ func (s *Store) Migrate(ctx context.Context) ([]string, error) {
 			return done, err
 		}
 		for i, stmt := range stmts {
-			if err := s.conn.Exec(ctx, stmt); err != nil {
+			if err := s.execMigration(ctx, stmt); err != nil {
 				return done, fmt.Errorf("migration %s, statement %d: %w", m.Name, i+1, err)
 			}
 		}
@@ -184,4 +187,25 @@ func (s *Store) recordMigration(ctx context.Context, m Migration) error {
 		return fmt.Errorf("recording migration %s: %w", m.Name, err)
 	}
 	return nil
+}
+
+// ClickHouse's errors for adding a column that exists: DUPLICATE_COLUMN,
+// and ILLEGAL_COLUMN ("column with this name already exists") on 18.16.
+const (
+	codeDuplicateColumn = 15
+	codeIllegalColumn   = 44
+)
+
+// execMigration runs one migration statement. 18.16 has no
+// "ADD COLUMN IF NOT EXISTS" (templates write it only for a modern server),
+// so there an ADD COLUMN of a column that already exists, as on a re-run,
+// counts as done: every statement stays idempotent on both.
+func (s *Store) execMigration(ctx context.Context, stmt string) error {
+	err := s.conn.Exec(ctx, stmt)
+	var ex *clickhouse.Exception
+	if err != nil && errors.As(err, &ex) && strings.Contains(strings.ToUpper(stmt), "ADD COLUMN") &&
+		(ex.Code == codeDuplicateColumn || ex.Code == codeIllegalColumn && strings.Contains(ex.Message, "already exists")) {
+		return nil
+	}
+	return err
 }

@@ -11,14 +11,19 @@ import (
 // Dimension is a column usage can be grouped or filtered by.
 type Dimension string
 
-// The dimensions of token_usage_minute.
+// The dimensions of token_usage_minute, and ByAPI, which only
+// token_usage_minute_by_api has.
 const (
 	ByEndpoint Dimension = "endpoint"
 	ByModel    Dimension = "model"
 	ByAPIKey   Dimension = "api_key"
+	// ByAPI is the API the client spoke (usage.APIOf). Grouping or
+	// filtering by it reads token_usage_minute_by_api, which counts from
+	// the migration that created it (0005) on.
+	ByAPI Dimension = "api"
 )
 
-// ParseDimension accepts endpoint, model, key or api_key.
+// ParseDimension accepts endpoint, model, key or api_key, and api.
 func ParseDimension(s string) (Dimension, error) {
 	switch strings.ToLower(s) {
 	case "endpoint":
@@ -27,17 +32,20 @@ func ParseDimension(s string) (Dimension, error) {
 		return ByModel, nil
 	case "key", "api_key", "apikey":
 		return ByAPIKey, nil
+	case "api":
+		return ByAPI, nil
 	}
-	return "", fmt.Errorf("unknown dimension %q: want endpoint, model or key", s)
+	return "", fmt.Errorf("unknown dimension %q: want endpoint, model, key or api", s)
 }
 
 // UsageQuery selects and groups token_usage_minute. Zero values mean "all".
 type UsageQuery struct {
 	// Since (inclusive) and Until (exclusive) bound the minute buckets.
 	Since, Until time.Time
-	// Filters; empty means any.
-	Endpoint, Model, APIKey string
-	GroupBy                 []Dimension
+	// Filters; empty means any. API (like grouping by ByAPI) reads
+	// token_usage_minute_by_api instead of token_usage_minute.
+	Endpoint, Model, APIKey, API string
+	GroupBy                      []Dimension
 	// Bucket groups by time: a whole number of minutes (1m, 1h, 24h...);
 	// zero means no time grouping.
 	Bucket time.Duration
@@ -71,6 +79,7 @@ type UsageRow struct {
 	Endpoint string    `json:"endpoint,omitempty"`
 	Model    string    `json:"model,omitempty"`
 	APIKey   string    `json:"api_key,omitempty"`
+	API      string    `json:"api,omitempty"`
 	Sums
 	DurationMsSum float64 `json:"duration_ms_sum"`
 	TTFBMsSum     float64 `json:"ttfb_ms_sum"`
@@ -79,7 +88,8 @@ type UsageRow struct {
 // MaxUsageRows bounds what one Usage call returns.
 const MaxUsageRows = 100000
 
-// Usage sums token_usage_minute over q. Rows come ordered by bucket, then
+// Usage sums token_usage_minute (token_usage_minute_by_api when q groups or
+// filters by API) over q. Rows come ordered by bucket, then
 // by the grouped dimensions. It never needs FINAL: every measure is a sum.
 func (s *Store) Usage(ctx context.Context, q UsageQuery) ([]UsageRow, error) {
 	var sel, group []string
@@ -95,7 +105,7 @@ func (s *Store) Usage(ctx context.Context, q UsageQuery) ([]UsageRow, error) {
 	var dims []Dimension
 	for _, d := range q.GroupBy {
 		switch d {
-		case ByEndpoint, ByModel, ByAPIKey:
+		case ByEndpoint, ByModel, ByAPIKey, ByAPI:
 		default:
 			return nil, fmt.Errorf("unknown dimension %q", d)
 		}
@@ -121,13 +131,17 @@ func (s *Store) Usage(ctx context.Context, q UsageQuery) ([]UsageRow, error) {
 		where = append(where, "minute < toDateTime(?)")
 		args = append(args, q.Until.Unix())
 	}
-	for col, v := range map[string]string{"endpoint": q.Endpoint, "model": q.Model, "api_key": q.APIKey} {
+	for col, v := range map[string]string{"endpoint": q.Endpoint, "model": q.Model, "api_key": q.APIKey, "api": q.API} {
 		if v != "" {
 			where = append(where, col+" = ?")
 			args = append(args, v)
 		}
 	}
-	sql := "SELECT " + strings.Join(sel, ", ") + " FROM " + s.table("token_usage_minute")
+	table := "token_usage_minute"
+	if seen[ByAPI] || q.API != "" {
+		table = "token_usage_minute_by_api"
+	}
+	sql := "SELECT " + strings.Join(sel, ", ") + " FROM " + s.table(table)
 	if len(where) > 0 {
 		sql += " WHERE " + strings.Join(where, " AND ")
 	}
@@ -156,6 +170,8 @@ func (s *Store) Usage(ctx context.Context, q UsageQuery) ([]UsageRow, error) {
 				dest = append(dest, &r.Model)
 			case ByAPIKey:
 				dest = append(dest, &r.APIKey)
+			case ByAPI:
+				dest = append(dest, &r.API)
 			}
 		}
 		dest = append(dest, &r.Requests, &r.Errors, &r.InputTokens, &r.OutputTokens, &r.TotalTokens,
