@@ -196,15 +196,17 @@ type UsageResponse struct {
 }
 
 // Usage serves GET /api/token_usage, the general query droverctl usage
-// prints: ?group_by=model,endpoint,key &since= &until= &bucket= and the
-// filters ?model= &endpoint= &api_key=.
+// prints: ?group_by=model,endpoint,key,api &since= &until= &bucket= and the
+// filters ?model= &endpoint= &api_key= &api=. Grouping or filtering by api
+// (ollama, openai, anthropic, responses) reads token_usage_minute_by_api,
+// which counts from migration 0005 on.
 func (h *Handler) Usage(w http.ResponseWriter, r *http.Request) {
 	q := r.URL.Query()
 	since, until, ok := h.window(w, q.Get("since"), q.Get("until"))
 	if !ok {
 		return
 	}
-	uq := chstore.UsageQuery{Since: since, Until: until, Model: q.Get("model"), Endpoint: q.Get("endpoint"), APIKey: q.Get("api_key")}
+	uq := chstore.UsageQuery{Since: since, Until: until, Model: q.Get("model"), Endpoint: q.Get("endpoint"), APIKey: q.Get("api_key"), API: q.Get("api")}
 	resp := UsageResponse{Since: since, Until: until, GroupBy: []string{}}
 	for _, g := range strings.Split(q.Get("group_by"), ",") {
 		if g = strings.TrimSpace(g); g == "" {

@@ -36,16 +36,16 @@ func setup(t *testing.T) *fixture {
 	}
 	now := time.Now().UTC().Truncate(time.Minute)
 	var rows []chstore.EventRow
-	add := func(ago time.Duration, endpoint, model, key string, in, out int64) {
+	add := func(ago time.Duration, endpoint, model, key, route string, in, out int64) {
 		ev := usage.Event{Schema: usage.SchemaVersion, ID: usage.NewID(), Time: now.Add(-ago).Add(10 * time.Second),
-			Endpoint: endpoint, Model: model, APIKey: key, Route: "/api/chat", Status: 200,
+			Endpoint: endpoint, Model: model, APIKey: key, Route: route, API: usage.APIOf(route), Status: 200,
 			InputTokens: usage.Int64(in), OutputTokens: usage.Int64(out), DurationMs: 100, TTFBMs: 10, Attempts: 1}
 		rows = append(rows, chstore.EventRow{Event: ev, Partition: 0, Seq: uint64(len(rows) + 1)})
 	}
-	add(0, "gpu-a", "llama3.2:3b", "team-a", 10, 20)
-	add(0, "gpu-b", "llama3.2:3b", "team-b", 1, 2)
-	add(2*time.Hour, "gpu-a", "llama3.2:3b", "team-a", 100, 200)
-	add(30*time.Hour, "gpu-b", "qwen2.5:7b", "team-a", 5, 5)
+	add(0, "gpu-a", "llama3.2:3b", "team-a", "/api/chat", 10, 20)
+	add(0, "gpu-b", "llama3.2:3b", "team-b", "/v1/messages", 1, 2)
+	add(2*time.Hour, "gpu-a", "llama3.2:3b", "team-a", "/v1/chat/completions", 100, 200)
+	add(30*time.Hour, "gpu-b", "qwen2.5:7b", "team-a", "/v1/responses", 5, 5)
 	if err := store.InsertEvents(ctx, rows); err != nil {
 		t.Fatal(err)
 	}
@@ -157,6 +157,38 @@ func TestUsage(t *testing.T) {
 	rows := body["rows"].([]any)
 	if len(rows) != 2 || rows[0].(map[string]any)["api_key"] != "team-a" || rows[0].(map[string]any)["total_tokens"].(float64) != 340 {
 		t.Fatalf("rows %v", rows)
+	}
+}
+
+// group_by=api and api= read token_usage_minute_by_api: which clients use
+// which API, with the same totals.
+func TestUsageByAPI(t *testing.T) {
+	f := setup(t)
+	code, body := f.do(t, "GET", "/api/token_usage?group_by=api&since=7d", "")
+	if code != 200 {
+		t.Fatalf("%d %v", code, body)
+	}
+	got := map[string]float64{}
+	for _, r := range body["rows"].([]any) {
+		m := r.(map[string]any)
+		got[m["api"].(string)] = m["total_tokens"].(float64)
+	}
+	want := map[string]float64{"ollama": 30, "anthropic": 3, "openai": 300, "responses": 10}
+	if len(got) != len(want) {
+		t.Fatalf("group_by=api: %v, want %v", got, want)
+	}
+	for api, n := range want {
+		if got[api] != n {
+			t.Errorf("group_by=api: %s total %v, want %v (all: %v)", api, got[api], n, got)
+		}
+	}
+	code, body = f.do(t, "GET", "/api/token_usage?group_by=key&api=anthropic&since=7d", "")
+	if code != 200 {
+		t.Fatalf("%d %v", code, body)
+	}
+	rows := body["rows"].([]any)
+	if len(rows) != 1 || rows[0].(map[string]any)["api_key"] != "team-b" || rows[0].(map[string]any)["total_tokens"].(float64) != 3 {
+		t.Fatalf("api=anthropic by key: %v", rows)
 	}
 }
 

@@ -43,7 +43,7 @@ func TestMigrateAndUsage(t *testing.T) {
 	var rows []chstore.EventRow
 	for i, m := range []string{"llama3.2:3b", "llama3.2:3b", "qwen2.5:7b"} {
 		ev := usage.Event{Schema: usage.SchemaVersion, ID: usage.NewID(), Time: now.Add(-time.Duration(i) * time.Minute),
-			Endpoint: "gpu-a", Model: m, APIKey: "team-a", Status: 200,
+			Endpoint: "gpu-a", Model: m, APIKey: "team-a", Route: []string{"/api/chat", "/v1/messages", "/v1/messages"}[i], Status: 200,
 			InputTokens: usage.Int64(10), OutputTokens: usage.Int64(int64(i))}
 		rows = append(rows, chstore.EventRow{Event: ev, Seq: uint64(i + 1)})
 	}
@@ -92,6 +92,19 @@ func TestMigrateAndUsage(t *testing.T) {
 	}
 	if total != 33 {
 		t.Fatalf("csv totals %d, want 33\n%s", total, out)
+	}
+
+	// The events carry no api: it is derived from their route.
+	code, out, errOut = droverctl(t, "usage", "--group-by", "api", "--csv")
+	if code != 0 {
+		t.Fatalf("by api: %d %s", code, errOut)
+	}
+	if want := "api,requests,errors,input_tokens,output_tokens,total_tokens\nanthropic,2,0,20,3,23\nollama,1,0,10,0,10\n"; out != want {
+		t.Fatalf("usage --group-by api:\n%s\nwant\n%s", out, want)
+	}
+	code, out, errOut = droverctl(t, "usage", "--group-by", "", "--api", "ollama", "--json")
+	if code != 0 || !strings.Contains(out, `"total_tokens": 10,`) {
+		t.Fatalf("usage --api ollama: %d\n%s%s", code, out, errOut)
 	}
 }
 

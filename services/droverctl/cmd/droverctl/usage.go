@@ -17,19 +17,20 @@ import (
 
 var usageCommand = &command{
 	name:    "usage",
-	summary: "token usage from ClickHouse, grouped by model, endpoint or key",
+	summary: "token usage from ClickHouse, grouped by model, endpoint, key or api",
 	run:     runUsage,
 }
 
 func runUsage(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	fs, common := newFlagSet("usage", "[--group-by model|endpoint|key[,...]] [--since 24h|RFC3339] [--until ...] [--bucket 1m|1h|1d] [--json|--csv]", stderr)
-	groupBy := fs.String("group-by", "model", "comma-separated dimensions: model, endpoint, key (empty: one total)")
+	fs, common := newFlagSet("usage", "[--group-by model|endpoint|key|api[,...]] [--since 24h|RFC3339] [--until ...] [--bucket 1m|1h|1d] [--json|--csv]", stderr)
+	groupBy := fs.String("group-by", "model", "comma-separated dimensions: model, endpoint, key, api (empty: one total)")
 	since := fs.String("since", "24h", "start: RFC 3339 time, a date, or a duration back from now (24h, 7d); empty for all time")
 	until := fs.String("until", "", "end (exclusive), same forms as --since; default now")
 	bucket := fs.String("bucket", "", "time buckets: 1m, 5m, 1h, 1d (default: none, one row per group)")
 	model := fs.String("model", "", "only this model")
 	endpoint := fs.String("endpoint", "", "only this endpoint")
 	key := fs.String("key", "", "only this API key id")
+	api := fs.String("api", "", "only this API: ollama, openai, anthropic or responses")
 	asJSON := fs.Bool("json", false, "print JSON")
 	asCSV := fs.Bool("csv", false, "print CSV")
 	if err := parse(fs, args); err != nil {
@@ -40,7 +41,7 @@ func runUsage(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		return errUsage
 	}
 	now := time.Now().UTC()
-	q := chstore.UsageQuery{Model: *model, Endpoint: *endpoint, APIKey: *key}
+	q := chstore.UsageQuery{Model: *model, Endpoint: *endpoint, APIKey: *key, API: *api}
 	var err error
 	if q.Since, err = analytics.ParseTime(*since, now); err != nil {
 		return fmt.Errorf("--since: %w", err)
@@ -111,6 +112,8 @@ func cells(q chstore.UsageQuery, r chstore.UsageRow) []string {
 			out = append(out, r.Endpoint)
 		case chstore.ByAPIKey:
 			out = append(out, r.APIKey)
+		case chstore.ByAPI:
+			out = append(out, r.API)
 		}
 	}
 	for _, n := range []uint64{r.Requests, r.Errors, r.InputTokens, r.OutputTokens, r.TotalTokens} {
