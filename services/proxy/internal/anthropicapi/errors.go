@@ -1,8 +1,10 @@
 // Package anthropicapi serves Anthropic's Messages API (POST /v1/messages)
 // over the fleet: a request goes to one backend through the router, by its
 // model, as /api/chat does, and the answer (one message, or Anthropic's SSE
-// events) is passed through. Errors Drover answers itself are in Anthropic's
-// shape with the types Ollama's middleware gives each status.
+// events) is passed through from an Ollama backend, or translated from and
+// to a chat completion for an OpenAI-type one (by its dialect). Errors
+// Drover answers itself are in Anthropic's shape with the types Ollama's
+// middleware gives each status.
 package anthropicapi
 
 import (

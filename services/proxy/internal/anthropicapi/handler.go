@@ -3,21 +3,17 @@ package anthropicapi
 import (
 	"bytes"
 	"encoding/json"
-	"errors"
-	"fmt"
 	"log/slog"
 	"net/http"
 
 	"github.com/go-chi/chi/v5"
 
 	"github.com/droverhq/drover/services/proxy/internal/auth"
-	"github.com/droverhq/drover/services/proxy/internal/fleet"
 	"github.com/droverhq/drover/services/proxy/internal/forward"
 )
 
 // Handler serves /v1/messages.
 type Handler struct {
-	Fleet   *fleet.Fleet
 	Forward *forward.Forwarder
 	Log     *slog.Logger
 }
@@ -59,14 +55,6 @@ func (h *Handler) messages(w http.ResponseWriter, r *http.Request) {
 	case len(req.Messages) == 0:
 		badRequest(w, "messages is required")
 		return
-	}
-	// Only Ollama backends serve the route today; a model that only other
-	// kinds have is a 501, not a 404.
-	if _, err := h.Fleet.Candidates(r.Context(), req.Model, nil, Route); errors.Is(err, fleet.ErrModelNotFound) {
-		if _, err := h.Fleet.Candidates(r.Context(), req.Model, nil); !errors.Is(err, fleet.ErrModelNotFound) {
-			WriteError(w, http.StatusNotImplemented, fmt.Sprintf("the Messages API is not supported for model '%s': no backend serving it offers /v1/messages (only Ollama backends do)", req.Model))
-			return
-		}
 	}
 	h.Forward.Serve(w, r, &forward.Request{
 		Route:  Route,

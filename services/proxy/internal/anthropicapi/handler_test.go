@@ -213,7 +213,6 @@ func TestMessagesErrorsInAnthropicShape(t *testing.T) {
 		{"no max_tokens, unknown model", `{"model":"nope",` + ask + `}`, "invalid_request_error", 400, false},
 		{"no messages", `{"model":"tiny","max_tokens":1,"messages":[]}`, "invalid_request_error", 400, false},
 		{"unknown model", `{"model":"nope","max_tokens":1,` + ask + `}`, "not_found_error", 404, false},
-		{"a model only OpenAI-type backends have", `{"model":"gpt-only","max_tokens":1,` + ask + `}`, "api_error", 501, false},
 		{"the backend's own 400", `{"model":"tiny","max_tokens":1,"tools":[{"name":"f"}],` + ask + `}`, "invalid_request_error", 400, true},
 	} {
 		t.Run(c.name, func(t *testing.T) {

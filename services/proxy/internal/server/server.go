@@ -130,7 +130,7 @@ func (s *Server) routes() http.Handler {
 	api := &ollamaapi.Handler{Fleet: s.Fleet, Forward: s.Forward, Log: s.log}
 	api.Routes(r)
 	(&openaiapi.Handler{Fleet: s.Fleet, Forward: s.Forward, Log: s.log}).Routes(r)
-	(&anthropicapi.Handler{Fleet: s.Fleet, Forward: s.Forward, Log: s.log}).Routes(r)
+	(&anthropicapi.Handler{Forward: s.Forward, Log: s.log}).Routes(r)
 	r.Get("/health", s.health)
 	r.Method(http.MethodGet, "/metrics", promhttp.HandlerFor(s.Metrics.Registry, promhttp.HandlerOpts{}))
 	r.Get("/api/usage", s.Live.ServeUsage)

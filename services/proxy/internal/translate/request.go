@@ -2,7 +2,9 @@
 // ones for OpenAI-type backends (vLLM, llama.cpp's server, hosted APIs) and
 // their answers back into Ollama's, streaming included: /api/chat and
 // /api/generate become /v1/chat/completions (or /v1/completions for raw
-// prompts), /api/embed and /api/embeddings become /v1/embeddings.
+// prompts), /api/embed and /api/embeddings become /v1/embeddings. Anthropic's
+// Messages API (/v1/messages) becomes /v1/chat/completions too, its answer
+// Anthropic's message or events as Ollama shapes them (messages*.go).
 package translate
 
 import (

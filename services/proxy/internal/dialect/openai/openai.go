@@ -1,7 +1,8 @@
 // Package openai is the dialect of OpenAI-compatible servers (vLLM,
 // llama.cpp's server, hosted APIs): they list their models at /v1/models,
 // serve the OpenAI API's /v1 routes as they are, and serve Ollama's
-// inference routes through translation (package translate).
+// inference routes and Anthropic's Messages API through translation
+// (package translate).
 package openai
 
 import (
@@ -21,7 +22,8 @@ var _ dialect.Dialect = Dialect{}
 func (Dialect) Kind() string { return "openai" }
 
 // serves lists the client routes an OpenAI-compatible server answers: its
-// own, and Ollama's inference routes and model list through translation.
+// own, and Ollama's inference routes and model list and Anthropic's
+// Messages API through translation.
 var serves = map[string]bool{
 	"/v1/chat/completions":   true,
 	"/v1/completions":        true,
@@ -31,6 +33,7 @@ var serves = map[string]bool{
 	"/v1/responses":          true,
 	"/v1/images/generations": true,
 	"/v1/images/edits":       true,
+	"/v1/messages":           true,
 	"/api/chat":              true,
 	"/api/generate":          true,
 	"/api/embed":             true,
@@ -125,10 +128,13 @@ func (Dialect) OllamaEntry(m catalog.Model) json.RawMessage {
 }
 
 // Exchange sends /v1 routes as they are (asking a stream for its usage)
-// and translates Ollama's routes.
+// and translates Ollama's routes and Anthropic's /v1/messages.
 func (Dialect) Exchange(c dialect.Call) (dialect.Exchange, error) {
 	if t, ok := translators[c.Route]; ok {
 		return translated(t, c)
+	}
+	if c.Route == "/v1/messages" {
+		return messages(c)
 	}
 	return V1(c)
 }
