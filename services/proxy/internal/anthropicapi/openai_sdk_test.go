@@ -156,3 +156,53 @@ func TestAnthropicSDKTranslatedToOpenAI(t *testing.T) {
 		t.Errorf("the answer said %d input tokens, the event %d", answer.Usage.InputTokens, *e.event(4).InputTokens)
 	}
 }
+
+// An image reaches an OpenAI-type backend as a data URL, and a reasoning
+// model's reasoning comes back as a thinking block, whole and streamed.
+func TestAnthropicSDKImagesAndThinking(t *testing.T) {
+	e, oa := openaiEnv(t)
+	client := anthropic.NewClient(option.WithBaseURL(e.url), option.WithAPIKey("unused"), option.WithMaxRetries(0))
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	params := anthropic.MessageNewParams{
+		Model:     "tiny-reason",
+		MaxTokens: 6,
+		Messages: []anthropic.MessageParam{anthropic.NewUserMessage(
+			anthropic.NewTextBlock("what is this"), anthropic.NewImageBlockBase64("image/png", "aGVsbG8="))},
+	}
+	msg, err := client.Messages.New(ctx, params)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sent := string(oa.LastBody("/v1/chat/completions"))
+	if !strings.Contains(sent, `"content":[{"type":"text","text":"what is this"},{"type":"image_url","image_url":{"url":"data:image/png;base64,aGVsbG8="}}]`) {
+		t.Errorf("the backend was sent %s", sent)
+	}
+	reply := openaitest.ReplyText(6)
+	think, text := reply[:len(openaitest.ReplyText(3))], reply[len(openaitest.ReplyText(3)):]
+	if len(msg.Content) != 2 || msg.Content[0].AsThinking().Thinking != think || msg.Content[1].AsText().Text != text || msg.Usage.OutputTokens != 6 {
+		t.Fatalf("message: %s", msg.RawJSON())
+	}
+	stream := client.Messages.NewStreaming(ctx, params)
+	var acc anthropic.Message
+	for stream.Next() {
+		if err := acc.Accumulate(stream.Current()); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := stream.Err(); err != nil {
+		t.Fatal(err)
+	}
+	if len(acc.Content) != 2 || acc.Content[0].AsThinking().Thinking != think || acc.Content[1].AsText().Text != text || acc.Usage.OutputTokens != 6 {
+		t.Fatalf("stream: %s", acc.RawJSON())
+	}
+	// Thinking turned off: the backend's reasoning is not passed on.
+	params.Thinking = anthropic.ThinkingConfigParamUnion{OfDisabled: &anthropic.ThinkingConfigDisabledParam{}}
+	off, err := client.Messages.New(ctx, params)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(off.Content) != 1 || off.Content[0].AsText().Text != text {
+		t.Fatalf("thinking off: %s", off.RawJSON())
+	}
+}
