@@ -199,7 +199,9 @@ func anthropicToOpenAI(msg anthropicMessage) ([]oaMessage, error) {
 		case "text":
 			t, _ := b["text"].(string)
 			text.WriteString(t)
-			parts = append(parts, contentPart{Type: "text", Text: t})
+			if t != "" { // an empty text part is refused by some servers
+				parts = append(parts, contentPart{Type: "text", Text: t})
+			}
 		case "image":
 			url, err := imageURLOf(b)
 			if err != nil {

@@ -29,7 +29,7 @@ func TestMessagesRequest(t *testing.T) {
 			map[string]any{"messages": []any{map[string]any{"role": "user", "content": "ab"}, map[string]any{"role": "assistant", "content": "c"}}}},
 		{"sampling and stop sequences", `{"model":"m","max_tokens":1,"temperature":0.5,"top_p":0.9,"top_k":40,"stop_sequences":["END"],"messages":[` + user + `]}`,
 			map[string]any{"temperature": 0.5, "top_p": 0.9, "top_k": 40, "stop": []any{"END"}}},
-		{"base64 image as a data URL, in order", `{"model":"m","max_tokens":1,"messages":[{"role":"user","content":[{"type":"text","text":"what is"},{"type":"image","source":{"type":"base64","media_type":"image/jpeg","data":"aGk="}}]}]}`,
+		{"base64 image as a data URL, in order", `{"model":"m","max_tokens":1,"messages":[{"role":"user","content":[{"type":"text","text":"what is"},{"type":"text","text":""},{"type":"image","source":{"type":"base64","media_type":"image/jpeg","data":"aGk="}}]}]}`,
 			map[string]any{"messages": []any{map[string]any{"role": "user", "content": []any{
 				map[string]any{"type": "text", "text": "what is"},
 				map[string]any{"type": "image_url", "image_url": map[string]any{"url": "data:image/jpeg;base64,aGk="}}}}}}},
