@@ -77,7 +77,7 @@ func seedClickHouse(t *testing.T) *chstore.Store {
 		ago := time.Duration(i) * 6 * time.Second
 		ev := usage.Event{Schema: usage.SchemaVersion, ID: usage.NewID(), Time: now.Add(-ago),
 			Endpoint: []string{"a", "b"}[i%2], Model: []string{"tiny", "tiny", "tiny2"}[i%3], APIKey: []string{"team-a", "team-b"}[i%5%2],
-			Route: "/api/chat", Status: 200,
+			Route: []string{"/api/chat", "/v1/chat/completions", "/v1/messages", "/v1/responses"}[i%4], Status: 200,
 			InputTokens: usage.Int64(int64(20 + i%13)), OutputTokens: usage.Int64(int64(200 + (i*37)%300))}
 		rows = append(rows, chstore.EventRow{Event: ev, Partition: 0, Seq: uint64(i + 1)})
 	}
@@ -191,6 +191,7 @@ func TestDashboardInBrowser(t *testing.T) {
 	wait("per-key usage", `document.querySelector('#keys tbody tr[data-key="team-a"]') && document.querySelector('#keys tbody tr[data-key="team-b"]')`)
 	if store != nil {
 		wait("the tokens chart", `document.querySelectorAll('#chart svg rect').length > 10`)
+		wait("usage per API", `['ollama', 'openai', 'anthropic', 'responses'].every((a) => document.querySelector('#apis tbody tr[data-api="' + a + '"]'))`)
 	} else {
 		wait("the chart's explanation", `document.querySelector('#chart').textContent.includes('ClickHouse')`)
 	}

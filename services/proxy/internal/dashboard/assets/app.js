@@ -4,7 +4,7 @@
 'use strict';
 
 const $ = (sel, root = document) => root.querySelector(sel);
-const state = { usage: null, health: null, tags: [], ps: [], range: '1h', rangeKeys: null, keyAsked: false };
+const state = { usage: null, health: null, tags: [], ps: [], range: '1h', rangeKeys: null, rangeAPIs: null, keyAsked: false };
 
 // ---------- formatting ----------
 const nf = new Intl.NumberFormat();
@@ -391,19 +391,34 @@ async function loadChart() {
   const [span, step] = RANGES[state.range];
   const q = `since=${state.range}&bucket=${fmtBucket(step)}&group_by=model`;
   try {
-    const [series, keys] = await Promise.all([
+    const [series, keys, apis] = await Promise.all([
       getJSON('/api/token_usage?' + q),
       getJSON(`/api/token_usage?since=${state.range}&group_by=key`),
+      getJSON(`/api/token_usage?since=${state.range}&group_by=api`),
     ]);
     chartData = { span, step, rows: series.rows || [], until: new Date(series.until || Date.now()) };
     state.rangeKeys = keys.rows || [];
+    state.rangeAPIs = apis.rows || [];
   } catch (e) {
     if (e instanceof Unauthorized) return;
     chartData = { error: e.status === 503 ? 'Tokens per minute come from ClickHouse: ' + e.message : e.message };
     state.rangeKeys = null;
+    state.rangeAPIs = null;
   }
   drawChart();
   renderKeys();
+  renderAPIs();
+}
+
+// Which APIs clients use (ollama, openai, anthropic, responses), from
+// ClickHouse's token_usage_minute_by_api.
+function renderAPIs() {
+  const rows = (state.rangeAPIs || []).slice().sort((a, b) => b.total_tokens - a.total_tokens);
+  $('#apis-range').textContent = state.rangeAPIs ? `last ${state.range}, from ClickHouse` : '';
+  fill($('#apis tbody'), rows.map((r) => el('tr', { 'data-api': r.api },
+    el('td', { text: r.api || '(before per-API counts)' }),
+    ...[r.requests, r.errors, r.input_tokens, r.output_tokens, r.total_tokens].map((v) => el('td', { class: 'num', text: num(v) })))),
+  state.rangeAPIs ? 'No usage yet.' : 'Needs ClickHouse.', 6);
 }
 
 function drawChart() {
