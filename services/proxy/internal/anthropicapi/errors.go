@@ -8,10 +8,10 @@
 package anthropicapi
 
 import (
-	"crypto/rand"
-	"encoding/hex"
 	"encoding/json"
 	"net/http"
+
+	"github.com/droverhq/drover/services/proxy/internal/translate"
 )
 
 // Route is the one route this package serves.
@@ -28,37 +28,14 @@ type apiError struct {
 	RequestID string `json:"request_id,omitempty"`
 }
 
-// errorType is the type Anthropic (and Ollama's anthropic.NewError) gives
-// an error of status; 413 is Anthropic's own request_too_large.
-func errorType(status int) string {
-	switch status {
-	case http.StatusBadRequest:
-		return "invalid_request_error"
-	case http.StatusUnauthorized:
-		return "authentication_error"
-	case http.StatusForbidden:
-		return "permission_error"
-	case http.StatusNotFound:
-		return "not_found_error"
-	case http.StatusRequestEntityTooLarge:
-		return "request_too_large"
-	case http.StatusTooManyRequests:
-		return "rate_limit_error"
-	case http.StatusServiceUnavailable, 529:
-		return "overloaded_error"
-	default:
-		return "api_error"
-	}
-}
-
 // WriteError writes msg in Anthropic's error shape with the type status
 // has there, as Ollama answers errors after its handler ran
 // (Content-Type application/json, a trailing newline).
 func WriteError(w http.ResponseWriter, status int, msg string) {
 	var e apiError
 	e.Type = "error"
-	e.Error.Type, e.Error.Message = errorType(status), msg
-	e.RequestID = requestID()
+	e.Error.Type, e.Error.Message = translate.AnthropicErrorType(status), msg
+	e.RequestID = translate.NewAnthropicID("req")
 	b, _ := json.Marshal(e)
 	w.Header().Set("Content-Type", "application/json")
 	w.WriteHeader(status)
@@ -70,17 +47,10 @@ func WriteError(w http.ResponseWriter, status int, msg string) {
 func badRequest(w http.ResponseWriter, msg string) {
 	var e apiError
 	e.Type = "error"
-	e.Error.Type, e.Error.Message = errorType(http.StatusBadRequest), msg
-	e.RequestID = requestID()
+	e.Error.Type, e.Error.Message = translate.AnthropicErrorType(http.StatusBadRequest), msg
+	e.RequestID = translate.NewAnthropicID("req")
 	b, _ := json.Marshal(e)
 	w.Header().Set("Content-Type", "application/json; charset=utf-8")
 	w.WriteHeader(http.StatusBadRequest)
 	w.Write(b) //nolint:errcheck // the client may be gone
-}
-
-// requestID is "req_" and 24 hex digits, as Ollama's generateID makes them.
-func requestID() string {
-	var b [12]byte
-	rand.Read(b[:]) //nolint:errcheck // never fails (crypto/rand)
-	return "req_" + hex.EncodeToString(b[:])
 }

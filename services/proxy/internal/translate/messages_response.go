@@ -22,7 +22,7 @@ func MessagesResponse(m Messages, model string, status int, h http.Header, clien
 		h.Set("Content-Type", "application/json")
 		return &buffered{w: client, fn: func(body []byte) []byte { return anthropicError(status, body) }}
 	}
-	a := &anthropicWriter{m: m, model: model, id: newID("msg")}
+	a := &anthropicWriter{m: m, model: model, id: NewAnthropicID("msg")}
 	if m.Stream {
 		h.Set("Content-Type", "text/event-stream")
 		return &messagesStream{WriteCloser: sse.EventFilter(client, a.event), a: a, w: client}
@@ -242,14 +242,16 @@ func anthropicError(status int, body []byte) []byte {
 		Error     anthropicErr `json:"error"`
 		RequestID string       `json:"request_id,omitempty"`
 	}
-	e.Type, e.Error, e.RequestID = "error", anthropicErr{Type: errorType(status), Message: msg}, newID("req")
+	e.Type, e.Error, e.RequestID = "error", anthropicErr{Type: AnthropicErrorType(status), Message: msg}, NewAnthropicID("req")
 	out, _ := json.Marshal(e)
 	return append(out, '\n')
 }
 
-// errorType is the type Anthropic (and Ollama) give an error of status; the
-// same table as package anthropicapi's, which this package cannot import.
-func errorType(status int) string {
+// AnthropicErrorType is the type Anthropic (and Ollama's anthropic.NewError)
+// give an error of status; 413 is Anthropic's own request_too_large. Drover's
+// own Anthropic errors (package anthropicapi) and translated backend errors
+// both use it.
+func AnthropicErrorType(status int) string {
 	switch status {
 	case http.StatusBadRequest, http.StatusUnprocessableEntity:
 		return "invalid_request_error"
@@ -270,8 +272,9 @@ func errorType(status int) string {
 	}
 }
 
-// newID is prefix, "_" and 24 hex digits, as Ollama's generateID makes them.
-func newID(prefix string) string {
+// NewAnthropicID is prefix, "_" and 24 hex digits, as Ollama's generateID
+// makes message ("msg"), tool use ("toolu") and request ("req") ids.
+func NewAnthropicID(prefix string) string {
 	var b [12]byte
 	rand.Read(b[:]) //nolint:errcheck // never fails (crypto/rand)
 	return prefix + "_" + hex.EncodeToString(b[:])

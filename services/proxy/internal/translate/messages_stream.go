@@ -56,7 +56,7 @@ func (a *anthropicWriter) event(ev []byte) []byte {
 		return sseEvent(nil, "error", struct {
 			Type  string       `json:"type"`
 			Error anthropicErr `json:"error"`
-		}{"error", anthropicErr{Type: errorType(http.StatusInternalServerError), Message: msg}})
+		}{"error", anthropicErr{Type: AnthropicErrorType(http.StatusInternalServerError), Message: msg}})
 	}
 	a.counts(&r)
 	out := a.start(nil)
