@@ -103,7 +103,7 @@ type anthropicWriter struct {
 	started    bool
 	index      int    // of the open block, or of the next one
 	open       string // "text", "thinking" or "" (none open)
-	calls      []*oaToolDelta
+	calls      callDeltas
 	callsSent  bool
 	finish     string
 	stopSeq    string
@@ -183,7 +183,7 @@ func (a *anthropicWriter) whole(body []byte) []byte {
 		}
 		for i, tc := range ch.Message.ToolCalls {
 			tc.Index = i // a whole message's calls carry no index
-			a.addCall(tc)
+			a.calls.add(tc)
 		}
 	}
 	calls := a.toolBlocks()
@@ -194,22 +194,6 @@ func (a *anthropicWriter) whole(body []byte) []byte {
 	}
 	out, _ := json.Marshal(msg)
 	return append(out, '\n')
-}
-
-func (a *anthropicWriter) addCall(td oaToolDelta) {
-	for len(a.calls) <= td.Index {
-		a.calls = append(a.calls, nil)
-	}
-	c := a.calls[td.Index]
-	if c == nil {
-		c = &oaToolDelta{Index: td.Index}
-		a.calls[td.Index] = c
-	}
-	if td.ID != "" {
-		c.ID = td.ID
-	}
-	c.Function.Name += td.Function.Name
-	c.Function.Arguments += td.Function.Arguments
 }
 
 // toolBlocks are the accumulated calls as tool_use blocks, their arguments

@@ -74,7 +74,7 @@ func (a *anthropicWriter) event(ev []byte) []byte {
 			out = a.delta(out, "text", anthropicDelta{Type: "text_delta", Text: text})
 		}
 		for _, tc := range ch.Delta.ToolCalls {
-			a.addCall(tc)
+			a.calls.add(tc)
 		}
 		a.stop(ch.FinishReason, ch.StopReason)
 		if a.finish != "" {

@@ -120,7 +120,7 @@ func (o *ollamaWriter) choice(completion *string, m *oaText) (text, think string
 	if m != nil {
 		text, think = str(m.Content), str(m.ReasoningContent)+str(m.Reasoning)
 		for _, tc := range m.ToolCalls {
-			o.addCall(tc)
+			o.calls.add(tc)
 		}
 	}
 	return text, think
@@ -157,7 +157,7 @@ type ollamaWriter struct {
 	start time.Time
 	first time.Time // first content
 	// stream state
-	calls      []*oaToolDelta // by index
+	calls      callDeltas // by index
 	callsSent  bool
 	finish     string
 	prompt     *int64
@@ -227,14 +227,18 @@ func (s *streamed) Close() error {
 	return err
 }
 
-func (o *ollamaWriter) addCall(td oaToolDelta) {
-	for len(o.calls) <= td.Index {
-		o.calls = append(o.calls, nil)
+// callDeltas gathers a stream's tool-call deltas by index: the id comes
+// once, the name and the arguments in pieces.
+type callDeltas []*oaToolDelta
+
+func (cs *callDeltas) add(td oaToolDelta) {
+	for len(*cs) <= td.Index {
+		*cs = append(*cs, nil)
 	}
-	c := o.calls[td.Index]
+	c := (*cs)[td.Index]
 	if c == nil {
 		c = &oaToolDelta{Index: td.Index}
-		o.calls[td.Index] = c
+		(*cs)[td.Index] = c
 	}
 	if td.ID != "" {
 		c.ID = td.ID
