@@ -80,7 +80,7 @@ func (s *Server) serveMessages(w http.ResponseWriter, r *http.Request) {
 		w.Write([]byte("405 method not allowed"))
 		return
 	}
-	ew := &anthropicErrors{ResponseWriter: w}
+	ew := anthropicErrors(w)
 	var hf *openaiFault
 	if h := r.Header.Get(FaultHeader); h != "" {
 		var f openaiFault
@@ -94,7 +94,7 @@ func (s *Server) serveMessages(w http.ResponseWriter, r *http.Request) {
 	s.handleMessages(w, ew, r, hf)
 }
 
-func (s *Server) handleMessages(w http.ResponseWriter, ew *anthropicErrors, r *http.Request, hf *openaiFault) {
+func (s *Server) handleMessages(w http.ResponseWriter, ew *errorRewriter, r *http.Request, hf *openaiFault) {
 	start := time.Now()
 	var req MessagesRequest
 	if err := json.NewDecoder(r.Body).Decode(&req); err != nil {
@@ -162,7 +162,7 @@ type messagesJob struct {
 }
 
 func (s *Server) runMessages(w http.ResponseWriter, r *http.Request, j *messagesJob) {
-	release, ok := s.acquire(&anthropicErrors{ResponseWriter: w}, r, j.e)
+	release, ok := s.acquire(anthropicErrors(w), r, j.e)
 	if !ok {
 		return
 	}
@@ -324,7 +324,7 @@ func (s *Server) onceMessages(w http.ResponseWriter, r *http.Request, j *message
 			}
 			return
 		case at(f.ErrorAfterChunks, i, j.plan.chunks):
-			writeError(&anthropicErrors{ResponseWriter: w}, http.StatusInternalServerError, f.errorMessage(0))
+			writeError(anthropicErrors(w), http.StatusInternalServerError, f.errorMessage(0))
 			return
 		case at(f.HangAfterChunks, i, j.plan.chunks):
 			s.hang(r, nil)
@@ -449,41 +449,13 @@ func countContentBlock(block any) int {
 	return total
 }
 
-// anthropicErrors rewrites the chat handler's error answers ({"error": msg}
-// with a status other than 200) as Ollama's Anthropic middleware does.
-type anthropicErrors struct {
-	http.ResponseWriter
-	status int
+// anthropicErrors rewrites the chat handler's error answers as Ollama's
+// Anthropic middleware does.
+func anthropicErrors(w http.ResponseWriter) *errorRewriter {
+	return &errorRewriter{ResponseWriter: w, body: func(status int, msg string) []byte {
+		return append(appendAnthropicError(nil, status, msg), '\n')
+	}}
 }
-
-func (e *anthropicErrors) WriteHeader(status int) {
-	e.status = status
-	if status != http.StatusOK {
-		e.Header().Set("Content-Type", "application/json")
-	}
-	e.ResponseWriter.WriteHeader(status)
-}
-
-func (e *anthropicErrors) Write(b []byte) (int, error) {
-	if e.status == 0 {
-		e.WriteHeader(http.StatusOK)
-	}
-	if e.status == http.StatusOK {
-		return e.ResponseWriter.Write(b)
-	}
-	var body struct {
-		Error string `json:"error"`
-	}
-	if err := json.Unmarshal(b, &body); err != nil {
-		return 0, err
-	}
-	if _, err := e.ResponseWriter.Write(append(appendAnthropicError(nil, e.status, body.Error), '\n')); err != nil {
-		return 0, err
-	}
-	return len(b), nil
-}
-
-func (e *anthropicErrors) Unwrap() http.ResponseWriter { return e.ResponseWriter }
 
 // anthropicErrorType is anthropic.NewError's type for a status.
 func anthropicErrorType(status int) string {

@@ -37,7 +37,7 @@ func (s *Server) serveImages(w http.ResponseWriter, r *http.Request, edit bool) 
 		badOpenAIRequest(w, "image is required")
 		return
 	}
-	ew := &openaiErrors{ResponseWriter: w}
+	ew := openaiErrors(w)
 	if s.serverFailure(ew) {
 		return
 	}

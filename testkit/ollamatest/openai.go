@@ -92,7 +92,7 @@ func (s *Server) serveOpenAI(w http.ResponseWriter, r *http.Request) bool {
 	default:
 		return false
 	}
-	ew := &openaiErrors{ResponseWriter: w}
+	ew := openaiErrors(w)
 	if h := r.Header.Get(FaultHeader); h != "" {
 		var f openaiFault
 		if err := json.Unmarshal([]byte(h), &f); err == nil {
@@ -107,45 +107,17 @@ func (s *Server) serveOpenAI(w http.ResponseWriter, r *http.Request) bool {
 	return true
 }
 
-// openaiErrors rewrites the /api handlers' error answers ({"error": msg}
-// with a status other than 200) as Ollama's OpenAI middleware does. Only
-// validation and setup write through it; replies go to the real writer.
-type openaiErrors struct {
-	http.ResponseWriter
-	status int
+// openaiErrors rewrites the /api handlers' error answers as Ollama's OpenAI
+// middleware does. Only validation and setup write through it; replies go to
+// the real writer.
+func openaiErrors(w http.ResponseWriter) *errorRewriter {
+	return &errorRewriter{ResponseWriter: w, body: func(_ int, msg string) []byte {
+		if msg == "" { // api.StatusError's fallback text
+			msg = "something went wrong, please see the ollama server logs for details"
+		}
+		return appendOpenAIError(nil, "api_error", msg, true)
+	}}
 }
-
-func (e *openaiErrors) WriteHeader(status int) {
-	e.status = status
-	if status != http.StatusOK {
-		e.Header().Set("Content-Type", "application/json")
-	}
-	e.ResponseWriter.WriteHeader(status)
-}
-
-func (e *openaiErrors) Write(b []byte) (int, error) {
-	if e.status == 0 {
-		e.WriteHeader(http.StatusOK)
-	}
-	if e.status == http.StatusOK {
-		return e.ResponseWriter.Write(b)
-	}
-	var body struct {
-		Error string `json:"error"`
-	}
-	if err := json.Unmarshal(b, &body); err != nil {
-		return 0, err
-	}
-	if body.Error == "" { // api.StatusError's fallback text
-		body.Error = "something went wrong, please see the ollama server logs for details"
-	}
-	if _, err := e.ResponseWriter.Write(appendOpenAIError(nil, "api_error", body.Error, true)); err != nil {
-		return 0, err
-	}
-	return len(b), nil
-}
-
-func (e *openaiErrors) Unwrap() http.ResponseWriter { return e.ResponseWriter }
 
 func appendOpenAIError(b []byte, typ, msg string, newline bool) []byte {
 	b = append(b, `{"error":{"message":`...)

@@ -120,7 +120,7 @@ func (s *Server) handleChatCompletions(w http.ResponseWriter, r *http.Request, h
 	if !decodeOpenAI(w, r, &req) {
 		return
 	}
-	ew := &openaiErrors{ResponseWriter: w}
+	ew := openaiErrors(w)
 	if !s.applyFault(ew, r, req.Fake.fault()) {
 		return
 	}
@@ -290,7 +290,7 @@ func (s *Server) handleCompletions(w http.ResponseWriter, r *http.Request, hf *o
 	if !decodeOpenAI(w, r, &req) {
 		return
 	}
-	ew := &openaiErrors{ResponseWriter: w}
+	ew := openaiErrors(w)
 	if !s.applyFault(ew, r, req.Fake.fault()) {
 		return
 	}

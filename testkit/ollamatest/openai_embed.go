@@ -29,7 +29,7 @@ func (s *Server) handleOpenAIEmbeddings(w http.ResponseWriter, r *http.Request, 
 	if !decodeOpenAI(w, r, &req) {
 		return
 	}
-	ew := &openaiErrors{ResponseWriter: w}
+	ew := openaiErrors(w)
 	if !s.applyFault(ew, r, req.Fake.fault()) {
 		return
 	}

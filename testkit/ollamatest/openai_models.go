@@ -44,7 +44,7 @@ func (s *Server) handleListModels(w http.ResponseWriter, r *http.Request, _ *ope
 // handleRetrieveModel is /v1/models/{model}: /api/show through
 // openai.ToModel, which echoes the name as asked.
 func (s *Server) handleRetrieveModel(w http.ResponseWriter, r *http.Request, name string) {
-	ew := &openaiErrors{ResponseWriter: w}
+	ew := openaiErrors(w)
 	n := parseName(name)
 	if !n.valid() {
 		writeError(ew, http.StatusInternalServerError, "unqualified name: "+n.String())

@@ -19,7 +19,7 @@ type openaiJob struct {
 }
 
 // runOpenAI is run's twin: slot, load, latency, then SSE or one JSON body.
-func (s *Server) runOpenAI(w http.ResponseWriter, ew *openaiErrors, r *http.Request, j *openaiJob) {
+func (s *Server) runOpenAI(w http.ResponseWriter, ew *errorRewriter, r *http.Request, j *openaiJob) {
 	release, ok := s.acquire(ew, r, j.e)
 	if !ok {
 		return
@@ -244,7 +244,7 @@ func (s *Server) streamOpenAI(w http.ResponseWriter, r *http.Request, j *openaiJ
 	s.countFinal(&j.job)
 }
 
-func (s *Server) onceOpenAI(w http.ResponseWriter, ew *openaiErrors, r *http.Request, j *openaiJob) {
+func (s *Server) onceOpenAI(w http.ResponseWriter, ew *errorRewriter, r *http.Request, j *openaiJob) {
 	f := j.plan.fault
 	if f == nil {
 		f = &Fault{}

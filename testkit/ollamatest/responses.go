@@ -32,7 +32,7 @@ func (s *Server) serveResponses(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	start := time.Now()
-	ew := &openaiErrors{ResponseWriter: w}
+	ew := openaiErrors(w)
 	if h := r.Header.Get(FaultHeader); h != "" {
 		var f openaiFault
 		if err := json.Unmarshal([]byte(h), &f); err == nil && !s.applyFault(ew, r, &f.Fault) {
