@@ -319,9 +319,7 @@ func (s *Server) onceMessages(w http.ResponseWriter, r *http.Request, j *message
 		switch {
 		case at(f.FailAfterChunks, i, j.plan.chunks):
 			s.stats.cut.Add(1)
-			if conn, _, err := http.NewResponseController(w).Hijack(); err == nil {
-				conn.Close()
-			}
+			hangUp(w)
 			return
 		case at(f.ErrorAfterChunks, i, j.plan.chunks):
 			writeError(anthropicErrors(w), http.StatusInternalServerError, f.errorMessage(0))

@@ -109,15 +109,24 @@ func (s *Server) sleep(ctx context.Context, d time.Duration) bool {
 	}
 }
 
-// cut closes the client connection without finishing the response.
+// cut flushes what was written and closes the client connection without
+// finishing the response.
 func cut(w http.ResponseWriter) {
-	rc := http.NewResponseController(w)
-	rc.Flush()
-	if conn, _, err := rc.Hijack(); err == nil {
-		conn.Close()
-		return
+	http.NewResponseController(w).Flush() //nolint:errcheck // the connection goes anyway
+	if !hangUp(w) {
+		panic(http.ErrAbortHandler) // HTTP/2 or a wrapped writer: net/http resets the stream
 	}
-	panic(http.ErrAbortHandler) // HTTP/2 or a wrapped writer: net/http resets the stream
+}
+
+// hangUp closes the client connection at once, flushing nothing; false
+// when the connection cannot be taken over.
+func hangUp(w http.ResponseWriter) bool {
+	conn, _, err := http.NewResponseController(w).Hijack()
+	if err != nil {
+		return false
+	}
+	conn.Close()
+	return true
 }
 
 // SetFailure makes every generation request (chat, generate, embed,

@@ -253,9 +253,7 @@ func (s *Server) onceOpenAI(w http.ResponseWriter, ew *errorRewriter, r *http.Re
 		switch {
 		case at(f.FailAfterChunks, i, j.plan.chunks):
 			s.stats.cut.Add(1)
-			if conn, _, err := http.NewResponseController(w).Hijack(); err == nil {
-				conn.Close()
-			}
+			hangUp(w)
 			return
 		case at(f.ErrorAfterChunks, i, j.plan.chunks):
 			writeError(ew, http.StatusInternalServerError, f.errorMessage(0))

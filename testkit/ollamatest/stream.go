@@ -189,9 +189,7 @@ func (s *Server) once(w http.ResponseWriter, r *http.Request, j *job, loaded tim
 		switch {
 		case at(f.FailAfterChunks, i, j.plan.chunks):
 			s.stats.cut.Add(1)
-			if conn, _, err := http.NewResponseController(w).Hijack(); err == nil {
-				conn.Close()
-			}
+			hangUp(w)
 			return
 		case at(f.ErrorAfterChunks, i, j.plan.chunks):
 			writeError(w, http.StatusInternalServerError, f.errorMessage(0))
