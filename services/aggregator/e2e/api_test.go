@@ -122,15 +122,16 @@ func TestPipelineTotalsPerAPI(t *testing.T) {
 		return true
 	}
 	rollup := "SELECT api, sum(input_tokens) AS i, sum(output_tokens) AS o, sum(requests) AS n FROM token_usage_minute_by_api GROUP BY api"
-	// Polled until it holds (the aggregator flushes every 100ms) or the
-	// deadline passes.
-	deadline := time.Now().Add(60 * time.Second)
-	for got, _ := read(rollup); !equal(got); got, _ = read(rollup) {
-		if time.Now().After(deadline) {
-			t.Fatalf("token_usage_minute_by_api holds %+v, the backend reported %+v", got, want)
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
+	var got map[string]sums
+	ok := func() bool { got, _ = read(rollup); return equal(got) }
+	func() {
+		defer func() {
+			if t.Failed() {
+				t.Logf("token_usage_minute_by_api holds %+v, the backend reported %+v", got, want)
+			}
+		}()
+		waitFor(t, 60*time.Second, "token_usage_minute_by_api to hold what the backend reported", ok)
+	}()
 	raw, err := read("SELECT api, sum(input_tokens) AS i, sum(output_tokens) AS o, count() AS n FROM usage_events GROUP BY api")
 	if err != nil {
 		t.Fatal(err)
