@@ -15,8 +15,14 @@ import (
 
 // Config is the whole file. Both services read it; each uses its sections.
 type Config struct {
-	// Listen is the proxy's address (default ":12434").
+	// Listen is the proxy's address (default "127.0.0.1:12434", loopback
+	// like Ollama's own default; deployments set ":12434" with keys).
 	Listen string `yaml:"listen"`
+	// MetricsListen, when set, serves /metrics on its own address without a
+	// key (keep it off the public network); the main listener then has no
+	// /metrics. Unset, /metrics is on the main listener and needs an admin
+	// key once keys exist.
+	MetricsListen string `yaml:"metrics_listen"`
 	// Replica names this process in usage events and heartbeats (default:
 	// hostname plus pid).
 	Replica  string `yaml:"replica"`
@@ -29,6 +35,7 @@ type Config struct {
 	Cache       Cache              `yaml:"cache"`
 	Health      Health             `yaml:"health"`
 	Auth        Auth               `yaml:"auth"`
+	CORS        CORS               `yaml:"cors"`
 	Aliases     map[string][]Alias `yaml:"aliases"`
 	NATS        NATS               `yaml:"nats"`
 	Usage       Usage              `yaml:"usage"`
@@ -106,18 +113,61 @@ type Health struct {
 	ProbeInterval time.Duration `yaml:"probe_interval"`
 }
 
-// Auth lists client API keys. With none, the proxy is open and usage is
-// recorded under the key id "anonymous".
+// Auth lists API keys. Keys also live in a JetStream key-value bucket,
+// managed at run time (droverctl keys); the file's keys bootstrap the first
+// admin. With no key anywhere the proxy is open (every caller is an admin
+// recorded as "anonymous"), which it allows only on a loopback listener
+// unless Open says so.
 type Auth struct {
 	Keys []APIKey `yaml:"keys"`
+	// Open lets a proxy on a non-loopback address start without keys.
+	Open bool `yaml:"open"`
+	// Bucket is the JetStream KV bucket of run-time keys (default
+	// "drover_keys"); it holds SHA-256 digests, never secrets.
+	Bucket string `yaml:"bucket"`
+	// StateFile keeps the last key set read from the bucket (digests only),
+	// so a replica started while NATS is down serves with it (default
+	// "./data/keys.json").
+	StateFile string `yaml:"state_file"`
 }
 
-// APIKey is one client credential. ID is what usage records carry; the key
+// APIKey is one credential. ID is what usage records carry; the key
 // itself is never logged.
 type APIKey struct {
 	ID  string `yaml:"id"`
 	Key Secret `yaml:"key"`
+	// Role is "client" (default: inference, listings, its own usage) or
+	// "admin" (also model management, caches, config, every key's usage,
+	// key management).
+	Role string `yaml:"role"`
+	// Models, when set, are glob patterns (path.Match, e.g. "llama3*") of
+	// the only models this key may use or see.
+	Models []string `yaml:"models"`
 }
+
+// CORS lets browsers on other origins call the API.
+type CORS struct {
+	// Origins allowed to call cross-origin ("https://app.example.com");
+	// none by default. Preflight requests from them need no key.
+	Origins []string `yaml:"origins"`
+}
+
+// TLS configures a client connection's TLS. For NATS a tls:// URL or any
+// field here turns it on; for ClickHouse, Enabled (or any file) does.
+type TLS struct {
+	Enabled bool `yaml:"enabled"`
+	// CAFile verifies the server (default: the system's roots).
+	CAFile string `yaml:"ca_file"`
+	// CertFile and KeyFile are a client certificate, for servers that
+	// require one.
+	CertFile string `yaml:"cert_file"`
+	KeyFile  string `yaml:"key_file"`
+	// ServerName overrides the name checked in the server's certificate.
+	ServerName string `yaml:"server_name"`
+}
+
+// On reports whether TLS is wanted.
+func (t TLS) On() bool { return t.Enabled || t.CAFile != "" || t.CertFile != "" }
 
 // NATS is the connection shared by publishing, consuming and fleet state.
 type NATS struct {
@@ -132,6 +182,14 @@ type NATS struct {
 	DuplicateWindow time.Duration `yaml:"duplicate_window"`
 	// Partitions is the number of usage subjects usage.v1.<p> (default 8).
 	Partitions int `yaml:"partitions"`
+	// Credentials: at most one of User (with Password), NKeySeedFile or
+	// CredsFile. Shipped deployments give each service its own user with
+	// only the subjects it needs (deploy/nats/nats.conf, docs/security.md).
+	User         string `yaml:"user"`
+	Password     Secret `yaml:"password"`
+	NKeySeedFile string `yaml:"nkey_seed_file"`
+	CredsFile    string `yaml:"creds_file"`
+	TLS          TLS    `yaml:"tls"`
 }
 
 // Usage configures the proxy's event sink.
@@ -171,6 +229,7 @@ type ClickHouse struct {
 	// for a query or insert to answer (default 30s).
 	DialTimeout time.Duration `yaml:"dial_timeout"`
 	ReadTimeout time.Duration `yaml:"read_timeout"`
+	TLS         TLS           `yaml:"tls"`
 }
 
 // Aggregator configures batching from JetStream into ClickHouse.

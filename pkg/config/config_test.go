@@ -103,3 +103,62 @@ func TestSecretNeverInErrors(t *testing.T) {
 		t.Fatalf("got %v", err)
 	}
 }
+
+func TestAuthKeysShorthandWithRoles(t *testing.T) {
+	c, err := Load("", []string{"DROVER_AUTH_KEYS=ops:secret-ops:admin, team-a:sec:ret-a ,team-b:secret-b:client"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := c.Auth.Keys
+	want := []APIKey{{ID: "ops", Key: "secret-ops", Role: "admin"}, {ID: "team-a", Key: "sec:ret-a", Role: "client"}, {ID: "team-b", Key: "secret-b", Role: "client"}}
+	if len(got) != len(want) {
+		t.Fatalf("keys %+v", got)
+	}
+	for i := range want {
+		if got[i].ID != want[i].ID || got[i].Key != want[i].Key || got[i].Role != want[i].Role {
+			t.Fatalf("key %d: got %+v want %+v", i, got[i], want[i])
+		}
+	}
+}
+
+func TestAuthErrorsNameTheKey(t *testing.T) {
+	_, err := FromStruct(&Config{
+		Auth: Auth{Keys: []APIKey{{ID: "a", Key: "12345678", Role: "root", Models: []string{"llama[", ""}}}},
+		CORS: CORS{Origins: []string{"example.com"}},
+		NATS: NATS{User: "proxy", CredsFile: "/x.creds"},
+	})
+	for _, want := range []string{"auth.keys[0].role: must be client or admin", "auth.keys[0].models[0]", "auth.keys[0].models[1]", "cors.origins[0]", "nats: set at most one"} {
+		if err == nil || !strings.Contains(err.Error(), want) {
+			t.Fatalf("want %q in %v", want, err)
+		}
+	}
+}
+
+func TestOpenAccessOnlyOnLoopback(t *testing.T) {
+	for _, tc := range []struct {
+		listen string
+		keys   bool
+		open   bool
+		ok     bool
+	}{
+		{"127.0.0.1:12434", false, false, true},
+		{"[::1]:12434", false, false, true},
+		{"localhost:12434", false, false, true},
+		{":12434", false, false, false},
+		{"0.0.0.0:12434", false, false, false},
+		{":12434", false, true, true},
+		{":12434", true, false, true},
+	} {
+		c := &Config{Listen: tc.listen, Auth: Auth{Open: tc.open}}
+		if tc.keys {
+			c.Auth.Keys = []APIKey{{ID: "a", Key: "12345678"}}
+		}
+		err := c.CheckOpenAccess()
+		if (err == nil) != tc.ok {
+			t.Errorf("%+v: err %v", tc, err)
+		}
+		if err != nil && !strings.Contains(err.Error(), "auth.open") {
+			t.Errorf("error does not say how to fix it: %v", err)
+		}
+	}
+}

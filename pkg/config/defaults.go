@@ -34,8 +34,18 @@ const (
 // the local load balancer assume it too.
 const DefaultPort = "12434"
 
-// DefaultListen is the proxy's address.
-const DefaultListen = ":" + DefaultPort
+// DefaultListen is the proxy's address: loopback, as Ollama's own default,
+// so that a proxy started without keys is reachable from this machine only.
+const DefaultListen = "127.0.0.1:" + DefaultPort
+
+// DefaultKeysBucket is the JetStream KV bucket of run-time API keys.
+const DefaultKeysBucket = "drover_keys"
+
+// UsageLiveSubjectPrefix is where the usage stream republishes every
+// stored event (usage.live.<partition>, with its stream sequence in the
+// Nats-Sequence header) for the proxies' live fleet totals: proxies may
+// subscribe to it, only the NATS server publishes to it.
+const UsageLiveSubjectPrefix = "usage.live."
 
 // DefaultNATS is the nats section's defaults; the URL has none.
 func DefaultNATS() NATS {
@@ -87,6 +97,11 @@ func DefaultAggregator() Aggregator {
 		RetryMax:          30 * time.Second,
 		ShutdownTimeout:   30 * time.Second,
 	}
+}
+
+// DefaultAuth is the auth section's defaults.
+func DefaultAuth() Auth {
+	return Auth{Bucket: DefaultKeysBucket, StateFile: "./data/keys.json"}
 }
 
 // DefaultRouting is the routing section's defaults.

@@ -14,12 +14,13 @@ func TestDefaults(t *testing.T) {
 		t.Fatal(err)
 	}
 	want := Config{
-		Listen: ":12434", Replica: "r1", LogLevel: "info",
+		Listen: "127.0.0.1:12434", Replica: "r1", LogLevel: "info",
 		Backends: []Backend{{Name: "gpu-a:11434", URL: "http://gpu-a:11434", Type: "ollama", Weight: 1}},
 		Routing: Routing{MaxConcurrency: 4, Queue: Queue{MaxLength: 1024, MaxWait: 60 * time.Second}, MaxAttempts: 3,
 			ConnectTimeout: 3 * time.Second, HeaderTimeout: 10 * time.Minute, CancelGrace: 50 * time.Millisecond},
 		Cache:  Cache{ModelsTTL: 5 * time.Minute, ModelsStale: 10 * time.Minute, LoadedTTL: 10 * time.Second, LoadedStale: 60 * time.Second},
 		Health: Health{FailureThreshold: 3, OpenFor: 2 * time.Second, OpenMax: 60 * time.Second, ProbeInterval: 2 * time.Second},
+		Auth:   Auth{Bucket: "drover_keys", StateFile: "./data/keys.json"},
 		NATS:   NATS{Stream: "USAGE", MaxAge: 168 * time.Hour, MaxBytes: 1 << 30, DuplicateWindow: 10 * time.Minute, Partitions: 8},
 		Usage: Usage{QueueSize: 65536, SpoolDir: "./data/spool", SpoolMaxBytes: 1 << 30, SpoolSyncInterval: 100 * time.Millisecond,
 			BatchSize: 500, BatchLinger: 5 * time.Millisecond, PublishMode: "batch", AckTimeout: 5 * time.Second},

@@ -13,6 +13,8 @@ import (
 	"time"
 
 	"gopkg.in/yaml.v3"
+
+	"github.com/droverhq/drover/pkg/apikey"
 )
 
 // EnvPrefix starts every override variable.
@@ -98,12 +100,16 @@ func applyEnv(cfg *Config, env map[string]string) error {
 	}
 	if v, ok := env[EnvPrefix+"AUTH_KEYS"]; ok {
 		cfg.Auth.Keys = nil
-		for i, pair := range splitList(v) {
-			id, key, found := strings.Cut(pair, ":")
+		for i, item := range splitList(v) {
+			id, key, found := strings.Cut(item, ":")
 			if !found {
-				return fmt.Errorf("%sAUTH_KEYS item %d: want id:key", EnvPrefix, i)
+				return fmt.Errorf("%sAUTH_KEYS item %d: want id:key or id:key:role", EnvPrefix, i)
 			}
-			cfg.Auth.Keys = append(cfg.Auth.Keys, APIKey{ID: id, Key: Secret(key)})
+			role := ""
+			if k, r, ok := cutLast(key, ":"); ok && apikey.ValidRole(r) == nil {
+				key, role = k, r
+			}
+			cfg.Auth.Keys = append(cfg.Auth.Keys, APIKey{ID: id, Key: Secret(key), Role: role})
 		}
 	}
 	var errs []error
@@ -117,6 +123,14 @@ func applyEnv(cfg *Config, env map[string]string) error {
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// cutLast is strings.Cut at the last sep.
+func cutLast(s, sep string) (before, after string, found bool) {
+	if i := strings.LastIndex(s, sep); i >= 0 {
+		return s[:i], s[i+len(sep):], true
+	}
+	return s, "", false
 }
 
 func splitList(v string) []string {

@@ -8,6 +8,8 @@ import (
 	"os"
 	"strings"
 	"time"
+
+	"github.com/droverhq/drover/pkg/apikey"
 )
 
 func (c *Config) setDefaults() {
@@ -38,6 +40,12 @@ func (c *Config) setDefaults() {
 	fillZero(&c.Usage, DefaultUsage())
 	fillZero(&c.ClickHouse, DefaultClickHouse())
 	fillZero(&c.Aggregator, DefaultAggregator())
+	fillZero(&c.Auth, DefaultAuth())
+	for i := range c.Auth.Keys {
+		if c.Auth.Keys[i].Role == "" {
+			c.Auth.Keys[i].Role = apikey.RoleClient
+		}
+	}
 	if c.Aggregator.Instance == "" {
 		c.Aggregator.Instance = c.Replica
 	}
@@ -134,13 +142,51 @@ func (c *Config) Validate() error {
 			bad(key+".key", "is the same as another key")
 		}
 		ids[k.ID], keys[k.Key] = true, true
+		if err := apikey.ValidRole(k.Role); err != nil {
+			bad(key+".role", "must be client or admin, got %q", k.Role)
+		}
+		for j, m := range k.Models {
+			if err := apikey.ValidPatterns([]string{m}); err != nil {
+				bad(fmt.Sprintf("%s.models[%d]", key, j), "must be a glob pattern such as llama3*, got %q", m)
+			}
+		}
+		if k.ID != "" {
+			if err := apikey.ValidID(k.ID); err != nil {
+				bad(key+".id", "%v", err)
+			}
+		}
+	}
+	for i, o := range c.CORS.Origins {
+		if u, err := url.Parse(o); o != "*" && (err != nil || u.Scheme == "" || u.Host == "" || (u.Path != "" && u.Path != "/")) {
+			bad(fmt.Sprintf("cors.origins[%d]", i), "must be an origin such as https://app.example.com, got %q", o)
+		}
+	}
+	for key, t := range map[string]TLS{"nats.tls": c.NATS.TLS, "clickhouse.tls": c.ClickHouse.TLS} {
+		if (t.CertFile == "") != (t.KeyFile == "") {
+			bad(key, "cert_file and key_file go together")
+		}
+	}
+	creds := 0
+	for _, set := range []bool{c.NATS.User != "", c.NATS.NKeySeedFile != "", c.NATS.CredsFile != ""} {
+		if set {
+			creds++
+		}
+	}
+	if creds > 1 {
+		bad("nats", "set at most one of user, nkey_seed_file and creds_file")
+	}
+	if c.NATS.Password != "" && c.NATS.User == "" {
+		bad("nats.password", "needs nats.user")
 	}
 	if m := c.Usage.PublishMode; m != "batch" && m != "message" {
 		bad("usage.publish_mode", "must be batch or message, got %q", m)
 	}
-	if c.DebugListen != "" {
-		if _, _, err := net.SplitHostPort(c.DebugListen); err != nil {
-			bad("debug_listen", "must be host:port, got %q", c.DebugListen)
+	for key, addr := range map[string]string{"debug_listen": c.DebugListen, "metrics_listen": c.MetricsListen} {
+		if addr == "" {
+			continue
+		}
+		if _, _, err := net.SplitHostPort(addr); err != nil {
+			bad(key, "must be host:port, got %q", addr)
 		}
 	}
 	switch strings.ToLower(c.LogLevel) {
@@ -158,4 +204,31 @@ func notNegative[T int | time.Duration](bad func(key, format string, args ...any
 			bad(key, "must be positive, got %v", v)
 		}
 	}
+}
+
+// OpenAccess reports whether the proxy would serve without any key: none
+// in the file. Such a proxy must listen on loopback unless auth.open is
+// set (CheckOpenAccess).
+func (c *Config) OpenAccess() bool { return len(c.Auth.Keys) == 0 }
+
+// CheckOpenAccess refuses a keyless proxy on a non-loopback address unless
+// auth.open says so.
+func (c *Config) CheckOpenAccess() error {
+	if !c.OpenAccess() || c.Auth.Open || Loopback(c.Listen) {
+		return nil
+	}
+	return fmt.Errorf("auth.keys: none configured and listen %q is not a loopback address: add keys (auth.keys or DROVER_AUTH_KEYS=id:key:admin) or set auth.open: true to serve everyone who can reach it", c.Listen)
+}
+
+// Loopback reports whether addr (host:port) only listens on this machine.
+func Loopback(addr string) bool {
+	host, _, err := net.SplitHostPort(addr)
+	if err != nil {
+		return false
+	}
+	if host == "localhost" {
+		return true
+	}
+	ip := net.ParseIP(host)
+	return ip != nil && ip.IsLoopback()
 }

@@ -55,6 +55,13 @@ func run() error {
 		return err
 	}
 	log := slog.New(slog.NewJSONHandler(os.Stderr, &slog.HandlerOptions{Level: level(cfg.LogLevel)}))
+	if err := cfg.CheckOpenAccess(); err != nil {
+		return err
+	}
+	if cfg.OpenAccess() {
+		log.Warn("no API keys in the config file: until the key bucket holds one, anyone who can reach the listener is an admin (pull, delete, every key's usage)",
+			"listen", cfg.Listen, "auth.open", cfg.Auth.Open)
+	}
 	if len(cfg.Backends) == 0 {
 		log.Warn("no backends configured: set backends in the config file or DROVER_BACKENDS")
 	}
@@ -106,6 +113,17 @@ func run() error {
 		opts.ClickHouse = store
 	}
 	srv := server.New(cfg, log, opts)
+
+	if cfg.MetricsListen != "" {
+		ml, err := net.Listen("tcp", cfg.MetricsListen)
+		if err != nil {
+			return fmt.Errorf("metrics_listen: %w", err)
+		}
+		log.Info("serving /metrics without a key on its own listener", "addr", ml.Addr().String())
+		mux := http.NewServeMux()
+		mux.Handle("GET /metrics", srv.MetricsHandler())
+		go (&http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}).Serve(ml) //nolint:errcheck // ends with the process
+	}
 
 	ln, err := net.Listen("tcp", cfg.Listen)
 	if err != nil {

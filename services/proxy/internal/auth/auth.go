@@ -1,98 +1,215 @@
-// Package auth checks client API keys and carries the key's id in the
-// request context. Keys are compared by SHA-256 digest in constant time, and
-// only ids ever reach logs and usage records.
+// Package auth decides who is calling and what they may do. A key is
+// presented as "Authorization: Bearer <key>" (or Anthropic's x-api-key);
+// the query parameter api_key only where a browser cannot send a header
+// (EventSource, the dashboard's first load). Keys come from the config file
+// (fixed) and from the JetStream key bucket (replaced as it changes); only
+// SHA-256 digests are held, and only ids and roles ever reach logs, usage
+// records and the request context.
 package auth
 
 import (
 	"context"
 	"crypto/sha256"
-	"crypto/subtle"
+	"encoding/hex"
 	"net/http"
 	"strings"
+	"sync/atomic"
 
+	"github.com/droverhq/drover/pkg/apikey"
 	"github.com/droverhq/drover/pkg/config"
 )
 
-// Anonymous is the key id of requests when no keys are configured.
+// Anonymous is the key id of requests when no key exists anywhere (open
+// access, loopback or auth.open).
 const Anonymous = "anonymous"
+
+// Principal is who a request acts as.
+type Principal struct {
+	ID   string
+	Role string // apikey.RoleAdmin or apikey.RoleClient
+	// Models is the key's allow-list (glob patterns); nil allows all.
+	Models []string
+}
+
+// Admin reports whether p may manage the fleet.
+func (p Principal) Admin() bool { return p.Role == apikey.RoleAdmin }
+
+// AllowsModel reports whether p may use or see model.
+func (p Principal) AllowsModel(model string) bool { return apikey.AllowsModel(p.Models, model) }
+
+// open is the principal of every request when no key exists: whoever can
+// reach a loopback (or explicitly open) listener owns the fleet.
+var open = Principal{ID: Anonymous, Role: apikey.RoleAdmin}
 
 type ctxKey struct{}
 
+// FromContext returns the request's principal; without one (internal
+// calls, tests), the open principal.
+func FromContext(ctx context.Context) Principal {
+	if p, ok := ctx.Value(ctxKey{}).(Principal); ok {
+		return p
+	}
+	return open
+}
+
+// WithPrincipal returns ctx acting as p.
+func WithPrincipal(ctx context.Context, p Principal) context.Context {
+	return context.WithValue(ctx, ctxKey{}, p)
+}
+
 // KeyID returns the id of the key that authenticated the request.
-func KeyID(ctx context.Context) string {
-	if id, ok := ctx.Value(ctxKey{}).(string); ok {
-		return id
-	}
-	return Anonymous
+func KeyID(ctx context.Context) string { return FromContext(ctx).ID }
+
+// AllowsModel reports whether the request's key may use model.
+func AllowsModel(ctx context.Context, model string) bool {
+	return FromContext(ctx).AllowsModel(model)
 }
 
-// WithKeyID returns ctx carrying id (for tests and internal calls).
-func WithKeyID(ctx context.Context, id string) context.Context {
-	return context.WithValue(ctx, ctxKey{}, id)
-}
+type keySet map[[sha256.Size]byte]Principal
 
-// Keys is the configured set; empty means open access.
+// Keys is the set of valid keys: the config file's, fixed, and the
+// bucket's, swapped whole on every change.
 type Keys struct {
-	digests [][32]byte
-	ids     []string
+	fixed  keySet
+	ids    map[string]bool // the config file's ids
+	bucket atomic.Pointer[keySet]
 }
 
-// New hashes the configured keys.
+// New holds the config file's keys.
 func New(keys []config.APIKey) *Keys {
-	k := &Keys{}
+	k := &Keys{fixed: keySet{}, ids: map[string]bool{}}
 	for _, c := range keys {
-		k.digests = append(k.digests, sha256.Sum256([]byte(c.Key.Reveal())))
-		k.ids = append(k.ids, c.ID)
+		k.fixed[sha256.Sum256([]byte(c.Key.Reveal()))] = Principal{ID: c.ID, Role: c.Role, Models: c.Models}
+		k.ids[c.ID] = true
 	}
+	k.bucket.Store(&keySet{})
 	return k
 }
 
-// Lookup returns the id for a presented key. Every configured key is
-// compared, so timing does not reveal which one matched.
-func (k *Keys) Lookup(presented string) (string, bool) {
-	d := sha256.Sum256([]byte(presented))
-	found := -1
-	for i := range k.digests {
-		if subtle.ConstantTimeCompare(d[:], k.digests[i][:]) == 1 {
-			found = i
+// FromConfig reports whether id names a key of the config file (those
+// cannot be changed at run time).
+func (k *Keys) FromConfig(id string) bool { return k.ids[id] }
+
+// SetBucket replaces the run-time keys with recs. Records that do not
+// validate, and ids that the config file defines, are skipped.
+func (k *Keys) SetBucket(recs []apikey.Record) (skipped []string) {
+	set := keySet{}
+	for _, r := range recs {
+		d, err := hex.DecodeString(r.Digest)
+		if r.Validate() != nil || err != nil || k.ids[r.ID] {
+			skipped = append(skipped, r.ID)
+			continue
 		}
+		set[[sha256.Size]byte(d)] = Principal{ID: r.ID, Role: r.Role, Models: r.Models}
 	}
-	if found < 0 {
-		return "", false
-	}
-	return k.ids[found], true
+	k.bucket.Store(&set)
+	return skipped
 }
 
-// Middleware requires a key (Bearer header, Anthropic's x-api-key header,
-// or ?api_key= for browsers' EventSource) when keys are configured. deny writes the refusal in the
-// route's API format. Paths in open pass without a key.
-func (k *Keys) Middleware(open func(path string) bool, deny func(w http.ResponseWriter, r *http.Request, msg string)) func(http.Handler) http.Handler {
+// Open reports whether no key exists anywhere, so every caller is let in
+// as the anonymous admin.
+func (k *Keys) Open() bool { return len(k.fixed) == 0 && len(*k.bucket.Load()) == 0 }
+
+// Lookup returns the principal of a presented secret. The secret is hashed
+// first, so the lookup's timing depends on its digest, not on how much of a
+// real key it shares.
+func (k *Keys) Lookup(secret string) (Principal, bool) {
+	d := sha256.Sum256([]byte(secret))
+	if p, ok := k.fixed[d]; ok {
+		return p, true
+	}
+	p, ok := (*k.bucket.Load())[d]
+	return p, ok
+}
+
+// Access is what a route requires.
+type Access int
+
+const (
+	// Public routes serve anyone; a valid key presented still identifies
+	// the caller (an admin sees /health in detail).
+	Public Access = iota
+	// Client routes need any valid key.
+	Client
+	// Admin routes need a key with the admin role.
+	Admin
+)
+
+// Policy tells the middleware what each request needs and how to refuse.
+type Policy struct {
+	// Access is what r needs.
+	Access func(r *http.Request) Access
+	// QueryKey reports whether r may carry its key as ?api_key= (routes a
+	// browser reaches without headers).
+	QueryKey func(r *http.Request) bool
+	// Deny writes a refusal (401 or 403) in r's API format.
+	Deny func(w http.ResponseWriter, r *http.Request, status int, msg string)
+}
+
+// Messages of the refusals.
+const (
+	MsgMissing = "missing API key: send Authorization: Bearer <key>"
+	MsgInvalid = "invalid API key"
+)
+
+// Middleware authenticates every request and enforces p.
+func (k *Keys) Middleware(p Policy) func(http.Handler) http.Handler {
 	return func(next http.Handler) http.Handler {
 		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-			if len(k.digests) == 0 || open(r.URL.Path) {
+			need := p.Access(r)
+			secret := presented(r, p.QueryKey(r))
+			if k.Open() {
+				next.ServeHTTP(w, r.WithContext(WithPrincipal(r.Context(), open)))
+				return
+			}
+			who, ok := Principal{}, false
+			if secret != "" {
+				who, ok = k.Lookup(secret)
+			}
+			switch {
+			case need == Public:
+				if ok {
+					r = r.WithContext(WithPrincipal(r.Context(), who))
+				} else {
+					r = r.WithContext(WithPrincipal(r.Context(), Principal{ID: Anonymous}))
+				}
 				next.ServeHTTP(w, r)
 				return
-			}
-			presented := r.URL.Query().Get("api_key")
-			if h := r.Header.Get("X-Api-Key"); h != "" {
-				presented = strings.TrimSpace(h)
-			}
-			if h := r.Header.Get("Authorization"); h != "" {
-				scheme, token, _ := strings.Cut(h, " ")
-				if strings.EqualFold(scheme, "Bearer") {
-					presented = strings.TrimSpace(token)
-				}
-			}
-			if presented == "" {
-				deny(w, r, "missing API key: send Authorization: Bearer <key>")
+			case secret == "":
+				w.Header().Set("WWW-Authenticate", `Bearer realm="drover"`)
+				p.Deny(w, r, http.StatusUnauthorized, MsgMissing)
+				return
+			case !ok:
+				w.Header().Set("WWW-Authenticate", `Bearer realm="drover"`)
+				p.Deny(w, r, http.StatusUnauthorized, MsgInvalid)
+				return
+			case need == Admin && !who.Admin():
+				p.Deny(w, r, http.StatusForbidden, "key "+who.ID+" may not do this: it needs the admin role")
 				return
 			}
-			id, ok := k.Lookup(presented)
-			if !ok {
-				deny(w, r, "invalid API key")
-				return
-			}
-			next.ServeHTTP(w, r.WithContext(WithKeyID(r.Context(), id)))
+			next.ServeHTTP(w, r.WithContext(WithPrincipal(r.Context(), who)))
 		})
 	}
+}
+
+// presented returns the key the request carries, and removes api_key from
+// the URL so that it goes no further (no handler, backend or log sees it).
+func presented(r *http.Request, queryOK bool) string {
+	var secret string
+	if q := r.URL.Query(); q.Has("api_key") && queryOK {
+		secret = q.Get("api_key")
+		q.Del("api_key")
+		r.URL.RawQuery = q.Encode()
+		r.RequestURI = r.URL.RequestURI()
+	}
+	if h := r.Header.Get("X-Api-Key"); h != "" {
+		secret = strings.TrimSpace(h)
+	}
+	if h := r.Header.Get("Authorization"); h != "" {
+		scheme, token, _ := strings.Cut(h, " ")
+		if strings.EqualFold(scheme, "Bearer") {
+			secret = strings.TrimSpace(token)
+		}
+	}
+	return secret
 }

@@ -6,23 +6,42 @@ import (
 	"net/http/httptest"
 	"testing"
 
+	"github.com/droverhq/drover/pkg/apikey"
 	"github.com/droverhq/drover/pkg/config"
 )
 
-var twoKeys = []config.APIKey{{ID: "team-a", Key: "secret-a"}, {ID: "team-b", Key: "secret-b"}}
+var twoKeys = []config.APIKey{{ID: "team-a", Key: "secret-a", Role: "client"}, {ID: "team-b", Key: "secret-b", Role: "client"}}
+
+// testPolicy: /health public, /admin admin-only, the query key only on
+// /api/usage-stream, everything else any key.
+var testPolicy = Policy{
+	Access: func(r *http.Request) Access {
+		switch r.URL.Path {
+		case "/health":
+			return Public
+		case "/admin":
+			return Admin
+		}
+		return Client
+	},
+	QueryKey: func(r *http.Request) bool { return r.URL.Path == "/api/usage-stream" },
+}
 
 // serve runs one request through the middleware and reports whether it was
 // let through, with which key id, or the refusal's message.
 func serve(keys *Keys, req *http.Request) (passed bool, id, denied string) {
-	open := func(path string) bool { return path == "/health" }
-	deny := func(w http.ResponseWriter, r *http.Request, msg string) {
+	p := testPolicy
+	p.Deny = func(w http.ResponseWriter, r *http.Request, status int, msg string) {
 		denied = msg
-		w.WriteHeader(http.StatusUnauthorized)
+		w.WriteHeader(status)
 	}
 	next := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		passed, id = true, KeyID(r.Context())
+		if r.URL.Query().Has("api_key") && r.URL.Path == "/api/usage-stream" {
+			panic("api_key reached the handler")
+		}
 	})
-	keys.Middleware(open, deny)(next).ServeHTTP(httptest.NewRecorder(), req)
+	keys.Middleware(p)(next).ServeHTTP(httptest.NewRecorder(), req)
 	return passed, id, denied
 }
 
@@ -53,6 +72,12 @@ func TestMiddleware(t *testing.T) {
 		{"header wins over query", twoKeys, "/api/usage-stream?api_key=secret-b", "Bearer secret-a", "team-a", ""},
 		{"non-bearer header leaves the query", twoKeys, "/api/usage-stream?api_key=secret-b", "Basic xyz", "team-b", ""},
 		{"open path without a key", twoKeys, "/health", "", Anonymous, ""},
+		{"open path with a key knows it", twoKeys, "/health", "Bearer secret-b", "team-b", ""},
+		{"open path with a wrong key is anonymous", twoKeys, "/health", "Bearer nope", Anonymous, ""},
+		{"query parameter elsewhere is no credential", twoKeys, "/api/chat?api_key=secret-a", "", "", "missing API key: send Authorization: Bearer <key>"},
+		{"client key on an admin route", twoKeys, "/admin", "Bearer secret-a", "", "key team-a may not do this: it needs the admin role"},
+		{"admin key on an admin route", append([]config.APIKey{{ID: "ops", Key: "secret-o", Role: "admin"}}, twoKeys...), "/admin", "Bearer secret-o", "ops", ""},
+		{"no keys: admin routes open too", nil, "/admin", "", Anonymous, ""},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -108,13 +133,13 @@ func TestMiddlewareXAPIKey(t *testing.T) {
 func TestLookup(t *testing.T) {
 	keys := New([]config.APIKey{{ID: "one", Key: "k1"}, {ID: "two", Key: "k2"}, {ID: "three", Key: "k3"}})
 	for presented, want := range map[string]string{"k1": "one", "k2": "two", "k3": "three"} {
-		if id, ok := keys.Lookup(presented); !ok || id != want {
-			t.Errorf("Lookup(%q) = %q, %v; want %q", presented, id, ok, want)
+		if p, ok := keys.Lookup(presented); !ok || p.ID != want {
+			t.Errorf("Lookup(%q) = %q, %v; want %q", presented, p.ID, ok, want)
 		}
 	}
 	for _, presented := range []string{"", "k", "k4", "K1", "k1 "} {
-		if id, ok := keys.Lookup(presented); ok {
-			t.Errorf("Lookup(%q) = %q: accepted a key that is not configured", presented, id)
+		if p, ok := keys.Lookup(presented); ok {
+			t.Errorf("Lookup(%q) = %q: accepted a key that is not configured", presented, p.ID)
 		}
 	}
 	if _, ok := New(nil).Lookup(""); ok {
@@ -126,7 +151,36 @@ func TestKeyIDInContext(t *testing.T) {
 	if got := KeyID(context.Background()); got != Anonymous {
 		t.Fatalf("no key id: got %q, want %q", got, Anonymous)
 	}
-	if got := KeyID(WithKeyID(context.Background(), "team-a")); got != "team-a" {
+	if got := KeyID(WithPrincipal(context.Background(), Principal{ID: "team-a"})); got != "team-a" {
 		t.Fatalf("got %q", got)
+	}
+}
+
+// Bucket keys come and go as a whole; the config file's ids cannot be
+// shadowed by the bucket, and a bucket key makes an open proxy closed.
+func TestBucketKeys(t *testing.T) {
+	keys := New(nil)
+	if !keys.Open() {
+		t.Fatal("no keys: want open")
+	}
+	secret := apikey.NewSecret()
+	skipped := keys.SetBucket([]apikey.Record{
+		{ID: "team-c", Role: "client", Digest: apikey.Digest(secret), Models: []string{"llama*"}},
+		{ID: "broken", Role: "root", Digest: apikey.Digest("x")},
+	})
+	if len(skipped) != 1 || skipped[0] != "broken" || keys.Open() {
+		t.Fatalf("skipped %v, open %v", skipped, keys.Open())
+	}
+	p, ok := keys.Lookup(secret)
+	if !ok || p.ID != "team-c" || p.AllowsModel("qwen2") || !p.AllowsModel("llama3:8b") {
+		t.Fatalf("lookup %+v %v", p, ok)
+	}
+	keys.SetBucket(nil)
+	if _, ok := keys.Lookup(secret); ok || !keys.Open() {
+		t.Fatal("revoked key still valid")
+	}
+	withFile := New(twoKeys)
+	if skipped := withFile.SetBucket([]apikey.Record{{ID: "team-a", Role: "admin", Digest: apikey.Digest("other")}}); len(skipped) != 1 {
+		t.Fatal("a bucket key shadowed a config file id")
 	}
 }

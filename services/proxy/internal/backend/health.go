@@ -3,6 +3,7 @@ package backend
 import (
 	"sync"
 	"time"
+	"unicode/utf8"
 
 	"github.com/droverhq/drover/pkg/config"
 )
@@ -101,7 +102,7 @@ func (h *Health) Failure(err error, hard bool) {
 	now := h.now()
 	h.mu.Lock()
 	if err != nil {
-		h.lastErr = err.Error()
+		h.lastErr = trimError(err.Error())
 	}
 	opened := false
 	switch h.state {
@@ -176,4 +177,19 @@ func (h *Health) stateLocked(now time.Time) State {
 		return HalfOpen
 	}
 	return h.state
+}
+
+// maxLastError bounds the last error kept for /health: enough to say what
+// went wrong, not a backend's whole error page.
+const maxLastError = 512
+
+func trimError(s string) string {
+	if len(s) <= maxLastError {
+		return s
+	}
+	cut := maxLastError
+	for cut > 0 && !utf8.RuneStart(s[cut]) {
+		cut--
+	}
+	return s[:cut] + "… (trimmed)"
 }

@@ -38,11 +38,13 @@ func copyRequestHeaders(dst, src http.Header) {
 	}
 }
 
-// copyHeaders copies the backend's end-to-end response headers.
+// copyHeaders copies the backend's end-to-end response headers, except
+// cookies and CORS headers: a backend's session is not the client's, and
+// only Drover decides which origins may read its answers (cors.origins).
 func copyHeaders(dst, src http.Header) {
 	conn := src["Connection"]
 	for k, vs := range src {
-		if hopHeaders[k] || connectionNames(conn, k) {
+		if hopHeaders[k] || connectionNames(conn, k) || k == "Set-Cookie" || strings.HasPrefix(k, "Access-Control-") {
 			continue
 		}
 		dst[k] = vs

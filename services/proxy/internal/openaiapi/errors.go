@@ -28,6 +28,10 @@ type apiError struct {
 func WriteError(w http.ResponseWriter, status int, msg string) {
 	typ, code := "invalid_request_error", ""
 	switch {
+	case status == http.StatusUnauthorized:
+		code = "invalid_api_key"
+	case status == http.StatusForbidden:
+		code = "insufficient_permissions"
 	case status == http.StatusNotFound && strings.Contains(msg, "model"):
 		code = "model_not_found"
 	case status == http.StatusNotImplemented:

@@ -8,6 +8,7 @@ import (
 	"errors"
 	"log/slog"
 	"net/http"
+	"net/url"
 	"strings"
 	"time"
 
@@ -45,7 +46,10 @@ type Server struct {
 	Metrics *metrics.Metrics
 	Sync    *fleetsync.Sync
 	Live    *live.Live
-	log     *slog.Logger
+	// Keys are the valid API keys: the config file's and, replaced as the
+	// key bucket changes, the run-time ones.
+	Keys *auth.Keys
+	log  *slog.Logger
 
 	usageStatus func() any
 	analytics   *analytics.Handler
@@ -74,7 +78,7 @@ type Options struct {
 
 // New builds a replica from cfg.
 func New(cfg *config.Config, log *slog.Logger, opts Options) *Server {
-	s := &Server{Config: cfg, log: log, Totals: usage.NewTotals()}
+	s := &Server{Config: cfg, log: log, Totals: usage.NewTotals(), Keys: auth.New(cfg.Auth.Keys)}
 	s.Metrics = metrics.New(opts.Registry)
 	s.usageStatus = opts.UsageStatus
 	s.Sync = fleetsync.New(opts.SyncConn, fleetsync.Options{Replica: cfg.Replica}, log)
@@ -108,6 +112,12 @@ func New(cfg *config.Config, log *slog.Logger, opts Options) *Server {
 // Handler serves every route.
 func (s *Server) Handler() http.Handler { return s.handler }
 
+// MetricsHandler serves Prometheus metrics; on the main listener it needs
+// an admin key, on metrics_listen none.
+func (s *Server) MetricsHandler() http.Handler {
+	return promhttp.HandlerFor(s.Metrics.Registry, promhttp.HandlerOpts{})
+}
+
 // Close stops background work. Call it after the HTTP server has drained.
 func (s *Server) Close() {
 	s.Live.Close()
@@ -121,8 +131,8 @@ func (s *Server) routes() http.Handler {
 	// The page for browsers at / and its static assets: no key needed (they
 	// hold no data; the page asks for a key when the API wants one).
 	r.Use(dashboard.Middleware)
-	keys := auth.New(s.Config.Auth.Keys)
-	r.Use(keys.Middleware(openPath, deny))
+	r.Use(cors(s.Config.CORS.Origins))
+	r.Use(s.Keys.Middleware(auth.Policy{Access: access, QueryKey: queryKey, Deny: deny}))
 	// Ollama answers unknown paths with a plain 404, wrong methods with 405.
 	r.NotFound(ollamaapi.NotFound)
 	r.MethodNotAllowed(ollamaapi.MethodNotAllowed)
@@ -132,7 +142,9 @@ func (s *Server) routes() http.Handler {
 	(&openaiapi.Handler{Fleet: s.Fleet, Forward: s.Forward, Log: s.log}).Routes(r)
 	(&anthropicapi.Handler{Forward: s.Forward, Log: s.log}).Routes(r)
 	r.Get("/health", s.health)
-	r.Method(http.MethodGet, "/metrics", promhttp.HandlerFor(s.Metrics.Registry, promhttp.HandlerOpts{}))
+	if s.Config.MetricsListen == "" {
+		r.Method(http.MethodGet, "/metrics", s.MetricsHandler())
+	}
 	r.Get("/api/usage", s.Live.ServeUsage)
 	r.Get("/api/usage-stream", s.Live.ServeStream)
 	r.Get("/api/config", s.endpoints)
@@ -145,25 +157,50 @@ func (s *Server) routes() http.Handler {
 	return r
 }
 
-// openPath lists what needs no key: liveness for load balancers and
-// Ollama's "is it running" probe.
-func openPath(p string) bool { return p == "/" || p == "/health" || p == "/metrics" }
+// adminRoutes change the fleet or reveal all of it: model management,
+// caches, configuration, keys and metrics (method "" is any method).
+var adminRoutes = map[[2]string]bool{
+	{http.MethodPost, "/api/pull"}: true, {http.MethodPost, "/api/push"}: true,
+	{http.MethodPost, "/api/create"}: true, {http.MethodPost, "/api/copy"}: true,
+	{http.MethodDelete, "/api/delete"}:             true,
+	{http.MethodPost, "/api/experimental/aliases"}: true, {http.MethodDelete, "/api/experimental/aliases"}: true,
+	{http.MethodPost, "/api/cache/invalidate"}: true,
+	{"", "/api/config"}:                        true, {"", "/api/ps_details"}: true, {"", "/metrics"}: true, {"", "/api/keys"}: true,
+}
 
-func deny(w http.ResponseWriter, r *http.Request, msg string) {
-	w.Header().Set("WWW-Authenticate", `Bearer realm="drover"`)
-	if r.URL.Path == anthropicapi.Route {
-		anthropicapi.WriteError(w, http.StatusUnauthorized, msg)
-		return
+// access is what each route needs. Public: the dashboard page, Ollama's
+// "is it running" probe and /health (in detail for admins only).
+// Admin: adminRoutes, blobs and key management. Everything else, inference
+// on every API, listings and one's own usage, needs any valid key.
+func access(r *http.Request) auth.Access {
+	p := r.URL.Path
+	switch {
+	case p == "/" || p == "/health":
+		return auth.Public
+	case adminRoutes[[2]string{r.Method, p}] || adminRoutes[[2]string{"", p}],
+		strings.HasPrefix(p, "/api/blobs/"), strings.HasPrefix(p, "/api/keys/"):
+		return auth.Admin
 	}
-	if strings.HasPrefix(r.URL.Path, "/v1/") {
-		w.Header().Set("Content-Type", "application/json")
-		w.WriteHeader(http.StatusUnauthorized)
-		json.NewEncoder(w).Encode(map[string]any{"error": map[string]any{ //nolint:errcheck
-			"message": msg, "type": "invalid_request_error", "param": nil, "code": "invalid_api_key",
-		}})
-		return
+	return auth.Client
+}
+
+// queryKey allows ?api_key= only where a browser cannot send a header: the
+// live usage stream (EventSource) and the dashboard's first load.
+func queryKey(r *http.Request) bool {
+	return r.Method == http.MethodGet && (r.URL.Path == "/api/usage-stream" || r.URL.Path == "/")
+}
+
+// deny refuses in the route's API format: Anthropic's error object on
+// /v1/messages, OpenAI's on the rest of /v1, Ollama's elsewhere.
+func deny(w http.ResponseWriter, r *http.Request, status int, msg string) {
+	switch {
+	case r.URL.Path == anthropicapi.Route:
+		anthropicapi.WriteError(w, status, msg)
+	case strings.HasPrefix(r.URL.Path, "/v1/"):
+		openaiapi.WriteError(w, status, msg)
+	default:
+		ollamaapi.WriteError(w, status, msg)
 	}
-	ollamaapi.WriteError(w, http.StatusUnauthorized, msg)
 }
 
 type backendStatus struct {
@@ -185,12 +222,23 @@ func (s *Server) backendStatuses() ([]backendStatus, int) {
 		if snap.Healthy {
 			usable++
 		}
-		out = append(out, backendStatus{Name: b.Name, URL: b.URL, Type: b.Dialect.Kind(), MaxConcurrency: b.MaxConcurrency, Weight: b.Weight, Health: snap})
+		out = append(out, backendStatus{Name: b.Name, URL: redacted(b.URL), Type: b.Dialect.Kind(), MaxConcurrency: b.MaxConcurrency, Weight: b.Weight, Health: snap})
 	}
 	return out, usable
 }
 
-// health tells the truth per backend, and is 503 when none is usable.
+// redacted shows a backend URL without its password.
+func redacted(raw string) string {
+	u, err := url.Parse(raw)
+	if err != nil {
+		return "(unparseable URL)"
+	}
+	return u.Redacted()
+}
+
+// health is 503 when no backend is usable. Anyone learns only that, in
+// one word; an admin sees each backend (URLs redacted, errors trimmed),
+// the queue, fleet sync and the usage pipeline.
 func (s *Server) health(w http.ResponseWriter, r *http.Request) {
 	backends, usable := s.backendStatuses()
 	status, code := "ok", http.StatusOK
@@ -199,6 +247,10 @@ func (s *Server) health(w http.ResponseWriter, r *http.Request) {
 		status, code = "unavailable", http.StatusServiceUnavailable
 	case usable < len(backends):
 		status = "degraded"
+	}
+	if !auth.FromContext(r.Context()).Admin() {
+		writeJSON(w, code, map[string]any{"status": status})
+		return
 	}
 	out := map[string]any{"status": status, "replica": s.Config.Replica, "backends": backends, "queue_length": s.Router.QueueLen(), "fleet_sync": s.Sync.Status()}
 	if s.usageStatus != nil {
