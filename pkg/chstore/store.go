@@ -36,6 +36,10 @@ type Options struct {
 	// query's answer. Both default to config.DefaultClickHouse's.
 	DialTimeout time.Duration
 	ReadTimeout time.Duration
+	// TLS is clickhouse.tls: on when Enabled or a file is set, verifying
+	// the server against CAFile (or the system's roots) and presenting
+	// CertFile/KeyFile when given.
+	TLS config.TLS
 }
 
 // Store is a pool of native connections to one ClickHouse server. It is safe
@@ -76,8 +80,13 @@ func Open(opts Options) (*Store, error) {
 	if opts.ReadTimeout == 0 {
 		opts.ReadTimeout = def.ReadTimeout
 	}
+	tlsConf, err := tlsConfig(opts.TLS)
+	if err != nil {
+		return nil, fmt.Errorf("chstore: %w", err)
+	}
 	conn, err := clickhouse.Open(&clickhouse.Options{
 		Protocol: clickhouse.Native,
+		TLS:      tlsConf,
 		Addr:     []string{opts.Addr},
 		// The database may not exist before Migrate: connect to default and
 		// qualify every table name instead.

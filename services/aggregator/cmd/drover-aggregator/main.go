@@ -81,11 +81,7 @@ func run(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 		return err
 	}
 
-	store, err := chstore.Open(chstore.Options{
-		Addr: cfg.ClickHouse.Addr, Database: cfg.ClickHouse.Database,
-		Username: cfg.ClickHouse.Username, Password: cfg.ClickHouse.Password.Reveal(),
-		DialTimeout: cfg.ClickHouse.DialTimeout, ReadTimeout: cfg.ClickHouse.ReadTimeout,
-	})
+	store, err := chstore.Open(chstore.FromConfig(cfg.ClickHouse))
 	if err != nil {
 		return err
 	}

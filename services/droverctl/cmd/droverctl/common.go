@@ -71,6 +71,7 @@ func (c *commonFlags) openStore() (*chstore.Store, error) {
 	if ch.Addr == "" {
 		return nil, fmt.Errorf("no ClickHouse address: set -clickhouse, clickhouse.addr or DROVER_CLICKHOUSE_ADDR")
 	}
-	return chstore.Open(chstore.Options{Addr: ch.Addr, Database: ch.Database, Username: ch.Username,
-		Password: ch.Password.Reveal(), DialTimeout: ch.DialTimeout, ReadTimeout: max(ch.ReadTimeout, 30*time.Second)})
+	opts := chstore.FromConfig(ch)
+	opts.ReadTimeout = max(ch.ReadTimeout, 30*time.Second)
+	return chstore.Open(opts)
 }

@@ -101,11 +101,7 @@ func run() error {
 	}
 	if cfg.ClickHouse.Addr != "" {
 		// Read-only here: fleet token totals and the dashboard's charts.
-		store, err := chstore.Open(chstore.Options{
-			Addr: cfg.ClickHouse.Addr, Database: cfg.ClickHouse.Database,
-			Username: cfg.ClickHouse.Username, Password: cfg.ClickHouse.Password.Reveal(),
-			DialTimeout: cfg.ClickHouse.DialTimeout, ReadTimeout: cfg.ClickHouse.ReadTimeout,
-		})
+		store, err := chstore.Open(chstore.FromConfig(cfg.ClickHouse))
 		if err != nil {
 			return fmt.Errorf("clickhouse: %w", err)
 		}
