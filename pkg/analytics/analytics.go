@@ -3,9 +3,24 @@
 // /api/token_usage). Every replica answers the same, because the answers
 // come from ClickHouse, never from the replica's memory.
 //
-// Errors are Ollama-style bodies, {"error": "..."}: 400 for bad input, 404
-// for a model with no recorded usage, 503 when ClickHouse is not configured
-// or does not answer.
+// Usage is private by default: a Scope decides, per request, whose usage
+// the caller may read. A caller limited to its own key (a client key) gets
+// every answer filtered to its key id, whatever it asks; asking for another
+// key id is refused with 403. A caller that may read every key's usage (an
+// admin) may filter by any key id or none.
+//
+// key_id is a filter naming a key by its id, never a credential: nothing
+// here authenticates. The old name of the filter, api_key, is still read
+// as a deprecated alias of key_id (answers carry Deprecation and Warning
+// headers); it was easy to mistake for the key itself.
+//
+// Every value from the request reaches ClickHouse as a bound parameter;
+// no SQL is built from input.
+//
+// Errors are Ollama-style bodies, {"error": "..."}: 400 for bad input, 403
+// for another key's usage asked by a key that may only read its own, 404
+// for a model with no recorded usage, 503 when ClickHouse is not
+// configured or does not answer.
 package analytics
 
 import (
@@ -25,13 +40,16 @@ import (
 // analytics are not configured: every route answers 503.
 type Handler struct {
 	store   *chstore.Store
+	scope   Scope
 	now     func() time.Time
 	timeout time.Duration
 }
 
-// NewHandler returns handlers reading store.
-func NewHandler(store *chstore.Store) *Handler {
-	return &Handler{store: store, now: time.Now, timeout: 15 * time.Second}
+// NewHandler returns handlers reading store for the callers scope admits.
+// A nil scope admits nobody: every request is refused with 403, so a
+// handler mounted without thought shows no one's usage.
+func NewHandler(store *chstore.Store, scope Scope) *Handler {
+	return &Handler{store: store, scope: scope, now: time.Now, timeout: 15 * time.Second}
 }
 
 // Register mounts the routes on mux.
@@ -54,23 +72,30 @@ type TokenCount struct {
 
 // TokenCountsResponse is the body of GET /api/token_counts.
 type TokenCountsResponse struct {
+	// KeyID is the key id the counts are limited to, if any.
+	KeyID       string       `json:"key_id,omitempty"`
 	TotalTokens uint64       `json:"total_tokens"`
 	Breakdown   []TokenCount `json:"breakdown"`
 }
 
 // TokenCounts serves GET /api/token_counts: all-time totals per endpoint and
-// model (narrowed by optional ?since= and ?until=), largest first.
+// model (narrowed by optional ?since=, ?until= and ?key_id=), largest first.
 func (h *Handler) TokenCounts(w http.ResponseWriter, r *http.Request) {
-	since, until, ok := h.window(w, r.URL.Query().Get("since"), r.URL.Query().Get("until"))
+	q := r.URL.Query()
+	keyID, _, ok := h.keyFilter(w, r, q)
 	if !ok {
 		return
 	}
-	rows, ok := h.query(w, r, chstore.UsageQuery{Since: since, Until: until,
+	since, until, ok := h.window(w, q.Get("since"), q.Get("until"))
+	if !ok {
+		return
+	}
+	rows, ok := h.query(w, r, chstore.UsageQuery{Since: since, Until: until, APIKey: keyID,
 		GroupBy: []chstore.Dimension{chstore.ByEndpoint, chstore.ByModel}})
 	if !ok {
 		return
 	}
-	resp := TokenCountsResponse{Breakdown: make([]TokenCount, 0, len(rows))}
+	resp := TokenCountsResponse{KeyID: keyID, Breakdown: make([]TokenCount, 0, len(rows))}
 	for _, row := range rows {
 		resp.TotalTokens += row.TotalTokens
 		resp.Breakdown = append(resp.Breakdown, TokenCount{Endpoint: row.Endpoint, Model: row.Model,
@@ -84,6 +109,8 @@ func (h *Handler) TokenCounts(w http.ResponseWriter, r *http.Request) {
 // StatsRequest is the body of POST /api/stats.
 type StatsRequest struct {
 	Model string `json:"model"`
+	// KeyID limits the stats to one key's usage (a key id, not a secret).
+	KeyID string `json:"key_id,omitempty"`
 	// Since and Until bound the window: RFC 3339, a date, or a duration back
 	// from now ("24h", "7d"). Empty Since means all time; empty Until, now.
 	Since string `json:"since,omitempty"`
@@ -110,7 +137,9 @@ const maxRequestBody = 64 << 10
 
 // StatsResponse is the body of POST /api/stats.
 type StatsResponse struct {
-	Model  string    `json:"model"`
+	Model string `json:"model"`
+	// KeyID is the key id the stats are limited to, if any.
+	KeyID  string    `json:"key_id,omitempty"`
 	Since  time.Time `json:"since,omitzero"`
 	Until  time.Time `json:"until"`
 	Bucket string    `json:"bucket"`
@@ -137,6 +166,10 @@ func (h *Handler) Stats(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusBadRequest, "missing 'model'")
 		return
 	}
+	keyID, _, ok := h.scoped(w, r, req.KeyID)
+	if !ok {
+		return
+	}
 	since, until, ok := h.window(w, req.Since, req.Until)
 	if !ok {
 		return
@@ -150,14 +183,14 @@ func (h *Handler) Stats(w http.ResponseWriter, r *http.Request) {
 		}
 		bucket = b
 	}
-	base := chstore.UsageQuery{Model: req.Model, Since: since, Until: until}
+	base := chstore.UsageQuery{Model: req.Model, Since: since, Until: until, APIKey: keyID}
 	byEndpoint := base
 	byEndpoint.GroupBy = []chstore.Dimension{chstore.ByEndpoint}
 	endpoints, ok := h.query(w, r, byEndpoint)
 	if !ok {
 		return
 	}
-	resp := StatsResponse{Model: req.Model, Since: since, Until: until, Bucket: formatBucket(bucket),
+	resp := StatsResponse{Model: req.Model, KeyID: keyID, Since: since, Until: until, Bucket: formatBucket(bucket),
 		TimeSeries: []SeriesPoint{}, EndpointDistribution: map[string]uint64{}}
 	var durSum, ttfbSum float64
 	for _, e := range endpoints {
@@ -188,6 +221,11 @@ func (h *Handler) Stats(w http.ResponseWriter, r *http.Request) {
 
 // UsageResponse is the body of GET /api/token_usage.
 type UsageResponse struct {
+	// Caller is who asked and what it may read.
+	Caller Caller `json:"caller"`
+	// KeyID is the key id the rows are limited to, if any: the key_id
+	// filter, or the caller's own key when it may read only its own.
+	KeyID   string             `json:"key_id,omitempty"`
 	Since   time.Time          `json:"since,omitzero"`
 	Until   time.Time          `json:"until"`
 	GroupBy []string           `json:"group_by"`
@@ -197,17 +235,23 @@ type UsageResponse struct {
 
 // Usage serves GET /api/token_usage, the general query droverctl usage
 // prints: ?group_by=model,endpoint,key,api &since= &until= &bucket= and the
-// filters ?model= &endpoint= &api_key= &api=. Grouping or filtering by api
-// (ollama, openai, anthropic, responses) reads token_usage_minute_by_api,
-// which counts from migration 0005 on.
+// filters ?model= &endpoint= &key_id= &api= (api_key= is the deprecated
+// name of key_id). Grouping or filtering by api (ollama, openai,
+// anthropic, responses) reads token_usage_minute_by_api, which counts from
+// migration 0005 on. For a caller that may read only its own usage,
+// group_by=key has one row at most: its own.
 func (h *Handler) Usage(w http.ResponseWriter, r *http.Request) {
 	q := r.URL.Query()
+	keyID, caller, ok := h.keyFilter(w, r, q)
+	if !ok {
+		return
+	}
 	since, until, ok := h.window(w, q.Get("since"), q.Get("until"))
 	if !ok {
 		return
 	}
-	uq := chstore.UsageQuery{Since: since, Until: until, Model: q.Get("model"), Endpoint: q.Get("endpoint"), APIKey: q.Get("api_key"), API: q.Get("api")}
-	resp := UsageResponse{Since: since, Until: until, GroupBy: []string{}}
+	uq := chstore.UsageQuery{Since: since, Until: until, Model: q.Get("model"), Endpoint: q.Get("endpoint"), APIKey: keyID, API: q.Get("api")}
+	resp := UsageResponse{Caller: caller, KeyID: keyID, Since: since, Until: until, GroupBy: []string{}}
 	for _, g := range strings.Split(q.Get("group_by"), ",") {
 		if g = strings.TrimSpace(g); g == "" {
 			continue

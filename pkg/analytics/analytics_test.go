@@ -50,13 +50,35 @@ func setup(t *testing.T) *fixture {
 		t.Fatal(err)
 	}
 	mux := http.NewServeMux()
-	analytics.NewHandler(store).Register(mux)
+	analytics.NewHandler(store, testScope).Register(mux)
 	return &fixture{srv: srv, store: store, mux: mux, now: now}
+}
+
+// testScope plays the proxy's part: the caller is the key id in the
+// Test-Key header, limited to its own usage unless Test-All is set. With
+// neither header the caller may read everything (the existing tests).
+func testScope(r *http.Request) (string, bool) {
+	id, all := r.Header.Get("Test-Key"), r.Header.Get("Test-All") != ""
+	if id == "" && r.Header.Get("Test-Empty-Key") == "" {
+		return "", true
+	}
+	return id, all
 }
 
 func (f *fixture) do(t *testing.T, method, target, body string) (int, map[string]any) {
 	t.Helper()
+	code, out, _ := f.as(t, nil, method, target, body)
+	return code, out
+}
+
+// as does one request with headers and returns its status, decoded body
+// and response headers.
+func (f *fixture) as(t *testing.T, header map[string]string, method, target, body string) (int, map[string]any, http.Header) {
+	t.Helper()
 	req := httptest.NewRequest(method, target, strings.NewReader(body))
+	for k, v := range header {
+		req.Header.Set(k, v)
+	}
 	rec := httptest.NewRecorder()
 	f.mux.ServeHTTP(rec, req)
 	if ct := rec.Header().Get("Content-Type"); !strings.HasPrefix(ct, "application/json") {
@@ -66,7 +88,7 @@ func (f *fixture) do(t *testing.T, method, target, body string) (int, map[string
 	if err := json.Unmarshal(rec.Body.Bytes(), &out); err != nil {
 		t.Fatalf("%s %s: %v: %s", method, target, err, rec.Body)
 	}
-	return rec.Code, out
+	return rec.Code, out, rec.Header()
 }
 
 func TestTokenCounts(t *testing.T) {
@@ -213,7 +235,7 @@ func TestClickHouseDown(t *testing.T) {
 
 func TestNotConfigured(t *testing.T) {
 	mux := http.NewServeMux()
-	analytics.NewHandler(nil).Register(mux)
+	analytics.NewHandler(nil, analytics.AllKeys).Register(mux)
 	rec := httptest.NewRecorder()
 	mux.ServeHTTP(rec, httptest.NewRequest("GET", "/api/token_counts", nil))
 	if rec.Code != http.StatusServiceUnavailable || !strings.Contains(rec.Body.String(), `"error"`) {

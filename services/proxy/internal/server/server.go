@@ -100,7 +100,11 @@ func New(cfg *config.Config, log *slog.Logger, opts Options) *Server {
 		QueueLen: s.Router.QueueLen, Totals: s.Totals, Store: opts.ClickHouse, Conn: opts.SyncConn,
 		Stream: cfg.NATS.Stream, Partitions: cfg.NATS.Partitions, Log: log})
 	sinks := usage.Sinks{s.Totals, s.Live}
-	s.analytics = analytics.NewHandler(opts.ClickHouse)
+	// Usage is private: a client key reads only its own, an admin every key's.
+	s.analytics = analytics.NewHandler(opts.ClickHouse, func(r *http.Request) (string, bool) {
+		p := auth.FromContext(r.Context())
+		return p.ID, p.Admin()
+	})
 	if opts.Sink != nil {
 		sinks = append(sinks, opts.Sink)
 	}
