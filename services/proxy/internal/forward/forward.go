@@ -15,6 +15,7 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"github.com/droverhq/drover/services/proxy/internal/auth"
 	"io"
 	"log/slog"
 	"net/http"
@@ -95,6 +96,12 @@ func (f *Forwarder) Serve(w http.ResponseWriter, r *http.Request, req *Request) 
 	start := time.Now()
 	ctx := r.Context()
 	ev := usage.Event{Schema: usage.SchemaVersion, Replica: f.Replica, Model: req.Model, APIKey: req.APIKey, Route: req.Route, API: usage.APIOf(req.Route), Stream: req.Stream}
+	if !auth.AllowsModel(ctx, req.Model) {
+		// Outside the key's model list: answered as a model that does not
+		// exist, so a key cannot learn what else the fleet serves.
+		req.Error(w, http.StatusNotFound, fmt.Sprintf("model '%s' not found", req.Model))
+		return
+	}
 	tried := map[string]bool{}
 	var last *failure
 	for attempt := 1; attempt <= f.MaxAttempts; attempt++ {

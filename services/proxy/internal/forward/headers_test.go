@@ -51,6 +51,12 @@ func TestHopByHopHeaders(t *testing.T) {
 			resp: http.Header{"X-Api-Key": {"client"}, "Anthropic-Version": {"2023-06-01"}},
 		},
 		{
+			name: "a backend's cookies and CORS headers never reach the client",
+			src:  http.Header{"Set-Cookie": {"session=backend"}, "Access-Control-Allow-Origin": {"*"}, "Access-Control-Allow-Credentials": {"true"}, "X-Trace": {"1"}},
+			req:  http.Header{"Set-Cookie": {"session=backend"}, "Access-Control-Allow-Origin": {"*"}, "Access-Control-Allow-Credentials": {"true"}, "X-Trace": {"1"}},
+			resp: http.Header{"X-Trace": {"1"}},
+		},
+		{
 			name: "the backend's own credentials win",
 			src:  http.Header{"X-Api-Key": {"client"}},
 			dst:  http.Header{"X-Api-Key": {"backend"}},

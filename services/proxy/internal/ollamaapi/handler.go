@@ -70,6 +70,10 @@ func (h *Handler) inference(route, kind string) http.HandlerFunc {
 		if !ok {
 			return
 		}
+		if !auth.AllowsModel(r.Context(), hd.Model) {
+			notAllowed(w, route, hd.Model)
+			return
+		}
 		stream := hd.streaming() && !embedding
 		need := ""
 		if load, unload := loadOnly(route, body); load {

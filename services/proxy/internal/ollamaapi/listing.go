@@ -14,6 +14,7 @@ import (
 
 	"github.com/sourcegraph/conc/iter"
 
+	"github.com/droverhq/drover/services/proxy/internal/auth"
 	"github.com/droverhq/drover/services/proxy/internal/backend"
 	"github.com/droverhq/drover/services/proxy/internal/catalog"
 	"github.com/droverhq/drover/services/proxy/internal/dialect"
@@ -177,7 +178,7 @@ func (h *Handler) tags(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	models := merge(lists, order)
-	writeJSON(w, http.StatusOK, map[string]any{"models": append(models, h.aliasTags(lists, models)...)})
+	writeJSON(w, http.StatusOK, map[string]any{"models": allowedEntries(r.Context(), append(models, h.aliasTags(lists, models)...))})
 }
 
 // aliasTags lists each configured alias some listed backend can serve, as
@@ -244,7 +245,7 @@ func (h *Handler) ps(w http.ResponseWriter, r *http.Request) {
 		WriteError(w, http.StatusServiceUnavailable, "no backend is reachable")
 		return
 	}
-	writeJSON(w, http.StatusOK, map[string]any{"models": merge(lists, order)})
+	writeJSON(w, http.StatusOK, map[string]any{"models": allowedEntries(r.Context(), merge(lists, order))})
 }
 
 // liveLists reads a list from every reachable backend serving route, its
@@ -285,6 +286,10 @@ func (h *Handler) psDetails(w http.ResponseWriter, r *http.Request) {
 func (h *Handler) show(w http.ResponseWriter, r *http.Request) {
 	body, hd, ok := h.request(w, r, "/api/show", "ShowRequest")
 	if !ok {
+		return
+	}
+	if !auth.AllowsModel(r.Context(), hd.Model) {
+		notAllowed(w, "/api/show", hd.Model)
 		return
 	}
 	cands, err := h.Fleet.Candidates(r.Context(), hd.Model, nil, "/api/show")

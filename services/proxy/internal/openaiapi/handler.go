@@ -76,6 +76,10 @@ func (h *Handler) rerank(w http.ResponseWriter, r *http.Request) {
 	if !ok {
 		return
 	}
+	if !auth.AllowsModel(r.Context(), hd.Model) {
+		WriteError(w, http.StatusNotFound, fmt.Sprintf("model '%s' not found", hd.Model))
+		return
+	}
 	if _, err := h.Fleet.Candidates(r.Context(), hd.Model, nil, "/v1/rerank"); errors.Is(err, fleet.ErrModelNotFound) {
 		if _, err := h.Fleet.Candidates(r.Context(), hd.Model, nil); !errors.Is(err, fleet.ErrModelNotFound) {
 			WriteError(w, http.StatusNotImplemented, fmt.Sprintf("rerank is not supported for model '%s': no backend serving it offers /v1/rerank", hd.Model))

@@ -10,6 +10,7 @@ import (
 	"github.com/go-chi/chi/v5"
 	"github.com/sourcegraph/conc/iter"
 
+	"github.com/droverhq/drover/services/proxy/internal/auth"
 	"github.com/droverhq/drover/services/proxy/internal/backend"
 	"github.com/droverhq/drover/services/proxy/internal/catalog"
 )
@@ -39,6 +40,7 @@ type listed struct {
 // serve.
 func (h *Handler) models(w http.ResponseWriter, r *http.Request) {
 	entries, ok := h.entries(r.Context())
+	entries = allowed(r.Context(), entries)
 	if !ok {
 		WriteError(w, http.StatusServiceUnavailable, "no backend is reachable")
 		return
@@ -54,7 +56,7 @@ func (h *Handler) models(w http.ResponseWriter, r *http.Request) {
 func (h *Handler) model(w http.ResponseWriter, r *http.Request) {
 	id := chi.URLParam(r, "*")
 	entries, _ := h.entries(r.Context())
-	for _, e := range entries {
+	for _, e := range allowed(r.Context(), entries) {
 		if catalog.Normalize(e.id) == catalog.Normalize(id) {
 			w.Header().Set("Content-Type", "application/json")
 			w.WriteHeader(http.StatusOK)
@@ -135,4 +137,19 @@ func (h *Handler) backendModels(ctx context.Context, b *backend.Backend) ([]mode
 		out[i] = modelEntry{id: m.Name, raw: b.Dialect.OpenAIEntry(m)}
 	}
 	return out, nil
+}
+
+// allowed keeps the entries the request's key may see.
+func allowed(ctx context.Context, entries []modelEntry) []modelEntry {
+	who := auth.FromContext(ctx)
+	if len(who.Models) == 0 {
+		return entries
+	}
+	var out []modelEntry
+	for _, e := range entries {
+		if who.AllowsModel(e.id) {
+			out = append(out, e)
+		}
+	}
+	return out
 }
