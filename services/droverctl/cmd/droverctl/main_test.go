@@ -106,6 +106,20 @@ func TestMigrateAndUsage(t *testing.T) {
 	if code != 0 || !strings.Contains(out, `"total_tokens": 10,`) {
 		t.Fatalf("usage --api ollama: %d\n%s%s", code, out, errOut)
 	}
+
+	// --key-id filters by key id; --key is its deprecated name.
+	code, out, errOut = droverctl(t, "usage", "--group-by", "key", "--key-id", "team-a", "--csv")
+	if want := "api_key,requests,errors,input_tokens,output_tokens,total_tokens\nteam-a,3,0,30,3,33\n"; code != 0 || out != want || errOut != "" {
+		t.Fatalf("usage --key-id team-a: %d\n%s%s\nwant\n%s", code, out, errOut, want)
+	}
+	code, out, errOut = droverctl(t, "usage", "--group-by", "key", "--key-id", "team-b", "--csv")
+	if code != 0 || out != "api_key,requests,errors,input_tokens,output_tokens,total_tokens\n" {
+		t.Fatalf("usage --key-id team-b: %d\n%s%s", code, out, errOut)
+	}
+	code, out, errOut = droverctl(t, "usage", "--group-by", "key", "--key", "team-a", "--csv")
+	if code != 0 || !strings.Contains(out, "team-a,3,0,30,3,33") || !strings.Contains(errOut, "--key is deprecated, use --key-id") {
+		t.Fatalf("usage --key team-a: %d\n%s%s", code, out, errOut)
+	}
 }
 
 func TestBadArguments(t *testing.T) {
@@ -115,6 +129,7 @@ func TestBadArguments(t *testing.T) {
 		{"usage", "--json", "--csv"},
 		{"usage", "--nope"},
 		{"usage", "extra"},
+		{"usage", "--key-id", "team-a", "--key", "team-b"},
 	} {
 		if code, _, _ := droverctl(t, args...); code != 2 {
 			t.Errorf("%v: exit %d, want 2", args, code)

@@ -22,14 +22,15 @@ var usageCommand = &command{
 }
 
 func runUsage(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	fs, common := newFlagSet("usage", "[--group-by model|endpoint|key|api[,...]] [--since 24h|RFC3339] [--until ...] [--bucket 1m|1h|1d] [--json|--csv]", stderr)
+	fs, common := newFlagSet("usage", "[--group-by model|endpoint|key|api[,...]] [--since 24h|RFC3339] [--until ...] [--bucket 1m|1h|1d] [--key-id ID] [--json|--csv]", stderr)
 	groupBy := fs.String("group-by", "model", "comma-separated dimensions: model, endpoint, key, api (empty: one total)")
 	since := fs.String("since", "24h", "start: RFC 3339 time, a date, or a duration back from now (24h, 7d); empty for all time")
 	until := fs.String("until", "", "end (exclusive), same forms as --since; default now")
 	bucket := fs.String("bucket", "", "time buckets: 1m, 5m, 1h, 1d (default: none, one row per group)")
 	model := fs.String("model", "", "only this model")
 	endpoint := fs.String("endpoint", "", "only this endpoint")
-	key := fs.String("key", "", "only this API key id")
+	keyID := fs.String("key-id", "", "only this key's usage (its id, not its secret)")
+	oldKey := fs.String("key", "", "deprecated name of --key-id")
 	api := fs.String("api", "", "only this API: ollama, openai, anthropic or responses")
 	asJSON := fs.Bool("json", false, "print JSON")
 	asCSV := fs.Bool("csv", false, "print CSV")
@@ -40,8 +41,16 @@ func runUsage(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		fmt.Fprintln(stderr, "--json and --csv exclude each other")
 		return errUsage
 	}
+	if *oldKey != "" {
+		fmt.Fprintln(stderr, "droverctl usage: --key is deprecated, use --key-id")
+		if *keyID != "" && *keyID != *oldKey {
+			fmt.Fprintln(stderr, "--key-id and its deprecated name --key name different keys")
+			return errUsage
+		}
+		*keyID = *oldKey
+	}
 	now := time.Now().UTC()
-	q := chstore.UsageQuery{Model: *model, Endpoint: *endpoint, APIKey: *key, API: *api}
+	q := chstore.UsageQuery{Model: *model, Endpoint: *endpoint, APIKey: *keyID, API: *api}
 	var err error
 	if q.Since, err = analytics.ParseTime(*since, now); err != nil {
 		return fmt.Errorf("--since: %w", err)
