@@ -41,9 +41,17 @@ type StreamConfig struct {
 	DuplicateWindow time.Duration
 }
 
-// EnsureStream creates the usage stream or updates it to cfg. Every service
-// calls it at start-up; whichever comes first creates it, and concurrent
-// callers converge on the same configuration.
+// EnsureStream creates the usage stream or updates it to cfg. The
+// aggregator owns the stream and calls it at start-up (tests and
+// benchmarks too); concurrent callers converge on the same configuration.
+//
+// The stream republishes every message it stores, once stored, to
+// usage.live.<p> (config.UsageLiveSubjectPrefix) with the headers
+// Nats-Stream, Nats-Subject, Nats-Sequence, Nats-Time-Stamp and
+// Nats-Last-Sequence (the previous sequence of the same usage.v1.<p>
+// subject, 0 for its first): proxies follow the fleet's usage with a core
+// NATS subscription there, without a consumer on the stream. An existing
+// stream gains the republishing on update.
 func EnsureStream(ctx context.Context, js jetstream.JetStream, cfg StreamConfig) (jetstream.Stream, error) {
 	sc := jetstream.StreamConfig{
 		Name:       cfg.Name,
@@ -58,6 +66,10 @@ func EnsureStream(ctx context.Context, js jetstream.JetStream, cfg StreamConfig)
 		// NATS 2.14 ignore the field and publishers fall back to one ack
 		// per event.
 		AllowBatchPublish: true,
+		RePublish: &jetstream.RePublish{
+			Source:      config.UsageSubjectPrefix + ">",
+			Destination: config.UsageLiveSubjectPrefix + ">",
+		},
 	}
 	s, err := js.CreateOrUpdateStream(ctx, sc)
 	if err != nil && errors.Is(err, jetstream.ErrStreamNameAlreadyInUse) {
