@@ -1,0 +1,269 @@
+package keystore
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/go-chi/chi/v5"
+
+	"github.com/droverhq/drover/pkg/apikey"
+	"github.com/droverhq/drover/services/proxy/internal/auth"
+	"github.com/droverhq/drover/services/proxy/internal/ollamaapi"
+)
+
+// API is /api/keys, the admin's view of every key. The auth middleware
+// lets only admin keys reach it. Secrets appear once, in the answer that
+// creates (or rotates) a key; digests never leave the proxy.
+type API struct {
+	Store *Store
+	// Config are the config file's keys (Source "config", no digest needed):
+	// listed, and read-only here.
+	Config []apikey.Record
+	Log    *slog.Logger
+}
+
+// Routes mounts the key management routes on r.
+func (a *API) Routes(r chi.Router) {
+	r.Get("/api/keys", a.list)
+	r.Post("/api/keys", a.create)
+	r.Patch("/api/keys/{id}", a.change)
+	r.Delete("/api/keys/{id}", a.revoke)
+	r.Post("/api/keys/{id}/rotate", a.rotate)
+}
+
+// View is a key as the API shows it: never its digest or secret.
+type View struct {
+	ID      string    `json:"id"`
+	Role    string    `json:"role"`
+	Models  []string  `json:"models"`
+	Source  string    `json:"source"`
+	Created time.Time `json:"created,omitzero"`
+	Updated time.Time `json:"updated,omitzero"`
+}
+
+func view(r apikey.Record) View {
+	models := r.Models
+	if models == nil {
+		models = []string{}
+	}
+	return View{ID: r.ID, Role: r.Role, Models: models, Source: r.Source, Created: r.Created, Updated: r.Updated}
+}
+
+// Created is the answer to a create or a rotate: the key and, this once,
+// its secret.
+type Created struct {
+	View
+	Secret string `json:"secret"`
+	Note   string `json:"note"`
+}
+
+const secretNote = "store this secret now: Drover keeps only its SHA-256 digest and cannot show it again"
+
+func (a *API) list(w http.ResponseWriter, r *http.Request) {
+	out := make([]View, 0, len(a.Config))
+	for _, c := range a.Config {
+		out = append(out, view(c))
+	}
+	for _, b := range a.Store.Records() {
+		out = append(out, view(b))
+	}
+	slices.SortStableFunc(out, func(x, y View) int { return strings.Compare(x.ID, y.ID) })
+	writeJSON(w, http.StatusOK, map[string]any{"keys": out})
+}
+
+type createRequest struct {
+	ID     string   `json:"id"`
+	Role   string   `json:"role"`
+	Models []string `json:"models"`
+}
+
+func (a *API) create(w http.ResponseWriter, r *http.Request) {
+	if !a.enabled(w) {
+		return
+	}
+	var req createRequest
+	if !decode(w, r, &req) {
+		return
+	}
+	if req.Role == "" {
+		req.Role = apikey.RoleClient
+	}
+	models := cleanModels(req.Models)
+	if err := errors.Join(apikey.ValidID(req.ID), apikey.ValidRole(req.Role), apikey.ValidPatterns(models)); err != nil {
+		ollamaapi.WriteError(w, http.StatusBadRequest, oneLine(err))
+		return
+	}
+	if a.fromConfig(req.ID) {
+		ollamaapi.WriteError(w, http.StatusConflict, fmt.Sprintf("key %s exists: it is defined in the config file", req.ID))
+		return
+	}
+	secret := apikey.NewSecret()
+	rec, err := a.Store.Create(r.Context(), apikey.Record{ID: req.ID, Role: req.Role, Models: models}, secret)
+	if err != nil {
+		a.fail(w, req.ID, "creating", err)
+		return
+	}
+	a.Log.Info("API key created", "key", rec.ID, "role", rec.Role, "models", rec.Models, "by", auth.KeyID(r.Context()))
+	writeJSON(w, http.StatusCreated, Created{View: view(rec), Secret: secret, Note: secretNote})
+}
+
+type changeRequest struct {
+	Role   *string   `json:"role"`
+	Models *[]string `json:"models"`
+}
+
+func (a *API) change(w http.ResponseWriter, r *http.Request) {
+	id, ok := a.target(w, r)
+	if !ok {
+		return
+	}
+	var req changeRequest
+	if !decode(w, r, &req) {
+		return
+	}
+	if req.Role == nil && req.Models == nil {
+		ollamaapi.WriteError(w, http.StatusBadRequest, "nothing to change: give role, models or both")
+		return
+	}
+	var models []string
+	if req.Models != nil {
+		models = cleanModels(*req.Models)
+	}
+	var errs []error
+	if req.Role != nil {
+		errs = append(errs, apikey.ValidRole(*req.Role))
+	}
+	if err := errors.Join(append(errs, apikey.ValidPatterns(models))...); err != nil {
+		ollamaapi.WriteError(w, http.StatusBadRequest, oneLine(err))
+		return
+	}
+	rec, err := a.Store.Change(r.Context(), id, func(rec *apikey.Record) error {
+		if req.Role != nil {
+			rec.Role = *req.Role
+		}
+		if req.Models != nil {
+			rec.Models = models
+		}
+		return nil
+	})
+	if err != nil {
+		a.fail(w, id, "changing", err)
+		return
+	}
+	a.Log.Info("API key changed", "key", id, "role", rec.Role, "models", rec.Models, "by", auth.KeyID(r.Context()))
+	writeJSON(w, http.StatusOK, view(rec))
+}
+
+func (a *API) revoke(w http.ResponseWriter, r *http.Request) {
+	id, ok := a.target(w, r)
+	if !ok {
+		return
+	}
+	if err := a.Store.Revoke(r.Context(), id); err != nil {
+		a.fail(w, id, "revoking", err)
+		return
+	}
+	a.Log.Info("API key revoked", "key", id, "by", auth.KeyID(r.Context()))
+	writeJSON(w, http.StatusOK, map[string]string{"revoked": id})
+}
+
+// rotate gives a key a new secret; the old one stops working everywhere.
+func (a *API) rotate(w http.ResponseWriter, r *http.Request) {
+	id, ok := a.target(w, r)
+	if !ok {
+		return
+	}
+	secret := apikey.NewSecret()
+	rec, err := a.Store.Change(r.Context(), id, func(rec *apikey.Record) error {
+		rec.Digest = apikey.Digest(secret)
+		return nil
+	})
+	if err != nil {
+		a.fail(w, id, "rotating", err)
+		return
+	}
+	a.Log.Info("API key rotated", "key", id, "by", auth.KeyID(r.Context()))
+	writeJSON(w, http.StatusOK, Created{View: view(rec), Secret: secret, Note: secretNote})
+}
+
+// target is the key a change names: a valid id, not from the config file,
+// with a bucket to change it in.
+func (a *API) target(w http.ResponseWriter, r *http.Request) (string, bool) {
+	id := chi.URLParam(r, "id")
+	if err := apikey.ValidID(id); err != nil {
+		ollamaapi.WriteError(w, http.StatusBadRequest, err.Error())
+		return "", false
+	}
+	if a.fromConfig(id) {
+		ollamaapi.WriteError(w, http.StatusConflict, fmt.Sprintf("key %s is defined in the config file; change it there", id))
+		return "", false
+	}
+	return id, a.enabled(w)
+}
+
+func (a *API) enabled(w http.ResponseWriter) bool {
+	if !a.Store.Enabled() {
+		ollamaapi.WriteError(w, http.StatusServiceUnavailable, ErrNoNATS.Error())
+		return false
+	}
+	return true
+}
+
+func (a *API) fromConfig(id string) bool {
+	return slices.ContainsFunc(a.Config, func(r apikey.Record) bool { return r.ID == id })
+}
+
+// fail answers a failed change: what the caller can fix is 4xx, NATS
+// being unreachable is 503.
+func (a *API) fail(w http.ResponseWriter, id, doing string, err error) {
+	switch {
+	case errors.Is(err, ErrExists):
+		ollamaapi.WriteError(w, http.StatusConflict, fmt.Sprintf("key %s exists: revoke it first or choose another id", id))
+	case errors.Is(err, ErrNotFound):
+		ollamaapi.WriteError(w, http.StatusNotFound, fmt.Sprintf("no key %s", id))
+	case errors.Is(err, ErrConflict):
+		ollamaapi.WriteError(w, http.StatusConflict, fmt.Sprintf("key %s was changed by someone else meanwhile; nothing was written, try again", id))
+	default:
+		a.Log.Error("key management: the key bucket did not answer", "doing", doing, "key", id, "err", err)
+		ollamaapi.WriteError(w, http.StatusServiceUnavailable, fmt.Sprintf("%s key %s: the key bucket is unreachable (NATS): %v", doing, id, err))
+	}
+}
+
+// decode reads a JSON body of at most 64 KB with no unknown fields.
+func decode(w http.ResponseWriter, r *http.Request, v any) bool {
+	dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, 64<<10))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(v); err != nil {
+		msg := "invalid JSON body: " + err.Error()
+		if errors.Is(err, io.EOF) {
+			msg = "missing JSON body"
+		}
+		ollamaapi.WriteError(w, http.StatusBadRequest, msg)
+		return false
+	}
+	return true
+}
+
+// cleanModels trims the patterns; an empty list is nil (every model).
+func cleanModels(in []string) []string {
+	var out []string
+	for _, m := range in {
+		out = append(out, strings.TrimSpace(m))
+	}
+	return out
+}
+
+func oneLine(err error) string { return strings.ReplaceAll(err.Error(), "\n", "; ") }
+
+func writeJSON(w http.ResponseWriter, status int, v any) {
+	w.Header().Set("Content-Type", "application/json; charset=utf-8")
+	w.WriteHeader(status)
+	json.NewEncoder(w).Encode(v) //nolint:errcheck // the client may be gone
+}
