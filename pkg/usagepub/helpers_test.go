@@ -34,6 +34,7 @@ func newPub(t testing.TB, nc *nats.Conn, dir string, opts ...Option) *Publisher 
 	t.Helper()
 	base := []Option{
 		WithStream(usage.StreamConfig{Name: testStream, MaxAge: time.Hour, MaxBytes: 1 << 30, DuplicateWindow: 10 * time.Minute}),
+		WithCreateStream(),
 		WithSpool(dir, 1<<30),
 		WithAckTimeout(time.Second),
 		WithRetryInterval(100 * time.Millisecond),

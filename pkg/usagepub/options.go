@@ -26,6 +26,7 @@ type options struct {
 	retryInterval time.Duration
 	checkInterval time.Duration
 	replayBatch   int
+	createStream  bool
 	reg           prometheus.Registerer
 	log           *slog.Logger
 }
@@ -67,8 +68,15 @@ func setIf[T comparable](dst *T, v T) {
 	}
 }
 
-// WithStream sets the stream ensured at start-up and after NATS returns.
+// WithStream sets the stream published to: its name, and with
+// WithCreateStream the configuration it is created with.
 func WithStream(cfg usage.StreamConfig) Option { return func(o *options) { o.stream = cfg } }
+
+// WithCreateStream makes the publisher create or update the stream itself
+// (usage.EnsureStream) instead of waiting for it, for tests and benchmarks
+// that run no aggregator. In a deployment the aggregator owns the stream
+// and the proxies' NATS user may not create it.
+func WithCreateStream() Option { return func(o *options) { o.createStream = true } }
 
 // WithPartitions sets the number of subjects usage.v1.<p> (default 8).
 func WithPartitions(n int) Option { return func(o *options) { setIf(&o.partitions, n) } }

@@ -18,6 +18,13 @@
 // new events. Re-sends are deduplicated by the stream's duplicate window,
 // so the guarantee is: an event reaches the stream at least once unless
 // the spool was full, and the stream stores it once.
+//
+// The stream belongs to the aggregator, which creates and updates it; a
+// publisher only checks that it exists (reading its info, all a proxy's
+// NATS user may do with it) before it sends, and spools meanwhile, as
+// while NATS is down, logging once that the stream is missing.
+// WithCreateStream makes the publisher create it instead, for tests and
+// benchmarks that run no aggregator.
 package usagepub
 
 import (
@@ -73,6 +80,7 @@ type Publisher struct {
 	queued, pendingAcks atomic.Int64
 	online, streamReady atomic.Bool
 	lastFullWarn        atomic.Int64
+	streamChecks        atomic.Int64 // for tests: how often the stream was looked for
 }
 
 // New starts a publisher on nc. nc may still be connecting (connect with

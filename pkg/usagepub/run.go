@@ -3,6 +3,7 @@ package usagepub
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"strconv"
 	"strings"
 	"time"
@@ -44,6 +45,10 @@ type owner struct {
 
 	timer *time.Timer
 	armed time.Time
+
+	// streamWarned is the kind of stream problem last logged ("missing" or
+	// "other"), so that a retry every second does not log every second.
+	streamWarned string
 }
 
 // run owns publishing: it gathers queued events into batches, publishes
@@ -354,18 +359,52 @@ func (p *Publisher) tryOnline(st *owner) {
 	}
 	if !p.streamReady.Load() {
 		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-		_, err := usage.EnsureStream(ctx, p.js, p.o.stream)
+		p.streamChecks.Add(1)
+		err := p.checkStream(ctx)
 		cancel()
 		if err != nil {
 			st.retryAt = time.Now().Add(p.o.retryInterval)
-			p.log.Warn("usage stream not ready; spooling events", "err", err)
+			p.streamProblem(st, err)
 			return
 		}
+		st.streamWarned = ""
 		p.streamReady.Store(true)
 	}
 	st.online = true
 	p.online.Store(true)
 	p.log.Info("publishing usage events to NATS", "spooled_pending", p.sp.Stats().Pending)
+}
+
+// checkStream makes sure the stream exists before events are sent: by
+// reading its info (all a proxy's NATS user may do with it; the aggregator
+// creates it) or, with WithCreateStream, by creating or updating it.
+func (p *Publisher) checkStream(ctx context.Context) error {
+	if p.o.createStream {
+		_, err := usage.EnsureStream(ctx, p.js, p.o.stream)
+		return err
+	}
+	_, err := p.js.Stream(ctx, p.o.stream.Name)
+	return err
+}
+
+// streamProblem says once per kind of problem, until the stream is ready
+// again, why events are being spooled; the publisher retries every retry
+// interval meanwhile.
+func (p *Publisher) streamProblem(st *owner, err error) {
+	kind := "other"
+	if errors.Is(err, jetstream.ErrStreamNotFound) {
+		kind = "missing"
+	}
+	if st.streamWarned == kind {
+		return
+	}
+	st.streamWarned = kind
+	if kind == "missing" {
+		p.log.Error("usage stream "+p.o.stream.Name+" not found: is the aggregator running? Spooling usage events until it creates the stream",
+			"stream", p.o.stream.Name, "dir", p.o.spoolDir)
+		return
+	}
+	p.log.Warn("usage stream not ready; spooling events", "stream", p.o.stream.Name, "err", err)
 }
 
 func (p *Publisher) goOffline(st *owner, reason string) {
@@ -374,7 +413,7 @@ func (p *Publisher) goOffline(st *owner, reason string) {
 	}
 	st.online = false
 	p.online.Store(false)
-	// After a failure the stream may be gone (a wiped server): ensure it
+	// After a failure the stream may be gone (a wiped server): check it
 	// again before going back online.
 	p.streamReady.Store(false)
 	st.retryAt = time.Now().Add(p.o.retryInterval)
