@@ -19,6 +19,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/droverhq/drover/pkg/analytics"
+	"github.com/droverhq/drover/pkg/apikey"
 	"github.com/droverhq/drover/pkg/chstore"
 	"github.com/droverhq/drover/pkg/config"
 	"github.com/droverhq/drover/pkg/usage"
@@ -29,6 +30,7 @@ import (
 	"github.com/droverhq/drover/services/proxy/internal/fleet"
 	"github.com/droverhq/drover/services/proxy/internal/fleetsync"
 	"github.com/droverhq/drover/services/proxy/internal/forward"
+	"github.com/droverhq/drover/services/proxy/internal/keystore"
 	"github.com/droverhq/drover/services/proxy/internal/live"
 	"github.com/droverhq/drover/services/proxy/internal/metrics"
 	"github.com/droverhq/drover/services/proxy/internal/ollamaapi"
@@ -49,7 +51,9 @@ type Server struct {
 	// Keys are the valid API keys: the config file's and, replaced as the
 	// key bucket changes, the run-time ones.
 	Keys *auth.Keys
-	log  *slog.Logger
+	// keyStore follows the key bucket and feeds Keys; it serves /api/keys.
+	keyStore *keystore.Store
+	log      *slog.Logger
 
 	usageStatus func() any
 	analytics   *analytics.Handler
@@ -81,6 +85,14 @@ func New(cfg *config.Config, log *slog.Logger, opts Options) *Server {
 	s := &Server{Config: cfg, log: log, Totals: usage.NewTotals(), Keys: auth.New(cfg.Auth.Keys)}
 	s.Metrics = metrics.New(opts.Registry)
 	s.usageStatus = opts.UsageStatus
+	// Run-time keys: the bucket's whole set replaces the bucket part of
+	// s.Keys on every change (no bucket, config keys only, without NATS).
+	s.keyStore = keystore.Open(keystore.Options{Conn: opts.SyncConn, Bucket: cfg.Auth.Bucket, StateFile: cfg.Auth.StateFile, Log: log,
+		OnChange: func(recs []apikey.Record) {
+			if skipped := s.Keys.SetBucket(recs); len(skipped) > 0 {
+				log.Warn("key bucket entries ignored: the config file defines these ids", "keys", skipped)
+			}
+		}})
 	s.Sync = fleetsync.New(opts.SyncConn, fleetsync.Options{Replica: cfg.Replica}, log)
 	s.Fleet = fleet.New(cfg, log, fleet.Hooks{Fetch: s.Metrics.Fetch})
 	s.Fleet.OnInvalidate = s.Sync.PublishInvalidate
@@ -125,6 +137,7 @@ func (s *Server) MetricsHandler() http.Handler {
 // Close stops background work. Call it after the HTTP server has drained.
 func (s *Server) Close() {
 	s.Live.Close()
+	s.keyStore.Close()
 	s.Sync.Close()
 	s.Fleet.Close()
 }
@@ -153,6 +166,7 @@ func (s *Server) routes() http.Handler {
 	r.Get("/api/usage-stream", s.Live.ServeStream)
 	r.Get("/api/config", s.endpoints)
 	r.Post("/api/cache/invalidate", s.invalidate)
+	(&keystore.API{Store: s.keyStore, Config: keystore.FromConfig(s.Config.Auth.Keys), Log: s.log}).Routes(r)
 	stats := http.NewServeMux() // analytics from ClickHouse (503 without it)
 	s.analytics.Register(stats)
 	r.Method(http.MethodGet, "/api/token_counts", stats)
