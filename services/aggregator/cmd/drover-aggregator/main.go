@@ -22,11 +22,11 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/droverhq/drover/pkg/chstore"
 	"github.com/droverhq/drover/pkg/config"
+	"github.com/droverhq/drover/pkg/natsconn"
 	"github.com/droverhq/drover/pkg/usage"
 	"github.com/droverhq/drover/services/aggregator/internal/ingest"
 	"github.com/droverhq/drover/services/aggregator/internal/lease"
@@ -70,8 +70,7 @@ func run(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 	}
 	m := metrics.New(true)
 
-	nc, err := nats.Connect(cfg.NATS.URL, nats.Name("drover-aggregator "+cfg.Aggregator.Instance),
-		nats.MaxReconnects(-1), nats.RetryOnFailedConnect(true))
+	nc, err := natsconn.Connect(cfg.NATS, "drover-aggregator "+cfg.Aggregator.Instance, log)
 	if err != nil {
 		return fmt.Errorf("connecting to NATS: %w", err)
 	}

@@ -28,6 +28,7 @@ import (
 
 	"github.com/droverhq/drover/pkg/chstore"
 	"github.com/droverhq/drover/pkg/config"
+	"github.com/droverhq/drover/pkg/natsconn"
 	"github.com/droverhq/drover/pkg/usage"
 	"github.com/droverhq/drover/pkg/usagepub"
 	"github.com/droverhq/drover/services/proxy/internal/server"
@@ -80,12 +81,12 @@ func run() error {
 	var pub *usagepub.Publisher
 	var conns []*nats.Conn
 	if cfg.NATS.URL != "" {
-		pubConn, err := connect(cfg.NATS.URL, cfg.Replica+"-usage", log)
+		pubConn, err := natsconn.Connect(cfg.NATS, "drover-proxy "+cfg.Replica+" usage", log)
 		if err != nil {
 			return err
 		}
 		// NoEcho: a replica's own counts and invalidations need not come back.
-		syncConn, err := connect(cfg.NATS.URL, cfg.Replica+"-sync", log, nats.NoEcho())
+		syncConn, err := natsconn.Connect(cfg.NATS, "drover-proxy "+cfg.Replica+" sync", log, nats.NoEcho())
 		if err != nil {
 			return err
 		}
@@ -159,21 +160,6 @@ func run() error {
 	}
 	log.Info("stopped")
 	return nil
-}
-
-// connect dials NATS without failing when it is down: the publisher spools
-// and routing uses local counts until it comes.
-func connect(url, name string, log *slog.Logger, extra ...nats.Option) (*nats.Conn, error) {
-	opts := append([]nats.Option{nats.Name(name), nats.RetryOnFailedConnect(true), nats.MaxReconnects(-1),
-		nats.ReconnectWait(500 * time.Millisecond)}, extra...)
-	nc, err := nats.Connect(url, opts...)
-	if err != nil {
-		return nil, fmt.Errorf("nats %s: %w", name, err)
-	}
-	if !nc.IsConnected() {
-		log.Warn("NATS not reachable yet; retrying in the background", "conn", name)
-	}
-	return nc, nil
 }
 
 var _ usage.Sink = (*usagepub.Publisher)(nil)
