@@ -116,7 +116,12 @@ func callRoute(t *testing.T, base, route, model, secret string) accessCall {
 	t.Helper()
 	method, pattern, _ := strings.Cut(route, " ")
 	path := strings.NewReplacer("{digest}", "sha256:"+strings.Repeat("ab", 32), "{id}", "team-a", "*", model).Replace(pattern)
-	body := modelBody(route, model)
+	return callBody(t, base, method, path, modelBody(route, model), secret)
+}
+
+// callBody sends one request with a key ("" for none).
+func callBody(t *testing.T, base, method, path, body, secret string) accessCall {
+	t.Helper()
 	ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
 	defer cancel()
 	req, _ := http.NewRequestWithContext(ctx, method, base+path, strings.NewReader(body))
@@ -128,7 +133,7 @@ func callRoute(t *testing.T, base, route, model, secret string) accessCall {
 	}
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
-		t.Fatalf("%s: %v", route, err)
+		t.Fatalf("%s %s: %v", method, path, err)
 	}
 	defer resp.Body.Close()
 	// The live usage stream never ends: its status and headers say enough.
