@@ -13,7 +13,12 @@
 //
 //	drover.cache.invalidate  {"replica","backends":[...]}   (empty list: everything)
 //
-// A replica that says goodbye publishes empty counts. Core NATS may drop
+// A replica that says goodbye publishes empty counts. What other replicas
+// send is believed only within Limits (counts no replica could hold, TTLs
+// beyond a few heartbeats, unknown backends and floods are rejected and
+// logged), and their invalidations are applied at most once per backend
+// per InvalidateEvery, so one bad replica cannot stall the fleet or keep
+// its backends busy answering refreshes. Core NATS may drop
 // messages: counts are re-sent every heartbeat, a replica clears its caches
 // when it reconnects, and cached entries keep their TTLs as a backstop.
 // Without NATS every replica routes on its own counts and says so in
@@ -23,6 +28,7 @@ package fleetsync
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"log/slog"
 	"sort"
 	"sync"
@@ -47,6 +53,12 @@ type Options struct {
 	MinInterval time.Duration
 	Heartbeat   time.Duration
 	TTL         time.Duration
+	// Limits bound what other replicas may claim (LimitsFor(cfg)).
+	Limits Limits
+	// InvalidateEvery is how often at most one backend's cached lists are
+	// dropped on other replicas' word (default 1s): invalidations arriving
+	// faster are merged into one at the end of the interval.
+	InvalidateEvery time.Duration
 }
 
 // Local is what the sync needs from this replica.
@@ -109,6 +121,12 @@ type Sync struct {
 	seq     atomic.Uint64
 	online  atomic.Bool
 
+	lim     limits
+	coal    *coalescer
+	held    chan struct{} // buffered 1: the coalescer holds invalidations back
+	bad     *rateLog      // rejected messages
+	unknown *rateLog      // counts for backends this replica does not know
+
 	mu    sync.Mutex // guards peers
 	peers map[string]*peer
 
@@ -116,8 +134,10 @@ type Sync struct {
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
 
-	// Counters for metrics and tests.
-	Published, Received, Dropped atomic.Int64
+	// Counters for metrics and tests. Rejected counts messages from other
+	// replicas that broke the limits (or did not decode); Coalesced counts
+	// invalidations merged into a later one.
+	Published, Received, Dropped, Rejected, Coalesced atomic.Int64
 }
 
 // New prepares a sync over nc (which may be nil: local counts only). The
@@ -133,7 +153,17 @@ func New(nc *nats.Conn, opts Options, log *slog.Logger) *Sync {
 	if opts.MinInterval == 0 {
 		opts.MinInterval = 2 * time.Millisecond
 	}
-	s := &Sync{opts: opts, nc: nc, log: log, changed: make(chan struct{}, 1), peers: map[string]*peer{}}
+	if opts.InvalidateEvery == 0 {
+		opts.InvalidateEvery = time.Second
+	}
+	s := &Sync{opts: opts, nc: nc, log: log, changed: make(chan struct{}, 1), peers: map[string]*peer{},
+		lim: newLimits(opts.Limits, opts.Heartbeat), held: make(chan struct{}, 1),
+		bad: &rateLog{log: log, every: 10 * time.Second}, unknown: &rateLog{log: log, every: time.Minute}}
+	s.coal = newCoalescer(opts.InvalidateEvery, func(backends ...string) {
+		if s.invalidate != nil {
+			s.invalidate(backends...)
+		}
+	})
 	s.remote.Store(&snapshot{byKey: map[routing.Key]int{}, byBackend: map[string]int{}, peers: map[routing.Key][]peerLoad{}, replicas: 1})
 	return s
 }
@@ -223,11 +253,23 @@ func (s *Sync) loop(ctx context.Context) {
 	defer beat.Stop()
 	expire := time.NewTicker(s.opts.TTL / 3)
 	defer expire.Stop()
+	flush := time.NewTimer(time.Hour)
+	flush.Stop()
+	defer flush.Stop()
+	flushHeld := func() {
+		if next := s.coal.flush(time.Now()); next > 0 {
+			flush.Reset(next)
+		}
+	}
 	var last time.Time
 	for {
 		select {
 		case <-ctx.Done():
 			return
+		case <-s.held:
+			flushHeld()
+		case <-flush.C:
+			flushHeld()
 		case <-s.changed:
 			if wait := s.opts.MinInterval - time.Since(last); wait > 0 {
 				t := time.NewTimer(wait)
@@ -278,20 +320,59 @@ func (s *Sync) PublishInvalidate(backends []string) {
 	}
 }
 
+// onInvalidate drops cached lists on another replica's word, for backends
+// this replica knows, at most once per backend per InvalidateEvery.
 func (s *Sync) onInvalidate(m *nats.Msg) {
 	var msg invalidateMsg
-	if json.Unmarshal(m.Data, &msg) != nil || msg.Replica == s.opts.Replica {
+	if err := json.Unmarshal(m.Data, &msg); err != nil {
+		s.reject("", "undecodable cache invalidation: "+err.Error())
 		return
 	}
-	if s.invalidate != nil {
-		s.invalidate(msg.Backends...)
+	if msg.Replica == s.opts.Replica {
+		return
+	}
+	if len(msg.Backends) > s.lim.MaxEntries {
+		s.reject(msg.Replica, fmt.Sprintf("cache invalidation names %d backends, more than %d", len(msg.Backends), s.lim.MaxEntries))
+		return
+	}
+	keys, ok := s.lim.backends(msg.Backends)
+	if !ok {
+		s.reject(msg.Replica, "cache invalidation names no backend this replica knows")
+		return
+	}
+	if len(keys) == 0 {
+		keys = s.lim.Backends
+		if len(keys) == 0 {
+			keys = []string{allBackends}
+		}
+	}
+	if held := s.coal.offer(time.Now(), keys); held > 0 {
+		s.Coalesced.Add(int64(held))
+		select {
+		case s.held <- struct{}{}:
+		default:
+		}
 	}
 }
 
+// onCounts takes another replica's counts if they are within the limits.
 func (s *Sync) onCounts(m *nats.Msg) {
 	var msg countMsg
-	if json.Unmarshal(m.Data, &msg) != nil || msg.Replica == s.opts.Replica {
+	if err := json.Unmarshal(m.Data, &msg); err != nil {
+		s.reject("", "undecodable in-flight counts: "+err.Error())
 		return
+	}
+	if msg.Replica == s.opts.Replica {
+		return
+	}
+	unknown, err := s.lim.check(&msg)
+	if err != nil {
+		s.reject(msg.Replica, err.Error())
+		return
+	}
+	if unknown > 0 {
+		s.unknown.warn("in-flight counts for backends this replica does not route to were left out (is the other replica's config newer?)",
+			"replica", msg.Replica, "entries", unknown)
 	}
 	s.Received.Add(1)
 	ttl := time.Duration(msg.TTLms) * time.Millisecond
@@ -300,6 +381,11 @@ func (s *Sync) onCounts(m *nats.Msg) {
 	}
 	s.mu.Lock()
 	p := s.peers[msg.Replica]
+	if p == nil && len(s.peers) >= s.lim.MaxPeers {
+		s.mu.Unlock()
+		s.reject(msg.Replica, fmt.Sprintf("already %d other replicas, the most remembered", s.lim.MaxPeers))
+		return
+	}
 	if p != nil && msg.Seq <= p.seq && msg.Seq != 1 {
 		s.mu.Unlock()
 		return // out of order; a restarted replica starts again at 1
@@ -311,6 +397,12 @@ func (s *Sync) onCounts(m *nats.Msg) {
 	if s.local != nil {
 		s.local.Recheck()
 	}
+}
+
+// reject counts and logs (rate-limited) a message that is not believed.
+func (s *Sync) reject(replica, reason string) {
+	s.Rejected.Add(1)
+	s.bad.warn("fleet-state message from another replica rejected", "replica", replica, "reason", reason)
 }
 
 func (s *Sync) expirePeers() {

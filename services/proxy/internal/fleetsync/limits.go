@@ -1,0 +1,155 @@
+package fleetsync
+
+import (
+	"fmt"
+	"log/slog"
+	"sync"
+	"time"
+
+	"github.com/droverhq/drover/pkg/config"
+	"github.com/droverhq/drover/services/proxy/internal/routing"
+)
+
+// Limits bound what another replica may claim, so that one bad replica (a
+// bug, or a forger holding the proxies' NATS credentials) cannot stall the
+// fleet with counts no replica could have. A message that breaks them is
+// dropped whole and logged; see docs/fleet.md.
+type Limits struct {
+	// Backends are the names this replica routes to: counts and
+	// invalidations for other names are dropped. Empty: not checked.
+	Backends []string
+	// MaxInFlight is the largest cap any backend has (its max_concurrency
+	// or routing.max_concurrency): no replica can hold more on one backend
+	// and model. Zero: not checked.
+	MaxInFlight int
+	// MaxQueue is routing.queue.max_length: demand is at most MaxInFlight
+	// plus MaxQueue. Checked with MaxInFlight.
+	MaxQueue int
+	// MaxEntries bounds the (backend, model) pairs in one message (default
+	// 4096); MaxPeers the other replicas remembered at once (default 256).
+	MaxEntries int
+	MaxPeers   int
+}
+
+// LimitsFor derives the limits from a loaded config.
+func LimitsFor(cfg *config.Config) Limits {
+	l := Limits{MaxQueue: cfg.Routing.Queue.MaxLength, MaxInFlight: cfg.Routing.MaxConcurrency}
+	for _, b := range cfg.Backends {
+		l.Backends = append(l.Backends, b.Name)
+		l.MaxInFlight = max(l.MaxInFlight, b.MaxConcurrency)
+	}
+	return l
+}
+
+// limits is Limits ready to check against.
+type limits struct {
+	Limits
+	known  map[string]bool // nil: any backend
+	maxTTL time.Duration
+}
+
+func newLimits(l Limits, heartbeat time.Duration) limits {
+	if l.MaxEntries == 0 {
+		l.MaxEntries = 4096
+	}
+	if l.MaxPeers == 0 {
+		l.MaxPeers = 256
+	}
+	out := limits{Limits: l, maxTTL: maxTTLBeats * heartbeat}
+	if len(l.Backends) > 0 {
+		out.known = make(map[string]bool, len(l.Backends))
+		for _, b := range l.Backends {
+			out.known[b] = true
+		}
+	}
+	return out
+}
+
+// maxTTLBeats is the longest TTL a peer may ask for, in this replica's
+// heartbeats: a replica asks for 3, so 5 leaves room for a peer configured
+// a little differently, while a stopped or forged peer is forgotten within
+// 5 seconds at the default heartbeat.
+const maxTTLBeats = 5
+
+// check reports why msg cannot be believed, or nil. Entries for backends
+// this replica does not know are not an error (a peer may run a newer
+// config); they are dropped from msg.Counts and counted in unknown.
+func (l *limits) check(msg *countMsg) (unknown int, err error) {
+	if msg.Replica == "" {
+		return 0, fmt.Errorf("no replica name")
+	}
+	if msg.TTLms < 0 || time.Duration(msg.TTLms)*time.Millisecond > l.maxTTL {
+		return 0, fmt.Errorf("ttl_ms %d outside 0..%d (%d heartbeats)", msg.TTLms, l.maxTTL.Milliseconds(), maxTTLBeats)
+	}
+	if len(msg.Counts) > l.MaxEntries {
+		return 0, fmt.Errorf("%d entries, more than %d", len(msg.Counts), l.MaxEntries)
+	}
+	seen := make(map[routing.Key]bool, len(msg.Counts))
+	kept := msg.Counts[:0:0]
+	for _, c := range msg.Counts {
+		k := routing.Key{Backend: c.Backend, Model: c.Model}
+		switch {
+		case seen[k]:
+			return 0, fmt.Errorf("backend %q model %q listed twice", c.Backend, c.Model)
+		case c.N < 0 || c.D < 0:
+			return 0, fmt.Errorf("negative count on backend %q", c.Backend)
+		case l.MaxInFlight > 0 && c.N > l.MaxInFlight:
+			return 0, fmt.Errorf("%d in flight on backend %q, above the largest cap %d", c.N, c.Backend, l.MaxInFlight)
+		case l.MaxInFlight > 0 && c.D > l.MaxInFlight+l.MaxQueue:
+			return 0, fmt.Errorf("demand %d on backend %q, above the largest cap plus the queue (%d)", c.D, c.Backend, l.MaxInFlight+l.MaxQueue)
+		}
+		seen[k] = true
+		if l.known != nil && !l.known[c.Backend] {
+			unknown++
+			continue
+		}
+		kept = append(kept, c)
+	}
+	msg.Counts = kept
+	return unknown, nil
+}
+
+// backends keeps the known names of an invalidation; an empty list (every
+// backend) stays empty. ok is false when names were given and none is
+// known.
+func (l *limits) backends(names []string) (known []string, ok bool) {
+	if len(names) == 0 || l.known == nil {
+		return names, true
+	}
+	for _, b := range names {
+		if l.known[b] {
+			known = append(known, b)
+		}
+	}
+	return known, len(known) > 0
+}
+
+// rateLog logs the first problem at once and then at most one per every,
+// saying how many it left out, so that a flood of bad messages cannot
+// flood the log.
+type rateLog struct {
+	log   *slog.Logger
+	every time.Duration
+
+	mu      sync.Mutex // guards last and skipped
+	last    time.Time
+	skipped int
+}
+
+func (r *rateLog) warn(msg string, args ...any) {
+	now := time.Now()
+	r.mu.Lock()
+	if !r.last.IsZero() && now.Sub(r.last) < r.every {
+		r.skipped++
+		r.mu.Unlock()
+		return
+	}
+	r.last = now
+	skipped := r.skipped
+	r.skipped = 0
+	r.mu.Unlock()
+	if skipped > 0 {
+		args = append(args, "similar_not_logged", skipped)
+	}
+	r.log.Warn(msg, args...)
+}
