@@ -5,9 +5,16 @@
 // show) through the Ollama API Drover already serves.
 //
 // The page is plain HTML, CSS and JavaScript embedded in the binary: no
-// build step, no CDN, it works offline. It holds no data itself, so it is
-// served without a key; it asks for one (kept in the browser's
-// localStorage) when the API answers 401.
+// build step, no CDN, it works offline. It holds no data and no secret
+// itself, so it is served without a key; it asks for one when the API
+// answers 401 and shows what that key may see: a client key its own usage
+// (and which key it is), an admin every key's, with the admin-only panels.
+// The key is kept for the browser tab only (sessionStorage) and sent as
+// the Authorization header; the one exception is the EventSource of
+// /api/usage-stream, which cannot send headers and carries ?api_key=. A
+// link /?api_key=<key> hands a key over: the page keeps it and takes it
+// out of the address bar and history (and sends no Referer, so it reaches
+// nothing else before that).
 //
 // Content negotiation keeps Ollama's contract: only a request for / whose
 // Accept names text/html (what browsers send) gets the page; Ollama
@@ -53,12 +60,14 @@ func Middleware(next http.Handler) http.Handler {
 			w.Header().Set("Content-Type", "text/html; charset=utf-8")
 			w.Header().Set("Cache-Control", "no-cache")
 			w.Header().Set("Content-Security-Policy", "default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'self'; connect-src 'self'")
+			w.Header().Set("Referrer-Policy", "no-referrer")
 			w.WriteHeader(http.StatusOK)
 			if r.Method == http.MethodGet {
 				w.Write(page) //nolint:errcheck // the client may be gone
 			}
 		case get && strings.HasPrefix(r.URL.Path, Prefix) && r.URL.Path != Prefix:
 			w.Header().Set("Cache-Control", "no-cache")
+			w.Header().Set("Referrer-Policy", "no-referrer")
 			files.ServeHTTP(w, r)
 		default:
 			next.ServeHTTP(w, r)

@@ -46,5 +46,11 @@ func TestMiddleware(t *testing.T) {
 		if rec.Code != c.code || !strings.Contains(rec.Body.String(), c.body) || (c.method == "HEAD" && rec.Body.Len() != 0) {
 			t.Errorf("%s %s (Accept %q): %d %.60q", c.method, c.path, c.accept, rec.Code, rec.Body.String())
 		}
+		// The page may be opened as /?api_key=...: nothing it loads may
+		// carry that URL on as a Referer.
+		ours := !strings.HasPrefix(rec.Body.String(), "next ") && rec.Code == 200
+		if got := rec.Header().Get("Referrer-Policy"); ours && got != "no-referrer" {
+			t.Errorf("%s %s: Referrer-Policy %q", c.method, c.path, got)
+		}
 	}
 }

@@ -1,10 +1,20 @@
 // Drover dashboard: plain JavaScript, no build step, no dependencies.
 // Live numbers come from /api/usage-stream (Server-Sent Events); the rest
 // is polled from the routes Drover serves to every client.
+//
+// The page shows what its key may see. The key is kept for this tab only
+// (sessionStorage), sent as the Authorization header, and put in a URL only
+// for the EventSource of /api/usage-stream, which cannot send headers. A
+// client key sees its own usage; admin-only panels say so.
 'use strict';
 
 const $ = (sel, root = document) => root.querySelector(sel);
-const state = { usage: null, health: null, tags: [], ps: [], range: '1h', rangeKeys: null, rangeAPIs: null, keyAsked: false };
+// who: the key the page acts as, learned from the answers (never asked of
+// a route of its own): keyID from the analytics' caller (or the live
+// snapshot's, when it carries one); admin from /health's detail, which
+// only an admin key gets.
+const state = { usage: null, health: null, tags: [], ps: [], range: '1h', rangeKeys: null, rangeAPIs: null,
+  who: { keyID: '', admin: null } };
 
 // ---------- formatting ----------
 const nf = new Intl.NumberFormat();
@@ -62,25 +72,65 @@ function toast(msg, bad) {
 }
 
 // ---------- API access ----------
-function apiKey() { return localStorage.getItem('drover.apiKey') || ''; }
+const KEY = 'drover.apiKey';
+function apiKey() { return sessionStorage.getItem(KEY) || ''; }
+
+// takeKeyFromURL reads a key handed over as /?api_key=... (a link from
+// droverctl or a runbook), keeps it for this tab and takes it out of the
+// address bar and history, so the URL left behind holds no secret. Keys
+// kept by older versions of the page in localStorage are dropped.
+function takeKeyFromURL() {
+  localStorage.removeItem(KEY);
+  const u = new URL(location.href);
+  if (!u.searchParams.has('api_key')) return;
+  const k = (u.searchParams.get('api_key') || '').trim();
+  if (k) sessionStorage.setItem(KEY, k);
+  u.searchParams.delete('api_key');
+  history.replaceState(history.state, '', u.pathname + u.search + u.hash);
+}
+takeKeyFromURL();
 
 class Unauthorized extends Error {}
+// Dropped: an answer for a key the page no longer uses (signed out or
+// replaced while it was on its way); it must not be shown.
+class Dropped extends Error {}
+function quiet(e) { return e instanceof Unauthorized || e instanceof Dropped; }
+
+// session aborts every request made with the key in use when that key
+// goes, so no answer for one key lands on the page of the next.
+let session = new AbortController();
 
 async function api(path, opts = {}) {
   const headers = Object.assign({}, opts.headers || {});
   const k = apiKey();
   if (k) headers.Authorization = 'Bearer ' + k;
   if (opts.body && !headers['Content-Type']) headers['Content-Type'] = 'application/json';
-  const res = await fetch(path, Object.assign({}, opts, { headers }));
+  const signal = session.signal;
+  let res;
+  try {
+    res = await fetch(path, Object.assign({}, opts, { headers, signal }));
+  } catch (e) {
+    if (signal.aborted) throw new Dropped('key changed');
+    throw e;
+  }
+  if (apiKey() !== k) throw new Dropped('key changed');
   if (res.status === 401) {
-    askKey(k ? 'The key in this browser was refused.' : 'Drover asks for an API key.');
+    // A refused key is of no further use: forget it and ask again.
+    if (k) forget();
+    askKey(k ? 'The key was refused.' : 'Drover asks for an API key.');
     throw new Unauthorized('unauthorized');
+  }
+  if (res.ok && path !== '/health') {
+    state.keyOK = true; // a route that needs a key accepted it
+    settleRole();
   }
   return res;
 }
 async function getJSON(path, opts) {
+  const signal = session.signal;
   const res = await api(path, opts);
   const body = await res.json().catch(() => ({}));
+  if (signal.aborted) throw new Dropped('key changed');
   if (!res.ok) {
     const e = new Error(body.error || `${res.status} ${res.statusText}`);
     e.status = res.status;
@@ -93,26 +143,79 @@ async function getJSON(path, opts) {
 function askKey(reason) {
   const d = $('#key-dialog');
   if (d.open) return;
-  $('#key-reason').textContent = (reason ? reason + ' ' : '') + 'It stays in this browser (localStorage).';
+  $('#key-reason').textContent = (reason ? reason + ' ' : '') + 'It is kept for this tab only (sessionStorage) and sent as a header.';
   $('#key-input').value = '';
   d.showModal();
 }
 
+// forget clears everything the last key was shown.
+function forget() {
+  session.abort();
+  session = new AbortController();
+  sessionStorage.removeItem(KEY);
+  state.usage = null; state.health = null; state.tags = []; state.ps = [];
+  state.rangeKeys = null; state.rangeAPIs = null; chartData = null;
+  state.who = { keyID: '', admin: null };
+  state.keyOK = false;
+  for (const tb of document.querySelectorAll('main tbody')) tb.replaceChildren();
+  for (const v of document.querySelectorAll('.tile .value')) v.textContent = '–';
+  for (const v of document.querySelectorAll('.tile .sub')) v.textContent = '';
+  $('#chart').replaceChildren();
+  $('#chart-legend').replaceChildren();
+  renderWho();
+}
+
 function setupKeyDialog() {
   $('#key-button').addEventListener('click', () => askKey(''));
+  $('#sign-out').addEventListener('click', () => {
+    forget();
+    if (source) source.close();
+    setConn('signed out');
+    askKey('Signed out.');
+  });
   $('#key-dialog').addEventListener('close', () => {
     const v = $('#key-dialog').returnValue;
     if (v === 'save') {
       const k = $('#key-input').value.trim();
-      if (k) localStorage.setItem('drover.apiKey', k);
-    } else if (v === 'clear') {
-      localStorage.removeItem('drover.apiKey');
+      if (!k) return;
+      forget();
+      sessionStorage.setItem(KEY, k);
+      renderWho();
     } else {
       return;
     }
     connect();
     refreshAll();
   });
+}
+
+// ---------- who the page acts as ----------
+function learnCaller(c) {
+  if (!c || typeof c !== 'object') return;
+  if (c.key_id) state.who.keyID = c.key_id;
+  if (typeof c.all_keys === 'boolean') state.who.admin = c.all_keys;
+  renderWho();
+}
+
+// renderWho says which key the page acts as and what it may see, and
+// hides what only an admin may do.
+function renderWho() {
+  const { keyID, admin } = state.who;
+  const line = $('#whoami');
+  const stored = apiKey() !== '';
+  $('#sign-out').hidden = !stored;
+  document.body.classList.toggle('client', admin === false);
+  document.body.classList.toggle('admin', admin === true);
+  if (admin === null) {
+    line.textContent = '';
+    return;
+  }
+  const id = keyID ? ' ' + keyID : '';
+  if (admin && !stored) line.textContent = 'open access (no keys configured) · sees every key\'s usage';
+  else if (admin) line.textContent = `admin key${id} · sees every key's usage`;
+  else line.textContent = `client key${id} · sees only its own usage`;
+  line.dataset.role = admin ? 'admin' : 'client';
+  line.dataset.key = keyID;
 }
 
 // ---------- theme ----------
@@ -149,6 +252,7 @@ function connect() {
     lastMessage = Date.now();
     setConn('live', 'streaming /api/usage-stream');
     state.usage = JSON.parse(e.data);
+    learnCaller(state.usage.caller);
     renderUsage();
   };
   source.onerror = async () => {
@@ -222,21 +326,44 @@ function renderUsage() {
 }
 
 // ---------- backends ----------
+// /health answers anyone, in detail (backends, errors) only for an admin
+// key: its detail is how the page learns the key's role.
 async function loadHealth() {
   try {
+    const signal = session.signal;
     const res = await api('/health');
-    state.health = await res.json();
+    const h = await res.json();
+    if (signal.aborted) throw new Dropped('key changed');
+    state.health = h;
   } catch (e) {
-    if (!(e instanceof Unauthorized)) $('#health-status').textContent = 'health unavailable: ' + e.message;
+    if (!quiet(e)) $('#health-status').textContent = 'health unavailable: ' + e.message;
     return;
   }
+  // Without a stored key the page learns nothing from /health: a
+  // public answer then means only that no key was shown.
+  settleRole();
   renderBackends();
+}
+
+// settleRole: /health in detail means an admin key; in brief, for a key
+// that other routes accepted, a client key.
+function settleRole() {
+  const h = state.health;
+  if (!h) return;
+  if (Array.isArray(h.backends)) learnCaller({ all_keys: true });
+  else if (state.keyOK) learnCaller({ all_keys: false });
 }
 
 function renderBackends() {
   const h = state.health;
   if (!h) return;
-  const bs = h.backends || [];
+  if (!Array.isArray(h.backends)) {
+    $('#backends-usable').textContent = h.status || '–';
+    $('#health-status').textContent = 'detail for admin keys only';
+    fill($('#backends tbody'), [], 'Admin only: backends and their errors need an admin key.', 7);
+    return;
+  }
+  const bs = h.backends;
   const usable = bs.filter((b) => b.health?.healthy).length;
   $('#backends-usable').textContent = `${usable} / ${bs.length}`;
   $('#health-status').textContent = h.status || '';
@@ -254,13 +381,17 @@ function renderBackends() {
 }
 
 // ---------- models ----------
+// loadModels lists the models the key may use; where each is loaded
+// (/api/ps_details) is an admin's view, left empty for a client key.
 async function loadModels() {
   try {
-    const [tags, ps] = await Promise.all([getJSON('/api/tags'), getJSON('/api/ps_details')]);
+    const adminOnly = (p) => getJSON(p).catch((e) => { if (e.status === 403) return { models: [], denied: true }; throw e; });
+    const [tags, ps] = await Promise.all([getJSON('/api/tags'), adminOnly('/api/ps_details')]);
     state.tags = tags.models || [];
     state.ps = ps.models || [];
+    state.psDenied = !!ps.denied;
   } catch (e) {
-    if (!(e instanceof Unauthorized)) toast('Could not list models: ' + e.message, true);
+    if (!quiet(e)) toast('Could not list models: ' + e.message, true);
     return;
   }
   renderModels();
@@ -278,11 +409,12 @@ function renderModels() {
       el('td', { text: d.parameter_size || '' }),
       el('td', { text: d.quantization_level || '' }),
       el('td', {}, ...(m.endpoints || []).map((e) => el('span', { class: 'chip', text: e }))),
-      el('td', {}, ...loaded.map((p) => el('span', { class: 'chip loaded', title: p.size_vram ? `${bytes(p.size_vram)} in VRAM` : '', text: `${p.endpoint} · ${until(p.expires_at)}` }))),
+      el('td', {}, ...(state.psDenied ? [el('span', { class: 'muted', text: 'admin only' })] :
+        loaded.map((p) => el('span', { class: 'chip loaded', title: p.size_vram ? `${bytes(p.size_vram)} in VRAM` : '', text: `${p.endpoint} · ${until(p.expires_at)}` })))),
       el('td', { class: 'actions' },
         el('button', { type: 'button', text: 'show', onclick: () => showModel(m.name) }), ' ',
-        el('button', { type: 'button', text: 'copy', onclick: () => copyModel(m.name) }), ' ',
-        el('button', { type: 'button', class: 'danger', text: 'delete', onclick: () => deleteModel(m.name) })));
+        el('button', { type: 'button', class: 'admin-only', text: 'copy', onclick: () => copyModel(m.name) }), ' ',
+        el('button', { type: 'button', class: 'danger admin-only', text: 'delete', onclick: () => deleteModel(m.name) })));
   });
   fill($('#models tbody'), rows, 'No models on any backend.', 7);
 }
@@ -298,7 +430,7 @@ async function showModel(name) {
     $('#show-body').textContent = JSON.stringify(info, null, 2);
     $('#show-dialog').showModal();
   } catch (e) {
-    if (!(e instanceof Unauthorized)) toast(`show ${name}: ${e.message}`, true);
+    if (!quiet(e)) toast(`show ${name}: ${e.message}`, true);
   }
 }
 
@@ -315,7 +447,7 @@ async function doCopy(source, destination) {
     toast(`Copied ${source} to ${destination}`);
     loadModels();
   } catch (e) {
-    if (!(e instanceof Unauthorized)) toast(`copy ${source}: ${e.message}`, true);
+    if (!quiet(e)) toast(`copy ${source}: ${e.message}`, true);
   }
 }
 
@@ -327,7 +459,7 @@ async function deleteModel(name) {
     toast(`Deleted ${name}`);
     loadModels();
   } catch (e) {
-    if (!(e instanceof Unauthorized)) toast(`delete ${name}: ${e.message}`, true);
+    if (!quiet(e)) toast(`delete ${name}: ${e.message}`, true);
   }
 }
 
@@ -372,7 +504,7 @@ async function pull(name) {
     toast(`Pulled ${name}`);
     loadModels();
   } catch (e) {
-    if (!(e instanceof Unauthorized)) { text.textContent = `${name}: ${e.message}`; toast(`pull ${name}: ${e.message}`, true); }
+    if (!quiet(e)) { text.textContent = `${name}: ${e.message}`; toast(`pull ${name}: ${e.message}`, true); }
   }
 }
 
@@ -397,10 +529,11 @@ async function loadChart() {
       getJSON(`/api/token_usage?since=${state.range}&group_by=api`),
     ]);
     chartData = { span, step, rows: series.rows || [], until: new Date(series.until || Date.now()) };
+    learnCaller(series.caller);
     state.rangeKeys = keys.rows || [];
     state.rangeAPIs = apis.rows || [];
   } catch (e) {
-    if (e instanceof Unauthorized) return;
+    if (quiet(e)) return;
     chartData = { error: e.status === 503 ? 'Tokens per minute come from ClickHouse: ' + e.message : e.message };
     state.rangeKeys = null;
     state.rangeAPIs = null;
@@ -500,7 +633,10 @@ function setupRanges() {
 }
 
 // ---------- keys ----------
+// Usage per key: every key's for an admin, its own for a client key (the
+// routes answer only that; the page does not filter).
 function renderKeys() {
+  $('#keys-title').textContent = state.who.admin === false ? 'Usage of this key' : 'Usage per client key';
   const rows = [];
   if (state.rangeKeys) {
     $('#keys-range').textContent = `last ${state.range}, from ClickHouse`;
@@ -526,6 +662,7 @@ function refreshAll() {
 }
 
 document.addEventListener('DOMContentLoaded', () => {
+  renderWho();
   setupTheme();
   setupKeyDialog();
   setupRanges();
