@@ -7,6 +7,11 @@
 // stream since) when both ClickHouse and NATS are configured, otherwise
 // this replica's own, and the snapshot says which and why.
 //
+// Usage is private: a client key sees its own totals only, and none of the
+// in-flight counts (every key's requests); an admin sees everything. Each
+// stream is published the snapshots of its own scope, so a client's stream
+// does not even tick when another key's usage changes.
+//
 // Guarantees for the stream: a new subscriber gets the current snapshot at
 // once; changes are coalesced to at most one snapshot per Interval (10 a
 // second by default); an idle stream gets a comment every KeepAlive so
@@ -29,6 +34,7 @@ import (
 	"github.com/droverhq/drover/pkg/chstore"
 	"github.com/droverhq/drover/pkg/config"
 	"github.com/droverhq/drover/pkg/usage"
+	"github.com/droverhq/drover/services/proxy/internal/auth"
 	"github.com/droverhq/drover/services/proxy/internal/fleetsync"
 )
 
@@ -42,12 +48,10 @@ type Options struct {
 	Remote   func() map[string]map[string]int
 	Fleet    func() fleetsync.Status
 	QueueLen func() int
-	// Totals is this replica's own token totals, shown when the fleet's
-	// are not available.
-	Totals *usage.Totals
 	// Store and Conn give fleet-wide totals: ClickHouse's plus the usage
-	// stream (JetStream stream Stream, Partitions partitions) since. With
-	// either nil, the totals are this replica's.
+	// stream (JetStream stream Stream, Partitions partitions) since, as
+	// republished on usage.live.>. With either nil, or until the fleet's
+	// are ready, the totals are this replica's (Record).
 	Store      *chstore.Store
 	Conn       *nats.Conn
 	Stream     string
@@ -69,13 +73,12 @@ type Live struct {
 	fleet *fleetTotals // nil when totals are local only
 	local string       // why totals are local, when fleet is nil
 
-	keysMu sync.Mutex // guards keys
-	keys   map[string]*usage.Count
+	localMu     sync.Mutex // guards localCounts
+	localCounts map[tokenKey]*usage.Count
 
-	build   sync.Mutex // serialises build-and-publish (so seq order is publish order); guards last, seq, builtAt
-	last    *Snapshot
-	seq     uint64
-	builtAt time.Time
+	build sync.Mutex // serialises build-and-publish (so seq order is publish order); guards views and seqs
+	views map[scope]*published
+	seqs  map[scope]uint64 // the last Seq published to each scope (kept when its streams end)
 
 	done      chan struct{} // closed by Close: streams end
 	cancel    context.CancelFunc
@@ -98,7 +101,8 @@ func New(opts Options) *Live {
 	if opts.Stream == "" {
 		opts.Stream = config.DefaultStream
 	}
-	l := &Live{opts: opts, hub: newHub(), keys: map[string]*usage.Count{}, done: make(chan struct{})}
+	l := &Live{opts: opts, hub: newHub(), localCounts: map[tokenKey]*usage.Count{},
+		views: map[scope]*published{}, seqs: map[scope]uint64{}, done: make(chan struct{})}
 	ctx, cancel := context.WithCancel(context.Background())
 	l.cancel = cancel
 	switch {
@@ -131,20 +135,16 @@ func (l *Live) Close() {
 	})
 }
 
-// Record keeps this replica's totals per client key (usage.Sink), shown
-// when the fleet's totals are not available. It never blocks.
+// Record keeps this replica's totals per endpoint, model and client key
+// (usage.Sink), shown when the fleet's totals are not available. It never
+// blocks.
 func (l *Live) Record(ev usage.Event) {
 	if ev.Endpoint == "" {
-		return
+		return // never reached a backend
 	}
-	l.keysMu.Lock()
-	c := l.keys[ev.APIKey]
-	if c == nil {
-		c = &usage.Count{}
-		l.keys[ev.APIKey] = c
-	}
-	c.Add(ev.Count())
-	l.keysMu.Unlock()
+	l.localMu.Lock()
+	add(l.localCounts, ev)
+	l.localMu.Unlock()
 }
 
 // Subscribers is how many streams are open.
@@ -162,52 +162,78 @@ func (l *Live) loop(ctx context.Context) {
 			if l.hub.len() == 0 {
 				continue // nobody listens: build on the next subscribe
 			}
+			st := l.state()
+			scopes := l.hub.scopes()
 			l.build.Lock()
-			l.publishLocked(false)
+			listened := make(map[scope]bool, len(scopes))
+			for _, sc := range scopes {
+				listened[sc] = true
+				l.publishLocked(sc, st, false)
+			}
+			for sc := range l.views {
+				if !listened[sc] {
+					delete(l.views, sc) // its streams ended
+				}
+			}
 			l.build.Unlock()
 		}
 	}
 }
 
-// publishLocked builds a snapshot and publishes it if it differs from the
-// last one (or force). Call with l.build held.
-func (l *Live) publishLocked(force bool) {
-	snap := l.Snapshot()
-	l.builtAt = time.Now()
-	if !force && sameContent(l.last, snap) {
+// published is the last snapshot published to a scope.
+type published struct {
+	snap    *Snapshot
+	builtAt time.Time
+}
+
+// publishLocked builds sc's snapshot of st and publishes it if it differs
+// from sc's last one (or force). Call with l.build held.
+func (l *Live) publishLocked(sc scope, st state, force bool) {
+	snap := st.snapshot(sc, l.opts.Replica)
+	last := l.views[sc]
+	if last == nil {
+		last = &published{}
+		l.views[sc] = last
+	}
+	last.builtAt = time.Now()
+	if !force && sameContent(last.snap, snap) {
 		return
 	}
-	l.seq++
-	snap.Seq = l.seq
+	l.seqs[sc]++
+	snap.Seq = l.seqs[sc]
 	b, err := json.Marshal(snap)
 	if err != nil {
 		l.opts.Log.Error("encoding usage snapshot", "err", err)
 		return
 	}
-	l.last = snap
-	l.hub.publish(b)
+	last.snap = snap
+	l.hub.publish(sc, b)
 }
 
-// subscribe registers a stream whose mailbox holds a current snapshot.
-func (l *Live) subscribe() *sub {
+// subscribe registers a stream of sc whose mailbox holds a current
+// snapshot.
+func (l *Live) subscribe(sc scope) *sub {
 	l.build.Lock()
 	defer l.build.Unlock()
-	if l.last == nil || time.Since(l.builtAt) > 2*l.opts.Interval {
-		l.publishLocked(true)
+	s, fresh := l.hub.subscribe(sc)
+	if last := l.views[sc]; !fresh || last == nil || time.Since(last.builtAt) > 2*l.opts.Interval {
+		l.publishLocked(sc, l.state(), true)
 	}
-	return l.hub.subscribe()
+	return s
 }
 
-// ServeUsage is GET /api/usage: one snapshot.
+// ServeUsage is GET /api/usage: one snapshot of what the caller may see
+// (auth.FromContext).
 func (l *Live) ServeUsage(w http.ResponseWriter, r *http.Request) {
 	w.Header().Set("Content-Type", "application/json; charset=utf-8")
 	w.Header().Set("Cache-Control", "no-store")
-	json.NewEncoder(w).Encode(l.Snapshot()) //nolint:errcheck // the client may be gone
+	json.NewEncoder(w).Encode(l.SnapshotFor(auth.FromContext(r.Context()))) //nolint:errcheck // the client may be gone
 }
 
 // ServeStream is GET /api/usage-stream: Server-Sent Events, one "data:"
-// line of Snapshot JSON per change. Browsers' EventSource cannot send
-// headers, so the auth middleware accepts ?api_key= as well.
+// line of Snapshot JSON per change of what the caller may see
+// (auth.FromContext). Browsers' EventSource cannot send headers, so the
+// auth middleware accepts ?api_key= as well.
 func (l *Live) ServeStream(w http.ResponseWriter, r *http.Request) {
 	rc := http.NewResponseController(w)
 	h := w.Header()
@@ -216,7 +242,7 @@ func (l *Live) ServeStream(w http.ResponseWriter, r *http.Request) {
 	h.Set("X-Accel-Buffering", "no") // nginx: do not buffer the stream
 	w.WriteHeader(http.StatusOK)
 
-	s := l.subscribe()
+	s := l.subscribe(scopeOf(auth.FromContext(r.Context())))
 	defer l.hub.unsubscribe(s)
 	keep := time.NewTicker(l.opts.KeepAlive)
 	defer keep.Stop()

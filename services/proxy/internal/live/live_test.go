@@ -25,6 +25,9 @@ func TestMain(m *testing.M) {
 	)
 }
 
+// everything is an admin's scope.
+var everything = scope{all: true}
+
 // counter is a fake router whose in-flight count the test moves.
 type counter struct{ n atomic.Int64 }
 
@@ -191,7 +194,7 @@ func BenchmarkSnapshotsUnderConstantChange(b *testing.B) {
 	const interval = 10 * time.Millisecond
 	l := New(Options{Local: c.InFlight, Interval: interval})
 	defer l.Close()
-	sub := l.subscribe()
+	sub := l.subscribe(everything)
 	defer l.hub.unsubscribe(sub)
 	<-sub.wake
 	sub.take()
@@ -276,10 +279,10 @@ func TestCloseEndsStreams(t *testing.T) {
 // fast and, when it reads again, it finds only the newest snapshot.
 func TestSlowSubscriberGetsLatest(t *testing.T) {
 	h := newHub()
-	slow := h.subscribe()
+	slow, _ := h.subscribe(everything)
 	start := time.Now()
 	for i := range 100000 {
-		h.publish([]byte{byte(i), byte(i >> 8), byte(i >> 16)})
+		h.publish(everything, []byte{byte(i), byte(i >> 8), byte(i >> 16)})
 	}
 	if d := time.Since(start); d > 2*time.Second {
 		t.Fatalf("100000 publishes to a stalled subscriber took %s", d)
@@ -292,7 +295,7 @@ func TestSlowSubscriberGetsLatest(t *testing.T) {
 	if slow.take() != nil {
 		t.Fatal("a taken snapshot was delivered twice")
 	}
-	late := h.subscribe()
+	late, _ := h.subscribe(everything)
 	if got := late.take(); got == nil || got[0] != byte(last) {
 		t.Fatalf("new subscriber got %v, want the latest snapshot", got)
 	}
@@ -312,10 +315,10 @@ func TestHubStress(t *testing.T) {
 		for i := 0; ; i++ {
 			select {
 			case <-stop:
-				h.publish([]byte("final"))
+				h.publish(everything, []byte("final"))
 				return
 			default:
-				h.publish([]byte{byte(i)})
+				h.publish(everything, []byte{byte(i)})
 				pubs.Add(1)
 			}
 		}
@@ -325,7 +328,7 @@ func TestHubStress(t *testing.T) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			s := h.subscribe()
+			s, _ := h.subscribe(everything)
 			defer h.unsubscribe(s)
 			for range g % 5 {
 				select {
@@ -339,7 +342,7 @@ func TestHubStress(t *testing.T) {
 	wg.Wait()
 	stayers := make([]*sub, 200)
 	for i := range stayers {
-		stayers[i] = h.subscribe()
+		stayers[i], _ = h.subscribe(everything)
 	}
 	close(stop)
 	pwg.Wait()
@@ -366,8 +369,7 @@ func TestHubStress(t *testing.T) {
 func TestUsageSnapshotLocalFallback(t *testing.T) {
 	var c counter
 	c.n.Store(2)
-	totals := usage.NewTotals()
-	l := New(Options{Replica: "r1", Local: c.InFlight, Totals: totals,
+	l := New(Options{Replica: "r1", Local: c.InFlight,
 		Remote: func() map[string]map[string]int { return map[string]map[string]int{"a": {"tiny": 3}, "b": {"big": 1}} }})
 	defer l.Close()
 	for _, ev := range []usage.Event{
@@ -375,7 +377,6 @@ func TestUsageSnapshotLocalFallback(t *testing.T) {
 		{Endpoint: "a", Model: "tiny", APIKey: "team-b", Status: 200, InputTokens: usage.Int64(1), OutputTokens: usage.Int64(2)},
 		{Endpoint: "b", Model: "big", APIKey: "team-a", Status: 500, Error: true},
 	} {
-		totals.Record(ev)
 		l.Record(ev)
 	}
 	rec := httptest.NewRecorder()

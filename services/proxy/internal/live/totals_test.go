@@ -216,9 +216,8 @@ func TestFleetTotalsFallBackWhileClickHouseIsDown(t *testing.T) {
 	if _, err := usage.EnsureStream(context.Background(), js, usage.StreamConfig{Name: "USAGE"}); err != nil {
 		t.Fatal(err)
 	}
-	totals := usage.NewTotals()
-	totals.Record(usage.Event{Endpoint: "a", Model: "tiny", InputTokens: usage.Int64(1), OutputTokens: usage.Int64(2)})
-	l := New(Options{Local: (&counter{}).InFlight, Totals: totals, Store: store, Conn: nc})
+	l := New(Options{Local: (&counter{}).InFlight, Store: store, Conn: nc})
+	l.Record(usage.Event{Endpoint: "a", Model: "tiny", InputTokens: usage.Int64(1), OutputTokens: usage.Int64(2)})
 	defer l.Close()
 	waitFor(t, "the ClickHouse error to be reported", func() bool {
 		return strings.Contains(l.Snapshot().Tokens.Reason, "clickhouse")

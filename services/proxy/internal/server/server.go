@@ -109,7 +109,7 @@ func New(cfg *config.Config, log *slog.Logger, opts Options) *Server {
 	}
 	s.Metrics.Watch(metrics.GaugeSource{InFlight: s.Router.InFlight, Queue: s.Router.QueueLen, Breakers: s.breakers})
 	s.Live = live.New(live.Options{Replica: cfg.Replica, Local: s.Router.InFlight, Remote: s.Sync.Remote, Fleet: s.Sync.Status,
-		QueueLen: s.Router.QueueLen, Totals: s.Totals, Store: opts.ClickHouse, Conn: opts.SyncConn,
+		QueueLen: s.Router.QueueLen, Store: opts.ClickHouse, Conn: opts.SyncConn,
 		Stream: cfg.NATS.Stream, Partitions: cfg.NATS.Partitions, Log: log})
 	sinks := usage.Sinks{s.Totals, s.Live}
 	// Usage is private: a client key reads only its own, an admin every key's.

@@ -1,0 +1,104 @@
+package live
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+
+	"github.com/droverhq/drover/pkg/usage"
+)
+
+// storedMsg is the part of a stored usage message read here.
+type storedMsg struct {
+	Subject string `json:"subject"`
+	Seq     uint64 `json:"seq"`
+	Data    []byte `json:"data"`
+}
+
+// errNoMessage is JetStream's error code for "no message found".
+const errNoMessage = 10037
+
+// msgGet reads one message of the usage stream with JetStream's message
+// get (a request to $JS.API.STREAM.MSG.GET.<stream>: a read, no consumer).
+// found is false when the stream has no such message.
+func (f *fleetTotals) msgGet(ctx context.Context, req any) (m storedMsg, found bool, err error) {
+	subj := "$JS.API.STREAM.MSG.GET." + f.stream
+	body, err := json.Marshal(req)
+	if err != nil {
+		return m, false, err
+	}
+	ctx, cancel := context.WithTimeout(ctx, getTimeout)
+	defer cancel()
+	reply, err := f.nc.RequestWithContext(ctx, subj, body)
+	if err != nil {
+		return m, false, fmt.Errorf("%s (the proxy's NATS user needs to publish there): %w", subj, err)
+	}
+	var resp struct {
+		Message *storedMsg `json:"message"`
+		Error   *struct {
+			ErrCode     int    `json:"err_code"`
+			Description string `json:"description"`
+		} `json:"error"`
+	}
+	if err := json.Unmarshal(reply.Data, &resp); err != nil {
+		return m, false, fmt.Errorf("%s: reading the answer: %w", subj, err)
+	}
+	switch {
+	case resp.Error != nil && resp.Error.ErrCode == errNoMessage:
+		return m, false, nil
+	case resp.Error != nil:
+		return m, false, fmt.Errorf("%s: %s (error %d)", subj, resp.Error.Description, resp.Error.ErrCode)
+	case resp.Message == nil:
+		return m, false, fmt.Errorf("%s: an answer without a message", subj)
+	}
+	return *resp.Message, true, nil
+}
+
+// lastSeqs reads the last stream sequence of every partition (0 for one
+// without messages).
+func (f *fleetTotals) lastSeqs(ctx context.Context, parts []int) (map[int]uint64, error) {
+	out := make(map[int]uint64, len(parts))
+	for _, p := range parts {
+		m, found, err := f.msgGet(ctx, map[string]any{"last_by_subj": usage.PartitionSubject(p)})
+		if err != nil {
+			return nil, fmt.Errorf("reading the last sequence of %s: %w", usage.PartitionSubject(p), err)
+		}
+		if found {
+			out[p] = m.Seq
+		}
+	}
+	return out, nil
+}
+
+// fill counts, for every partition, the events the stream holds above the
+// partition's head up to before[p] (stored before the subscription, not in
+// ClickHouse's sums yet), reading them one by one from the stream, at most
+// f.maxFill in all; it moves the heads to before.
+func (f *fleetTotals) fill(ctx context.Context, t *tally, parts []int, before map[int]uint64) error {
+	read := 0
+	for _, p := range parts {
+		subj := usage.PartitionSubject(p)
+		for next := t.head[p] + 1; next <= before[p]; {
+			m, found, err := f.msgGet(ctx, map[string]any{"seq": next, "next_by_subj": subj})
+			if err != nil {
+				return fmt.Errorf("reading what clickhouse lacks of %s: %w", subj, err)
+			}
+			if !found || m.Seq > before[p] {
+				break
+			}
+			if read++; read > f.maxFill {
+				return fmt.Errorf("clickhouse is more than %d events behind the usage stream (is the aggregator running?): %s is committed up to sequence %d, the stream holds up to %d",
+					f.maxFill, subj, t.head[p], before[p])
+			}
+			if ev, err := decode(m.Data); err == nil {
+				add(t.counts, ev)
+			}
+			next = m.Seq + 1
+		}
+		if before[p] > t.head[p] {
+			t.head[p] = before[p]
+			t.seq = max(t.seq, before[p])
+		}
+	}
+	return nil
+}
