@@ -8,7 +8,7 @@ import "sync"
 // overwrites, so a slow reader skips what it missed and gets the latest
 // when it catches up.
 type hub struct {
-	mu     sync.Mutex                   // guards subs, n and latest
+	mu     sync.Mutex                  // guards subs, n and latest
 	subs   map[scope]map[*sub]struct{} // subscribers by scope; a scope without any is absent
 	n      int                         // subscribers in all
 	latest map[scope][]byte            // last snapshot of each scope in subs; a new subscriber starts with it

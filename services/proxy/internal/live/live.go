@@ -63,6 +63,9 @@ type Options struct {
 	Interval  time.Duration
 	KeepAlive time.Duration
 	Log       *slog.Logger
+
+	// tune adjusts the fleet totals' limits before they start (tests).
+	tune func(*fleetTotals)
 }
 
 // Live builds and publishes snapshots. Create it with New; Close stops it
@@ -112,6 +115,9 @@ func New(opts Options) *Live {
 		l.local = "nats.url is not set: token totals are this replica's since it started"
 	default:
 		l.fleet = &fleetTotals{store: opts.Store, nc: opts.Conn, stream: opts.Stream, partitions: opts.Partitions, log: opts.Log}
+		if opts.tune != nil {
+			opts.tune(l.fleet)
+		}
 		l.wg.Add(1)
 		go func() {
 			defer l.wg.Done()

@@ -1,11 +1,14 @@
 package live
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"fmt"
 	"net"
+	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -25,11 +28,14 @@ const testPartitions = 4
 // (inserting rows with their stream sequences).
 type pipeline struct {
 	t     *testing.T
+	ns    *natstest.Server
 	nc    *nats.Conn
 	js    jetstream.JetStream
 	store *chstore.Store
-	rows  []chstore.EventRow // everything published, in stream order
-	want  map[tokenKey]usage.Count
+
+	mu   sync.Mutex         // guards rows and want (publishers and the aggregator run concurrently)
+	rows []chstore.EventRow // everything published, in stream order
+	want map[tokenKey]usage.Count
 }
 
 func newPipeline(t *testing.T) *pipeline {
@@ -57,15 +63,25 @@ func newPipeline(t *testing.T) *pipeline {
 	if _, err := usage.EnsureStream(ctx, js, usage.StreamConfig{Name: "USAGE", DuplicateWindow: time.Minute}); err != nil {
 		t.Fatal(err)
 	}
-	return &pipeline{t: t, nc: nc, js: js, store: store, want: map[tokenKey]usage.Count{}}
+	return &pipeline{t: t, ns: ns, nc: nc, js: js, store: store, want: map[tokenKey]usage.Count{}}
 }
 
-// publish sends n events spread over endpoints, models and keys.
-func (p *pipeline) publish(n int) {
+// publish sends n events spread over endpoints, models, keys and
+// partitions.
+func (p *pipeline) publish(n int) { p.publishOn(-1, n) }
+
+// publishOn sends n events to partition part (any with -1). Publishers of
+// different partitions may run at once: each partition's rows are recorded
+// in stream order, as the aggregator would store them.
+func (p *pipeline) publishOn(part, n int) {
 	p.t.Helper()
 	for i := range n {
+		id := usage.NewID()
+		for part >= 0 && usage.Partition(id, testPartitions) != part {
+			id = usage.NewID()
+		}
 		ev := usage.Event{
-			Schema: usage.SchemaVersion, ID: usage.NewID(), Time: time.Now().UTC(),
+			Schema: usage.SchemaVersion, ID: id, Time: time.Now().UTC(),
 			Endpoint: []string{"a", "b"}[i%2], Model: []string{"tiny", "llama3.2:3b"}[i%3%2], APIKey: []string{"team-a", "team-b", "team-c"}[i%3],
 			Route: "/api/chat", Status: 200, InputTokens: usage.Int64(int64(10 + i)), OutputTokens: usage.Int64(int64(100 + i)),
 		}
@@ -76,13 +92,16 @@ func (p *pipeline) publish(n int) {
 		part := usage.Partition(ev.ID, testPartitions)
 		ack, err := p.js.Publish(context.Background(), usage.PartitionSubject(part), data, jetstream.WithMsgID(ev.ID))
 		if err != nil {
-			p.t.Fatal(err)
+			p.t.Error(err)
+			return
 		}
+		p.mu.Lock()
 		p.rows = append(p.rows, chstore.EventRow{Event: ev, Partition: uint16(part), Seq: ack.Sequence})
 		k := tokenKey{ev.Endpoint, ev.Model, ev.APIKey}
 		c := p.want[k]
 		c.Add(ev.Count())
 		p.want[k] = c
+		p.mu.Unlock()
 	}
 }
 
@@ -107,11 +126,14 @@ func (p *pipeline) commit(frac float64) {
 	}
 	for part := range testPartitions {
 		var todo []chstore.EventRow
+		p.mu.Lock()
 		for _, r := range p.rows {
 			if int(r.Partition) == part && r.Seq > done[part] {
 				todo = append(todo, r)
 			}
 		}
+		p.mu.Unlock()
+		slices.SortFunc(todo, func(a, b chstore.EventRow) int { return cmp.Compare(a.Seq, b.Seq) })
 		todo = todo[:int(float64(len(todo))*frac)]
 		if err := p.store.InsertEvents(ctx, todo); err != nil {
 			p.t.Fatal(err)
@@ -140,9 +162,11 @@ func (p *pipeline) exact(l *Live) {
 }
 
 func (p *pipeline) diff(s *Snapshot) string {
-	if s.Tokens.Mode != ModeFleet {
+	if s.Tokens.Mode != ModeFleet || s.Tokens.Reason != "" {
 		return fmt.Sprintf("token source %+v", s.Tokens)
 	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
 	byEP := map[string]map[string]usage.Count{}
 	byKey := map[string]usage.Count{}
 	for k, c := range p.want {
