@@ -146,7 +146,7 @@ func TestShippedNATSRefusesAnonymous(t *testing.T) {
 		if !errors.Is(err, nats.ErrAuthorization) {
 			if nc != nil {
 				nc.Publish(usage.Subject(forged.ID, 8), usage.AppendJSON(nil, &forged)) //nolint:errcheck // counted below
-				nc.Request("$JS.API.STREAM.DELETE.USAGE", nil, time.Second)         //nolint:errcheck // checked below
+				nc.Request("$JS.API.STREAM.DELETE.USAGE", nil, time.Second)             //nolint:errcheck // checked below
 				nc.Close()
 			}
 			t.Fatalf("connection with bad credentials: %v, want %v", err, nats.ErrAuthorization)
