@@ -2,10 +2,17 @@ package live
 
 import (
 	"context"
+	"log/slog"
 	"strings"
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/nats-io/nats.go"
+
+	"github.com/droverhq/drover/pkg/config"
+	"github.com/droverhq/drover/pkg/natsconn"
+	"github.com/droverhq/drover/testkit/natstest"
 
 	"github.com/droverhq/drover/pkg/usage"
 )
@@ -188,5 +195,34 @@ func TestFleetTotalsIgnoreForeignMessages(t *testing.T) {
 	p.exact(l)
 	if builds, _ := l.fleet.stats(); builds != 1 {
 		t.Fatalf("%d builds, want 1", builds)
+	}
+}
+
+// With the shipped NATS config (deploy/nats/nats.conf) the proxy's user,
+// which may not create consumers on the usage stream, follows the
+// fleet's totals exactly: the subscription, the message gets and the
+// stream info it needs are all it is allowed.
+func TestFleetTotalsWithShippedPermissions(t *testing.T) {
+	ns := natstest.StartShipped(t)
+	owner, err := nats.Connect(ns.URL(), nats.UserInfo("aggregator", natstest.AggregatorPassword),
+		nats.CustomInboxPrefix(natsconn.InboxPrefix("drover-aggregator")))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(owner.Close)
+	proxy, err := natsconn.Connect(config.NATS{URL: ns.URL(), User: "proxy", Password: natstest.ProxyPassword}, "drover-proxy", slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(proxy.Close)
+	p := newPipelineOn(t, ns, owner, proxy)
+	p.publish(40)
+	p.commit(0.5)
+	l := p.live()
+	p.exact(l)
+	p.publish(20)
+	p.exact(l)
+	if n := p.consumers(); n != 0 {
+		t.Fatalf("the usage stream has %d consumers, want 0", n)
 	}
 }

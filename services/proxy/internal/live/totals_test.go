@@ -40,6 +40,19 @@ type pipeline struct {
 
 func newPipeline(t *testing.T) *pipeline {
 	t.Helper()
+	ns := natstest.Start(t)
+	nc, err := nats.Connect(ns.URL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(nc.Close)
+	return newPipelineOn(t, ns, nc, nc)
+}
+
+// newPipelineOn makes the usage stream through owner (the aggregator's
+// connection); the test publishes, and the proxy follows, through nc.
+func newPipelineOn(t *testing.T, ns *natstest.Server, owner, nc *nats.Conn) *pipeline {
+	t.Helper()
 	ctx := context.Background()
 	ch := chtest.Start(t)
 	store, err := chstore.Open(chstore.Options{Addr: ch.Addr(), Database: "drover_live"})
@@ -50,17 +63,15 @@ func newPipeline(t *testing.T) *pipeline {
 	if _, err := store.Migrate(ctx); err != nil {
 		t.Fatal(err)
 	}
-	ns := natstest.Start(t)
-	nc, err := nats.Connect(ns.URL())
+	ojs, err := jetstream.New(owner)
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(nc.Close)
+	if _, err := usage.EnsureStream(ctx, ojs, usage.StreamConfig{Name: "USAGE", DuplicateWindow: time.Minute}); err != nil {
+		t.Fatal(err)
+	}
 	js, err := jetstream.New(nc)
 	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := usage.EnsureStream(ctx, js, usage.StreamConfig{Name: "USAGE", DuplicateWindow: time.Minute}); err != nil {
 		t.Fatal(err)
 	}
 	return &pipeline{t: t, ns: ns, nc: nc, js: js, store: store, want: map[tokenKey]usage.Count{}}
