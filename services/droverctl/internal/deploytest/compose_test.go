@@ -13,24 +13,47 @@ import (
 
 	"github.com/compose-spec/compose-go/v2/cli"
 	"github.com/compose-spec/compose-go/v2/types"
+
+	"github.com/droverhq/drover/pkg/config"
 )
 
+// composeSecrets is a .env as deploy/.env.example asks for: every secret
+// set, each to a value of its own so that a test can tell which one a
+// service got.
+var composeSecrets = map[string]string{
+	"DROVER_ADMIN_KEY":                "test-admin-key-0123456789",
+	"DROVER_NATS_PROXY_PASSWORD":      "test-nats-proxy-password",
+	"DROVER_NATS_AGGREGATOR_PASSWORD": "test-nats-aggregator-password",
+	"CLICKHOUSE_READER_PASSWORD":      "test-clickhouse-reader-password",
+	"CLICKHOUSE_WRITER_PASSWORD":      "test-clickhouse-writer-password",
+	"GRAFANA_ADMIN_PASSWORD":          "test-grafana-admin-password",
+}
+
 // loadCompose parses docker-compose.yml as `docker compose` would, with the
-// given profiles and an empty environment (every ${VAR:-default} takes its
-// default), normalised and with paths resolved against the repository root.
+// given profiles and only composeSecrets in the environment (every other
+// ${VAR:-default} takes its default), normalised and with paths resolved
+// against the repository root.
 func loadCompose(t *testing.T, root string, profiles ...string) *types.Project {
 	t.Helper()
-	opts, err := cli.NewProjectOptions([]string{filepath.Join(root, "docker-compose.yml")},
-		cli.WithWorkingDirectory(root), cli.WithProfiles(profiles), cli.WithResolvedPaths(true),
-		cli.WithInterpolation(true), cli.WithNormalization(true), cli.WithConsistency(true))
-	if err != nil {
-		t.Fatal(err)
-	}
-	p, err := opts.LoadProject(context.Background())
+	p, err := loadComposeEnv(root, composeSecrets, profiles...)
 	if err != nil {
 		t.Fatalf("docker-compose.yml: %v", err)
 	}
 	return p
+}
+
+func loadComposeEnv(root string, env map[string]string, profiles ...string) (*types.Project, error) {
+	var list []string
+	for k, v := range env {
+		list = append(list, k+"="+v)
+	}
+	opts, err := cli.NewProjectOptions([]string{filepath.Join(root, "docker-compose.yml")},
+		cli.WithWorkingDirectory(root), cli.WithProfiles(profiles), cli.WithResolvedPaths(true),
+		cli.WithEnv(list), cli.WithInterpolation(true), cli.WithNormalization(true), cli.WithConsistency(true))
+	if err != nil {
+		return nil, err
+	}
+	return opts.LoadProject(context.Background())
 }
 
 func TestComposeServices(t *testing.T) {
@@ -173,27 +196,47 @@ func TestComposeDroverServices(t *testing.T) {
 	if httpPort == nil || !strings.Contains(strings.Join(nats.HealthCheck.Test, " "), ":"+httpPort[1]+"/healthz") {
 		t.Errorf("nats health check %v does not ask the monitoring port", nats.HealthCheck.Test)
 	}
-	for _, cfg := range []struct {
-		name   string
-		nats   string
-		chAddr string
-		user   string
-		pass   string
+	// Each logs in as its own NATS user (deploy/nats/nats.conf) and
+	// ClickHouse user (deploy/clickhouse/users.d/drover.xml), with the
+	// password the server got.
+	ch, _ := p.GetService("clickhouse")
+	chEnv, natsEnv := env(ch), env(nats)
+	for _, c := range []struct {
+		name     string
+		cfg      *config.Config
+		natsUser string
+		chUser   string
 	}{
-		{"proxy", proxyCfg.NATS.URL, proxyCfg.ClickHouse.Addr, proxyCfg.ClickHouse.Username, proxyCfg.ClickHouse.Password.Reveal()},
-		{"aggregator", aggCfg.NATS.URL, aggCfg.ClickHouse.Addr, aggCfg.ClickHouse.Username, aggCfg.ClickHouse.Password.Reveal()},
+		{"proxy", proxyCfg, "proxy", "drover_reader"},
+		{"aggregator", aggCfg, "aggregator", "drover_writer"},
 	} {
-		if cfg.nats != "nats://nats:"+natsPort[1] {
-			t.Errorf("%s: nats.url %q, want nats://nats:%s", cfg.name, cfg.nats, natsPort[1])
+		if c.cfg.NATS.URL != "nats://nats:"+natsPort[1] {
+			t.Errorf("%s: nats.url %q, want nats://nats:%s", c.name, c.cfg.NATS.URL, natsPort[1])
 		}
-		if cfg.chAddr != "clickhouse:9000" {
-			t.Errorf("%s: clickhouse.addr %q, want the native port clickhouse:9000", cfg.name, cfg.chAddr)
+		if c.cfg.ClickHouse.Addr != "clickhouse:9000" {
+			t.Errorf("%s: clickhouse.addr %q, want the native port clickhouse:9000", c.name, c.cfg.ClickHouse.Addr)
 		}
-		ch, _ := p.GetService("clickhouse")
-		chEnv := env(ch)
-		if cfg.user != chEnv["CLICKHOUSE_USER"] || cfg.pass != chEnv["CLICKHOUSE_PASSWORD"] {
-			t.Errorf("%s: ClickHouse credentials differ from the server's", cfg.name)
+		passVar := natsPasswordVar(t, natsConf, c.natsUser)
+		if c.cfg.NATS.User != c.natsUser || c.cfg.NATS.Password.Reveal() == "" || c.cfg.NATS.Password.Reveal() != natsEnv[passVar] {
+			t.Errorf("%s: NATS user %q with the password nats-server reads from %s, want user %q", c.name, c.cfg.NATS.User, passVar, c.natsUser)
 		}
+		chVar := clickhousePasswordVar(t, root, c.chUser)
+		if c.cfg.ClickHouse.Username != c.chUser || c.cfg.ClickHouse.Password.Reveal() == "" || c.cfg.ClickHouse.Password.Reveal() != chEnv[chVar] {
+			t.Errorf("%s: ClickHouse user %q with the password clickhouse-server reads from %s, want user %q", c.name, c.cfg.ClickHouse.Username, chVar, c.chUser)
+		}
+	}
+
+	// The proxies start keyed, with one admin key: the operator's.
+	if len(proxyCfg.Auth.Keys) != 1 || proxyCfg.Auth.Keys[0].Role != "admin" || proxyCfg.Auth.Keys[0].Key.Reveal() != composeSecrets["DROVER_ADMIN_KEY"] {
+		t.Errorf("proxy auth.keys %+v: want one admin key, DROVER_ADMIN_KEY", proxyCfg.Auth.Keys)
+	}
+	if proxyCfg.Auth.Open {
+		t.Error("proxy: auth.open is set")
+	}
+	// /metrics on its own port, exposed on the network but not published.
+	_, mport, err := net.SplitHostPort(proxyCfg.MetricsListen)
+	if err != nil || !slices.Contains([]string(proxy.Expose), mport) {
+		t.Errorf("proxy metrics_listen %q: want a port of its own among expose %v", proxyCfg.MetricsListen, proxy.Expose)
 	}
 	if aggCfg.ClickHouse.Database != "drover" {
 		t.Errorf("aggregator database %q", aggCfg.ClickHouse.Database)

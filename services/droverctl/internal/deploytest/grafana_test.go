@@ -90,12 +90,16 @@ func TestGrafanaProvisioning(t *testing.T) {
 	if src.JSONData["host"] != "clickhouse" || src.JSONData["port"] != 9000 || src.JSONData["protocol"] != "native" || src.JSONData["defaultDatabase"] != "drover" {
 		t.Errorf("data source points at %v, want clickhouse:9000 native, database drover", src.JSONData)
 	}
-	// ${VAR} in provisioning files comes from Grafana's environment.
-	for _, ref := range []string{src.JSONData["username"].(string), src.SecureJSONData["password"]} {
-		name := strings.Trim(ref, "${}")
-		if _, ok := env(g)[name]; !ok {
-			t.Errorf("data source uses %s, which the grafana service does not set", ref)
-		}
+	// Grafana reads as the read-only user; the password, ${VAR} in
+	// provisioning files, comes from Grafana's environment and is the one
+	// ClickHouse gives that user.
+	if u := src.JSONData["username"]; u != "drover_reader" {
+		t.Errorf("data source logs in as %v, want the read-only drover_reader", u)
+	}
+	ref := src.SecureJSONData["password"]
+	name := strings.Trim(ref, "${}")
+	if !strings.HasPrefix(ref, "${") || env(g)[name] == "" || env(g)[name] != composeSecrets[clickhousePasswordVar(t, root, "drover_reader")] {
+		t.Errorf("data source password %q: want ${VAR} of drover_reader's password, set on the grafana service", ref)
 	}
 
 	var providers struct {

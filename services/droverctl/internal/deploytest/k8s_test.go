@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"path/filepath"
+	"regexp"
 	"slices"
 	"strings"
 	"testing"
@@ -54,6 +55,12 @@ type podSpec struct {
 		RunAsNonRoot bool `yaml:"runAsNonRoot"`
 	} `yaml:"securityContext"`
 	Containers []container `yaml:"containers"`
+	Volumes    []struct {
+		Name      string `yaml:"name"`
+		ConfigMap *struct {
+			Name string `yaml:"name"`
+		} `yaml:"configMap"`
+	} `yaml:"volumes"`
 }
 
 type container struct {
@@ -68,6 +75,13 @@ type container struct {
 		Value     string `yaml:"value"`
 		ValueFrom any    `yaml:"valueFrom"`
 	} `yaml:"env"`
+	Command      []string `yaml:"command"`
+	Args         []string `yaml:"args"`
+	VolumeMounts []struct {
+		Name      string `yaml:"name"`
+		MountPath string `yaml:"mountPath"`
+		SubPath   string `yaml:"subPath"`
+	} `yaml:"volumeMounts"`
 	Ports          []containerPort `yaml:"ports"`
 	ReadinessProbe *probe          `yaml:"readinessProbe"`
 	LivenessProbe  *probe          `yaml:"livenessProbe"`
@@ -102,28 +116,7 @@ func loadManifests(t *testing.T, root string) []object {
 	}
 	var objs []object
 	for _, res := range kust.Resources {
-		dec := yaml.NewDecoder(bytes.NewReader([]byte(readFile(t, filepath.Join(dir, res)))))
-		for {
-			var node yaml.Node
-			err := dec.Decode(&node)
-			if errors.Is(err, io.EOF) {
-				break
-			}
-			if err != nil {
-				t.Fatalf("%s: %v", res, err)
-			}
-			var o object
-			if err := node.Decode(&o); err != nil {
-				t.Fatalf("%s: %v", res, err)
-			}
-			if err := node.Decode(&o.raw); err != nil {
-				t.Fatalf("%s: %v", res, err)
-			}
-			if o.APIVersion == "" || o.Kind == "" || o.Metadata.Name == "" {
-				t.Fatalf("%s: an object without apiVersion, kind or name", res)
-			}
-			objs = append(objs, o)
-		}
+		objs = append(objs, decodeManifests(t, filepath.Join(dir, res))...)
 	}
 	for _, img := range kust.Images {
 		if !slices.ContainsFunc(objs, func(o object) bool {
@@ -137,6 +130,46 @@ func loadManifests(t *testing.T, root string) []object {
 	return objs
 }
 
+// decodeManifests reads every object of one YAML file.
+func decodeManifests(t *testing.T, path string) []object {
+	t.Helper()
+	var objs []object
+	dec := yaml.NewDecoder(bytes.NewReader([]byte(readFile(t, path))))
+	for {
+		var node yaml.Node
+		err := dec.Decode(&node)
+		if errors.Is(err, io.EOF) {
+			break
+		}
+		if err != nil {
+			t.Fatalf("%s: %v", path, err)
+		}
+		var o object
+		if err := node.Decode(&o); err != nil {
+			t.Fatalf("%s: %v", path, err)
+		}
+		if err := node.Decode(&o.raw); err != nil {
+			t.Fatalf("%s: %v", path, err)
+		}
+		if o.APIVersion == "" || o.Kind == "" || o.Metadata.Name == "" {
+			t.Fatalf("%s: an object without apiVersion, kind or name", path)
+		}
+		objs = append(objs, o)
+	}
+	return objs
+}
+
+// exampleSecret is deploy/k8s/secret.example.yaml's Secret: the one the
+// operator creates, which the manifests reference but do not ship.
+func exampleSecret(t *testing.T, root string) object {
+	t.Helper()
+	objs := decodeManifests(t, filepath.Join(root, "deploy", "k8s", "secret.example.yaml"))
+	if len(objs) != 1 || objs[0].Kind != "Secret" || objs[0].Metadata.Name != "drover-secrets" {
+		t.Fatalf("secret.example.yaml: want one Secret drover-secrets, got %d objects", len(objs))
+	}
+	return objs[0]
+}
+
 func find(objs []object, kind, name string) (object, bool) {
 	for _, o := range objs {
 		if o.Kind == kind && o.Metadata.Name == name {
@@ -148,7 +181,7 @@ func find(objs []object, kind, name string) (object, bool) {
 
 func TestKubernetesManifests(t *testing.T) {
 	root := repoRoot(t)
-	objs := loadManifests(t, root)
+	objs := append(loadManifests(t, root), exampleSecret(t, root))
 	for _, want := range []string{"Deployment/drover-proxy", "Service/drover", "HorizontalPodAutoscaler/drover-proxy",
 		"Deployment/drover-aggregator", "ConfigMap/drover-config", "Secret/drover-secrets"} {
 		kind, name, _ := strings.Cut(want, "/")
@@ -259,12 +292,8 @@ func checkWorkload(t *testing.T, objs []object, o object) {
 				env[k] = v
 			}
 		}
-		for _, e := range c.Env {
-			v := e.Value
-			if e.ValueFrom != nil {
-				v = "from-" + strings.ToLower(e.Name) // a pod name, a secret: any string
-			}
-			env[e.Name] = v
+		for k, v := range containerEnv(t, objs, where, c) {
+			env[k] = v
 		}
 		cfg := loadDroverEnv(t, where, env)
 		if o.Metadata.Name == "drover-proxy" {
@@ -278,6 +307,47 @@ func checkWorkload(t *testing.T, objs []object, o object) {
 			}
 		}
 	}
+}
+
+// containerEnv is a container's env list as the kubelet makes it: a value
+// from a Secret or the pod is "from-<secret key or name>" (the Secret's
+// key must exist in objs), and $(VAR) takes an earlier variable's value.
+func containerEnv(t *testing.T, objs []object, where string, c container) map[string]string {
+	t.Helper()
+	env := map[string]string{}
+	ref := regexp.MustCompile(`\$\(([A-Za-z_][A-Za-z0-9_]*)\)`)
+	for _, e := range c.Env {
+		v := ref.ReplaceAllStringFunc(e.Value, func(m string) string {
+			if val, ok := env[m[2:len(m)-1]]; ok {
+				return val
+			}
+			t.Errorf("%s: %s refers to %s, which is not set before it", where, e.Name, m)
+			return m
+		})
+		if sk := secretKeyRef(e.ValueFrom); sk != nil {
+			sec, ok := find(objs, "Secret", sk.name)
+			if _, has := sec.StringData[sk.key]; !ok || !has {
+				t.Errorf("%s: %s reads %s/%s, which secret.example.yaml does not have", where, e.Name, sk.name, sk.key)
+			}
+			v = "from-" + sk.key
+		} else if e.ValueFrom != nil {
+			v = "from-" + strings.ToLower(e.Name) // a pod field: any string
+		}
+		env[e.Name] = v
+	}
+	return env
+}
+
+type secretRef struct{ name, key string }
+
+// secretKeyRef reads valueFrom.secretKeyRef, nil for anything else.
+func secretKeyRef(valueFrom any) *secretRef {
+	m, _ := valueFrom.(map[string]any)
+	r, _ := m["secretKeyRef"].(map[string]any)
+	if r == nil {
+		return nil
+	}
+	return &secretRef{name: fmt.Sprint(r["name"]), key: fmt.Sprint(r["key"])}
 }
 
 func toAny(m map[string]string) map[string]any {
