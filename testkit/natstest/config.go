@@ -18,8 +18,8 @@ const (
 // repository ships (users, permissions, JetStream limits), with only what
 // a test must change: a loopback address on a free port, no monitoring
 // port, a temporary store, and the users' passwords (ProxyPassword,
-// AggregatorPassword) in the environment the file reads them from. It
-// uses t.Setenv, so the test must not be parallel.
+// AggregatorPassword) in the environment the file reads them from while
+// it is read. It uses t.Setenv, so the test must not be parallel.
 func StartShipped(t testing.TB) *Server {
 	t.Helper()
 	return StartConfig(t, ShippedConfig(t))
@@ -28,8 +28,13 @@ func StartShipped(t testing.TB) *Server {
 // StartConfig is StartShipped with another config file.
 func StartConfig(t testing.TB, path string) *Server {
 	t.Helper()
-	t.Setenv("DROVER_NATS_PROXY_PASSWORD", ProxyPassword)
-	t.Setenv("DROVER_NATS_AGGREGATOR_PASSWORD", AggregatorPassword)
+	// The variables are the server's only: set for reading the file, then
+	// unset, so that services the test starts do not inherit them (as in
+	// compose, where only the nats container has them).
+	for k, v := range map[string]string{"DROVER_NATS_PROXY_PASSWORD": ProxyPassword, "DROVER_NATS_AGGREGATOR_PASSWORD": AggregatorPassword} {
+		t.Setenv(k, v)
+		defer os.Unsetenv(k)
+	}
 	opts, err := server.ProcessConfigFile(path)
 	if err != nil {
 		t.Fatalf("natstest: loading %s: %v", path, err)

@@ -4,11 +4,14 @@ import (
 	"context"
 	"errors"
 	"log/slog"
+	"net/http"
+	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
+	"github.com/ClickHouse/clickhouse-go/v2"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
@@ -17,7 +20,9 @@ import (
 	"github.com/droverhq/drover/pkg/usage"
 	"github.com/droverhq/drover/pkg/usagepub"
 	"github.com/droverhq/drover/services/aggregator/internal/lease"
+	"github.com/droverhq/drover/testkit/chtest"
 	"github.com/droverhq/drover/testkit/natstest"
+	"github.com/droverhq/drover/testkit/ollamatest"
 )
 
 // The tests in this file run against a nats-server loaded from the shipped
@@ -459,4 +464,84 @@ func TestShippedNATSAggregatorIsConfined(t *testing.T) {
 		t.Fatal(err)
 	}
 	waitFor(t, 5*time.Second, "the subscription to drover.> to be refused", func() bool { return errs.violation("Subscription", "drover.>") })
+}
+
+// The real binaries against the shipped NATS config, each logged in as its
+// own user: a proxy started before the aggregator spools (its user may not
+// create the usage stream, and it says once what it waits for), the
+// aggregator creates the stream, and every token the backend reported
+// reaches ClickHouse. Neither service meets a single refusal on the way
+// (natsconn logs every one), whatever else the proxy runs over NATS (fleet
+// state, live totals, the key bucket).
+func TestShippedNATSPipeline(t *testing.T) {
+	ns := natstest.StartShipped(t)
+	ch := chtest.Start(t).Addr()
+	fakes, urls := startFakes(t, 1, ollamatest.Config{Chunks: 3})
+	common := []string{
+		"DROVER_NATS_URL=" + ns.URL(),
+		"DROVER_CLICKHOUSE_ADDR=" + ch,
+		"DROVER_BACKENDS=" + strings.Join(urls, ","),
+		"DROVER_AUTH_KEYS=team-a:key-aaaaaaaa",
+		"DROVER_LOG_LEVEL=info",
+	}
+	addr := freeAddr(t)
+	proxy := start(t, "drover-proxy", append(common, "DROVER_LISTEN="+addr, "DROVER_REPLICA=proxy-0",
+		"DROVER_NATS_USER=proxy", "DROVER_NATS_PASSWORD="+natstest.ProxyPassword,
+		"DROVER_USAGE_SPOOL_DIR="+filepath.Join(t.TempDir(), "spool")))
+	base := "http://" + addr
+	waitHTTP(t, base+"/")
+	logOf := func(p *proc) string {
+		p.mu.Lock()
+		defer p.mu.Unlock()
+		return p.log.String()
+	}
+	const missing = "usage stream USAGE not found: is the aggregator running?"
+	waitFor(t, 30*time.Second, "the proxy to notice the missing stream", func() bool { return strings.Contains(logOf(proxy), missing) })
+
+	client := &http.Client{Timeout: 30 * time.Second}
+	body := `{"model":"tiny","messages":[{"role":"user","content":"hello there"}],"stream":false}`
+	for range 10 {
+		if err := post(t.Context(), client, base+"/api/chat", "key-aaaaaaaa", body); err != nil {
+			t.Fatal(err)
+		}
+	}
+	aggMetrics := freeAddr(t)
+	agg := start(t, "drover-aggregator", append(common, "DROVER_AGGREGATOR_METRICS_LISTEN="+aggMetrics,
+		"DROVER_AGGREGATOR_FLUSH_INTERVAL=100ms", "DROVER_REPLICA=agg",
+		"DROVER_NATS_USER=aggregator", "DROVER_NATS_PASSWORD="+natstest.AggregatorPassword))
+	waitHTTP(t, "http://"+aggMetrics+"/health")
+	for range 10 {
+		if err := post(t.Context(), client, base+"/api/chat", "key-aaaaaaaa", body); err != nil {
+			t.Fatal(err)
+		}
+	}
+	c := fakes[0].Counters()
+	if c.Completed != 20 || c.PromptEvalCount == 0 || c.EvalCount == 0 {
+		t.Fatalf("the backend counted %+v: the requests exercised nothing", c)
+	}
+
+	db, err := clickhouse.Open(&clickhouse.Options{Addr: []string{ch}, Auth: clickhouse.Auth{Database: "drover", Username: "default"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	var in, out, n uint64
+	waitFor(t, 60*time.Second, "ClickHouse to hold all 20 requests", func() bool {
+		err := db.QueryRow(t.Context(), "SELECT sum(input_tokens) AS i, sum(output_tokens) AS o, sum(requests) AS n FROM token_usage_minute").Scan(&in, &out, &n)
+		return err == nil && n == 20
+	})
+	if int64(in) != c.PromptEvalCount || int64(out) != c.EvalCount {
+		t.Fatalf("ClickHouse holds %d/%d tokens, the backend reported %d/%d", in, out, c.PromptEvalCount, c.EvalCount)
+	}
+	if k := strings.Count(logOf(proxy), missing); k != 1 {
+		t.Errorf("the proxy logged the missing stream %d times, want once", k)
+	}
+	for name, p := range map[string]*proc{"drover-proxy": proxy, "drover-aggregator": agg} {
+		l := logOf(p)
+		for _, bad := range []string{"Permissions Violation", "lacks the permission", "refused the credentials"} {
+			if strings.Contains(l, bad) {
+				t.Errorf("%s met a refusal (%q) with the shipped permissions:\n%s", name, bad, tail(l, 3000))
+			}
+		}
+	}
 }
