@@ -10,9 +10,8 @@
 
 const $ = (sel, root = document) => root.querySelector(sel);
 // who: the key the page acts as, learned from the answers (never asked of
-// a route of its own): keyID from the analytics' caller (or the live
-// snapshot's, when it carries one); admin from /health's detail, which
-// only an admin key gets.
+// a route of its own): the live snapshot's scope and key id, the
+// analytics' caller, and /health's detail, which only an admin key gets.
 const state = { usage: null, health: null, tags: [], ps: [], range: '1h', rangeKeys: null, rangeAPIs: null,
   who: { keyID: '', admin: null } };
 
@@ -252,7 +251,9 @@ function connect() {
     lastMessage = Date.now();
     setConn('live', 'streaming /api/usage-stream');
     state.usage = JSON.parse(e.data);
-    learnCaller(state.usage.caller);
+    // The snapshot says whose usage it holds: every key's, or one key's.
+    const sc = state.usage.scope;
+    if (sc === 'all' || sc === 'key') learnCaller({ key_id: state.usage.key_id, all_keys: sc === 'all' });
     renderUsage();
   };
   source.onerror = async () => {
@@ -276,10 +277,13 @@ function capFor(backend) {
 function renderUsage() {
   const u = state.usage;
   if (!u) return;
+  // In-flight counts and the queue are every key's requests: a client
+  // key's snapshot leaves them out, and the page says so.
+  const own = u.scope === 'key';
   $('#replica').textContent = u.replica ? 'replica ' + u.replica : '';
-  $('#fleet-inflight').textContent = num(u.in_flight);
-  $('#local-inflight').textContent = `${num(sumCounts(u.local_usage_counts))} on this replica`;
-  $('#queue-length').textContent = num(u.queue_length);
+  $('#fleet-inflight').textContent = own ? '–' : num(u.in_flight);
+  $('#local-inflight').textContent = own ? 'admin only' : `${num(sumCounts(u.local_usage_counts))} on this replica`;
+  $('#queue-length').textContent = own ? '–' : num(u.queue_length);
   const f = u.fleet || {};
   $('#fleet-mode').textContent = f.mode === 'fleet' ? `fleet sync: ${(f.peers || []).length} other replica(s)` : `fleet sync off${f.reason ? ': ' + f.reason : ''}`;
   let total = 0;
@@ -308,7 +312,7 @@ function renderUsage() {
       el('td', {}, el('div', { class: 'bar' + (cap && n >= cap ? ' full' : ''), title: cap ? `${n} of ${cap}` : `${n}` },
         el('i', { style: `width:${pct}%` })))));
   }
-  fill($('#inflight tbody'), rows, 'Nothing in flight.', 5);
+  fill($('#inflight tbody'), rows, own ? 'Admin only: in-flight counts cover every key\'s requests.' : 'Nothing in flight.', 5);
 
   // Totals per backend and model.
   const trs = [];
