@@ -5,6 +5,7 @@
 //	droverctl status  [flags]   fleet health, loaded models, in-flight (from a proxy's HTTP API)
 //	droverctl cache invalidate  drop cached model lists across the fleet
 //	droverctl pull MODEL        pull onto every backend, with progress bars
+//	droverctl keys create|list|set|revoke|rotate   manage API keys fleet-wide (admin key)
 //
 // Every subcommand reads the same configuration as the services: -config
 // FILE, then DROVER_ environment variables, then its own flags.
@@ -31,7 +32,7 @@ type command struct {
 	run func(ctx context.Context, args []string, stdout, stderr io.Writer) error
 }
 
-var commands = []*command{usageCommand, migrateCommand, statusCommand, cacheCommand, pullCommand}
+var commands = []*command{usageCommand, migrateCommand, statusCommand, cacheCommand, pullCommand, keysCommand}
 
 // errUsage means the arguments were wrong; the flag set already said how.
 var errUsage = errors.New("usage error")

@@ -21,6 +21,9 @@ var (
 	ErrConflict = errors.New("key changed meanwhile")
 )
 
+// opTimeout bounds each change's round trips to NATS.
+const opTimeout = 5 * time.Second
+
 // seenWait bounds how long a change waits for this replica's own watch to
 // apply it before answering.
 const seenWait = 2 * time.Second
@@ -28,6 +31,8 @@ const seenWait = 2 * time.Second
 // Create stores a new key with the digest of secret. It fails with
 // ErrExists if the id is in the bucket (a revoked id may be used again).
 func (s *Store) Create(ctx context.Context, rec apikey.Record, secret string) (apikey.Record, error) {
+	ctx, cancel := context.WithTimeout(ctx, opTimeout)
+	defer cancel()
 	kv, err := s.bucket(ctx)
 	if err != nil {
 		return apikey.Record{}, err
@@ -56,6 +61,8 @@ func (s *Store) Create(ctx context.Context, rec apikey.Record, secret string) (a
 // Change applies change to the stored record of id and writes it back if
 // nobody wrote it meanwhile (ErrConflict otherwise).
 func (s *Store) Change(ctx context.Context, id string, change func(*apikey.Record) error) (apikey.Record, error) {
+	ctx, cancel := context.WithTimeout(ctx, opTimeout)
+	defer cancel()
 	kv, err := s.bucket(ctx)
 	if err != nil {
 		return apikey.Record{}, err
@@ -93,6 +100,8 @@ func (s *Store) Change(ctx context.Context, id string, change func(*apikey.Recor
 // Revoke deletes id from the bucket; every replica drops it as its watch
 // sees the delete marker.
 func (s *Store) Revoke(ctx context.Context, id string) error {
+	ctx, cancel := context.WithTimeout(ctx, opTimeout)
+	defer cancel()
 	kv, err := s.bucket(ctx)
 	if err != nil {
 		return err

@@ -196,14 +196,19 @@ func (s *Store) run(ctx context.Context) {
 
 // bucket opens the bucket, creating it if missing.
 func (s *Store) bucket(ctx context.Context) (jetstream.KeyValue, error) {
+	if s.js == nil {
+		return nil, ErrNoNATS
+	}
+	// Requests on a connection that is not up wait for it; say at once
+	// that NATS is away instead.
+	if !s.opts.Conn.IsConnected() {
+		return nil, fmt.Errorf("NATS is not connected (%s)", s.opts.Conn.Status())
+	}
 	s.mu.Lock()
 	kv := s.kv
 	s.mu.Unlock()
 	if kv != nil {
 		return kv, nil
-	}
-	if s.js == nil {
-		return nil, ErrNoNATS
 	}
 	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()

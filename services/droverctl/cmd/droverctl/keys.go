@@ -1,0 +1,201 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"flag"
+	"fmt"
+	"io"
+	"net/http"
+	"net/url"
+	"strings"
+	"text/tabwriter"
+	"time"
+)
+
+// keysCommand manages the fleet's run-time API keys through a proxy's
+// /api/keys (admin key required). The proxies keep them in a JetStream
+// bucket that every replica watches, so a change is in force everywhere
+// within a second.
+var keysCommand = &command{
+	name:    "keys",
+	summary: "keys create|list|set|revoke|rotate: manage API keys fleet-wide (admin key)",
+	run:     runKeys,
+}
+
+const keysUsage = `create ID [--role client|admin] [--models 'llama3*,qwen*']
+       droverctl keys list [--json]
+       droverctl keys set ID [--role R] [--models ...]   (--models= clears the list)
+       droverctl keys revoke ID
+       droverctl keys rotate ID
+       common flags: [--url URL] [--api-key ADMIN_KEY]`
+
+// keyDoc is a key as /api/keys shows it.
+type keyDoc struct {
+	ID      string    `json:"id"`
+	Role    string    `json:"role"`
+	Models  []string  `json:"models"`
+	Source  string    `json:"source"`
+	Created time.Time `json:"created,omitzero"`
+	Updated time.Time `json:"updated,omitzero"`
+	// Secret is set only in the answer that creates or rotates a key.
+	Secret string `json:"secret,omitempty"`
+	Note   string `json:"note,omitempty"`
+}
+
+func runKeys(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs, f := newFleetFlagSet("keys", keysUsage, stderr)
+	role := fs.String("role", "", "client (inference, listings, its own usage) or admin (management); create's default is client")
+	models := fs.String("models", "", "comma-separated glob patterns of the only models the key may use, such as 'llama3*,qwen*'; empty allows every model")
+	pos, err := parseArgs(fs, args)
+	if err != nil {
+		return err
+	}
+	set := map[string]bool{}
+	fs.Visit(func(fl *flag.Flag) { set[fl.Name] = true })
+	if len(pos) == 0 {
+		fs.Usage()
+		return errUsage
+	}
+	verb, rest := pos[0], pos[1:]
+	wantArgs := map[string]int{"create": 1, "list": 0, "set": 1, "revoke": 1, "rotate": 1}
+	n, ok := wantArgs[verb]
+	if !ok || len(rest) != n {
+		if !ok {
+			fmt.Fprintf(stderr, "unknown keys command %q\n", verb)
+		} else {
+			fmt.Fprintf(stderr, "keys %s takes %d argument(s), got %d\n", verb, n, len(rest))
+		}
+		fs.Usage()
+		return errUsage
+	}
+	if (set["role"] || set["models"]) && verb != "create" && verb != "set" {
+		fmt.Fprintf(stderr, "--role and --models apply to create and set, not %s\n", verb)
+		return errUsage
+	}
+	ctx, cancel := context.WithTimeout(ctx, f.timeout)
+	defer cancel()
+	switch verb {
+	case "list":
+		return listKeys(ctx, f, stdout)
+	case "create":
+		body := map[string]any{"id": rest[0], "models": splitModels(*models)}
+		if *role != "" {
+			body["role"] = *role
+		}
+		var doc keyDoc
+		if err := f.call(ctx, http.MethodPost, "/api/keys", body, &doc); err != nil {
+			return err
+		}
+		return printSecret(stdout, f.json, "created", doc)
+	case "set":
+		body := map[string]any{}
+		if set["role"] {
+			body["role"] = *role
+		}
+		if set["models"] {
+			body["models"] = splitModels(*models)
+		}
+		if len(body) == 0 {
+			fmt.Fprintln(stderr, "keys set: give --role, --models or both")
+			return errUsage
+		}
+		var doc keyDoc
+		if err := f.call(ctx, http.MethodPatch, "/api/keys/"+url.PathEscape(rest[0]), body, &doc); err != nil {
+			return err
+		}
+		if f.json {
+			return printJSON(stdout, doc)
+		}
+		fmt.Fprintf(stdout, "key %s: role %s, models %s\n", doc.ID, doc.Role, modelList(doc.Models))
+		return nil
+	case "revoke":
+		var doc map[string]string
+		if err := f.call(ctx, http.MethodDelete, "/api/keys/"+url.PathEscape(rest[0]), nil, &doc); err != nil {
+			return err
+		}
+		if f.json {
+			return printJSON(stdout, doc)
+		}
+		fmt.Fprintf(stdout, "revoked key %s on every replica\n", rest[0])
+		return nil
+	default: // rotate
+		var doc keyDoc
+		if err := f.call(ctx, http.MethodPost, "/api/keys/"+url.PathEscape(rest[0])+"/rotate", nil, &doc); err != nil {
+			return err
+		}
+		return printSecret(stdout, f.json, "rotated", doc)
+	}
+}
+
+// call sends body (if any) to path and decodes the JSON answer into out.
+func (f *fleetFlags) call(ctx context.Context, method, path string, body, out any) error {
+	resp, err := f.do(ctx, method, path, body)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	if err := json.NewDecoder(resp.Body).Decode(out); err != nil {
+		return fmt.Errorf("reading Drover's answer to %s %s: %w", method, path, err)
+	}
+	return nil
+}
+
+func listKeys(ctx context.Context, f *fleetFlags, stdout io.Writer) error {
+	var doc struct {
+		Keys []keyDoc `json:"keys"`
+	}
+	if err := f.call(ctx, http.MethodGet, "/api/keys", nil, &doc); err != nil {
+		return err
+	}
+	if f.json {
+		if doc.Keys == nil {
+			doc.Keys = []keyDoc{}
+		}
+		return printJSON(stdout, doc)
+	}
+	tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "ID\tROLE\tMODELS\tSOURCE\tCREATED\tUPDATED")
+	for _, k := range doc.Keys {
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", k.ID, k.Role, modelList(k.Models), k.Source, day(k.Created), day(k.Updated))
+	}
+	return tw.Flush()
+}
+
+// printSecret shows a new secret, the one time it can be seen.
+func printSecret(w io.Writer, asJSON bool, what string, doc keyDoc) error {
+	if asJSON {
+		return printJSON(w, doc)
+	}
+	fmt.Fprintf(w, "%s key %s (role %s, models %s)\n\n", what, doc.ID, doc.Role, modelList(doc.Models))
+	fmt.Fprintf(w, "    %s\n\n", doc.Secret)
+	fmt.Fprintln(w, "Store this secret now: Drover keeps only its digest and cannot show it again.")
+	fmt.Fprintln(w, "Clients send it as: Authorization: Bearer <secret>")
+	return nil
+}
+
+// splitModels turns 'a*, b*' into its patterns; "" is an empty list
+// (every model).
+func splitModels(s string) []string {
+	out := []string{}
+	for _, p := range strings.Split(s, ",") {
+		if p = strings.TrimSpace(p); p != "" {
+			out = append(out, p)
+		}
+	}
+	return out
+}
+
+func modelList(m []string) string {
+	if len(m) == 0 {
+		return "(all)"
+	}
+	return strings.Join(m, ",")
+}
+
+func day(t time.Time) string {
+	if t.IsZero() {
+		return "-"
+	}
+	return t.UTC().Format("2006-01-02 15:04")
+}
