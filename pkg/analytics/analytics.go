@@ -45,7 +45,8 @@ type Handler struct {
 	timeout time.Duration
 }
 
-// NewHandler returns handlers reading store for the callers scope admits.
+// NewHandler returns handlers reading store for the callers that scope
+// admits (see Scope; the proxy builds it from the authenticated key).
 // A nil scope admits nobody: every request is refused with 403, so a
 // handler mounted without thought shows no one's usage.
 func NewHandler(store *chstore.Store, scope Scope) *Handler {
