@@ -93,3 +93,14 @@ func (c *coalescer) run(keys []string) {
 	}
 	c.apply(keys...)
 }
+
+// pendingKeys lists what is held back (for tests).
+func (c *coalescer) pendingKeys() []string {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	keys := make([]string, 0, len(c.pending))
+	for k := range c.pending {
+		keys = append(keys, k)
+	}
+	return keys
+}
