@@ -18,8 +18,9 @@ import (
 )
 
 // startProxy runs the real drover-proxy binary in front of two fake Ollama
-// servers (the first with tiny loaded) and returns its URL and the fakes.
-func startProxy(t *testing.T) (string, []*ollamatest.Server) {
+// servers (the first with tiny loaded), with env added to its environment,
+// and returns its URL and the fakes.
+func startProxy(t *testing.T, env ...string) (string, []*ollamatest.Server) {
 	t.Helper()
 	dir := t.TempDir()
 	build := exec.Command("go", "build", "-o", dir+"/", "github.com/droverhq/drover/services/proxy/cmd/drover-proxy")
@@ -50,6 +51,7 @@ func startProxy(t *testing.T) (string, []*ollamatest.Server) {
 	cmd := exec.Command(filepath.Join(dir, "drover-proxy"))
 	cmd.Env = append(os.Environ(), "DROVER_LISTEN="+addr, "DROVER_BACKENDS="+strings.Join(urls, ","),
 		"DROVER_LOG_LEVEL=warn", "DROVER_REPLICA=ctl-test", "DROVER_USAGE_SPOOL_DIR="+filepath.Join(dir, "spool"))
+	cmd.Env = append(cmd.Env, env...)
 	var logs bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &logs, &logs
 	if err := cmd.Start(); err != nil {

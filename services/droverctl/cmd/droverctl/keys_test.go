@@ -1,0 +1,136 @@
+package main
+
+import (
+	"encoding/json"
+	"net/http"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"testing"
+
+	"github.com/droverhq/drover/pkg/apikey"
+	"github.com/droverhq/drover/testkit/natstest"
+)
+
+// TestKeysCommands drives droverctl keys against the real drover-proxy
+// with real NATS and a config-file admin key.
+func TestKeysCommands(t *testing.T) {
+	ns := natstest.Start(t)
+	admin := apikey.NewSecret()
+	url, _ := startProxy(t, "DROVER_NATS_URL="+ns.URL(), "DROVER_AUTH_KEYS=boot:"+admin+":admin",
+		"DROVER_AUTH_STATE_FILE="+filepath.Join(t.TempDir(), "keys.json"))
+	t.Setenv("OLLAMA_HOST", "")
+	t.Setenv("DROVERCTL_API_KEY", admin)
+	secretRE := regexp.MustCompile(`drv_[0-9a-f]{64}`)
+	get := func(path, key string) int {
+		t.Helper()
+		req, _ := http.NewRequestWithContext(t.Context(), http.MethodGet, url+path, nil)
+		req.Header.Set("Authorization", "Bearer "+key)
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		return resp.StatusCode
+	}
+
+	code, out, errOut := droverctl(t, "keys", "create", "team-a", "--models", "tiny*, qwen*", "--url", url)
+	secret := secretRE.FindString(out)
+	if code != 0 || secret == "" || !strings.Contains(out, "Store this secret now") || !strings.Contains(out, "role client, models tiny*,qwen*") {
+		t.Fatalf("create: exit %d\n%s%s", code, out, errOut)
+	}
+	if got := get("/api/tags", secret); got != 200 {
+		t.Errorf("the new key: %d on /api/tags, want 200", got)
+	}
+	if got := get("/api/keys", secret); got != 403 {
+		t.Errorf("the new client key on /api/keys: %d, want 403", got)
+	}
+
+	for _, tc := range []struct {
+		name string
+		args []string
+		code int
+		want string // in stdout for 0, stderr otherwise
+	}{
+		{"create existing", []string{"create", "team-a"}, 1, "409 key team-a exists"},
+		{"create a config key's id", []string{"create", "boot"}, 1, "config file"},
+		{"create a bad id", []string{"create", "bad id"}, 1, "400 key id"},
+		{"create a bad role", []string{"create", "x", "--role", "root"}, 1, `role "root"`},
+		{"create a bad pattern", []string{"create", "x", "--models", "["}, 1, "model pattern"},
+		{"list", []string{"list"}, 0, "team-a"},
+		{"set the role", []string{"set", "team-a", "--role", "admin"}, 0, "key team-a: role admin, models tiny*,qwen*"},
+		{"clear the models", []string{"set", "team-a", "--models="}, 0, "key team-a: role admin, models (all)"},
+		{"set nothing", []string{"set", "team-a"}, 2, "give --role, --models or both"},
+		{"set a config key", []string{"set", "boot", "--role", "client"}, 1, "defined in the config file; change it there"},
+		{"set an unknown key", []string{"set", "nobody", "--role", "client"}, 1, "404 no key nobody"},
+		{"revoke an unknown key", []string{"revoke", "nobody"}, 1, "404 no key nobody"},
+		{"no verb", []string{}, 2, "Usage: droverctl keys"},
+		{"unknown verb", []string{"delete", "x"}, 2, `unknown keys command "delete"`},
+		{"missing id", []string{"revoke"}, 2, "takes 1 argument"},
+		{"flags that do not apply", []string{"revoke", "team-a", "--role", "admin"}, 2, "apply to create and set"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			code, out, errOut := droverctl(t, append(append([]string{"keys"}, tc.args...), "--url", url)...)
+			where := errOut
+			if tc.code == 0 {
+				where = out
+			}
+			if code != tc.code || !strings.Contains(where, tc.want) {
+				t.Errorf("exit %d, want %d with %q\nstdout: %s\nstderr: %s", code, tc.code, tc.want, out, errOut)
+			}
+		})
+	}
+	if got := get("/api/keys", secret); got != 200 {
+		t.Errorf("team-a, now an admin, on /api/keys: %d, want 200", got)
+	}
+	_, out, _ = droverctl(t, "keys", "create", "team-c", "--url", url)
+	client := secretRE.FindString(out)
+	if code, _, errOut := droverctl(t, "keys", "list", "--api-key", client, "--url", url); code != 1 || !strings.Contains(errOut, "403 key team-c may not do this") {
+		t.Errorf("list with a client key: exit %d %q, want 1 with the 403", code, errOut)
+	}
+
+	code, out, _ = droverctl(t, "keys", "list", "--url", url)
+	lines := strings.Split(strings.TrimSpace(out), "\n")
+	if code != 0 || len(lines) != 4 || !strings.HasPrefix(lines[0], "ID ") || !strings.Contains(lines[0], "SOURCE") ||
+		!regexp.MustCompile(`^boot\s+admin\s+\(all\)\s+config\s+-\s+-$`).MatchString(lines[1]) ||
+		!regexp.MustCompile(`^team-a\s+admin\s+\(all\)\s+bucket\s+\d{4}-\d\d-\d\d \d\d:\d\d`).MatchString(lines[2]) {
+		t.Errorf("list table: exit %d\n%s", code, out)
+	}
+	code, out, _ = droverctl(t, "keys", "list", "--json", "--url", url)
+	var doc struct{ Keys []keyDoc }
+	if code != 0 || json.Unmarshal([]byte(out), &doc) != nil || len(doc.Keys) != 3 || doc.Keys[1].ID != "team-a" || doc.Keys[1].Source != "bucket" {
+		t.Errorf("list --json: exit %d\n%s", code, out)
+	}
+	if strings.Contains(out, "digest") || secretRE.MatchString(out) {
+		t.Errorf("list shows a digest or a secret:\n%s", out)
+	}
+
+	code, out, _ = droverctl(t, "keys", "rotate", "team-a", "--url", url)
+	rotated := secretRE.FindString(out)
+	if code != 0 || rotated == "" || rotated == secret || !strings.Contains(out, "Store this secret now") {
+		t.Fatalf("rotate: exit %d\n%s", code, out)
+	}
+	if get("/api/tags", secret) != 401 || get("/api/tags", rotated) != 200 {
+		t.Error("after rotate, the old secret should be refused and the new one accepted")
+	}
+
+	// The replica that answered the revoke enforces it already.
+	code, out, _ = droverctl(t, "keys", "revoke", "team-a", "--url", url)
+	if code != 0 || out != "revoked key team-a on every replica\n" {
+		t.Fatalf("revoke: exit %d %q", code, out)
+	}
+	if got := get("/api/tags", rotated); got != 401 {
+		t.Errorf("revoked key: %d, want 401", got)
+	}
+	if code, _, errOut := droverctl(t, "keys", "revoke", "team-a", "--url", url); code != 1 || !strings.Contains(errOut, "404") {
+		t.Errorf("second revoke: exit %d %q", code, errOut)
+	}
+}
+
+func TestSplitModels(t *testing.T) {
+	for in, want := range map[string]string{"": "", " a* , ,b ": "a*|b", "x": "x"} {
+		if got := strings.Join(splitModels(in), "|"); got != want {
+			t.Errorf("splitModels(%q) = %q, want %q", in, got, want)
+		}
+	}
+}
