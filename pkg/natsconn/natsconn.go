@@ -61,19 +61,21 @@ func Connect(cfg config.NATS, name string, log *slog.Logger, extra ...nats.Optio
 	}
 	opts = append(opts, extra...)
 	// A first attempt without retrying tells "refused" from "not there".
-	nc, err := nats.Connect(cfg.URL, append(opts, nats.Timeout(firstDialTimeout))...)
+	nc, first := nats.Connect(cfg.URL, append(opts, nats.Timeout(firstDialTimeout))...)
 	switch {
-	case err == nil:
+	case first == nil:
 		return nc, nil
-	case refused(err):
-		return nil, fmt.Errorf("nats %s: the server refused the credentials (check nats.user and nats.password, nats.nkey_seed_file or nats.creds_file): %w", name, err)
+	case refused(first):
+		return nil, fmt.Errorf("nats %s: the server refused the credentials (check nats.user and nats.password, nats.nkey_seed_file or nats.creds_file): %w", name, first)
 	}
 	nc, err = nats.Connect(cfg.URL, append(opts, nats.RetryOnFailedConnect(true))...)
 	if err != nil {
 		return nil, fmt.Errorf("nats %s: %w", name, err)
 	}
 	if !nc.IsConnected() {
-		log.Warn("NATS not reachable yet; retrying in the background", "conn", name, "url", redact(cfg.URL))
+		// The first attempt's error tells a server that is down from a TLS
+		// handshake that fails.
+		log.Warn("NATS not reachable yet; retrying in the background", "conn", name, "url", redact(cfg.URL), "err", first.Error())
 	}
 	return nc, nil
 }
