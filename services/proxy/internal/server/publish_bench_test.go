@@ -38,7 +38,7 @@ func BenchmarkChatStreamPublishing(b *testing.B) {
 	}
 	defer nc.Close()
 	cfg.Usage.SpoolDir = b.TempDir()
-	pub, err := usagepub.New(nc, usagepub.WithConfig(cfg.NATS, cfg.Usage))
+	pub, err := usagepub.New(nc, usagepub.WithConfig(cfg.NATS, cfg.Usage), usagepub.WithCreateStream())
 	if err != nil {
 		b.Fatal(err)
 	}
