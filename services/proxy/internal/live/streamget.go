@@ -15,8 +15,11 @@ type storedMsg struct {
 	Data    []byte `json:"data"`
 }
 
-// errNoMessage is JetStream's error code for "no message found".
-const errNoMessage = 10037
+// JetStream's error codes for "no message found" and "stream not found".
+const (
+	errNoMessage = 10037
+	errNoStream  = 10059
+)
 
 // msgGet reads one message of the usage stream with JetStream's message
 // get (a request to $JS.API.STREAM.MSG.GET.<stream>: a read, no consumer).
@@ -46,6 +49,8 @@ func (f *fleetTotals) msgGet(ctx context.Context, req any) (m storedMsg, found b
 	switch {
 	case resp.Error != nil && resp.Error.ErrCode == errNoMessage:
 		return m, false, nil
+	case resp.Error != nil && resp.Error.ErrCode == errNoStream:
+		return m, false, fmt.Errorf("no stream %s yet (the aggregator creates it)", f.stream)
 	case resp.Error != nil:
 		return m, false, fmt.Errorf("%s: %s (error %d)", subj, resp.Error.Description, resp.Error.ErrCode)
 	case resp.Message == nil:

@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/droverhq/drover/services/proxy/internal/live"
 	"github.com/droverhq/drover/testkit/ollamatest"
 )
 
@@ -23,7 +24,16 @@ type sseClient struct {
 }
 
 func openSSE(ctx context.Context, c *http.Client, url string) (*sseClient, error) {
+	return openSSEAs(ctx, c, url, nil)
+}
+
+// openSSEAs opens /api/usage-stream with auth, if set, adding the key (as
+// ?api_key= or a header).
+func openSSEAs(ctx context.Context, c *http.Client, url string, auth func(*http.Request)) (*sseClient, error) {
 	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, url+"/api/usage-stream", nil)
+	if auth != nil {
+		auth(req)
+	}
 	resp, err := c.Do(req)
 	if err != nil {
 		return nil, err
@@ -48,6 +58,20 @@ func (s *sseClient) next() (map[string]any, error) {
 		return nil, err
 	}
 	return nil, io.EOF
+}
+
+// snapshot returns the next snapshot, decoded.
+func (s *sseClient) snapshot() (live.Snapshot, error) {
+	var snap live.Snapshot
+	for s.sc.Scan() {
+		if b, ok := strings.CutPrefix(s.sc.Text(), "data: "); ok {
+			return snap, json.Unmarshal([]byte(b), &snap)
+		}
+	}
+	if err := s.sc.Err(); err != nil {
+		return snap, err
+	}
+	return snap, io.EOF
 }
 
 func (s *sseClient) close() { s.resp.Body.Close() }
