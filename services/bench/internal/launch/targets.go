@@ -6,6 +6,12 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/droverhq/drover/pkg/config"
+	"github.com/droverhq/drover/pkg/usage"
 )
 
 // StartFakeOllama starts the fake Ollama binary on a free port with the
@@ -61,7 +67,12 @@ func StartBaseline(ctx context.Context, bin, backendURL, dir string) (*Process, 
 
 // StartDroverNATS starts a second drover-proxy, configured as StartDrover's
 // but publishing usage to natsURL (logs and config as drover-proxy-nats).
+// It first creates the usage stream, as the aggregator (which the target
+// does not run) would: a proxy only waits for it.
 func StartDroverNATS(ctx context.Context, bin, backendURL, natsURL, dir string) (*Process, error) {
+	if err := ensureUsageStream(ctx, natsURL); err != nil {
+		return nil, err
+	}
 	spool := filepath.Join(dir, "spool")
 	return startDrover(ctx, "drover-proxy-nats", bin, dir, func(port int) string {
 		return DroverNATSConfig(port, backendURL, natsURL, spool)
@@ -82,4 +93,21 @@ func startDrover(ctx context.Context, name, bin, dir string, config func(port in
 	}
 	url := "http://127.0.0.1:" + strconv.Itoa(port)
 	return Start(ctx, name, bin, []string{"-config", cfg}, url, "/api/version", dir)
+}
+
+// ensureUsageStream creates the usage stream with the config file's
+// defaults.
+func ensureUsageStream(ctx context.Context, natsURL string) error {
+	nc, err := nats.Connect(natsURL)
+	if err != nil {
+		return fmt.Errorf("creating the usage stream: %w", err)
+	}
+	defer nc.Close()
+	js, err := jetstream.New(nc)
+	if err != nil {
+		return fmt.Errorf("creating the usage stream: %w", err)
+	}
+	d := config.DefaultNATS()
+	_, err = usage.EnsureStream(ctx, js, usage.StreamConfig{Name: d.Stream, MaxAge: d.MaxAge, MaxBytes: d.MaxBytes, DuplicateWindow: d.DuplicateWindow})
+	return err
 }
