@@ -78,21 +78,21 @@ func (f *fleetTotals) lastSeqs(ctx context.Context, parts []int) (map[int]uint64
 // fill counts, for every partition, the events the stream holds above the
 // partition's head up to before[p] (stored before the subscription, not in
 // ClickHouse's sums yet), reading them one by one from the stream, at most
-// f.maxFill in all; it moves the heads to before.
-func (f *fleetTotals) fill(ctx context.Context, t *tally, parts []int, before map[int]uint64) error {
-	read := 0
+// f.maxFill in all; it moves the heads to before and reports how many
+// events it read.
+func (f *fleetTotals) fill(ctx context.Context, t *tally, parts []int, before map[int]uint64) (read int, err error) {
 	for _, p := range parts {
 		subj := usage.PartitionSubject(p)
 		for next := t.head[p] + 1; next <= before[p]; {
 			m, found, err := f.msgGet(ctx, map[string]any{"seq": next, "next_by_subj": subj})
 			if err != nil {
-				return fmt.Errorf("reading what clickhouse lacks of %s: %w", subj, err)
+				return read, fmt.Errorf("reading what clickhouse lacks of %s: %w", subj, err)
 			}
 			if !found || m.Seq > before[p] {
 				break
 			}
 			if read++; read > f.maxFill {
-				return fmt.Errorf("clickhouse is more than %d events behind the usage stream (is the aggregator running?): %s is committed up to sequence %d, the stream holds up to %d",
+				return read, fmt.Errorf("clickhouse is more than %d events behind the usage stream (is the aggregator running?): %s is committed up to sequence %d, the stream holds up to %d",
 					f.maxFill, subj, t.head[p], before[p])
 			}
 			if ev, err := decode(m.Data); err == nil {
@@ -105,5 +105,5 @@ func (f *fleetTotals) fill(ctx context.Context, t *tally, parts []int, before ma
 			t.seq = max(t.seq, before[p])
 		}
 	}
-	return nil
+	return read, nil
 }

@@ -59,13 +59,13 @@ type fleetTotals struct {
 	maxFill int
 	check   time.Duration
 
-	mu       sync.Mutex // guards the fields below and every build's fields
-	shown    *tally     // the totals served; nil until a build is ready
-	since    time.Time  // when shown's ClickHouse baseline was read
-	reason   string     // why the totals are not (or no longer) current
-	maxPart  int        // highest partition seen on usage.live.>
-	builds   int        // builds started, the first included
-	building bool       // a build is under way and not ready yet
+	mu      sync.Mutex // guards the fields below and every build's fields
+	shown   *tally     // the totals served; nil until a build is ready
+	since   time.Time  // when shown's ClickHouse baseline was read
+	reason  string     // why the totals are not (or no longer) current
+	maxPart int        // highest partition seen on usage.live.>
+	builds  int        // builds started, the first included
+	filled  int        // events the last ready build read from the stream (ClickHouse lacked them)
 }
 
 // tally is one build's totals.
@@ -143,7 +143,6 @@ func (f *fleetTotals) run(ctx context.Context) {
 			wait = followRetryMin
 		}
 		f.mu.Lock()
-		f.building = false
 		if f.shown != nil {
 			f.reason = "rebuilding (these are the last totals before): " + err.Error()
 		} else {
@@ -215,7 +214,6 @@ func (f *fleetTotals) follow(ctx context.Context) (wasReady bool, err error) {
 	b := &build{f: f, gap: make(chan struct{}, 1)}
 	f.mu.Lock()
 	f.builds++
-	f.building = true
 	f.mu.Unlock()
 	sub, err := f.nc.Subscribe(config.UsageLiveSubjectPrefix+">", b.receive)
 	if err != nil {
@@ -264,7 +262,8 @@ func (f *fleetTotals) follow(ctx context.Context) (wasReady bool, err error) {
 		t.head[p] = committed[p]
 		t.seq = max(t.seq, committed[p])
 	}
-	if err := f.fill(ctx, t, parts, before); err != nil {
+	filled, err := f.fill(ctx, t, parts, before)
+	if err != nil {
 		return false, err
 	}
 
@@ -284,7 +283,7 @@ func (f *fleetTotals) follow(ctx context.Context) (wasReady bool, err error) {
 		return false, err
 	}
 	b.buf, b.t = nil, t
-	f.shown, f.since, f.reason, f.building = t, time.Now().UTC(), "", false
+	f.shown, f.since, f.reason, f.filled = t, time.Now().UTC(), "", filled
 	f.mu.Unlock()
 	return true, f.watch(ctx, b, sub, reconnects)
 }
@@ -363,11 +362,12 @@ func (f *fleetTotals) view() (counts map[tokenKey]usage.Count, src TokenSource, 
 	return counts, TokenSource{Mode: ModeFleet, Reason: f.reason, ClickHouseAt: f.since, StreamSeq: f.shown.seq}, true
 }
 
-// stats is how many builds started and whether one is under way.
-func (f *fleetTotals) stats() (builds int, building bool) {
+// stats is how many builds started and how many events the last ready
+// one read from the stream.
+func (f *fleetTotals) stats() (builds, filled int) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	return f.builds, f.building
+	return f.builds, f.filled
 }
 
 // baseline reads ClickHouse's totals and the committed sequences they

@@ -212,8 +212,15 @@ func TestFleetTotalsAreExact(t *testing.T) {
 	p.publish(60)
 	p.publishJunk()
 	p.commit(0.5) // half of each partition is in ClickHouse, all of it in the stream
+	start := time.Now()
 	l := p.live()
 	p.exact(l)
+	ready := time.Since(start)
+	if _, filled := l.fleet.stats(); filled == 0 {
+		t.Fatal("no event was read from the stream: the test needs ClickHouse behind it")
+	} else {
+		t.Logf("exact %s after the start, with %d events ClickHouse lacked read from the stream", ready.Round(time.Millisecond), filled)
+	}
 
 	p.publish(25) // arrives after the start
 	p.exact(l)
