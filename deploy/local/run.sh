@@ -17,6 +17,15 @@
 # in order: load balancer, proxies (they drain and publish every usage event),
 # aggregator (it flushes), then backends, NATS and ClickHouse.
 #
+# Locked down as docker-compose.yml is: the proxies' admin key, the NATS
+# users' passwords (deploy/nats/nats.conf) and the ClickHouse users'
+# passwords (deploy/clickhouse/users.d/drover.xml) come from
+# DROVER_ADMIN_KEY, DROVER_NATS_PROXY_PASSWORD, DROVER_NATS_AGGREGATOR_PASSWORD,
+# CLICKHOUSE_READER_PASSWORD and CLICKHOUSE_WRITER_PASSWORD when set, else
+# are generated on the first start and kept in $RUN_DIR/secrets.env (mode
+# 0600, outside git) for the next. The admin key is printed when it is
+# generated. Each process is handed only its own credentials.
+#
 # Settings (environment):
 #   DROVER_PORT   client port, default 12434; every other port is derived from it
 #   REPLICAS      proxy replicas, default 2
@@ -24,7 +33,8 @@
 #   NO_BUILD=1    use the binaries already in $BIN (default ./bin)
 #   DEMO=1        send traffic and print usage every 15s (make demo)
 # Any other DROVER_ variable (DROVER_AUTH_KEYS, DROVER_ROUTING_MAX_CONCURRENCY,
-# DROVER_CONFIG, ...) reaches the proxies and the aggregator.
+# DROVER_CONFIG, ...) reaches the proxies and the aggregator; DROVER_AUTH_KEYS
+# adds keys beside the admin key (make demo's team-a and team-b).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 BIN=${BIN:-./bin}
@@ -36,6 +46,44 @@ REPLICAS=${REPLICAS:-2}
 unset DROVER_PORT
 mkdir -p "$RUN"
 RUN=$(cd "$RUN" && pwd)
+
+# --- Secrets: from the environment, else kept from an earlier start, else
+# generated. None is a Drover setting (the services refuse unknown DROVER_
+# variables), so they leave the environment here and each process is
+# handed its own.
+SECRETS=$RUN/secrets.env
+secret_names=(DROVER_ADMIN_KEY DROVER_NATS_PROXY_PASSWORD DROVER_NATS_AGGREGATOR_PASSWORD
+	CLICKHOUSE_READER_PASSWORD CLICKHOUSE_WRITER_PASSWORD)
+new_secret() {
+	openssl rand -hex 24 2>/dev/null || od -An -N24 -tx1 /dev/urandom | tr -d ' \n'
+}
+declare -A secret=() secret_from=()
+if [[ -f $SECRETS ]]; then
+	while IFS='=' read -r k v; do
+		[[ -n $k && $k != \#* ]] || continue
+		secret[$k]=$v secret_from[$k]="kept in $SECRETS"
+	done <"$SECRETS"
+fi
+for k in "${secret_names[@]}"; do
+	if [[ -n ${!k:-} ]]; then
+		secret[$k]=${!k} secret_from[$k]="from \$$k"
+	elif [[ -z ${secret[$k]:-} ]]; then
+		secret[$k]=$(new_secret) secret_from[$k]=generated
+	fi
+	# Passed in URLs and config files: keep to characters safe there.
+	[[ ${secret[$k]} =~ ^[A-Za-z0-9._~+/=-]+$ ]] || {
+		printf 'run.sh: %s: use letters, digits and ._~+/=- only\n' "$k" >&2
+		exit 1
+	}
+	unset "$k"
+done
+(
+	umask 077
+	echo "# deploy/local/run.sh: this stack's secrets (make run). Not for the repository." >"$SECRETS.tmp"
+	for k in "${secret_names[@]}"; do printf '%s=%s\n' "$k" "${secret[$k]}" >>"$SECRETS.tmp"; done
+	mv "$SECRETS.tmp" "$SECRETS"
+)
+ADMIN_KEY=${secret[DROVER_ADMIN_KEY]}
 
 NATS_PORT=$((PORT + 40)) NATS_MON=$((PORT + 41))
 CH_TCP=$((PORT + 50)) CH_HTTP=$((PORT + 51)) CH_INTER=$((PORT + 52))
@@ -168,11 +216,21 @@ cat >"$CH_DIR/users.xml" <<'EOF'
   <quotas><default><interval><duration>3600</duration><queries>0</queries><errors>0</errors><result_rows>0</result_rows><read_rows>0</read_rows><execution_time>0</execution_time></interval></default></quotas>
 </yandex>
 EOF
-start clickhouse "$CH_DIR/stdout.log" "$CH_BIN" --config-file="$CH_DIR/config.xml"
+# Drover's users: the shipped file, as compose and k8s mount it; the server
+# reads their passwords from its environment.
+mkdir -p "$CH_DIR/users.d"
+install -m 0644 deploy/clickhouse/users.d/drover.xml "$CH_DIR/users.d/drover.xml"
+CLICKHOUSE_READER_PASSWORD=${secret[CLICKHOUSE_READER_PASSWORD]} CLICKHOUSE_WRITER_PASSWORD=${secret[CLICKHOUSE_WRITER_PASSWORD]} \
+	start clickhouse "$CH_DIR/stdout.log" "$CH_BIN" --config-file="$CH_DIR/config.xml"
 wait_ready clickhouse "${pids[-1]}" "$CH_DIR/server.err.log" http_ok "http://127.0.0.1:$CH_HTTP/?query=SELECT%201"
 
-# --- NATS with JetStream, its store under $RUN/nats.
-start nats "$RUN/nats.log" "$BIN/nats-server" -a 127.0.0.1 -p "$NATS_PORT" -m "$NATS_MON" -js -sd "$RUN/nats" -n drover-local
+# --- NATS with JetStream: deploy/nats/nats.conf (its users and permissions)
+# with the store under $RUN/nats (nats-server refuses -sd beside a config's
+# store_dir); address and ports from the flags.
+sed 's|^\([[:space:]]*store_dir:\).*|\1 "'"$RUN/nats"'"|' deploy/nats/nats.conf >"$RUN/nats.conf"
+grep -qF "store_dir: \"$RUN/nats\"" "$RUN/nats.conf" || die "deploy/nats/nats.conf has no store_dir line to point at $RUN/nats"
+DROVER_NATS_PROXY_PASSWORD=${secret[DROVER_NATS_PROXY_PASSWORD]} DROVER_NATS_AGGREGATOR_PASSWORD=${secret[DROVER_NATS_AGGREGATOR_PASSWORD]} \
+	start nats "$RUN/nats.log" "$BIN/nats-server" -c "$RUN/nats.conf" -a 127.0.0.1 -p "$NATS_PORT" -m "$NATS_MON" -n drover-local
 wait_ready nats "${pids[-1]}" "$RUN/nats.log" http_ok "http://127.0.0.1:$NATS_MON/healthz?js-enabled-only=true"
 
 export DROVER_NATS_URL=nats://127.0.0.1:$NATS_PORT
@@ -180,8 +238,11 @@ export DROVER_CLICKHOUSE_ADDR=127.0.0.1:$CH_TCP
 config=()
 [[ -n ${DROVER_CONFIG:-} ]] && config=(-config "$DROVER_CONFIG")
 
-# --- Aggregator (applies the ClickHouse migrations on start).
+# --- Aggregator (applies the ClickHouse migrations on start): NATS user
+# aggregator, ClickHouse user drover_writer.
 DROVER_AGGREGATOR_METRICS_LISTEN=127.0.0.1:$AGG_METRICS DROVER_REPLICA=aggregator \
+	DROVER_NATS_USER=aggregator DROVER_NATS_PASSWORD=${secret[DROVER_NATS_AGGREGATOR_PASSWORD]} \
+	DROVER_CLICKHOUSE_USERNAME=drover_writer DROVER_CLICKHOUSE_PASSWORD=${secret[CLICKHOUSE_WRITER_PASSWORD]} \
 	start aggregator "$RUN/aggregator.log" "$BIN/drover-aggregator" "${config[@]}"
 wait_ready aggregator "${pids[-1]}" "$RUN/aggregator.log" http_ok "http://127.0.0.1:$AGG_METRICS/health"
 
@@ -199,11 +260,17 @@ if [[ -z ${DROVER_BACKENDS:-} ]]; then
 	export DROVER_BACKENDS=$(IFS=,; echo "${backends[*]}")
 fi
 
-# --- Proxy replicas, each with its own spool.
+# --- Proxy replicas, each with its own spool and key state: NATS user
+# proxy, ClickHouse user drover_reader, the admin key beside any
+# DROVER_AUTH_KEYS.
+auth_keys=admin:$ADMIN_KEY:admin${DROVER_AUTH_KEYS:+,$DROVER_AUTH_KEYS}
 replicas=()
 for ((i = 1; i <= REPLICAS; i++)); do
 	p=$((PORT + 6 + i))
 	DROVER_LISTEN=127.0.0.1:$p DROVER_REPLICA=proxy-$i DROVER_USAGE_SPOOL_DIR=$RUN/spool-$i \
+		DROVER_AUTH_KEYS=$auth_keys DROVER_AUTH_STATE_FILE=$RUN/keys-$i.json \
+		DROVER_NATS_USER=proxy DROVER_NATS_PASSWORD=${secret[DROVER_NATS_PROXY_PASSWORD]} \
+		DROVER_CLICKHOUSE_USERNAME=drover_reader DROVER_CLICKHOUSE_PASSWORD=${secret[CLICKHOUSE_READER_PASSWORD]} \
 		start "drover-proxy-$i" "$RUN/proxy-$i.log" "$BIN/drover-proxy" "${config[@]}"
 	wait_ready "drover-proxy-$i" "${pids[-1]}" "$RUN/proxy-$i.log" http_ok "http://127.0.0.1:$p/"
 	replicas+=("http://127.0.0.1:$p")
@@ -213,25 +280,36 @@ done
 start drover-lb "$RUN/lb.log" "$BIN/drover-lb" -listen "127.0.0.1:$PORT" "${replicas[@]}"
 wait_ready drover-lb "${pids[-1]}" "$RUN/lb.log" http_ok "http://127.0.0.1:$PORT/"
 
+case ${secret_from[DROVER_ADMIN_KEY]} in
+generated) admin_line="$ADMIN_KEY  (generated now, shown once; kept in $SECRETS)" ;;
+*) admin_line="${secret_from[DROVER_ADMIN_KEY]}" ;;
+esac
 cat <<EOF
 
 Drover                http://127.0.0.1:$PORT        (drover-lb over ${#replicas[@]} replicas; log $RUN/lb.log)
 $(for i in "${!replicas[@]}"; do printf '  drover-proxy-%d      %-29s (log %s/proxy-%d.log)\n' $((i + 1)) "${replicas[i]}" "$RUN" $((i + 1)); done)
+dashboard             http://127.0.0.1:$PORT/       (asks for a key)
+admin key             $admin_line
 backends              $DROVER_BACKENDS$( ((${#fakes[@]})) && echo "  (fake Ollama)")
 drover-aggregator     http://127.0.0.1:$AGG_METRICS/metrics  (log $RUN/aggregator.log)
-NATS                  $DROVER_NATS_URL   (monitoring http://127.0.0.1:$NATS_MON)
-ClickHouse            $DROVER_CLICKHOUSE_ADDR (native)  http://127.0.0.1:$CH_HTTP  (data $CH_DIR)
+NATS                  $DROVER_NATS_URL   (monitoring http://127.0.0.1:$NATS_MON; users proxy and aggregator only)
+ClickHouse            $DROVER_CLICKHOUSE_ADDR (native)  http://127.0.0.1:$CH_HTTP  (data $CH_DIR; users drover_reader, drover_writer)
 
-try:  OLLAMA_HOST=127.0.0.1:$PORT ollama list
-      curl http://127.0.0.1:$PORT/api/chat -d '{"model":"tiny","messages":[{"role":"user","content":"hi"}]}'
+Every route but / and /health needs a key; the admin key manages the rest:
+try:  export DROVERCTL_API_KEY=\$(sed -n 's/^DROVER_ADMIN_KEY=//p' $SECRETS)
       $BIN/droverctl status --url http://127.0.0.1:$PORT
-      DROVER_CLICKHOUSE_ADDR=$DROVER_CLICKHOUSE_ADDR $BIN/droverctl usage
+      $BIN/droverctl keys create team-a --url http://127.0.0.1:$PORT     # a client key, printed once
+      curl -H "Authorization: Bearer \$DROVERCTL_API_KEY" http://127.0.0.1:$PORT/api/chat -d '{"model":"tiny","messages":[{"role":"user","content":"hi"}]}'
+      OPENAI_BASE_URL=http://127.0.0.1:$PORT/v1 OPENAI_API_KEY=<a key> ...   # OpenAI SDKs; Anthropic's: x-api-key
+      DROVER_CLICKHOUSE_ADDR=$DROVER_CLICKHOUSE_ADDR DROVER_CLICKHOUSE_USERNAME=drover_reader \\
+        DROVER_CLICKHOUSE_PASSWORD=\$(sed -n 's/^CLICKHOUSE_READER_PASSWORD=//p' $SECRETS) $BIN/droverctl usage
 Ctrl-C stops everything.
 EOF
 echo "ready" >"$RUN/ready"
 
 if [[ -n ${DEMO:-} ]]; then
-	./deploy/local/demo.sh "http://127.0.0.1:$PORT" "$BIN" &
+	DEMO_ADMIN_KEY=$ADMIN_KEY DROVER_CLICKHOUSE_USERNAME=drover_reader DROVER_CLICKHOUSE_PASSWORD=${secret[CLICKHOUSE_READER_PASSWORD]} \
+		./deploy/local/demo.sh "http://127.0.0.1:$PORT" "$BIN" &
 	demo_pid=$!
 fi
 

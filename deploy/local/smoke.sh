@@ -1,10 +1,13 @@
 #!/usr/bin/env bash
 # CI smoke test of the local stack (deploy/local/run.sh), end to end: start
-# it in a fresh state directory, send requests of every kind through the load
-# balancer, check droverctl status / cache invalidate / pull against it, wait
-# until ClickHouse (droverctl usage --json) holds exactly the tokens the
-# clients were told, then stop it with SIGTERM and check that every process
-# it started is gone.
+# it in a fresh state directory (run.sh generates every secret), send
+# requests of every kind through the load balancer with two client keys,
+# check droverctl status / cache invalidate / pull against it with the admin
+# key, check what is locked (anonymous /health says one word, a client key
+# gets 403 on /api/pull, NATS refuses an anonymous connection, ClickHouse's
+# reader cannot write), wait until ClickHouse (droverctl usage --json, as
+# drover_reader) holds exactly the tokens the clients were told, then stop
+# it with SIGTERM and check that every process it started is gone.
 #
 #   deploy/local/smoke.sh            (make smoke)
 set -euo pipefail
@@ -13,7 +16,10 @@ export RUN_DIR=${RUN_DIR:-$(mktemp -d /tmp/drover-smoke.XXXXXX)}
 PORT=${SMOKE_PORT:-22434}
 BIN=${BIN:-./bin}
 URL=http://127.0.0.1:$PORT
+# Client keys; the admin key is run.sh's to generate.
 export DROVER_AUTH_KEYS=smoke-a:smoke-key-aaaa,smoke-b:smoke-key-bbbb
+unset DROVER_ADMIN_KEY DROVER_NATS_PROXY_PASSWORD DROVER_NATS_AGGREGATOR_PASSWORD \
+	CLICKHOUSE_READER_PASSWORD CLICKHOUSE_WRITER_PASSWORD
 N=${SMOKE_REQUESTS:-60}
 
 if ! command -v jq >/dev/null; then
@@ -52,6 +58,20 @@ done
 cat "$RUN_DIR/run.out"
 CH_ADDR=$(sed -n 's/^ClickHouse *\([0-9.:]*\) (native).*/\1/p' "$RUN_DIR/run.out")
 [[ -n $CH_ADDR ]] || fail "run.sh did not say where ClickHouse listens"
+NATS_ADDR=$(sed -n 's|^NATS *nats://\([0-9.:]*\) .*|\1|p' "$RUN_DIR/run.out")
+[[ -n $NATS_ADDR ]] || fail "run.sh did not say where NATS listens"
+CH_HTTP=$(sed -n 's|^ClickHouse .*(native) *http://\([0-9.:]*\) .*|\1|p' "$RUN_DIR/run.out")
+
+# The secrets run.sh generated: kept for restarts, readable by the owner
+# only, and the admin key shown exactly once.
+SECRETS=$RUN_DIR/secrets.env
+[[ $(stat -c %a "$SECRETS") == 600 ]] || fail "$SECRETS has mode $(stat -c %a "$SECRETS"), want 600"
+secret() { sed -n "s/^$1=//p" "$SECRETS"; }
+ADMIN_KEY=$(secret DROVER_ADMIN_KEY)
+((${#ADMIN_KEY} >= 32)) || fail "generated admin key is ${#ADMIN_KEY} characters"
+[[ $(grep -c -- "$ADMIN_KEY" "$RUN_DIR/run.out") == 1 ]] || fail "the admin key was not printed exactly once"
+READER_PASSWORD=$(secret CLICKHOUSE_READER_PASSWORD)
+export DROVER_CLICKHOUSE_USERNAME=drover_reader DROVER_CLICKHOUSE_PASSWORD=$READER_PASSWORD
 
 echo "smoke: $N requests through $URL"
 # Each request's token counts as the client saw them, one "in out" line each.
@@ -84,11 +104,50 @@ grep -q null "$counts" && fail "a response had no token counts"
 want=$(awk '{s += $1 + $2} END {print s}' "$counts")
 echo "smoke: clients were told $want tokens"
 
-# Without a key Drover answers 401, as configured.
+# Without a key Drover answers 401; /health says one word to anyone; a
+# client key may not manage models or keys.
 code=$(curl -s -o /dev/null -w '%{http_code}' "$URL/api/chat" -d '{"model":"tiny","messages":[]}')
 [[ $code == 401 ]] || fail "no key: got $code, want 401"
+health=$(curl -fsS "$URL/health") || fail "anonymous /health failed"
+jq -e '. == {"status": "ok"}' <<<"$health" >/dev/null || fail "anonymous /health says $health, want only {\"status\":\"ok\"}"
+for route in "POST /api/pull" "DELETE /api/delete" "GET /api/keys"; do
+	code=$(curl -s -o /dev/null -w '%{http_code}' -X "${route% *}" -H "Authorization: Bearer smoke-key-aaaa" \
+		"$URL${route#* }" -d '{"model":"tiny"}')
+	[[ $code == 403 ]] || fail "client key: $route got $code, want 403"
+done
+code=$(curl -s -o /dev/null -w '%{http_code}' -H "Authorization: Bearer $ADMIN_KEY" "$URL/api/config")
+[[ $code == 200 ]] || fail "admin key: GET /api/config got $code, want 200"
+echo "smoke: no key 401, anonymous /health one word, client key 403 on pull/delete/keys, admin key 200"
 
-export DROVERCTL_API_KEY=smoke-key-aaaa
+# NATS: anonymous and wrong passwords refused, the proxy's own login
+# accepted (the control: the probe would see a success).
+nats_login() { # CONNECT-options -> the server's answer to CONNECT + PING
+	local info reply
+	exec 3<>"/dev/tcp/${NATS_ADDR%:*}/${NATS_ADDR##*:}" || return 1
+	IFS= read -r -t 5 info <&3
+	printf 'CONNECT %s\r\nPING\r\n' "$1" >&3
+	IFS= read -r -t 5 reply <&3
+	exec 3<&- 3>&-
+	printf '%s\n' "${reply%$'\r'}"
+}
+[[ $(nats_login '{"verbose":false}') == *"Authorization Violation"* ]] || fail "NATS accepted an anonymous connection"
+[[ $(nats_login '{"verbose":false,"user":"proxy","pass":"wrong"}') == *"Authorization Violation"* ]] ||
+	fail "NATS accepted a wrong password"
+[[ $(nats_login "{\"verbose\":false,\"user\":\"proxy\",\"pass\":\"$(secret DROVER_NATS_PROXY_PASSWORD)\"}") == PONG ]] ||
+	fail "NATS refused the proxy user's own password"
+echo "smoke: NATS refuses anonymous and wrong-password connections, accepts the proxy's"
+
+# ClickHouse: the proxies' user reads and may not write.
+if [[ -n $CH_HTTP ]]; then
+	out=$(curl -sS -u "drover_reader:$READER_PASSWORD" "http://$CH_HTTP/" --data-binary 'CREATE TABLE drover.smoke_intruder (x UInt8) ENGINE = Memory')
+	[[ $out == *readonly* ]] || fail "drover_reader's CREATE TABLE answered $out, want refused as readonly"
+	[[ $(curl -sS -u "drover_reader:$READER_PASSWORD" "http://$CH_HTTP/?query=SELECT%201") == 1 ]] || fail "drover_reader cannot SELECT"
+	echo "smoke: ClickHouse's drover_reader reads and is refused CREATE TABLE"
+else
+	fail "run.sh did not say where ClickHouse's HTTP port is"
+fi
+
+export DROVERCTL_API_KEY=$ADMIN_KEY
 "$BIN/droverctl" status --url "$URL" || fail "droverctl status"
 "$BIN/droverctl" status --url "$URL" --json | jq -e '.health.status == "ok" and (.health.backends | length) == 2' >/dev/null ||
 	fail "droverctl status --json: fleet not ok"
