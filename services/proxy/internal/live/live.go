@@ -168,9 +168,9 @@ func (l *Live) loop(ctx context.Context) {
 			if l.hub.len() == 0 {
 				continue // nobody listens: build on the next subscribe
 			}
-			st := l.state()
 			scopes := l.hub.scopes()
 			l.build.Lock()
+			st := l.state() // under the lock: a newer seq never carries older state
 			listened := make(map[scope]bool, len(scopes))
 			for _, sc := range scopes {
 				listened[sc] = true

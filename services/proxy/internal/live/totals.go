@@ -215,6 +215,7 @@ func (f *fleetTotals) follow(ctx context.Context) (wasReady bool, err error) {
 	f.mu.Lock()
 	f.builds++
 	f.mu.Unlock()
+	reconnects := f.nc.Stats().Reconnects
 	sub, err := f.nc.Subscribe(config.UsageLiveSubjectPrefix+">", b.receive)
 	if err != nil {
 		return false, fmt.Errorf("subscribing to %s>: %w", config.UsageLiveSubjectPrefix, err)
@@ -228,7 +229,6 @@ func (f *fleetTotals) follow(ctx context.Context) (wasReady bool, err error) {
 	if err := sub.SetPendingLimits(f.pending, -1); err != nil {
 		return false, fmt.Errorf("sizing the subscription: %w", err)
 	}
-	reconnects := f.nc.Stats().Reconnects
 	// Once the server has the subscription, every message stored after
 	// reaches it.
 	if err := f.nc.FlushTimeout(getTimeout); err != nil {
@@ -239,7 +239,7 @@ func (f *fleetTotals) follow(ctx context.Context) (wasReady bool, err error) {
 	if err != nil {
 		return false, err
 	}
-	counts, committed, err := f.baseline(ctx)
+	counts, committed, err := f.baseline(ctx, parts)
 	if err != nil {
 		return false, fmt.Errorf("reading totals from clickhouse: %w", err)
 	}
@@ -370,12 +370,11 @@ func (f *fleetTotals) stats() (builds, filled int) {
 	return f.builds, f.filled
 }
 
-// baseline reads ClickHouse's totals and the committed sequences they
-// include. Within one insert the rollup is written before the progress
+// baseline reads ClickHouse's totals and the committed sequences of parts
+// they include. Within one insert the rollup is written before the progress
 // row, so the committed sequence is read before and after the sums (with a
 // pause, insertSettle); when it moved, the read is repeated.
-func (f *fleetTotals) baseline(ctx context.Context) (map[tokenKey]*usage.Count, map[int]uint64, error) {
-	parts := f.committedPartitions()
+func (f *fleetTotals) baseline(ctx context.Context, parts []int) (map[tokenKey]*usage.Count, map[int]uint64, error) {
 	for attempt := 0; ; attempt++ {
 		before, err := f.store.Committed(ctx, parts)
 		if err != nil {
