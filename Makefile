@@ -38,10 +38,14 @@ bench-pipeline:
 
 # The whole topology as local processes: NATS, ClickHouse, the aggregator,
 # two proxies behind a load balancer, fake backends (deploy/local/run.sh).
+# Locked down like compose: the admin key and the NATS and ClickHouse
+# passwords are generated on the first start (the admin key printed once)
+# and kept in .run/secrets.env.
 run: build
 	./deploy/local/run.sh
 
-# make run, plus traffic and a usage table every 15 seconds.
+# make run, plus traffic with two client keys (team-a, team-b) and a usage
+# table every 15 seconds.
 demo: build
 	DEMO=1 DROVER_AUTH_KEYS=$${DROVER_AUTH_KEYS-team-a:demo-key-a,team-b:demo-key-b} ./deploy/local/run.sh
 
