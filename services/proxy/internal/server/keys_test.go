@@ -259,10 +259,7 @@ func TestKeysFleetWide(t *testing.T) {
 
 	t.Run("no secret in the bucket, state files or logs", func(t *testing.T) {
 		secrets := append(secrets, admin)
-		var places []string
-		for _, raw := range streamMessages(t, ns.URL()) {
-			places = append(places, raw)
-		}
+		places := streamMessages(t, ns.URL())
 		if len(places) == 0 {
 			t.Fatal("read nothing from the bucket's stream")
 		}
