@@ -2,13 +2,10 @@ package live
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
 	"maps"
-	"strconv"
-	"strings"
 	"sync"
 	"time"
 
@@ -102,6 +99,8 @@ const (
 	maxBuffered = 1 << 20
 	// Defaults of pending, maxFill and check.
 	defaultPending = 1 << 20
+	// pendingBytes bounds the subscription's pending messages in bytes.
+	pendingBytes   = 256 << 20
 	defaultMaxFill = 20000
 	defaultCheck   = 250 * time.Millisecond
 	// getTimeout bounds one message get.
@@ -226,7 +225,7 @@ func (f *fleetTotals) follow(ctx context.Context) (wasReady bool, err error) {
 		b.done = true
 		f.mu.Unlock()
 	}()
-	if err := sub.SetPendingLimits(f.pending, -1); err != nil {
+	if err := sub.SetPendingLimits(f.pending, pendingBytes); err != nil {
 		return false, fmt.Errorf("sizing the subscription: %w", err)
 	}
 	// Once the server has the subscription, every message stored after
@@ -368,87 +367,4 @@ func (f *fleetTotals) stats() (builds, filled int) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	return f.builds, f.filled
-}
-
-// baseline reads ClickHouse's totals and the committed sequences of parts
-// they include. Within one insert the rollup is written before the progress
-// row, so the committed sequence is read before and after the sums (with a
-// pause, insertSettle); when it moved, the read is repeated.
-func (f *fleetTotals) baseline(ctx context.Context, parts []int) (map[tokenKey]*usage.Count, map[int]uint64, error) {
-	for attempt := 0; ; attempt++ {
-		before, err := f.store.Committed(ctx, parts)
-		if err != nil {
-			return nil, nil, err
-		}
-		rows, err := f.store.Usage(ctx, chstore.UsageQuery{GroupBy: []chstore.Dimension{chstore.ByEndpoint, chstore.ByModel, chstore.ByAPIKey}})
-		if err != nil {
-			return nil, nil, err
-		}
-		select {
-		case <-ctx.Done():
-			return nil, nil, ctx.Err()
-		case <-time.After(insertSettle):
-		}
-		after, err := f.store.Committed(ctx, parts)
-		if err != nil {
-			return nil, nil, err
-		}
-		if maps.Equal(before, after) {
-			counts := make(map[tokenKey]*usage.Count, len(rows))
-			for _, r := range rows {
-				counts[tokenKey{r.Endpoint, r.Model, r.APIKey}] = &usage.Count{
-					Requests: int64(r.Requests), Errors: int64(r.Errors),
-					InputTokens: int64(r.InputTokens), OutputTokens: int64(r.OutputTokens),
-					UnknownTokens: int64(r.TokensUnknown),
-				}
-			}
-			return counts, after, nil
-		}
-		if attempt == baselineAttempts {
-			return nil, nil, errors.New("clickhouse totals kept moving while being read")
-		}
-	}
-}
-
-func add(m map[tokenKey]*usage.Count, ev usage.Event) {
-	k := tokenKey{ev.Endpoint, ev.Model, ev.APIKey}
-	c := m[k]
-	if c == nil {
-		c = &usage.Count{}
-		m[k] = c
-	}
-	c.Add(ev.Count())
-}
-
-// parseLive reads a message the stream republished.
-func parseLive(m *nats.Msg, stream string) (liveEvent, error) {
-	var e liveEvent
-	if got := m.Header.Get("Nats-Stream"); got != stream {
-		return e, fmt.Errorf("from stream %q, not %s", got, stream)
-	}
-	p, err := strconv.Atoi(strings.TrimPrefix(m.Header.Get("Nats-Subject"), config.UsageSubjectPrefix))
-	if err != nil || p < 0 || p > 1<<16 {
-		return e, fmt.Errorf("not a usage partition: %q", m.Header.Get("Nats-Subject"))
-	}
-	e.part = p
-	if e.seq, err = strconv.ParseUint(m.Header.Get("Nats-Sequence"), 10, 64); err != nil || e.seq == 0 {
-		return e, fmt.Errorf("bad Nats-Sequence %q", m.Header.Get("Nats-Sequence"))
-	}
-	if e.last, err = strconv.ParseUint(m.Header.Get("Nats-Last-Sequence"), 10, 64); err != nil || e.last >= e.seq {
-		return e, fmt.Errorf("bad Nats-Last-Sequence %q", m.Header.Get("Nats-Last-Sequence"))
-	}
-	ev, err := decode(m.Data)
-	e.ev, e.valid = ev, err == nil
-	return e, nil
-}
-
-// decode accepts what the aggregator stores and rejects what it
-// dead-letters (usage.Validate), so that the stream adds exactly what
-// ClickHouse will hold.
-func decode(data []byte) (usage.Event, error) {
-	var ev usage.Event
-	if err := json.Unmarshal(data, &ev); err != nil {
-		return ev, err
-	}
-	return ev, usage.Validate(ev)
 }

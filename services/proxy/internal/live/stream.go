@@ -4,7 +4,12 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"strconv"
+	"strings"
 
+	"github.com/nats-io/nats.go"
+
+	"github.com/droverhq/drover/pkg/config"
 	"github.com/droverhq/drover/pkg/usage"
 )
 
@@ -106,4 +111,37 @@ func (f *fleetTotals) fill(ctx context.Context, t *tally, parts []int, before ma
 		}
 	}
 	return read, nil
+}
+
+// parseLive reads a message the stream republished.
+func parseLive(m *nats.Msg, stream string) (liveEvent, error) {
+	var e liveEvent
+	if got := m.Header.Get("Nats-Stream"); got != stream {
+		return e, fmt.Errorf("from stream %q, not %s", got, stream)
+	}
+	p, err := strconv.Atoi(strings.TrimPrefix(m.Header.Get("Nats-Subject"), config.UsageSubjectPrefix))
+	if err != nil || p < 0 || p > 1<<16 {
+		return e, fmt.Errorf("not a usage partition: %q", m.Header.Get("Nats-Subject"))
+	}
+	e.part = p
+	if e.seq, err = strconv.ParseUint(m.Header.Get("Nats-Sequence"), 10, 64); err != nil || e.seq == 0 {
+		return e, fmt.Errorf("bad Nats-Sequence %q", m.Header.Get("Nats-Sequence"))
+	}
+	if e.last, err = strconv.ParseUint(m.Header.Get("Nats-Last-Sequence"), 10, 64); err != nil || e.last >= e.seq {
+		return e, fmt.Errorf("bad Nats-Last-Sequence %q", m.Header.Get("Nats-Last-Sequence"))
+	}
+	ev, err := decode(m.Data)
+	e.ev, e.valid = ev, err == nil
+	return e, nil
+}
+
+// decode accepts what the aggregator stores and rejects what it
+// dead-letters (usage.Validate), so that the stream adds exactly what
+// ClickHouse will hold.
+func decode(data []byte) (usage.Event, error) {
+	var ev usage.Event
+	if err := json.Unmarshal(data, &ev); err != nil {
+		return ev, err
+	}
+	return ev, usage.Validate(ev)
 }
