@@ -95,7 +95,6 @@ func TestShippedClickHouseUsers(t *testing.T) {
 		"CREATE DATABASE intruder",
 		"DROP DATABASE drover",
 		"TRUNCATE TABLE drover.token_usage_minute",
-		"SET readonly = 0",
 	} {
 		err := conn.Exec(ctx, stmt)
 		if err == nil {
@@ -104,6 +103,12 @@ func TestShippedClickHouseUsers(t *testing.T) {
 			t.Errorf("drover_reader: %s: %v, want refused as read-only", stmt, err)
 		}
 	}
+	// readonly=2 lets a client set per-query limits, never read-only itself.
+	lifted := clickhouse.Context(ctx, clickhouse.WithSettings(clickhouse.Settings{"readonly": 0}))
+	if err := conn.Exec(lifted, "CREATE TABLE drover.intruder (x UInt8) ENGINE = Memory"); err == nil {
+		t.Error("drover_reader: CREATE TABLE with readonly=0 in the query's settings was allowed")
+	}
+
 	// The refusals changed nothing.
 	if n, ids, err := writer.EventCounts(ctx); err != nil || n != 1 || ids != 1 {
 		t.Errorf("after the reader's attempts: %d events, %d ids (%v), want 1 and 1", n, ids, err)
