@@ -61,11 +61,12 @@ type Store struct {
 	cancel context.CancelFunc
 	done   chan struct{}
 
-	// mu guards recs, seen, synced, kv and advanced.
+	// mu guards recs, seen, synced, reads, kv and advanced.
 	mu     sync.Mutex
 	recs   map[string]entry // the current set, by id
 	seen   uint64           // highest bucket revision applied
 	synced bool             // whether recs came from the bucket (not only the state file)
+	reads  uint64           // full reads of the bucket so far
 	kv     jetstream.KeyValue
 	// advanced is closed (and replaced) whenever seen grows.
 	advanced chan struct{}
@@ -173,6 +174,9 @@ func (s *Store) run(ctx context.Context) {
 	// instead of when the ordered consumer notices it lost its server.
 	reconnected := s.opts.Conn.StatusChanged(nats.CONNECTED)
 	defer s.opts.Conn.RemoveStatusListener(reconnected)
+	// The first failure after a read is a warning; retries that fail the
+	// same way are logged at debug level, so an outage is one line.
+	warned := uint64(0)
 	for {
 		err := s.watch(ctx, reconnected)
 		if ctx.Err() != nil {
@@ -183,8 +187,13 @@ func (s *Store) run(ctx context.Context) {
 		}
 		s.mu.Lock()
 		s.kv = nil // open (or create) the bucket again next time
+		reads := s.reads
 		s.mu.Unlock()
-		s.log.Warn("key bucket unreachable: serving the last key set seen and retrying", "bucket", s.opts.Bucket, "keys", len(s.Records()), "err", err, "retry_in", s.opts.Retry.String())
+		level := slog.LevelDebug
+		if warned == 0 || reads != warned-1 {
+			level, warned = slog.LevelWarn, reads+1
+		}
+		s.log.Log(ctx, level, "key bucket unreachable: serving the last key set seen and retrying", "bucket", s.opts.Bucket, "keys", len(s.Records()), "err", err, "retry_in", s.opts.Retry.String())
 		select {
 		case <-ctx.Done():
 			return
@@ -307,6 +316,9 @@ func (s *Store) replace(set map[string]entry, rev uint64, first bool) {
 	s.recs = cp
 	s.seen = max(s.seen, rev)
 	s.synced = true
+	if first {
+		s.reads++
+	}
 	close(s.advanced)
 	s.advanced = make(chan struct{})
 	s.mu.Unlock()

@@ -265,10 +265,13 @@ func TestWithoutNATS(t *testing.T) {
 	if l := restarted.logs.String(); !strings.Contains(l, "serving with the key set saved in the state file") || !strings.Contains(l, "age=") {
 		t.Errorf("log does not say it serves the saved set:\n%s", l)
 	}
-	// Retrying for a while changes nothing.
-	waitFor(t, "a failed attempt to reach the bucket", func() bool {
-		return strings.Contains(restarted.logs.String(), "key bucket unreachable")
+	// Retrying for a while changes nothing, and the outage is one warning.
+	waitFor(t, "three failed attempts to reach the bucket", func() bool {
+		return strings.Count(restarted.logs.String(), "key bucket unreachable") >= 3
 	})
+	if n := strings.Count(restarted.logs.String(), `level=WARN msg="key bucket unreachable`); n != 1 {
+		t.Errorf("%d warnings for one outage:\n%s", n, restarted.logs.String())
+	}
 	if got, _ := restarted.last(); !slices.Equal(got, []string{"k1", "k2", "k3"}) {
 		t.Fatalf("set while NATS is down: %q", got)
 	}
