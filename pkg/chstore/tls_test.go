@@ -38,7 +38,9 @@ func TestTLSConfigErrorsNameTheKey(t *testing.T) {
 		{"certificate without key", config.TLS{Enabled: true, CertFile: notPEM}, "cert_file and key_file"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			_, err := chstore.Open(chstore.Options{Addr: "127.0.0.1:9440", TLS: tc.tls})
+			// Through FromConfig, as the proxy, the aggregator and droverctl
+			// open ClickHouse.
+			_, err := chstore.Open(chstore.FromConfig(config.ClickHouse{Addr: "127.0.0.1:9440", TLS: tc.tls}))
 			if err == nil || !strings.Contains(err.Error(), tc.want) {
 				t.Fatalf("Open: %v, want an error naming %s", err, tc.want)
 			}
