@@ -68,7 +68,8 @@ type Store struct {
 	synced bool             // whether recs came from the bucket (not only the state file)
 	reads  uint64           // full reads of the bucket so far
 	kv     jetstream.KeyValue
-	// advanced is closed (and replaced) whenever seen grows.
+	// advanced is closed (and replaced) whenever the set is replaced from
+	// the bucket, waking WaitSynced and waitSeen.
 	advanced chan struct{}
 }
 
@@ -77,9 +78,10 @@ type entry struct {
 	rev uint64
 }
 
-// Open starts watching the bucket in the background and returns at once;
-// with a state file, the saved set is in force before Open returns. Close
-// stops the watch.
+// Open starts watching the bucket in the background. With a state file,
+// the saved set is in force before Open returns; with NATS connected, Open
+// returns once the bucket has been read (or after FirstRead). Close stops
+// the watch.
 func Open(o Options) *Store {
 	if o.Log == nil {
 		o.Log = slog.New(slog.DiscardHandler)
