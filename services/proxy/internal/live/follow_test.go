@@ -12,9 +12,9 @@ import (
 
 	"github.com/droverhq/drover/pkg/config"
 	"github.com/droverhq/drover/pkg/natsconn"
-	"github.com/droverhq/drover/testkit/natstest"
-
 	"github.com/droverhq/drover/pkg/usage"
+	"github.com/droverhq/drover/pkg/usagepub"
+	"github.com/droverhq/drover/testkit/natstest"
 )
 
 // liveTuned is p.live with the fleet totals' limits adjusted.
@@ -112,33 +112,44 @@ func TestFleetTotalsExactWhileEverythingMoves(t *testing.T) {
 // republished, or published while the proxy was reconnecting) is seen and
 // the totals are built again, exact; meanwhile the previous ones are shown.
 func TestFleetTotalsRebuildAfterGap(t *testing.T) {
+	// unrepublished publishes with republishing off: the proxy never sees
+	// those events.
+	unrepublished := func(p *pipeline, publish func()) {
+		ctx := context.Background()
+		s, err := p.js.Stream(ctx, "USAGE")
+		if err != nil {
+			t.Fatal(err)
+		}
+		cfg := s.CachedInfo().Config
+		cfg.RePublish = nil
+		if _, err := p.js.UpdateStream(ctx, cfg); err != nil {
+			t.Fatal(err)
+		}
+		publish()
+		if _, err := usage.EnsureStream(ctx, p.js, usage.StreamConfig{Name: "USAGE", DuplicateWindow: time.Minute}); err != nil {
+			t.Fatal(err)
+		}
+	}
 	for _, tc := range []struct {
 		name  string
 		fault func(p *pipeline)
+		then  func(p *pipeline) // publishing after the fault
 	}{
 		{"events stored without republishing", func(p *pipeline) {
-			ctx := context.Background()
-			s, err := p.js.Stream(ctx, "USAGE")
-			if err != nil {
-				t.Fatal(err)
-			}
-			cfg := s.CachedInfo().Config
-			cfg.RePublish = nil
-			if _, err := p.js.UpdateStream(ctx, cfg); err != nil {
-				t.Fatal(err)
-			}
-			p.publish(40) // never reach the proxy
-			if _, err := usage.EnsureStream(ctx, p.js, usage.StreamConfig{Name: "USAGE", DuplicateWindow: time.Minute}); err != nil {
-				t.Fatal(err)
-			}
-		}},
+			unrepublished(p, func() { p.publish(40) })
+		}, func(p *pipeline) { p.publish(40) }},
+		// Partition 0 stays quiet after losing its event: the jump in the
+		// stream's sequences gives the gap away.
+		{"an event lost on a partition that stays quiet", func(p *pipeline) {
+			unrepublished(p, func() { p.publishOn(0, 1) })
+		}, func(p *pipeline) { p.publishOn(1, 10) }},
 		{"NATS restarts", func(p *pipeline) {
 			p.ns.Restart()
 			waitFor(t, "NATS to be back", func() bool {
 				_, err := p.js.Stream(context.Background(), "USAGE")
 				return err == nil
 			})
-		}},
+		}, func(p *pipeline) { p.publish(40) }},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			p := newPipeline(t)
@@ -149,7 +160,7 @@ func TestFleetTotalsRebuildAfterGap(t *testing.T) {
 			before, _ := l.fleet.stats()
 
 			tc.fault(p)
-			p.publish(40)
+			tc.then(p)
 			waitFor(t, "the previous totals to be shown while rebuilding", func() bool {
 				s := l.Snapshot()
 				return s.Tokens.Mode == ModeFleet && strings.Contains(s.Tokens.Reason, "rebuilding") && strings.Contains(s.Tokens.Reason, "gap")
@@ -224,5 +235,41 @@ func TestFleetTotalsWithShippedPermissions(t *testing.T) {
 	p.exact(l)
 	if n := p.consumers(); n != 0 {
 		t.Fatalf("the usage stream has %d consumers, want 0", n)
+	}
+}
+
+// Events the proxies' publisher sends in fast batches are republished one
+// by one, in order: followed without a gap (one build), exact.
+func TestFleetTotalsFollowBatchPublishing(t *testing.T) {
+	p := newPipeline(t)
+	p.publish(20)
+	p.commit(0.5)
+	l := p.live()
+	p.exact(l)
+	pub, err := usagepub.New(p.nc, usagepub.WithStream(usage.StreamConfig{Name: "USAGE"}), usagepub.WithPartitions(testPartitions),
+		usagepub.WithSpool(t.TempDir(), 0), usagepub.WithBatch(50, 5*time.Millisecond), usagepub.WithLogger(slog.New(slog.DiscardHandler)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range 500 {
+		ev := usage.Event{Schema: usage.SchemaVersion, ID: usage.NewID(), Time: time.Now().UTC(), Endpoint: "b", Model: "tiny",
+			APIKey: []string{"team-a", "team-b"}[i%2], Route: "/api/chat", Status: 200,
+			InputTokens: usage.Int64(int64(i)), OutputTokens: usage.Int64(1)}
+		pub.Record(ev)
+		p.mu.Lock()
+		k := tokenKey{ev.Endpoint, ev.Model, ev.APIKey}
+		c := p.want[k]
+		c.Add(ev.Count())
+		p.want[k] = c
+		p.mu.Unlock()
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := pub.Close(ctx); err != nil {
+		t.Fatal(err)
+	}
+	p.exact(l)
+	if builds, _ := l.fleet.stats(); builds != 1 {
+		t.Fatalf("%d builds, want 1: no gap happened", builds)
 	}
 }

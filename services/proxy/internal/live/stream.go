@@ -65,19 +65,33 @@ func (f *fleetTotals) msgGet(ctx context.Context, req any) (m storedMsg, found b
 }
 
 // lastSeqs reads the last stream sequence of every partition (0 for one
-// without messages).
-func (f *fleetTotals) lastSeqs(ctx context.Context, parts []int) (map[int]uint64, error) {
+// without messages) and of the whole stream.
+func (f *fleetTotals) lastSeqs(ctx context.Context, parts []int) (map[int]uint64, uint64, error) {
 	out := make(map[int]uint64, len(parts))
+	all := config.UsageSubjectPrefix + ">"
+	m, found, err := f.msgGet(ctx, map[string]any{"last_by_subj": all})
+	if err != nil {
+		return nil, 0, fmt.Errorf("reading the last sequence of %s: %w", all, err)
+	}
+	if !found {
+		return out, 0, nil // an empty stream
+	}
+	if p, err := strconv.Atoi(strings.TrimPrefix(m.Subject, config.UsageSubjectPrefix)); err == nil && p >= len(parts) {
+		f.mu.Lock()
+		f.maxPart = max(f.maxPart, p)
+		f.mu.Unlock()
+		return nil, 0, fmt.Errorf("partition %d is beyond the %d read; building again with it", p, len(parts))
+	}
 	for _, p := range parts {
-		m, found, err := f.msgGet(ctx, map[string]any{"last_by_subj": usage.PartitionSubject(p)})
+		pm, found, err := f.msgGet(ctx, map[string]any{"last_by_subj": usage.PartitionSubject(p)})
 		if err != nil {
-			return nil, fmt.Errorf("reading the last sequence of %s: %w", usage.PartitionSubject(p), err)
+			return nil, 0, fmt.Errorf("reading the last sequence of %s: %w", usage.PartitionSubject(p), err)
 		}
 		if found {
-			out[p] = m.Seq
+			out[p] = pm.Seq
 		}
 	}
-	return out, nil
+	return out, m.Seq, nil
 }
 
 // fill counts, for every partition, the events the stream holds above the

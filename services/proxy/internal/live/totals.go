@@ -168,6 +168,12 @@ type build struct {
 	broken error         // the first gap, once seen
 	gap    chan struct{} // signalled when broken is set
 	done   bool          // the build ended: ignore what still arrives
+	// recv is the highest stream sequence received. The stream holds only
+	// usage subjects and republishes all of them, in order, so received
+	// sequences run on without a jump; a jump is a gap even when the
+	// partition that lost an event stays quiet (its own check waits for
+	// its next event).
+	recv uint64
 }
 
 // receive takes one republished message (the subscription's callback).
@@ -187,7 +193,11 @@ func (b *build) receive(m *nats.Msg) {
 		return
 	}
 	f.maxPart = max(f.maxPart, e.part)
+	prev := b.recv
+	b.recv = max(b.recv, e.seq)
 	switch {
+	case prev != 0 && e.seq > prev+1:
+		b.fail(fmt.Errorf("gap: stream sequences %d to %d never arrived", prev+1, e.seq-1))
 	case b.t == nil && len(b.buf) >= maxBuffered:
 		b.fail(fmt.Errorf("more than %d events arrived while reading clickhouse", maxBuffered))
 	case b.t == nil:
@@ -234,7 +244,7 @@ func (f *fleetTotals) follow(ctx context.Context) (wasReady bool, err error) {
 		return false, fmt.Errorf("subscribing to %s>: %w", config.UsageLiveSubjectPrefix, err)
 	}
 	parts := f.committedPartitions()
-	last, err := f.lastSeqs(ctx, parts)
+	last, streamLast, err := f.lastSeqs(ctx, parts)
 	if err != nil {
 		return false, err
 	}
@@ -282,6 +292,10 @@ func (f *fleetTotals) follow(ctx context.Context) (wasReady bool, err error) {
 		return false, err
 	}
 	b.buf, b.t = nil, t
+	// Every sequence up to the stream's last when it was read is counted
+	// or skipped by now, or arrives still in order; the next one after it
+	// must arrive too.
+	b.recv = max(b.recv, streamLast)
 	f.shown, f.since, f.reason, f.filled = t, time.Now().UTC(), "", filled
 	f.mu.Unlock()
 	return true, f.watch(ctx, b, sub, reconnects)
