@@ -22,8 +22,8 @@ type Limits struct {
 	// or routing.max_concurrency): no replica can hold more on one backend
 	// and model. Zero: not checked.
 	MaxInFlight int
-	// MaxQueue is routing.queue.max_length: demand is at most MaxInFlight
-	// plus MaxQueue. Checked with MaxInFlight.
+	// MaxQueue is routing.queue.max_length: demand is cut to MaxInFlight
+	// plus MaxQueue (with MaxInFlight set).
 	MaxQueue int
 	// MaxEntries bounds the (backend, model) pairs in one message (default
 	// 4096); MaxPeers the other replicas remembered at once (default 256).
@@ -95,10 +95,14 @@ func (l *limits) check(msg *countMsg) (unknown int, err error) {
 			return 0, fmt.Errorf("negative count on backend %q", c.Backend)
 		case l.MaxInFlight > 0 && c.N > l.MaxInFlight:
 			return 0, fmt.Errorf("%d in flight on backend %q, above the largest cap %d", c.N, c.Backend, l.MaxInFlight)
-		case l.MaxInFlight > 0 && c.D > l.MaxInFlight+l.MaxQueue:
-			return 0, fmt.Errorf("demand %d on backend %q, above the largest cap plus the queue (%d)", c.D, c.Backend, l.MaxInFlight+l.MaxQueue)
 		}
 		seen[k] = true
+		if l.MaxInFlight > 0 {
+			// Demand only ever counts up to a replica's share of a cap
+			// (Reserved), so a peer with a longer queue than this one's is
+			// not an error; its demand is cut to what could matter.
+			c.D = min(c.D, l.MaxInFlight+l.MaxQueue)
+		}
 		if l.known != nil && !l.known[c.Backend] {
 			unknown++
 			continue

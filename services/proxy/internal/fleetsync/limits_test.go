@@ -46,7 +46,7 @@ func TestLimitsCheck(t *testing.T) {
 		{"one above the cap", countMsg{Replica: "r2", Counts: []count{ok(9, 9)}}, "above the largest cap 8", 0, 0},
 		{"negative in flight", countMsg{Replica: "r2", Counts: []count{ok(-5, 0)}}, "negative", 0, 0},
 		{"negative demand", countMsg{Replica: "r2", Counts: []count{ok(0, -1)}}, "negative", 0, 0},
-		{"demand above cap and queue", countMsg{Replica: "r2", Counts: []count{ok(1, 19)}}, "demand 19", 0, 0},
+		{"demand above cap and queue, cut", countMsg{Replica: "r2", Counts: []count{ok(1, 1_000_000)}}, "", 1, 0},
 		{"ttl of an hour", countMsg{Replica: "r2", TTLms: 3_600_000}, "ttl_ms 3600000 outside 0..5000", 0, 0},
 		{"ttl just too long", countMsg{Replica: "r2", TTLms: 5001}, "outside", 0, 0},
 		{"negative ttl", countMsg{Replica: "r2", TTLms: -1}, "outside", 0, 0},
@@ -65,6 +65,11 @@ func TestLimitsCheck(t *testing.T) {
 				t.Fatalf("error %v, want one saying %q", err, c.err)
 			case c.err == "" && (len(msg.Counts) != c.kept || unknown != c.unknown):
 				t.Fatalf("kept %d entries with %d unknown, want %d and %d", len(msg.Counts), unknown, c.kept, c.unknown)
+			}
+			for _, e := range msg.Counts {
+				if c.err == "" && e.D > 18 {
+					t.Fatalf("demand %d kept, above the largest cap plus the queue (18)", e.D)
+				}
 			}
 		})
 	}
