@@ -344,6 +344,10 @@ func TestShippedNATSProxyIsConfined(t *testing.T) {
 	refused(t, errs, "drover.usage.deadletter", err)
 	_, err = nc.Request("$JS.API.DIRECT.GET.USAGE", []byte(`{"seq":1}`), 500*time.Millisecond)
 	refused(t, errs, "$JS.API.DIRECT.GET.USAGE", err)
+	for _, subj := range []string{"usage.live.0", "usage.v2.0", "anything.else", "_INBOX_drover_aggregator.x"} {
+		err := nc.Publish(subj, []byte("x"))
+		refused(t, errs, subj, err)
+	}
 
 	// Raw usage events (every team's) are not the proxies' to read.
 	for _, subj := range []string{"usage.v1.>", "drover.usage.deadletter", "$JS.API.>", "_INBOX.>", "_INBOX_drover_aggregator.>"} {
