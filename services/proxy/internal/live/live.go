@@ -168,9 +168,11 @@ func (l *Live) loop(ctx context.Context) {
 			if l.hub.len() == 0 {
 				continue // nobody listens: build on the next subscribe
 			}
-			scopes := l.hub.scopes()
 			l.build.Lock()
-			st := l.state() // under the lock: a newer seq never carries older state
+			// Under the lock: a newer seq never carries older state, and a
+			// scope subscribed meanwhile is not taken for one that ended.
+			scopes := l.hub.scopes()
+			st := l.state()
 			listened := make(map[scope]bool, len(scopes))
 			for _, sc := range scopes {
 				listened[sc] = true
