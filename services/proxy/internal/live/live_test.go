@@ -405,3 +405,44 @@ func TestUsageSnapshotLocalFallback(t *testing.T) {
 		t.Fatalf("token source %+v, want local because ClickHouse is not set", snap.Source)
 	}
 }
+
+// Each subscriber gets its own scope's snapshots only; a scope's latest
+// snapshot goes with its last subscriber.
+func TestHubScopes(t *testing.T) {
+	h := newHub()
+	teamA, teamB := scope{key: "team-a"}, scope{key: "team-b"}
+	a, fresh := h.subscribe(teamA)
+	if fresh {
+		t.Fatal("a new scope had a latest snapshot")
+	}
+	b, _ := h.subscribe(teamB)
+	admin, _ := h.subscribe(everything)
+	h.publish(teamB, []byte("b1"))
+	h.publish(everything, []byte("all1"))
+	if got := a.take(); got != nil {
+		t.Fatalf("team-a got %q, published to other scopes", got)
+	}
+	if got := b.take(); string(got) != "b1" {
+		t.Fatalf("team-b got %q, want b1", got)
+	}
+	if got := admin.take(); string(got) != "all1" {
+		t.Fatalf("admin got %q, want all1", got)
+	}
+	if b2, fresh := h.subscribe(teamB); !fresh || string(b2.take()) != "b1" {
+		t.Fatal("a second team-b subscriber did not start with team-b's latest")
+	} else {
+		h.unsubscribe(b2)
+	}
+	h.unsubscribe(b)
+	h.unsubscribe(b) // twice is fine
+	if _, fresh := h.subscribe(teamB); fresh {
+		t.Fatal("team-b's latest outlived its subscribers")
+	}
+	h.publish(scope{key: "nobody"}, []byte("x")) // no subscriber: dropped
+	if got := len(h.scopes()); got != 3 {
+		t.Fatalf("%d scopes, want 3 (team-a, team-b, admin)", got)
+	}
+	if n := h.len(); n != 3 {
+		t.Fatalf("%d subscribers, want 3", n)
+	}
+}
