@@ -40,6 +40,28 @@ type Record struct {
 	Source string `json:"source,omitempty"`
 }
 
+// View is a key as /api/keys shows it: never its digest; Secret and Note
+// only in the answer that creates or rotates it.
+type View struct {
+	ID      string    `json:"id"`
+	Role    string    `json:"role"`
+	Models  []string  `json:"models"`
+	Source  string    `json:"source"`
+	Created time.Time `json:"created,omitzero"`
+	Updated time.Time `json:"updated,omitzero"`
+	Secret  string    `json:"secret,omitempty"`
+	Note    string    `json:"note,omitempty"`
+}
+
+// View is r as the API shows it.
+func (r Record) View() View {
+	models := r.Models
+	if models == nil {
+		models = []string{}
+	}
+	return View{ID: r.ID, Role: r.Role, Models: models, Source: r.Source, Created: r.Created, Updated: r.Updated}
+}
+
 // SecretPrefix starts every generated secret, so that leaked Drover keys
 // are easy to find with secret scanners.
 const SecretPrefix = "drv_"

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"flag"
 	"fmt"
+	"github.com/droverhq/drover/pkg/apikey"
 	"io"
 	"net/http"
 	"net/url"
@@ -31,17 +32,7 @@ const keysUsage = `create ID [--role client|admin] [--models 'llama3*,qwen*']
        common flags: [--url URL] [--api-key ADMIN_KEY]`
 
 // keyDoc is a key as /api/keys shows it.
-type keyDoc struct {
-	ID      string    `json:"id"`
-	Role    string    `json:"role"`
-	Models  []string  `json:"models"`
-	Source  string    `json:"source"`
-	Created time.Time `json:"created,omitzero"`
-	Updated time.Time `json:"updated,omitzero"`
-	// Secret is set only in the answer that creates or rotates a key.
-	Secret string `json:"secret,omitempty"`
-	Note   string `json:"note,omitempty"`
-}
+type keyDoc = apikey.View
 
 func runKeys(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs, f := newFleetFlagSet("keys", keysUsage, stderr)

@@ -9,7 +9,6 @@ import (
 	"net/http"
 	"slices"
 	"strings"
-	"time"
 
 	"github.com/go-chi/chi/v5"
 
@@ -38,43 +37,25 @@ func (a *API) Routes(r chi.Router) {
 	r.Post("/api/keys/{id}/rotate", a.rotate)
 }
 
-// View is a key as the API shows it: never its digest or secret.
-type View struct {
-	ID      string    `json:"id"`
-	Role    string    `json:"role"`
-	Models  []string  `json:"models"`
-	Source  string    `json:"source"`
-	Created time.Time `json:"created,omitzero"`
-	Updated time.Time `json:"updated,omitzero"`
-}
-
-func view(r apikey.Record) View {
-	models := r.Models
-	if models == nil {
-		models = []string{}
-	}
-	return View{ID: r.ID, Role: r.Role, Models: models, Source: r.Source, Created: r.Created, Updated: r.Updated}
-}
-
-// Created is the answer to a create or a rotate: the key and, this once,
-// its secret.
-type Created struct {
-	View
-	Secret string `json:"secret"`
-	Note   string `json:"note"`
-}
-
 const secretNote = "store this secret now: Drover keeps only its SHA-256 digest and cannot show it again"
 
+// created is the answer to a create or a rotate: the key and, this once,
+// its secret.
+func created(rec apikey.Record, secret string) apikey.View {
+	v := rec.View()
+	v.Secret, v.Note = secret, secretNote
+	return v
+}
+
 func (a *API) list(w http.ResponseWriter, r *http.Request) {
-	out := make([]View, 0, len(a.Config))
+	out := make([]apikey.View, 0, len(a.Config))
 	for _, c := range a.Config {
-		out = append(out, view(c))
+		out = append(out, c.View())
 	}
 	for _, b := range a.Store.Records() {
-		out = append(out, view(b))
+		out = append(out, b.View())
 	}
-	slices.SortStableFunc(out, func(x, y View) int { return strings.Compare(x.ID, y.ID) })
+	slices.SortStableFunc(out, func(x, y apikey.View) int { return strings.Compare(x.ID, y.ID) })
 	writeJSON(w, http.StatusOK, map[string]any{"keys": out})
 }
 
@@ -111,7 +92,7 @@ func (a *API) create(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	a.Log.Info("API key created", "key", rec.ID, "role", rec.Role, "models", rec.Models, "by", auth.KeyID(r.Context()))
-	writeJSON(w, http.StatusCreated, Created{View: view(rec), Secret: secret, Note: secretNote})
+	writeJSON(w, http.StatusCreated, created(rec, secret))
 }
 
 type changeRequest struct {
@@ -158,7 +139,7 @@ func (a *API) change(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	a.Log.Info("API key changed", "key", id, "role", rec.Role, "models", rec.Models, "by", auth.KeyID(r.Context()))
-	writeJSON(w, http.StatusOK, view(rec))
+	writeJSON(w, http.StatusOK, rec.View())
 }
 
 func (a *API) revoke(w http.ResponseWriter, r *http.Request) {
@@ -190,7 +171,7 @@ func (a *API) rotate(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	a.Log.Info("API key rotated", "key", id, "by", auth.KeyID(r.Context()))
-	writeJSON(w, http.StatusOK, Created{View: view(rec), Secret: secret, Note: secretNote})
+	writeJSON(w, http.StatusOK, created(rec, secret))
 }
 
 // target is the key a change names: a valid id, not from the config file,
