@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go"
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/droverhq/drover/pkg/config"
 	"github.com/droverhq/drover/pkg/natsconn"
@@ -67,7 +68,8 @@ func TestGhostReplicaIsRejected(t *testing.T) {
 	srv := natstest.StartShipped(t)
 	hour := time.Hour
 	control := startRouted(t, srv, Options{Replica: "r0", Heartbeat: hour}, nil)
-	guarded := startRouted(t, srv, Options{Replica: "r1", Heartbeat: hour,
+	reg := prometheus.NewRegistry()
+	guarded := startRouted(t, srv, Options{Replica: "r1", Heartbeat: hour, Registerer: reg,
 		Limits: Limits{Backends: []string{"a", "b"}, MaxInFlight: 4, MaxQueue: 16}}, nil)
 
 	ghost := proxyConn(t, srv, "ghost")
@@ -100,6 +102,17 @@ func TestGhostReplicaIsRejected(t *testing.T) {
 	}
 	if got := guarded.sync.InFlight(keyA); got != 0 || len(guarded.sync.Status().Peers) != 0 {
 		t.Fatalf("the guarded replica counts %d in flight elsewhere and peers %v", got, guarded.sync.Status().Peers)
+	}
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := map[string]float64{}
+	for _, mf := range mfs {
+		got[mf.GetName()] = mf.GetMetric()[0].GetCounter().GetValue()
+	}
+	if got["drover_fleet_messages_rejected_total"] != 1 {
+		t.Fatalf("metrics %v, want drover_fleet_messages_rejected_total 1", got)
 	}
 }
 

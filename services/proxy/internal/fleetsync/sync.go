@@ -36,6 +36,7 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go"
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/droverhq/drover/pkg/config"
 	"github.com/droverhq/drover/services/proxy/internal/routing"
@@ -59,6 +60,10 @@ type Options struct {
 	// dropped on other replicas' word (default 1s): invalidations arriving
 	// faster are merged into one at the end of the interval.
 	InvalidateEvery time.Duration
+	// Registerer, if set, gets the counters of rejected messages and
+	// merged invalidations (drover_fleet_messages_rejected_total,
+	// drover_fleet_invalidations_coalesced_total) until Close.
+	Registerer prometheus.Registerer
 }
 
 // Local is what the sync needs from this replica.
@@ -130,9 +135,10 @@ type Sync struct {
 	mu    sync.Mutex // guards peers
 	peers map[string]*peer
 
-	subs   []*nats.Subscription
-	cancel context.CancelFunc
-	wg     sync.WaitGroup
+	subs     []*nats.Subscription
+	cancel   context.CancelFunc
+	wg       sync.WaitGroup
+	counters []prometheus.Collector // registered with opts.Registerer
 
 	// Counters for metrics and tests. Rejected counts messages from other
 	// replicas that broke the limits (or did not decode); Coalesced counts
@@ -164,6 +170,23 @@ func New(nc *nats.Conn, opts Options, log *slog.Logger) *Sync {
 			s.invalidate(backends...)
 		}
 	})
+	s.counters = []prometheus.Collector{
+		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "drover_fleet_messages_rejected_total",
+			Help: "Fleet-state messages from other replicas rejected: beyond the limits (counts above any cap, TTLs beyond 5 heartbeats, floods) or undecodable."},
+			func() float64 { return float64(s.Rejected.Load()) }),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "drover_fleet_invalidations_coalesced_total",
+			Help: "Cache invalidations from other replicas merged into a later one (at most one per backend per interval is applied)."},
+			func() float64 { return float64(s.Coalesced.Load()) }),
+	}
+	if opts.Registerer != nil {
+		for i, c := range s.counters {
+			if err := opts.Registerer.Register(c); err != nil {
+				log.Warn("fleet sync metrics not registered", "err", err)
+				s.counters = s.counters[:i]
+				break
+			}
+		}
+	}
 	s.remote.Store(&snapshot{byKey: map[routing.Key]int{}, byBackend: map[string]int{}, peers: map[routing.Key][]peerLoad{}, replicas: 1})
 	return s
 }
@@ -235,6 +258,12 @@ func (s *Sync) Start() error {
 
 // Close says goodbye (peers forget this replica at once) and stops.
 func (s *Sync) Close() {
+	if s.opts.Registerer != nil {
+		for _, c := range s.counters {
+			s.opts.Registerer.Unregister(c)
+		}
+		s.counters = nil
+	}
 	if s.cancel == nil {
 		return
 	}

@@ -93,7 +93,7 @@ func New(cfg *config.Config, log *slog.Logger, opts Options) *Server {
 				log.Warn("key bucket entries ignored: the config file defines these ids", "keys", skipped)
 			}
 		}})
-	s.Sync = fleetsync.New(opts.SyncConn, fleetsync.Options{Replica: cfg.Replica, Limits: fleetsync.LimitsFor(cfg)}, log)
+	s.Sync = fleetsync.New(opts.SyncConn, fleetsync.Options{Replica: cfg.Replica, Limits: fleetsync.LimitsFor(cfg), Registerer: s.Metrics.Registry}, log)
 	s.Fleet = fleet.New(cfg, log, fleet.Hooks{Fetch: s.Metrics.Fetch})
 	s.Fleet.OnInvalidate = s.Sync.PublishInvalidate
 	s.Router = routing.New(routing.Options{
