@@ -162,3 +162,15 @@ func TestOpenAccessOnlyOnLoopback(t *testing.T) {
 		}
 	}
 }
+
+// The deployments' own variables may sit in a service's environment (a
+// shared .env): they are not typos of config keys.
+func TestDeploymentVariablesIgnored(t *testing.T) {
+	_, err := Load("", []string{"DROVER_ADMIN_KEY=x", "DROVER_NATS_PROXY_PASSWORD=y", "DROVER_NATS_AGGREGATOR_PASSWORD=z", "DROVER_CONFIG=/nowhere"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := Load("", []string{"DROVER_ADMIN_KEYS=x"}); err == nil {
+		t.Fatal("a misspelt variable was accepted")
+	}
+}

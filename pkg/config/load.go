@@ -114,7 +114,7 @@ func applyEnv(cfg *Config, env map[string]string) error {
 	}
 	var errs []error
 	for name, val := range env {
-		if !strings.HasPrefix(name, EnvPrefix) || name == EnvPrefix+"BACKENDS" || name == EnvPrefix+"AUTH_KEYS" {
+		if !strings.HasPrefix(name, EnvPrefix) || name == EnvPrefix+"BACKENDS" || name == EnvPrefix+"AUTH_KEYS" || notForServices[name] {
 			continue
 		}
 		path := strings.Split(strings.ToLower(strings.TrimPrefix(name, EnvPrefix)), "_")
@@ -123,6 +123,18 @@ func applyEnv(cfg *Config, env map[string]string) error {
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// notForServices are DROVER_ variables that deployments set for other
+// programs (nats-server reads the passwords, compose and make run build
+// DROVER_AUTH_KEYS from the admin key; DROVER_CONFIG names the file): a
+// service that sees them in a shared environment ignores them rather than
+// refusing them as typos.
+var notForServices = map[string]bool{
+	EnvPrefix + "CONFIG":                   true,
+	EnvPrefix + "ADMIN_KEY":                true,
+	EnvPrefix + "NATS_PROXY_PASSWORD":      true,
+	EnvPrefix + "NATS_AGGREGATOR_PASSWORD": true,
 }
 
 // cutLast is strings.Cut at the last sep.
