@@ -134,9 +134,15 @@ func waitFor(t *testing.T, timeout time.Duration, what string, cond func() bool)
 	}
 }
 
+// adminKey is the e2e proxies' admin key: /health shows the publisher's
+// counters to admins only.
+const adminKey = "key-admin-00000"
+
 // usageStats reads a proxy's publisher counters from its /health.
 func usageStats(base string) (spooled, replayed uint64) {
-	resp, err := http.Get(base + "/health")
+	req, _ := http.NewRequest(http.MethodGet, base+"/health", nil)
+	req.Header.Set("Authorization", "Bearer "+adminKey)
+	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
 		return 0, 0
 	}
@@ -322,7 +328,7 @@ func runPipeline(t *testing.T, fault func(*pipeline)) {
 		"DROVER_NATS_URL=" + ns.URL(),
 		"DROVER_CLICKHOUSE_ADDR=" + ch.Addr(),
 		"DROVER_BACKENDS=" + strings.Join(urls, ","),
-		"DROVER_AUTH_KEYS=team-a:key-aaaaaaaa,team-b:key-bbbbbbbb",
+		"DROVER_AUTH_KEYS=team-a:key-aaaaaaaa,team-b:key-bbbbbbbb,ops:" + adminKey + ":admin",
 		"DROVER_ROUTING_MAX_CONCURRENCY=16",
 		"DROVER_LOG_LEVEL=warn",
 	}
