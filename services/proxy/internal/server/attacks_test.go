@@ -81,4 +81,3 @@ func TestAttackHealthLeaks(t *testing.T) {
 		}
 	}
 }
-
