@@ -157,9 +157,12 @@ func usageStats(base string) (spooled, replayed uint64) {
 	return h.Usage.Spooled, h.Usage.Replayed
 }
 
-// metric sums the samples of a Prometheus counter or gauge served at url.
+// metric sums the samples of a Prometheus counter or gauge served at url
+// (a proxy's /metrics wants an admin key; the aggregator's ignores it).
 func metric(url, name string) float64 {
-	resp, err := http.Get(url)
+	req, _ := http.NewRequest(http.MethodGet, url, nil)
+	req.Header.Set("Authorization", "Bearer "+adminKey)
+	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
 		return 0
 	}

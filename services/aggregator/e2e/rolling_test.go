@@ -53,7 +53,7 @@ func TestRollingRestartBehindLoadBalancer(t *testing.T) {
 		"DROVER_NATS_URL=" + ns.URL(),
 		"DROVER_CLICKHOUSE_ADDR=" + ch.Addr(),
 		"DROVER_BACKENDS=" + strings.Join(urls, ","),
-		"DROVER_AUTH_KEYS=team-a:key-aaaaaaaa,team-b:key-bbbbbbbb",
+		"DROVER_AUTH_KEYS=team-a:key-aaaaaaaa,team-b:key-bbbbbbbb,ops:" + adminKey + ":admin",
 		"DROVER_ROUTING_MAX_CONCURRENCY=16",
 		"DROVER_LOG_LEVEL=warn",
 	}
