@@ -32,7 +32,16 @@ type Record struct {
 	Digest string `json:"digest,omitempty"` // hex SHA-256 of the secret
 	// Models are glob patterns (path.Match) of the only models the key may
 	// use and see; empty means every model.
-	Models  []string  `json:"models,omitempty"`
+	Models []string `json:"models,omitempty"`
+	// Limits apply to all the key's requests; ModelLimits to its requests
+	// for one model (by name as requested, normalised like catalog names),
+	// on top of Limits. Zero fields are unlimited.
+	Limits      Limits            `json:"limits,omitzero"`
+	ModelLimits map[string]Limits `json:"model_limits,omitempty"`
+	// Weight is the key's share of the queue against other keys of its
+	// class (default 1); Class its priority class (default interactive).
+	Weight  int       `json:"weight,omitempty"`
+	Class   string    `json:"class,omitempty"`
 	Created time.Time `json:"created,omitzero"`
 	Updated time.Time `json:"updated,omitzero"`
 	// Source is "config" for keys from the config file (read-only at run
@@ -40,17 +49,65 @@ type Record struct {
 	Source string `json:"source,omitempty"`
 }
 
+// Limits bound a key's use. Each field is optional: zero is unlimited.
+// Minutes are UTC clock minutes; days and months UTC calendar ones.
+type Limits struct {
+	RequestsPerMinute int64 `json:"requests_per_minute,omitempty" yaml:"requests_per_minute"`
+	TokensPerMinute   int64 `json:"tokens_per_minute,omitempty" yaml:"tokens_per_minute"`
+	Concurrent        int64 `json:"concurrent,omitempty" yaml:"concurrent"`
+	TokensPerDay      int64 `json:"tokens_per_day,omitempty" yaml:"tokens_per_day"`
+	TokensPerMonth    int64 `json:"tokens_per_month,omitempty" yaml:"tokens_per_month"`
+}
+
+// IsZero reports whether l limits nothing.
+func (l Limits) IsZero() bool { return l == Limits{} }
+
+// Validate reports a negative limit, naming its field.
+func (l Limits) Validate() error {
+	for name, v := range map[string]int64{"requests_per_minute": l.RequestsPerMinute, "tokens_per_minute": l.TokensPerMinute,
+		"concurrent": l.Concurrent, "tokens_per_day": l.TokensPerDay, "tokens_per_month": l.TokensPerMonth} {
+		if v < 0 {
+			return fmt.Errorf("%s: must not be negative, got %d", name, v)
+		}
+	}
+	return nil
+}
+
+// Priority classes, highest first: a released slot goes to the highest
+// class with a waiter. A request may lower its class (header
+// X-Drover-Priority), never raise it.
+const (
+	ClassInteractive = "interactive"
+	ClassBatch       = "batch"
+)
+
+// Classes lists the classes, highest first.
+var Classes = []string{ClassInteractive, ClassBatch}
+
+// ValidClass reports whether c is a class ("" is the default, interactive).
+func ValidClass(c string) error {
+	if c != "" && c != ClassInteractive && c != ClassBatch {
+		return fmt.Errorf("class %q: must be interactive or batch", c)
+	}
+	return nil
+}
+
 // View is a key as /api/keys shows it: never its digest; Secret and Note
 // only in the answer that creates or rotates it.
 type View struct {
-	ID      string    `json:"id"`
-	Role    string    `json:"role"`
-	Models  []string  `json:"models"`
-	Source  string    `json:"source"`
-	Created time.Time `json:"created,omitzero"`
-	Updated time.Time `json:"updated,omitzero"`
-	Secret  string    `json:"secret,omitempty"`
-	Note    string    `json:"note,omitempty"`
+	ID     string   `json:"id"`
+	Role   string   `json:"role"`
+	Models []string `json:"models"`
+	Source string   `json:"source"`
+	// Limits, ModelLimits, Weight and Class as stored (see Record).
+	Limits      Limits            `json:"limits,omitzero"`
+	ModelLimits map[string]Limits `json:"model_limits,omitempty"`
+	Weight      int               `json:"weight,omitempty"`
+	Class       string            `json:"class,omitempty"`
+	Created     time.Time         `json:"created,omitzero"`
+	Updated     time.Time         `json:"updated,omitzero"`
+	Secret      string            `json:"secret,omitempty"`
+	Note        string            `json:"note,omitempty"`
 }
 
 // View is r as the API shows it.
@@ -59,7 +116,8 @@ func (r Record) View() View {
 	if models == nil {
 		models = []string{}
 	}
-	return View{ID: r.ID, Role: r.Role, Models: models, Source: r.Source, Created: r.Created, Updated: r.Updated}
+	return View{ID: r.ID, Role: r.Role, Models: models, Source: r.Source, Limits: r.Limits, ModelLimits: r.ModelLimits,
+		Weight: r.Weight, Class: r.Class, Created: r.Created, Updated: r.Updated}
 }
 
 // SecretPrefix starts every generated secret, so that leaked Drover keys
@@ -112,7 +170,19 @@ func ValidPatterns(patterns []string) error {
 // Validate checks a stored record.
 func (r Record) Validate() error {
 	d, err := hex.DecodeString(r.Digest)
-	return errors.Join(ValidID(r.ID), ValidRole(r.Role), ValidPatterns(r.Models),
+	var limitErrs []error
+	if err := r.Limits.Validate(); err != nil {
+		limitErrs = append(limitErrs, fmt.Errorf("limits.%w", err))
+	}
+	for m, l := range r.ModelLimits {
+		if err := l.Validate(); err != nil {
+			limitErrs = append(limitErrs, fmt.Errorf("model_limits.%s.%w", m, err))
+		}
+	}
+	if r.Weight < 0 {
+		limitErrs = append(limitErrs, fmt.Errorf("weight: must not be negative, got %d", r.Weight))
+	}
+	return errors.Join(ValidID(r.ID), ValidRole(r.Role), ValidPatterns(r.Models), ValidClass(r.Class), errors.Join(limitErrs...),
 		func() error {
 			if err != nil || len(d) != sha256.Size {
 				return fmt.Errorf("key %q: digest must be 64 hex digits", r.ID)

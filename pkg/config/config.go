@@ -11,6 +11,8 @@ package config
 
 import (
 	"time"
+
+	"github.com/droverhq/drover/pkg/apikey"
 )
 
 // Config is the whole file. Both services read it; each uses its sections.
@@ -143,6 +145,14 @@ type APIKey struct {
 	// Models, when set, are glob patterns (path.Match, e.g. "llama3*") of
 	// the only models this key may use or see.
 	Models []string `yaml:"models"`
+	// Limits bound the key's requests and tokens (docs/limits.md);
+	// ModelLimits bound its requests for one model, on top.
+	Limits      apikey.Limits            `yaml:"limits"`
+	ModelLimits map[string]apikey.Limits `yaml:"model_limits"`
+	// Weight is the key's share of the queue within its class (default 1);
+	// Class is its priority class: interactive (default) or batch.
+	Weight int    `yaml:"weight"`
+	Class  string `yaml:"class"`
 }
 
 // CORS lets browsers on other origins call the API.

@@ -45,6 +45,12 @@ func (c *Config) setDefaults() {
 		if c.Auth.Keys[i].Role == "" {
 			c.Auth.Keys[i].Role = apikey.RoleClient
 		}
+		if c.Auth.Keys[i].Weight == 0 {
+			c.Auth.Keys[i].Weight = 1
+		}
+		if c.Auth.Keys[i].Class == "" {
+			c.Auth.Keys[i].Class = apikey.ClassInteractive
+		}
 	}
 	if c.Aggregator.Instance == "" {
 		c.Aggregator.Instance = c.Replica
@@ -149,6 +155,20 @@ func (c *Config) Validate() error {
 			if err := apikey.ValidPatterns([]string{m}); err != nil {
 				bad(fmt.Sprintf("%s.models[%d]", key, j), "must be a glob pattern such as llama3*, got %q", m)
 			}
+		}
+		if err := k.Limits.Validate(); err != nil {
+			bad(key+".limits", "%v", err)
+		}
+		for m, l := range k.ModelLimits {
+			if err := l.Validate(); err != nil {
+				bad(key+".model_limits."+m, "%v", err)
+			}
+		}
+		if k.Weight < 0 {
+			bad(key+".weight", "must not be negative, got %d", k.Weight)
+		}
+		if err := apikey.ValidClass(k.Class); err != nil {
+			bad(key+".class", "must be interactive or batch, got %q", k.Class)
 		}
 		if k.ID != "" {
 			if err := apikey.ValidID(k.ID); err != nil {

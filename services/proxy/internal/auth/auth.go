@@ -8,6 +8,7 @@
 package auth
 
 import (
+	"cmp"
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
@@ -29,6 +30,12 @@ type Principal struct {
 	Role string // apikey.RoleAdmin or apikey.RoleClient
 	// Models is the key's allow-list (glob patterns); nil allows all.
 	Models []string
+	// Limits, ModelLimits, Weight and Class are the key's limits and its
+	// place in the queue (apikey.Record).
+	Limits      apikey.Limits
+	ModelLimits map[string]apikey.Limits
+	Weight      int
+	Class       string
 }
 
 // Admin reports whether p may manage the fleet.
@@ -39,7 +46,7 @@ func (p Principal) AllowsModel(model string) bool { return apikey.AllowsModel(p.
 
 // open is the principal of every request when no key exists: whoever can
 // reach a loopback (or explicitly open) listener owns the fleet.
-var open = Principal{ID: Anonymous, Role: apikey.RoleAdmin}
+var open = Principal{ID: Anonymous, Role: apikey.RoleAdmin, Weight: 1, Class: apikey.ClassInteractive}
 
 type ctxKey struct{}
 
@@ -79,7 +86,8 @@ type Keys struct {
 func New(keys []config.APIKey) *Keys {
 	k := &Keys{fixed: keySet{}, ids: map[string]bool{}}
 	for _, c := range keys {
-		k.fixed[sha256.Sum256([]byte(c.Key.Reveal()))] = Principal{ID: c.ID, Role: c.Role, Models: c.Models}
+		k.fixed[sha256.Sum256([]byte(c.Key.Reveal()))] = Principal{ID: c.ID, Role: c.Role, Models: c.Models,
+			Limits: c.Limits, ModelLimits: c.ModelLimits, Weight: c.Weight, Class: c.Class}
 		k.ids[c.ID] = true
 	}
 	k.bucket.Store(&keySet{})
@@ -100,7 +108,8 @@ func (k *Keys) SetBucket(recs []apikey.Record) (skipped []string) {
 			skipped = append(skipped, r.ID)
 			continue
 		}
-		set[[sha256.Size]byte(d)] = Principal{ID: r.ID, Role: r.Role, Models: r.Models}
+		set[[sha256.Size]byte(d)] = Principal{ID: r.ID, Role: r.Role, Models: r.Models,
+			Limits: r.Limits, ModelLimits: r.ModelLimits, Weight: max(r.Weight, 1), Class: cmp.Or(r.Class, apikey.ClassInteractive)}
 	}
 	k.bucket.Store(&set)
 	return skipped
