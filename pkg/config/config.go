@@ -38,6 +38,7 @@ type Config struct {
 	Health      Health             `yaml:"health"`
 	Auth        Auth               `yaml:"auth"`
 	CORS        CORS               `yaml:"cors"`
+	Limits      Limits             `yaml:"limits"`
 	Aliases     map[string][]Alias `yaml:"aliases"`
 	NATS        NATS               `yaml:"nats"`
 	Usage       Usage              `yaml:"usage"`
@@ -89,10 +90,28 @@ type Routing struct {
 	CancelGrace time.Duration `yaml:"cancel_grace"`
 }
 
-// Queue bounds the FIFO of requests waiting for a free slot.
+// Queue bounds the requests waiting for a free slot: by priority class,
+// then shared by key weight, FIFO within a key (docs/limits.md).
 type Queue struct {
 	MaxLength int           `yaml:"max_length"` // default 1024
 	MaxWait   time.Duration `yaml:"max_wait"`   // default 60s
+	// MaxPerKey bounds one key's waiters, so one key cannot take the
+	// whole queue (default 256).
+	MaxPerKey int `yaml:"max_per_key"`
+}
+
+// Limits configures how keys' limits are enforced (the limits themselves
+// are on the keys: auth.keys[].limits).
+type Limits struct {
+	// DefaultOutputTokens is the output reserved for a request that sets
+	// no num_predict / max_tokens (default 512); the reservation settles
+	// with the real count when the request ends.
+	DefaultOutputTokens int64 `yaml:"default_output_tokens"`
+	// Admission is "reserve" (default: admit against spent + every
+	// replica's reservations, settle at the end) or "count" (admit while
+	// spent < limit, count at the end; the naive baseline, for
+	// comparison in make bench-tenancy only).
+	Admission string `yaml:"admission"`
 }
 
 // Cache sets model-list and loaded-model freshness per backend.

@@ -99,6 +99,9 @@ func DefaultAggregator() Aggregator {
 	}
 }
 
+// DefaultLimits is the limits section's defaults.
+func DefaultLimits() Limits { return Limits{DefaultOutputTokens: 512, Admission: "reserve"} }
+
 // DefaultAuth is the auth section's defaults.
 func DefaultAuth() Auth {
 	return Auth{Bucket: DefaultKeysBucket, StateFile: "./data/keys.json"}
@@ -108,7 +111,7 @@ func DefaultAuth() Auth {
 func DefaultRouting() Routing {
 	return Routing{
 		MaxConcurrency: 4,
-		Queue:          Queue{MaxLength: 1024, MaxWait: 60 * time.Second},
+		Queue:          Queue{MaxLength: 1024, MaxWait: 60 * time.Second, MaxPerKey: 256},
 		MaxAttempts:    3,
 		ConnectTimeout: 3 * time.Second,
 		HeaderTimeout:  10 * time.Minute,

@@ -16,11 +16,12 @@ func TestDefaults(t *testing.T) {
 	want := Config{
 		Listen: "127.0.0.1:12434", Replica: "r1", LogLevel: "info",
 		Backends: []Backend{{Name: "gpu-a:11434", URL: "http://gpu-a:11434", Type: "ollama", Weight: 1}},
-		Routing: Routing{MaxConcurrency: 4, Queue: Queue{MaxLength: 1024, MaxWait: 60 * time.Second}, MaxAttempts: 3,
+		Routing: Routing{MaxConcurrency: 4, Queue: Queue{MaxLength: 1024, MaxWait: 60 * time.Second, MaxPerKey: 256}, MaxAttempts: 3,
 			ConnectTimeout: 3 * time.Second, HeaderTimeout: 10 * time.Minute, CancelGrace: 50 * time.Millisecond},
 		Cache:  Cache{ModelsTTL: 5 * time.Minute, ModelsStale: 10 * time.Minute, LoadedTTL: 10 * time.Second, LoadedStale: 60 * time.Second},
 		Health: Health{FailureThreshold: 3, OpenFor: 2 * time.Second, OpenMax: 60 * time.Second, ProbeInterval: 2 * time.Second},
 		Auth:   Auth{Bucket: "drover_keys", StateFile: "./data/keys.json"},
+		Limits: Limits{DefaultOutputTokens: 512, Admission: "reserve"},
 		NATS:   NATS{Stream: "USAGE", MaxAge: 168 * time.Hour, MaxBytes: 1 << 30, DuplicateWindow: 10 * time.Minute, Partitions: 8},
 		Usage: Usage{QueueSize: 65536, SpoolDir: "./data/spool", SpoolMaxBytes: 1 << 30, SpoolSyncInterval: 100 * time.Millisecond,
 			BatchSize: 500, BatchLinger: 5 * time.Millisecond, PublishMode: "batch", AckTimeout: 5 * time.Second},
@@ -44,7 +45,7 @@ func TestDefaultsKeepWhatIsSet(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if c.Routing.Queue != (Queue{MaxLength: 7, MaxWait: 60 * time.Second}) || c.Routing.MaxAttempts != 3 {
+	if c.Routing.Queue != (Queue{MaxLength: 7, MaxWait: 60 * time.Second, MaxPerKey: 256}) || c.Routing.MaxAttempts != 3 {
 		t.Fatalf("routing %+v", c.Routing)
 	}
 	if c.NATS.Stream != "OTHER" || c.NATS.URL != "nats://n:4222" || c.NATS.Partitions != 8 {

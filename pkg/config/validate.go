@@ -41,6 +41,7 @@ func (c *Config) setDefaults() {
 	fillZero(&c.ClickHouse, DefaultClickHouse())
 	fillZero(&c.Aggregator, DefaultAggregator())
 	fillZero(&c.Auth, DefaultAuth())
+	fillZero(&c.Limits, DefaultLimits())
 	for i := range c.Auth.Keys {
 		if c.Auth.Keys[i].Role == "" {
 			c.Auth.Keys[i].Role = apikey.RoleClient
@@ -197,6 +198,15 @@ func (c *Config) Validate() error {
 	}
 	if c.NATS.Password != "" && c.NATS.User == "" {
 		bad("nats.password", "needs nats.user")
+	}
+	if a := c.Limits.Admission; a != "reserve" && a != "count" {
+		bad("limits.admission", "must be reserve or count, got %q", a)
+	}
+	if c.Limits.DefaultOutputTokens < 0 {
+		bad("limits.default_output_tokens", "must not be negative")
+	}
+	if c.Routing.Queue.MaxPerKey < 0 {
+		bad("routing.queue.max_per_key", "must not be negative")
 	}
 	if m := c.Usage.PublishMode; m != "batch" && m != "message" {
 		bad("usage.publish_mode", "must be batch or message, got %q", m)
