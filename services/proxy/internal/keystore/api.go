@@ -1,11 +1,13 @@
 package keystore
 
 import (
+	"cmp"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"log/slog"
+	"maps"
 	"net/http"
 	"slices"
 	"strings"
@@ -60,9 +62,13 @@ func (a *API) list(w http.ResponseWriter, r *http.Request) {
 }
 
 type createRequest struct {
-	ID     string   `json:"id"`
-	Role   string   `json:"role"`
-	Models []string `json:"models"`
+	ID          string                   `json:"id"`
+	Role        string                   `json:"role"`
+	Models      []string                 `json:"models"`
+	Limits      apikey.Limits            `json:"limits"`
+	ModelLimits map[string]apikey.Limits `json:"model_limits"`
+	Weight      *int                     `json:"weight"`
+	Class       string                   `json:"class"`
 }
 
 func (a *API) create(w http.ResponseWriter, r *http.Request) {
@@ -77,7 +83,15 @@ func (a *API) create(w http.ResponseWriter, r *http.Request) {
 		req.Role = apikey.RoleClient
 	}
 	models := cleanModels(req.Models)
-	if err := errors.Join(apikey.ValidID(req.ID), apikey.ValidRole(req.Role), apikey.ValidPatterns(models)); err != nil {
+	rec := apikey.Record{ID: req.ID, Role: req.Role, Models: models, Limits: req.Limits,
+		ModelLimits: cleanModelLimits(req.ModelLimits), Weight: 1, Class: req.Class}
+	if req.Weight != nil {
+		rec.Weight = *req.Weight
+	}
+	if rec.Class == "" {
+		rec.Class = apikey.ClassInteractive
+	}
+	if err := errors.Join(apikey.ValidID(req.ID), apikey.ValidRole(req.Role), apikey.ValidPatterns(models), validLimits(rec)); err != nil {
 		ollamaapi.WriteError(w, http.StatusBadRequest, oneLine(err))
 		return
 	}
@@ -86,18 +100,85 @@ func (a *API) create(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	secret := apikey.NewSecret()
-	rec, err := a.Store.Create(r.Context(), apikey.Record{ID: req.ID, Role: req.Role, Models: models}, secret)
+	rec, err := a.Store.Create(r.Context(), rec, secret)
 	if err != nil {
 		a.fail(w, req.ID, "creating", err)
 		return
 	}
-	a.Log.Info("API key created", "key", rec.ID, "role", rec.Role, "models", rec.Models, "by", auth.KeyID(r.Context()))
+	a.Log.Info("API key created", "key", rec.ID, "role", rec.Role, "models", rec.Models, "limits", rec.Limits,
+		"model_limits", rec.ModelLimits, "weight", rec.Weight, "class", rec.Class, "by", auth.KeyID(r.Context()))
 	writeJSON(w, http.StatusCreated, created(rec, secret))
 }
 
+// changeRequest is a PATCH: only what it names changes. Limits merge
+// field by field (0 lifts a limit); a model_limits entry merges the same
+// way, and null (or every field 0) removes the model's limits.
 type changeRequest struct {
-	Role   *string   `json:"role"`
-	Models *[]string `json:"models"`
+	Role        *string                 `json:"role"`
+	Models      *[]string               `json:"models"`
+	Limits      *limitsPatch            `json:"limits"`
+	ModelLimits map[string]*limitsPatch `json:"model_limits"`
+	Weight      *int                    `json:"weight"`
+	Class       *string                 `json:"class"`
+}
+
+// limitsPatch is apikey.Limits with every field optional.
+type limitsPatch struct {
+	RequestsPerMinute *int64 `json:"requests_per_minute"`
+	TokensPerMinute   *int64 `json:"tokens_per_minute"`
+	Concurrent        *int64 `json:"concurrent"`
+	TokensPerDay      *int64 `json:"tokens_per_day"`
+	TokensPerMonth    *int64 `json:"tokens_per_month"`
+}
+
+// apply sets the fields p names in l.
+func (p limitsPatch) apply(l *apikey.Limits) {
+	for _, f := range []struct {
+		from *int64
+		to   *int64
+	}{{p.RequestsPerMinute, &l.RequestsPerMinute}, {p.TokensPerMinute, &l.TokensPerMinute},
+		{p.Concurrent, &l.Concurrent}, {p.TokensPerDay, &l.TokensPerDay}, {p.TokensPerMonth, &l.TokensPerMonth}} {
+		if f.from != nil {
+			*f.to = *f.from
+		}
+	}
+}
+
+func (c changeRequest) empty() bool {
+	return c.Role == nil && c.Models == nil && c.Limits == nil && c.ModelLimits == nil && c.Weight == nil && c.Class == nil
+}
+
+// applyTo makes the changes c names to rec.
+func (c changeRequest) applyTo(rec *apikey.Record, models []string) {
+	if c.Role != nil {
+		rec.Role = *c.Role
+	}
+	if c.Models != nil {
+		rec.Models = models
+	}
+	if c.Limits != nil {
+		c.Limits.apply(&rec.Limits)
+	}
+	for m, p := range c.ModelLimits {
+		m = strings.TrimSpace(m)
+		if p == nil {
+			delete(rec.ModelLimits, m)
+			continue
+		}
+		l := rec.ModelLimits[m]
+		p.apply(&l)
+		if rec.ModelLimits == nil {
+			rec.ModelLimits = map[string]apikey.Limits{}
+		}
+		rec.ModelLimits[m] = l
+	}
+	rec.ModelLimits = cleanModelLimits(rec.ModelLimits)
+	if c.Weight != nil {
+		rec.Weight = *c.Weight
+	}
+	if c.Class != nil {
+		rec.Class = *c.Class
+	}
 }
 
 func (a *API) change(w http.ResponseWriter, r *http.Request) {
@@ -109,8 +190,8 @@ func (a *API) change(w http.ResponseWriter, r *http.Request) {
 	if !decode(w, r, &req) {
 		return
 	}
-	if req.Role == nil && req.Models == nil {
-		ollamaapi.WriteError(w, http.StatusBadRequest, "nothing to change: give role, models or both")
+	if req.empty() {
+		ollamaapi.WriteError(w, http.StatusBadRequest, "nothing to change: give role, models, limits, model_limits, weight or class")
 		return
 	}
 	var models []string
@@ -121,24 +202,26 @@ func (a *API) change(w http.ResponseWriter, r *http.Request) {
 	if req.Role != nil {
 		errs = append(errs, apikey.ValidRole(*req.Role))
 	}
-	if err := errors.Join(append(errs, apikey.ValidPatterns(models))...); err != nil {
+	// The change alone is checked first, so that a bad value is refused
+	// before the bucket is read.
+	alone := apikey.Record{Weight: 1, Class: apikey.ClassInteractive}
+	req.applyTo(&alone, models)
+	if err := errors.Join(append(errs, apikey.ValidPatterns(models), validLimits(alone))...); err != nil {
 		ollamaapi.WriteError(w, http.StatusBadRequest, oneLine(err))
 		return
 	}
 	rec, err := a.Store.Change(r.Context(), id, func(rec *apikey.Record) error {
-		if req.Role != nil {
-			rec.Role = *req.Role
-		}
-		if req.Models != nil {
-			rec.Models = models
-		}
-		return nil
+		// Keys stored before limits existed have no weight or class.
+		rec.Weight, rec.Class = max(rec.Weight, 1), cmp.Or(rec.Class, apikey.ClassInteractive)
+		req.applyTo(rec, models)
+		return validLimits(*rec)
 	})
 	if err != nil {
 		a.fail(w, id, "changing", err)
 		return
 	}
-	a.Log.Info("API key changed", "key", id, "role", rec.Role, "models", rec.Models, "by", auth.KeyID(r.Context()))
+	a.Log.Info("API key changed", "key", id, "role", rec.Role, "models", rec.Models, "limits", rec.Limits,
+		"model_limits", rec.ModelLimits, "weight", rec.Weight, "class", rec.Class, "by", auth.KeyID(r.Context()))
 	writeJSON(w, http.StatusOK, rec.View())
 }
 
@@ -209,6 +292,8 @@ func (a *API) fail(w http.ResponseWriter, id, doing string, err error) {
 		ollamaapi.WriteError(w, http.StatusConflict, fmt.Sprintf("key %s exists: revoke it first or choose another id", id))
 	case errors.Is(err, ErrNotFound):
 		ollamaapi.WriteError(w, http.StatusNotFound, fmt.Sprintf("no key %s", id))
+	case errors.Is(err, errInvalid):
+		ollamaapi.WriteError(w, http.StatusBadRequest, oneLine(err))
 	case errors.Is(err, ErrConflict):
 		ollamaapi.WriteError(w, http.StatusConflict, fmt.Sprintf("key %s was changed by someone else meanwhile; nothing was written, try again", id))
 	default:
@@ -230,6 +315,59 @@ func decode(w http.ResponseWriter, r *http.Request, v any) bool {
 		return false
 	}
 	return true
+}
+
+// errInvalid marks a change that makes a stored record invalid (a 400).
+var errInvalid = errors.New("invalid")
+
+type invalidError struct{ err error }
+
+func (e invalidError) Error() string        { return e.err.Error() }
+func (e invalidError) Is(target error) bool { return target == errInvalid }
+
+// validLimits checks rec's limits, weight and class, each error naming
+// its field as the request does ("limits.tokens_per_day: ...").
+func validLimits(rec apikey.Record) error {
+	var errs []error
+	if err := rec.Limits.Validate(); err != nil {
+		errs = append(errs, fmt.Errorf("limits.%w", err))
+	}
+	models := slices.Sorted(maps.Keys(rec.ModelLimits))
+	for _, m := range models {
+		if strings.TrimSpace(m) == "" {
+			errs = append(errs, errors.New("model_limits: a model name must not be empty"))
+			continue
+		}
+		if err := rec.ModelLimits[m].Validate(); err != nil {
+			errs = append(errs, fmt.Errorf("model_limits.%s.%w", m, err))
+		}
+	}
+	if rec.Weight < 1 {
+		errs = append(errs, fmt.Errorf("weight: must be at least 1, got %d", rec.Weight))
+	}
+	if err := apikey.ValidClass(rec.Class); err != nil || rec.Class == "" {
+		errs = append(errs, fmt.Errorf("class: must be %s, got %q", strings.Join(apikey.Classes, " or "), rec.Class))
+	}
+	if err := errors.Join(errs...); err != nil {
+		return invalidError{err}
+	}
+	return nil
+}
+
+// cleanModelLimits trims model names and drops entries that limit
+// nothing; an empty map is nil.
+func cleanModelLimits(in map[string]apikey.Limits) map[string]apikey.Limits {
+	var out map[string]apikey.Limits
+	for m, l := range in {
+		if l.IsZero() {
+			continue
+		}
+		if out == nil {
+			out = map[string]apikey.Limits{}
+		}
+		out[strings.TrimSpace(m)] = l
+	}
+	return out
 }
 
 // cleanModels trims the patterns; an empty list is nil (every model).

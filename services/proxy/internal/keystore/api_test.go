@@ -13,6 +13,7 @@ import (
 	"github.com/nats-io/nats.go"
 
 	"github.com/droverhq/drover/pkg/apikey"
+	"github.com/droverhq/drover/pkg/config"
 	"github.com/droverhq/drover/testkit/natstest"
 )
 
@@ -163,5 +164,94 @@ func TestAPINATSUnreachable(t *testing.T) {
 	msg, _ := doc["error"].(string)
 	if code != http.StatusServiceUnavailable || !strings.Contains(msg, "key bucket is unreachable") {
 		t.Errorf("%d %s", code, raw)
+	}
+}
+
+// TestAPILimits: limits, per-model limits, weight and class are accepted
+// on create, merged field by field on change, kept in the bucket (a second
+// store on the same bucket reads them) and refused with the field named.
+func TestAPILimits(t *testing.T) {
+	ns := natstest.Start(t)
+	base := serveAPI(t, connect(t, ns.URL()), io.Discard) + "/api/keys"
+
+	code, _, raw := call(t, http.MethodPost, base, `{"id":"team-l"}`)
+	if code != http.StatusCreated || !strings.Contains(raw, `"weight":1`) || !strings.Contains(raw, `"class":"interactive"`) ||
+		strings.Contains(raw, `"limits"`) {
+		t.Fatalf("create with defaults: %d %s", code, raw)
+	}
+	code, _, raw = call(t, http.MethodPost, base, `{"id":"team-b","limits":{"requests_per_minute":60,"tokens_per_day":100000},
+		"model_limits":{"llama3":{"tokens_per_minute":5000},"idle":{}},"weight":3,"class":"batch"}`)
+	if code != http.StatusCreated || !strings.Contains(raw, `"limits":{"requests_per_minute":60,"tokens_per_day":100000}`) ||
+		!strings.Contains(raw, `"model_limits":{"llama3":{"tokens_per_minute":5000}}`) || !strings.Contains(raw, `"weight":3`) ||
+		!strings.Contains(raw, `"class":"batch"`) {
+		t.Fatalf("create with limits: %d %s", code, raw)
+	}
+
+	for _, tc := range []struct {
+		name, method, path, body string
+		want                     string
+	}{
+		{"negative limit", "POST", "", `{"id":"x","limits":{"tokens_per_day":-1}}`, "limits.tokens_per_day: must not be negative"},
+		{"negative model limit", "POST", "", `{"id":"x","model_limits":{"llama3":{"concurrent":-2}}}`, "model_limits.llama3.concurrent: must not be negative"},
+		{"empty model name", "POST", "", `{"id":"x","model_limits":{" ":{"concurrent":2}}}`, "model_limits: a model name must not be empty"},
+		{"zero weight", "POST", "", `{"id":"x","weight":0}`, "weight: must be at least 1, got 0"},
+		{"bad class", "POST", "", `{"id":"x","class":"urgent"}`, `class: must be interactive or batch, got "urgent"`},
+		{"unknown limit", "POST", "", `{"id":"x","limits":{"tokens_per_year":1}}`, `unknown field "tokens_per_year"`},
+		{"limit not a number", "POST", "", `{"id":"x","limits":{"concurrent":"2"}}`, "invalid JSON body"},
+		{"change to a negative limit", "PATCH", "/team-b", `{"limits":{"requests_per_minute":-5}}`, "limits.requests_per_minute: must not be negative"},
+		{"change to a negative model limit", "PATCH", "/team-b", `{"model_limits":{"qwen":{"tokens_per_month":-1}}}`, "model_limits.qwen.tokens_per_month: must not be negative"},
+		{"change to a zero weight", "PATCH", "/team-b", `{"weight":0}`, "weight: must be at least 1"},
+		{"change to a bad class", "PATCH", "/team-b", `{"class":""}`, "class: must be interactive or batch"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			code, doc, raw := call(t, tc.method, base+tc.path, tc.body)
+			msg, _ := doc["error"].(string)
+			if code != http.StatusBadRequest || !strings.Contains(msg, tc.want) || len(doc) != 1 {
+				t.Errorf("%d %s, want 400 with %q in {\"error\": ...}", code, raw, tc.want)
+			}
+		})
+	}
+
+	// A change merges: fields it does not name stay, 0 lifts a limit, a
+	// null model entry goes.
+	code, _, raw = call(t, http.MethodPatch, base+"/team-b", `{"limits":{"tokens_per_day":0,"concurrent":4},
+		"model_limits":{"llama3":null,"qwen":{"tokens_per_month":900}},"weight":2}`)
+	if code != 200 || !strings.Contains(raw, `"limits":{"requests_per_minute":60,"concurrent":4}`) ||
+		!strings.Contains(raw, `"model_limits":{"qwen":{"tokens_per_month":900}}`) || !strings.Contains(raw, `"weight":2`) ||
+		!strings.Contains(raw, `"class":"batch"`) {
+		t.Fatalf("change limits: %d %s", code, raw)
+	}
+	code, _, raw = call(t, http.MethodPatch, base+"/team-b", `{"model_limits":{"qwen":{"tokens_per_month":0}},"class":"interactive"}`)
+	if code != 200 || strings.Contains(raw, `"model_limits"`) || !strings.Contains(raw, `"class":"interactive"`) ||
+		!strings.Contains(raw, `"concurrent":4`) {
+		t.Fatalf("lift the last model limit: %d %s", code, raw)
+	}
+
+	// Another replica's store reads the same record from the bucket.
+	nc2 := connect(t, ns.URL())
+	other := Open(Options{Conn: nc2, Bucket: bucket, Log: slog.New(slog.DiscardHandler)})
+	t.Cleanup(other.Close)
+	var got apikey.Record
+	for _, r := range other.Records() {
+		if r.ID == "team-b" {
+			got = r
+		}
+	}
+	want := apikey.Limits{RequestsPerMinute: 60, Concurrent: 4}
+	if got.Limits != want || got.ModelLimits != nil || got.Weight != 2 || got.Class != apikey.ClassInteractive {
+		t.Errorf("the bucket holds %+v, want limits %+v, weight 2, interactive", got, want)
+	}
+	// The list shows them too.
+	if _, _, raw := call(t, http.MethodGet, base, ``); !strings.Contains(raw, `"limits":{"requests_per_minute":60,"concurrent":4}`) {
+		t.Errorf("list: %s", raw)
+	}
+}
+
+// FromConfig carries the config file's limits, weight and class.
+func TestFromConfigLimits(t *testing.T) {
+	recs := FromConfig([]config.APIKey{{ID: "c", Role: "client", Limits: apikey.Limits{TokensPerMonth: 7},
+		ModelLimits: map[string]apikey.Limits{"m": {Concurrent: 1}}, Weight: 2, Class: apikey.ClassBatch}})
+	if r := recs[0]; r.Limits.TokensPerMonth != 7 || r.ModelLimits["m"].Concurrent != 1 || r.Weight != 2 || r.Class != apikey.ClassBatch {
+		t.Errorf("FromConfig: %+v", r)
 	}
 }

@@ -117,7 +117,8 @@ func Open(o Options) *Store {
 func FromConfig(keys []config.APIKey) []apikey.Record {
 	out := make([]apikey.Record, 0, len(keys))
 	for _, k := range keys {
-		out = append(out, apikey.Record{ID: k.ID, Role: k.Role, Models: k.Models, Source: "config"})
+		out = append(out, apikey.Record{ID: k.ID, Role: k.Role, Models: k.Models, Limits: k.Limits, ModelLimits: k.ModelLimits,
+			Weight: k.Weight, Class: k.Class, Source: "config"})
 	}
 	return out
 }
