@@ -13,6 +13,7 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"net/http"
+	"slices"
 	"strings"
 	"sync/atomic"
 
@@ -113,6 +114,19 @@ func (k *Keys) SetBucket(recs []apikey.Record) (skipped []string) {
 	}
 	k.bucket.Store(&set)
 	return skipped
+}
+
+// Principals returns every key's principal, the config file's and the
+// bucket's, sorted by id (for listing every key's limits).
+func (k *Keys) Principals() []Principal {
+	out := make([]Principal, 0, len(k.fixed)+len(*k.bucket.Load()))
+	for _, set := range []keySet{k.fixed, *k.bucket.Load()} {
+		for _, p := range set {
+			out = append(out, p)
+		}
+	}
+	slices.SortFunc(out, func(a, b Principal) int { return strings.Compare(a.ID, b.ID) })
+	return out
 }
 
 // Open reports whether no key exists anywhere, so every caller is let in
