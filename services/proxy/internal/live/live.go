@@ -114,7 +114,7 @@ func New(opts Options) *Live {
 	case opts.Conn == nil:
 		l.local = "nats.url is not set: token totals are this replica's since it started"
 	default:
-		l.fleet = &fleetTotals{store: opts.Store, nc: opts.Conn, stream: opts.Stream, partitions: opts.Partitions, log: opts.Log}
+		l.fleet = &fleetTotals{sums: tokenSums{}, store: opts.Store, nc: opts.Conn, stream: opts.Stream, partitions: opts.Partitions, log: opts.Log}
 		if opts.tune != nil {
 			opts.tune(l.fleet)
 		}

@@ -115,7 +115,7 @@ func (f *fleetTotals) fill(ctx context.Context, t *tally, parts []int, before ma
 					f.maxFill, subj, t.head[p], before[p])
 			}
 			if ev, err := decode(m.Data); err == nil {
-				add(t.counts, ev)
+				t.sums.Add(ev)
 			}
 			next = m.Seq + 1
 		}

@@ -44,6 +44,7 @@ type tokenKey struct{ Endpoint, Model, APIKey string }
 // a reconnect ends the build and a new one starts; until it is ready the
 // previous totals are shown, frozen, with the reason.
 type fleetTotals struct {
+	sums       Sums // what is kept: the token totals, or another reader's sums
 	store      *chstore.Store
 	nc         *nats.Conn
 	stream     string
@@ -67,9 +68,9 @@ type fleetTotals struct {
 
 // tally is one build's totals.
 type tally struct {
-	counts map[tokenKey]*usage.Count
-	head   map[int]uint64 // per partition, the last stream sequence counted
-	seq    uint64         // the highest stream sequence counted
+	sums Tally
+	head map[int]uint64 // per partition, the last stream sequence counted
+	seq  uint64         // the highest stream sequence counted
 }
 
 // liveEvent is one republished message, parsed.
@@ -248,7 +249,7 @@ func (f *fleetTotals) follow(ctx context.Context) (wasReady bool, err error) {
 	if err != nil {
 		return false, err
 	}
-	counts, committed, err := f.baseline(ctx, parts)
+	sums, committed, err := f.baseline(ctx, parts)
 	if err != nil {
 		return false, fmt.Errorf("reading totals from clickhouse: %w", err)
 	}
@@ -266,7 +267,7 @@ func (f *fleetTotals) follow(ctx context.Context) (wasReady bool, err error) {
 		}
 	}
 	f.mu.Unlock()
-	t := &tally{counts: counts, head: make(map[int]uint64, len(parts))}
+	t := &tally{sums: sums, head: make(map[int]uint64, len(parts))}
 	for _, p := range parts {
 		t.head[p] = committed[p]
 		t.seq = max(t.seq, committed[p])
@@ -297,6 +298,7 @@ func (f *fleetTotals) follow(ctx context.Context) (wasReady bool, err error) {
 	// must arrive too.
 	b.recv = max(b.recv, streamLast)
 	f.shown, f.since, f.reason, f.filled = t, time.Now().UTC(), "", filled
+	f.sums.Ready(t.sums)
 	f.mu.Unlock()
 	return true, f.watch(ctx, b, sub, reconnects)
 }
@@ -352,27 +354,32 @@ func (t *tally) add(e liveEvent) error {
 	t.head[e.part] = e.seq
 	t.seq = max(t.seq, e.seq)
 	if e.valid {
-		add(t.counts, e.ev)
+		t.sums.Add(e.ev)
 	}
 	return nil
 }
 
-// view copies the totals; ok is false when there are none yet.
+// view copies the token totals; ok is false when there are none yet.
 func (f *fleetTotals) view() (counts map[tokenKey]usage.Count, src TokenSource, ok bool) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	if f.shown == nil {
-		reason := f.reason
-		if reason == "" {
-			reason = "reading the usage stream and clickhouse"
-		}
-		return nil, TokenSource{Mode: ModeLocal, Reason: "fleet totals not ready: " + reason}, false
+		return nil, TokenSource{Mode: ModeLocal, Reason: "fleet totals not ready: " + f.notReady()}, false
 	}
-	counts = make(map[tokenKey]usage.Count, len(f.shown.counts))
-	for k, c := range f.shown.counts {
+	shown := f.shown.sums.(tokenTotals)
+	counts = make(map[tokenKey]usage.Count, len(shown))
+	for k, c := range shown {
 		counts[k] = *c
 	}
 	return counts, TokenSource{Mode: ModeFleet, Reason: f.reason, ClickHouseAt: f.since, StreamSeq: f.shown.seq}, true
+}
+
+// notReady says why no build is ready yet. Call with f.mu held.
+func (f *fleetTotals) notReady() string {
+	if f.reason == "" {
+		return "reading the usage stream and clickhouse"
+	}
+	return f.reason
 }
 
 // stats is how many builds started and how many events the last ready
