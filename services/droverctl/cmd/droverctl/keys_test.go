@@ -5,8 +5,10 @@ import (
 	"net/http"
 	"path/filepath"
 	"regexp"
+	"strconv"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/droverhq/drover/pkg/apikey"
 	"github.com/droverhq/drover/testkit/natstest"
@@ -60,14 +62,15 @@ func TestKeysCommands(t *testing.T) {
 		{"list", []string{"list"}, 0, "team-a"},
 		{"set the role", []string{"set", "team-a", "--role", "admin"}, 0, "key team-a: role admin, models tiny*,qwen*"},
 		{"clear the models", []string{"set", "team-a", "--models="}, 0, "key team-a: role admin, models (all)"},
-		{"set nothing", []string{"set", "team-a"}, 2, "give --role, --models or both"},
+		{"set nothing", []string{"set", "team-a"}, 2, "give --role, --models, limits, --weight or --class"},
 		{"set a config key", []string{"set", "boot", "--role", "client"}, 1, "defined in the config file; change it there"},
 		{"set an unknown key", []string{"set", "nobody", "--role", "client"}, 1, "404 no key nobody"},
 		{"revoke an unknown key", []string{"revoke", "nobody"}, 1, "404 no key nobody"},
 		{"no verb", []string{}, 2, "Usage: droverctl keys"},
 		{"unknown verb", []string{"delete", "x"}, 2, `unknown keys command "delete"`},
 		{"missing id", []string{"revoke"}, 2, "takes 1 argument"},
-		{"flags that do not apply", []string{"revoke", "team-a", "--role", "admin"}, 2, "apply to create and set"},
+		{"flags that do not apply", []string{"revoke", "team-a", "--role", "admin"}, 2, "--role applies to create and set, not revoke"},
+		{"limits on list", []string{"list", "--tokens-per-day", "5"}, 2, "--tokens-per-day applies to create and set, not list"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			code, out, errOut := droverctl(t, append(append([]string{"keys"}, tc.args...), "--url", url)...)
@@ -92,8 +95,8 @@ func TestKeysCommands(t *testing.T) {
 	code, out, _ = droverctl(t, "keys", "list", "--url", url)
 	lines := strings.Split(strings.TrimSpace(out), "\n")
 	if code != 0 || len(lines) != 4 || !strings.HasPrefix(lines[0], "ID ") || !strings.Contains(lines[0], "SOURCE") ||
-		!regexp.MustCompile(`^boot\s+admin\s+\(all\)\s+config\s+-\s+-$`).MatchString(lines[1]) ||
-		!regexp.MustCompile(`^team-a\s+admin\s+\(all\)\s+bucket\s+\d{4}-\d\d-\d\d \d\d:\d\d`).MatchString(lines[2]) {
+		!regexp.MustCompile(`^boot\s+admin\s+\(all\)\s+config\s+interactive\s+1\s+-\s+-\s+\d+\s+\d+\s+-\s+-$`).MatchString(lines[1]) ||
+		!regexp.MustCompile(`^team-a\s+admin\s+\(all\)\s+bucket\s+interactive\s+1\s+-\s+-\s+\d+\s+\d+\s+\d{4}-\d\d-\d\d \d\d:\d\d`).MatchString(lines[2]) {
 		t.Errorf("list table: exit %d\n%s", code, out)
 	}
 	code, out, _ = droverctl(t, "keys", "list", "--json", "--url", url)
@@ -131,6 +134,127 @@ func TestSplitModels(t *testing.T) {
 	for in, want := range map[string]string{"": "", " a* , ,b ": "a*|b", "x": "x"} {
 		if got := strings.Join(splitModels(in), "|"); got != want {
 			t.Errorf("splitModels(%q) = %q, want %q", in, got, want)
+		}
+	}
+}
+
+// TestKeysLimits sets a key's limits, per-model limits, weight and class
+// with droverctl keys create and set against the real proxy, and reads
+// them back, with what is left and what was spent, in keys list.
+func TestKeysLimits(t *testing.T) {
+	ns := natstest.Start(t)
+	admin := apikey.NewSecret()
+	url, _ := startProxy(t, "DROVER_NATS_URL="+ns.URL(), "DROVER_AUTH_KEYS=boot:"+admin+":admin",
+		"DROVER_AUTH_STATE_FILE="+filepath.Join(t.TempDir(), "keys.json"))
+	t.Setenv("OLLAMA_HOST", "")
+	t.Setenv("DROVERCTL_API_KEY", admin)
+	keys := func(args ...string) (int, string, string) {
+		t.Helper()
+		return droverctl(t, append(append([]string{"keys"}, args...), "--url", url)...)
+	}
+
+	code, out, errOut := keys("create", "team-l", "--requests-per-minute", "100", "--tokens-per-day", "100000",
+		"--model-limit", "tiny:tokens_per_minute=5000,concurrent=2", "--weight", "3", "--class", "batch")
+	secret := regexp.MustCompile(`drv_[0-9a-f]{64}`).FindString(out)
+	if code != 0 || secret == "" || !strings.Contains(out, "class batch, weight 3, limits rpm=100 day=100000, tiny: tpm=5000 concurrent=2") {
+		t.Fatalf("create with limits: exit %d\n%s%s", code, out, errOut)
+	}
+
+	for _, tc := range []struct {
+		name string
+		args []string
+		code int
+		want string // in stdout for 0, stderr otherwise
+	}{
+		{"merge: lift one, add one, drop a model's", []string{"set", "team-l", "--tokens-per-day", "0", "--tokens-per-month", "900000", "--model-limit", "tiny:none"},
+			0, "key team-l: role client, models (all), class batch, weight 3, limits rpm=100 month=900000\n"},
+		{"a model with a tag", []string{"set", "team-l", "--model-limit", "tiny:latest:tokens-per-day=50", "--class", "interactive"},
+			0, "class interactive, weight 3, limits rpm=100 month=900000, tiny:latest: day=50\n"},
+		{"no model", []string{"set", "team-l", "--model-limit", ":concurrent=1"}, 2, "want MODEL:field=N"},
+		{"unknown model field", []string{"set", "team-l", "--model-limit", "tiny:tokens=5"}, 2, "with a field among requests_per_minute"},
+		{"model limit not a number", []string{"set", "team-l", "--model-limit", "tiny:concurrent=two"}, 2, "concurrent must be a whole number"},
+		{"negative limit", []string{"set", "team-l", "--tokens-per-day", "-1"}, 1, "limits.tokens_per_day: must not be negative"},
+		{"negative model limit", []string{"create", "x", "--model-limit", "tiny:concurrent=-1"}, 1, "model_limits.tiny.concurrent: must not be negative"},
+		{"bad class", []string{"create", "x", "--class", "urgent"}, 1, "class: must be interactive or batch"},
+		{"zero weight", []string{"set", "team-l", "--weight", "0"}, 1, "weight: must be at least 1"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			code, out, errOut := keys(tc.args...)
+			where := errOut
+			if tc.code == 0 {
+				where = out
+			}
+			if code != tc.code || !strings.Contains(where, tc.want) {
+				t.Errorf("exit %d, want %d with %q\nstdout: %s\nstderr: %s", code, tc.code, tc.want, out, errOut)
+			}
+		})
+	}
+
+	// Traffic from team-l: the list shows it spent and has less left.
+	body := strings.NewReader(`{"model":"tiny","messages":[{"role":"user","content":"hello"}],"stream":false}`)
+	req, _ := http.NewRequestWithContext(t.Context(), http.MethodPost, url+"/api/chat", body)
+	req.Header.Set("Authorization", "Bearer "+secret)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != 200 {
+		t.Fatalf("chat as team-l: %d", resp.StatusCode)
+	}
+	row := regexp.MustCompile(`(?m)^team-l\s+client\s+\(all\)\s+bucket\s+interactive\s+3\s+rpm=100 month=900000\s+rpm=(?:99|100) month=(\d+)\s+(\d+)\s+(\d+)\s`)
+	modelRow := regexp.MustCompile(`(?m)^  model tiny:latest\s+day=50\s+day=\d+\s*$`)
+	var m []string
+	for deadline := time.Now().Add(10 * time.Second); ; {
+		code, out, errOut = keys("list")
+		if m = row.FindStringSubmatch(out); code == 0 && m != nil && m[2] != "0" {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("list never showed team-l's spend: exit %d\n%s%s", code, out, errOut)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	left, _ := strconv.ParseInt(m[1], 10, 64)
+	today, _ := strconv.ParseInt(m[2], 10, 64)
+	month, _ := strconv.ParseInt(m[3], 10, 64)
+	if today <= 0 || month < today || left != 900000-month || !modelRow.MatchString(out) {
+		t.Errorf("team-l spent %d today, %d this month, %d left of 900000:\n%s", today, month, left, out)
+	}
+
+	code, out, _ = keys("list", "--json")
+	var doc struct {
+		Keys []struct {
+			ID     string
+			Limits apikey.Limits
+			Status struct {
+				KeyID string `json:"key_id"`
+				Spend struct {
+					TokensToday int64 `json:"tokens_today"`
+				}
+			}
+		}
+	}
+	if code != 0 || json.Unmarshal([]byte(out), &doc) != nil || len(doc.Keys) != 2 || doc.Keys[1].ID != "team-l" ||
+		doc.Keys[1].Status.KeyID != "team-l" || doc.Keys[1].Status.Spend.TokensToday != today || doc.Keys[1].Limits.TokensPerMonth != 900000 {
+		t.Errorf("list --json: exit %d\n%s", code, out)
+	}
+}
+
+func TestModelLimitFlag(t *testing.T) {
+	m := modelLimits{}
+	for _, s := range []string{"llama3:tokens_per_day=5, concurrent=2", "qwen:7b:requests-per-minute=9", "old:none"} {
+		if err := m.Set(s); err != nil {
+			t.Fatalf("%q: %v", s, err)
+		}
+	}
+	raw, _ := json.Marshal(m)
+	if want := `{"llama3":{"concurrent":2,"tokens_per_day":5},"old":null,"qwen:7b":{"requests_per_minute":9}}`; string(raw) != want {
+		t.Errorf("got %s, want %s", raw, want)
+	}
+	for _, bad := range []string{"llama3", "llama3:", "llama3:day", "llama3:tokens_per_year=1", "llama3:concurrent=1.5"} {
+		if err := m.Set(bad); err == nil {
+			t.Errorf("%q accepted", bad)
 		}
 	}
 }
