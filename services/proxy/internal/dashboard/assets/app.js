@@ -153,7 +153,7 @@ function forget() {
   session = new AbortController();
   sessionStorage.removeItem(KEY);
   state.usage = null; state.health = null; state.tags = []; state.ps = [];
-  state.rangeKeys = null; state.rangeAPIs = null; chartData = null;
+  state.rangeKeys = null; state.rangeAPIs = null; chartData = null; state.limits = null; state.limitsError = '';
   state.who = { keyID: '', admin: null };
   state.keyOK = false;
   for (const tb of document.querySelectorAll('main tbody')) tb.replaceChildren();
@@ -658,11 +658,71 @@ function renderKeys() {
     el('td', { text: r[0] || '(none)' }), ...r.slice(1).map((v) => el('td', { class: 'num', text: num(v) })))), 'No usage yet.', 6);
 }
 
+// ---------- limits ----------
+// /api/limits answers a client key with its own status and an admin with
+// every key's ({keys: [...]}); the page shows what it is given.
+async function loadLimits() {
+  try {
+    const body = await getJSON('/api/limits');
+    state.limits = Array.isArray(body.keys) ? body.keys : [body];
+    state.limitsError = '';
+  } catch (e) {
+    if (quiet(e)) return;
+    state.limits = null;
+    state.limitsError = 'Limits unavailable: ' + e.message;
+  }
+  renderLimits();
+}
+
+// The five windows of a key's limits: the limit's field, what is left of
+// it, and what was spent (null: not counted per model).
+const WINDOWS = [
+  ['requests_per_minute', 'requests_this_minute', 'requests_this_minute'],
+  ['tokens_per_minute', 'tokens_this_minute', 'tokens_this_minute'],
+  ['concurrent', 'concurrent', 'in_flight'],
+  ['tokens_per_day', 'tokens_today', 'tokens_today'],
+  ['tokens_per_month', 'tokens_this_month', 'tokens_this_month'],
+];
+
+// limitCell shows one window: spent of the limit and what is left, or
+// the spend and "no limit".
+function limitCell(limit, left, spent, field) {
+  const main = limit ? `${spent == null ? '' : compact(spent) + ' / '}${compact(limit)}` : (spent == null ? '' : compact(spent));
+  const sub = limit ? `${num(left)} left` : 'no limit';
+  const low = limit && left != null && left <= 0;
+  const pct = limit && spent != null ? Math.min(100, (100 * spent) / limit) : 0;
+  return el('td', { class: 'num limit' + (low ? ' spent' : ''), 'data-field': field, title: limit ? `${num(spent)} of ${num(limit)}; ${num(left)} left` : 'unlimited' },
+    el('div', { class: 'n', text: main }),
+    limit && spent != null ? el('div', { class: 'bar thin' + (low ? ' full' : '') }, el('i', { style: `width:${pct}%` })) : null,
+    el('div', { class: 'sub muted', text: sub }));
+}
+
+function renderLimits() {
+  $('#limits-title').textContent = state.who.admin === false ? 'Limits of this key' : 'Limits per key';
+  const rows = [];
+  for (const s of (state.limits || []).slice().sort((a, b) => a.key_id.localeCompare(b.key_id))) {
+    const l = s.limits || {}, r = s.remaining || {}, sp = s.spend || {};
+    rows.push(el('tr', { 'data-key': s.key_id },
+      el('td', {}, el('strong', { text: s.key_id })),
+      ...WINDOWS.map(([f, rem, sf]) => limitCell(l[f] || 0, r[rem], sp[sf], f))));
+    for (const [m, ml] of Object.entries(s.model_limits || {}).sort((a, b) => a[0].localeCompare(b[0]))) {
+      const mr = s.model_remaining?.[m] || {};
+      rows.push(el('tr', { 'data-key': s.key_id, 'data-model': m, class: 'model-limit' },
+        el('td', {}, el('span', { class: 'muted', text: '↳ model ' }), m),
+        // Spend is counted per key; per model, what is used is the limit
+        // less what is left.
+        ...WINDOWS.map(([f, rem]) => limitCell(ml[f] || 0, mr[rem], ml[f] && mr[rem] != null ? ml[f] - mr[rem] : null, f))));
+    }
+  }
+  fill($('#limits tbody'), rows, state.limitsError || 'No keys.', 6);
+}
+
 // ---------- start ----------
 function refreshAll() {
   loadHealth();
   loadModels();
   loadChart();
+  loadLimits();
 }
 
 document.addEventListener('DOMContentLoaded', () => {
@@ -683,6 +743,7 @@ document.addEventListener('DOMContentLoaded', () => {
   connect();
   refreshAll();
   setInterval(loadHealth, 5000);
+  setInterval(loadLimits, 5000);
   setInterval(loadModels, 15000);
   setInterval(loadChart, 60000);
   setInterval(() => { if (state.ps.length) renderModels(); }, 30000);
