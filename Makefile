@@ -4,7 +4,7 @@ GO ?= go
 MODULES := $(shell $(GO) list -m -f '{{.Dir}}' 2>/dev/null)
 PKGS := $(addsuffix /...,$(MODULES))
 
-.PHONY: build test deps lint bench bench-pipeline bench-compare run demo smoke conformance
+.PHONY: build test deps lint bench bench-pipeline bench-compare bench-tenancy run demo smoke conformance
 build:
 	$(GO) build -o bin/ ./services/proxy/cmd/... ./testkit/ollamatest/cmd/... ./services/bench/cmd/...
 
@@ -27,6 +27,16 @@ bench-compare: build
 	git archive $(BASE) | tar -x -C .run/baseline
 	cd .run/baseline && $(GO) build -o $(CURDIR)/bin/drover-proxy-baseline ./services/proxy/cmd/drover-proxy
 	./bin/drover-bench -backend-bin ./bin/fake-ollama -drover ./bin/drover-proxy -baseline ./bin/drover-proxy-baseline $(BENCH_FLAGS) -json bench-compare.json
+
+# Limits and fair sharing on three drover-proxy replicas sharing one
+# nats-server (JetStream, unauthenticated, loopback) in front of fake
+# backends: budget overshoot (admission reserve beside count), the light
+# key's wait and Jain's index on a saturated fleet, interactive wait beside
+# a batch flood (docs/limits-bench.md). TENANCY_FLAGS=-duration 5s for a quick look.
+TENANCY_FLAGS ?=
+bench-tenancy: build
+	cd services/bench && $(GO) build -o ../../bin/nats-server github.com/nats-io/nats-server/v2
+	./bin/drover-bench-tenancy -drover ./bin/drover-proxy -backend-bin ./bin/fake-ollama -nats-bin ./bin/nats-server $(TENANCY_FLAGS) -json bench-tenancy.json
 
 # The aggregator against real NATS and ClickHouse (clickhouse-server must be
 # installed): BenchmarkIngest, a 300,000-event backlog from JetStream into

@@ -70,13 +70,20 @@ func StartBaseline(ctx context.Context, bin, backendURL, dir string) (*Process, 
 // It first creates the usage stream, as the aggregator (which the target
 // does not run) would: a proxy only waits for it.
 func StartDroverNATS(ctx context.Context, bin, backendURL, natsURL, dir string) (*Process, error) {
-	if err := ensureUsageStream(ctx, natsURL); err != nil {
+	if err := EnsureUsageStream(ctx, natsURL); err != nil {
 		return nil, err
 	}
 	spool := filepath.Join(dir, "spool")
 	return startDrover(ctx, "drover-proxy-nats", bin, dir, func(port int) string {
 		return DroverNATSConfig(port, backendURL, natsURL, spool)
 	})
+}
+
+// StartDroverConfig starts drover-proxy as name with the config config
+// returns for its port (written to dir/name.yaml), for benchmarks that need
+// their own keys and limits.
+func StartDroverConfig(ctx context.Context, name, bin, dir string, config func(port int) string) (*Process, error) {
+	return startDrover(ctx, name, bin, dir, config)
 }
 
 func startDrover(ctx context.Context, name, bin, dir string, config func(port int) string) (*Process, error) {
@@ -95,9 +102,9 @@ func startDrover(ctx context.Context, name, bin, dir string, config func(port in
 	return Start(ctx, name, bin, []string{"-config", cfg}, url, "/api/version", dir)
 }
 
-// ensureUsageStream creates the usage stream with the config file's
-// defaults.
-func ensureUsageStream(ctx context.Context, natsURL string) error {
+// EnsureUsageStream creates the usage stream with the config file's
+// defaults, as the aggregator would (proxies only wait for it).
+func EnsureUsageStream(ctx context.Context, natsURL string) error {
 	nc, err := nats.Connect(natsURL)
 	if err != nil {
 		return fmt.Errorf("creating the usage stream: %w", err)
