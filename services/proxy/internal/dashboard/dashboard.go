@@ -1,7 +1,9 @@
 // Package dashboard serves the operator's page at / for browsers: backends
 // and their health, models and where each is loaded, live in-flight counts
 // (from /api/usage-stream), tokens per minute and usage per client key
-// (from the analytics routes), and the model actions (pull, delete, copy,
+// (from the analytics routes), each key's limits with what is left and
+// what it spent this UTC day and month (from /api/limits), and the model
+// actions (pull, delete, copy,
 // show) through the Ollama API Drover already serves.
 //
 // The page is plain HTML, CSS and JavaScript embedded in the binary: no
