@@ -687,6 +687,7 @@ const WINDOWS = [
 // limitCell shows one window: spent of the limit and what is left, or
 // the spend and "no limit".
 function limitCell(limit, left, spent, field) {
+  if (!limit && spent == null) return el('td', { class: 'num limit', 'data-field': field, title: 'no limit of its own' });
   const main = limit ? `${spent == null ? '' : compact(spent) + ' / '}${compact(limit)}` : (spent == null ? '' : compact(spent));
   const sub = limit ? `${num(left)} left` : 'no limit';
   const low = limit && left != null && left <= 0;
