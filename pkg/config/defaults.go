@@ -22,6 +22,9 @@ const (
 	// SubjectInFlight carries each proxy replica's in-flight counts per
 	// (backend, model), on change and as a heartbeat (docs/fleet.md).
 	SubjectInFlight = "drover.inflight"
+	// SubjectLimits carries each proxy replica's limit reservations and
+	// settlements (services/proxy/internal/limits, docs/limits.md).
+	SubjectLimits = "drover.limits.ledger"
 	// SubjectInvalidate carries cache invalidations between replicas.
 	SubjectInvalidate = "drover.cache.invalidate"
 )

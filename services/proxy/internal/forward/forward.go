@@ -26,6 +26,7 @@ import (
 	"github.com/droverhq/drover/pkg/usage"
 	"github.com/droverhq/drover/services/proxy/internal/dialect"
 	"github.com/droverhq/drover/services/proxy/internal/fleet"
+	"github.com/droverhq/drover/services/proxy/internal/limits"
 	"github.com/droverhq/drover/services/proxy/internal/meter"
 	"github.com/droverhq/drover/services/proxy/internal/routing"
 )
@@ -50,6 +51,10 @@ type Request struct {
 	APIKey       string // client key id
 	// Error writes an error in the API's own format.
 	Error func(w http.ResponseWriter, status int, msg string)
+
+	// ticket is the request's reservation under its key's limits (nil:
+	// no ledger); settled in finish, or released when Serve returns.
+	ticket *limits.Ticket
 }
 
 // Forwarder is shared by all requests.
@@ -63,6 +68,9 @@ type Forwarder struct {
 	CancelGrace time.Duration
 	Log         *slog.Logger
 	Observe     func(o Outcome) // metrics hook, optional
+	// Limits admits each request against its key's limits before routing
+	// and settles it when it ends; nil: no limits.
+	Limits *limits.Ledger
 }
 
 // Outcome describes one finished request for metrics.
@@ -101,6 +109,20 @@ func (f *Forwarder) Serve(w http.ResponseWriter, r *http.Request, req *Request) 
 		// exist, so a key cannot learn what else the fleet serves.
 		req.Error(w, http.StatusNotFound, fmt.Sprintf("model '%s' not found", req.Model))
 		return
+	}
+	if f.Limits != nil {
+		t, refused := f.Limits.Admit(auth.FromContext(ctx), req.Model, req.Route, req.Body)
+		if refused != nil {
+			f.refuse(w, req, refused, &ev, start)
+			return
+		}
+		// Every path settles exactly once: finish with the usage event,
+		// or this (no event: answered before a backend, or a panic).
+		defer t.Release()
+		req.ticket = t
+		for k, v := range t.Header() {
+			w.Header().Set(k, v)
+		}
 	}
 	tried := map[string]bool{}
 	var last *failure
@@ -152,7 +174,7 @@ func (f *Forwarder) Serve(w http.ResponseWriter, r *http.Request, req *Request) 
 	if ev.Status == 0 {
 		ev.Status = http.StatusBadGateway
 	}
-	f.finish(&ev, start, time.Time{}, true)
+	f.finish(req, &ev, start, time.Time{}, true)
 }
 
 // failure is an attempt that can be retried elsewhere.
@@ -200,7 +222,7 @@ func (f *Forwarder) attempt(w http.ResponseWriter, r *http.Request, req *Request
 	if err != nil {
 		if ctx.Err() != nil {
 			ev.Status, ev.Error = StatusClientClosed, true
-			f.finish(ev, start, time.Time{}, true)
+			f.finish(req, ev, start, time.Time{}, true)
 			return true, nil
 		}
 		b.Health.Failure(err, fleet.IsConnectError(err))
@@ -237,7 +259,7 @@ func (f *Forwarder) attempt(w http.ResponseWriter, r *http.Request, req *Request
 		b.Health.Failure(err, false)
 		f.Log.Warn("stream failed mid-way", "backend", b.Name, "model", req.Model, "route", req.Route, "err", copyErr)
 	}
-	f.finish(ev, start, ttfb, ev.Error || resp.StatusCode >= 400)
+	f.finish(req, ev, start, ttfb, ev.Error || resp.StatusCode >= 400)
 	return true, nil
 }
 
@@ -318,8 +340,23 @@ func (f *Forwarder) copy(w http.ResponseWriter, filter io.WriteCloser, body io.R
 	}
 }
 
-// finish stamps the event once, at the end, and hands it on.
-func (f *Forwarder) finish(ev *usage.Event, start, ttfb time.Time, failed bool) {
+// refuse answers a request over its key's limits: 429 with Retry-After and
+// the x-ratelimit-* headers, and a usage event (no tokens) so analytics
+// show who was refused.
+func (f *Forwarder) refuse(w http.ResponseWriter, req *Request, r *limits.Refusal, ev *usage.Event, start time.Time) {
+	for k, v := range r.Header {
+		w.Header().Set(k, v)
+	}
+	w.Header().Set("Retry-After", r.RetryAfterSeconds())
+	req.Error(w, http.StatusTooManyRequests, r.Message)
+	ev.Status, ev.Attempts = http.StatusTooManyRequests, 0
+	f.finish(req, ev, start, time.Time{}, true)
+}
+
+// finish stamps the event once, at the end, settles the request's
+// reservation with it (before the event goes out, so the ledger knows the
+// event id when it comes back on the usage stream) and hands it on.
+func (f *Forwarder) finish(req *Request, ev *usage.Event, start, ttfb time.Time, failed bool) {
 	end := time.Now()
 	ev.ID = usage.NewID()
 	ev.Time = end.UTC()
@@ -327,6 +364,9 @@ func (f *Forwarder) finish(ev *usage.Event, start, ttfb time.Time, failed bool) 
 	ev.DurationMs = float64(end.Sub(start).Microseconds()) / 1000
 	if !ttfb.IsZero() {
 		ev.TTFBMs = float64(ttfb.Sub(start).Microseconds()) / 1000
+	}
+	if req.ticket != nil {
+		req.ticket.Settle(ev)
 	}
 	if f.Sink != nil {
 		f.Sink.Record(*ev)

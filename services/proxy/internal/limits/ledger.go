@@ -1,0 +1,498 @@
+package limits
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"log/slog"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/droverhq/drover/pkg/apikey"
+	"github.com/droverhq/drover/pkg/chstore"
+	"github.com/droverhq/drover/pkg/config"
+	"github.com/droverhq/drover/pkg/usage"
+	"github.com/droverhq/drover/services/proxy/internal/auth"
+	"github.com/droverhq/drover/services/proxy/internal/live"
+)
+
+// Options are what a Ledger reads. Conn and Store may be nil.
+type Options struct {
+	Replica string
+	// Conn shares reservations and settlements with the other replicas
+	// (core NATS, config.SubjectLimits) and, with Store, follows the usage
+	// stream; nil enforces on this replica's requests only.
+	Conn *nats.Conn
+	// Store gives the day and month spend from before this replica
+	// started (token_usage_minute); the usage stream (Stream, Partitions)
+	// adds what was stored since.
+	Store      *chstore.Store
+	Stream     string
+	Partitions int
+	Config     config.Limits
+	// Registerer takes drover_limit_refusals_total; nil: not registered.
+	Registerer prometheus.Registerer
+	Log        *slog.Logger
+	// Heartbeat is how often the whole set of this replica's reservations
+	// is sent (default 1s); a peer's reservations expire after
+	// peerTTLBeats heartbeats without a message. Linger is how long a
+	// change waits to be sent with others (default 2ms).
+	Heartbeat time.Duration
+	Linger    time.Duration
+	// Now is the clock (tests); default time.Now.
+	Now func() time.Time
+}
+
+const (
+	// peerTTLBeats heartbeats without a message expire a peer's
+	// reservations (3s by default).
+	peerTTLBeats = 3
+	// idTTL is how long an event id is remembered as settled or streamed,
+	// and how long a settlement waits for its event on the usage stream
+	// before it is dropped from the pending spend.
+	idTTL = 5 * time.Minute
+)
+
+// Ledger admits requests against their keys' limits and settles them. It
+// is safe for concurrent use. Close stops it.
+type Ledger struct {
+	opts    Options
+	epoch   string // this process's, so a restarted replica is a new peer
+	log     *slog.Logger
+	refused *prometheus.CounterVec
+	count   bool // admission "count": the naive baseline
+
+	mu      sync.Mutex         // guards the fields below
+	windows map[scope]*window  // every scope seen
+	own     map[uint64]*resv   // this replica's outstanding reservations
+	peers   map[string]*peer   // other replicas' (by replica/epoch)
+	pending map[string]*settle // settlements the follower's tally lacks, by event id
+	ids     map[string]*idSeen // recent event ids
+	tally   *budgetTally       // the follower's current tally; nil without one
+	maxTok  map[string]int64   // per key, its largest token limit seen (bounds peers' claims)
+	nextID  uint64
+	outbox  wireMsg // changes not yet sent
+	local   string  // why enforcement is this replica's only ("" when fleet-wide)
+
+	kick     chan struct{}
+	follower *live.Follower
+	sub      *nats.Subscription
+	cancel   context.CancelFunc
+	wg       sync.WaitGroup
+	closed   atomic.Bool
+}
+
+// resv is one outstanding reservation.
+type resv struct {
+	key, model string
+	tokens     int64
+}
+
+// settle is a settlement not yet in the follower's tally.
+type settle struct {
+	key, model string
+	tokens     int64
+	day, month int64
+	at         time.Time
+}
+
+// idSeen is what is known of a recent event id.
+type idSeen struct {
+	at                time.Time
+	settled, streamed bool
+}
+
+// New starts a ledger.
+func New(opts Options) *Ledger {
+	if opts.Log == nil {
+		opts.Log = slog.New(slog.DiscardHandler)
+	}
+	if opts.Heartbeat <= 0 {
+		opts.Heartbeat = time.Second
+	}
+	if opts.Linger <= 0 {
+		opts.Linger = 2 * time.Millisecond
+	}
+	if opts.Now == nil {
+		opts.Now = time.Now
+	}
+	if opts.Config.DefaultOutputTokens <= 0 {
+		opts.Config.DefaultOutputTokens = config.DefaultLimits().DefaultOutputTokens
+	}
+	var e [8]byte
+	rand.Read(e[:]) //nolint:errcheck // never fails
+	l := &Ledger{opts: opts, epoch: hex.EncodeToString(e[:]), log: opts.Log, count: opts.Config.Admission == "count",
+		windows: map[scope]*window{}, own: map[uint64]*resv{}, peers: map[string]*peer{}, pending: map[string]*settle{},
+		ids: map[string]*idSeen{}, maxTok: map[string]int64{}, kick: make(chan struct{}, 1)}
+	l.refused = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "drover_limit_refusals_total", Help: "Requests refused by a key's limits, by key and reason (model_ prefix: a per-model limit).",
+	}, []string{"key", "reason"})
+	if opts.Registerer != nil {
+		if err := opts.Registerer.Register(l.refused); err != nil {
+			l.log.Warn("limits: refusals counter not registered", "err", err)
+		}
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	l.cancel = cancel
+	switch {
+	case opts.Conn == nil:
+		l.local = "nats.url is not set: limits hold on this replica's requests only, and day and month budgets count from its start"
+	default:
+		if err := l.subscribe(); err != nil {
+			l.local = "not sharing with other replicas: " + err.Error()
+		}
+		l.wg.Add(1)
+		go l.sendLoop(ctx)
+		if opts.Store == nil {
+			l.local = "clickhouse.addr is not set: day and month budgets count from this replica's start (with the other replicas' requests since)"
+		} else {
+			l.follower = live.Follow(live.FollowerOptions{Store: opts.Store, Conn: opts.Conn, Stream: opts.Stream, Partitions: opts.Partitions, Log: l.log}, budgetSums{l})
+		}
+	}
+	if l.local != "" {
+		l.log.Warn("limits: enforcing on partial knowledge", "reason", l.local)
+	}
+	return l
+}
+
+// Close stops sharing and following; outstanding reservations are
+// dropped (peers expire them).
+func (l *Ledger) Close() {
+	if !l.closed.CompareAndSwap(false, true) {
+		return
+	}
+	if l.sub != nil {
+		l.sub.Unsubscribe() //nolint:errcheck // the connection may be gone
+	}
+	if l.follower != nil {
+		l.follower.Close()
+	}
+	l.cancel()
+	l.wg.Wait()
+}
+
+// win returns sc's window, rolled to c. Call with l.mu held.
+func (l *Ledger) win(sc scope, c clock) *window {
+	w := l.windows[sc]
+	if w == nil {
+		w = &window{}
+		l.windows[sc] = w
+	}
+	w.roll(c)
+	return w
+}
+
+// use is sc's figures at c. Call with l.mu held.
+func (l *Ledger) use(sc scope, c clock) figures {
+	w := l.win(sc, c)
+	u := figures{requests: w.requests, tokens: w.tokens, inFlight: w.outCount}
+	if l.tally != nil {
+		d, m := l.tally.spent(sc, c)
+		u.day, u.month = d+w.pDayTokens, m+w.pMonthTokens
+	} else {
+		u.day, u.month = w.dayTokens, w.monthTokens
+	}
+	if !l.count {
+		// Reservations count as spent until they settle.
+		u.requests += w.outCount
+		u.tokens += w.outTokens
+		u.day += w.outTokens
+		u.month += w.outTokens
+	}
+	return u
+}
+
+// Admit reserves a request's estimate against p's limits for model, or
+// refuses it. A nil Refusal means admitted: the Ticket must be settled
+// (Settle with the usage event, or Release) exactly once, which later
+// calls make safe.
+func (l *Ledger) Admit(p auth.Principal, model, route string, body []byte) (*Ticket, *Refusal) {
+	key := p.ID
+	mlim := p.ModelLimits[model]
+	limited := !p.Limits.IsZero() || !mlim.IsZero()
+	var est int64
+	if limited {
+		est = Estimate(route, body, l.opts.Config.DefaultOutputTokens)
+	}
+	c := clockAt(l.opts.Now())
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if limited {
+		l.maxTok[key] = max(l.maxTok[key], maxTokenLimit(p.Limits), maxTokenLimit(mlim))
+		var failed []check
+		var lim apikey.Limits
+		var u figures
+		for i, sc := range scopes(key, model) {
+			lim = p.Limits
+			if i == 1 {
+				lim = mlim
+			}
+			if lim.IsZero() {
+				continue
+			}
+			u = l.use(sc, c)
+			for _, ck := range checks(lim, u, est, c) {
+				if l.refuses(ck) {
+					if i == 1 {
+						ck.reason = "model_" + ck.reason
+					}
+					failed = append(failed, ck)
+				}
+			}
+		}
+		if len(failed) > 0 {
+			r := refusal(key, model, failed, c)
+			r.Header = headers(p.Limits, mlim, l.use(scope{key, ""}, c), l.use(scope{key, model}, c), 0, c)
+			l.refused.WithLabelValues(key, r.Reason).Inc()
+			return nil, r
+		}
+	}
+	l.nextID++
+	t := &Ticket{l: l, id: l.nextID, key: key, model: model, est: est, limited: limited}
+	r := &resv{key: key, model: model, tokens: est}
+	l.own[t.id] = r
+	l.hold(r, +1, c)
+	if limited {
+		t.header = headers(p.Limits, mlim, l.use(scope{key, ""}, c), l.use(scope{key, model}, c), 0, c)
+		if !l.count {
+			l.outbox.Res = append(l.outbox.Res, wireRes{ID: t.id, Key: key, Model: model, Tokens: est})
+			l.kickSend()
+		}
+	}
+	return t, nil
+}
+
+// refuses reports whether a check fails under the admission mode.
+func (l *Ledger) refuses(ck check) bool {
+	if l.count {
+		// The baseline: admit while spent is under the limit.
+		return ck.used >= ck.limit
+	}
+	return ck.used+ck.want > ck.limit
+}
+
+// hold adds (sign +1) or removes (-1) a reservation from its scopes'
+// outstanding figures. Call with l.mu held.
+func (l *Ledger) hold(r *resv, sign int64, c clock) {
+	for _, sc := range scopes(r.key, r.model) {
+		w := l.win(sc, c)
+		w.outCount += sign
+		w.outTokens += sign * r.tokens
+	}
+}
+
+// settled counts a settlement of tokens at time at for key and model,
+// once per event id. Call with l.mu held.
+func (l *Ledger) settled(eventID, key, model string, tokens int64, at time.Time, c clock) {
+	seen := l.ids[eventID]
+	if eventID != "" {
+		if seen != nil && seen.settled {
+			return // counted already
+		}
+		if seen == nil {
+			seen = &idSeen{at: c.now}
+			l.ids[eventID] = seen
+		}
+		seen.settled = true
+	}
+	ac := clockAt(at)
+	streamed := seen != nil && seen.streamed
+	for _, sc := range scopes(key, model) {
+		w := l.win(sc, c)
+		if !streamed && ac.minute == c.minute {
+			w.requests++
+			w.tokens += tokens
+		}
+		if ac.day == c.day {
+			w.dayTokens += tokens
+		}
+		if ac.month == c.month {
+			w.monthTokens += tokens
+		}
+		if l.tally != nil && !streamed && eventID != "" {
+			if ac.day == c.day {
+				w.pDayTokens += tokens
+			}
+			if ac.month == c.month {
+				w.pMonthTokens += tokens
+			}
+		}
+	}
+	if l.tally != nil && !streamed && eventID != "" {
+		l.pending[eventID] = &settle{key: key, model: model, tokens: tokens, day: ac.day, month: ac.month, at: c.now}
+	}
+}
+
+// unpend drops a pending settlement (its event is in the tally now, or
+// it waited too long). Call with l.mu held.
+func (l *Ledger) unpend(id string, c clock) {
+	s := l.pending[id]
+	if s == nil {
+		return
+	}
+	delete(l.pending, id)
+	for _, sc := range scopes(s.key, s.model) {
+		w := l.win(sc, c)
+		if s.day == w.pDay {
+			w.pDayTokens -= s.tokens
+		}
+		if s.month == w.pMonth {
+			w.pMonthTokens -= s.tokens
+		}
+	}
+}
+
+// streamed takes an event the follower added to its current tally t.
+func (l *Ledger) streamed(t *budgetTally, ev usage.Event) {
+	c := clockAt(l.opts.Now())
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.tally != t {
+		return
+	}
+	seen := l.ids[ev.ID]
+	if seen == nil {
+		seen = &idSeen{at: c.now}
+		l.ids[ev.ID] = seen
+	}
+	if seen.streamed {
+		return
+	}
+	seen.streamed = true
+	l.unpend(ev.ID, c)
+	if !seen.settled && clockAt(ev.Time).minute == c.minute {
+		// A request no settlement told of (a peer's lost message, or one
+		// from before this replica started): it counts in its minute.
+		in, out, _ := ev.Tokens()
+		for _, sc := range scopes(ev.APIKey, ev.Model) {
+			w := l.win(sc, c)
+			w.requests++
+			w.tokens += in + out
+		}
+	}
+}
+
+// ready makes t the current tally: settlements it already holds stop
+// being pending. Called under the follower's lock.
+func (l *Ledger) ready(t *budgetTally) {
+	c := clockAt(l.opts.Now())
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	t.mu.Lock()
+	ids := t.ids
+	t.ids, t.ready = nil, true
+	t.mu.Unlock()
+	first := l.tally == nil
+	l.tally = t
+	if first {
+		// Settlements seen before the first tally: pending from now.
+		for _, w := range l.windows {
+			w.pDay, w.pDayTokens, w.pMonth, w.pMonthTokens = c.day, 0, c.month, 0
+		}
+	}
+	for id := range ids {
+		seen := l.ids[id]
+		if seen == nil {
+			seen = &idSeen{at: c.now}
+			l.ids[id] = seen
+		}
+		seen.streamed = true
+		l.unpend(id, c)
+	}
+	l.log.Info("limits: day and month spend read from clickhouse and the usage stream", "events_in_build", len(ids))
+}
+
+// expire drops what is too old: peers' reservations past their TTL,
+// remembered ids and pending settlements past idTTL.
+func (l *Ledger) expire() {
+	c := clockAt(l.opts.Now())
+	ttl := peerTTLBeats * l.opts.Heartbeat
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	for name, p := range l.peers {
+		if c.now.Sub(p.seen) > ttl {
+			l.dropPeer(name, p, c)
+		}
+	}
+	for id, s := range l.pending {
+		if c.now.Sub(s.at) > idTTL {
+			l.unpend(id, c)
+		}
+	}
+	for id, s := range l.ids {
+		if c.now.Sub(s.at) > idTTL {
+			delete(l.ids, id)
+		}
+	}
+}
+
+// Ticket is one admitted request's reservation.
+type Ticket struct {
+	l          *Ledger
+	id         uint64
+	key, model string
+	est        int64
+	limited    bool
+	header     map[string]string
+	done       atomic.Bool
+}
+
+// Header is the x-ratelimit-* headers for the response (nil for a key
+// without limits).
+func (t *Ticket) Header() map[string]string { return t.header }
+
+// Settle ends the reservation with the request's usage event: its tokens
+// when the backend reported them; the estimate when it answered 2xx
+// without counts (a stream cut short, a backend that reports none); zero
+// when it answered an error or nothing. Only the first Settle or Release
+// counts.
+func (t *Ticket) Settle(ev *usage.Event) {
+	if !t.done.CompareAndSwap(false, true) {
+		return
+	}
+	in, out, known := ev.Tokens()
+	tokens := in + out
+	if !known && ev.Status >= 200 && ev.Status < 300 {
+		tokens = max(tokens, t.est)
+	}
+	t.l.finish(t, ev.ID, tokens, ev.Time)
+}
+
+// Release ends the reservation of a request that produced no usage event
+// (refused later, or a panic), counting the request and no tokens; after
+// Settle it does nothing.
+func (t *Ticket) Release() {
+	if !t.done.CompareAndSwap(false, true) {
+		return
+	}
+	t.l.finish(t, "", 0, t.l.opts.Now())
+}
+
+func (l *Ledger) finish(t *Ticket, eventID string, tokens int64, at time.Time) {
+	if at.IsZero() {
+		at = l.opts.Now()
+	}
+	c := clockAt(l.opts.Now())
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if r := l.own[t.id]; r != nil {
+		delete(l.own, t.id)
+		l.hold(r, -1, c)
+	}
+	l.settled(eventID, t.key, t.model, tokens, at, c)
+	if l.opts.Conn != nil {
+		l.outbox.Set = append(l.outbox.Set, wireSettle{ID: t.id, Event: eventID, Key: t.key, Model: t.model, Tokens: tokens, At: at.UnixMilli()})
+		l.kickSend()
+	}
+}
+
+func (l *Ledger) kickSend() {
+	select {
+	case l.kick <- struct{}{}:
+	default:
+	}
+}
