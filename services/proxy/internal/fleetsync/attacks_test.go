@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"log/slog"
+	"slices"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -86,12 +87,12 @@ func TestGhostReplicaIsRejected(t *testing.T) {
 	cands := []routing.Candidate{{Key: keyA, Cap: 4}, {Key: keyB, Cap: 4}}
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	if _, err := control.router.Acquire(ctx, cands); !errors.Is(err, routing.ErrQueueTimeout) {
+	if _, err := control.router.Acquire(ctx, routing.Tenant{}, cands); !errors.Is(err, routing.ErrQueueTimeout) {
 		t.Fatalf("control replica: %v, want %v: the ghost had no effect, the test proves nothing", err, routing.ErrQueueTimeout)
 	}
 	var slots []*routing.Slot
 	for range 8 { // the whole cap of both backends
-		s, err := guarded.router.Acquire(ctx, cands)
+		s, err := guarded.router.Acquire(ctx, routing.Tenant{}, cands)
 		if err != nil {
 			t.Fatalf("slot %d: %v", len(slots)+1, err)
 		}
@@ -100,7 +101,7 @@ func TestGhostReplicaIsRejected(t *testing.T) {
 	for _, s := range slots {
 		s.Release()
 	}
-	if got := guarded.sync.InFlight(keyA); got != 0 || len(guarded.sync.Status().Peers) != 0 {
+	if got := guarded.sync.InFlight(keyA); got != 0 || slices.Contains(guarded.sync.Status().Peers, "ghost") {
 		t.Fatalf("the guarded replica counts %d in flight elsewhere and peers %v", got, guarded.sync.Status().Peers)
 	}
 	mfs, err := reg.Gather()

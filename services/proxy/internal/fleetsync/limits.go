@@ -3,9 +3,11 @@ package fleetsync
 import (
 	"fmt"
 	"log/slog"
+	"math"
 	"sync"
 	"time"
 
+	"github.com/droverhq/drover/pkg/apikey"
 	"github.com/droverhq/drover/pkg/config"
 	"github.com/droverhq/drover/services/proxy/internal/routing"
 )
@@ -29,6 +31,11 @@ type Limits struct {
 	// 4096); MaxPeers the other replicas remembered at once (default 256).
 	MaxEntries int
 	MaxPeers   int
+	// MaxTenants bounds the queues (key and class) listed in one message,
+	// over all its entries (default 4096); MaxWeight is the largest weight
+	// believed (default 1000: a larger claim is cut to it).
+	MaxTenants int
+	MaxWeight  int
 }
 
 // LimitsFor derives the limits from a loaded config.
@@ -54,6 +61,12 @@ func newLimits(l Limits, heartbeat time.Duration) limits {
 	}
 	if l.MaxPeers == 0 {
 		l.MaxPeers = 256
+	}
+	if l.MaxTenants == 0 {
+		l.MaxTenants = 4096
+	}
+	if l.MaxWeight == 0 {
+		l.MaxWeight = 1000
 	}
 	out := limits{Limits: l, maxTTL: maxTTLBeats * heartbeat}
 	if len(l.Backends) > 0 {
@@ -86,6 +99,7 @@ func (l *limits) check(msg *countMsg) (unknown int, err error) {
 	}
 	seen := make(map[routing.Key]bool, len(msg.Counts))
 	kept := msg.Counts[:0:0]
+	tenants := 0
 	for _, c := range msg.Counts {
 		k := routing.Key{Backend: c.Backend, Model: c.Model}
 		switch {
@@ -97,6 +111,12 @@ func (l *limits) check(msg *countMsg) (unknown int, err error) {
 			return 0, fmt.Errorf("%d in flight on backend %q, above the largest cap %d", c.N, c.Backend, l.MaxInFlight)
 		}
 		seen[k] = true
+		if tenants += len(c.T); tenants > l.MaxTenants {
+			return 0, fmt.Errorf("more than %d queues listed", l.MaxTenants)
+		}
+		if err := l.checkTenants(&c); err != nil {
+			return 0, fmt.Errorf("backend %q model %q: %w", c.Backend, c.Model, err)
+		}
 		if l.MaxInFlight > 0 {
 			// Demand only ever counts up to a replica's share of a cap
 			// (Reserved), so a peer with a longer queue than this one's is
@@ -111,6 +131,43 @@ func (l *limits) check(msg *countMsg) (unknown int, err error) {
 	}
 	msg.Counts = kept
 	return unknown, nil
+}
+
+// checkTenants checks a count's queues: each (key, class) once, a key id
+// as keys are named, a known class, counts that fit the pool's; weights
+// beyond MaxWeight and waiting beyond MaxQueue are cut, not rejected.
+func (l *limits) checkTenants(c *count) error {
+	seen := make(map[[2]string]bool, len(c.T))
+	n := 0
+	for i := range c.T {
+		t := &c.T[i]
+		id := [2]string{t.Key, t.Class}
+		switch {
+		case seen[id]:
+			return fmt.Errorf("queue %q/%q listed twice", t.Key, t.Class)
+		case t.Key == "" || len(t.Key) > 64:
+			return fmt.Errorf("queue key id of %d bytes, want 1 to 64", len(t.Key))
+		case apikey.ValidClass(t.Class) != nil:
+			return fmt.Errorf("queue %q: unknown class %q", t.Key, t.Class)
+		case t.N < 0 || t.Q < 0 || t.Weight < 0:
+			return fmt.Errorf("queue %q: negative count or weight", t.Key)
+		case math.IsNaN(t.Recent) || math.IsInf(t.Recent, 0) || t.Recent < 0:
+			return fmt.Errorf("queue %q: recent grants %v", t.Key, t.Recent)
+		}
+		seen[id] = true
+		t.Weight = min(max(t.Weight, 1), l.MaxWeight)
+		if l.MaxQueue > 0 {
+			t.Q = min(t.Q, l.MaxQueue)
+		}
+		// Recent grants decay within seconds; more than a cap's worth
+		// per millisecond of the half-life cannot be real.
+		t.Recent = min(t.Recent, float64(max(l.MaxInFlight, 1))*1000)
+		n += t.N
+	}
+	if n > c.N {
+		return fmt.Errorf("queues hold %d in flight, the pool %d", n, c.N)
+	}
+	return nil
 }
 
 // backends keeps the known names of an invalidation; an empty list (every

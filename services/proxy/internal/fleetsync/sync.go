@@ -6,10 +6,13 @@
 //
 // Subjects and payloads (JSON):
 //
-//	drover.inflight          {"replica","seq","ttl_ms","counts":[{"backend","model","n","d"}]}
+//	drover.inflight          {"replica","seq","ttl_ms","counts":[{"backend","model","n","d","t":[{"k","c","w","n","q","r"}]}]}
 //
 // n is in flight, d is demand (in flight plus requests waiting that could
-// use that backend and model).
+// use that backend and model); t splits them per queue: key id k, class c,
+// weight w, in flight n, waiting q, recent grants r (routing.TenantLoad),
+// so that every replica plans the fleet's free slots alike (classes first,
+// then weights: docs/limits-queue.md).
 //
 //	drover.cache.invalidate  {"replica","backends":[...]}   (empty list: everything)
 //
@@ -30,6 +33,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"log/slog"
+	"slices"
 	"sort"
 	"sync"
 	"sync/atomic"
@@ -83,10 +87,21 @@ type countMsg struct {
 }
 
 type count struct {
-	Backend string `json:"backend"`
-	Model   string `json:"model"`
-	N       int    `json:"n"` // in flight
-	D       int    `json:"d"` // demand: in flight plus waiting
+	Backend string        `json:"backend"`
+	Model   string        `json:"model"`
+	N       int           `json:"n"` // in flight
+	D       int           `json:"d"` // demand: in flight plus waiting
+	T       []tenantCount `json:"t,omitempty"`
+}
+
+// tenantCount is one queue (key and class) of a count.
+type tenantCount struct {
+	Key    string  `json:"k"`
+	Class  string  `json:"c"`
+	Weight int     `json:"w"`
+	N      int     `json:"n"` // in flight
+	Q      int     `json:"q"` // waiting
+	Recent float64 `json:"r"` // recent grants (routing.TenantLoad.Recent)
 }
 
 type invalidateMsg struct {
@@ -99,12 +114,10 @@ type invalidateMsg struct {
 type snapshot struct {
 	byKey     map[routing.Key]int
 	byBackend map[string]int
-	peers     map[routing.Key][]peerLoad
+	peers     map[routing.Key][]routing.PeerLoad
 	replicas  int // live replicas, this one included
 	rank      int // this replica's place among them, by name
 }
-
-type peerLoad struct{ n, d, rank int }
 
 type peer struct {
 	seq     uint64
@@ -187,7 +200,7 @@ func New(nc *nats.Conn, opts Options, log *slog.Logger) *Sync {
 			}
 		}
 	}
-	s.remote.Store(&snapshot{byKey: map[routing.Key]int{}, byBackend: map[string]int{}, peers: map[routing.Key][]peerLoad{}, replicas: 1})
+	s.remote.Store(&snapshot{byKey: map[routing.Key]int{}, byBackend: map[string]int{}, peers: map[routing.Key][]routing.PeerLoad{}, replicas: 1})
 	return s
 }
 
@@ -322,10 +335,29 @@ func (s *Sync) loop(ctx context.Context) {
 
 func (s *Sync) publishLocal() {
 	var counts []count
+	budget := s.lim.MaxTenants
 	for k, l := range s.local.Loads() {
-		counts = append(counts, count{Backend: k.Backend, Model: k.Model, N: l.InFlight, D: l.Demand})
+		c := count{Backend: k.Backend, Model: k.Model, N: l.InFlight, D: l.Demand}
+		c.T, budget = tenantCounts(l.Tenants, budget)
+		counts = append(counts, c)
 	}
 	s.publishCounts(counts)
+}
+
+// tenantCounts lists a pool's queues, the busiest first, up to budget
+// queues per message (the peers' limit); the rest count, on the other
+// side, as one unnamed queue of the pool's totals.
+func tenantCounts(ts []routing.TenantLoad, budget int) ([]tenantCount, int) {
+	if len(ts) > budget {
+		ts = slices.Clone(ts)
+		slices.SortFunc(ts, func(a, b routing.TenantLoad) int { return (b.InFlight + b.Waiting) - (a.InFlight + a.Waiting) })
+		ts = ts[:budget]
+	}
+	out := make([]tenantCount, 0, len(ts))
+	for _, t := range ts {
+		out = append(out, tenantCount{Key: t.ID, Class: t.Class, Weight: t.Weight, N: t.InFlight, Q: t.Waiting, Recent: t.Recent})
+	}
+	return out, budget - len(out)
 }
 
 func (s *Sync) publishCounts(counts []count) {
@@ -462,7 +494,7 @@ func (s *Sync) forgetPeers() {
 }
 
 func (s *Sync) rebuildLocked() {
-	snap := &snapshot{byKey: map[routing.Key]int{}, byBackend: map[string]int{}, peers: map[routing.Key][]peerLoad{}, replicas: len(s.peers) + 1}
+	snap := &snapshot{byKey: map[routing.Key]int{}, byBackend: map[string]int{}, peers: map[routing.Key][]routing.PeerLoad{}, replicas: len(s.peers) + 1}
 	names := make([]string, 0, len(s.peers)+1)
 	names = append(names, s.opts.Replica)
 	for name := range s.peers {
@@ -478,23 +510,23 @@ func (s *Sync) rebuildLocked() {
 			k := routing.Key{Backend: c.Backend, Model: c.Model}
 			snap.byKey[k] += c.N
 			snap.byBackend[c.Backend] += c.N
-			snap.peers[k] = append(snap.peers[k], peerLoad{n: c.N, d: c.D, rank: rank})
+			p := routing.PeerLoad{Rank: rank, InFlight: c.N, Demand: c.D, Tenants: make([]routing.TenantLoad, 0, len(c.T))}
+			for _, t := range c.T {
+				p.Tenants = append(p.Tenants, routing.TenantLoad{ID: t.Key, Class: t.Class, Weight: t.Weight, InFlight: t.N, Waiting: t.Q, Recent: t.Recent})
+			}
+			snap.peers[k] = append(snap.peers[k], p)
 		}
 	}
 	s.remote.Store(snap)
 }
 
-// Reserved is what the other replicas hold of cap on k (routing.Remote):
-// each holds its in-flight count or, while it has demand, at least its
-// share, so that borrowing never takes a slot a busy replica is owed.
-func (s *Sync) Reserved(k routing.Key, cap int) int {
-	snap := s.remote.Load()
-	total := 0
-	for _, p := range snap.peers[k] {
-		total += max(p.n, min(p.d, share(cap, snap.replicas, p.rank)))
-	}
-	return total
-}
+// Peers is the other replicas' latest loads on k, per queue
+// (routing.Remote). The slice is shared: callers must not change it.
+func (s *Sync) Peers(k routing.Key) []routing.PeerLoad { return s.remote.Load().peers[k] }
+
+// Rank is this replica's place among the live replicas, by name
+// (routing.Remote).
+func (s *Sync) Rank() int { return s.remote.Load().rank }
 
 func share(cap, replicas, rank int) int {
 	n := cap / replicas

@@ -137,8 +137,13 @@ func TestCountsFromOtherReplicasAreMerged(t *testing.T) {
 	if got := r1.sync.Share(keyA, 10); got != 4 {
 		t.Fatalf("r1's share of 10: %d, want 4", got)
 	}
-	if got := r1.sync.Reserved(keyA, 10); got != 3+1 {
-		t.Fatalf("reserved by others on a: %d, want 4", got)
+	var ranks []int
+	for _, p := range r1.sync.Peers(keyA) {
+		ranks = append(ranks, p.Rank)
+	}
+	slices.Sort(ranks)
+	if r1.sync.Rank() != 0 || !slices.Equal(ranks, []int{1, 2}) {
+		t.Fatalf("ranks: r1 %d, peers %v; want 0 and [1 2]", r1.sync.Rank(), ranks)
 	}
 	if r1.local.rechecks.Load() == 0 {
 		t.Fatal("counts arrived but local waiters were never rechecked")
@@ -262,7 +267,7 @@ func TestWithoutNATSRoutesAlone(t *testing.T) {
 	if st := s.Status(); st.Mode != "local" || st.Reason == "" {
 		t.Fatalf("status %+v, want local with a reason", st)
 	}
-	if s.Share(keyA, 7) != 7 || s.Reserved(keyA, 7) != 0 || s.InFlight(keyA) != 0 {
+	if s.Share(keyA, 7) != 7 || len(s.Peers(keyA)) != 0 || s.InFlight(keyA) != 0 {
 		t.Fatal("a replica alone must have the whole cap")
 	}
 }

@@ -142,7 +142,15 @@ func (f *Forwarder) Serve(w http.ResponseWriter, r *http.Request, req *Request) 
 			}
 			return
 		}
-		slot, err := f.Router.Acquire(ctx, cands)
+		// The queue serves by class, then by key weight (docs/limits-queue.md);
+		// X-Drover-Priority may lower the key's class, never raise it.
+		p := auth.FromContext(ctx)
+		who, err := routing.TenantFor(p.ID, p.Weight, p.Class, r.Header.Get(routing.PriorityHeader))
+		if err != nil {
+			req.Error(w, http.StatusBadRequest, err.Error())
+			return
+		}
+		slot, err := f.Router.Acquire(ctx, who, cands)
 		if err != nil {
 			if ctx.Err() != nil {
 				return // the client left while queued

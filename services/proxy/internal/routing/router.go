@@ -6,8 +6,11 @@
 // candidates with a free slot: model already loaded, then fewest in-flight
 // for that model, then fewest in-flight on the whole backend, then higher
 // weight, then the order given. When no candidate has a free slot the
-// request waits in a FIFO queue, bounded in length and in time; a released
-// slot goes to the oldest waiter that can use it.
+// request waits, bounded in number (overall and per key) and in time. A
+// released slot goes to the highest priority class with a waiter that can
+// use it; within a class, keys share the slots by weight (weighted fair
+// queuing over held slots, fleet-wide: fair.go); within one key, oldest
+// first. See docs/limits-queue.md.
 package routing
 
 import (
@@ -21,11 +24,21 @@ import (
 var (
 	// ErrQueueFull means the waiting queue is at its length bound.
 	ErrQueueFull = errors.New("server busy, please try again.  maximum pending requests exceeded")
+	// ErrKeyQueueFull means the key's own waiters are at the per-key
+	// bound; it is also ErrQueueFull (errors.Is), and answered alike.
+	ErrKeyQueueFull error = keyQueueFull{}
 	// ErrQueueTimeout means the request waited its bound without a slot.
 	ErrQueueTimeout = errors.New("server busy, please try again.  timed out waiting for a free slot")
 	// ErrNoCandidates means the caller passed no candidates.
 	ErrNoCandidates = errors.New("no backend can serve this model")
 )
+
+type keyQueueFull struct{}
+
+func (keyQueueFull) Error() string {
+	return "server busy, please try again.  maximum pending requests for this API key exceeded"
+}
+func (keyQueueFull) Is(target error) bool { return target == ErrQueueFull }
 
 // Key names one slot pool.
 type Key struct {
@@ -42,13 +55,13 @@ type Candidate struct {
 	Weight int
 }
 
-// Remote reports load that other replicas hold on a key, so that caps hold
-// across the fleet. Implementations must be fast and never block.
+// Remote reports load that other replicas hold on a key, so that caps,
+// classes and weights hold across the fleet. Implementations must be fast
+// and never block.
 //
 // Other replicas' counts arrive late, so each replica has a share of every
-// cap (Share) and the others count as holding theirs while they have demand
-// (Reserved). Beyond its share a replica borrows only where the fleet view
-// shows room, only after its own demand has been visible for a BorrowGap,
+// cap (Share). Beyond its share a replica borrows only where the fleet plan
+// leaves room, only after its own demand has been visible for a BorrowGap,
 // and one slot per gap, so replicas that race for the same free slot
 // overshoot by at most one slot each.
 type Remote interface {
@@ -56,10 +69,10 @@ type Remote interface {
 	// ranking.
 	InFlight(k Key) int
 	BackendInFlight(backend string) int
-	// Reserved is what the others hold of cap on k: each holds its
-	// in-flight count, or, while it has requests waiting, at least its
-	// share of cap.
-	Reserved(k Key, cap int) int
+	// Peers are the others' latest loads on k, per queue.
+	Peers(k Key) []PeerLoad
+	// Rank is this replica's place among the live replicas, by name.
+	Rank() int
 	// Share is how many of cap slots this replica may use on its own.
 	Share(k Key, cap int) int
 }
@@ -67,7 +80,10 @@ type Remote interface {
 // Options bound the queue.
 type Options struct {
 	MaxQueue int
-	MaxWait  time.Duration
+	// MaxPerKey bounds one key's waiters on this replica (0: only
+	// MaxQueue).
+	MaxPerKey int
+	MaxWait   time.Duration
 	// Observe, if set, receives how long each granted or refused request
 	// waited and whether it queued at all.
 	Observe func(wait time.Duration, queued bool, err error)
@@ -75,7 +91,8 @@ type Options struct {
 	// lock waited (the seed asks for lock-contention metrics).
 	LockWait func(time.Duration)
 	// Changed, if set, is called (under the router's lock, so it must not
-	// block) after every reserve and release, so counts can be shared.
+	// block) after every reserve, release and change of the queue, so
+	// loads can be shared.
 	Changed func()
 	// BorrowGap spaces borrowed slots beyond this replica's share (default
 	// 10ms: time for a change message to reach the other replicas, fleet
@@ -83,20 +100,33 @@ type Options struct {
 	BorrowGap time.Duration
 }
 
-// Router owns every slot count on this replica.
+// Router owns every slot count and waiter on this replica.
 type Router struct {
 	opts   Options
 	remote Remote
 
-	mu       sync.Mutex        // guards inflight, backend, waiters
-	inflight map[Key]int       // local in-flight per (backend, model)
-	backend  map[string]int    // local in-flight per backend
-	waiters  *list.List        // of *waiter, oldest first
-	borrowed map[Key]time.Time // last slot taken beyond this replica's share
-	busy     map[Key]time.Time // since when this replica has had demand for a key
+	mu       sync.Mutex                    // guards every field below
+	inflight map[Key]int                   // local in-flight per (backend, model)
+	backend  map[string]int                // local in-flight per backend
+	pools    map[Key]map[queueID]*poolLoad // local in-flight and waiters per (backend, model) and queue
+	waiters  *list.List                    // of *waiter, oldest first
+	perKey   map[string]int                // waiters per key id
+	recent   map[queueID]*decaying         // recent grants per queue
+	borrowed map[Key]time.Time             // last slot taken beyond this replica's share
+	busy     map[Key]time.Time             // since when this replica has had demand for a key
+	wake     *time.Timer                   // runs onWake at wakeAt
+	wakeAt   time.Time                     // zero: no wake pending
+}
+
+// poolLoad is one queue's local load on one (backend, model).
+type poolLoad struct {
+	weight int
+	n, w   int // in flight, waiting
 }
 
 type waiter struct {
+	who   Tenant
+	q     queueID
 	cands []Candidate
 	grant chan *Slot // buffered 1; receives the slot when granted
 }
@@ -106,7 +136,8 @@ func New(opts Options, remote Remote) *Router {
 	if opts.BorrowGap == 0 {
 		opts.BorrowGap = 10 * time.Millisecond
 	}
-	return &Router{opts: opts, remote: remote, inflight: map[Key]int{}, backend: map[string]int{}, waiters: list.New(), borrowed: map[Key]time.Time{}, busy: map[Key]time.Time{}}
+	return &Router{opts: opts, remote: remote, inflight: map[Key]int{}, backend: map[string]int{}, pools: map[Key]map[queueID]*poolLoad{},
+		waiters: list.New(), perKey: map[string]int{}, recent: map[queueID]*decaying{}, borrowed: map[Key]time.Time{}, busy: map[Key]time.Time{}}
 }
 
 // Slot is a reserved place on one backend for one model. Release it exactly
@@ -115,37 +146,53 @@ type Slot struct {
 	Key
 	// Loaded is whether the router believed the model loaded there.
 	Loaded bool
+	q      queueID
 	r      *Router
 	once   sync.Once
 }
 
-// Release frees the slot and hands it to the oldest waiter that can use it.
+// Release frees the slot and hands it to the waiter the queue's order
+// picks.
 func (s *Slot) Release() {
-	s.once.Do(func() { s.r.release(s.Key) })
+	s.once.Do(func() { s.r.release(s.Key, s.q) })
 }
 
-// Acquire picks the best candidate with a free slot and reserves it, or
-// waits in the queue. The returned error is ErrQueueFull, ErrQueueTimeout,
+// Acquire reserves a slot for who on the best candidate with a free slot
+// that who may take now, or waits in who's queue. The returned error is
+// ErrQueueFull (ErrKeyQueueFull for who's own bound), ErrQueueTimeout,
 // ErrNoCandidates or the context's error.
-func (r *Router) Acquire(ctx context.Context, cands []Candidate) (*Slot, error) {
+func (r *Router) Acquire(ctx context.Context, who Tenant, cands []Candidate) (*Slot, error) {
 	if len(cands) == 0 {
 		return nil, ErrNoCandidates
 	}
+	who = who.normal()
 	start := time.Now()
 	r.lock(start)
-	if c, ok := r.pickLocked(cands, start); ok {
-		s := r.reserveLocked(c, start)
+	// The newcomer joins its queue first, so that the plan counts it and it
+	// never passes an older waiter of its own queue.
+	w := &waiter{who: who, q: who.queue(), cands: cands, grant: make(chan *Slot, 1)}
+	elem := r.pushLocked(w)
+	r.grantLocked(start)
+	select {
+	case s := <-w.grant:
 		r.mu.Unlock()
 		r.observe(start, false, nil)
 		return s, nil
+	default:
 	}
-	if r.waiters.Len() >= r.opts.MaxQueue {
+	var full error
+	switch {
+	case r.waiters.Len() > r.opts.MaxQueue:
+		full = ErrQueueFull
+	case r.opts.MaxPerKey > 0 && r.perKey[who.ID] > r.opts.MaxPerKey:
+		full = ErrKeyQueueFull
+	}
+	if full != nil {
+		r.removeLocked(elem)
 		r.mu.Unlock()
-		r.observe(start, false, ErrQueueFull)
-		return nil, ErrQueueFull
+		r.observe(start, false, full)
+		return nil, full
 	}
-	w := &waiter{cands: cands, grant: make(chan *Slot, 1)}
-	elem := r.waiters.PushBack(w)
 	r.mu.Unlock()
 
 	timer := time.NewTimer(r.opts.MaxWait)
@@ -167,7 +214,10 @@ func (r *Router) Acquire(ctx context.Context, cands []Candidate) (*Slot, error) 
 		r.mu.Unlock()
 		s.Release()
 	default:
-		r.waiters.Remove(elem)
+		r.removeLocked(elem)
+		// Leaving may change the plan (the last waiter of a class on a
+		// pool): others may go now.
+		r.grantLocked(time.Now())
 		r.mu.Unlock()
 	}
 	r.observe(start, true, err)
@@ -194,25 +244,86 @@ func (r *Router) observe(start time.Time, queued bool, err error) {
 	}
 }
 
-// pickLocked ranks candidates that have a free slot.
-func (r *Router) pickLocked(cands []Candidate, now time.Time) (Candidate, bool) {
+func (r *Router) poolLocked(k Key, q queueID) *poolLoad {
+	m := r.pools[k]
+	if m == nil {
+		m = map[queueID]*poolLoad{}
+		r.pools[k] = m
+	}
+	l := m[q]
+	if l == nil {
+		l = &poolLoad{weight: 1}
+		m[q] = l
+	}
+	return l
+}
+
+// dropPoolLocked forgets a queue's entry on k once it holds and waits for
+// nothing.
+func (r *Router) dropPoolLocked(k Key, q queueID) {
+	if l := r.pools[k][q]; l != nil && l.n <= 0 && l.w <= 0 {
+		delete(r.pools[k], q)
+		if len(r.pools[k]) == 0 {
+			delete(r.pools, k)
+		}
+	}
+}
+
+func (r *Router) pushLocked(w *waiter) *list.Element {
+	for _, c := range w.cands {
+		l := r.poolLocked(c.Key, w.q)
+		l.w++
+		l.weight = w.who.Weight
+	}
+	r.perKey[w.who.ID]++
+	r.changedLocked()
+	return r.waiters.PushBack(w)
+}
+
+func (r *Router) removeLocked(e *list.Element) {
+	w := r.waiters.Remove(e).(*waiter)
+	for _, c := range w.cands {
+		r.poolLocked(c.Key, w.q).w--
+		r.dropPoolLocked(c.Key, w.q)
+	}
+	if r.perKey[w.who.ID]--; r.perKey[w.who.ID] <= 0 {
+		delete(r.perKey, w.who.ID)
+	}
+	r.changedLocked()
+}
+
+func (r *Router) changedLocked() {
+	if r.opts.Changed != nil {
+		r.opts.Changed()
+	}
+}
+
+// pickLocked ranks w's candidates that w may take a slot of now. plans
+// caches each (backend, model)'s plan for one pass over the waiters.
+func (r *Router) pickLocked(w *waiter, plans map[Key]plan, now time.Time) (Candidate, bool) {
 	var best Candidate
 	var bestIn, bestTotal int
 	found := false
-	for _, c := range cands {
+	for _, c := range w.cands {
+		p, ok := plans[c.Key]
+		if !ok {
+			p = r.planLocked(c.Key, c.Cap, now)
+			plans[c.Key] = p
+		}
 		local := r.inflight[c.Key]
+		if local+p.others >= c.Cap {
+			continue
+		}
+		if l := r.pools[c.Key][w.q]; l == nil || l.n >= p.target[w.q] {
+			continue // not this queue's turn on this pool
+		}
 		in, total := local, r.backend[c.Backend]
 		if r.remote != nil {
-			if local+r.remote.Reserved(c.Key, c.Cap) >= c.Cap {
-				continue
-			}
 			if local >= r.remote.Share(c.Key, c.Cap) && !r.mayBorrowLocked(c.Key, now) {
 				continue
 			}
 			in += r.remote.InFlight(c.Key)
 			total += r.remote.BackendInFlight(c.Backend)
-		} else if in >= c.Cap {
-			continue
 		}
 		if !found || better(c, in, total, best, bestIn, bestTotal) {
 			best, bestIn, bestTotal, found = c, in, total, true
@@ -229,9 +340,38 @@ func (r *Router) mayBorrowLocked(k Key, now time.Time) bool {
 	since, ok := r.busy[k]
 	if !ok {
 		r.busy[k] = now
-		return false
+		since = now
 	}
-	return now.Sub(since) >= r.opts.BorrowGap && now.Sub(r.borrowed[k]) >= r.opts.BorrowGap
+	wait := max(r.opts.BorrowGap-now.Sub(since), r.opts.BorrowGap-now.Sub(r.borrowed[k]))
+	if wait <= 0 {
+		return true
+	}
+	r.wakeLocked(wait)
+	return false
+}
+
+// wakeLocked runs a grant pass after d (or sooner, if one is due sooner),
+// for a waiter that only the borrow gap holds back: nothing else might
+// wake it before the next message from another replica.
+func (r *Router) wakeLocked(d time.Duration) {
+	at := time.Now().Add(d)
+	if !r.wakeAt.IsZero() && !r.wakeAt.After(at) {
+		return
+	}
+	r.wakeAt = at
+	if r.wake == nil {
+		r.wake = time.AfterFunc(d, r.onWake)
+		return
+	}
+	r.wake.Reset(d)
+}
+
+func (r *Router) onWake() {
+	now := time.Now()
+	r.lock(now)
+	r.wakeAt = time.Time{}
+	r.grantLocked(now)
+	r.mu.Unlock()
 }
 
 func better(c Candidate, in, total int, b Candidate, bIn, bTotal int) bool {
@@ -247,7 +387,7 @@ func better(c Candidate, in, total int, b Candidate, bIn, bTotal int) bool {
 	return c.Weight > b.Weight
 }
 
-func (r *Router) reserveLocked(c Candidate, now time.Time) *Slot {
+func (r *Router) reserveLocked(c Candidate, q queueID, now time.Time) *Slot {
 	k := c.Key
 	if _, ok := r.busy[k]; !ok {
 		r.busy[k] = now
@@ -257,13 +397,18 @@ func (r *Router) reserveLocked(c Candidate, now time.Time) *Slot {
 	}
 	r.inflight[k]++
 	r.backend[k.Backend]++
-	if r.opts.Changed != nil {
-		r.opts.Changed()
+	r.poolLocked(k, q).n++
+	d := r.recent[q]
+	if d == nil {
+		d = &decaying{}
+		r.recent[q] = d
 	}
-	return &Slot{Key: k, Loaded: c.Loaded, r: r}
+	d.add(now, 1)
+	r.changedLocked()
+	return &Slot{Key: k, Loaded: c.Loaded, q: q, r: r}
 }
 
-func (r *Router) release(k Key) {
+func (r *Router) release(k Key, q queueID) {
 	now := time.Now()
 	r.lock(now)
 	defer r.mu.Unlock()
@@ -276,27 +421,66 @@ func (r *Router) release(k Key) {
 	if r.backend[k.Backend]--; r.backend[k.Backend] <= 0 {
 		delete(r.backend, k.Backend)
 	}
-	if r.opts.Changed != nil {
-		r.opts.Changed()
-	}
+	r.poolLocked(k, q).n--
+	r.dropPoolLocked(k, q)
+	r.changedLocked()
 	r.grantLocked(now)
 }
 
-// grantLocked serves waiters oldest first while any of them fits.
+// grantLocked serves waiters while any may take a slot, oldest first among
+// those the plan lets go (so FIFO within a queue). A grant can open a slot
+// to a waiter passed over earlier in the same pass (it took the last
+// waiter of a higher class on a pool), so passes repeat until one grants
+// nothing.
 func (r *Router) grantLocked(now time.Time) {
-	for e := r.waiters.Front(); e != nil; {
-		next := e.Next()
-		w := e.Value.(*waiter)
-		if c, ok := r.pickLocked(w.cands, now); ok {
-			r.waiters.Remove(e)
-			w.grant <- r.reserveLocked(c, now)
+	for {
+		plans := map[Key]plan{}
+		if !r.anyRoomLocked(plans, now) {
+			return
 		}
-		e = next
+		granted, skipped, again := false, false, false
+		for e := r.waiters.Front(); e != nil; {
+			next := e.Next()
+			w := e.Value.(*waiter)
+			if c, ok := r.pickLocked(w, plans, now); ok {
+				r.removeLocked(e)
+				w.grant <- r.reserveLocked(c, w.q, now)
+				granted = true
+				again = again || skipped
+				clear(plans)
+			} else {
+				skipped = true
+			}
+			e = next
+		}
+		if !granted || !again {
+			return
+		}
 	}
 }
 
+// anyRoomLocked reports whether any pool with local waiters has a slot its
+// plan gives to this replica, filling plans on the way; most releases
+// under load answer no at this cost, without a pass over the waiters.
+func (r *Router) anyRoomLocked(plans map[Key]plan, now time.Time) bool {
+	caps := map[Key]int{}
+	for e := r.waiters.Front(); e != nil && len(caps) < len(r.pools); e = e.Next() {
+		for _, c := range e.Value.(*waiter).cands {
+			caps[c.Key] = c.Cap
+		}
+	}
+	for k, cap := range caps {
+		p := r.planLocked(k, cap, now)
+		plans[k] = p
+		if p.room && r.inflight[k]+p.others < cap {
+			return true
+		}
+	}
+	return false
+}
+
 // Recheck grants waiters after capacity changed outside Release (remote
-// replicas released slots, or a cap was raised).
+// replicas released slots or their queues changed, or a cap was raised).
 func (r *Router) Recheck() {
 	now := time.Now()
 	r.lock(now)
@@ -318,24 +502,34 @@ func (r *Router) InFlight() map[string]map[string]int {
 	return out
 }
 
-// Load is one key's local in-flight count and demand (in-flight plus
-// requests waiting that could use it).
-type Load struct{ InFlight, Demand int }
+// Load is one (backend, model)'s local in-flight count and demand (in
+// flight plus requests waiting that could use it), and the same per queue.
+type Load struct {
+	InFlight, Demand int
+	Tenants          []TenantLoad
+}
 
-// Loads returns this replica's load per key, for sharing with the others.
-// A waiter counts as demand on every key it could use.
+// Loads returns this replica's load per (backend, model), for sharing with
+// the others. A waiter counts as demand on every pool it could use.
 func (r *Router) Loads() map[Key]Load {
+	now := time.Now()
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	out := make(map[Key]Load, len(r.inflight))
-	for k, n := range r.inflight {
-		out[k] = Load{InFlight: n, Demand: n}
+	out := make(map[Key]Load, len(r.pools))
+	for k, queues := range r.pools {
+		var l Load
+		for q, pl := range queues {
+			l.InFlight += pl.n
+			l.Demand += pl.n + pl.w
+			l.Tenants = append(l.Tenants, TenantLoad{ID: q.id, Class: className(q.class), Weight: pl.weight,
+				InFlight: pl.n, Waiting: pl.w, Recent: r.recentLocked(q, now)})
+		}
+		out[k] = l
 	}
-	for e := r.waiters.Front(); e != nil; e = e.Next() {
-		for _, c := range e.Value.(*waiter).cands {
-			l := out[c.Key]
-			l.Demand++
-			out[c.Key] = l
+	// Recent counts of queues gone quiet are forgotten once negligible.
+	for q, d := range r.recent {
+		if d.value(now) < 0.01 {
+			delete(r.recent, q)
 		}
 	}
 	return out

@@ -36,13 +36,13 @@ func TestPickOrder(t *testing.T) {
 			r := New(Options{MaxQueue: 1, MaxWait: time.Second}, nil)
 			var held []*Slot
 			for _, k := range tt.busy {
-				s, err := r.Acquire(context.Background(), []Candidate{{Key: k, Cap: 100}})
+				s, err := r.Acquire(context.Background(), Tenant{}, []Candidate{{Key: k, Cap: 100}})
 				if err != nil {
 					t.Fatal(err)
 				}
 				held = append(held, s)
 			}
-			s, err := r.Acquire(context.Background(), tt.cands)
+			s, err := r.Acquire(context.Background(), Tenant{}, tt.cands)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -63,7 +63,7 @@ func TestPickOrder(t *testing.T) {
 func TestQueueBounds(t *testing.T) {
 	r := New(Options{MaxQueue: 2, MaxWait: 100 * time.Millisecond}, nil)
 	c := []Candidate{cand("a", "m", 1, true, 1)}
-	held, err := r.Acquire(context.Background(), c)
+	held, err := r.Acquire(context.Background(), Tenant{}, c)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -73,12 +73,12 @@ func TestQueueBounds(t *testing.T) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			_, err := r.Acquire(context.Background(), c)
+			_, err := r.Acquire(context.Background(), Tenant{}, c)
 			errs <- err
 		}()
 	}
 	waitFor(t, func() bool { return r.QueueLen() == 2 })
-	if _, err := r.Acquire(context.Background(), c); !errors.Is(err, ErrQueueFull) {
+	if _, err := r.Acquire(context.Background(), Tenant{}, c); !errors.Is(err, ErrQueueFull) {
 		t.Fatalf("third waiter: got %v, want ErrQueueFull", err)
 	}
 	wg.Wait()
@@ -97,14 +97,14 @@ func TestQueueBounds(t *testing.T) {
 func TestQueueIsFIFO(t *testing.T) {
 	r := New(Options{MaxQueue: 100, MaxWait: 5 * time.Second}, nil)
 	c := []Candidate{cand("a", "m", 1, true, 1)}
-	held, _ := r.Acquire(context.Background(), c)
+	held, _ := r.Acquire(context.Background(), Tenant{}, c)
 	order := make(chan int, 10)
 	var wg sync.WaitGroup
 	for i := range 10 {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			s, err := r.Acquire(context.Background(), c)
+			s, err := r.Acquire(context.Background(), Tenant{}, c)
 			if err != nil {
 				t.Error(err)
 				return
@@ -128,17 +128,17 @@ func TestQueueIsFIFO(t *testing.T) {
 
 func TestQueueSkipsWaiterThatCannotUseSlot(t *testing.T) {
 	r := New(Options{MaxQueue: 10, MaxWait: 5 * time.Second}, nil)
-	ha, _ := r.Acquire(context.Background(), []Candidate{cand("a", "m", 1, true, 1)})
-	hb, _ := r.Acquire(context.Background(), []Candidate{cand("b", "m", 1, true, 1)})
+	ha, _ := r.Acquire(context.Background(), Tenant{}, []Candidate{cand("a", "m", 1, true, 1)})
+	hb, _ := r.Acquire(context.Background(), Tenant{}, []Candidate{cand("b", "m", 1, true, 1)})
 	gotB := make(chan *Slot)
 	go func() {
-		s, _ := r.Acquire(context.Background(), []Candidate{cand("b", "m", 1, true, 1)})
+		s, _ := r.Acquire(context.Background(), Tenant{}, []Candidate{cand("b", "m", 1, true, 1)})
 		gotB <- s
 	}()
 	waitFor(t, func() bool { return r.QueueLen() == 1 })
 	gotA := make(chan *Slot)
 	go func() {
-		s, _ := r.Acquire(context.Background(), []Candidate{cand("a", "m", 1, true, 1)})
+		s, _ := r.Acquire(context.Background(), Tenant{}, []Candidate{cand("a", "m", 1, true, 1)})
 		gotA <- s
 	}()
 	waitFor(t, func() bool { return r.QueueLen() == 2 })
@@ -155,10 +155,10 @@ func TestQueueSkipsWaiterThatCannotUseSlot(t *testing.T) {
 func TestCancelWhileQueued(t *testing.T) {
 	r := New(Options{MaxQueue: 10, MaxWait: 5 * time.Second}, nil)
 	c := []Candidate{cand("a", "m", 1, true, 1)}
-	held, _ := r.Acquire(context.Background(), c)
+	held, _ := r.Acquire(context.Background(), Tenant{}, c)
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error)
-	go func() { _, err := r.Acquire(ctx, c); done <- err }()
+	go func() { _, err := r.Acquire(ctx, Tenant{}, c); done <- err }()
 	waitFor(t, func() bool { return r.QueueLen() == 1 })
 	cancel()
 	if err := <-done; !errors.Is(err, context.Canceled) {
@@ -189,7 +189,7 @@ func TestCapNeverExceeded(t *testing.T) {
 			if patient {
 				ctx = context.Background()
 			}
-			s, err := r.Acquire(ctx, cands)
+			s, err := r.Acquire(ctx, Tenant{}, cands)
 			if err != nil {
 				if patient || !errors.Is(err, context.DeadlineExceeded) {
 					t.Errorf("request %d: %v", i, err)
@@ -248,8 +248,14 @@ func (f fakeRemote) Share(k Key, cap int) int {
 	}
 	return f.share
 }
-func (f fakeRemote) Reserved(k Key, cap int) int { return f.held[k] }
-func (f fakeRemote) InFlight(k Key) int          { return f.held[k] }
+func (f fakeRemote) Peers(k Key) []PeerLoad {
+	if f.held[k] == 0 {
+		return nil
+	}
+	return []PeerLoad{{Rank: 1, InFlight: f.held[k], Demand: f.held[k]}}
+}
+func (f fakeRemote) Rank() int          { return 0 }
+func (f fakeRemote) InFlight(k Key) int { return f.held[k] }
 func (f fakeRemote) BackendInFlight(b string) int {
 	n := 0
 	for k, v := range f.held {
@@ -288,13 +294,13 @@ func TestRemoteCountsTowardsCap(t *testing.T) {
 				}
 			}()
 			for range tt.wantSlots {
-				s, err := r.Acquire(context.Background(), c)
+				s, err := r.Acquire(context.Background(), Tenant{}, c)
 				if err != nil {
 					t.Fatalf("slot %d of %d: %v", len(held)+1, tt.wantSlots, err)
 				}
 				held = append(held, s)
 			}
-			if _, err := r.Acquire(context.Background(), c); !errors.Is(err, ErrQueueFull) {
+			if _, err := r.Acquire(context.Background(), Tenant{}, c); !errors.Is(err, ErrQueueFull) {
 				t.Fatalf("slot %d: got %v, want ErrQueueFull", tt.wantSlots+1, err)
 			}
 		})

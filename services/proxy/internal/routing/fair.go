@@ -1,0 +1,174 @@
+package routing
+
+import "time"
+
+// PeerLoad is another replica's load on one (backend, model): its totals
+// and, per queue (key and class), what it holds and what waits there.
+// Totals above the queues' sums (a peer's list was cut to the limits) count
+// as one unnamed interactive queue.
+type PeerLoad struct {
+	Rank     int // the replica's place among the live replicas, by name
+	InFlight int
+	Demand   int // in flight plus waiting
+	Tenants  []TenantLoad
+}
+
+// load is one queue's load on one (backend, model) on one replica.
+type load struct {
+	rank   int
+	local  bool
+	q      queueID
+	weight int
+	n, w   int // in flight, waiting
+	given  int // slots the plan gives it
+	recent float64
+}
+
+// plan is who may take the free slots of one (backend, model), computed
+// from the whole fleet's loads: what this replica may hold per queue, and
+// what the other replicas hold or are due.
+type plan struct {
+	target map[queueID]int
+	others int
+	room   bool // some local queue may take a slot now
+}
+
+// planLocked divides the free slots of k among the queues of the fleet:
+//
+//  1. Only the highest class with a waiter anywhere takes free slots;
+//     slots held by other classes stay held (nothing is preempted).
+//  2. Within that class, one slot at a time goes to the queue with the
+//     smallest weighted finish tag (held+1)/weight (weighted fair queuing
+//     with unit-size jobs: weighted max-min over held slots); ties go to
+//     the queue with fewer recent grants per weight, then by key id.
+//  3. A queue's slot goes to the replica where most of its requests wait
+//     (then the lower rank), so one key's replicas take turns.
+//
+// Every replica runs the same plan on the same shared loads, so replicas
+// agree on who goes next up to the age of the loads they hear (see
+// docs/limits-queue.md).
+func (r *Router) planLocked(k Key, cap int, now time.Time) plan {
+	loads := r.loadsLocked(k, now)
+	p := plan{target: map[queueID]int{}}
+	top, held := -1, 0
+	for _, l := range loads {
+		held += l.n
+		if l.w > 0 && (top < 0 || l.q.class < top) {
+			top = l.q.class
+		}
+		if l.local {
+			p.target[l.q] += l.n
+		} else {
+			p.others += l.n
+		}
+	}
+	free := cap - held
+	if top < 0 || free <= 0 {
+		return p
+	}
+	type queue struct {
+		weight, alloc, demand int
+		recent                float64
+		at                    []int // indexes into loads
+	}
+	queues := map[queueID]*queue{}
+	var order []queueID
+	for i, l := range loads {
+		if l.q.class != top {
+			continue
+		}
+		q := queues[l.q]
+		if q == nil {
+			q = &queue{weight: 1}
+			queues[l.q] = q
+			order = append(order, l.q)
+		}
+		q.weight = max(q.weight, l.weight)
+		q.alloc += l.n
+		q.demand += l.n + l.w
+		q.recent += l.recent
+		q.at = append(q.at, i)
+	}
+	for ; free > 0; free-- {
+		var best queueID
+		var bq *queue
+		for _, id := range order {
+			q := queues[id]
+			if q.alloc >= q.demand {
+				continue
+			}
+			if bq == nil || before(id, q.alloc, q.weight, q.recent, best, bq.alloc, bq.weight, bq.recent) {
+				best, bq = id, q
+			}
+		}
+		if bq == nil {
+			break
+		}
+		bq.alloc++
+		// The replica with most of this queue still waiting gets the slot.
+		at := -1
+		for _, i := range bq.at {
+			l := &loads[i]
+			if l.w-l.given <= 0 {
+				continue
+			}
+			if at < 0 || l.w-l.given > loads[at].w-loads[at].given || (l.w-l.given == loads[at].w-loads[at].given && l.rank < loads[at].rank) {
+				at = i
+			}
+		}
+		l := &loads[at]
+		l.given++
+		if l.local {
+			p.target[l.q]++
+			p.room = true
+		} else {
+			p.others++
+		}
+	}
+	return p
+}
+
+// before orders queues for the next slot: smaller weighted finish tag,
+// then fewer recent grants per weight, then key id.
+func before(a queueID, aAlloc, aWeight int, aRecent float64, b queueID, bAlloc, bWeight int, bRecent float64) bool {
+	if x, y := (aAlloc+1)*bWeight, (bAlloc+1)*aWeight; x != y {
+		return x < y
+	}
+	if x, y := aRecent*float64(bWeight), bRecent*float64(aWeight); x != y {
+		return x < y
+	}
+	return a.id < b.id
+}
+
+// loadsLocked lists every queue's load on k: the other replicas' (as last
+// heard) and this one's (exact).
+func (r *Router) loadsLocked(k Key, now time.Time) []load {
+	var out []load
+	rank := 0
+	if r.remote != nil {
+		rank = r.remote.Rank()
+		for _, p := range r.remote.Peers(k) {
+			n, w := p.InFlight, p.Demand-p.InFlight
+			for _, t := range p.Tenants {
+				out = append(out, load{rank: p.Rank, q: queueID{id: t.ID, class: classIndex(t.Class)}, weight: max(t.Weight, 1),
+					n: t.InFlight, w: t.Waiting, recent: t.Recent})
+				n -= t.InFlight
+				w -= t.Waiting
+			}
+			if n > 0 || w > 0 {
+				out = append(out, load{rank: p.Rank, q: queueID{}, weight: 1, n: max(n, 0), w: max(w, 0)})
+			}
+		}
+	}
+	for q, l := range r.pools[k] {
+		out = append(out, load{rank: rank, local: true, q: q, weight: l.weight, n: l.n, w: l.w, recent: r.recentLocked(q, now)})
+	}
+	return out
+}
+
+func (r *Router) recentLocked(q queueID, now time.Time) float64 {
+	if d, ok := r.recent[q]; ok {
+		return d.value(now)
+	}
+	return 0
+}
