@@ -31,6 +31,7 @@ import (
 	"github.com/droverhq/drover/services/proxy/internal/fleetsync"
 	"github.com/droverhq/drover/services/proxy/internal/forward"
 	"github.com/droverhq/drover/services/proxy/internal/keystore"
+	"github.com/droverhq/drover/services/proxy/internal/limits"
 	"github.com/droverhq/drover/services/proxy/internal/live"
 	"github.com/droverhq/drover/services/proxy/internal/metrics"
 	"github.com/droverhq/drover/services/proxy/internal/ollamaapi"
@@ -48,6 +49,8 @@ type Server struct {
 	Metrics *metrics.Metrics
 	Sync    *fleetsync.Sync
 	Live    *live.Live
+	// Limits admits requests against their keys' limits, fleet-wide.
+	Limits *limits.Ledger
 	// Keys are the valid API keys: the config file's and, replaced as the
 	// key bucket changes, the run-time ones.
 	Keys *auth.Keys
@@ -98,10 +101,12 @@ func New(cfg *config.Config, log *slog.Logger, opts Options) *Server {
 	s.Fleet.OnInvalidate = s.Sync.PublishInvalidate
 	s.Router = routing.New(routing.Options{
 		MaxQueue: cfg.Routing.Queue.MaxLength,
-		MaxWait:  cfg.Routing.Queue.MaxWait,
-		Observe:  s.observeQueue,
-		LockWait: func(d time.Duration) { s.Metrics.LockWait("router", d) },
-		Changed:  s.Sync.Changed,
+		// One key's waiters are bounded too, so one key cannot fill the queue.
+		MaxPerKey: cfg.Routing.Queue.MaxPerKey,
+		MaxWait:   cfg.Routing.Queue.MaxWait,
+		Observe:   s.observeQueue,
+		LockWait:  func(d time.Duration) { s.Metrics.LockWait("router", d) },
+		Changed:   s.Sync.Changed,
 	}, s.Sync)
 	s.Sync.Attach(s.Router, s.Fleet.InvalidateLocal)
 	if err := s.Sync.Start(); err != nil {
@@ -120,7 +125,9 @@ func New(cfg *config.Config, log *slog.Logger, opts Options) *Server {
 	if opts.Sink != nil {
 		sinks = append(sinks, opts.Sink)
 	}
-	s.Forward = &forward.Forwarder{Fleet: s.Fleet, Router: s.Router, Sink: sinks, Replica: cfg.Replica, MaxAttempts: cfg.Routing.MaxAttempts, CancelGrace: cfg.Routing.CancelGrace, Log: log, Observe: s.observeRequest}
+	s.Limits = limits.New(limits.Options{Replica: cfg.Replica, Conn: opts.SyncConn, Store: opts.ClickHouse, Stream: cfg.NATS.Stream,
+		Partitions: cfg.NATS.Partitions, Config: cfg.Limits, Registerer: s.Metrics.Registry, Log: log})
+	s.Forward = &forward.Forwarder{Fleet: s.Fleet, Router: s.Router, Sink: sinks, Replica: cfg.Replica, MaxAttempts: cfg.Routing.MaxAttempts, CancelGrace: cfg.Routing.CancelGrace, Log: log, Observe: s.observeRequest, Limits: s.Limits}
 	s.handler = s.routes()
 	return s
 }
@@ -137,6 +144,7 @@ func (s *Server) MetricsHandler() http.Handler {
 // Close stops background work. Call it after the HTTP server has drained.
 func (s *Server) Close() {
 	s.Live.Close()
+	s.Limits.Close()
 	s.keyStore.Close()
 	s.Sync.Close()
 	s.Fleet.Close()
