@@ -24,7 +24,9 @@ type apiError struct {
 
 // WriteError writes OpenAI's error shape,
 // {"error":{"message","type","param","code"}}, with the type and code
-// OpenAI uses for status.
+// OpenAI uses for status. A 429 is a key's limit (limits.Refusal, worded
+// as OpenAI words them): insufficient_quota for a spent budget, else
+// rate_limit_exceeded of type requests or tokens.
 func WriteError(w http.ResponseWriter, status int, msg string) {
 	typ, code := "invalid_request_error", ""
 	switch {
@@ -38,6 +40,15 @@ func WriteError(w http.ResponseWriter, status int, msg string) {
 		code = "not_implemented"
 	case status == http.StatusRequestEntityTooLarge:
 		code = "request_too_large"
+	case status == http.StatusTooManyRequests && strings.Contains(msg, "exceeded your current quota"):
+		// A spent budget (limits.Refusal.Budget): OpenAI's wording and code.
+		typ, code = "insufficient_quota", "insufficient_quota"
+	case status == http.StatusTooManyRequests:
+		// A rate limit: OpenAI types these by what ran out.
+		typ, code = "requests", "rate_limit_exceeded"
+		if strings.Contains(msg, "tokens per min") {
+			typ = "tokens"
+		}
 	case status >= 500:
 		typ = "server_error"
 	}
