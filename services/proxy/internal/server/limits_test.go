@@ -29,7 +29,7 @@ import (
 	"github.com/droverhq/drover/testkit/ollamatest"
 )
 
-const limitedSecret = "key-limited-1234"
+const teamSecret = "key-limited-1234"
 
 // limitedFleet starts three replicas sharing one NATS and one fake, with
 // key "team" limited by lim.
@@ -43,7 +43,7 @@ func limitedFleet(t *testing.T, lim apikey.Limits, fakeCfg ollamatest.Config) ([
 	t.Cleanup(fake.Close)
 	reps := replicas(t, 3, ns.URL(), []*ollamatest.Server{fake}, func(c *config.Config) {
 		c.Routing.MaxConcurrency = 64
-		c.Auth.Keys = []config.APIKey{{ID: "team", Key: limitedSecret, Limits: lim}}
+		c.Auth.Keys = []config.APIKey{{ID: "team", Key: teamSecret, Limits: lim}}
 	})
 	var urls []string
 	for _, r := range reps {
@@ -96,7 +96,7 @@ func burst(t *testing.T, urls []string, n, perReplica int, body string) (ok, ref
 			go func() {
 				defer wg.Done()
 				for range jobs {
-					resp, b, err := chatAs(context.Background(), u, limitedSecret, body)
+					resp, b, err := chatAs(context.Background(), u, teamSecret, body)
 					if err != nil {
 						t.Error(err)
 						return
@@ -215,7 +215,7 @@ func TestLimitsNothingLeaks(t *testing.T) {
 					ctx, cancel = context.WithTimeout(ctx, c.ctx)
 					defer cancel()
 				}
-				chatAs(ctx, urls[i%3], limitedSecret, c.body) //nolint:errcheck // cancelled ones fail
+				chatAs(ctx, urls[i%3], teamSecret, c.body) //nolint:errcheck // cancelled ones fail
 			}()
 		}
 		wg.Wait()
@@ -231,7 +231,7 @@ func TestLimitsNothingLeaks(t *testing.T) {
 func TestLimitsErrorShapes(t *testing.T) {
 	_, urls, _ := limitedFleet(t, apikey.Limits{RequestsPerMinute: 2, TokensPerMonth: 1 << 20}, ollamatest.Config{})
 	awayFromMinuteEnd(10 * time.Second)
-	resp, _, err := chatAs(context.Background(), urls[0], limitedSecret, limitsChat)
+	resp, _, err := chatAs(context.Background(), urls[0], teamSecret, limitsChat)
 	if err != nil || resp.StatusCode != 200 {
 		t.Fatalf("first request: %v %v", resp, err)
 	}
@@ -243,7 +243,7 @@ func TestLimitsErrorShapes(t *testing.T) {
 	if got := resp.Header.Get("x-ratelimit-limit-requests"); got != "2" {
 		t.Errorf("x-ratelimit-limit-requests %q", got)
 	}
-	c := openai.NewClient(option.WithBaseURL(urls[1]+"/v1/"), option.WithAPIKey(limitedSecret), option.WithMaxRetries(0))
+	c := openai.NewClient(option.WithBaseURL(urls[1]+"/v1/"), option.WithAPIKey(teamSecret), option.WithMaxRetries(0))
 	params := openai.ChatCompletionNewParams{Model: "tiny", Messages: []openai.ChatCompletionMessageParamUnion{openai.UserMessage("hi")}}
 	var oe *openai.Error
 	for i := 0; ; i++ {
@@ -260,7 +260,7 @@ func TestLimitsErrorShapes(t *testing.T) {
 		break
 	}
 	u, _ := url.Parse(urls[2])
-	ol := api.NewClient(u, &http.Client{Transport: bearer{limitedSecret}})
+	ol := api.NewClient(u, &http.Client{Transport: bearer{teamSecret}})
 	err = ol.Chat(context.Background(), &api.ChatRequest{Model: "tiny", Messages: []api.Message{{Role: "user", Content: "hi"}}}, func(api.ChatResponse) error { return nil })
 	var se api.StatusError
 	if !errors.As(err, &se) || se.StatusCode != 429 || !strings.Contains(se.ErrorMessage, "requests per min") {
@@ -269,7 +269,7 @@ func TestLimitsErrorShapes(t *testing.T) {
 
 	// A spent budget is insufficient_quota.
 	_, urls2, _ := limitedFleet(t, apikey.Limits{TokensPerDay: 1}, ollamatest.Config{})
-	c2 := openai.NewClient(option.WithBaseURL(urls2[0]+"/v1/"), option.WithAPIKey(limitedSecret), option.WithMaxRetries(0))
+	c2 := openai.NewClient(option.WithBaseURL(urls2[0]+"/v1/"), option.WithAPIKey(teamSecret), option.WithMaxRetries(0))
 	_, err = c2.Chat.Completions.New(context.Background(), params)
 	if !errors.As(err, &oe) || oe.StatusCode != 429 || oe.Code != "insufficient_quota" {
 		t.Fatalf("want OpenAI's 429 insufficient_quota, got %v", err)
@@ -305,7 +305,7 @@ func TestLimitsRestartedReplicaKnowsTheBudget(t *testing.T) {
 	t.Cleanup(fake.Close)
 	cfg := &config.Config{Replica: "restarted", Backends: []config.Backend{{Name: "a", URL: fake.URL()}}}
 	cfg.NATS.URL, cfg.NATS.Partitions = ns.URL(), 4
-	cfg.Auth.Keys = []config.APIKey{{ID: "team", Key: limitedSecret, Limits: apikey.Limits{TokensPerDay: 1000}}}
+	cfg.Auth.Keys = []config.APIKey{{ID: "team", Key: teamSecret, Limits: apikey.Limits{TokensPerDay: 1000}}}
 	loaded, err := config.FromStruct(cfg)
 	if err != nil {
 		t.Fatal(err)
@@ -318,7 +318,7 @@ func TestLimitsRestartedReplicaKnowsTheBudget(t *testing.T) {
 	t.Cleanup(func() { s.Close(); nc.Close() })
 	url := serve(t, s)
 	waitFor(t, func() bool { st := s.Limits.Status(principalOf(t, s, "team")); return st.Fleet && st.Spend.TokensToday == 970 })
-	resp, b, err := chatAs(ctx, url, limitedSecret, limitsChat)
+	resp, b, err := chatAs(ctx, url, teamSecret, limitsChat)
 	if err != nil || resp.StatusCode != http.StatusTooManyRequests || !strings.Contains(string(b), "quota") {
 		t.Fatalf("want 429 over the day budget spent before the start, got %v %s %v", resp, b, err)
 	}
