@@ -32,6 +32,7 @@ import (
 	"github.com/droverhq/drover/services/proxy/internal/forward"
 	"github.com/droverhq/drover/services/proxy/internal/keystore"
 	"github.com/droverhq/drover/services/proxy/internal/limits"
+	"github.com/droverhq/drover/services/proxy/internal/limitsapi"
 	"github.com/droverhq/drover/services/proxy/internal/live"
 	"github.com/droverhq/drover/services/proxy/internal/metrics"
 	"github.com/droverhq/drover/services/proxy/internal/ollamaapi"
@@ -175,6 +176,7 @@ func (s *Server) routes() http.Handler {
 	r.Get("/api/config", s.endpoints)
 	r.Post("/api/cache/invalidate", s.invalidate)
 	(&keystore.API{Store: s.keyStore, Config: keystore.FromConfig(s.Config.Auth.Keys), Log: s.log}).Routes(r)
+	(&limitsapi.API{Source: s.Limits, Principals: s.Keys.Principals}).Routes(r)
 	stats := http.NewServeMux() // analytics from ClickHouse (503 without it)
 	s.analytics.Register(stats)
 	r.Method(http.MethodGet, "/api/token_counts", stats)
