@@ -226,7 +226,7 @@ func (l *Ledger) Admit(p auth.Principal, model, route string, body []byte) (*Tic
 		var failed []check
 		var lim apikey.Limits
 		var u figures
-		for i, sc := range scopes(key, model) {
+		for i, sc := range [2]scope{{key, ""}, {key, model}} {
 			lim = p.Limits
 			if i == 1 {
 				lim = mlim

@@ -9,8 +9,14 @@ import (
 // scope is what a limit applies to: a key (model "") or a key and model.
 type scope struct{ key, model string }
 
-// scopes are the two scopes a request of key for model counts in.
-func scopes(key, model string) [2]scope { return [2]scope{{key, ""}, {key, model}} }
+// scopes are the scopes a request of key for model counts in: the key's,
+// and the key and model's.
+func scopes(key, model string) []scope {
+	if model == "" {
+		return []scope{{key, ""}}
+	}
+	return []scope{{key, ""}, {key, model}}
+}
 
 // window is one scope's counts as this replica knows them; guarded by
 // Ledger.mu. Windows are UTC calendar windows: the clock minute, day and
