@@ -34,7 +34,10 @@ func setup(t *testing.T) *fixture {
 	if _, err := store.Migrate(ctx); err != nil {
 		t.Fatal(err)
 	}
-	now := time.Now().UTC().Truncate(time.Minute)
+	// The newest rows sit 10 s into the previous minute: never after the
+	// moment a query asks for "until now" (one minute ahead of it failed
+	// whenever a test ran in the first 10 s of a minute).
+	now := time.Now().UTC().Add(-time.Minute).Truncate(time.Minute)
 	var rows []chstore.EventRow
 	add := func(ago time.Duration, endpoint, model, key, route string, in, out int64) {
 		ev := usage.Event{Schema: usage.SchemaVersion, ID: usage.NewID(), Time: now.Add(-ago).Add(10 * time.Second),
