@@ -18,6 +18,7 @@ import (
 
 	"github.com/chromedp/chromedp"
 
+	"github.com/droverhq/drover/pkg/apikey"
 	"github.com/droverhq/drover/pkg/chstore"
 	"github.com/droverhq/drover/pkg/config"
 	"github.com/droverhq/drover/pkg/usage"
@@ -208,8 +209,12 @@ func TestDashboardInBrowser(t *testing.T) {
 		c.Chunks, c.ChunkDelay = 30, 20*time.Millisecond
 		c.Loaded = []string{"tiny"}
 	}, func(c *config.Config) {
+		// Limits far above what the test's load spends: the Limits panel
+		// shows them, nothing is refused.
 		c.Auth.Keys = []config.APIKey{{ID: "root", Key: "secret-root", Role: "admin"},
-			{ID: "team-a", Key: "secret-a"}, {ID: "team-b", Key: "secret-b"}}
+			{ID: "team-a", Key: "secret-a", Limits: apikey.Limits{RequestsPerMinute: 100_000, TokensPerDay: 50_000_000},
+				ModelLimits: map[string]apikey.Limits{"tiny": {Concurrent: 64}}},
+			{ID: "team-b", Key: "secret-b", Limits: apikey.Limits{TokensPerMonth: 900_000_000}}}
 		c.Routing.MaxConcurrency = 6
 	}, Options{ClickHouse: store})
 
@@ -263,6 +268,15 @@ func TestDashboardInBrowser(t *testing.T) {
 		t.Fatalf("in-flight showed only %v while the load went from 2 to 10 clients; want it to follow", seen)
 	}
 	b.wait("every key's usage", `document.querySelector('#keys tbody tr[data-key="team-a"]') && document.querySelector('#keys tbody tr[data-key="team-b"]')`)
+	// Every key's limits, what is left and what each spent today.
+	b.wait("every key's limits", `['root', 'team-a', 'team-b'].every((k) => document.querySelector('#limits tbody tr[data-key="' + k + '"]:not([data-model])')) &&
+		document.querySelector('#limits tbody tr[data-key="team-a"][data-model="tiny"] td[data-field="concurrent"]').textContent.includes('left') &&
+		document.querySelector('#limits tbody tr[data-key="team-b"] td[data-field="tokens_per_month"] .sub').textContent.endsWith(' left') &&
+		document.querySelector('#limits tbody tr[data-key="root"] td[data-field="tokens_per_day"] .sub').textContent === 'no limit'`)
+	b.wait("team-a's spend today in its limits", `(() => {
+		const td = document.querySelector('#limits tbody tr[data-key="team-a"]:not([data-model]) td[data-field="tokens_per_day"]');
+		return td && /^[1-9][0-9.,kM]* \/ 50M$/.test(td.querySelector('.n').textContent) && td.querySelector('.sub').textContent.endsWith(' left');
+	})()`)
 	if store != nil {
 		b.wait("the tokens chart", `document.querySelectorAll('#chart svg rect').length > 10`)
 		b.wait("team-b's model in the chart", `document.querySelector('#chart-legend').textContent.includes('teamb-only')`)
@@ -352,7 +366,9 @@ func dashboardAsClient(t *testing.T, b *browser, e *env, analytics bool) {
 		const html = document.documentElement.outerHTML;
 		return !html.includes('team-b') && !html.includes('teamb-only') && !html.includes('secret-') &&
 			!document.querySelector('#keys tbody tr[data-key]:not([data-key="team-a"])') &&
-			!document.querySelector('#totals tbody').textContent.includes('tiny2') &&
+			// Cell by cell: the tbody's text runs cells together ("tiny" then
+			// 20 requests reads "tiny20").
+			![...document.querySelectorAll('#totals tbody td')].some((td) => td.textContent === 'tiny2') &&
 			!document.querySelector('#inflight tbody tr[data-backend]');
 	})()`
 	for range 3 {
@@ -363,6 +379,9 @@ func dashboardAsClient(t *testing.T, b *browser, e *env, analytics bool) {
 		seq := eval[float64](b, `state.usage ? state.usage.seq : 0`)
 		b.wait("another live snapshot", fmt.Sprintf(`state.usage && state.usage.seq > %v`, seq))
 	}
+	b.wait("its own limits, and no other key's", `document.querySelector('#limits-title').textContent === 'Limits of this key' &&
+		document.querySelector('#limits tbody tr[data-key="team-a"] td[data-field="tokens_per_day"] .sub').textContent.endsWith(' left') &&
+		[...document.querySelectorAll('#limits tbody tr[data-key]')].every((tr) => tr.dataset.key === 'team-a')`)
 	load.stop()
 	if load.failed() > 0 {
 		t.Fatalf("%d load requests failed", load.failed())
