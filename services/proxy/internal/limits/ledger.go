@@ -39,8 +39,9 @@ type Options struct {
 	Log        *slog.Logger
 	// Heartbeat is how often the whole set of this replica's reservations
 	// is sent (default 1s); a peer's reservations expire after
-	// peerTTLBeats heartbeats without a message. Linger is how long a
-	// change waits to be sent with others (default 2ms).
+	// peerTTLBeats heartbeats without a message. Linger is the least time
+	// between two messages of changes (default 2ms): a change after a
+	// quiet spell goes at once, those during a busy one together.
 	Heartbeat time.Duration
 	Linger    time.Duration
 	// Now is the clock (tests); default time.Now.

@@ -128,3 +128,11 @@ func (l *Ledger) Outstanding(key string) (own int, fleetInFlight int64) {
 	}
 	return own, l.win(scope{key, ""}, c).outCount
 }
+
+// Pending is how many settlements wait for their event on the usage
+// stream (counted meanwhile from the settlement; tests and /health).
+func (l *Ledger) Pending() int {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return len(l.pending)
+}

@@ -69,8 +69,9 @@ func (l *Ledger) subscribe() error {
 	return nil
 }
 
-// sendLoop sends the outbox a Linger after a change, and the full set
-// every Heartbeat; it expires peers on the same beat.
+// sendLoop sends a change at once and the changes after it at most one
+// message per Linger, and the full set every Heartbeat; it expires peers
+// on the same beat.
 func (l *Ledger) sendLoop(ctx context.Context) {
 	defer l.wg.Done()
 	beat := time.NewTicker(l.opts.Heartbeat)
@@ -80,12 +81,14 @@ func (l *Ledger) sendLoop(ctx context.Context) {
 		case <-ctx.Done():
 			return
 		case <-l.kick:
+			// The first change goes at once; changes made while it is
+			// sent and for Linger after wait and go together.
+			l.flush(false)
 			select {
 			case <-ctx.Done():
 				return
 			case <-time.After(l.opts.Linger):
 			}
-			l.flush(false)
 		case <-beat.C:
 			l.flush(true)
 			l.expire()

@@ -23,6 +23,7 @@ import (
 	"github.com/droverhq/drover/pkg/chstore"
 	"github.com/droverhq/drover/pkg/config"
 	"github.com/droverhq/drover/pkg/usage"
+	"github.com/droverhq/drover/pkg/usagepub"
 	"github.com/droverhq/drover/services/proxy/internal/auth"
 	"github.com/droverhq/drover/testkit/chtest"
 	"github.com/droverhq/drover/testkit/natstest"
@@ -267,6 +268,23 @@ func TestLimitsErrorShapes(t *testing.T) {
 		t.Fatalf("want Ollama's 429 status error, got %#v", err)
 	}
 
+	// Anthropic's rate_limit_error on /v1/messages.
+	req, _ := http.NewRequest(http.MethodPost, urls[0]+"/v1/messages", strings.NewReader(`{"model":"tiny","max_tokens":5,"messages":[{"role":"user","content":"hi"}]}`))
+	req.Header.Set("Authorization", "Bearer "+teamSecret)
+	aresp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var ae struct {
+		Type  string
+		Error struct{ Type, Message string }
+	}
+	json.NewDecoder(aresp.Body).Decode(&ae) //nolint:errcheck
+	aresp.Body.Close()
+	if aresp.StatusCode != 429 || ae.Type != "error" || ae.Error.Type != "rate_limit_error" || aresp.Header.Get("Retry-After") == "" {
+		t.Fatalf("want Anthropic's 429 rate_limit_error, got %d %+v", aresp.StatusCode, ae)
+	}
+
 	// A spent budget is insufficient_quota.
 	_, urls2, _ := limitedFleet(t, apikey.Limits{TokensPerDay: 1}, ollamatest.Config{})
 	c2 := openai.NewClient(option.WithBaseURL(urls2[0]+"/v1/"), option.WithAPIKey(teamSecret), option.WithMaxRetries(0))
@@ -278,7 +296,8 @@ func TestLimitsErrorShapes(t *testing.T) {
 
 // TestLimitsRestartedReplicaKnowsTheBudget: a replica started after the
 // key spent most of its day budget (in ClickHouse, from replicas before)
-// refuses what would go over it.
+// refuses what would go over it; a request it admits counts once, though
+// its settlement and its event on the usage stream both reach the ledger.
 func TestLimitsRestartedReplicaKnowsTheBudget(t *testing.T) {
 	ch := chtest.Start(t)
 	store, err := chstore.Open(chstore.Options{Addr: ch.Addr(), Database: "drover_limits_restart"})
@@ -305,8 +324,12 @@ func TestLimitsRestartedReplicaKnowsTheBudget(t *testing.T) {
 	t.Cleanup(fake.Close)
 	cfg := &config.Config{Replica: "restarted", Backends: []config.Backend{{Name: "a", URL: fake.URL()}}}
 	cfg.NATS.URL, cfg.NATS.Partitions = ns.URL(), 4
-	cfg.Auth.Keys = []config.APIKey{{ID: "team", Key: teamSecret, Limits: apikey.Limits{TokensPerDay: 1000}}}
+	cfg.Auth.Keys = []config.APIKey{{ID: "team", Key: teamSecret, Limits: apikey.Limits{TokensPerDay: 1010}}}
 	loaded, err := config.FromStruct(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pubConn, err := nats.Connect(ns.URL())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -314,16 +337,46 @@ func TestLimitsRestartedReplicaKnowsTheBudget(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	s := New(loaded, slog.New(slog.DiscardHandler), Options{SyncConn: nc, ClickHouse: store})
-	t.Cleanup(func() { s.Close(); nc.Close() })
+	pub, err := usagepub.New(pubConn, usagepub.WithConfig(loaded.NATS, config.Usage{SpoolDir: t.TempDir()}), usagepub.WithLogger(slog.New(slog.DiscardHandler)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := New(loaded, slog.New(slog.DiscardHandler), Options{Sink: pub, SyncConn: nc, ClickHouse: store})
+	t.Cleanup(func() {
+		s.Close()
+		cctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		pub.Close(cctx) //nolint:errcheck
+		pubConn.Close()
+		nc.Close()
+	})
 	url := serve(t, s)
-	waitFor(t, func() bool { st := s.Limits.Status(principalOf(t, s, "team")); return st.Fleet && st.Spend.TokensToday == 970 })
+	team := principalOf(t, s, "team")
+	waitFor(t, func() bool { st := s.Limits.Status(team); return st.Fleet && st.Spend.TokensToday == 970 })
+
+	// 970 spent + this request's estimate fits 1,010; its real count
+	// (prompt 4 + 2 words, 5 out) is what stays.
 	resp, b, err := chatAs(ctx, url, teamSecret, limitsChat)
+	if err != nil || resp.StatusCode != http.StatusOK {
+		t.Fatalf("first request: %v %s %v", resp, b, err)
+	}
+	var answer struct{ PromptEvalCount, EvalCount int64 }
+	var raw map[string]any
+	json.Unmarshal(b, &raw) //nolint:errcheck
+	answer.PromptEvalCount, answer.EvalCount = int64(num(raw["prompt_eval_count"])), int64(num(raw["eval_count"]))
+	real := answer.PromptEvalCount + answer.EvalCount
+	// Its event comes back on the stream: no longer pending, counted once.
+	waitFor(t, func() bool { return s.Limits.Pending() == 0 && s.Limits.Status(team).Spend.TokensToday == 970+real })
+
+	resp, b, err = chatAs(ctx, url, teamSecret, limitsChat)
 	if err != nil || resp.StatusCode != http.StatusTooManyRequests || !strings.Contains(string(b), "quota") {
 		t.Fatalf("want 429 over the day budget spent before the start, got %v %s %v", resp, b, err)
 	}
 	if ra := resp.Header.Get("Retry-After"); ra == "" || ra == "0" {
 		t.Errorf("Retry-After %q", ra)
+	}
+	if st := s.Limits.Status(team); st.Spend.TokensToday != 970+real || st.Spend.InFlight != 0 {
+		t.Fatalf("after the refusal: %+v", st.Spend)
 	}
 }
 
