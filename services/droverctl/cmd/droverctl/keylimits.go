@@ -146,7 +146,11 @@ type limitStatus struct {
 		TokensToday     int64 `json:"tokens_today"`
 		TokensThisMonth int64 `json:"tokens_this_month"`
 	} `json:"spend"`
-	raw json.RawMessage
+	// Fleet is false when the proxy's figures are not the whole fleet's
+	// (Reason says why: no NATS, ClickHouse not read yet).
+	Fleet  bool   `json:"fleet"`
+	Reason string `json:"reason"`
+	raw    json.RawMessage
 }
 
 // remaining is what is left of each limit; nil is unlimited.

@@ -177,6 +177,7 @@ func listKeys(ctx context.Context, f *fleetFlags, stdout, stderr io.Writer) erro
 		return printJSON(stdout, out)
 	}
 	tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
+	partial := "" // why the figures are not the fleet's, if they are not
 	fmt.Fprintln(tw, "ID\tROLE\tMODELS\tSOURCE\tCLASS\tWEIGHT\tLIMITS\tLEFT\tTODAY\tMONTH\tCREATED\tUPDATED")
 	for _, k := range doc.Keys {
 		st, known := status[k.ID]
@@ -191,6 +192,12 @@ func listKeys(ctx context.Context, f *fleetFlags, stdout, stderr io.Writer) erro
 			fmt.Fprintf(tw, "  model %s\t\t\t\t\t\t%s\t%s\t\t\t\t\n", m, limitsText(k.ModelLimits[m]),
 				leftText(k.ModelLimits[m], st.ModelRemaining[m]))
 		}
+		if known && !st.Fleet && partial == "" {
+			partial = cmp.Or(st.Reason, "unknown")
+		}
+	}
+	if partial != "" {
+		fmt.Fprintf(stderr, "note: what is left and spent is the answering replica's view, not the whole fleet's: %s\n", partial)
 	}
 	return tw.Flush()
 }

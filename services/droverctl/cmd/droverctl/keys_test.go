@@ -221,6 +221,11 @@ func TestKeysLimits(t *testing.T) {
 	if today <= 0 || month < today || left != 900000-month || !modelRow.MatchString(out) {
 		t.Errorf("team-l spent %d today, %d this month, %d left of 900000:\n%s", today, month, left, out)
 	}
+	// Without ClickHouse the day and month are this replica's view, and
+	// the list says so.
+	if !strings.Contains(errOut, "not the whole fleet's: clickhouse.addr is not set") {
+		t.Errorf("list does not say its figures are partial; stderr: %s", errOut)
+	}
 
 	code, out, _ = keys("list", "--json")
 	var doc struct {

@@ -379,7 +379,9 @@ func dashboardAsClient(t *testing.T, b *browser, e *env, analytics bool) {
 		seq := eval[float64](b, `state.usage ? state.usage.seq : 0`)
 		b.wait("another live snapshot", fmt.Sprintf(`state.usage && state.usage.seq > %v`, seq))
 	}
+	// Without NATS the figures are this replica's, and the panel says so.
 	b.wait("its own limits, and no other key's", `document.querySelector('#limits-title').textContent === 'Limits of this key' &&
+		document.querySelector('#limits-note').textContent.includes("not the whole fleet's: nats.url is not set") &&
 		document.querySelector('#limits tbody tr[data-key="team-a"] td[data-field="tokens_per_day"] .sub').textContent.endsWith(' left') &&
 		[...document.querySelectorAll('#limits tbody tr[data-key]')].every((tr) => tr.dataset.key === 'team-a')`)
 	load.stop()

@@ -161,6 +161,7 @@ function forget() {
   for (const v of document.querySelectorAll('.tile .sub')) v.textContent = '';
   $('#chart').replaceChildren();
   $('#chart-legend').replaceChildren();
+  $('#limits-note').textContent = '';
   renderWho();
 }
 
@@ -716,6 +717,10 @@ function renderLimits() {
     }
   }
   fill($('#limits tbody'), rows, state.limitsError || 'No keys.', 6);
+  // Figures that are not the whole fleet's say so (no NATS, ClickHouse
+  // not read yet).
+  const partial = (state.limits || []).find((s) => !s.fleet);
+  $('#limits-note').textContent = partial ? 'This replica\'s view, not the whole fleet\'s: ' + (partial.reason || 'unknown') : '';
 }
 
 // ---------- start ----------
