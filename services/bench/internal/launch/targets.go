@@ -82,11 +82,16 @@ func StartDroverNATS(ctx context.Context, bin, backendURL, natsURL, dir string) 
 // StartDroverConfig starts drover-proxy as name with the config config
 // returns for its port (written to dir/name.yaml), for benchmarks that need
 // their own keys and limits.
+// It is ready when GET /health answers 200, which it does without a key.
 func StartDroverConfig(ctx context.Context, name, bin, dir string, config func(port int) string) (*Process, error) {
-	return startDrover(ctx, name, bin, dir, config)
+	return startDroverAt(ctx, name, bin, dir, "/health", config)
 }
 
 func startDrover(ctx context.Context, name, bin, dir string, config func(port int) string) (*Process, error) {
+	return startDroverAt(ctx, name, bin, dir, "/api/version", config)
+}
+
+func startDroverAt(ctx context.Context, name, bin, dir, readyPath string, config func(port int) string) (*Process, error) {
 	port, err := FreePort()
 	if err != nil {
 		return nil, err
@@ -99,7 +104,7 @@ func startDrover(ctx context.Context, name, bin, dir string, config func(port in
 		return nil, fmt.Errorf("writing %s config: %w", name, err)
 	}
 	url := "http://127.0.0.1:" + strconv.Itoa(port)
-	return Start(ctx, name, bin, []string{"-config", cfg}, url, "/api/version", dir)
+	return Start(ctx, name, bin, []string{"-config", cfg}, url, readyPath, dir)
 }
 
 // EnsureUsageStream creates the usage stream with the config file's

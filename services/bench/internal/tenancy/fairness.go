@@ -58,6 +58,9 @@ func waits(rs []Result, key string, base time.Duration) WaitStats {
 		if r.Key != key {
 			continue
 		}
+		if r.Cut {
+			continue
+		}
 		mine = append(mine, r)
 		st.Requests++
 		if r.OK() {

@@ -54,6 +54,9 @@ type Fleet struct {
 	dir      string
 }
 
+// startTimeout bounds starting a whole fleet.
+const startTimeout = time.Minute
+
 // StartFleet starts nats-server, the backends and the replicas, in that
 // order, each waited on until it answers.
 func StartFleet(ctx context.Context, bins Bins, spec FleetSpec, logDir string) (_ *Fleet, err error) {
@@ -61,6 +64,8 @@ func StartFleet(ctx context.Context, bins Bins, spec FleetSpec, logDir string) (
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return nil, fmt.Errorf("creating %s: %w", dir, err)
 	}
+	ctx, cancel := context.WithTimeout(ctx, startTimeout)
+	defer cancel()
 	f := &Fleet{dir: dir}
 	defer func() {
 		if err != nil {

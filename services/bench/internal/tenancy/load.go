@@ -81,7 +81,11 @@ func closedLoop(ctx context.Context, conns int, d time.Duration, send sendFunc, 
 				mu.Unlock()
 				r := send(ctx, i)
 				if ctx.Err() != nil && !r.OK() {
-					return // cut off by the end of the run, not a reply
+					// Cut off by the end of the run: not a reply, but it
+					// was outstanding until now.
+					r.Cut, r.Total = true, time.Since(r.Start)
+					out.add(r)
+					return
 				}
 				out.add(r)
 				if stop != nil && stop(r) {

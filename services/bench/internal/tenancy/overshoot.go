@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"net/http"
+	"sync/atomic"
 	"time"
 )
 
@@ -51,11 +52,18 @@ func RunOvershoot(ctx context.Context, bins Bins, logDir, admission string, spec
 	defer f.Stop()
 	settle(ctx, 2*time.Second)
 
-	var out results
+	var (
+		out    results
+		served atomic.Int64
+	)
 	start := time.Now()
 	closedLoop(ctx, spec.Conns, spec.MaxRun, func(ctx context.Context, i int) Result {
 		return c.Do(ctx, f.URL(i), key.ID, key.Secret, spec.Req)
-	}, func(r Result) bool { return r.Status == http.StatusTooManyRequests || r.Status == 0 }, &out)
+	}, func(r Result) bool {
+		// A worker stops at its first refusal, or once twice the budget
+		// was served: then the budget is not enforced at all.
+		return r.Status == http.StatusTooManyRequests || r.Status == 0 || served.Add(r.Prompt+r.Output) > 2*spec.Budget
+	}, &out)
 	rs := out.all()
 	res := OvershootResult{Admission: admission, Budget: spec.Budget, Duration: time.Since(start).Round(time.Millisecond).String()}
 	for _, r := range rs {
@@ -70,7 +78,7 @@ func RunOvershoot(ctx context.Context, bins Bins, logDir, admission string, spec
 	res.Errors = errorSummary(rs)
 	delete(res.Errors, "status 429")
 	if res.Refused == 0 {
-		return res, fmt.Errorf("overshoot (%s): no request was refused within %s: is tokens_per_day enforced?", admission, spec.MaxRun)
+		return res, fmt.Errorf("no request was refused (%d tokens served against a budget of %d): is tokens_per_day enforced?", res.Served, spec.Budget)
 	}
 	per := spec.Req.Tokens()
 	res.Over = res.Served - spec.Budget

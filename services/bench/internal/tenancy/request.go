@@ -60,6 +60,9 @@ type Result struct {
 	Err     string        // transport or protocol failure, "" if none
 	Prompt  int64         // prompt_eval_count of the final chunk
 	Output  int64         // eval_count of the final chunk
+	// Cut is a request the end of a closed-loop run cancelled: it counts
+	// as outstanding until then, and as neither reply nor failure.
+	Cut bool
 }
 
 // OK reports a complete 200 reply with its counts.
@@ -143,6 +146,7 @@ func errorSummary(rs []Result) map[string]int {
 	m := map[string]int{}
 	for _, r := range rs {
 		switch {
+		case r.Cut:
 		case r.Err != "":
 			m[r.Err]++
 		case r.Status != http.StatusOK:

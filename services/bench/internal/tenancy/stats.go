@@ -34,7 +34,8 @@ func Jain(xs []float64) float64 {
 }
 
 // ShareError is, for each key, how far its share of counts is from its
-// share of weights, relative to the latter: |share/want − 1|.
+// share of weights, relative to the latter: |share/want − 1|; 1 when
+// nothing was counted or a weight is 0.
 func ShareError(counts, weights []float64) []float64 {
 	var cs, ws float64
 	for i := range counts {
@@ -44,7 +45,7 @@ func ShareError(counts, weights []float64) []float64 {
 	out := make([]float64, len(counts))
 	for i := range counts {
 		if cs == 0 || ws == 0 || weights[i] == 0 {
-			out[i] = math.NaN()
+			out[i] = 1 // nothing to share: as far off as a share of 0
 			continue
 		}
 		out[i] = math.Abs((counts[i]/cs)/(weights[i]/ws) - 1)
