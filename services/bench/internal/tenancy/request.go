@@ -39,15 +39,28 @@ const perMessageTokens = 4
 // Tokens is what the request costs: prompt plus output.
 func (r Request) Tokens() int64 { return int64(r.Words + perMessageTokens + r.Output) }
 
+// words are what prompts are made of: three letters and a space, four
+// bytes a word, so the proxy's estimate of a prompt (bytes / 4) is about
+// the fake backend's count (a token a word), as it is about a real
+// tokenizer's for English text.
+var words = []string{"the", "cat", "sat", "and", "ran", "far", "but", "not", "too", "few"}
+
 func (r Request) body() []byte {
-	prompt := strings.TrimSpace(strings.Repeat("w ", r.Words))
-	b, _ := json.Marshal(map[string]any{
+	var b strings.Builder
+	for i := range r.Words {
+		if i > 0 {
+			b.WriteByte(' ')
+		}
+		b.WriteString(words[i%len(words)])
+	}
+	prompt := b.String()
+	body, _ := json.Marshal(map[string]any{
 		"model":    r.Model,
 		"stream":   true,
 		"messages": []map[string]string{{"role": "user", "content": prompt}},
 		"options":  map[string]any{"num_predict": r.Output},
 	})
-	return b
+	return body
 }
 
 // Result is one request as the client saw it.

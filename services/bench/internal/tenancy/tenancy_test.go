@@ -185,3 +185,15 @@ func TestLoops(t *testing.T) {
 		t.Errorf("open loop at 200/s for 0.5 s sent %d", n)
 	}
 }
+
+// TestPromptEstimate: the proxy estimates a prompt as bytes / 4; the
+// prompts here are about that many tokens at the fake backend, as English
+// text is at a real tokenizer, so the estimate neither starves nor inflates
+// the overshoot scenario.
+func TestPromptEstimate(t *testing.T) {
+	r := Request{Model: "tiny", Words: 496, Output: 500}
+	est := (len(r.body()) + 3) / 4
+	if est < r.Words || est > r.Words*11/10 {
+		t.Errorf("estimate %d tokens for a %d-word prompt", est, r.Words)
+	}
+}
