@@ -241,6 +241,15 @@ func TestAPILimits(t *testing.T) {
 	if got.Limits != want || got.ModelLimits != nil || got.Weight != 2 || got.Class != apikey.ClassInteractive {
 		t.Errorf("the bucket holds %+v, want limits %+v, weight 2, interactive", got, want)
 	}
+	// A key stored before limits existed (no weight, no class) takes a
+	// change of its limits, with the defaults filled in.
+	if _, err := other.Create(t.Context(), apikey.Record{ID: "old", Role: apikey.RoleClient}, apikey.NewSecret()); err != nil {
+		t.Fatal(err)
+	}
+	code, _, raw = call(t, http.MethodPatch, base+"/old", `{"limits":{"concurrent":1}}`)
+	if code != 200 || !strings.Contains(raw, `"limits":{"concurrent":1}`) || !strings.Contains(raw, `"weight":1`) || !strings.Contains(raw, `"class":"interactive"`) {
+		t.Errorf("changing a key stored before limits: %d %s", code, raw)
+	}
 	// The list shows them too.
 	if _, _, raw := call(t, http.MethodGet, base, ``); !strings.Contains(raw, `"limits":{"requests_per_minute":60,"concurrent":4}`) {
 		t.Errorf("list: %s", raw)
