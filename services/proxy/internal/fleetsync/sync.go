@@ -218,6 +218,11 @@ func (s *Sync) Share(_ routing.Key, cap int) int {
 	return share(cap, snap.replicas, snap.rank)
 }
 
+// ShareOf is the share of cap of the replica ranked rank (routing.Remote).
+func (s *Sync) ShareOf(rank, cap int) int {
+	return share(cap, s.remote.Load().replicas, rank)
+}
+
 // Changed signals that local counts changed; it never blocks (it is called
 // under the router's lock).
 func (s *Sync) Changed() {

@@ -20,6 +20,7 @@ type load struct {
 	q      queueID
 	weight int
 	n, w   int // in flight, waiting
+	shared int // waiting as the other replicas last heard it (peers: w)
 	given  int // slots the plan gives it
 	recent float64
 }
@@ -41,8 +42,16 @@ type plan struct {
 //     smallest weighted finish tag (held+1)/weight (weighted fair queuing
 //     with unit-size jobs: weighted max-min over held slots); ties go to
 //     the queue with fewer recent grants per weight, then by key id.
-//  3. A queue's slot goes to the replica where most of its requests wait
-//     (then the lower rank), so one key's replicas take turns.
+//  3. A queue's slot goes first to a replica still within its even share
+//     of the cap (so that no replica has to borrow while another has
+//     room), then to the one where most of the queue waits (then the
+//     lower rank), so one key's replicas take turns. When the
+//     queue waits on other replicas too, this replica counts its own
+//     waiters and holdings as the others last heard them where that is
+//     less in its favour: two replicas then never both take the same slot
+//     for one key (each would have to beat the other's published figures
+//     with figures no better than its own published ones), at the price
+//     of a slot left until the next message when both are cautious.
 //
 // Every replica runs the same plan on the same shared loads, so replicas
 // agree on who goes next up to the age of the loads they hear (see
@@ -65,6 +74,22 @@ func (r *Router) planLocked(k Key, cap int, now time.Time) plan {
 	free := cap - held
 	if top < 0 || free <= 0 {
 		return p
+	}
+	// What each replica holds (and is given below), for the even-share
+	// preference; this replica's also as the others last heard it.
+	byRank := map[int]int{}
+	sharedHeld := 0
+	for _, l := range loads {
+		byRank[l.rank] += l.n
+	}
+	for _, l := range r.published[k] {
+		sharedHeld += l.n
+	}
+	shareOf := func(rank int) int {
+		if r.remote == nil {
+			return cap
+		}
+		return r.remote.ShareOf(rank, cap)
 	}
 	type queue struct {
 		weight, alloc, demand int
@@ -106,18 +131,57 @@ func (r *Router) planLocked(k Key, cap int, now time.Time) plan {
 		}
 		bq.alloc++
 		// The replica with most of this queue still waiting gets the slot.
+		elsewhere := false
+		for _, i := range bq.at {
+			elsewhere = elsewhere || (!loads[i].local && loads[i].w > 0)
+		}
+		left := func(l *load) int {
+			if l.local && elsewhere {
+				return min(l.w, l.shared) - l.given
+			}
+			return l.w - l.given
+		}
+		within := func(l *load) bool {
+			held := byRank[l.rank]
+			if l.local && elsewhere {
+				held = max(held, sharedHeld)
+			}
+			return held < shareOf(l.rank)
+		}
 		at := -1
 		for _, i := range bq.at {
 			l := &loads[i]
-			if l.w-l.given <= 0 {
+			if left(l) <= 0 {
 				continue
 			}
-			if at < 0 || l.w-l.given > loads[at].w-loads[at].given || (l.w-l.given == loads[at].w-loads[at].given && l.rank < loads[at].rank) {
+			if at < 0 {
+				at = i
+				continue
+			}
+			a := &loads[at]
+			if wl, wa := within(l), within(a); wl != wa {
+				if wl {
+					at = i
+				}
+				continue
+			}
+			if left(l) > left(a) || (left(l) == left(a) && l.rank < a.rank) {
 				at = i
 			}
 		}
+		if at < 0 {
+			// Every replica's remaining waiters are already counted (this
+			// one's as published): the slot waits for the next message.
+			bq.alloc = bq.demand
+			free++
+			continue
+		}
 		l := &loads[at]
 		l.given++
+		byRank[l.rank]++
+		if l.local {
+			sharedHeld++
+		}
 		if l.local {
 			p.target[l.q]++
 			p.room = true
@@ -151,17 +215,18 @@ func (r *Router) loadsLocked(k Key, now time.Time) []load {
 			n, w := p.InFlight, p.Demand-p.InFlight
 			for _, t := range p.Tenants {
 				out = append(out, load{rank: p.Rank, q: queueID{id: t.ID, class: classIndex(t.Class)}, weight: max(t.Weight, 1),
-					n: t.InFlight, w: t.Waiting, recent: t.Recent})
+					n: t.InFlight, w: t.Waiting, shared: t.Waiting, recent: t.Recent})
 				n -= t.InFlight
 				w -= t.Waiting
 			}
 			if n > 0 || w > 0 {
-				out = append(out, load{rank: p.Rank, q: queueID{}, weight: 1, n: max(n, 0), w: max(w, 0)})
+				out = append(out, load{rank: p.Rank, q: queueID{}, weight: 1, n: max(n, 0), w: max(w, 0), shared: max(w, 0)})
 			}
 		}
 	}
 	for q, l := range r.pools[k] {
-		out = append(out, load{rank: rank, local: true, q: q, weight: l.weight, n: l.n, w: l.w, recent: r.recentLocked(q, now)})
+		pub := r.published[k][q]
+		out = append(out, load{rank: rank, local: true, q: q, weight: l.weight, n: l.n, w: l.w, shared: pub.w, recent: r.recentLocked(q, now)})
 	}
 	return out
 }

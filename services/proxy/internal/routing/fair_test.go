@@ -318,6 +318,7 @@ func (p peersRemote) BackendInFlight(string) int { return 0 }
 func (p peersRemote) Peers(k Key) []PeerLoad     { return p.peers[k] }
 func (p peersRemote) Rank() int                  { return 0 }
 func (p peersRemote) Share(_ Key, cap int) int   { return cap }
+func (p peersRemote) ShareOf(_, cap int) int     { return cap }
 
 // The fleet plan: another replica's interactive waiters keep this
 // replica's batch waiters off the pool, and another replica's key of equal

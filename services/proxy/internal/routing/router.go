@@ -73,6 +73,8 @@ type Remote interface {
 	Peers(k Key) []PeerLoad
 	// Rank is this replica's place among the live replicas, by name.
 	Rank() int
+	// ShareOf is the share of cap of the replica ranked rank.
+	ShareOf(rank, cap int) int
 	// Share is how many of cap slots this replica may use on its own.
 	Share(k Key, cap int) int
 }
@@ -114,8 +116,12 @@ type Router struct {
 	recent   map[queueID]*decaying         // recent grants per queue
 	borrowed map[Key]time.Time             // last slot taken beyond this replica's share
 	busy     map[Key]time.Time             // since when this replica has had demand for a key
-	wake     *time.Timer                   // runs onWake at wakeAt
-	wakeAt   time.Time                     // zero: no wake pending
+	// published is each queue's load per (backend, model) as last handed
+	// to the fleet (Loads): the plan's view of this replica that the
+	// others share.
+	published map[Key]map[queueID]poolLoad
+	wake      *time.Timer // runs onWake at wakeAt
+	wakeAt    time.Time   // zero: no wake pending
 }
 
 // poolLoad is one queue's local load on one (backend, model).
@@ -137,7 +143,7 @@ func New(opts Options, remote Remote) *Router {
 		opts.BorrowGap = 10 * time.Millisecond
 	}
 	return &Router{opts: opts, remote: remote, inflight: map[Key]int{}, backend: map[string]int{}, pools: map[Key]map[queueID]*poolLoad{},
-		waiters: list.New(), perKey: map[string]int{}, recent: map[queueID]*decaying{}, borrowed: map[Key]time.Time{}, busy: map[Key]time.Time{}}
+		waiters: list.New(), perKey: map[string]int{}, published: map[Key]map[queueID]poolLoad{}, recent: map[queueID]*decaying{}, borrowed: map[Key]time.Time{}, busy: map[Key]time.Time{}}
 }
 
 // Slot is a reserved place on one backend for one model. Release it exactly
@@ -516,9 +522,12 @@ func (r *Router) Loads() map[Key]Load {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	out := make(map[Key]Load, len(r.pools))
+	clear(r.published)
 	for k, queues := range r.pools {
 		var l Load
+		r.published[k] = make(map[queueID]poolLoad, len(queues))
 		for q, pl := range queues {
+			r.published[k][q] = *pl
 			l.InFlight += pl.n
 			l.Demand += pl.n + pl.w
 			l.Tenants = append(l.Tenants, TenantLoad{ID: q.id, Class: className(q.class), Weight: pl.weight,
@@ -532,6 +541,8 @@ func (r *Router) Loads() map[Key]Load {
 			delete(r.recent, q)
 		}
 	}
+	// Waiters held back until the others heard of them may go now.
+	r.grantLocked(now)
 	return out
 }
 

@@ -254,6 +254,12 @@ func (f fakeRemote) Peers(k Key) []PeerLoad {
 	}
 	return []PeerLoad{{Rank: 1, InFlight: f.held[k], Demand: f.held[k]}}
 }
+func (f fakeRemote) ShareOf(rank, cap int) int {
+	if rank == 0 {
+		return f.Share(Key{}, cap)
+	}
+	return cap
+}
 func (f fakeRemote) Rank() int          { return 0 }
 func (f fakeRemote) InFlight(k Key) int { return f.held[k] }
 func (f fakeRemote) BackendInFlight(b string) int {
