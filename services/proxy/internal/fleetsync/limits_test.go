@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/droverhq/drover/pkg/config"
+	"github.com/droverhq/drover/services/proxy/internal/routing"
 )
 
 func TestLimitsFor(t *testing.T) {
@@ -72,6 +73,62 @@ func TestLimitsCheck(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// The per-queue loads of a count (key and class) are bounded like the
+// counts: a forger cannot claim queues no replica could have, an unlimited
+// weight or a queue's waiting beyond the queue's length.
+func TestLimitsCheckQueues(t *testing.T) {
+	l := newLimits(Limits{MaxInFlight: 8, MaxQueue: 10, MaxTenants: 3, MaxWeight: 50}, time.Second)
+	q := func(key, class string, w, n, waiting int) tenantCount {
+		return tenantCount{Key: key, Class: class, Weight: w, N: n, Q: waiting}
+	}
+	entry := func(n int, ts ...tenantCount) count { return count{Backend: "a", Model: "m", N: n, D: n + 10, T: ts} }
+	cases := []struct {
+		name string
+		c    []count
+		err  string
+	}{
+		{"within limits", []count{entry(3, q("a", "interactive", 3, 2, 4), q("b", "batch", 1, 1, 6))}, ""},
+		{"the same queue twice", []count{entry(2, q("a", "batch", 1, 1, 0), q("a", "batch", 1, 1, 0))}, "listed twice"},
+		{"one key in two classes", []count{entry(2, q("a", "batch", 1, 1, 0), q("a", "interactive", 1, 1, 0))}, ""},
+		{"unknown class", []count{entry(1, q("a", "urgent", 1, 1, 0))}, "unknown class"},
+		{"no key id", []count{entry(1, q("", "batch", 1, 1, 0))}, "key id"},
+		{"a key id no key can have", []count{entry(1, q(strings.Repeat("k", 65), "batch", 1, 1, 0))}, "key id"},
+		{"negative waiting", []count{entry(1, q("a", "batch", 1, 1, -1))}, "negative"},
+		{"queues hold more than the pool", []count{entry(1, q("a", "batch", 1, 2, 0))}, "queues hold 2 in flight"},
+		{"too many queues over the message", []count{entry(1, q("a", "batch", 1, 0, 1), q("b", "batch", 1, 0, 1)), {Backend: "b", Model: "m", T: []tenantCount{q("c", "batch", 1, 0, 1), q("d", "batch", 1, 0, 1)}}}, "more than 3 queues"},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			msg := countMsg{Replica: "r2", Counts: c.c}
+			_, err := l.check(&msg)
+			if c.err == "" && err != nil || c.err != "" && (err == nil || !strings.Contains(err.Error(), c.err)) {
+				t.Fatalf("error %v, want %q", err, c.err)
+			}
+		})
+	}
+	// Weights and waiting beyond the limits are cut, not rejected.
+	msg := countMsg{Replica: "r2", Counts: []count{entry(1, q("a", "batch", 1_000_000, 1, 1_000_000))}}
+	if _, err := l.check(&msg); err != nil {
+		t.Fatal(err)
+	}
+	if got := msg.Counts[0].T[0]; got.Weight != 50 || got.Q != 10 {
+		t.Fatalf("kept weight %d and waiting %d, want them cut to 50 and 10", got.Weight, got.Q)
+	}
+}
+
+// A replica with more queues than a message may carry sends the busiest;
+// the rest count on the other side as the pool's unnamed remainder.
+func TestTenantCountsKeepTheBusiest(t *testing.T) {
+	ts := []routing.TenantLoad{{ID: "quiet", Waiting: 1}, {ID: "busy", Waiting: 9}, {ID: "mid", InFlight: 2, Waiting: 3}}
+	got, left := tenantCounts(ts, 2)
+	if len(got) != 2 || got[0].Key != "busy" || got[1].Key != "mid" || left != 0 {
+		t.Fatalf("kept %+v with %d left, want busy and mid", got, left)
+	}
+	if got, left := tenantCounts(ts, 10); len(got) != 3 || left != 7 {
+		t.Fatalf("kept %d with %d left, want all 3 and 7", len(got), left)
 	}
 }
 

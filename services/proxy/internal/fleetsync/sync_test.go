@@ -118,7 +118,8 @@ func TestCountsFromOtherReplicasAreMerged(t *testing.T) {
 	srv := natstest.Start(t)
 	hour := Options{Heartbeat: time.Hour}
 	r1 := startReplica(t, srv, withName(hour, "r1"), nil)
-	r2 := startReplica(t, srv, withName(hour, "r2"), map[routing.Key]routing.Load{keyA: {InFlight: 2, Demand: 5}})
+	queues := []routing.TenantLoad{{ID: "chat", Class: "interactive", Weight: 3, InFlight: 2, Waiting: 1, Recent: 1.5}, {ID: "bulk", Class: "batch", Weight: 1, Waiting: 2}}
+	r2 := startReplica(t, srv, withName(hour, "r2"), map[routing.Key]routing.Load{keyA: {InFlight: 2, Demand: 5, Tenants: queues}})
 	startReplica(t, srv, withName(hour, "r3"), map[routing.Key]routing.Load{keyA: {InFlight: 1, Demand: 1}, keyB: {InFlight: 4, Demand: 4}})
 
 	waitFor(t, "both peers' counts", func() bool { return r1.sync.InFlight(keyA) == 3 && r1.sync.InFlight(keyB) == 4 })
@@ -144,6 +145,15 @@ func TestCountsFromOtherReplicasAreMerged(t *testing.T) {
 	slices.Sort(ranks)
 	if r1.sync.Rank() != 0 || !slices.Equal(ranks, []int{1, 2}) {
 		t.Fatalf("ranks: r1 %d, peers %v; want 0 and [1 2]", r1.sync.Rank(), ranks)
+	}
+	// r2's queues arrive as it sent them, for the fleet plan.
+	for _, p := range r1.sync.Peers(keyA) {
+		if p.Rank == 1 && (p.InFlight != 2 || p.Demand != 5 || !slices.Equal(p.Tenants, queues)) {
+			t.Fatalf("r2's load on a: %+v, want its queues %+v", p, queues)
+		}
+	}
+	if r1.sync.ShareOf(1, 10) != 3 || r1.sync.ShareOf(0, 10) != 4 {
+		t.Fatalf("shares of 10 by rank: %d, %d; want 4 and 3", r1.sync.ShareOf(0, 10), r1.sync.ShareOf(1, 10))
 	}
 	if r1.local.rechecks.Load() == 0 {
 		t.Fatal("counts arrived but local waiters were never rechecked")
