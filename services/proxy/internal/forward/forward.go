@@ -111,7 +111,7 @@ func (f *Forwarder) Serve(w http.ResponseWriter, r *http.Request, req *Request) 
 		return
 	}
 	if f.Limits != nil {
-		t, refused := f.Limits.Admit(auth.FromContext(ctx), req.Model, req.Route, req.Body)
+		t, refused := f.Limits.Admit(ctx, auth.FromContext(ctx), req.Model, req.Route, req.Body)
 		if refused != nil {
 			f.refuse(w, req, refused, &ev, start)
 			return

@@ -44,6 +44,13 @@ type Options struct {
 	// quiet spell goes at once, those during a busy one together.
 	Heartbeat time.Duration
 	Linger    time.Duration
+	// Delay is the least message delay the ledger plans for (default
+	// 5ms): a reservation of its own is recent, maybe unknown to peers,
+	// until this long after it was sent, or twice the largest delay seen
+	// lately on peers' messages when that is longer (at most maxDelay).
+	// Recent reservations may take at most a 1/replicas share of what is
+	// left of a limit (docs/limits.md).
+	Delay time.Duration
 	// Now is the clock (tests); default time.Now.
 	Now func() time.Time
 }
@@ -56,6 +63,10 @@ const (
 	// and how long a settlement waits for its event on the usage stream
 	// before it is dropped from the pending spend.
 	idTTL = 5 * time.Minute
+	// maxDelay bounds the message delay planned for: a peer's clock far
+	// off must not stop this replica admitting more than one request at a
+	// time near a limit for long.
+	maxDelay = time.Second
 )
 
 // Ledger admits requests against their keys' limits and settles them. It
@@ -76,8 +87,10 @@ type Ledger struct {
 	tally   *budgetTally       // the follower's current tally; nil without one
 	maxTok  map[string]int64   // per key, its largest token limit seen (bounds peers' claims)
 	nextID  uint64
-	outbox  wireMsg // changes not yet sent
-	local   string  // why enforcement is this replica's only ("" when fleet-wide)
+	recent  []*resv       // own reservations peers may not know yet, oldest first
+	lag     time.Duration // the largest delay of peers' messages lately
+	outbox  wireMsg       // changes not yet sent
+	local   string        // why enforcement is this replica's only ("" when fleet-wide)
 
 	kick     chan struct{}
 	follower *live.Follower
@@ -91,6 +104,10 @@ type Ledger struct {
 type resv struct {
 	key, model string
 	tokens     int64
+	// sent is when peers were sent it (zero: not yet; this replica's own
+	// only). Until Delay after, it is recent even once settled: its
+	// settlement is no better known to peers than it was.
+	sent time.Time
 }
 
 // settle is a settlement not yet in the follower's tally.
@@ -117,6 +134,9 @@ func New(opts Options) *Ledger {
 	}
 	if opts.Linger <= 0 {
 		opts.Linger = 2 * time.Millisecond
+	}
+	if opts.Delay <= 0 {
+		opts.Delay = 5 * time.Millisecond
 	}
 	if opts.Now == nil {
 		opts.Now = time.Now
@@ -210,46 +230,81 @@ func (l *Ledger) use(sc scope, c clock) figures {
 // Admit reserves a request's estimate against p's limits for model, or
 // refuses it. A nil Refusal means admitted: the Ticket must be settled
 // (Settle with the usage event, or Release) exactly once, which later
-// calls make safe.
-func (l *Ledger) Admit(p auth.Principal, model, route string, body []byte) (*Ticket, *Refusal) {
-	key := p.ID
+// calls make safe. A request that fits the limit but not this replica's
+// share of what is left while its recent reservations may be unknown to
+// the other replicas waits (at most the planned message delay each time,
+// until ctx ends) rather than being refused.
+func (l *Ledger) Admit(ctx context.Context, p auth.Principal, model, route string, body []byte) (*Ticket, *Refusal) {
 	mlim := p.ModelLimits[model]
 	limited := !p.Limits.IsZero() || !mlim.IsZero()
 	var est int64
 	if limited {
 		est = Estimate(route, body, l.opts.Config.DefaultOutputTokens)
 	}
+	for {
+		t, r, wait := l.admit(p, model, est, limited, mlim)
+		if wait == 0 {
+			return t, r
+		}
+		select {
+		case <-ctx.Done():
+			return nil, r
+		case <-time.After(wait):
+		}
+	}
+}
+
+// admit is one attempt of Admit: admitted, refused, or wait (and r, the
+// refusal if the wait is cut short).
+func (l *Ledger) admit(p auth.Principal, model string, est int64, limited bool, mlim apikey.Limits) (*Ticket, *Refusal, time.Duration) {
+	key := p.ID
 	c := clockAt(l.opts.Now())
 	l.mu.Lock()
 	defer l.mu.Unlock()
+	replicas := int64(1 + len(l.peers))
 	if limited {
 		l.maxTok[key] = max(l.maxTok[key], maxTokenLimit(p.Limits), maxTokenLimit(mlim))
-		var failed []check
-		var lim apikey.Limits
-		var u figures
+		var failed, waits []check
+		var wait time.Duration
 		for i, sc := range [2]scope{{key, ""}, {key, model}} {
-			lim = p.Limits
+			lim := p.Limits
 			if i == 1 {
 				lim = mlim
 			}
 			if lim.IsZero() {
 				continue
 			}
-			u = l.use(sc, c)
+			u := l.use(sc, c)
+			rc, rt, until := l.recentOf(sc, c)
 			for _, ck := range checks(lim, u, est, c) {
-				if l.refuses(ck) {
-					if i == 1 {
-						ck.reason = "model_" + ck.reason
-					}
+				mine := rc
+				if ck.reason == ReasonTokensPerMinute || ck.reason == ReasonTokensPerDay || ck.reason == ReasonTokensPerMonth {
+					mine = rt
+				}
+				over, share := l.refuses(ck, mine, replicas)
+				if i == 1 {
+					ck.reason = "model_" + ck.reason
+				}
+				switch {
+				case over:
 					failed = append(failed, ck)
+				case share:
+					waits = append(waits, ck)
+					wait = max(wait, until)
 				}
 			}
 		}
-		if len(failed) > 0 {
+		if hard := len(failed) > 0; hard || len(waits) > 0 {
+			if !hard {
+				failed = waits
+			}
 			r := refusal(key, model, failed, c)
 			r.Header = headers(p.Limits, mlim, l.use(scope{key, ""}, c), l.use(scope{key, model}, c), 0, c)
+			if !hard {
+				return nil, r, max(wait, time.Millisecond)
+			}
 			l.refused.WithLabelValues(key, r.Reason).Inc()
-			return nil, r
+			return nil, r, 0
 		}
 	}
 	l.nextID++
@@ -257,6 +312,9 @@ func (l *Ledger) Admit(p auth.Principal, model, route string, body []byte) (*Tic
 	r := &resv{key: key, model: model, tokens: est}
 	l.own[t.id] = r
 	l.hold(r, +1, c)
+	if limited && !l.count && l.opts.Conn != nil {
+		l.recent = append(l.recent, r)
+	}
 	if limited {
 		t.header = headers(p.Limits, mlim, l.use(scope{key, ""}, c), l.use(scope{key, model}, c), 0, c)
 		if !l.count {
@@ -264,16 +322,61 @@ func (l *Ledger) Admit(p auth.Principal, model, route string, body []byte) (*Tic
 			l.kickSend()
 		}
 	}
-	return t, nil
+	return t, nil, 0
 }
 
-// refuses reports whether a check fails under the admission mode.
-func (l *Ledger) refuses(ck check) bool {
+// refuses tests a check under the admission mode: over, it does not fit
+// the limit; share, it fits but not this replica's share. mine is the
+// part of ck.used that is this replica's recent reservations (maybe
+// unknown to the other replicas yet): with any, a request must also fit
+// in a 1/replicas share of what the others' view leaves, so that
+// replicas admitting at once on stale views share the rest instead of
+// each taking all of it. One request always may, so the fleet goes over
+// by at most one request per other replica.
+func (l *Ledger) refuses(ck check, mine, replicas int64) (over, share bool) {
 	if l.count {
 		// The baseline: admit while spent is under the limit.
-		return ck.used >= ck.limit
+		return ck.used >= ck.limit, false
 	}
-	return ck.used+ck.want > ck.limit
+	if ck.used+ck.want > ck.limit {
+		return true, false
+	}
+	if mine == 0 || replicas <= 1 {
+		return false, false
+	}
+	left := ck.limit - (ck.used - mine)
+	return false, (mine+ck.want)*replicas > left
+}
+
+// recentOf is the count and tokens of sc's recent reservations, and how
+// long until the oldest of them is no longer recent; it drops from
+// l.recent those peers know by now. Call with l.mu held.
+func (l *Ledger) recentOf(sc scope, c clock) (count, tokens int64, until time.Duration) {
+	delay := min(max(l.opts.Delay, 2*l.lag), maxDelay)
+	i := 0
+	for ; i < len(l.recent); i++ {
+		r := l.recent[i]
+		if r.sent.IsZero() || c.now.Sub(r.sent) < delay {
+			break
+		}
+	}
+	l.recent = l.recent[i:]
+	for _, r := range l.recent {
+		if !r.sent.IsZero() && c.now.Sub(r.sent) >= delay {
+			continue
+		}
+		if r.key == sc.key && (sc.model == "" || r.model == sc.model) {
+			if count == 0 {
+				until = delay // not sent yet: at most a linger and a delay
+				if !r.sent.IsZero() {
+					until = delay - c.now.Sub(r.sent)
+				}
+			}
+			count++
+			tokens += r.tokens
+		}
+	}
+	return count, tokens, until
 }
 
 // hold adds (sign +1) or removes (-1) a reservation from its scopes'

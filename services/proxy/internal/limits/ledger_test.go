@@ -1,6 +1,7 @@
 package limits
 
 import (
+	"context"
 	"encoding/json"
 	"sync"
 	"testing"
@@ -64,12 +65,12 @@ func TestTicketSettlesOnce(t *testing.T) {
 	p := auth.Principal{ID: "k", Limits: apikey.Limits{Concurrent: 1, TokensPerDay: 1000}}
 	func() {
 		defer func() { recover() }() //nolint:errcheck // the panic is the test
-		tk, r := l.Admit(p, "m", "/api/chat", []byte(`{}`))
+		tk, r := l.Admit(context.Background(), p, "m", "/api/chat", []byte(`{}`))
 		if r != nil {
 			t.Fatal(r.Message)
 		}
 		defer tk.Release()
-		if _, r := l.Admit(p, "m", "/api/chat", []byte(`{}`)); r == nil || r.Reason != ReasonConcurrent {
+		if _, r := l.Admit(context.Background(), p, "m", "/api/chat", []byte(`{}`)); r == nil || r.Reason != ReasonConcurrent {
 			t.Fatalf("second request at concurrent 1: %+v", r)
 		}
 		panic("handler bug")
@@ -77,7 +78,7 @@ func TestTicketSettlesOnce(t *testing.T) {
 	if own, fleet := l.Outstanding("k"); own != 0 || fleet != 0 {
 		t.Fatalf("after a panic: %d own, %d in flight", own, fleet)
 	}
-	tk, r := l.Admit(p, "m", "/api/chat", []byte(`{}`))
+	tk, r := l.Admit(context.Background(), p, "m", "/api/chat", []byte(`{}`))
 	if r != nil {
 		t.Fatal(r.Message)
 	}
@@ -96,7 +97,7 @@ func TestRefusalsAndResets(t *testing.T) {
 	l := newLocal(t, clock, "reserve")
 	p := auth.Principal{ID: "k", Limits: apikey.Limits{RequestsPerMinute: 2}, ModelLimits: map[string]apikey.Limits{"big": {TokensPerMonth: 150}}}
 	admit := func(model string) *Refusal {
-		tk, r := l.Admit(p, model, "/api/chat", []byte(`{"options":{"num_predict":50}}`))
+		tk, r := l.Admit(context.Background(), p, model, "/api/chat", []byte(`{"options":{"num_predict":50}}`))
 		if tk != nil {
 			tk.Settle(&usage.Event{ID: usage.NewID(), Status: 200, Time: clock.now(), InputTokens: usage.Int64(10), OutputTokens: usage.Int64(50)})
 		}
@@ -138,7 +139,7 @@ func TestCountBaseline(t *testing.T) {
 		p := auth.Principal{ID: "k", Limits: apikey.Limits{TokensPerDay: 150}}
 		n := 0
 		for range 10 {
-			if _, r := l.Admit(p, "m", "/api/chat", []byte(`{"options":{"num_predict":100}}`)); r == nil {
+			if _, r := l.Admit(context.Background(), p, "m", "/api/chat", []byte(`{"options":{"num_predict":100}}`)); r == nil {
 				n++
 			}
 		}
@@ -163,7 +164,7 @@ func TestPeers(t *testing.T) {
 	l := New(Options{Replica: "r1", Conn: conn(), Heartbeat: 50 * time.Millisecond, Config: config.Limits{DefaultOutputTokens: 10}})
 	t.Cleanup(l.Close)
 	p := auth.Principal{ID: "k", Limits: apikey.Limits{Concurrent: 5, TokensPerDay: 1000}}
-	tk, _ := l.Admit(p, "m", "/api/chat", nil) // makes k's limits known
+	tk, _ := l.Admit(context.Background(), p, "m", "/api/chat", nil) // makes k's limits known
 	tk.Release()
 	forger := conn()
 	send := func(m wireMsg) {
@@ -190,7 +191,7 @@ func TestPeers(t *testing.T) {
 	if st := l.Status(p); st.Spend.Reserved != 1000+100 {
 		t.Fatalf("reserved %d: the huge claim is cut to the key's largest limit (1000), plus 100", st.Spend.Reserved)
 	}
-	if _, r := l.Admit(p, "m", "/api/chat", nil); r == nil || r.Reason != ReasonTokensPerDay {
+	if _, r := l.Admit(context.Background(), p, "m", "/api/chat", nil); r == nil || r.Reason != ReasonTokensPerDay {
 		t.Fatalf("peers' reservations fill the budget: %+v", r)
 	}
 	// r2 settles one; then it goes quiet and its other reservation expires.

@@ -20,6 +20,7 @@ type wireMsg struct {
 	Replica string       `json:"r"`
 	Epoch   string       `json:"p"`
 	Full    bool         `json:"f,omitempty"`
+	Sent    int64        `json:"s,omitempty"` // Unix microseconds, when sent
 	Res     []wireRes    `json:"res,omitempty"`
 	Set     []wireSettle `json:"set,omitempty"`
 }
@@ -76,6 +77,7 @@ func (l *Ledger) sendLoop(ctx context.Context) {
 	defer l.wg.Done()
 	beat := time.NewTicker(l.opts.Heartbeat)
 	defer beat.Stop()
+	l.flush(true) // peers count this replica from its start
 	for {
 		select {
 		case <-ctx.Done():
@@ -92,15 +94,24 @@ func (l *Ledger) sendLoop(ctx context.Context) {
 		case <-beat.C:
 			l.flush(true)
 			l.expire()
+			l.mu.Lock()
+			l.lag /= 2 // the largest lag of late, halved every beat
+			l.mu.Unlock()
 		}
 	}
 }
 
 // flush sends what changed (and, full, every outstanding reservation).
 func (l *Ledger) flush(full bool) {
+	now := l.opts.Now()
 	l.mu.Lock()
 	m := l.outbox
 	l.outbox = wireMsg{}
+	for _, r := range l.recent {
+		if r.sent.IsZero() {
+			r.sent = now
+		}
+	}
 	if full {
 		m.Full, m.Res = true, m.Res[:0]
 		if !l.count {
@@ -115,7 +126,7 @@ func (l *Ledger) flush(full bool) {
 	if !full && len(m.Res) == 0 && len(m.Set) == 0 {
 		return
 	}
-	m.Replica, m.Epoch = l.opts.Replica, l.epoch
+	m.Replica, m.Epoch, m.Sent = l.opts.Replica, l.epoch, l.opts.Now().UnixMicro()
 	b, err := json.Marshal(m)
 	if err != nil {
 		l.log.Error("limits: encoding a message", "err", err)
@@ -158,12 +169,8 @@ func (l *Ledger) receive(nm *nats.Msg) {
 		l.peers[name] = p
 	}
 	p.seen = c.now
-	for _, s := range m.Set {
-		if r := p.res[s.ID]; r != nil {
-			delete(p.res, s.ID)
-			l.hold(r, -1, c)
-		}
-		l.settled(s.Event, s.Key, s.Model, s.Tokens, time.UnixMilli(s.At), c)
+	if lag := c.now.Sub(time.UnixMicro(m.Sent)); m.Sent > 0 && lag > l.lag && lag < maxDelay {
+		l.lag = lag
 	}
 	if m.Full {
 		for id, r := range p.res {
@@ -186,6 +193,15 @@ func (l *Ledger) receive(nm *nats.Msg) {
 		}
 		p.res[w.ID] = r
 		l.hold(r, +1, c)
+	}
+	// Settlements after reservations: a message may carry both of one
+	// request.
+	for _, s := range m.Set {
+		if r := p.res[s.ID]; r != nil {
+			delete(p.res, s.ID)
+			l.hold(r, -1, c)
+		}
+		l.settled(s.Event, s.Key, s.Model, s.Tokens, time.UnixMilli(s.At), c)
 	}
 }
 
