@@ -45,7 +45,7 @@ type Options struct {
 	Heartbeat time.Duration
 	Linger    time.Duration
 	// Delay is the least message delay the ledger plans for (default
-	// 5ms): a reservation of its own is recent, maybe unknown to peers,
+	// 20ms): a reservation of its own is recent, maybe unknown to peers,
 	// until this long after it was sent, or twice the largest delay seen
 	// lately on peers' messages when that is longer (at most maxDelay).
 	// Recent reservations may take at most a 1/replicas share of what is
@@ -136,7 +136,7 @@ func New(opts Options) *Ledger {
 		opts.Linger = 2 * time.Millisecond
 	}
 	if opts.Delay <= 0 {
-		opts.Delay = 5 * time.Millisecond
+		opts.Delay = 20 * time.Millisecond
 	}
 	if opts.Now == nil {
 		opts.Now = time.Now
