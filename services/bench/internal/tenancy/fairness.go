@@ -108,6 +108,9 @@ type SharesResult struct {
 	Share    map[string]float64 `json:"share"`          // of the completions in the windows
 	ShareErr map[string]float64 `json:"share_error"`    // |share / weight share − 1|
 	Passed   bool               `json:"passed"`
+	// Keys is each key's requests over the whole run, waits measured
+	// from the fastest reply of the run.
+	Keys map[string]WaitStats `json:"keys"`
 }
 
 // RunNeighbour runs B alone at rateB, then A at 10 × rateB beside B, on a
@@ -185,6 +188,7 @@ func RunShares(ctx context.Context, bins Bins, logDir string, spec SaturationSpe
 	res := SharesResult{
 		Weights: map[string]int{a.ID: wa, b.ID: wb}, Conns: map[string]int{a.ID: connsA, b.ID: connsB},
 		Windows: len(wins), Slots: map[string]int{}, JainMin: 1, ShareErr: map[string]float64{},
+		Keys: map[string]WaitStats{a.ID: waits(rs, a.ID, fastest(rs)), b.ID: waits(rs, b.ID, fastest(rs))},
 	}
 	for _, w := range wins {
 		res.Slots[a.ID] += w.Counts[a.ID]
