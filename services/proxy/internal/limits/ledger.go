@@ -393,7 +393,7 @@ func (l *Ledger) hold(r *resv, sign int64, c clock) {
 // once per event id. Call with l.mu held.
 func (l *Ledger) settled(eventID, key, model string, tokens int64, at time.Time, c clock) {
 	seen := l.ids[eventID]
-	if eventID != "" {
+	if eventID != "" && l.opts.Conn != nil { // without NATS, nothing arrives twice (and nothing prunes ids)
 		if seen != nil && seen.settled {
 			return // counted already
 		}

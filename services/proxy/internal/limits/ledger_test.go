@@ -3,6 +3,7 @@ package limits
 import (
 	"context"
 	"encoding/json"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -88,6 +89,9 @@ func TestTicketSettlesOnce(t *testing.T) {
 	tk.Release()
 	if st := l.Status(p); st.Spend.TokensToday != 30 || st.Spend.InFlight != 0 || *st.Remaining.TokensToday != 970 {
 		t.Fatalf("after one settlement of 30: %+v", st.Spend)
+	}
+	if st := l.Status(p); st.Fleet || !strings.Contains(st.Reason, "nats.url is not set") {
+		t.Fatalf("without NATS the status says so: %+v", st)
 	}
 }
 

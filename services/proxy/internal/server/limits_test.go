@@ -229,7 +229,7 @@ func TestLimitsNothingLeaks(t *testing.T) {
 // (429, rate_limit_exceeded or insufficient_quota) and Ollama's status
 // error; responses of a limited key carry the x-ratelimit-* headers.
 func TestLimitsErrorShapes(t *testing.T) {
-	_, urls, _ := limitedFleet(t, apikey.Limits{RequestsPerMinute: 2, TokensPerMonth: 1 << 20}, ollamatest.Config{})
+	reps, urls, _ := limitedFleet(t, apikey.Limits{RequestsPerMinute: 2, TokensPerMonth: 1 << 20}, ollamatest.Config{})
 	awayFromMinuteEnd(10 * time.Second)
 	resp, _, err := chatAs(context.Background(), urls[0], teamSecret, limitsChat)
 	if err != nil || resp.StatusCode != 200 {
@@ -258,6 +258,9 @@ func TestLimitsErrorShapes(t *testing.T) {
 			t.Errorf("429 headers: %v", oe.Response.Header)
 		}
 		break
+	}
+	if n := refusals(t, reps[1], "team", "requests_per_minute"); n < 1 {
+		t.Errorf("drover_limit_refusals_total{key=team,reason=requests_per_minute} on the refusing replica: %v", n)
 	}
 	u, _ := url.Parse(urls[2])
 	ol := api.NewClient(u, &http.Client{Transport: bearer{teamSecret}})
@@ -389,4 +392,29 @@ func principalOf(t *testing.T, s *Server, id string) (p auth.Principal) {
 	}
 	t.Fatalf("no key %s", id)
 	return p
+}
+
+// refusals reads drover_limit_refusals_total{key, reason} from a replica's
+// metrics registry.
+func refusals(t *testing.T, s *Server, key, reason string) float64 {
+	t.Helper()
+	families, err := s.Metrics.Registry.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, f := range families {
+		if f.GetName() != "drover_limit_refusals_total" {
+			continue
+		}
+		for _, m := range f.GetMetric() {
+			labels := map[string]string{}
+			for _, l := range m.GetLabel() {
+				labels[l.GetName()] = l.GetValue()
+			}
+			if labels["key"] == key && labels["reason"] == reason {
+				return m.GetCounter().GetValue()
+			}
+		}
+	}
+	return 0
 }
