@@ -34,7 +34,7 @@ const teamSecret = "key-limited-1234"
 
 // limitedFleet starts three replicas sharing one NATS and one fake, with
 // key "team" limited by lim.
-func limitedFleet(t *testing.T, lim apikey.Limits, fakeCfg ollamatest.Config) ([]*Server, []string, *ollamatest.Server) {
+func limitedFleet(t *testing.T, lim apikey.Limits, fakeCfg ollamatest.Config, mutate ...func(*config.Config)) ([]*Server, []string, *ollamatest.Server) {
 	t.Helper()
 	ns := natstest.Start(t)
 	fake := ollamatest.New(fakeCfg)
@@ -45,6 +45,9 @@ func limitedFleet(t *testing.T, lim apikey.Limits, fakeCfg ollamatest.Config) ([
 	reps := replicas(t, 3, ns.URL(), []*ollamatest.Server{fake}, func(c *config.Config) {
 		c.Routing.MaxConcurrency = 64
 		c.Auth.Keys = []config.APIKey{{ID: "team", Key: teamSecret, Limits: lim}}
+		for _, m := range mutate {
+			m(c)
+		}
 	})
 	var urls []string
 	for _, r := range reps {
@@ -189,7 +192,8 @@ func TestLimitsHoldAcrossReplicas(t *testing.T) {
 // TestLimitsNothingLeaks: every way a request can end settles its
 // reservation: success, a backend error on every attempt, a client that
 // cancels before or during the answer, a model that does not exist
-// (answered before routing). A panic is covered in package limits.
+// (answered before routing), a timeout in the queue. A panic is covered in
+// package limits (the deferred Release forward.Serve relies on).
 func TestLimitsNothingLeaks(t *testing.T) {
 	reps, urls, _ := limitedFleet(t, apikey.Limits{Concurrent: 100, TokensPerDay: 1 << 30}, ollamatest.Config{Chunks: 3})
 	cases := []struct {
@@ -219,6 +223,45 @@ func TestLimitsNothingLeaks(t *testing.T) {
 			}()
 		}
 		wg.Wait()
+	}
+	for _, r := range reps {
+		waitFor(t, func() bool { own, fleet := r.Limits.Outstanding("team"); return own == 0 && fleet == 0 })
+	}
+
+	// A timeout in the queue: one slot per replica, held by hanging
+	// requests; the others wait past max_wait and get 503.
+	reps, urls, _ = limitedFleet(t, apikey.Limits{Concurrent: 100}, ollamatest.Config{}, func(c *config.Config) {
+		c.Routing.MaxConcurrency = 1
+		c.Routing.Queue.MaxWait = 100 * time.Millisecond
+	})
+	hold, release := context.WithCancel(context.Background())
+	var held sync.WaitGroup
+	for i := range 3 {
+		held.Add(1)
+		go func() {
+			defer held.Done()
+			chatAs(hold, urls[i], teamSecret, `{"model":"tiny","stream":true,"messages":[],"fake":{"hang":true}}`) //nolint:errcheck // cancelled
+		}()
+	}
+	for _, r := range reps {
+		waitFor(t, func() bool { _, fleet := r.Limits.Outstanding("team"); return fleet == 3 })
+	}
+	var timedOut atomic.Int64
+	var wg sync.WaitGroup
+	for i := range 6 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if resp, _, err := chatAs(context.Background(), urls[i%3], teamSecret, limitsChat); err == nil && resp.StatusCode == http.StatusServiceUnavailable {
+				timedOut.Add(1)
+			}
+		}()
+	}
+	wg.Wait()
+	release()
+	held.Wait()
+	if timedOut.Load() == 0 {
+		t.Fatal("no request timed out in the queue: the case was not exercised")
 	}
 	for _, r := range reps {
 		waitFor(t, func() bool { own, fleet := r.Limits.Outstanding("team"); return own == 0 && fleet == 0 })
