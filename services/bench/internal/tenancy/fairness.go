@@ -124,6 +124,9 @@ func RunNeighbour(ctx context.Context, bins Bins, logDir string, spec Saturation
 	}
 	defer f.Stop()
 	settle(ctx, 2*time.Second)
+	if err := f.Warm(ctx, c, []Key{a, b}, spec.Req); err != nil {
+		return NeighbourResult{}, err
+	}
 	sender := func(k Key) sendFunc {
 		return func(ctx context.Context, i int) Result { return c.Do(ctx, f.URL(i), k.ID, k.Secret, spec.Req) }
 	}
@@ -166,6 +169,9 @@ func RunShares(ctx context.Context, bins Bins, logDir string, spec SaturationSpe
 	}
 	defer f.Stop()
 	settle(ctx, 2*time.Second)
+	if err := f.Warm(ctx, c, []Key{a, b}, spec.Req); err != nil {
+		return SharesResult{}, err
+	}
 	connsB := spec.Slots() + 2
 	connsA := 10 * connsB
 	var out results

@@ -32,6 +32,9 @@ func RunPriority(ctx context.Context, bins Bins, logDir string, spec SaturationS
 	}
 	defer f.Stop()
 	settle(ctx, 2*time.Second)
+	if err := f.Warm(ctx, c, []Key{chat, batch}, spec.Req); err != nil {
+		return PriorityResult{}, err
+	}
 	reqCtx, cancel := context.WithTimeout(ctx, 2*spec.Duration+2*time.Minute)
 	defer cancel()
 	sendChat := func(ctx context.Context, i int) Result { return c.Do(ctx, f.URL(i), chat.ID, chat.Secret, spec.Req) }
