@@ -188,9 +188,10 @@ func RunShares(ctx context.Context, bins Bins, logDir string, spec SaturationSpe
 	}, nil, &out)
 	<-done
 	rs := out.all()
-	// Windows from the end of the warm-up to a service time before the
-	// end: requests cut off by the end of the run are not in rs.
-	wins := BacklogWindows(rs, []string{a.ID, b.ID}, spec.Slots(), start.Add(spec.Warmup), start.Add(spec.Duration-2*spec.Service()), spec.Window)
+	// Windows from the end of the warm-up to two service times before
+	// the end, in which each key had more requests outstanding than the
+	// fleet has slots throughout: both had waiters.
+	wins := BacklogWindows(rs, []string{a.ID, b.ID}, spec.Slots()+1, start.Add(spec.Warmup), start.Add(spec.Duration-2*spec.Service()), spec.Window)
 	res := SharesResult{
 		Weights: map[string]int{a.ID: wa, b.ID: wb}, Conns: map[string]int{a.ID: connsA, b.ID: connsB},
 		Windows: len(wins), Slots: map[string]int{}, JainMin: 1, ShareErr: map[string]float64{},
