@@ -67,12 +67,11 @@ func (r *Router) planLocked(k Key, cap int, now time.Time) plan {
 		}
 		if l.local {
 			p.target[l.q] += l.n
-		} else {
-			p.others += l.n
 		}
 	}
 	free := cap - held
 	if top < 0 || free <= 0 {
+		p.others = r.reservedLocked(loads, cap, top)
 		return p
 	}
 	// What each replica holds (and is given below), for the even-share
@@ -85,12 +84,7 @@ func (r *Router) planLocked(k Key, cap int, now time.Time) plan {
 	for _, l := range r.published[k] {
 		sharedHeld += l.n
 	}
-	shareOf := func(rank int) int {
-		if r.remote == nil {
-			return cap
-		}
-		return r.remote.ShareOf(rank, cap)
-	}
+	shareOf := func(rank int) int { return r.shareOfLocked(rank, cap) }
 	type queue struct {
 		weight, alloc, demand int
 		recent                float64
@@ -185,11 +179,49 @@ func (r *Router) planLocked(k Key, cap int, now time.Time) plan {
 		if l.local {
 			p.target[l.q]++
 			p.room = true
-		} else {
-			p.others++
 		}
 	}
+	p.others = r.reservedLocked(loads, cap, top)
 	return p
+}
+
+// reservedLocked is what the other replicas hold of a cap or are due by
+// the plan, and at least their even share while they have that many
+// requests of the top class waiting or running. A peer's in-flight count
+// can be a message old, its share cannot, so a replica never takes a slot
+// on a stale view that a busy peer is owed (the bound of docs/fleet.md).
+// The price: while every replica is busy, none holds more than its share
+// plus what the others leave, whatever the weights (docs/limits-queue.md).
+func (r *Router) reservedLocked(loads []load, cap, top int) int {
+	type peer struct{ held, demand int }
+	peers := map[int]*peer{}
+	for _, l := range loads {
+		if l.local {
+			continue
+		}
+		p := peers[l.rank]
+		if p == nil {
+			p = &peer{}
+			peers[l.rank] = p
+		}
+		p.held += l.n + l.given
+		p.demand += l.n
+		if l.q.class == top {
+			p.demand += l.w
+		}
+	}
+	total := 0
+	for rank, p := range peers {
+		total += max(p.held, min(p.demand, r.shareOfLocked(rank, cap)))
+	}
+	return total
+}
+
+func (r *Router) shareOfLocked(rank, cap int) int {
+	if r.remote == nil {
+		return cap
+	}
+	return r.remote.ShareOf(rank, cap)
 }
 
 // before orders queues for the next slot: smaller weighted finish tag,

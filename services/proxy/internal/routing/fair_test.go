@@ -318,11 +318,17 @@ func (p peersRemote) BackendInFlight(string) int { return 0 }
 func (p peersRemote) Peers(k Key) []PeerLoad     { return p.peers[k] }
 func (p peersRemote) Rank() int                  { return 0 }
 func (p peersRemote) Share(_ Key, cap int) int   { return cap }
-func (p peersRemote) ShareOf(_, cap int) int     { return cap }
+func (p peersRemote) ShareOf(rank, cap int) int {
+	if rank == 0 {
+		return cap // this replica: no borrowing in these cases
+	}
+	return cap / 2
+}
 
 // The fleet plan: another replica's interactive waiters keep this
-// replica's batch waiters off the pool, and another replica's key of equal
-// weight gets half the free slots.
+// replica's batch waiters off the pool, another replica's key of equal
+// weight gets half the free slots, and a busy peer keeps its even share.
+// (Weights across replicas are measured in server/fairness_test.go.)
 func TestFleetPlan(t *testing.T) {
 	k := Key{"a", "m"}
 	c := []Candidate{cand("a", "m", 4, true, 1)}
@@ -338,8 +344,10 @@ func TestFleetPlan(t *testing.T) {
 			Tenant{ID: "me"}, 2},
 		{"batch elsewhere does not hold interactive back", PeerLoad{Rank: 1, Demand: 10, Tenants: []TenantLoad{{ID: "bulk", Class: apikey.ClassBatch, Weight: 1, Waiting: 10}}},
 			Tenant{ID: "me"}, 4},
-		{"weight 3 here against 1 elsewhere", PeerLoad{Rank: 1, Demand: 10, Tenants: []TenantLoad{{ID: "b", Class: apikey.ClassInteractive, Weight: 1, Waiting: 10}}},
-			Tenant{ID: "a", Weight: 3}, 3},
+		// The stale-view guard: a peer busy beyond its even share keeps it,
+		// whatever the weights.
+		{"a busy peer keeps its even share", PeerLoad{Rank: 1, Demand: 10, Tenants: []TenantLoad{{ID: "b", Class: apikey.ClassInteractive, Weight: 1, Waiting: 10}}},
+			Tenant{ID: "a", Weight: 3}, 2},
 		{"an unnamed queue (a list cut to the limits) counts as interactive", PeerLoad{Rank: 1, InFlight: 1, Demand: 10},
 			Tenant{ID: "bulk", Class: apikey.ClassBatch}, 0},
 	}
