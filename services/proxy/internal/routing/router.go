@@ -174,9 +174,18 @@ func (r *Router) Acquire(ctx context.Context, who Tenant, cands []Candidate) (*S
 	who = who.normal()
 	start := time.Now()
 	r.lock(start)
+	w := &waiter{who: who, q: who.queue(), cands: cands}
+	if r.quietLocked(w) {
+		if c, ok := r.pickLocked(w, nil, start); ok {
+			s := r.reserveLocked(c, w.q, start)
+			r.mu.Unlock()
+			r.observe(start, false, nil)
+			return s, nil
+		}
+	}
 	// The newcomer joins its queue first, so that the plan counts it and it
 	// never passes an older waiter of its own queue.
-	w := &waiter{who: who, q: who.queue(), cands: cands, grant: make(chan *Slot, 1)}
+	w.grant = make(chan *Slot, 1)
 	elem := r.pushLocked(w)
 	r.grantLocked(start)
 	select {
@@ -304,24 +313,47 @@ func (r *Router) changedLocked() {
 	}
 }
 
+// quietLocked reports whether nobody else waits for w's pools, here or on
+// another replica: then the fleet plan would give w any free slot, and
+// pickLocked may skip computing it (the path of every request that finds
+// a free slot on a quiet fleet).
+func (r *Router) quietLocked(w *waiter) bool {
+	if r.waiters.Len() > 0 {
+		return false
+	}
+	for _, c := range w.cands {
+		if r.remote != nil && len(r.remote.Peers(c.Key)) > 0 {
+			return false
+		}
+	}
+	return true
+}
+
 // pickLocked ranks w's candidates that w may take a slot of now. plans
-// caches each (backend, model)'s plan for one pass over the waiters.
+// caches each (backend, model)'s plan for one pass over the waiters; nil
+// means nobody else waits (quietLocked): any free slot is w's.
 func (r *Router) pickLocked(w *waiter, plans map[Key]plan, now time.Time) (Candidate, bool) {
 	var best Candidate
 	var bestIn, bestTotal int
 	found := false
 	for _, c := range w.cands {
-		p, ok := plans[c.Key]
-		if !ok {
-			p = r.planLocked(c.Key, c.Cap, now)
-			plans[c.Key] = p
-		}
 		local := r.inflight[c.Key]
-		if local+p.others >= c.Cap {
-			continue
-		}
-		if l := r.pools[c.Key][w.q]; l == nil || l.n >= p.target[w.q] {
-			continue // not this queue's turn on this pool
+		if plans == nil {
+			if local >= c.Cap {
+				continue
+			}
+		} else {
+			p, ok := plans[c.Key]
+			if !ok {
+				p = r.planLocked(c.Key, c.Cap, now)
+				plans[c.Key] = p
+			}
+			if local+p.others >= c.Cap {
+				continue
+			}
+			if l := r.pools[c.Key][w.q]; l == nil || l.n >= p.target[w.q] {
+				continue // not this queue's turn on this pool
+			}
 		}
 		in, total := local, r.backend[c.Backend]
 		if r.remote != nil {
@@ -439,7 +471,7 @@ func (r *Router) release(k Key, q queueID) {
 // waiter of a higher class on a pool), so passes repeat until one grants
 // nothing.
 func (r *Router) grantLocked(now time.Time) {
-	for {
+	for r.waiters.Len() > 0 {
 		plans := map[Key]plan{}
 		if !r.anyRoomLocked(plans, now) {
 			return
