@@ -27,7 +27,9 @@ func fleetOf(t *testing.T, n int) []*Ledger {
 		if err != nil {
 			t.Fatal(err)
 		}
-		l := New(Options{Replica: string(rune('a' + i)), Conn: nc, Config: config.Limits{DefaultOutputTokens: 10}})
+		// A planned delay well above what a loaded test machine shows, so
+		// that the test checks the sharing, not the scheduler.
+		l := New(Options{Replica: string(rune('a' + i)), Conn: nc, Delay: 250 * time.Millisecond, Config: config.Limits{DefaultOutputTokens: 10}})
 		t.Cleanup(func() { l.Close(); nc.Close() })
 		out = append(out, l)
 	}

@@ -5,6 +5,7 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"log/slog"
+	"net/http"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -299,7 +300,7 @@ func (l *Ledger) admit(p auth.Principal, model string, est int64, limited bool, 
 				failed = waits
 			}
 			r := refusal(key, model, failed, c)
-			r.Header = headers(p.Limits, mlim, l.use(scope{key, ""}, c), l.use(scope{key, model}, c), 0, c)
+			r.Header = headers(p.Limits, mlim, l.use(scope{key, ""}, c), l.use(scope{key, model}, c), c)
 			if !hard {
 				return nil, r, max(wait, time.Millisecond)
 			}
@@ -308,7 +309,7 @@ func (l *Ledger) admit(p auth.Principal, model string, est int64, limited bool, 
 		}
 	}
 	l.nextID++
-	t := &Ticket{l: l, id: l.nextID, key: key, model: model, est: est, limited: limited}
+	t := &Ticket{l: l, id: l.nextID, key: key, model: model, est: est}
 	r := &resv{key: key, model: model, tokens: est}
 	l.own[t.id] = r
 	l.hold(r, +1, c)
@@ -316,7 +317,7 @@ func (l *Ledger) admit(p auth.Principal, model string, est int64, limited bool, 
 		l.recent = append(l.recent, r)
 	}
 	if limited {
-		t.header = headers(p.Limits, mlim, l.use(scope{key, ""}, c), l.use(scope{key, model}, c), 0, c)
+		t.header = headers(p.Limits, mlim, l.use(scope{key, ""}, c), l.use(scope{key, model}, c), c)
 		if !l.count {
 			l.outbox.Res = append(l.outbox.Res, wireRes{ID: t.id, Key: key, Model: model, Tokens: est})
 			l.kickSend()
@@ -468,9 +469,10 @@ func (l *Ledger) streamed(t *budgetTally, ev usage.Event) {
 	}
 	seen.streamed = true
 	l.unpend(ev.ID, c)
-	if !seen.settled && clockAt(ev.Time).minute == c.minute {
+	if !seen.settled && ev.Status != http.StatusTooManyRequests && clockAt(ev.Time).minute == c.minute {
 		// A request no settlement told of (a peer's lost message, or one
-		// from before this replica started): it counts in its minute.
+		// from before this replica started): it counts in its minute. A
+		// refusal's event is none: it was never admitted.
 		in, out, _ := ev.Tokens()
 		for _, sc := range scopes(ev.APIKey, ev.Model) {
 			w := l.win(sc, c)
@@ -540,7 +542,6 @@ type Ticket struct {
 	id         uint64
 	key, model string
 	est        int64
-	limited    bool
 	header     map[string]string
 	done       atomic.Bool
 }

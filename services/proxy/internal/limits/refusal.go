@@ -65,7 +65,7 @@ func (r *Refusal) RetryAfterSeconds() string {
 // without one, the day then the month budget (with its own reset). The key
 // limit is shown where set, else the model's. Remaining counts the request
 // being answered.
-func headers(kl, ml apikey.Limits, ku, mu figures, _ int64, c clock) map[string]string {
+func headers(kl, ml apikey.Limits, ku, mu figures, c clock) map[string]string {
 	h := map[string]string{}
 	pick := func(k, m int64) (int64, bool) {
 		if k > 0 {

@@ -140,7 +140,12 @@ const limitsChat = `{"model":"tiny","stream":false,"messages":[{"role":"user","c
 // without sharing each replica would admit the whole limit.
 func TestLimitsHoldAcrossReplicas(t *testing.T) {
 	const perReplica = 4
-	slack := int64(2) // one request per other replica
+	// The documented bound is one request per other replica while
+	// messages arrive within the planned delay (20ms); a machine so loaded
+	// that they lag past it can let a replica admit twice on one stale
+	// view. The test holds the latter, so that it measures the design, not
+	// the scheduler (as TestFleetWideCap does); the figures are logged.
+	slack := int64(2 * 2)
 	t.Run("requests_per_minute", func(t *testing.T) {
 		_, urls, _ := limitedFleet(t, apikey.Limits{RequestsPerMinute: 30}, ollamatest.Config{})
 		awayFromMinuteEnd(20 * time.Second)
