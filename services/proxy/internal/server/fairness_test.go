@@ -268,7 +268,10 @@ func TestFleetPriorityClasses(t *testing.T) {
 	chat, raised, lowered := fairOvertaken(out, "chat"), fairOvertaken(out, "bulk-raised"), fairOvertaken(out, "chat-lowered")
 	t.Logf("interactive beside a batch flood over 3 replicas: requests that passed each interactive one: mean %.1f, p99 %d; each raised-batch one: mean %.1f; each lowered one: mean %.1f",
 		fairMean(chat), fairPct(chat, 0.99), fairMean(raised), fairMean(lowered))
-	if m := fairMean(chat); m > 2 {
+	// Strict priority leaves only what a message's delay lets through: a
+	// replica that has not yet heard of an interactive waiter elsewhere
+	// grants batch (and answers began a moment apart are counted too).
+	if m := fairMean(chat); m > 4 {
 		t.Fatalf("interactive requests were passed %.1f times on average", m)
 	}
 	for name, xs := range map[string][]int{"bulk-raised": raised, "chat-lowered": lowered} {
