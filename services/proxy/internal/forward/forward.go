@@ -171,6 +171,7 @@ func (f *Forwarder) Serve(w http.ResponseWriter, r *http.Request, req *Request) 
 	if last.status == 0 {
 		req.Error(w, http.StatusBadGateway, last.msg)
 	} else {
+		req.keepLimitHeaders(last.header)
 		filter := writeHead(w, last.transform, last.status, last.header)
 		if filter == nil {
 			w.Write(last.body) //nolint:errcheck // the client may be gone
@@ -253,6 +254,7 @@ func (f *Forwarder) attempt(w http.ResponseWriter, r *http.Request, req *Request
 	ev.Status = resp.StatusCode
 
 	stream := req.Stream || isStreamType(resp.Header.Get("Content-Type"))
+	req.keepLimitHeaders(resp.Header)
 	filter := writeHead(w, x.Transform, resp.StatusCode, resp.Header)
 	ttfb, clientGone, complete, copyErr := f.copy(w, filter, resp.Body, stream, x.Tokens, x.Complete, ev)
 	switch {
@@ -345,6 +347,18 @@ func (f *Forwarder) copy(w http.ResponseWriter, filter io.WriteCloser, body io.R
 		if err != nil {
 			return ttfb, false, false, err
 		}
+	}
+}
+
+// keepLimitHeaders drops from a backend's headers the x-ratelimit-* ones
+// the key's own limits set, so that an upstream's (an OpenAI-type
+// backend's account) does not replace them.
+func (req *Request) keepLimitHeaders(h http.Header) {
+	if req.ticket == nil {
+		return
+	}
+	for k := range req.ticket.Header() {
+		h.Del(k)
 	}
 }
 
