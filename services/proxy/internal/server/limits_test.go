@@ -310,6 +310,11 @@ func TestLimitsErrorShapes(t *testing.T) {
 	if n := refusals(t, reps[1], "team", "requests_per_minute"); n < 1 {
 		t.Errorf("drover_limit_refusals_total{key=team,reason=requests_per_minute} on the refusing replica: %v", n)
 	}
+	// The refusal went through finish, as every request's usage event
+	// does: drover_requests_total counts it with status 429.
+	if n := counter(t, reps[1], "drover_requests_total", map[string]string{"status": "429", "route": "/v1/chat/completions"}); n < 1 {
+		t.Errorf("drover_requests_total{status=429} on the refusing replica: %v", n)
+	}
 	u, _ := url.Parse(urls[2])
 	ol := api.NewClient(u, &http.Client{Transport: bearer{teamSecret}})
 	err = ol.Chat(context.Background(), &api.ChatRequest{Model: "tiny", Messages: []api.Message{{Role: "user", Content: "hi"}}}, func(api.ChatResponse) error { return nil })
@@ -446,23 +451,34 @@ func principalOf(t *testing.T, s *Server, id string) (p auth.Principal) {
 // metrics registry.
 func refusals(t *testing.T, s *Server, key, reason string) float64 {
 	t.Helper()
+	return counter(t, s, "drover_limit_refusals_total", map[string]string{"key": key, "reason": reason})
+}
+
+// counter sums a counter's series that carry labels.
+func counter(t *testing.T, s *Server, name string, labels map[string]string) float64 {
+	t.Helper()
 	families, err := s.Metrics.Registry.Gather()
 	if err != nil {
 		t.Fatal(err)
 	}
+	var sum float64
 	for _, f := range families {
-		if f.GetName() != "drover_limit_refusals_total" {
+		if f.GetName() != name {
 			continue
 		}
+	series:
 		for _, m := range f.GetMetric() {
-			labels := map[string]string{}
+			have := map[string]string{}
 			for _, l := range m.GetLabel() {
-				labels[l.GetName()] = l.GetValue()
+				have[l.GetName()] = l.GetValue()
 			}
-			if labels["key"] == key && labels["reason"] == reason {
-				return m.GetCounter().GetValue()
+			for k, v := range labels {
+				if have[k] != v {
+					continue series
+				}
 			}
+			sum += m.GetCounter().GetValue()
 		}
 	}
-	return 0
+	return sum
 }
