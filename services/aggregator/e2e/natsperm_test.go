@@ -220,7 +220,7 @@ func TestShippedNATSProxyMayDoItsJob(t *testing.T) {
 	if !strings.Contains(string(reply.Data), `"seq":`) {
 		t.Fatalf("message get on USAGE answered %s", reply.Data)
 	}
-	for _, subj := range []string{config.SubjectInFlight, config.SubjectInvalidate} {
+	for _, subj := range []string{config.SubjectInFlight, config.SubjectInvalidate, config.SubjectLimits} {
 		if err := nc.Publish(subj, []byte(`{}`)); err != nil {
 			t.Fatal(err)
 		}
@@ -452,7 +452,7 @@ func TestShippedNATSAggregatorIsConfined(t *testing.T) {
 	}
 
 	short := func() context.Context { return testCtx(t, 500*time.Millisecond) }
-	for _, subj := range []string{"usage.v1.3", config.SubjectInFlight, config.SubjectInvalidate, "usage.live.3", "$KV.drover_keys.team-a"} {
+	for _, subj := range []string{"usage.v1.3", config.SubjectInFlight, config.SubjectInvalidate, config.SubjectLimits, "usage.live.3", "$KV.drover_keys.team-a"} {
 		err := nc.Publish(subj, []byte(`{"replica":"ghost"}`))
 		refused(t, errs, subj, err)
 	}
