@@ -16,6 +16,7 @@ import (
 	"github.com/droverhq/drover/pkg/chstore"
 	"github.com/droverhq/drover/pkg/config"
 	"github.com/droverhq/drover/services/proxy/internal/auth"
+	"github.com/droverhq/drover/services/proxy/internal/catalog"
 	"github.com/droverhq/drover/services/proxy/internal/live"
 )
 
@@ -234,7 +235,10 @@ func (l *Ledger) use(sc scope, c clock) figures {
 // the other replicas waits (at most the planned message delay each time,
 // until ctx ends) rather than being refused.
 func (l *Ledger) Admit(ctx context.Context, p auth.Principal, model, route string, body []byte) (*Ticket, *Refusal) {
-	mlim := p.ModelLimits[model]
+	if model != "" {
+		model = catalog.Normalize(model)
+	}
+	mlim := modelLimit(p.ModelLimits, model)
 	limited := !p.Limits.IsZero() || !mlim.IsZero()
 	var est int64
 	if limited {

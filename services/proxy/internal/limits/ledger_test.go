@@ -213,3 +213,32 @@ func TestPeers(t *testing.T) {
 		t.Fatalf("a repeated settlement counted again: %d", got)
 	}
 }
+
+// A model limit holds under every name Ollama treats as the same model:
+// set on "tiny:latest", it counts requests for "tiny", and back.
+func TestModelLimitNamesNormalised(t *testing.T) {
+	clock := &fakeClock{t: time.Date(2026, 12, 6, 10, 0, 5, 0, time.UTC)}
+	l := newLocal(t, clock, "reserve")
+	p := auth.Principal{ID: "k", ModelLimits: map[string]apikey.Limits{"tiny:latest": {RequestsPerMinute: 1}}}
+	admit := func(model string) *Refusal {
+		tk, r := l.Admit(context.Background(), p, model, "/api/chat", []byte(`{}`))
+		if tk != nil {
+			tk.Settle(&usage.Event{ID: usage.NewID(), Status: 200, Time: clock.now(), InputTokens: usage.Int64(1), OutputTokens: usage.Int64(1)})
+		}
+		return r
+	}
+	if r := admit("tiny"); r != nil {
+		t.Fatalf("first request refused: %+v", r)
+	}
+	for _, name := range []string{"tiny", "tiny:latest"} {
+		if r := admit(name); r == nil || r.Reason != "model_"+ReasonRequestsPerMinute {
+			t.Fatalf("%s: second request of the minute: %+v", name, r)
+		}
+	}
+	if left := l.Status(p).ModelRemaining["tiny:latest"].RequestsThisMinute; left == nil || *left != 0 {
+		t.Fatalf("status left %v", left)
+	}
+	if r := admit("tiny2"); r != nil {
+		t.Fatalf("another model refused: %+v", r)
+	}
+}

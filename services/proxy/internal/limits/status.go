@@ -8,6 +8,7 @@ import (
 
 	"github.com/droverhq/drover/pkg/apikey"
 	"github.com/droverhq/drover/services/proxy/internal/auth"
+	"github.com/droverhq/drover/services/proxy/internal/catalog"
 )
 
 // Status is one key's limits, what is left of each and what it spent, as
@@ -83,7 +84,7 @@ func (l *Ledger) Status(p auth.Principal) Status {
 		if st.ModelRemaining == nil {
 			st.ModelRemaining = map[string]Remaining{}
 		}
-		st.ModelRemaining[m] = remaining(ml, l.use(scope{p.ID, m}, c))
+		st.ModelRemaining[m] = remaining(ml, l.use(scope{p.ID, catalog.Normalize(m)}, c))
 	}
 	local := l.local
 	l.mu.Unlock()

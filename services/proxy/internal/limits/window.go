@@ -4,6 +4,7 @@ import (
 	"time"
 
 	"github.com/droverhq/drover/pkg/apikey"
+	"github.com/droverhq/drover/services/proxy/internal/catalog"
 )
 
 // scope is what a limit applies to: a key (model "") or a key and model.
@@ -15,7 +16,22 @@ func scopes(key, model string) []scope {
 	if model == "" {
 		return []scope{{key, ""}}
 	}
-	return []scope{{key, ""}, {key, model}}
+	return []scope{{key, ""}, {key, catalog.Normalize(model)}}
+}
+
+// modelLimit is the key's limit for model: its entry under any spelling
+// Ollama treats as the same model ("tiny" and "tiny:latest").
+func modelLimit(limits map[string]apikey.Limits, model string) apikey.Limits {
+	if l, ok := limits[model]; ok {
+		return l
+	}
+	n := catalog.Normalize(model)
+	for name, l := range limits {
+		if catalog.Normalize(name) == n {
+			return l
+		}
+	}
+	return apikey.Limits{}
 }
 
 // window is one scope's counts as this replica knows them; guarded by
