@@ -133,34 +133,15 @@ func (m modelLimits) Set(s string) error {
 	return nil
 }
 
-// limitStatus is a key's entry of GET /api/limits (the proxy's
-// limits.Status): its limits, what is left and what it spent.
+// limitStatus is a key's entry of GET /api/limits, and the entry as
+// the proxy sent it (for --json).
 type limitStatus struct {
-	KeyID          string                   `json:"key_id"`
-	Limits         apikey.Limits            `json:"limits"`
-	ModelLimits    map[string]apikey.Limits `json:"model_limits"`
-	Remaining      remaining                `json:"remaining"`
-	ModelRemaining map[string]remaining     `json:"model_remaining"`
-	Spend          struct {
-		InFlight        int64 `json:"in_flight"`
-		TokensToday     int64 `json:"tokens_today"`
-		TokensThisMonth int64 `json:"tokens_this_month"`
-	} `json:"spend"`
-	// Fleet is false when the proxy's figures are not the whole fleet's
-	// (Reason says why: no NATS, ClickHouse not read yet).
-	Fleet  bool   `json:"fleet"`
-	Reason string `json:"reason"`
-	raw    json.RawMessage
+	apikey.Status
+	raw json.RawMessage
 }
 
 // remaining is what is left of each limit; nil is unlimited.
-type remaining struct {
-	RequestsThisMinute *int64 `json:"requests_this_minute"`
-	TokensThisMinute   *int64 `json:"tokens_this_minute"`
-	Concurrent         *int64 `json:"concurrent"`
-	TokensToday        *int64 `json:"tokens_today"`
-	TokensThisMonth    *int64 `json:"tokens_this_month"`
-}
+type remaining = apikey.Remaining
 
 // limitsText shows the limits that are set: "rpm=60 day=100000", or "-".
 func limitsText(l apikey.Limits) string {
