@@ -12,7 +12,7 @@
 // use that backend and model); t splits them per queue: key id k, class c,
 // weight w, in flight n, waiting q, recent grants r (routing.TenantLoad),
 // so that every replica plans the fleet's free slots alike (classes first,
-// then weights: docs/limits-queue.md).
+// then weights: docs/limits.md, the queue).
 //
 //	drover.cache.invalidate  {"replica","backends":[...]}   (empty list: everything)
 //

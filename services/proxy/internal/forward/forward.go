@@ -142,7 +142,7 @@ func (f *Forwarder) Serve(w http.ResponseWriter, r *http.Request, req *Request) 
 			}
 			return
 		}
-		// The queue serves by class, then by key weight (docs/limits-queue.md);
+		// The queue serves by class, then by key weight (docs/limits.md, the queue);
 		// X-Drover-Priority may lower the key's class, never raise it.
 		p := auth.FromContext(ctx)
 		who, err := routing.TenantFor(p.ID, p.Weight, p.Class, r.Header.Get(routing.PriorityHeader))

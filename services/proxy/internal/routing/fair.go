@@ -55,7 +55,7 @@ type plan struct {
 //
 // Every replica runs the same plan on the same shared loads, so replicas
 // agree on who goes next up to the age of the loads they hear (see
-// docs/limits-queue.md).
+// docs/limits.md, the queue).
 func (r *Router) planLocked(k Key, cap int, now time.Time) plan {
 	loads := r.loadsLocked(k, now)
 	p := plan{target: map[queueID]int{}}
@@ -191,7 +191,7 @@ func (r *Router) planLocked(k Key, cap int, now time.Time) plan {
 // can be a message old, its share cannot, so a replica never takes a slot
 // on a stale view that a busy peer is owed (the bound of docs/fleet.md).
 // The price: while every replica is busy, none holds more than its share
-// plus what the others leave, whatever the weights (docs/limits-queue.md).
+// plus what the others leave, whatever the weights (docs/limits.md, the queue).
 func (r *Router) reservedLocked(loads []load, cap, top int) int {
 	type peer struct{ held, demand int }
 	peers := map[int]*peer{}

@@ -10,7 +10,7 @@
 // released slot goes to the highest priority class with a waiter that can
 // use it; within a class, keys share the slots by weight (weighted fair
 // queuing over held slots, fleet-wide: fair.go); within one key, oldest
-// first. See docs/limits-queue.md.
+// first. See docs/limits.md, the queue.
 package routing
 
 import (
