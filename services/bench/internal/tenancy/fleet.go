@@ -168,13 +168,20 @@ func settle(ctx context.Context, d time.Duration) {
 	}
 }
 
+// warmTimeout bounds a warm-up request: the fleet is idle then, so a
+// request that takes longer is stuck.
+const warmTimeout = 10 * time.Second
+
 // Warm sends one request of each key through each replica, so that the
 // measured phases start with model lists cached and connections open. It
 // fails on any reply but a complete 200.
 func (f *Fleet) Warm(ctx context.Context, c Client, keys []Key, req Request) error {
 	for i := range f.Replicas {
 		for _, k := range keys {
-			if r := c.Do(ctx, f.URL(i), k.ID, k.Secret, req); !r.OK() {
+			rctx, cancel := context.WithTimeout(ctx, warmTimeout)
+			r := c.Do(rctx, f.URL(i), k.ID, k.Secret, req)
+			cancel()
+			if !r.OK() {
 				return fmt.Errorf("warming replica %d with key %s: status %d %s", i+1, k.ID, r.Status, r.Err)
 			}
 		}
