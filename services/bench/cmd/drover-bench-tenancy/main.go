@@ -64,7 +64,7 @@ func parseFlags(args []string) (options, error) {
 	fs.IntVar(&o.cap, "cap", 2, "fairness, priority: routing.max_concurrency (fleet-wide slots per backend)")
 	fs.DurationVar(&o.chunkDelay, "chunk-delay", 10*time.Millisecond, "fairness, priority: the backends' pause before each token")
 	fs.IntVar(&o.slotTokens, "slot-tokens", 20, "fairness, priority: num_predict, so a request holds a slot slot-tokens × chunk-delay")
-	fs.DurationVar(&o.duration, "duration", 20*time.Second, "fairness, priority: length of each phase")
+	fs.DurationVar(&o.duration, "duration", 40*time.Second, "fairness, priority: length of each phase")
 	fs.DurationVar(&o.warmup, "warmup", 2*time.Second, "fairness, priority: start of a flood left out of the measurement")
 	fs.DurationVar(&o.window, "window", time.Second, "fairness: width of the windows Jain's index is taken over")
 	fs.Float64Var(&o.rateB, "rate-b", 5, "fairness: key B's requests per second (A sends ten times as many)")
