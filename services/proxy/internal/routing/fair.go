@@ -210,9 +210,19 @@ func (r *Router) reservedLocked(loads []load, cap, top int) int {
 			p.demand += l.w
 		}
 	}
+	// A replica whose share is zero (a cap smaller than the number of
+	// replicas) holds nothing of its own: reserving the others' shares for
+	// them would leave it no slot while they stay busy, so its waiters
+	// would starve until max_wait. It counts what the others hold and are
+	// given, and borrows (one slot per borrow gap) as before the plan.
+	floor := r.remote == nil || r.shareOfLocked(r.remote.Rank(), cap) > 0
 	total := 0
 	for rank, p := range peers {
-		total += max(p.held, min(p.demand, r.shareOfLocked(rank, cap)))
+		if floor {
+			total += max(p.held, min(p.demand, r.shareOfLocked(rank, cap)))
+		} else {
+			total += p.held
+		}
 	}
 	return total
 }

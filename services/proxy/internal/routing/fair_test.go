@@ -420,3 +420,40 @@ func BenchmarkReleaseToWaiter(b *testing.B) {
 		s.Release()
 	}
 }
+
+// thirdOfThree is a replica ranked last of three: with a cap smaller than
+// three, its even share is zero.
+type thirdOfThree struct{ peersRemote }
+
+func (thirdOfThree) Rank() int { return 2 }
+func (thirdOfThree) ShareOf(rank, cap int) int {
+	n := cap / 3
+	if rank < cap%3 {
+		n++
+	}
+	return n
+}
+func (t thirdOfThree) Share(_ Key, cap int) int { return t.ShareOf(2, cap) }
+
+// A replica whose share of a cap is zero (cap 2, three replicas) gets the
+// slot the plan gives its key even while the others are busy: reserving
+// the busy peers' shares for them blocked it until max_wait (the stall
+// make bench-tenancy found with 2 backends × cap 2 on three replicas).
+// Here key b holds a slot on one peer and waits on the other; key a, with
+// nothing held, waits only on this replica: the free slot is a's.
+func TestZeroShareReplicaIsNotStarved(t *testing.T) {
+	k := Key{"a", "m"}
+	c := []Candidate{cand("a", "m", 2, true, 1)}
+	busy := []PeerLoad{
+		{Rank: 0, InFlight: 1, Demand: 1, Tenants: []TenantLoad{{ID: "b", Class: apikey.ClassInteractive, Weight: 1, InFlight: 1}}},
+		{Rank: 1, Demand: 3, Tenants: []TenantLoad{{ID: "b", Class: apikey.ClassInteractive, Weight: 1, Waiting: 3}}},
+	}
+	r := New(Options{MaxQueue: 10, MaxWait: time.Second}, thirdOfThree{peersRemote{peers: map[Key][]PeerLoad{k: busy}}})
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	s, err := r.Acquire(ctx, Tenant{ID: "a", Weight: 1}, c)
+	if err != nil {
+		t.Fatalf("key a never got its turn on the replica without a share: %v", err)
+	}
+	s.Release()
+}
