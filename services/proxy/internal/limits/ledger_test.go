@@ -169,7 +169,9 @@ func TestPeers(t *testing.T) {
 		t.Cleanup(nc.Close)
 		return nc
 	}
-	l := New(Options{Replica: "r1", Conn: conn(), Heartbeat: 50 * time.Millisecond, Config: config.Limits{DefaultOutputTokens: 10}})
+	// A quiet peer expires after three heartbeats: 600 ms, long enough for
+	// a loaded machine to see its reservations first.
+	l := New(Options{Replica: "r1", Conn: conn(), Heartbeat: 200 * time.Millisecond, Config: config.Limits{DefaultOutputTokens: 10}})
 	t.Cleanup(l.Close)
 	p := auth.Principal{ID: "k", Limits: apikey.Limits{Concurrent: 5, TokensPerDay: 1000}}
 	tk, _ := l.Admit(context.Background(), p, "m", "/api/chat", nil) // makes k's limits known

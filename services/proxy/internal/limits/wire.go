@@ -67,6 +67,12 @@ func (l *Ledger) subscribe() error {
 		return fmt.Errorf("subscribing to %s: %w", config.SubjectLimits, err)
 	}
 	l.sub = sub
+	// Peers' messages sent after New returns must find the subscription
+	// in place: wait (briefly) for the server to have it. Offline, the
+	// client sends it on connecting.
+	if l.opts.Conn.IsConnected() {
+		l.opts.Conn.FlushTimeout(time.Second) //nolint:errcheck // best effort; see above
+	}
 	return nil
 }
 
