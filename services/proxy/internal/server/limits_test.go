@@ -14,7 +14,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/nats-io/nats.go"
 	"github.com/ollama/ollama/api"
 	"github.com/openai/openai-go/v3"
 	"github.com/openai/openai-go/v3/option"
@@ -23,7 +22,6 @@ import (
 	"github.com/droverhq/drover/pkg/chstore"
 	"github.com/droverhq/drover/pkg/config"
 	"github.com/droverhq/drover/pkg/usage"
-	"github.com/droverhq/drover/pkg/usagepub"
 	"github.com/droverhq/drover/services/proxy/internal/auth"
 	"github.com/droverhq/drover/testkit/chtest"
 	"github.com/droverhq/drover/testkit/natstest"
@@ -384,27 +382,10 @@ func TestLimitsRestartedReplicaKnowsTheBudget(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	pubConn, err := nats.Connect(ns.URL())
-	if err != nil {
-		t.Fatal(err)
-	}
-	nc, err := nats.Connect(ns.URL())
-	if err != nil {
-		t.Fatal(err)
-	}
-	pub, err := usagepub.New(pubConn, usagepub.WithConfig(loaded.NATS, config.Usage{SpoolDir: t.TempDir()}), usagepub.WithLogger(slog.New(slog.DiscardHandler)))
-	if err != nil {
-		t.Fatal(err)
-	}
-	s := New(loaded, slog.New(slog.DiscardHandler), Options{Sink: pub, SyncConn: nc, ClickHouse: store})
-	t.Cleanup(func() {
-		s.Close()
-		cctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		defer cancel()
-		pub.Close(cctx) //nolint:errcheck
-		pubConn.Close()
-		nc.Close()
-	})
+	opts := natsOptions(t, loaded.NATS)
+	opts.ClickHouse = store
+	s := New(loaded, slog.New(slog.DiscardHandler), opts)
+	t.Cleanup(s.Close)
 	url := serve(t, s)
 	team := principalOf(t, s, "team")
 	waitFor(t, func() bool { st := s.Limits.Status(team); return st.Fleet && st.Spend.TokensToday == 970 })

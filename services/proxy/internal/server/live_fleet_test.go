@@ -68,28 +68,10 @@ func TestUsageShowsTheFleet(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		pubConn, err := nats.Connect(ns.URL())
-		if err != nil {
-			t.Fatal(err)
-		}
-		syncConn, err := nats.Connect(ns.URL())
-		if err != nil {
-			t.Fatal(err)
-		}
-		pub, err := usagepub.New(pubConn, usagepub.WithConfig(loaded.NATS, config.Usage{SpoolDir: t.TempDir()}),
-			usagepub.WithCreateStream(), usagepub.WithLogger(slog.New(slog.DiscardHandler)))
-		if err != nil {
-			t.Fatal(err)
-		}
-		s := New(loaded, slog.New(slog.DiscardHandler), Options{Sink: pub, SyncConn: syncConn, ClickHouse: store})
-		t.Cleanup(func() {
-			s.Close()
-			cctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-			defer cancel()
-			pub.Close(cctx) //nolint:errcheck
-			pubConn.Close()
-			syncConn.Close()
-		})
+		opts := natsOptions(t, loaded.NATS, usagepub.WithCreateStream())
+		opts.ClickHouse = store
+		s := New(loaded, slog.New(slog.DiscardHandler), opts)
+		t.Cleanup(s.Close)
 		reps = append(reps, s)
 		urls = append(urls, serve(t, s))
 	}
@@ -241,31 +223,12 @@ func testUsageIsPrivate(t *testing.T, mode string) {
 		ns := natstest.Start(t)
 		ensureUsageStream(t, ns.URL())
 		cfg.NATS.URL, cfg.NATS.Partitions = ns.URL(), 4
-		pubConn, err := nats.Connect(ns.URL())
-		if err != nil {
-			t.Fatal(err)
-		}
-		syncConn, err := nats.Connect(ns.URL())
-		if err != nil {
-			t.Fatal(err)
-		}
 		loaded, err := config.FromStruct(cfg)
 		if err != nil {
 			t.Fatal(err)
 		}
-		pub, err := usagepub.New(pubConn, usagepub.WithConfig(loaded.NATS, config.Usage{SpoolDir: t.TempDir()}),
-			usagepub.WithCreateStream(), usagepub.WithLogger(slog.New(slog.DiscardHandler)))
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() {
-			cctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-			defer cancel()
-			pub.Close(cctx) //nolint:errcheck
-			pubConn.Close()
-			syncConn.Close()
-		})
-		opts = Options{Sink: pub, SyncConn: syncConn, ClickHouse: store}
+		opts = natsOptions(t, loaded.NATS, usagepub.WithCreateStream())
+		opts.ClickHouse = store
 	}
 	loaded, err := config.FromStruct(cfg)
 	if err != nil {
