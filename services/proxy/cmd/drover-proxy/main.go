@@ -111,6 +111,7 @@ func run() error {
 	}
 	srv := server.New(cfg, log, opts)
 
+	var metricsServer *http.Server // closed after the drain, so scrapes see it
 	if cfg.MetricsListen != "" {
 		ml, err := net.Listen("tcp", cfg.MetricsListen)
 		if err != nil {
@@ -119,7 +120,8 @@ func run() error {
 		log.Info("serving /metrics without a key on its own listener", "addr", ml.Addr().String())
 		mux := http.NewServeMux()
 		mux.Handle("GET /metrics", srv.MetricsHandler())
-		go (&http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}).Serve(ml) //nolint:errcheck // ends with the process
+		metricsServer = &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+		go metricsServer.Serve(ml) //nolint:errcheck // http.ErrServerClosed once closed below
 	}
 
 	ln, err := net.Listen("tcp", cfg.Listen)
@@ -146,6 +148,9 @@ func run() error {
 		log.Error("shutdown", "err", err)
 	}
 	srv.Close()
+	if metricsServer != nil {
+		metricsServer.Close() //nolint:errcheck // nothing left to scrape
+	}
 	if pub != nil {
 		// Every event is published or spooled before we exit.
 		pctx, pcancel := context.WithTimeout(context.Background(), 20*time.Second)
