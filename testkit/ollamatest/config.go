@@ -42,6 +42,16 @@ type Config struct {
 	ChunkDelay       time.Duration // pause before each content chunk
 	FirstByteLatency time.Duration // pause before the first byte of a generation reply
 	LoadDuration     time.Duration // extra pause when a request loads an unloaded model
+	// PromptTokenCost is the prompt evaluation time per uncached prompt token
+	// (prefixcache.go): time to first token is FirstByteLatency plus this
+	// times the tokens not found in the slot's cache, and prompt_eval_duration
+	// reports exactly that product. 0 (the default) costs nothing and
+	// prompt_eval_duration is the measured time to the first token.
+	PromptTokenCost time.Duration
+	// CacheTokens bounds each slot's prompt cache, in tokens; 0 means the
+	// model's context length. There are Parallel slots per model, or
+	// DefaultCacheSlots when Parallel is 0.
+	CacheTokens int
 
 	// Parallel caps concurrent generations per model like OLLAMA_NUM_PARALLEL;
 	// 0 means unlimited. Requests above the cap wait for a slot.

@@ -30,6 +30,13 @@
 //     DefaultChunks; done_reason "stop"). eval_count is left out when 0, as
 //     Ollama's omitempty does.
 //
+// Prompt caching (prefixcache.go): each model has Parallel slots (or
+// DefaultCacheSlots) with an LRU of the prompt's token blocks; a request
+// takes the free slot with the longest cached prefix, waits
+// Config.PromptTokenCost per uncached token before its first token, and
+// reports the whole prompt in prompt_eval_count but only the uncached part
+// in prompt_eval_duration, as Ollama does. CachedPromptTokens sums the hits.
+//
 // Models with the thinking capability (unless "think": false) send the first
 // half of the chunks as thinking, the rest as content.
 //

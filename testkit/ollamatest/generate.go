@@ -49,6 +49,9 @@ type job struct {
 	raw       bool // generate with raw: Ollama sends no context
 	plan      plan
 	start     time.Time
+	prompt    *promptHash   // the prompt's tokens in cache blocks (prefixcache.go)
+	cached    int           // prompt tokens found in the slot's cache
+	evalCost  time.Duration // PromptTokenCost for the uncached tokens
 }
 
 func (s *Server) handleChat(w http.ResponseWriter, r *http.Request) {
@@ -83,13 +86,14 @@ func (s *Server) handleChat(w http.ResponseWriter, r *http.Request) {
 	if !s.checkCaps(w, e, req.Model, "chat", want) || !validOptions(w, req.Options) {
 		return
 	}
-	prompt := 0
+	prompt, ph := 0, newPromptHash()
 	for _, m := range req.Messages {
 		prompt += countWords(m.Content) + PerMessageTokens
+		ph.message(m.Role, m.Content)
 	}
 	s.run(w, r, &job{kind: kindChat, e: e, model: jsonw.AppendString(nil, req.Model),
 		stream: req.Stream == nil || *req.Stream, keepAlive: ka, empty: len(req.Messages) == 0,
-		plan: s.makePlan(prompt, req.Options, req.Fake, think > 0), start: start})
+		plan: s.makePlan(prompt, req.Options, req.Fake, think > 0), start: start, prompt: ph})
 }
 
 func (s *Server) handleGenerate(w http.ResponseWriter, r *http.Request) {
@@ -133,7 +137,8 @@ func (s *Server) handleGenerate(w http.ResponseWriter, r *http.Request) {
 	}
 	s.run(w, r, &job{kind: kindGenerate, e: e, model: jsonw.AppendString(nil, req.Model),
 		stream: req.Stream == nil || *req.Stream, keepAlive: ka, empty: req.Prompt == "", raw: req.Raw,
-		plan: s.makePlan(prompt, req.Options, req.Fake, think > 0), start: start})
+		plan: s.makePlan(prompt, req.Options, req.Fake, think > 0), start: start,
+		prompt: generatePromptHash(req.System, req.Prompt, req.Suffix)})
 }
 
 // checkThink mirrors Ollama: thinking models think unless told not to; asking

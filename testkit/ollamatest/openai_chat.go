@@ -128,7 +128,8 @@ func (s *Server) handleChatCompletions(w http.ResponseWriter, r *http.Request, h
 		badOpenAIRequest(w, "[] is too short - 'messages'")
 		return
 	}
-	prompt, err := openaiPromptTokens(req.Messages)
+	ph := newPromptHash()
+	prompt, err := openaiPromptTokens(req.Messages, ph)
 	if err != nil {
 		badOpenAIRequest(w, err.Error())
 		return
@@ -179,7 +180,7 @@ func (s *Server) handleChatCompletions(w http.ResponseWriter, r *http.Request, h
 	j := &openaiJob{
 		job: job{kind: kindChat, e: e, model: jsonw.AppendString(nil, req.Model), stream: req.Stream,
 			keepAlive: s.cfg.KeepAlive, start: start,
-			plan: s.makePlan(prompt, maxTokens(req.MaxTokens), f.fault(), thinking > 0)},
+			plan: s.makePlan(prompt, maxTokens(req.MaxTokens), f.fault(), thinking > 0), prompt: ph},
 		id: openaiID("chatcmpl-"), usage: req.StreamOptions.includeUsage(),
 	}
 	if f != nil && f.ToolCall && len(req.Tools) > 0 && j.plan.chunks > j.plan.thinking {
@@ -190,8 +191,8 @@ func (s *Server) handleChatCompletions(w http.ResponseWriter, r *http.Request, h
 
 // openaiPromptTokens converts messages as openai.FromChatRequest does
 // (a content array becomes one message per part) and counts them with the
-// fake's rule; its errors are the middleware's 400s.
-func openaiPromptTokens(msgs []openaiMessage) (int, error) {
+// fake's rule, feeding ph the same tokens; its errors are the middleware's 400s.
+func openaiPromptTokens(msgs []openaiMessage, ph *promptHash) (int, error) {
 	tokens, converted := 0, 0
 	for _, m := range msgs {
 		switch content := m.Content.(type) {
@@ -200,6 +201,7 @@ func openaiPromptTokens(msgs []openaiMessage) (int, error) {
 				return 0, err
 			}
 			tokens += countWords(content) + PerMessageTokens
+			ph.message(m.Role, content)
 			converted++
 		case []any:
 			for _, c := range content {
@@ -214,11 +216,13 @@ func openaiPromptTokens(msgs []openaiMessage) (int, error) {
 						return 0, errors.New("invalid message format")
 					}
 					tokens += countWords(text) + PerMessageTokens
+					ph.message(m.Role, text)
 				case "image_url":
 					if err := checkImagePart(part); err != nil {
 						return 0, err
 					}
 					tokens += PerMessageTokens
+					ph.marker(m.Role + " image " + imageURL(part))
 				default:
 					return 0, errors.New("invalid message format")
 				}
@@ -237,6 +241,7 @@ func openaiPromptTokens(msgs []openaiMessage) (int, error) {
 				return 0, err
 			}
 			tokens += PerMessageTokens
+			ph.marker(m.Role + " tools " + toolCallsText(m.ToolCalls))
 			converted++
 		}
 	}
@@ -327,7 +332,8 @@ func (s *Server) handleCompletions(w http.ResponseWriter, r *http.Request, hf *o
 	s.runOpenAI(w, ew, r, &openaiJob{
 		job: job{kind: kindGenerate, e: e, model: jsonw.AppendString(nil, req.Model), stream: req.Stream,
 			keepAlive: s.cfg.KeepAlive, empty: req.Prompt == "", start: start,
-			plan: s.makePlan(prompt, maxTokens(req.MaxTokens), pickFault(hf, req.Fake).fault(), thinking > 0)},
+			prompt: generatePromptHash("", req.Prompt, req.Suffix),
+			plan:   s.makePlan(prompt, maxTokens(req.MaxTokens), pickFault(hf, req.Fake).fault(), thinking > 0)},
 		id: openaiID("cmpl-"), usage: req.StreamOptions.includeUsage(),
 	})
 }

@@ -35,9 +35,11 @@ func (s *Server) runOpenAI(w http.ResponseWriter, ew *errorRewriter, r *http.Req
 		s.openaiLoadReply(w, j)
 		return
 	}
-	if !s.sleep(r.Context(), time.Duration(s.latency.Load())) {
+	evaluated, ok := s.evalPrompt(r.Context(), &j.job)
+	if !ok {
 		return
 	}
+	defer evaluated()
 	if j.stream {
 		s.streamOpenAI(w, r, j)
 	} else {

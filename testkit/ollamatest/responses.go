@@ -70,7 +70,7 @@ func (s *Server) serveResponses(w http.ResponseWriter, r *http.Request) {
 	if !s.checkCaps(ew, e, req.Model, "chat", []Capability{CapCompletion}) {
 		return
 	}
-	prompt, err := openaiPromptTokens(msgs)
+	prompt, err := openaiPromptTokens(msgs, newPromptHash())
 	if err != nil {
 		badOpenAIRequest(w, err.Error())
 		return

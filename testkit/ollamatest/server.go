@@ -30,6 +30,8 @@ type Server struct {
 	chunkDelay atomic.Int64
 	latency    atomic.Int64
 	waiting    atomic.Int64 // requests queued for a Parallel slot
+	// cachedPrompt sums the cached prompt tokens of counted replies (prefixcache.go).
+	cachedPrompt atomic.Int64
 
 	mu     sync.Mutex // guards catalog writes, loaded, blobs
 	loaded map[string]*loadedModel

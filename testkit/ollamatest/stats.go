@@ -37,6 +37,8 @@ type stats struct {
 // counters survive a model being removed and added again.
 type modelSlots struct {
 	sem         chan struct{} // nil when Parallel is 0
+	cacheOnce   sync.Once
+	cache       *promptCache // the slots' prompt caches (prefixcache.go), made by cacheOnce
 	inFlight    atomic.Int64
 	maxInFlight atomic.Int64
 }
@@ -118,6 +120,7 @@ func (s *Server) ResetCounters() {
 	s.stats.embedPrompt.Store(0)
 	s.stats.completed.Store(0)
 	s.stats.cut.Store(0)
+	s.cachedPrompt.Store(0)
 	s.stats.models.Range(func(_, v any) bool {
 		ms := v.(*modelSlots)
 		ms.maxInFlight.Store(ms.inFlight.Load())

@@ -27,9 +27,11 @@ func (s *Server) run(w http.ResponseWriter, r *http.Request, j *job) {
 		writeRaw(w, http.StatusOK, s.doneOnly(j.kind, string(j.model[1:len(j.model)-1]), "load"))
 		return
 	}
-	if !s.sleep(r.Context(), time.Duration(s.latency.Load())) {
+	evaluated, ok := s.evalPrompt(r.Context(), j)
+	if !ok {
 		return
 	}
+	defer evaluated()
 	if j.stream {
 		s.stream(w, r, j, loaded)
 	} else {
@@ -97,6 +99,9 @@ func (j *job) appendFinal(b []byte, content, thinking string, start, loaded, fir
 	}
 	load := max(loaded.Sub(start), 1)
 	prompt := max(first.Sub(loaded), 1)
+	if j.evalCost > 0 { // the uncached part only, exactly (prefixcache.go)
+		prompt = j.evalCost
+	}
 	eval := max(end.Sub(first), 1)
 	total := max(end.Sub(start), load+prompt+eval)
 	b = appendIntField(b, "total_duration", int64(total))
@@ -114,6 +119,7 @@ func (s *Server) countFinal(j *job) {
 	s.stats.promptEval.Add(int64(j.plan.promptTokens))
 	s.stats.eval.Add(int64(j.plan.chunks))
 	s.stats.completed.Add(1)
+	s.cachedPrompt.Add(int64(j.cached))
 }
 
 // at reports whether an *AfterChunks fault fires before chunk i of a reply

@@ -26,12 +26,14 @@ func main() {
 	parallel := flag.Int("parallel", 0, "concurrent generations per model (0: unlimited), like OLLAMA_NUM_PARALLEL")
 	maxQueue := flag.Int("max-queue", 0, "requests waiting for a slot before 503 (0: unlimited)")
 	maxLoaded := flag.Int("max-loaded", 0, "loaded models before eviction (0: unlimited)")
+	promptCost := flag.Duration("prompt-token-cost", 0, "prompt evaluation time per uncached prompt token (prefix cache per slot)")
+	cacheTokens := flag.Int("cache-tokens", 0, "prompt cache per slot, in tokens (0: the model's context length)")
 	flag.Parse()
 
 	cfg := ollamatest.Config{
 		Loaded: split(*loaded), Version: *version, Chunks: *chunks, ChunkDelay: *chunkDelay,
 		FirstByteLatency: *latency, LoadDuration: *load, Parallel: *parallel, MaxQueue: *maxQueue,
-		MaxLoadedModels: *maxLoaded,
+		MaxLoadedModels: *maxLoaded, PromptTokenCost: *promptCost, CacheTokens: *cacheTokens,
 	}
 	for _, m := range split(*models) {
 		name, caps, _ := strings.Cut(m, "=")
