@@ -44,6 +44,9 @@ type Config struct {
 	Usage       Usage              `yaml:"usage"`
 	ClickHouse  ClickHouse         `yaml:"clickhouse"`
 	Aggregator  Aggregator         `yaml:"aggregator"`
+	// Server bounds what a client connection and a backend stream may
+	// cost (server.go in this package).
+	Server Server `yaml:"server"`
 }
 
 // Backend is one inference server.
@@ -200,7 +203,9 @@ func (t TLS) On() bool { return t.Enabled || t.CAFile != "" || t.CertFile != "" 
 
 // NATS is the connection shared by publishing, consuming and fleet state.
 type NATS struct {
-	// URL of the NATS server(s); empty disables everything NATS-backed.
+	// URL of the NATS server(s): one URL, or a cluster's as a
+	// comma-separated list (clients reconnect to any of them); empty
+	// disables everything NATS-backed.
 	URL string `yaml:"url"`
 	// Stream is the JetStream stream for usage events (default "USAGE").
 	Stream string `yaml:"stream"`
@@ -211,6 +216,11 @@ type NATS struct {
 	DuplicateWindow time.Duration `yaml:"duplicate_window"`
 	// Partitions is the number of usage subjects usage.v1.<p> (default 8).
 	Partitions int `yaml:"partitions"`
+	// Replicas is how many servers of a NATS cluster keep a copy of the
+	// usage stream and the key and lease buckets (default 1, a single
+	// server; 3 in a three-node cluster, which then survives the loss of
+	// one node). 1 to 5.
+	Replicas int `yaml:"replicas"`
 	// Credentials: at most one of User (with Password), NKeySeedFile or
 	// CredsFile. Shipped deployments give each service its own user with
 	// only the subjects it needs (deploy/nats/nats.conf, docs/security.md).

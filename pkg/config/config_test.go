@@ -86,6 +86,8 @@ func TestErrorsNameTheKey(t *testing.T) {
 		{"unknown env key", "", []string{"DROVER_ROUTNG_MAX_CONCURRENCY=3"}, "DROVER_ROUTNG_MAX_CONCURRENCY: no such configuration key"},
 		{"alias to unknown backend", "backends: [{url: 'http://x'}]\naliases: {big: [{backend: nope, model: m}]}", nil, "aliases.big[0].backend"},
 		{"bad log level", "log_level: loud", nil, "log_level: must be"},
+		{"too many nats replicas", "nats: {replicas: 6}", nil, "nats.replicas: must be 1 to 5"},
+		{"negative nats replicas", "", []string{"DROVER_NATS_REPLICAS=-1"}, "nats.replicas: must be 1 to 5"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

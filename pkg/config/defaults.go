@@ -58,6 +58,7 @@ func DefaultNATS() NATS {
 		MaxBytes:        1 << 30,
 		DuplicateWindow: 10 * time.Minute,
 		Partitions:      8,
+		Replicas:        1,
 	}
 }
 

@@ -22,13 +22,15 @@ func TestDefaults(t *testing.T) {
 		Health: Health{FailureThreshold: 3, OpenFor: 2 * time.Second, OpenMax: 60 * time.Second, ProbeInterval: 2 * time.Second},
 		Auth:   Auth{Bucket: "drover_keys", StateFile: "./data/keys.json"},
 		Limits: Limits{DefaultOutputTokens: 512, Admission: "reserve"},
-		NATS:   NATS{Stream: "USAGE", MaxAge: 168 * time.Hour, MaxBytes: 1 << 30, DuplicateWindow: 10 * time.Minute, Partitions: 8},
+		NATS:   NATS{Stream: "USAGE", MaxAge: 168 * time.Hour, MaxBytes: 1 << 30, DuplicateWindow: 10 * time.Minute, Partitions: 8, Replicas: 1},
 		Usage: Usage{QueueSize: 65536, SpoolDir: "./data/spool", SpoolMaxBytes: 1 << 30, SpoolSyncInterval: 100 * time.Millisecond,
 			BatchSize: 500, BatchLinger: 5 * time.Millisecond, PublishMode: "batch", AckTimeout: 5 * time.Second},
 		ClickHouse: ClickHouse{Database: "drover", Username: "default", DialTimeout: 5 * time.Second, ReadTimeout: 30 * time.Second},
 		Aggregator: Aggregator{BatchSize: 20000, FlushInterval: 500 * time.Millisecond, MetricsListen: ":9464", Instance: "r1",
 			LeaseBucket: "drover_aggregator", LeaseTTL: 10 * time.Second, FetchBatch: 2000,
 			DeadLetterSubject: "drover.usage.deadletter", RetryMax: 30 * time.Second, ShutdownTimeout: 30 * time.Second},
+		Server: Server{MaxBodyBytes: 32 << 20, MaxBlobBytes: 256 << 30, MaxHeaderBytes: 64 << 10, BodyTimeout: 60 * time.Second,
+			ReadHeaderTimeout: 10 * time.Second, IdleTimeout: 120 * time.Second, MaxEventBytes: 16 << 20},
 	}
 	if !reflect.DeepEqual(*c, want) {
 		t.Fatalf("defaults\n got %+v\nwant %+v", *c, want)

@@ -4,6 +4,16 @@
 // subjects and nobody else's), reconnecting for ever, and logging every
 // refusal by the server loudly instead of dropping it.
 //
+// nats.url may list a cluster's servers, comma-separated; the client also
+// learns the cluster's other servers from the one it reaches. When its
+// server goes away it reconnects to any other at once (the list is
+// shuffled, so a fleet spreads over the cluster) and comes back to a
+// server it has already tried after reconnectWait; every loss and
+// reconnection is logged with the server and how long the connection was
+// down. A server that dies with its host (no TCP reset) is noticed within
+// pingInterval × (maxPingsOut+1). docs/pipeline.md ("A NATS cluster")
+// states what clients see meanwhile.
+//
 // Name a connection "<service> <instance> [<purpose>]", e.g.
 // "drover-proxy r1 usage": the server shows the name in its monitoring,
 // and the first word picks the inbox prefix, _INBOX_drover_proxy here
@@ -28,8 +38,18 @@ import (
 )
 
 const (
-	// reconnectWait spaces attempts while NATS is away.
+	// reconnectWait spaces attempts to the same server while NATS is away;
+	// the other servers of a cluster are tried at once.
 	reconnectWait = 500 * time.Millisecond
+	// reconnectJitter spreads a fleet's attempts after a server is lost.
+	reconnectJitter = 100 * time.Millisecond
+	// pingInterval and maxPingsOut bound how long a server that vanished
+	// without closing the connection (its host died) goes unnoticed: the
+	// client gives up on it after maxPingsOut unanswered pings, about
+	// pingInterval × (maxPingsOut+1). nats.go's defaults (2m, 2) leave
+	// that at minutes.
+	pingInterval = 5 * time.Second
+	maxPingsOut  = 2
 	// firstDialTimeout bounds the first, synchronous attempt, which tells a
 	// server that refuses our credentials from one that is not up yet.
 	firstDialTimeout = 2 * time.Second
@@ -90,8 +110,14 @@ func Options(cfg config.NATS, name string, log *slog.Logger) ([]nats.Option, err
 		nats.CustomInboxPrefix(InboxPrefix(service)),
 		nats.MaxReconnects(-1),
 		nats.ReconnectWait(reconnectWait),
+		nats.ReconnectJitter(reconnectJitter, reconnectJitter),
+		nats.PingInterval(pingInterval),
+		nats.MaxPingsOutstanding(maxPingsOut),
 		nats.ErrorHandler(l.onError),
 		nats.ClosedHandler(l.onClosed),
+		nats.ConnectHandler(l.onConnect),
+		nats.DisconnectErrHandler(l.onDisconnect),
+		nats.ReconnectHandler(l.onReconnect),
 	}
 	switch {
 	case cfg.User != "":
@@ -151,14 +177,17 @@ func refused(err error) bool {
 }
 
 // refusals logs what the server refuses: the first of each kind at once,
-// repeats at most every logEvery with how many were left out. Messages hold
-// subjects and the server's words, never credentials.
+// repeats at most every logEvery with how many were left out; and every
+// loss of the connection and reconnection. Messages hold subjects, server
+// addresses and the server's words, never credentials.
 type refusals struct {
 	log *slog.Logger
 
-	mu         sync.Mutex // guards last and suppressed
+	mu         sync.Mutex // guards last, suppressed, lostAt and server
 	last       map[string]time.Time
 	suppressed map[string]int
+	lostAt     time.Time // when the connection was lost; zero while up
+	server     string    // the server last connected to, redacted
 }
 
 func (r *refusals) onError(nc *nats.Conn, sub *nats.Subscription, err error) {
@@ -193,6 +222,46 @@ func (r *refusals) onError(nc *nats.Conn, sub *nats.Subscription, err error) {
 		attrs = append(attrs, "similar_errors_not_logged", skipped)
 	}
 	r.log.Error(msg, attrs...)
+}
+
+// onConnect notes the first server reached, for onDisconnect (which can no
+// longer ask the connection).
+func (r *refusals) onConnect(nc *nats.Conn) {
+	server := redact(nc.ConnectedUrl())
+	r.mu.Lock()
+	r.server = server
+	r.mu.Unlock()
+}
+
+// onDisconnect logs a lost connection (not a deliberate close) and notes
+// when, for onReconnect.
+func (r *refusals) onDisconnect(nc *nats.Conn, err error) {
+	if nc.IsClosed() {
+		return
+	}
+	r.mu.Lock()
+	r.lostAt = time.Now()
+	server := r.server
+	r.mu.Unlock()
+	attrs := []any{"server", server, "known_servers", len(nc.Servers())}
+	if err != nil {
+		attrs = append(attrs, "err", err.Error())
+	}
+	r.log.Warn("NATS connection lost; reconnecting to any server of the cluster", attrs...)
+}
+
+// onReconnect logs where the connection came back and after how long.
+func (r *refusals) onReconnect(nc *nats.Conn) {
+	server := redact(nc.ConnectedUrl())
+	r.mu.Lock()
+	lost := r.lostAt
+	r.lostAt, r.server = time.Time{}, server
+	r.mu.Unlock()
+	attrs := []any{"server", server}
+	if !lost.IsZero() {
+		attrs = append(attrs, "down_for", time.Since(lost).Round(time.Millisecond).String())
+	}
+	r.log.Info("NATS reconnected", attrs...)
 }
 
 func (r *refusals) onClosed(nc *nats.Conn) {

@@ -39,6 +39,9 @@ type StreamConfig struct {
 	MaxAge          time.Duration
 	MaxBytes        int64
 	DuplicateWindow time.Duration
+	// Replicas is how many NATS cluster nodes keep a copy (nats.replicas;
+	// 0 means 1). An existing stream is scaled to it on update.
+	Replicas int
 }
 
 // EnsureStream creates the usage stream or updates it to cfg. The
@@ -62,6 +65,7 @@ func EnsureStream(ctx context.Context, js jetstream.JetStream, cfg StreamConfig)
 		MaxAge:     cfg.MaxAge,
 		MaxBytes:   cfg.MaxBytes,
 		Duplicates: cfg.DuplicateWindow,
+		Replicas:   cfg.Replicas,
 		// Publishers send fast batches (one ack per batch); servers before
 		// NATS 2.14 ignore the field and publishers fall back to one ack
 		// per event.

@@ -302,7 +302,7 @@ func TestShippedNATSProxyIsConfined(t *testing.T) {
 	if _, err := ajs.CreateOrUpdateConsumer(testCtx(t, 5*time.Second), "USAGE", jetstream.ConsumerConfig{Durable: "drover-aggregator-p0", FilterSubject: "usage.v1.0", AckPolicy: jetstream.AckExplicitPolicy}); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := lease.Open(testCtx(t, 5*time.Second), ajs, "drover_aggregator", "a1", time.Minute); err != nil {
+	if _, err := lease.Open(testCtx(t, 5*time.Second), ajs, "drover_aggregator", "a1", time.Minute, 1); err != nil {
 		t.Fatal(err)
 	}
 	nc, errs := asProxy(t, ns)
@@ -415,7 +415,7 @@ func TestShippedNATSAggregatorIsConfined(t *testing.T) {
 	if err := js.DeleteConsumer(ctx, "USAGE", "drover-aggregator-p0"); err != nil {
 		t.Fatal(err)
 	}
-	tb, err := lease.Open(ctx, js, "drover_aggregator", "a1", time.Minute)
+	tb, err := lease.Open(ctx, js, "drover_aggregator", "a1", time.Minute, 1)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -122,6 +122,7 @@ func run(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 	if !retry(ctx, log, "ensuring the usage stream", func() error {
 		_, err := usage.EnsureStream(ctx, js, usage.StreamConfig{
 			Name: cfg.NATS.Stream, MaxAge: cfg.NATS.MaxAge, MaxBytes: cfg.NATS.MaxBytes, DuplicateWindow: cfg.NATS.DuplicateWindow,
+			Replicas: cfg.NATS.Replicas,
 		})
 		return err
 	}) {
@@ -129,7 +130,7 @@ func run(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 	}
 	var leases *lease.Table
 	if !retry(ctx, log, "opening the lease bucket", func() (err error) {
-		leases, err = lease.Open(ctx, js, cfg.Aggregator.LeaseBucket, cfg.Aggregator.Instance, cfg.Aggregator.LeaseTTL)
+		leases, err = lease.Open(ctx, js, cfg.Aggregator.LeaseBucket, cfg.Aggregator.Instance, cfg.Aggregator.LeaseTTL, cfg.NATS.Replicas)
 		return err
 	}) {
 		return nil

@@ -309,7 +309,7 @@ func (e *env) startAgg(id string, opts ...aggOption) *agg {
 	e.t.Helper()
 	nc, js := e.connect()
 	ctx := context.Background()
-	leases, err := lease.Open(ctx, js, bucket, id, testLeaseTTL)
+	leases, err := lease.Open(ctx, js, bucket, id, testLeaseTTL, 1)
 	if err != nil {
 		e.t.Fatal(err)
 	}

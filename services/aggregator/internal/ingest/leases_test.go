@@ -70,7 +70,7 @@ func TestLostLeaseDoesNotStopRenewalsDuringAnInsert(t *testing.T) {
 	}
 
 	// Take partition 0 away: its next renewal is refused.
-	thief, err := lease.Open(ctx, e.js, bucket, "thief", testLeaseTTL)
+	thief, err := lease.Open(ctx, e.js, bucket, "thief", testLeaseTTL, 1)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -25,9 +25,10 @@ type Table struct {
 	id string
 }
 
-// Open creates or updates the bucket with the given TTL and returns the table
-// for instance id.
-func Open(ctx context.Context, js jetstream.JetStream, bucket, id string, ttl time.Duration) (*Table, error) {
+// Open creates or updates the bucket with the given TTL, kept on replicas
+// NATS cluster nodes (nats.replicas; 0 means 1), and returns the table for
+// instance id.
+func Open(ctx context.Context, js jetstream.JetStream, bucket, id string, ttl time.Duration, replicas int) (*Table, error) {
 	if id == "" || strings.ContainsAny(id, " \t\r\n") {
 		return nil, fmt.Errorf("lease: instance id %q must be non-empty without spaces", id)
 	}
@@ -37,6 +38,7 @@ func Open(ctx context.Context, js jetstream.JetStream, bucket, id string, ttl ti
 		TTL:         ttl,
 		History:     1,
 		Storage:     jetstream.FileStorage,
+		Replicas:    replicas,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("opening lease bucket %s: %w", bucket, err)

@@ -33,6 +33,9 @@ type Options struct {
 	Conn *nats.Conn
 	// Bucket is the key-value bucket (created if missing).
 	Bucket string
+	// Replicas is how many NATS cluster nodes keep a copy of the bucket
+	// (nats.replicas; 0 means 1).
+	Replicas int
 	// StateFile keeps the last set seen; "" keeps none.
 	StateFile string
 	// OnChange receives the whole current set of bucket keys (valid
@@ -227,7 +230,7 @@ func (s *Store) bucket(ctx context.Context) (jetstream.KeyValue, error) {
 	// History 1: only the current record of each key matters; a revoked
 	// key's delete marker replaces it. No TTL: keys live until revoked.
 	kv, err := s.js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
-		Bucket: s.opts.Bucket, History: 1,
+		Bucket: s.opts.Bucket, History: 1, Replicas: s.opts.Replicas,
 		Description: "Drover's run-time API keys: SHA-256 digests, never secrets",
 	})
 	if err != nil {

@@ -91,7 +91,7 @@ func New(cfg *config.Config, log *slog.Logger, opts Options) *Server {
 	s.usageStatus = opts.UsageStatus
 	// Run-time keys: the bucket's whole set replaces the bucket part of
 	// s.Keys on every change (no bucket, config keys only, without NATS).
-	s.keyStore = keystore.Open(keystore.Options{Conn: opts.SyncConn, Bucket: cfg.Auth.Bucket, StateFile: cfg.Auth.StateFile, Log: log,
+	s.keyStore = keystore.Open(keystore.Options{Conn: opts.SyncConn, Bucket: cfg.Auth.Bucket, Replicas: cfg.NATS.Replicas, StateFile: cfg.Auth.StateFile, Log: log,
 		OnChange: func(recs []apikey.Record) {
 			if skipped := s.Keys.SetBucket(recs); len(skipped) > 0 {
 				log.Warn("key bucket entries ignored: the config file defines these ids", "keys", skipped)
@@ -153,6 +153,8 @@ func (s *Server) Close() {
 
 func (s *Server) routes() http.Handler {
 	r := chi.NewRouter()
+	// First, on the server's own ResponseWriter: it sets read deadlines.
+	r.Use(bodyLimits(s.Config.Server, deny))
 	r.Use(middleware.Recoverer)
 	// The page for browsers at / and its static assets: no key needed (they
 	// hold no data; the page asks for a key when the API wants one).
