@@ -88,6 +88,10 @@ type Routing struct {
 	// while the backend notices the closed connection and stops (default
 	// 50ms). It keeps the cap true at the backend, not only in Drover.
 	CancelGrace time.Duration `yaml:"cancel_grace"`
+	// Strategy ranks the candidates with a free slot: prefix (default),
+	// least_loaded, round_robin or session (docs/routing.md).
+	Strategy string   `yaml:"strategy"`
+	Affinity Affinity `yaml:"affinity"`
 }
 
 // Queue bounds the requests waiting for a free slot: by priority class,

@@ -22,6 +22,9 @@ const (
 	// SubjectInFlight carries each proxy replica's in-flight counts per
 	// (backend, model), on change and as a heartbeat (docs/fleet.md).
 	SubjectInFlight = "drover.inflight"
+	// SubjectAffinity carries each proxy replica's inserts into its index
+	// of cached prompt prefixes per (backend, model) (docs/routing.md).
+	SubjectAffinity = "drover.affinity"
 	// SubjectLimits carries each proxy replica's limit reservations and
 	// settlements (services/proxy/internal/limits, docs/limits.md).
 	SubjectLimits = "drover.limits.ledger"
@@ -120,6 +123,8 @@ func DefaultRouting() Routing {
 		ConnectTimeout: 3 * time.Second,
 		HeaderTimeout:  10 * time.Minute,
 		CancelGrace:    50 * time.Millisecond,
+		Strategy:       StrategyPrefix,
+		Affinity:       DefaultAffinity(),
 	}
 }
 

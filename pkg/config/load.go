@@ -191,6 +191,15 @@ func setPath(v reflect.Value, words []string, val string) error {
 }
 
 func setScalar(v reflect.Value, val string) error {
+	if v.Kind() == reflect.Pointer {
+		// An optional value (routing.affinity.share): set, not defaulted.
+		p := reflect.New(v.Type().Elem())
+		if err := setScalar(p.Elem(), val); err != nil {
+			return err
+		}
+		v.Set(p)
+		return nil
+	}
 	if v.Type() == reflect.TypeOf(time.Duration(0)) {
 		d, err := time.ParseDuration(val)
 		if err != nil {

@@ -208,6 +208,7 @@ func (c *Config) Validate() error {
 	if c.Limits.DefaultOutputTokens < 0 {
 		bad("limits.default_output_tokens", "must not be negative")
 	}
+	c.Routing.validateAffinity(bad)
 	if c.Routing.Queue.MaxPerKey < 0 {
 		bad("routing.queue.max_per_key", "must not be negative")
 	}

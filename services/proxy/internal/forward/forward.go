@@ -125,6 +125,9 @@ func (f *Forwarder) Serve(w http.ResponseWriter, r *http.Request, req *Request) 
 		}
 	}
 	tried := map[string]bool{}
+	// What the routing strategy reads of the prompt (docs/routing.md), once
+	// for every attempt.
+	prompt := f.Router.Prompt(req.Route, req.Body, r.Header)
 	var last *failure
 	for attempt := 1; attempt <= f.MaxAttempts; attempt++ {
 		ev.Attempts = attempt
@@ -150,7 +153,7 @@ func (f *Forwarder) Serve(w http.ResponseWriter, r *http.Request, req *Request) 
 			req.Error(w, http.StatusBadRequest, err.Error())
 			return
 		}
-		slot, err := f.Router.Acquire(ctx, who, cands)
+		slot, err := f.Router.AcquireFor(ctx, who, cands, prompt)
 		if err != nil {
 			if ctx.Err() != nil {
 				return // the client left while queued

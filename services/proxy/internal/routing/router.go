@@ -19,6 +19,8 @@ import (
 	"errors"
 	"sync"
 	"time"
+
+	"github.com/droverhq/drover/services/proxy/internal/affinity"
 )
 
 var (
@@ -100,6 +102,10 @@ type Options struct {
 	// 10ms: time for a change message to reach the other replicas, fleet
 	// sync's 2ms spacing between messages included).
 	BorrowGap time.Duration
+	// Strategy ranks the candidates with a free slot (default
+	// LeastLoaded); Prefix and Session need Affinity (affinity.go).
+	Strategy Strategy
+	Affinity *Affinity
 }
 
 // Router owns every slot count and waiter on this replica.
@@ -120,8 +126,11 @@ type Router struct {
 	// to the fleet (Loads): the plan's view of this replica that the
 	// others share.
 	published map[Key]map[queueID]poolLoad
-	wake      *time.Timer // runs onWake at wakeAt
-	wakeAt    time.Time   // zero: no wake pending
+	wake      *time.Timer      // runs onWake at wakeAt
+	wakeAt    time.Time        // zero: no wake pending
+	tokens    map[string]int64 // local estimated tokens in flight per backend
+	turn      uint64           // RoundRobin's next turn
+	ranks     []ranked         // pickLocked's scratch
 }
 
 // poolLoad is one queue's local load on one (backend, model).
@@ -135,6 +144,11 @@ type waiter struct {
 	q     queueID
 	cands []Candidate
 	grant chan *Slot // buffered 1; receives the slot when granted
+	// aff is each candidate's affinity (nil: the strategy ignores it);
+	// tokens the request's estimated tokens; choice what ranking decided.
+	aff    []affinity.Match
+	tokens int64
+	choice choice
 }
 
 // New returns an empty router. remote may be nil.
@@ -143,7 +157,7 @@ func New(opts Options, remote Remote) *Router {
 		opts.BorrowGap = 10 * time.Millisecond
 	}
 	return &Router{opts: opts, remote: remote, inflight: map[Key]int{}, backend: map[string]int{}, pools: map[Key]map[queueID]*poolLoad{},
-		waiters: list.New(), perKey: map[string]int{}, published: map[Key]map[queueID]poolLoad{}, recent: map[queueID]*decaying{}, borrowed: map[Key]time.Time{}, busy: map[Key]time.Time{}}
+		waiters: list.New(), perKey: map[string]int{}, published: map[Key]map[queueID]poolLoad{}, recent: map[queueID]*decaying{}, borrowed: map[Key]time.Time{}, busy: map[Key]time.Time{}, tokens: map[string]int64{}}
 }
 
 // Slot is a reserved place on one backend for one model. Release it exactly
@@ -153,6 +167,8 @@ type Slot struct {
 	// Loaded is whether the router believed the model loaded there.
 	Loaded bool
 	q      queueID
+	tokens int64  // estimated tokens reserved on the backend
+	choice choice // what ranking decided, for the affinity outcome
 	r      *Router
 	once   sync.Once
 }
@@ -160,7 +176,7 @@ type Slot struct {
 // Release frees the slot and hands it to the waiter the queue's order
 // picks.
 func (s *Slot) Release() {
-	s.once.Do(func() { s.r.release(s.Key, s.q) })
+	s.once.Do(func() { s.r.release(s.Key, s.q, s.tokens) })
 }
 
 // Acquire reserves a slot for who on the best candidate with a free slot
@@ -168,16 +184,25 @@ func (s *Slot) Release() {
 // ErrQueueFull (ErrKeyQueueFull for who's own bound), ErrQueueTimeout,
 // ErrNoCandidates or the context's error.
 func (r *Router) Acquire(ctx context.Context, who Tenant, cands []Candidate) (*Slot, error) {
+	return r.acquire(ctx, who, cands, nil, nil)
+}
+
+// acquire is Acquire with each candidate's affinity (nil: none) and the
+// request's prompt (nil: unknown) for the strategy.
+func (r *Router) acquire(ctx context.Context, who Tenant, cands []Candidate, aff []affinity.Match, p *affinity.Prompt) (*Slot, error) {
 	if len(cands) == 0 {
 		return nil, ErrNoCandidates
 	}
 	who = who.normal()
 	start := time.Now()
+	w := &waiter{who: who, q: who.queue(), cands: cands, aff: aff}
+	if p != nil {
+		w.tokens = p.Tokens
+	}
 	r.lock(start)
-	w := &waiter{who: who, q: who.queue(), cands: cands}
 	if r.quietLocked(w) {
 		if c, ok := r.pickLocked(w, nil, start); ok {
-			s := r.reserveLocked(c, w.q, start)
+			s := r.reserveLocked(c, w, start)
 			r.mu.Unlock()
 			r.observe(start, false, nil)
 			return s, nil
@@ -333,10 +358,8 @@ func (r *Router) quietLocked(w *waiter) bool {
 // caches each (backend, model)'s plan for one pass over the waiters; nil
 // means nobody else waits (quietLocked): any free slot is w's.
 func (r *Router) pickLocked(w *waiter, plans map[Key]plan, now time.Time) (Candidate, bool) {
-	var best Candidate
-	var bestIn, bestTotal int
-	found := false
-	for _, c := range w.cands {
+	rs := r.ranks[:0]
+	for i, c := range w.cands {
 		local := r.inflight[c.Key]
 		if plans == nil {
 			if local >= c.Cap {
@@ -363,11 +386,10 @@ func (r *Router) pickLocked(w *waiter, plans map[Key]plan, now time.Time) (Candi
 			in += r.remote.InFlight(c.Key)
 			total += r.remote.BackendInFlight(c.Backend)
 		}
-		if !found || better(c, in, total, best, bestIn, bestTotal) {
-			best, bestIn, bestTotal, found = c, in, total, true
-		}
+		rs = append(rs, ranked{c: c, i: i, in: in, total: total, tokens: r.tokens[c.Backend]})
 	}
-	return best, found
+	r.ranks = rs
+	return r.chooseLocked(w, rs)
 }
 
 // mayBorrowLocked allows a slot beyond this replica's share only once its
@@ -425,8 +447,8 @@ func better(c Candidate, in, total int, b Candidate, bIn, bTotal int) bool {
 	return c.Weight > b.Weight
 }
 
-func (r *Router) reserveLocked(c Candidate, q queueID, now time.Time) *Slot {
-	k := c.Key
+func (r *Router) reserveLocked(c Candidate, w *waiter, now time.Time) *Slot {
+	k, q := c.Key, w.q
 	if _, ok := r.busy[k]; !ok {
 		r.busy[k] = now
 	}
@@ -435,6 +457,9 @@ func (r *Router) reserveLocked(c Candidate, q queueID, now time.Time) *Slot {
 	}
 	r.inflight[k]++
 	r.backend[k.Backend]++
+	if w.tokens > 0 {
+		r.tokens[k.Backend] += w.tokens
+	}
 	r.poolLocked(k, q).n++
 	d := r.recent[q]
 	if d == nil {
@@ -443,13 +468,18 @@ func (r *Router) reserveLocked(c Candidate, q queueID, now time.Time) *Slot {
 	}
 	d.add(now, 1)
 	r.changedLocked()
-	return &Slot{Key: k, Loaded: c.Loaded, q: q, r: r}
+	return &Slot{Key: k, Loaded: c.Loaded, q: q, tokens: w.tokens, choice: w.choice, r: r}
 }
 
-func (r *Router) release(k Key, q queueID) {
+func (r *Router) release(k Key, q queueID, tokens int64) {
 	now := time.Now()
 	r.lock(now)
 	defer r.mu.Unlock()
+	if tokens > 0 {
+		if r.tokens[k.Backend] -= tokens; r.tokens[k.Backend] <= 0 {
+			delete(r.tokens, k.Backend)
+		}
+	}
 	if r.inflight[k]--; r.inflight[k] <= 0 {
 		delete(r.inflight, k)
 		if r.waiters.Len() == 0 {
@@ -482,7 +512,7 @@ func (r *Router) grantLocked(now time.Time) {
 			w := e.Value.(*waiter)
 			if c, ok := r.pickLocked(w, plans, now); ok {
 				r.removeLocked(e)
-				w.grant <- r.reserveLocked(c, w.q, now)
+				w.grant <- r.reserveLocked(c, w, now)
 				granted = true
 				again = again || skipped
 				clear(plans)

@@ -57,6 +57,7 @@ type Server struct {
 	Keys *auth.Keys
 	// keyStore follows the key bucket and feeds Keys; it serves /api/keys.
 	keyStore *keystore.Store
+	affinity *affinityParts
 	log      *slog.Logger
 
 	usageStatus func() any
@@ -100,7 +101,11 @@ func New(cfg *config.Config, log *slog.Logger, opts Options) *Server {
 	s.Sync = fleetsync.New(opts.SyncConn, fleetsync.Options{Replica: cfg.Replica, Limits: fleetsync.LimitsFor(cfg), Registerer: s.Metrics.Registry}, log)
 	s.Fleet = fleet.New(cfg, log, fleet.Hooks{Fetch: s.Metrics.Fetch})
 	s.Fleet.OnInvalidate = s.Sync.PublishInvalidate
+	var affinity *routing.Affinity
+	s.affinity, affinity = newAffinity(cfg, s.Metrics, opts.SyncConn, log)
 	s.Router = routing.New(routing.Options{
+		Strategy: s.affinity.strategy,
+		Affinity: affinity,
 		MaxQueue: cfg.Routing.Queue.MaxLength,
 		// One key's waiters are bounded too, so one key cannot fill the queue.
 		MaxPerKey: cfg.Routing.Queue.MaxPerKey,
@@ -144,6 +149,7 @@ func (s *Server) MetricsHandler() http.Handler {
 
 // Close stops background work. Call it after the HTTP server has drained.
 func (s *Server) Close() {
+	s.affinity.close()
 	s.Live.Close()
 	s.Limits.Close()
 	s.keyStore.Close()
@@ -280,7 +286,7 @@ func (s *Server) health(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, code, map[string]any{"status": status})
 		return
 	}
-	out := map[string]any{"status": status, "replica": s.Config.Replica, "backends": backends, "queue_length": s.Router.QueueLen(), "fleet_sync": s.Sync.Status()}
+	out := map[string]any{"status": status, "replica": s.Config.Replica, "backends": backends, "queue_length": s.Router.QueueLen(), "fleet_sync": s.Sync.Status(), "affinity": s.affinity.status()}
 	if s.usageStatus != nil {
 		out["usage_pipeline"] = s.usageStatus()
 	}

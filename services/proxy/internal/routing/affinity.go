@@ -1,0 +1,220 @@
+package routing
+
+import (
+	"context"
+	"fmt"
+	"net/http"
+	"strings"
+	"time"
+
+	"github.com/droverhq/drover/services/proxy/internal/affinity"
+)
+
+// Strategy is how the router picks among candidates with a free slot
+// (docs/routing.md).
+type Strategy int
+
+const (
+	// LeastLoaded: loaded model first, then fewest in flight for the
+	// model, on the backend, then weight (the router's original order).
+	LeastLoaded Strategy = iota
+	// Prefix: loaded model first, then the candidate holding the longest
+	// cached prefix or the request's session, unless it carries more than
+	// the load bound over the least loaded; else the least loaded, with
+	// tokens in flight breaking ties of requests in flight.
+	Prefix
+	// Session: as Prefix, on explicit session hints only.
+	Session
+	// RoundRobin: the next candidate with a free slot in turn.
+	RoundRobin
+)
+
+// ParseStrategy reads routing.strategy.
+func ParseStrategy(s string) (Strategy, error) {
+	switch s {
+	case "least_loaded":
+		return LeastLoaded, nil
+	case "prefix", "":
+		return Prefix, nil
+	case "session":
+		return Session, nil
+	case "round_robin":
+		return RoundRobin, nil
+	}
+	return 0, fmt.Errorf("must be prefix, least_loaded, round_robin or session, got %q", s)
+}
+
+func (s Strategy) String() string {
+	return [...]string{"least_loaded", "prefix", "session", "round_robin"}[s]
+}
+
+// Affinity configures cache-affine ranking (Options.Affinity).
+type Affinity struct {
+	Index  *affinity.Index
+	Parser affinity.Parser
+	// LoadBound is how many more requests in flight (this replica's and
+	// the others') the affine candidate may carry than the least loaded
+	// one; LoadBoundTokens the same in estimated tokens (0: no token
+	// bound).
+	LoadBound       int
+	LoadBoundTokens int64
+	// Inserted, if set, receives the hashes a grant added to the index
+	// (or refreshed after Refresh), for sharing; it must not block.
+	Inserted func(t affinity.Target, hashes []uint64)
+	Refresh  time.Duration
+	// Outcome, if set, is told how each ranked request went: "hit" (the
+	// affine candidate won), "override" (it was over the load bound),
+	// "miss" (no candidate held anything), with the prompt's bytes and the
+	// bytes the chosen backend held. It is called outside the router's
+	// lock.
+	Outcome func(outcome string, promptBytes, cachedBytes int)
+}
+
+// Pick outcomes, for metrics.
+const (
+	OutcomeHit      = "hit"
+	OutcomeOverride = "override"
+	OutcomeMiss     = "miss"
+)
+
+// ranked is one candidate with a free slot that the waiter may take, with
+// its load.
+type ranked struct {
+	c         Candidate
+	i         int // index in the waiter's candidates
+	in, total int
+	tokens    int64
+}
+
+// choice is what ranking decided for a waiter, kept for reporting.
+type choice struct {
+	outcome string
+	match   affinity.Match
+}
+
+// Prompt reads what the router's strategy uses of a request: its prompt
+// chain, session hint and estimated tokens (nil: the strategy uses none,
+// or the route has no prompt to cache, as embeddings).
+func (r *Router) Prompt(route string, body []byte, h http.Header) *affinity.Prompt {
+	a := r.opts.Affinity
+	if a == nil || (r.opts.Strategy != Prefix && r.opts.Strategy != Session) || strings.Contains(route, "embed") || strings.Contains(route, "rerank") {
+		return nil
+	}
+	p := a.Parser.Parse(route, body, h)
+	return &p
+}
+
+// AcquireFor is Acquire for a request whose prompt p the strategy may use
+// (nil: none). Under Prefix and Session the candidates' affinity is read
+// from the index before the router's lock is taken, and the granted
+// backend is recorded in the index after it is released.
+func (r *Router) AcquireFor(ctx context.Context, who Tenant, cands []Candidate, p *affinity.Prompt) (*Slot, error) {
+	a := r.opts.Affinity
+	if p == nil || a == nil || a.Index == nil || (r.opts.Strategy != Prefix && r.opts.Strategy != Session) {
+		return r.acquire(ctx, who, cands, nil, p)
+	}
+	now := time.Now()
+	matches := make([]affinity.Match, len(cands))
+	for i, c := range cands {
+		if c.Loaded {
+			// A model not loaded has no cache: its entries wait unread
+			// until it is loaded again or they age out.
+			matches[i] = a.Index.Lookup(affinity.Target{Backend: c.Backend, Model: c.Model}, p, now)
+		}
+	}
+	s, err := r.acquire(ctx, who, cands, matches, p)
+	if err != nil {
+		return nil, err
+	}
+	t := affinity.Target{Backend: s.Backend, Model: s.Model}
+	if a.Refresh > 0 && a.Inserted != nil {
+		if fresh := a.Index.Insert(t, p, time.Now(), a.Refresh, nil); len(fresh) > 0 {
+			a.Inserted(t, fresh)
+		}
+	} else {
+		a.Index.Insert(t, p, time.Now(), 0, nil)
+	}
+	if a.Outcome != nil {
+		a.Outcome(s.choice.outcome, p.Bytes, min(p.Bytes, s.choice.match.Blocks*a.Parser.BlockBytes))
+	}
+	return s, nil
+}
+
+// chooseLocked picks among rs (in candidate order) by the router's
+// strategy.
+func (r *Router) chooseLocked(w *waiter, rs []ranked) (Candidate, bool) {
+	if len(rs) == 0 {
+		return Candidate{}, false
+	}
+	switch r.opts.Strategy {
+	case RoundRobin:
+		c := rs[r.turn%uint64(len(rs))].c
+		r.turn++
+		return c, true
+	case Prefix, Session:
+		if w.aff != nil {
+			return r.affineLocked(w, rs), true
+		}
+	}
+	best := rs[0]
+	for _, x := range rs[1:] {
+		if better(x.c, x.in, x.total, best.c, best.in, best.total) {
+			best = x
+		}
+	}
+	return best.c, true
+}
+
+// affineLocked: the least loaded candidate (loaded model first, then
+// requests, then tokens in flight), unless the candidate with the strongest
+// affinity among those with the same loaded state is within the load
+// bound of it.
+func (r *Router) affineLocked(w *waiter, rs []ranked) Candidate {
+	least := rs[0]
+	for _, x := range rs[1:] {
+		if lighter(x, least) {
+			least = x
+		}
+	}
+	aff, found := ranked{}, false
+	var am affinity.Match
+	for _, x := range rs {
+		m := w.aff[x.i]
+		if m.Zero() || x.c.Loaded != least.c.Loaded {
+			continue
+		}
+		if !found || m.Better(am) || (m == am && lighter(x, aff)) {
+			aff, am, found = x, m, true
+		}
+	}
+	a := r.opts.Affinity
+	switch {
+	case !found:
+		w.choice = choice{outcome: OutcomeMiss}
+		return least.c
+	case aff.in-least.in > a.LoadBound || (a.LoadBoundTokens > 0 && aff.tokens-least.tokens > a.LoadBoundTokens):
+		w.choice = choice{outcome: OutcomeOverride, match: w.aff[least.i]}
+		return least.c
+	}
+	w.choice = choice{outcome: OutcomeHit, match: am}
+	return aff.c
+}
+
+// lighter orders candidates for Prefix and Session: loaded model first,
+// then fewest in flight for the model, then fewest estimated tokens in
+// flight on the backend, then fewest in flight on it, then weight.
+func lighter(x, y ranked) bool {
+	if x.c.Loaded != y.c.Loaded {
+		return x.c.Loaded
+	}
+	if x.in != y.in {
+		return x.in < y.in
+	}
+	if x.tokens != y.tokens {
+		return x.tokens < y.tokens
+	}
+	if x.total != y.total {
+		return x.total < y.total
+	}
+	return x.c.Weight > y.c.Weight
+}

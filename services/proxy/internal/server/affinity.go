@@ -1,0 +1,79 @@
+package server
+
+import (
+	"log/slog"
+
+	"github.com/nats-io/nats.go"
+
+	"github.com/droverhq/drover/pkg/config"
+	"github.com/droverhq/drover/services/proxy/internal/affinity"
+	"github.com/droverhq/drover/services/proxy/internal/metrics"
+	"github.com/droverhq/drover/services/proxy/internal/routing"
+)
+
+// affinityParts are cache-affine routing's pieces on one replica
+// (routing.strategy, routing.affinity; docs/routing.md).
+type affinityParts struct {
+	strategy routing.Strategy
+	index    *affinity.Index
+	metrics  *metrics.Affinity
+	sharer   *affinity.Sharer // nil: not shared
+}
+
+// newAffinity builds the index, its metrics and, with a NATS connection
+// and routing.affinity.share, its sharing; the router options it returns
+// are nil for strategies that need no index.
+func newAffinity(cfg *config.Config, m *metrics.Metrics, conn *nats.Conn, log *slog.Logger) (*affinityParts, *routing.Affinity) {
+	strategy, err := routing.ParseStrategy(cfg.Routing.Strategy)
+	if err != nil {
+		// Validate refuses it first; a Config built around it gets today's
+		// order, loudly.
+		log.Error("routing.strategy: "+err.Error(), "using", "least_loaded")
+	}
+	p := &affinityParts{strategy: strategy}
+	if strategy != routing.Prefix && strategy != routing.Session {
+		return p, nil
+	}
+	ac := cfg.Routing.Affinity
+	p.index = affinity.NewIndex(ac.MaxEntries, ac.TTL)
+	p.metrics = m.NewAffinity(p.index.Len)
+	ra := &routing.Affinity{
+		Index:           p.index,
+		Parser:          affinity.Parser{BlockBytes: ac.BlockBytes, Chain: strategy == routing.Prefix, DefaultOutput: cfg.Limits.DefaultOutputTokens},
+		LoadBound:       ac.LoadBound,
+		LoadBoundTokens: ac.LoadBoundTokens,
+		Outcome:         p.metrics.Pick,
+	}
+	if conn == nil || !ac.Sharing() {
+		return p, ra
+	}
+	known := map[string]bool{}
+	for _, b := range cfg.Backends {
+		known[b.Name] = true
+	}
+	p.sharer, err = affinity.NewSharer(affinity.SharerOptions{Conn: conn, Replica: cfg.Replica, Index: p.index, Interval: ac.ShareInterval,
+		Known: func(b string) bool { return known[b] }, Observe: p.metrics.Share, Log: log})
+	if err != nil {
+		log.Error("affinity index not shared: each replica learns alone", "err", err)
+		return p, ra
+	}
+	ra.Inserted = p.sharer.Inserted
+	// An entry used again is re-sent once it is a fifth of its TTL old, so
+	// the others' copies do not age out while it is in use.
+	ra.Refresh = ac.TTL / 5
+	return p, ra
+}
+
+// status is /health's affinity summary (nil: the strategy keeps no index).
+func (p *affinityParts) status() any {
+	if p.metrics == nil {
+		return map[string]any{"strategy": p.strategy.String()}
+	}
+	return p.metrics.Status(p.strategy.String(), p.index.Len())
+}
+
+func (p *affinityParts) close() {
+	if p.sharer != nil {
+		p.sharer.Close()
+	}
+}
