@@ -4,7 +4,7 @@ GO ?= go
 MODULES := $(shell $(GO) list -m -f '{{.Dir}}' 2>/dev/null)
 PKGS := $(addsuffix /...,$(MODULES))
 
-.PHONY: build test deps lint bench bench-pipeline bench-compare bench-tenancy run demo smoke conformance
+.PHONY: build test deps lint bench bench-pipeline bench-compare bench-tenancy bench-routing run demo smoke conformance
 build:
 	$(GO) build -o bin/ ./services/proxy/cmd/... ./testkit/ollamatest/cmd/... ./services/bench/cmd/...
 
@@ -37,6 +37,15 @@ TENANCY_FLAGS ?=
 bench-tenancy: build
 	cd services/bench && $(GO) build -o ../../bin/nats-server github.com/nats-io/nats-server/v2
 	./bin/drover-bench-tenancy -drover ./bin/drover-proxy -backend-bin ./bin/fake-ollama -nats-bin ./bin/nats-server $(TENANCY_FLAGS) -json bench-tenancy.json
+
+# Routing strategies on four fake backends that cache prompt prefixes per
+# slot (issue 15): least_loaded, round_robin, session, prefix; one replica
+# and three sharing one nats-server, prefix with and without sharing its
+# index (docs/routing-bench.md). About 5 minutes; ROUTING_FLAGS=-quick for a look.
+ROUTING_FLAGS ?=
+bench-routing: build
+	cd services/bench && $(GO) build -o ../../bin/nats-server github.com/nats-io/nats-server/v2
+	./bin/drover-bench-routing -drover ./bin/drover-proxy -backend-bin ./bin/fake-ollama -nats-bin ./bin/nats-server $(ROUTING_FLAGS) -json bench-routing.json -svg docs/bench-routing.svg
 
 # The aggregator against real NATS and ClickHouse (clickhouse-server must be
 # installed): BenchmarkIngest, a 300,000-event backlog from JetStream into

@@ -1,0 +1,144 @@
+package routingbench
+
+import (
+	"encoding/json"
+	"fmt"
+	"io"
+	"strings"
+	"time"
+)
+
+// Document is a whole run, as -json writes it.
+type Document struct {
+	Started  time.Time         `json:"started"`
+	LoadAvg  float64           `json:"load_avg_1m"`
+	Settings map[string]string `json:"settings"`
+	Results  []Result          `json:"results"`
+	Targets  []Target          `json:"targets"`
+	Failures []string          `json:"failures,omitempty"`
+}
+
+// Target is one of issue 15's goals, checked on this run.
+type Target struct {
+	Name  string  `json:"name"`
+	Goal  string  `json:"goal"`
+	Value float64 `json:"value"`
+	Met   bool    `json:"met"`
+	Note  string  `json:"note,omitempty"`
+}
+
+// WriteJSON writes d indented.
+func (d Document) WriteJSON(w io.Writer) error {
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	return enc.Encode(d)
+}
+
+func (d Document) find(strategy string, replicas int, share bool) *Result {
+	for i := range d.Results {
+		r := &d.Results[i]
+		if r.Strategy == strategy && r.Replicas == replicas && (strategy != "prefix" || r.Share == share) {
+			return r
+		}
+	}
+	return nil
+}
+
+// RefStep is the step targets compare TTFT at: the highest at which
+// least_loaded kept TTFT p99 under the limit (the first step if none).
+func RefStep(base *Result) int {
+	best := 0
+	for i, s := range base.Steps {
+		if s.Errors == 0 && s.Sent > 0 && float64(s.TTFTP99) < float64(Ms(2*time.Second)) {
+			best = i
+		}
+	}
+	return best
+}
+
+// CheckTargets compares prefix with least_loaded at each replica count, and
+// three sharing replicas with one.
+func (d *Document) CheckTargets() {
+	d.Targets = nil
+	for _, n := range []int{1, 3} {
+		base, pre := d.find("least_loaded", n, true), d.find("prefix", n, true)
+		if base == nil || pre == nil || len(base.Steps) == 0 || len(pre.Steps) != len(base.Steps) {
+			continue
+		}
+		ref := RefStep(base)
+		b, p := base.Steps[ref], pre.Steps[ref]
+		at := fmt.Sprintf("%d replica(s), at %g req/s offered", n, b.Offered)
+		d.Targets = append(d.Targets,
+			Target{Name: "p50 TTFT, least_loaded / prefix", Goal: ">= 2", Value: ratio(float64(b.TTFTP50), float64(p.TTFTP50)),
+				Met: float64(b.TTFTP50) >= 2*float64(p.TTFTP50), Note: at},
+			Target{Name: "token hit rate, prefix / least_loaded", Goal: ">= 3", Value: ratio(pre.HitRate, base.HitRate),
+				Met: pre.HitRate >= 3*base.HitRate, Note: fmt.Sprintf("%d replica(s), whole ramp: %.1f %% vs %.1f %%", n, 100*pre.HitRate, 100*base.HitRate)},
+			Target{Name: "p99 TTFT, prefix / least_loaded", Goal: "<= 1", Value: ratio(float64(p.TTFTP99), float64(b.TTFTP99)),
+				Met: p.TTFTP99 <= b.TTFTP99, Note: at},
+			Target{Name: "throughput at TTFT p99 < 2 s, prefix / least_loaded", Goal: ">= 1", Value: ratio(pre.Sustained, base.Sustained),
+				Met: pre.Sustained >= base.Sustained, Note: fmt.Sprintf("%d replica(s): %.1f vs %.1f req/s", n, pre.Sustained, base.Sustained)},
+		)
+	}
+	one, shared, unshared := d.find("prefix", 1, true), d.find("prefix", 3, true), d.find("prefix", 3, false)
+	if one != nil && shared != nil {
+		t := Target{Name: "token hit rate, 3 replicas sharing / 1 replica", Goal: ">= 0.9", Value: ratio(shared.HitRate, one.HitRate),
+			Met: shared.HitRate >= 0.9*one.HitRate}
+		if unshared != nil {
+			t.Note = fmt.Sprintf("without sharing: %.2f", ratio(unshared.HitRate, one.HitRate))
+		}
+		d.Targets = append(d.Targets, t)
+	}
+}
+
+func ratio(a, b float64) float64 {
+	if b == 0 {
+		return 0
+	}
+	return a / b
+}
+
+// WriteMarkdown writes the results and targets as tables.
+func (d Document) WriteMarkdown(w io.Writer) {
+	var b strings.Builder
+	fmt.Fprintf(&b, "## drover-bench-routing %s (load average %.2f)\n\n", d.Started.UTC().Format(time.RFC3339), d.LoadAvg)
+	fmt.Fprintln(&b, "| setup | token hit rate | TTFT p50 / p99 at ref (ms) | TTFT p50 / p99 whole ramp (ms) | req/s at p99 < 2 s | requests per backend max / min | errors |")
+	fmt.Fprintln(&b, "|---|---|---|---|---|---|---|")
+	for _, r := range d.Results {
+		ref := "-"
+		if base := d.find("least_loaded", r.Replicas, true); base != nil && len(base.Steps) == len(r.Steps) && len(r.Steps) > 0 {
+			s := r.Steps[RefStep(base)]
+			ref = fmt.Sprintf("%.0f / %.0f @%g", s.TTFTP50, s.TTFTP99, s.Offered)
+		}
+		sus := "none"
+		if r.SustainedAt > 0 {
+			sus = fmt.Sprintf("%.1f (offered %g)", r.Sustained, r.SustainedAt)
+		}
+		fmt.Fprintf(&b, "| %s | %.1f %% | %s | %.0f / %.0f | %s | %d / %d | %d |\n", r.Name, 100*r.HitRate, ref,
+			r.TTFTP50, r.TTFTP99, sus, r.LoadMax, r.LoadMin, r.Errors)
+	}
+	if len(d.Targets) > 0 {
+		fmt.Fprintln(&b, "\n| target | goal | value | met | |\n|---|---|---|---|---|")
+		for _, t := range d.Targets {
+			met := "no"
+			if t.Met {
+				met = "yes"
+			}
+			fmt.Fprintf(&b, "| %s | %s | %.2f | %s | %s |\n", t.Name, t.Goal, t.Value, met, t.Note)
+		}
+	}
+	fmt.Fprintln(&b, "\nPer step (offered req/s: hit rate, TTFT p50/p99 ms, completed req/s):")
+	for _, r := range d.Results {
+		fmt.Fprintf(&b, "- %s:", r.Name)
+		for _, s := range r.Steps {
+			fmt.Fprintf(&b, " %g: %.0f %%, %.0f/%.0f, %.1f;", s.Offered, 100*s.HitRate, s.TTFTP50, s.TTFTP99, s.Throughput)
+			if s.Errors > 0 {
+				fmt.Fprintf(&b, " (%d errors)", s.Errors)
+			}
+		}
+		fmt.Fprintln(&b)
+	}
+	for _, f := range d.Failures {
+		fmt.Fprintf(&b, "\nfailed: %s\n", f)
+	}
+	io.WriteString(w, b.String())
+}

@@ -1,0 +1,193 @@
+package routingbench
+
+import (
+	"bytes"
+	"encoding/xml"
+	"io"
+	"math"
+	"reflect"
+	"strings"
+	"testing"
+	"time"
+)
+
+func TestScheduleRatesPopularityAndTurns(t *testing.T) {
+	w := DefaultWorkload()
+	steps := []Step{{Rate: 20, Duration: 100 * time.Second}, {Rate: 60, Duration: 100 * time.Second}}
+	sessions := w.Schedule(steps, 7)
+	again := w.Schedule(steps, 7)
+	if !reflect.DeepEqual(again, sessions) {
+		t.Fatal("the same seed gave another schedule")
+	}
+	var reqs [2]float64
+	groups := make([]int, w.Groups)
+	multi := 0
+	for i, s := range sessions {
+		if i > 0 && s.At < sessions[i-1].At {
+			t.Fatalf("session %d starts before session %d", i, i-1)
+		}
+		if len(s.Think) != s.Turns-1 {
+			t.Fatalf("session %d: %d turns but %d think times", i, s.Turns, len(s.Think))
+		}
+		reqs[min(int(s.At/(100*time.Second)), 1)] += float64(s.Turns)
+		groups[s.Group]++
+		if s.Turns > 1 {
+			multi++
+		}
+	}
+	// Poisson counts: 2,000 and 6,000 requests expected; allow 10 %.
+	for i, want := range []float64{2000, 6000} {
+		if math.Abs(reqs[i]-want) > want/10 {
+			t.Errorf("step %d: %.0f requests, want about %.0f", i, reqs[i], want)
+		}
+	}
+	if share := float64(multi) / float64(len(sessions)); math.Abs(share-w.MultiTurn) > 0.03 {
+		t.Errorf("multi-turn share %.3f, want %.2f", share, w.MultiTurn)
+	}
+	// Zipf with exponent 1: group 0 about twice group 1 and four times group 3.
+	if groups[0] < groups[1] || groups[1] < groups[3] || groups[0] < 3*groups[3] {
+		t.Errorf("popularity not Zipf-like: %v", groups[:8])
+	}
+	if w.System(0) == w.System(1) || len(strings.Fields(w.System(5))) != w.SystemWords {
+		t.Error("system prompts must differ per group and have SystemWords words")
+	}
+	if w.User(1, 0) == w.User(1, 1) || len(strings.Fields(w.User(3, 2))) != w.UserWords {
+		t.Error("user messages must be new text of UserWords words")
+	}
+}
+
+func TestValidateNamesTheField(t *testing.T) {
+	w := DefaultWorkload()
+	w.MultiTurn = 2
+	if err := w.Validate(); err == nil || !strings.Contains(err.Error(), "multi-turn") {
+		t.Fatalf("Validate = %v", err)
+	}
+}
+
+func ms(n int) time.Duration { return time.Duration(n) * time.Millisecond }
+
+func TestSummarize(t *testing.T) {
+	steps := []Step{{Rate: 10, Duration: time.Second}, {Rate: 20, Duration: time.Second}}
+	samples := []Sample{
+		{Sent: ms(100), Finished: ms(600), TTFT: ms(10), PromptTokens: 100, UncachedTokens: 10},
+		{Sent: ms(200), Finished: ms(1500), TTFT: ms(30), PromptTokens: 100, UncachedTokens: 90},
+		{Sent: ms(300), Finished: ms(400), Err: "status 503"},
+		{Sent: ms(1200), Finished: ms(1900), TTFT: ms(50), PromptTokens: 200, UncachedTokens: 0},
+		{Sent: ms(2500), Finished: ms(2600), TTFT: ms(70), PromptTokens: 200, UncachedTokens: 200}, // after the ramp: last step
+	}
+	got := Summarize(steps, samples)
+	if got[0].Sent != 3 || got[0].Errors != 1 || got[0].ErrorKinds["status 503"] != 1 {
+		t.Fatalf("step 0 counts: %+v", got[0])
+	}
+	if got[0].HitRate != 0.5 || got[0].TTFTP50 != 10 || got[0].TTFTP99 != 30 {
+		t.Errorf("step 0: hit %.2f p50 %v p99 %v; want 0.50, 10, 30", got[0].HitRate, got[0].TTFTP50, got[0].TTFTP99)
+	}
+	if got[1].Sent != 2 || got[1].HitRate != 0.5 || got[1].TTFTP50 != 50 || got[1].TTFTP99 != 70 {
+		t.Errorf("step 1: %+v", got[1])
+	}
+	// Completions by finish time inside the ramp: one in step 0, two in step 1, the late one in none.
+	if got[0].Throughput != 1 || got[1].Throughput != 2 {
+		t.Errorf("throughput %.1f, %.1f; want 1, 2", got[0].Throughput, got[1].Throughput)
+	}
+	hit, p50, p99, errs := Total(samples)
+	if errs != 1 || math.Abs(hit-(1-300.0/600)) > 1e-9 || p50 != ms(30) || p99 != ms(70) {
+		t.Errorf("Total = %.3f %v %v %d", hit, p50, p99, errs)
+	}
+	if rps, at := Sustained([]StepStats{{Sent: 5, Throughput: 5, TTFTP99: 100}, {Sent: 9, Throughput: 9, TTFTP99: 2500}}, 2*time.Second); rps != 5 || at != 0 {
+		t.Errorf("Sustained = %v at %d; want 5 at step 0", rps, at)
+	}
+}
+
+func TestPercentileNearestRank(t *testing.T) {
+	ds := []time.Duration{5, 1, 4, 2, 3}
+	for q, want := range map[float64]time.Duration{0.5: 3, 0.99: 5, 0.2: 1, 0: 1} {
+		if got := Percentile(ds, q); got != want {
+			t.Errorf("Percentile(%v) = %v, want %v", q, got, want)
+		}
+	}
+	if Percentile(nil, 0.5) != 0 {
+		t.Error("no samples must give 0")
+	}
+}
+
+func TestParseRequestsLine(t *testing.T) {
+	cases := []struct {
+		line    string
+		backend string
+		n       int64
+		ok      bool
+	}{
+		{`drover_requests_total{backend="fake2",model="tiny",route="/api/chat",status="200"} 41`, "fake2", 41, true},
+		{`drover_requests_total{backend="fake2",model="tiny",route="/api/tags",status="200"} 3`, "", 0, false},
+		{`drover_request_duration_seconds_count{backend="fake2",route="/api/chat"} 41`, "", 0, false},
+		{`# TYPE drover_requests_total counter`, "", 0, false},
+	}
+	for _, c := range cases {
+		b, n, ok := parseRequestsLine(c.line)
+		if b != c.backend || n != c.n || ok != c.ok {
+			t.Errorf("%s: %q %d %v", c.line, b, n, ok)
+		}
+	}
+}
+
+func TestReplicaConfig(t *testing.T) {
+	cfg := ReplicaConfig(Setup{Strategy: "prefix", Replicas: 3}, 4, "r2", 9000, []string{"http://a", "http://b"}, "nats://n", "/d")
+	for _, want := range []string{"replica: r2", "max_concurrency: 4", "strategy: prefix", "share: false", "url: nats://n", "url: http://b"} {
+		if !strings.Contains(cfg, want) {
+			t.Errorf("config lacks %q:\n%s", want, cfg)
+		}
+	}
+	old := ReplicaConfig(Setup{Strategy: "least_loaded", Replicas: 1, NoKeys: true}, 4, "r1", 9000, []string{"http://a"}, "", "/d")
+	if strings.Contains(old, "strategy") || strings.Contains(old, "affinity") || strings.Contains(old, "nats") {
+		t.Errorf("a build before issue 15 gets no new keys and one replica no NATS:\n%s", old)
+	}
+}
+
+func TestReportTargetsAndSVG(t *testing.T) {
+	step := func(rate, hit float64, p50, p99 Millis, tput float64) StepStats {
+		return StepStats{Offered: rate, Sent: 10, HitRate: hit, TTFTP50: p50, TTFTP99: p99, Throughput: tput}
+	}
+	d := Document{Settings: map[string]string{"backends": "4"}, Results: []Result{
+		{Setup: Setup{Name: "least_loaded x1", Strategy: "least_loaded", Replicas: 1, Share: true}, HitRate: 0.2, Sustained: 10,
+			Steps: []StepStats{step(10, 0.2, 400, 900, 10), step(20, 0.2, 900, 3000, 15)}},
+		{Setup: Setup{Name: "prefix x1", Strategy: "prefix", Replicas: 1, Share: true}, HitRate: 0.7, Sustained: 20,
+			Steps: []StepStats{step(10, 0.7, 20, 800, 10), step(20, 0.7, 40, 1500, 20)}},
+		{Setup: Setup{Name: "prefix x3", Strategy: "prefix", Replicas: 3, Share: true}, HitRate: 0.66},
+	}}
+	d.CheckTargets()
+	met := map[string]bool{}
+	for _, tg := range d.Targets {
+		met[tg.Name] = tg.Met
+	}
+	if !met["p50 TTFT, least_loaded / prefix"] || !met["token hit rate, prefix / least_loaded"] ||
+		!met["p99 TTFT, prefix / least_loaded"] || !met["throughput at TTFT p99 < 2 s, prefix / least_loaded"] ||
+		!met["token hit rate, 3 replicas sharing / 1 replica"] {
+		t.Errorf("targets: %+v", d.Targets)
+	}
+	var md bytes.Buffer
+	d.WriteMarkdown(&md)
+	if !strings.Contains(md.String(), "| prefix x1 | 70.0 % | 20 / 800 @10 |") {
+		t.Errorf("markdown compares at least_loaded's sustained step (10 req/s):\n%s", md.String())
+	}
+	var svg bytes.Buffer
+	if err := d.WriteSVG(&svg); err != nil {
+		t.Fatal(err)
+	}
+	dec := xml.NewDecoder(&svg)
+	lines := 0
+	for {
+		tok, err := dec.Token()
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			t.Fatalf("SVG is not well-formed XML: %v", err)
+		}
+		if se, ok := tok.(xml.StartElement); ok && se.Name.Local == "polyline" {
+			lines++
+		}
+	}
+	if lines != 3*len(d.Results) {
+		t.Errorf("%d lines, want one per setup in each of 3 panels", lines)
+	}
+}

@@ -1,0 +1,169 @@
+package routingbench
+
+import (
+	"context"
+	"fmt"
+	"math"
+	"sort"
+	"strconv"
+	"sync"
+	"time"
+)
+
+// Result is one Setup's run over the ramp.
+type Result struct {
+	Setup
+	Steps []StepStats `json:"steps"`
+	// Over the whole ramp:
+	HitRate float64 `json:"token_hit_rate"`
+	TTFTP50 Millis  `json:"ttft_p50_ms"`
+	TTFTP99 Millis  `json:"ttft_p99_ms"`
+	Errors  int     `json:"errors"`
+	// Sustained is the highest step throughput with TTFT p99 under the
+	// limit and no errors; SustainedAt is that step's offered rate (0: none).
+	Sustained   float64 `json:"sustained_rps"`
+	SustainedAt float64 `json:"sustained_at_offered_rps"`
+	// BackendRequests counts /api/chat requests per backend (from the
+	// replicas' drover_requests_total, one warm-up request per replica
+	// included); LoadMax and LoadMin are the busiest and idlest backend's.
+	BackendRequests map[string]int64 `json:"backend_requests"`
+	LoadMax         int64            `json:"load_max"`
+	LoadMin         int64            `json:"load_min"`
+}
+
+// RunSpec is everything a Setup's run shares with the others.
+type RunSpec struct {
+	Bins      Bins
+	Backends  Backends
+	Workload  WorkloadSpec
+	Steps     []Step
+	Seed      uint64
+	P99Limit  time.Duration // for Sustained
+	LogDir    string
+	Client    Client
+	DrainWait time.Duration // after the ramp, how long to wait for open sessions
+}
+
+const model = "tiny"
+
+// Run starts setup's fleet, sends the ramp through it and stops it.
+func Run(ctx context.Context, spec RunSpec, setup Setup) (Result, error) {
+	res := Result{Setup: setup}
+	fleet, err := StartFleet(ctx, spec.Bins, spec.Backends, setup, spec.LogDir)
+	if err != nil {
+		return res, fmt.Errorf("%s: starting the fleet: %w", setup.Name, err)
+	}
+	defer fleet.Stop()
+	if setup.Replicas > 1 {
+		wait(ctx, 1500*time.Millisecond) // replicas hear of each other (fleet sync heartbeats every second)
+	}
+	for i, p := range fleet.Replicas { // model lists cached, connections open
+		s := spec.Client.Chat(ctx, p.URL, model, "warm-"+strconv.Itoa(i), []Message{{"user", "warm up"}}, 1, time.Now())
+		if s.Err != "" {
+			return res, fmt.Errorf("%s: warming replica %d: %s", setup.Name, i+1, s.Err)
+		}
+	}
+	samples := Drive(ctx, spec, func(session, turn int) string {
+		return fleet.Replicas[(session+turn)%len(fleet.Replicas)].URL
+	})
+	if ctx.Err() != nil {
+		return res, ctx.Err()
+	}
+	res.Steps = Summarize(spec.Steps, samples)
+	var p50, p99 time.Duration
+	res.HitRate, p50, p99, res.Errors = Total(samples)
+	res.TTFTP50, res.TTFTP99 = Ms(p50), Ms(p99)
+	var at int
+	res.Sustained, at = Sustained(res.Steps, spec.P99Limit)
+	if at >= 0 {
+		res.SustainedAt = res.Steps[at].Offered
+	}
+	if res.BackendRequests, err = fleet.BackendRequests(ctx, spec.Client.HTTP); err != nil {
+		return res, fmt.Errorf("%s: %w", setup.Name, err)
+	}
+	res.LoadMax, res.LoadMin = loadRange(res.BackendRequests, spec.Backends.Count)
+	return res, nil
+}
+
+// Drive sends the ramp's sessions, each turn to the URL target picks, and
+// returns every request's sample. Sessions start on the schedule whether or
+// not earlier ones are done (open loop); a conversation's next turn waits
+// for the previous reply and its think time.
+func Drive(ctx context.Context, spec RunSpec, target func(session, turn int) string) []Sample {
+	sessions := spec.Workload.Schedule(spec.Steps, spec.Seed)
+	systems := make([]string, spec.Workload.Groups)
+	for g := range systems {
+		systems[g] = spec.Workload.System(g)
+	}
+	var rampEnd time.Duration
+	for _, st := range spec.Steps {
+		rampEnd += st.Duration
+	}
+	ctx, cancel := context.WithTimeout(ctx, rampEnd+spec.DrainWait)
+	defer cancel()
+	var (
+		mu      sync.Mutex
+		samples []Sample
+		wg      sync.WaitGroup
+	)
+	start := time.Now()
+	for _, sess := range sessions {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if !wait(ctx, time.Until(start.Add(sess.At))) {
+				return
+			}
+			msgs := []Message{{"system", systems[sess.Group]}}
+			id := "conv-" + strconv.Itoa(sess.ID)
+			for turn := range sess.Turns {
+				if turn > 0 && !wait(ctx, sess.Think[turn-1]) {
+					return
+				}
+				msgs = append(msgs, Message{"user", spec.Workload.User(sess.ID, turn)})
+				s := spec.Client.Chat(ctx, target(sess.ID, turn), model, id, msgs, spec.Workload.ReplyTokens, start)
+				mu.Lock()
+				samples = append(samples, s)
+				mu.Unlock()
+				if s.Err != "" {
+					return
+				}
+				msgs = append(msgs, Message{"assistant", s.Reply})
+			}
+		}()
+	}
+	wg.Wait()
+	sort.Slice(samples, func(i, j int) bool { return samples[i].Sent < samples[j].Sent })
+	return samples
+}
+
+// wait sleeps d; false when ctx ended first.
+func wait(ctx context.Context, d time.Duration) bool {
+	if d <= 0 {
+		return ctx.Err() == nil
+	}
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return false
+	case <-t.C:
+		return true
+	}
+}
+
+// loadRange is the busiest and the idlest backend's count; a backend
+// missing from counts served nothing.
+func loadRange(counts map[string]int64, backends int) (hi, lo int64) {
+	if len(counts) == 0 {
+		return 0, 0
+	}
+	lo = math.MaxInt64
+	for _, n := range counts {
+		lo, hi = min(lo, n), max(hi, n)
+	}
+	if len(counts) < backends {
+		lo = 0
+	}
+	return hi, lo
+}
