@@ -30,8 +30,30 @@ type load struct {
 // what the other replicas hold or are due.
 type plan struct {
 	target map[queueID]int
-	others int
+	// others is what the other replicas hold or are due, as a local queue
+	// waiting for a slot sees it (reservedLocked); a queue without an
+	// entry sees base.
+	others map[queueID]int
+	base   int
 	room   bool // some local queue may take a slot now
+}
+
+// fewestOthers is the least that othersFor gives any local queue.
+func (p plan) fewestOthers() int {
+	n := p.base
+	for _, o := range p.others {
+		n = min(n, o)
+	}
+	return n
+}
+
+// othersFor is what the other replicas hold or are due, as local queue q
+// sees it.
+func (p plan) othersFor(q queueID) int {
+	if n, ok := p.others[q]; ok {
+		return n
+	}
+	return p.base
 }
 
 // planLocked divides the free slots of k among the queues of the fleet:
@@ -39,9 +61,12 @@ type plan struct {
 //  1. Only the highest class with a waiter anywhere takes free slots;
 //     slots held by other classes stay held (nothing is preempted).
 //  2. Within that class, one slot at a time goes to the queue with the
-//     smallest weighted finish tag (held+1)/weight (weighted fair queuing
-//     with unit-size jobs: weighted max-min over held slots); ties go to
-//     the queue with fewer recent grants per weight, then by key id.
+//     fewest recent grants per weight, fleet-wide and across every
+//     (backend, model) (weighted fair queuing on grants: the recent count
+//     decays with a half-life of RecentHalfLife, so a share is kept across
+//     grants and backends, and weights finer than one backend's cap still
+//     hold); ties go to the queue holding fewer slots per weight, then by
+//     key id.
 //  3. A queue's slot goes first to a replica still within its even share
 //     of the cap (so that no replica has to borrow while another has
 //     room), then to the one where most of the queue waits (then the
@@ -71,7 +96,7 @@ func (r *Router) planLocked(k Key, cap int, now time.Time) plan {
 	}
 	free := cap - held
 	if top < 0 || free <= 0 {
-		p.others = r.reservedLocked(loads, cap, top)
+		p.base = r.reservedLocked(loads, cap, top, nil)
 		return p
 	}
 	// What each replica holds (and is given below), for the even-share
@@ -87,8 +112,8 @@ func (r *Router) planLocked(k Key, cap int, now time.Time) plan {
 	shareOf := func(rank int) int { return r.shareOfLocked(rank, cap) }
 	type queue struct {
 		weight, alloc, demand int
-		recent                float64
-		at                    []int // indexes into loads
+		recent                float64 // recent grants, plus those given in this pass
+		at                    []int   // indexes into loads
 	}
 	queues := map[queueID]*queue{}
 	var order []queueID
@@ -108,6 +133,12 @@ func (r *Router) planLocked(k Key, cap int, now time.Time) plan {
 		q.recent += l.recent
 		q.at = append(q.at, i)
 	}
+	// The order before this pass: a queue's floor on the other replicas
+	// counts only their queues that go before it (reservedLocked).
+	start := make(map[queueID]queue, len(queues))
+	for id, q := range queues {
+		start[id] = *q
+	}
 	for ; free > 0; free-- {
 		var best queueID
 		var bq *queue
@@ -124,6 +155,7 @@ func (r *Router) planLocked(k Key, cap int, now time.Time) plan {
 			break
 		}
 		bq.alloc++
+		bq.recent++
 		// The replica with most of this queue still waiting gets the slot.
 		elsewhere := false
 		for _, i := range bq.at {
@@ -181,7 +213,18 @@ func (r *Router) planLocked(k Key, cap int, now time.Time) plan {
 			p.room = true
 		}
 	}
-	p.others = r.reservedLocked(loads, cap, top)
+	p.base = r.reservedLocked(loads, cap, top, nil)
+	p.others = map[queueID]int{}
+	for id := range p.target {
+		lq, ok := start[id]
+		if !ok {
+			continue
+		}
+		p.others[id] = r.reservedLocked(loads, cap, top, func(o queueID) bool {
+			oq := start[o]
+			return o == id || before(o, oq.alloc, oq.weight, oq.recent, id, lq.alloc, lq.weight, lq.recent)
+		})
+	}
 	return p
 }
 
@@ -191,8 +234,14 @@ func (r *Router) planLocked(k Key, cap int, now time.Time) plan {
 // can be a message old, its share cannot, so a replica never takes a slot
 // on a stale view that a busy peer is owed (the bound of docs/fleet.md).
 // The price: while every replica is busy, none holds more than its share
-// plus what the others leave, whatever the weights (docs/limits.md, the queue).
-func (r *Router) reservedLocked(loads []load, cap, top int) int {
+// plus what the others leave.
+//
+// ahead, when set, says which of the peers' queues count toward that
+// floor: those the plan serves before the local queue asking (its own
+// included), so that a light key waiting on one replica is not held back
+// by a heavier key's demand on the others (docs/limits.md, the queue).
+// Their in-flight always counts.
+func (r *Router) reservedLocked(loads []load, cap, top int, ahead func(queueID) bool) int {
 	type peer struct{ held, demand int }
 	peers := map[int]*peer{}
 	for _, l := range loads {
@@ -206,7 +255,7 @@ func (r *Router) reservedLocked(loads []load, cap, top int) int {
 		}
 		p.held += l.n + l.given
 		p.demand += l.n
-		if l.q.class == top {
+		if l.q.class == top && (ahead == nil || ahead(l.q)) {
 			p.demand += l.w
 		}
 	}
@@ -234,13 +283,13 @@ func (r *Router) shareOfLocked(rank, cap int) int {
 	return r.remote.ShareOf(rank, cap)
 }
 
-// before orders queues for the next slot: smaller weighted finish tag,
-// then fewer recent grants per weight, then key id.
+// before orders queues for the next slot: fewer recent grants per
+// weight, then fewer slots held per weight, then key id.
 func before(a queueID, aAlloc, aWeight int, aRecent float64, b queueID, bAlloc, bWeight int, bRecent float64) bool {
-	if x, y := (aAlloc+1)*bWeight, (bAlloc+1)*aWeight; x != y {
+	if x, y := (aRecent+1)*float64(bWeight), (bRecent+1)*float64(aWeight); x != y {
 		return x < y
 	}
-	if x, y := aRecent*float64(bWeight), bRecent*float64(aWeight); x != y {
+	if x, y := (aAlloc+1)*bWeight, (bAlloc+1)*aWeight; x != y {
 		return x < y
 	}
 	return a.id < b.id

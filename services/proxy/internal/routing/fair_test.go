@@ -344,10 +344,13 @@ func TestFleetPlan(t *testing.T) {
 			Tenant{ID: "me"}, 2},
 		{"batch elsewhere does not hold interactive back", PeerLoad{Rank: 1, Demand: 10, Tenants: []TenantLoad{{ID: "bulk", Class: apikey.ClassBatch, Weight: 1, Waiting: 10}}},
 			Tenant{ID: "me"}, 4},
-		// The stale-view guard: a peer busy beyond its even share keeps it,
-		// whatever the weights.
+		// The stale-view guard: a peer busy beyond its even share keeps it
+		// against queues that go after its own; a heavier key goes first,
+		// to its weight's share (the peer's plan agrees: its key waits).
 		{"a busy peer keeps its even share", PeerLoad{Rank: 1, Demand: 10, Tenants: []TenantLoad{{ID: "b", Class: apikey.ClassInteractive, Weight: 1, Waiting: 10}}},
-			Tenant{ID: "a", Weight: 3}, 2},
+			Tenant{ID: "a", Weight: 1}, 2},
+		{"a heavier key takes its weight's share", PeerLoad{Rank: 1, Demand: 10, Tenants: []TenantLoad{{ID: "b", Class: apikey.ClassInteractive, Weight: 1, Waiting: 10}}},
+			Tenant{ID: "a", Weight: 3}, 3},
 		{"an unnamed queue (a list cut to the limits) counts as interactive", PeerLoad{Rank: 1, InFlight: 1, Demand: 10},
 			Tenant{ID: "bulk", Class: apikey.ClassBatch}, 0},
 	}

@@ -371,7 +371,7 @@ func (r *Router) pickLocked(w *waiter, plans map[Key]plan, now time.Time) (Candi
 				p = r.planLocked(c.Key, c.Cap, now)
 				plans[c.Key] = p
 			}
-			if local+p.others >= c.Cap {
+			if local+p.othersFor(w.q) >= c.Cap {
 				continue
 			}
 			if l := r.pools[c.Key][w.q]; l == nil || l.n >= p.target[w.q] {
@@ -540,7 +540,7 @@ func (r *Router) anyRoomLocked(plans map[Key]plan, now time.Time) bool {
 	for k, cap := range caps {
 		p := r.planLocked(k, cap, now)
 		plans[k] = p
-		if p.room && r.inflight[k]+p.others < cap {
+		if p.room && r.inflight[k]+p.fewestOthers() < cap {
 			return true
 		}
 	}
