@@ -1,0 +1,191 @@
+package affinity
+
+import (
+	"fmt"
+	"log/slog"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"go.uber.org/goleak"
+
+	"github.com/droverhq/drover/pkg/config"
+	"github.com/droverhq/drover/testkit/natstest"
+)
+
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+
+// counts is an Observe hook's tally.
+type counts struct {
+	mu    sync.Mutex
+	n, by map[string]int
+}
+
+func newCounts() *counts { return &counts{n: map[string]int{}, by: map[string]int{}} }
+
+func (c *counts) observe(dir string, n, bytes int) {
+	c.mu.Lock()
+	c.n[dir] += n
+	c.by[dir] += bytes
+	c.mu.Unlock()
+}
+
+func (c *counts) get(dir string) (n, bytes int) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.n[dir], c.by[dir]
+}
+
+func connect(t *testing.T, url string) *nats.Conn {
+	t.Helper()
+	nc, err := nats.Connect(url, nats.NoEcho())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(nc.Close)
+	return nc
+}
+
+func waitFor(t *testing.T, what string, ok func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for !ok() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+type replica struct {
+	index  *Index
+	sharer *Sharer
+	counts *counts
+}
+
+func startReplica(t *testing.T, url, name string, interval time.Duration) *replica {
+	t.Helper()
+	r := &replica{index: NewIndex(1000, time.Hour), counts: newCounts()}
+	var err error
+	r.sharer, err = NewSharer(SharerOptions{Conn: connect(t, url), Replica: name, Index: r.index, Interval: interval,
+		Known: func(b string) bool { return b == "a" || b == "b" }, Observe: r.counts.observe, Log: slog.New(slog.DiscardHandler)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(r.sharer.Close)
+	return r
+}
+
+// What one replica's index learns, the other's does, over real NATS;
+// many inserts within one interval travel as one message.
+func TestSharingOverNATS(t *testing.T) {
+	ns := natstest.Start(t)
+	r1 := startReplica(t, ns.URL(), "r1", 200*time.Millisecond)
+	r2 := startReplica(t, ns.URL(), "r2", 200*time.Millisecond)
+	a := Target{"a", "llama3.2"}
+	now := time.Now()
+	var prompts []*Prompt
+	for i := range 20 {
+		p := chain(uint64(1000*i), 8)
+		p.Session = uint64(5000 + i)
+		prompts = append(prompts, p)
+		if fresh := r1.index.Insert(a, p, now, time.Minute, nil); len(fresh) > 0 {
+			r1.sharer.Inserted(a, fresh)
+		}
+	}
+	waitFor(t, "r2 to learn r1's prompts", func() bool {
+		for _, p := range prompts {
+			if m := r2.index.Lookup(a, p, time.Now()); m.Blocks != 8 || m.Session == 0 {
+				return false
+			}
+		}
+		return true
+	})
+	sent, bytes := r1.counts.get("sent")
+	// The first insert goes at once, the other 19 wait out the interval
+	// together: two messages, 9 hashes of 8 bytes per prompt plus names.
+	if sent > 3 {
+		t.Errorf("%d messages for 20 inserts within one interval", sent)
+	}
+	if bytes > 20*9*8+100*sent {
+		t.Errorf("%d bytes for 180 hashes", bytes)
+	}
+	if got, _ := r2.counts.get("received"); got != sent {
+		t.Errorf("r2 received %d of %d messages", got, sent)
+	}
+	// Nothing known is re-sent.
+	if fresh := r1.index.Insert(a, prompts[0], now, time.Minute, nil); len(fresh) != 0 {
+		t.Errorf("a known prompt is re-sent: %v", fresh)
+	}
+	// The other way round, for another backend.
+	b := Target{"b", "llama3.2"}
+	r2.sharer.Inserted(b, r2.index.Insert(b, prompts[3], now, time.Minute, nil))
+	waitFor(t, "r1 to learn r2's", func() bool { return r1.index.Lookup(b, prompts[3], time.Now()).Blocks == 8 })
+}
+
+// A message naming a backend this replica does not know, or malformed,
+// is rejected whole and counted; the index is untouched.
+func TestSharingRejects(t *testing.T) {
+	ns := natstest.Start(t)
+	r := startReplica(t, ns.URL(), "r1", 10*time.Millisecond)
+	nc := connect(t, ns.URL())
+	unknown := encode("evil", map[Target][]uint64{{"elsewhere", "m"}: {1, 2, 3}})[0]
+	for _, msg := range [][]byte{unknown, {9, 9, 9}, {wireVersion, 2, 'r', 'x', 1, 'a', 1, 'm', 5, 1, 2}} {
+		if err := nc.Publish(config.SubjectAffinity, msg); err != nil {
+			t.Fatal(err)
+		}
+	}
+	waitFor(t, "three rejections", func() bool { n, _ := r.counts.get("rejected"); return n == 3 })
+	if r.index.Len() != 0 {
+		t.Fatalf("%d entries from rejected messages", r.index.Len())
+	}
+}
+
+// The queue in front of the sender is bounded: beyond it hashes are
+// dropped and counted, never blocking the request path.
+func TestSharingQueueBound(t *testing.T) {
+	ns := natstest.Start(t)
+	r := &replica{index: NewIndex(10, time.Hour), counts: newCounts()}
+	s, err := NewSharer(SharerOptions{Conn: connect(t, ns.URL()), Replica: "r", Index: r.index, Interval: time.Hour, MaxPending: 100, Observe: r.counts.observe})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	s.Inserted(Target{"a", "m"}, []uint64{1}) // goes at once; the next wait an hour
+	waitFor(t, "the first message", func() bool { n, _ := r.counts.get("sent"); return n == 1 })
+	for i := range 30 {
+		s.Inserted(Target{"a", "m"}, make([]uint64, 10+i%2))
+	}
+	if n, _ := r.counts.get("dropped"); n != 30*10+15-100 {
+		t.Fatalf("dropped %d hashes, want %d", n, 30*10+15-100)
+	}
+}
+
+func TestEncodeDecode(t *testing.T) {
+	big := make([]uint64, maxMessageSize/8+10)
+	for i := range big {
+		big[i] = uint64(i)
+	}
+	in := map[Target][]uint64{{"a", "m"}: {1, 2}, {"b", "n:latest"}: big}
+	msgs := encode("r", in)
+	if len(msgs) < 2 {
+		t.Fatalf("%d messages for more than the size bound", len(msgs))
+	}
+	got := map[Target][]uint64{}
+	for _, m := range msgs {
+		if len(m) > maxMessageSize {
+			t.Fatalf("a message of %d bytes", len(m))
+		}
+		rep, groups, err := decode(m)
+		if err != nil || rep != "r" {
+			t.Fatal(rep, err)
+		}
+		for _, g := range groups {
+			got[g.t] = append(got[g.t], g.hashes...)
+		}
+	}
+	if fmt.Sprint(got) != fmt.Sprint(in) {
+		t.Fatal("decoded differs from encoded")
+	}
+}

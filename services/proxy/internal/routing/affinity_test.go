@@ -1,0 +1,243 @@
+package routing
+
+import (
+	"context"
+	"fmt"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/droverhq/drover/services/proxy/internal/affinity"
+)
+
+// outcomes tallies the router's affinity outcomes.
+type outcomes struct {
+	mu sync.Mutex
+	n  map[string]int
+}
+
+func (o *outcomes) add(outcome string, _, _ int) {
+	o.mu.Lock()
+	o.n[outcome]++
+	o.mu.Unlock()
+}
+
+func (o *outcomes) get(outcome string) int {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	return o.n[outcome]
+}
+
+func affineRouter(strategy Strategy, bound int, tokenBound int64) (*Router, *outcomes) {
+	o := &outcomes{n: map[string]int{}}
+	return New(Options{MaxQueue: 100, MaxWait: 10 * time.Second, Strategy: strategy, Affinity: &Affinity{
+		Index:  affinity.NewIndex(1000, time.Hour),
+		Parser: affinity.Parser{BlockBytes: 64, Chain: strategy == Prefix, DefaultOutput: 100},
+		// Outcomes are reported outside the router's lock.
+		LoadBound: bound, LoadBoundTokens: tokenBound, Outcome: o.add,
+	}}, nil), o
+}
+
+func chatPrompt(r *Router, system string, turns int, session string) *affinity.Prompt {
+	msgs := []string{fmt.Sprintf(`{"role":"system","content":%q}`, system)}
+	for i := range turns {
+		msgs = append(msgs, fmt.Sprintf(`{"role":"user","content":"question %d"}`, i), fmt.Sprintf(`{"role":"assistant","content":"answer %d"}`, i))
+	}
+	body := `{"model":"m","messages":[` + strings.Join(msgs, ",") + `]}`
+	h := map[string][]string{}
+	if session != "" {
+		h[affinity.SessionHeader] = []string{session}
+	}
+	return r.Prompt("/api/chat", []byte(body), h)
+}
+
+func mustAcquire(t *testing.T, r *Router, cands []Candidate, p *affinity.Prompt) *Slot {
+	t.Helper()
+	s, err := r.AcquireFor(context.Background(), Tenant{}, cands, p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s
+}
+
+var sysA = strings.Repeat("You are the first assistant. ", 20)
+
+// The backend holding the prefix wins while it carries at most the load
+// bound more than the least loaded; beyond, the least loaded wins.
+func TestLoadBound(t *testing.T) {
+	r, o := affineRouter(Prefix, 2, 0)
+	cands := []Candidate{cand("a", "m", 8, true, 1), cand("b", "m", 8, true, 1)}
+	first := mustAcquire(t, r, cands, chatPrompt(r, sysA, 0, ""))
+	if first.Backend != "a" || o.get(OutcomeMiss) != 1 {
+		t.Fatalf("first turn went to %s, outcomes %v", first.Backend, o.n)
+	}
+	// Turns 2 and 3 go to a (1 and 2 more in flight than b: within the
+	// bound), turn 4 would be 3 more: it goes to b.
+	held := []*Slot{first}
+	for turn := 1; turn <= 2; turn++ {
+		s := mustAcquire(t, r, cands, chatPrompt(r, sysA, turn, ""))
+		if s.Backend != "a" {
+			t.Fatalf("turn %d went to %s with a %d ahead", turn+1, s.Backend, turn)
+		}
+		held = append(held, s)
+	}
+	s := mustAcquire(t, r, cands, chatPrompt(r, sysA, 3, ""))
+	if s.Backend != "b" || o.get(OutcomeOverride) != 1 || o.get(OutcomeHit) != 2 {
+		t.Fatalf("over the bound went to %s, outcomes %v", s.Backend, o.n)
+	}
+	held = append(held, s)
+	for _, s := range held {
+		s.Release()
+	}
+	if len(r.InFlight()) != 0 || len(r.tokens) != 0 {
+		t.Fatalf("left in flight %v, tokens %v", r.InFlight(), r.tokens)
+	}
+}
+
+// The token bound: one long request in flight on the affine backend
+// outweighs the bound in tokens, though only one request.
+func TestTokenBound(t *testing.T) {
+	r, o := affineRouter(Prefix, 2, 1000)
+	cands := []Candidate{cand("a", "m", 8, true, 1), cand("b", "m", 8, true, 1)}
+	warm := mustAcquire(t, r, cands, chatPrompt(r, sysA, 0, ""))
+	warm.Release()
+	long := mustAcquire(t, r, []Candidate{cands[0]}, chatPrompt(r, strings.Repeat("long context ", 400), 0, ""))
+	defer long.Release()
+	s := mustAcquire(t, r, cands, chatPrompt(r, sysA, 1, ""))
+	defer s.Release()
+	if s.Backend != "b" || o.get(OutcomeOverride) != 1 {
+		t.Fatalf("went to %s with %d tokens in flight on a; outcomes %v", s.Backend, r.tokens["a"], o.n)
+	}
+}
+
+// Loaded-model preference comes first; a full candidate is never taken
+// (caps hold), whatever it holds.
+func TestAffinityKeepsLoadedFirstAndCaps(t *testing.T) {
+	r, _ := affineRouter(Prefix, 10, 0)
+	warmA := mustAcquire(t, r, []Candidate{cand("a", "m", 1, true, 1)}, chatPrompt(r, sysA, 0, ""))
+	warmA.Release()
+	// a holds the prefix but no longer has the model loaded: b, loaded, wins.
+	s := mustAcquire(t, r, []Candidate{cand("a", "m", 1, false, 1), cand("b", "m", 1, true, 1)}, chatPrompt(r, sysA, 1, ""))
+	if s.Backend != "b" {
+		t.Fatalf("went to %s, not the loaded b", s.Backend)
+	}
+	s.Release()
+	// a holds it and is loaded, but full (cap 1): b.
+	hold := mustAcquire(t, r, []Candidate{cand("a", "m", 1, true, 1)}, nil)
+	s = mustAcquire(t, r, []Candidate{cand("a", "m", 1, true, 1), cand("b", "m", 1, true, 1)}, chatPrompt(r, sysA, 1, ""))
+	if s.Backend != "b" {
+		t.Fatalf("went to %s over its cap", s.Backend)
+	}
+	s.Release()
+	hold.Release()
+}
+
+// Round robin takes the candidates with a free slot in turn.
+func TestRoundRobin(t *testing.T) {
+	r := New(Options{MaxQueue: 1, MaxWait: time.Second, Strategy: RoundRobin}, nil)
+	cands := []Candidate{cand("a", "m", 4, true, 1), cand("b", "m", 4, true, 1), cand("c", "m", 4, false, 1)}
+	var got []string
+	for range 6 {
+		s, err := r.Acquire(context.Background(), Tenant{}, cands)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got = append(got, s.Backend)
+		s.Release()
+	}
+	if strings.Join(got, "") != "abcabc" {
+		t.Fatalf("turns %v", got)
+	}
+	// A full candidate is skipped.
+	full := []Candidate{cand("a", "m", 4, true, 1), cand("b", "m", 0, true, 1)}
+	for range 3 {
+		s, err := r.Acquire(context.Background(), Tenant{}, full)
+		if err != nil || s.Backend != "a" {
+			t.Fatalf("%v %v", s, err)
+		}
+		s.Release()
+	}
+}
+
+// Under the session strategy a conversation sticks to where its session
+// went first, within the bound, and prompts alone do not attract.
+func TestSessionStickiness(t *testing.T) {
+	r, o := affineRouter(Session, 2, 0)
+	cands := []Candidate{cand("a", "m", 8, true, 1), cand("b", "m", 8, true, 1)}
+	// Session s1 lands on a (least loaded, first); s2 on b (a busy).
+	s1 := mustAcquire(t, r, cands, chatPrompt(r, sysA, 0, "s1"))
+	s2 := mustAcquire(t, r, cands, chatPrompt(r, sysA, 0, "s2"))
+	if s1.Backend != "a" || s2.Backend != "b" {
+		t.Fatalf("s1 on %s, s2 on %s", s1.Backend, s2.Backend)
+	}
+	s1.Release()
+	// b now carries one request, a none: s2's next turn still goes to b.
+	next := mustAcquire(t, r, cands, chatPrompt(r, sysA, 1, "s2"))
+	if next.Backend != "b" {
+		t.Fatalf("s2's next turn went to %s", next.Backend)
+	}
+	// Without a session the same prompt finds no affinity.
+	anon := mustAcquire(t, r, cands, chatPrompt(r, sysA, 1, ""))
+	if anon.Backend != "a" || o.get(OutcomeMiss) != 3 || o.get(OutcomeHit) != 1 {
+		t.Fatalf("an anonymous turn went to %s; outcomes %v", anon.Backend, o.n)
+	}
+	for _, s := range []*Slot{s2, next, anon} {
+		s.Release()
+	}
+}
+
+// A waiter keeps its affinity: when a slot frees on the backend it is
+// affine to, the queue still serves in order, and it is granted there.
+func TestAffinityInTheQueue(t *testing.T) {
+	r, _ := affineRouter(Prefix, 2, 0)
+	one := []Candidate{cand("a", "m", 1, true, 1), cand("b", "m", 1, true, 1)}
+	warm := mustAcquire(t, r, one[:1], chatPrompt(r, sysA, 0, ""))
+	other := mustAcquire(t, r, one[1:], nil)
+	got := make(chan *Slot, 1)
+	go func() {
+		s, err := r.AcquireFor(context.Background(), Tenant{}, one, chatPrompt(r, sysA, 1, ""))
+		if err != nil {
+			t.Error(err)
+		}
+		got <- s
+	}()
+	for r.QueueLen() != 1 {
+		time.Sleep(time.Millisecond)
+	}
+	other.Release() // b frees first: the waiter takes it (a is full)
+	s := <-got
+	if s.Backend != "b" {
+		t.Fatalf("granted %s", s.Backend)
+	}
+	s.Release()
+	warm.Release()
+}
+
+func TestParseStrategy(t *testing.T) {
+	for _, s := range []Strategy{LeastLoaded, Prefix, Session, RoundRobin} {
+		got, err := ParseStrategy(s.String())
+		if err != nil || got != s {
+			t.Errorf("%s: %v %v", s, got, err)
+		}
+	}
+	if _, err := ParseStrategy("sticky"); err == nil {
+		t.Error("sticky accepted")
+	}
+}
+
+// BenchmarkAcquireAffine is one acquire and release under the prefix
+// strategy, the prompt parsed beforehand, with four candidates.
+func BenchmarkAcquireAffine(b *testing.B) {
+	r, _ := affineRouter(Prefix, 2, 0)
+	cands := []Candidate{cand("a", "m", 4, true, 1), cand("b", "m", 4, true, 1), cand("c", "m", 4, true, 1), cand("d", "m", 4, true, 1)}
+	p := chatPrompt(r, strings.Repeat("a long shared system prompt ", 300), 3, "")
+	b.ReportAllocs()
+	for b.Loop() {
+		s, err := r.AcquireFor(context.Background(), Tenant{}, cands, p)
+		if err != nil {
+			b.Fatal(err)
+		}
+		s.Release()
+	}
+}
