@@ -166,15 +166,25 @@ func fairMean(xs []int) float64 {
 // whose cap of 4 is always full, slow enough (10 ms a chunk) that queues
 // form.
 func fairFleet(t *testing.T) ([]string, *ollamatest.Server) {
+	urls, fakes := fairFleetOf(t, 1, 4)
+	return urls, fakes[0]
+}
+
+// fairFleetOf is fairFleet with n backends of cap slots each.
+func fairFleetOf(t *testing.T, n, cap int) ([]string, []*ollamatest.Server) {
 	ns := natstest.Start(t)
-	fake := ollamatest.New(ollamatest.Config{Chunks: 4, ChunkDelay: 10 * time.Millisecond})
-	if err := fake.Start(); err != nil {
-		t.Fatal(err)
+	var fakes []*ollamatest.Server
+	for range n {
+		fake := ollamatest.New(ollamatest.Config{Chunks: 4, ChunkDelay: 10 * time.Millisecond})
+		if err := fake.Start(); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(fake.Close)
+		fakes = append(fakes, fake)
 	}
-	t.Cleanup(fake.Close)
-	reps := replicas(t, 3, ns.URL(), []*ollamatest.Server{fake}, func(c *config.Config) {
+	reps := replicas(t, 3, ns.URL(), fakes, func(c *config.Config) {
 		fairKeys(c)
-		c.Routing.MaxConcurrency = 4
+		c.Routing.MaxConcurrency = cap
 		c.Routing.Queue.MaxLength = 1000
 		c.Routing.Queue.MaxPerKey = 1000
 		c.Routing.Queue.MaxWait = time.Minute
@@ -191,7 +201,7 @@ func fairFleet(t *testing.T) ([]string, *ollamatest.Server) {
 			waitFor(t, func() bool { return len(r.Router.InFlight()) == 0 && r.Router.QueueLen() == 0 })
 		}
 	})
-	return urls, fake
+	return urls, fakes
 }
 
 // Weights 3:1 across three replicas: the heavy key's clients on every
@@ -199,15 +209,28 @@ func fairFleet(t *testing.T) ([]string, *ollamatest.Server) {
 // within 10 %.
 func TestFleetFairnessWeights(t *testing.T) {
 	for _, tt := range []struct {
-		name  string
-		light func(urls []string) []string
+		name          string
+		backends, cap int
+		light         func(urls []string) []string
 	}{
-		{"light key on one replica", func(u []string) []string { return u[2:] }},
-		{"both keys on every replica", func(u []string) []string { return u }},
+		{"light key on one replica", 1, 4, func(u []string) []string { return u[2:] }},
+		{"both keys on every replica", 1, 4, func(u []string) []string { return u }},
+		// Weights finer than a backend's cap: shares are kept across
+		// grants and backends, not per held slot.
+		{"two backends of two slots", 2, 2, func(u []string) []string { return u }},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
-			urls, fake := fairFleet(t)
-			defer func() { t.Logf("the backend saw at most %d at once (cap 4)", fake.MaxInFlight("tiny")) }()
+			urls, fakes := fairFleetOf(t, tt.backends, tt.cap)
+			defer func() {
+				for i, f := range fakes {
+					seen := f.MaxInFlight("tiny")
+					t.Logf("backend %d saw at most %d at once (cap %d)", i, seen, tt.cap)
+					// The fleet-wide cap's tolerance (TestFleetWideCap, docs/fleet.md).
+					if seen > tt.cap+2*2 {
+						t.Errorf("backend %d saw %d at once, cap %d, tolerance %d", i, seen, tt.cap, tt.cap+4)
+					}
+				}
+			}()
 			out, from, to := runFairGroups(t, []fairGroup{
 				{name: "heavy", secret: "secret-fair-heavy", clients: 12, urls: urls},
 				{name: "light", secret: "secret-fair-light", clients: 6, urls: tt.light(urls)},
