@@ -226,7 +226,7 @@ func TestFleetFairnessWeights(t *testing.T) {
 					seen := f.MaxInFlight("tiny")
 					t.Logf("backend %d saw at most %d at once (cap %d)", i, seen, tt.cap)
 					// The fleet-wide cap's tolerance (TestFleetWideCap, docs/fleet.md).
-					if seen > tt.cap+2*2 {
+					if seen > int64(tt.cap+2*2) {
 						t.Errorf("backend %d saw %d at once, cap %d, tolerance %d", i, seen, tt.cap, tt.cap+4)
 					}
 				}
