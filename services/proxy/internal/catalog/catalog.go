@@ -29,6 +29,15 @@ func NewList(models []Model) *List {
 	for i, m := range models {
 		l.byName[Normalize(m.Name)] = i
 	}
+	// "tiny" finds "tiny:latest" without building the name per lookup;
+	// a model listed untagged and tagged stays found by its own names.
+	for i, m := range models {
+		if base, ok := strings.CutSuffix(Normalize(m.Name), ":latest"); ok && !strings.Contains(base[strings.LastIndexByte(base, '/')+1:], ":") {
+			if _, taken := l.byName[base]; !taken {
+				l.byName[base] = i
+			}
+		}
+	}
 	return l
 }
 
@@ -44,11 +53,28 @@ func (l *List) Get(name string) (Model, bool) {
 	if l == nil {
 		return Model{}, false
 	}
-	i, ok := l.byName[Normalize(name)]
+	i, ok := l.byName[name] // most names arrive normalised or are untagged
+	if !ok {
+		i, ok = l.byName[Normalize(name)]
+	}
 	if !ok {
 		return Model{}, false
 	}
 	return l.Models[i], true
+}
+
+// Same reports whether a and b name the same model (Normalize(a) ==
+// Normalize(b)) without building either name.
+func Same(a, b string) bool {
+	a, b = strings.TrimSpace(a), strings.TrimSpace(b)
+	return a == b || latest(a, b) || latest(b, a)
+}
+
+// latest reports whether tagged is untagged with the default tag added.
+func latest(untagged, tagged string) bool {
+	const tag = ":latest"
+	return untagged != "" && len(tagged) == len(untagged)+len(tag) && strings.HasPrefix(tagged, untagged) &&
+		strings.HasSuffix(tagged, tag) && !strings.Contains(untagged[strings.LastIndexByte(untagged, '/')+1:], ":")
 }
 
 // Normalize applies Ollama's default tag: "llama3" is "llama3:latest". A

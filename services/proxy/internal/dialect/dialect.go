@@ -79,7 +79,7 @@ type Call struct {
 
 // Renamed reports whether the backend knows the model by another name than
 // the client used.
-func (c Call) Renamed() bool { return catalog.Normalize(c.Target) != catalog.Normalize(c.Model) }
+func (c Call) Renamed() bool { return !catalog.Same(c.Target, c.Model) }
 
 // Exchange is one attempt of a call on one backend: what to send and how to
 // read what comes back. Each attempt gets its own, so what a translation
