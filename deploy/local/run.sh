@@ -13,9 +13,19 @@
 # clickhouse-server (installed with apt when missing), started with its own
 # config, data directory and ports. State (JetStream, ClickHouse data, spools,
 # logs) lives in $RUN_DIR (default ./.run), so usage survives restarts;
-# remove the directory to start afresh. Ctrl-C (or SIGTERM) stops everything
-# in order: load balancer, proxies (they drain and publish every usage event),
-# aggregator (it flushes), then backends, NATS and ClickHouse.
+# remove the directory to start afresh.
+#
+# A service that dies once the stack is up is started again, as compose's
+# restart: unless-stopped does: after 0.5s, doubling with every exit in a
+# row up to 30s, back to 0.5s once it has run for 30s; each exit and
+# restart is logged (here and in $RUN_DIR/run.log). Ctrl-C, SIGTERM or
+# SIGHUP (to this script or to make run's whole process group) stops
+# everything in order: load balancer, proxies (they drain and publish every
+# usage event), aggregator (it flushes), then backends, NATS and
+# ClickHouse. The services run in sessions of their own, so the signal
+# reaches this script only; once it is stopping, further signals and a
+# closed terminal or pipe cannot cut the stop short. Only SIGKILL can:
+# $RUN_DIR/pids then lists what is left running.
 #
 # Locked down as docker-compose.yml is: the proxies' admin key, the NATS
 # users' passwords (deploy/nats/nats.conf) and the ClickHouse users'
@@ -29,6 +39,10 @@
 # Settings (environment):
 #   DROVER_PORT   client port, default 12434; every other port is derived from it
 #   REPLICAS      proxy replicas, default 2
+#   NATS_CLUSTER  3 runs NATS as a three-node cluster (routes on loopback
+#                 with a password of their own, a JetStream store per node)
+#                 with the usage stream and the buckets on all three
+#                 (nats.replicas 3); default 1, one server
 #   RUN_DIR       state and logs, default ./.run
 #   NO_BUILD=1    use the binaries already in $BIN (default ./bin)
 #   DEMO=1        send traffic and print usage every 15s (make demo)
@@ -41,6 +55,11 @@ BIN=${BIN:-./bin}
 RUN=${RUN_DIR:-./.run}
 PORT=${DROVER_PORT:-12434}
 REPLICAS=${REPLICAS:-2}
+NATS_NODES=${NATS_CLUSTER:-1}
+[[ $NATS_NODES == 1 || $NATS_NODES == 3 ]] || {
+	echo "run.sh: NATS_CLUSTER must be 1 or 3, got $NATS_NODES" >&2
+	exit 2
+}
 # DROVER_PORT is this script's setting, not a Drover key: the services would
 # refuse it.
 unset DROVER_PORT
@@ -53,7 +72,7 @@ RUN=$(cd "$RUN" && pwd)
 # handed its own.
 SECRETS=$RUN/secrets.env
 secret_names=(DROVER_ADMIN_KEY DROVER_NATS_PROXY_PASSWORD DROVER_NATS_AGGREGATOR_PASSWORD
-	CLICKHOUSE_READER_PASSWORD CLICKHOUSE_WRITER_PASSWORD)
+	CLICKHOUSE_READER_PASSWORD CLICKHOUSE_WRITER_PASSWORD NATS_ROUTE_PASSWORD)
 new_secret() {
 	openssl rand -hex 24 2>/dev/null || od -An -N24 -tx1 /dev/urandom | tr -d ' \n'
 }
@@ -85,11 +104,18 @@ done
 )
 ADMIN_KEY=${secret[DROVER_ADMIN_KEY]}
 
+# NATS node n (1..3): client port PORT+38+2n, monitoring PORT+39+2n,
+# cluster routes PORT+45+n.
 NATS_PORT=$((PORT + 40)) NATS_MON=$((PORT + 41))
 CH_TCP=$((PORT + 50)) CH_HTTP=$((PORT + 51)) CH_INTER=$((PORT + 52))
 AGG_METRICS=$((PORT + 30))
 
-log() { printf '%s\n' "$*" >&2; }
+# Messages go to stderr and to $RUN/run.log; a closed terminal or pipe
+# loses only the first.
+log() {
+	printf '%s\n' "$*" >&2 2>/dev/null || true
+	printf '%s %s\n' "$(date -u +%FT%TZ)" "$*" >>"$RUN/run.log" 2>/dev/null || true
+}
 die() {
 	log "run.sh: $*"
 	exit 1
@@ -118,28 +144,57 @@ if [[ -z $CH_BIN ]]; then
 	CH_BIN=$(find_clickhouse) || die "clickhouse-server still not found after apt-get install"
 fi
 
-# Processes, in start order; stopped in reverse.
-pids=() names=()
-echo -n >"$RUN/pids"
+# Processes, in start order; stopped in reverse. What started each (its
+# command, the environment it was handed, its log) is kept to start it
+# again when it dies.
+pids=() names=() logs=() cmds=() envs=() started=() restarts=() due=()
 rm -f "$RUN/ready"
-start() { # name logfile command...
-	local name=$1 logf=$2
+echo $$ >"$RUN/run.pid"
+write_pids() {
+	for i in "${!pids[@]}"; do echo "${pids[i]} ${names[i]}"; done >"$RUN/pids.tmp"
+	mv "$RUN/pids.tmp" "$RUN/pids"
+}
+start() { # name logfile [VAR=value ...] command...
+	local name=$1 logf=$2 i=${#pids[@]} env=()
 	shift 2
-	# Own session: Ctrl-C reaches this script only, which stops the
-	# children in order.
-	setsid "$@" >"$logf" 2>&1 &
-	pids+=($!)
-	names+=("$name")
-	echo "$! $name" >>"$RUN/pids"
+	while (($#)) && [[ $1 =~ ^[A-Za-z_][A-Za-z0-9_]*= ]]; do
+		env+=("$1")
+		shift
+	done
+	names[i]=$name logs[i]=$logf restarts[i]=0 due[i]=
+	# Kept quoted; the values (secrets among them) go to the process's
+	# environment, never to a command line.
+	envs[i]=$( ((${#env[@]} == 0)) || printf '%q ' "${env[@]}")
+	cmds[i]=$(printf '%q ' "$@")
+	: >"$logf"
+	launch "$i"
+}
+launch() { # index
+	local i=$1
+	# Own session: Ctrl-C, and a signal to make run's process group, reach
+	# this script only, which stops the services in order.
+	(
+		[[ -n ${envs[i]} ]] && eval "export ${envs[i]}"
+		eval "exec setsid ${cmds[i]}"
+	) >>"${logs[i]}" 2>&1 &
+	pids[i]=$!
+	started[i]=$EPOCHSECONDS
+	write_pids
 }
 
 stopping=
 cleanup() {
 	local code=$?
-	trap - INT TERM EXIT
+	# Nothing may cut the stop short from here: more Ctrl-Cs or SIGTERMs,
+	# or a terminal or pipe that went away with them (SIGPIPE), once made
+	# this script die here and leave every service running.
+	trap '' INT TERM HUP PIPE
+	trap - EXIT
+	set +e
 	[[ -n $stopping ]] && return
 	stopping=1
 	[[ -n ${demo_pid:-} ]] && kill "$demo_pid" 2>/dev/null && wait "$demo_pid" 2>/dev/null
+	[[ -n ${timer:-} ]] && kill "$timer" 2>/dev/null
 	log ""
 	log "stopping ..."
 	for ((i = ${#pids[@]} - 1; i >= 0; i--)); do
@@ -164,6 +219,8 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
+trap 'exit 129' HUP
+trap 'exit 141' PIPE
 
 wait_ready() { # name pid logfile check-command...
 	local name=$1 pid=$2 logf=$3
@@ -220,30 +277,67 @@ EOF
 # reads their passwords from its environment.
 mkdir -p "$CH_DIR/users.d"
 install -m 0644 deploy/clickhouse/users.d/drover.xml "$CH_DIR/users.d/drover.xml"
-CLICKHOUSE_READER_PASSWORD=${secret[CLICKHOUSE_READER_PASSWORD]} CLICKHOUSE_WRITER_PASSWORD=${secret[CLICKHOUSE_WRITER_PASSWORD]} \
-	start clickhouse "$CH_DIR/stdout.log" "$CH_BIN" --config-file="$CH_DIR/config.xml"
+start clickhouse "$CH_DIR/stdout.log" \
+	CLICKHOUSE_READER_PASSWORD="${secret[CLICKHOUSE_READER_PASSWORD]}" CLICKHOUSE_WRITER_PASSWORD="${secret[CLICKHOUSE_WRITER_PASSWORD]}" \
+	"$CH_BIN" --config-file="$CH_DIR/config.xml"
 wait_ready clickhouse "${pids[-1]}" "$CH_DIR/server.err.log" http_ok "http://127.0.0.1:$CH_HTTP/?query=SELECT%201"
 
 # --- NATS with JetStream: deploy/nats/nats.conf (its users and permissions)
-# with the store under $RUN/nats (nats-server refuses -sd beside a config's
-# store_dir); address and ports from the flags.
-sed 's|^\([[:space:]]*store_dir:\).*|\1 "'"$RUN/nats"'"|' deploy/nats/nats.conf >"$RUN/nats.conf"
-grep -qF "store_dir: \"$RUN/nats\"" "$RUN/nats.conf" || die "deploy/nats/nats.conf has no store_dir line to point at $RUN/nats"
-DROVER_NATS_PROXY_PASSWORD=${secret[DROVER_NATS_PROXY_PASSWORD]} DROVER_NATS_AGGREGATOR_PASSWORD=${secret[DROVER_NATS_AGGREGATOR_PASSWORD]} \
-	start nats "$RUN/nats.log" "$BIN/nats-server" -c "$RUN/nats.conf" -a 127.0.0.1 -p "$NATS_PORT" -m "$NATS_MON" -n drover-local
-wait_ready nats "${pids[-1]}" "$RUN/nats.log" http_ok "http://127.0.0.1:$NATS_MON/healthz?js-enabled-only=true"
+# with the store under $RUN (nats-server refuses -sd beside a config's
+# store_dir); address and ports from the flags. NATS_CLUSTER=3: three
+# nodes, each with its own store and config, routed to each other on
+# loopback; a route must log in as user route with a password of its own
+# (NATS_ROUTE_PASSWORD, kept with the other secrets), so no other local
+# process can join the cluster.
+nats_urls=() nats_mons=()
+nats_env=(DROVER_NATS_PROXY_PASSWORD="${secret[DROVER_NATS_PROXY_PASSWORD]}"
+	DROVER_NATS_AGGREGATOR_PASSWORD="${secret[DROVER_NATS_AGGREGATOR_PASSWORD]}")
+if ((NATS_NODES == 1)); then
+	sed 's|^\([[:space:]]*store_dir:\).*|\1 "'"$RUN/nats"'"|' deploy/nats/nats.conf >"$RUN/nats.conf"
+	grep -qF "store_dir: \"$RUN/nats\"" "$RUN/nats.conf" || die "deploy/nats/nats.conf has no store_dir line to point at $RUN/nats"
+	start nats "$RUN/nats.log" "${nats_env[@]}" "$BIN/nats-server" -c "$RUN/nats.conf" -a 127.0.0.1 -p "$NATS_PORT" -m "$NATS_MON" -n drover-local
+	nats_urls=("nats://127.0.0.1:$NATS_PORT") nats_mons=("$NATS_MON")
+else
+	routes=()
+	for n in 1 2 3; do routes+=("nats-route://route:${secret[NATS_ROUTE_PASSWORD]}@127.0.0.1:$((PORT + 45 + n))"); done
+	for n in 1 2 3; do
+		conf=$RUN/nats-$n.conf
+		rm -f "$conf"
+		mask=$(umask)
+		umask 077 # it holds the route password
+		{
+			sed 's|^\([[:space:]]*store_dir:\).*|\1 "'"$RUN/nats-$n"'"|' deploy/nats/nats.conf
+			printf '\n# run.sh NATS_CLUSTER=3: node %d of 3.\ncluster {\n  name: drover-local\n  listen: 127.0.0.1:%d\n' "$n" $((PORT + 45 + n))
+			printf '  authorization { user: route, password: "%s" }\n' "${secret[NATS_ROUTE_PASSWORD]}"
+			printf '  routes: [\n'
+			printf '    "%s"\n' "${routes[@]}"
+			printf '  ]\n}\n'
+		} >"$conf"
+		umask "$mask"
+		grep -qF "store_dir: \"$RUN/nats-$n\"" "$conf" || die "deploy/nats/nats.conf has no store_dir line to point at $RUN/nats-$n"
+		start "nats-$n" "$RUN/nats-$n.log" "${nats_env[@]}" \
+			"$BIN/nats-server" -c "$conf" -a 127.0.0.1 -p $((PORT + 38 + 2 * n)) -m $((PORT + 39 + 2 * n)) -n "drover-local-$n"
+		nats_urls+=("nats://127.0.0.1:$((PORT + 38 + 2 * n))") nats_mons+=($((PORT + 39 + 2 * n)))
+	done
+	export DROVER_NATS_REPLICAS=3
+fi
+for n in "${!nats_mons[@]}"; do
+	i=$((${#pids[@]} - ${#nats_mons[@]} + n))
+	wait_ready "${names[i]}" "${pids[i]}" "${logs[i]}" http_ok "http://127.0.0.1:${nats_mons[n]}/healthz?js-enabled-only=true"
+done
 
-export DROVER_NATS_URL=nats://127.0.0.1:$NATS_PORT
+export DROVER_NATS_URL=$(IFS=,; echo "${nats_urls[*]}")
 export DROVER_CLICKHOUSE_ADDR=127.0.0.1:$CH_TCP
 config=()
 [[ -n ${DROVER_CONFIG:-} ]] && config=(-config "$DROVER_CONFIG")
 
 # --- Aggregator (applies the ClickHouse migrations on start): NATS user
 # aggregator, ClickHouse user drover_writer.
-DROVER_AGGREGATOR_METRICS_LISTEN=127.0.0.1:$AGG_METRICS DROVER_REPLICA=aggregator \
-	DROVER_NATS_USER=aggregator DROVER_NATS_PASSWORD=${secret[DROVER_NATS_AGGREGATOR_PASSWORD]} \
-	DROVER_CLICKHOUSE_USERNAME=drover_writer DROVER_CLICKHOUSE_PASSWORD=${secret[CLICKHOUSE_WRITER_PASSWORD]} \
-	start aggregator "$RUN/aggregator.log" "$BIN/drover-aggregator" "${config[@]}"
+start aggregator "$RUN/aggregator.log" \
+	DROVER_AGGREGATOR_METRICS_LISTEN="127.0.0.1:$AGG_METRICS" DROVER_REPLICA=aggregator \
+	DROVER_NATS_USER=aggregator DROVER_NATS_PASSWORD="${secret[DROVER_NATS_AGGREGATOR_PASSWORD]}" \
+	DROVER_CLICKHOUSE_USERNAME=drover_writer DROVER_CLICKHOUSE_PASSWORD="${secret[CLICKHOUSE_WRITER_PASSWORD]}" \
+	"$BIN/drover-aggregator" "${config[@]}"
 wait_ready aggregator "${pids[-1]}" "$RUN/aggregator.log" http_ok "http://127.0.0.1:$AGG_METRICS/health"
 
 # --- Backends: fakes unless DROVER_BACKENDS names real ones.
@@ -267,11 +361,12 @@ auth_keys=admin:$ADMIN_KEY:admin${DROVER_AUTH_KEYS:+,$DROVER_AUTH_KEYS}
 replicas=()
 for ((i = 1; i <= REPLICAS; i++)); do
 	p=$((PORT + 6 + i))
-	DROVER_LISTEN=127.0.0.1:$p DROVER_REPLICA=proxy-$i DROVER_USAGE_SPOOL_DIR=$RUN/spool-$i \
-		DROVER_AUTH_KEYS=$auth_keys DROVER_AUTH_STATE_FILE=$RUN/keys-$i.json \
-		DROVER_NATS_USER=proxy DROVER_NATS_PASSWORD=${secret[DROVER_NATS_PROXY_PASSWORD]} \
-		DROVER_CLICKHOUSE_USERNAME=drover_reader DROVER_CLICKHOUSE_PASSWORD=${secret[CLICKHOUSE_READER_PASSWORD]} \
-		start "drover-proxy-$i" "$RUN/proxy-$i.log" "$BIN/drover-proxy" "${config[@]}"
+	start "drover-proxy-$i" "$RUN/proxy-$i.log" \
+		DROVER_LISTEN="127.0.0.1:$p" DROVER_REPLICA="proxy-$i" DROVER_USAGE_SPOOL_DIR="$RUN/spool-$i" \
+		DROVER_AUTH_KEYS="$auth_keys" DROVER_AUTH_STATE_FILE="$RUN/keys-$i.json" \
+		DROVER_NATS_USER=proxy DROVER_NATS_PASSWORD="${secret[DROVER_NATS_PROXY_PASSWORD]}" \
+		DROVER_CLICKHOUSE_USERNAME=drover_reader DROVER_CLICKHOUSE_PASSWORD="${secret[CLICKHOUSE_READER_PASSWORD]}" \
+		"$BIN/drover-proxy" "${config[@]}"
 	wait_ready "drover-proxy-$i" "${pids[-1]}" "$RUN/proxy-$i.log" http_ok "http://127.0.0.1:$p/"
 	replicas+=("http://127.0.0.1:$p")
 done
@@ -292,7 +387,11 @@ dashboard             http://127.0.0.1:$PORT/       (asks for a key)
 admin key             $admin_line
 backends              $DROVER_BACKENDS$( ((${#fakes[@]})) && echo "  (fake Ollama)")
 drover-aggregator     http://127.0.0.1:$AGG_METRICS/metrics  (log $RUN/aggregator.log)
-NATS                  $DROVER_NATS_URL   (monitoring http://127.0.0.1:$NATS_MON; users proxy and aggregator only)
+$(if ((NATS_NODES == 1)); then
+	echo "NATS                  $DROVER_NATS_URL   (monitoring http://127.0.0.1:$NATS_MON; users proxy and aggregator only)"
+else
+	echo "NATS                  ${nats_urls[0]}   (cluster of 3: $DROVER_NATS_URL; monitoring ports ${nats_mons[*]}; usage stream and buckets on all 3; users proxy and aggregator only)"
+fi)
 ClickHouse            $DROVER_CLICKHOUSE_ADDR (native)  http://127.0.0.1:$CH_HTTP  (data $CH_DIR; users drover_reader, drover_writer)
 
 Every route but / and /health needs a key; the admin key manages the rest:
@@ -303,7 +402,7 @@ try:  export DROVERCTL_API_KEY=\$(sed -n 's/^DROVER_ADMIN_KEY=//p' $SECRETS)
       OPENAI_BASE_URL=http://127.0.0.1:$PORT/v1 OPENAI_API_KEY=<a key> ...   # OpenAI SDKs; Anthropic's: x-api-key
       DROVER_CLICKHOUSE_ADDR=$DROVER_CLICKHOUSE_ADDR DROVER_CLICKHOUSE_USERNAME=drover_reader \\
         DROVER_CLICKHOUSE_PASSWORD=\$(sed -n 's/^CLICKHOUSE_READER_PASSWORD=//p' $SECRETS) $BIN/droverctl usage
-Ctrl-C stops everything.
+A service that dies is started again (see $RUN/run.log). Ctrl-C stops everything.
 EOF
 echo "ready" >"$RUN/ready"
 
@@ -313,13 +412,45 @@ if [[ -n ${DEMO:-} ]]; then
 	demo_pid=$!
 fi
 
-# Until Ctrl-C, or until a process dies on its own.
+# Until Ctrl-C or SIGTERM: a service that exits is started again after a
+# backoff (0.5s, doubling with every exit in a row, at most 30s; the count
+# starts afresh once it has run for 30s), the others keep running.
 set +e
-wait -n "${pids[@]}"
-code=$?
-for i in "${!pids[@]}"; do
-	if ! kill -0 "${pids[i]}" 2>/dev/null; then
-		log "${names[i]} exited (status $code); see its log in $RUN"
+now_ms() { local t=${EPOCHREALTIME//[.,]/}; echo $((t / 1000)); }
+timer=
+while :; do
+	now=$(now_ms) next= running=()
+	for i in "${!pids[@]}"; do
+		if [[ -z ${due[i]} ]]; then
+			running+=("${pids[i]}")
+		elif ((now >= due[i])); then
+			printf -- '--- run.sh %s: started again (restart %d)\n' "$(date -u +%FT%TZ)" "${restarts[i]}" >>"${logs[i]}"
+			launch "$i"
+			due[i]=
+			running+=("${pids[i]}")
+			log "restarted ${names[i]} (pid ${pids[i]})"
+		elif [[ -z $next ]] || ((due[i] < next)); then
+			next=${due[i]}
+		fi
+	done
+	timer=
+	if [[ -n $next ]]; then
+		d=$((next - now))
+		sleep "$((d / 1000)).$(printf %03d $((d % 1000)))" &
+		timer=$!
 	fi
+	died=
+	wait -n -p died "${running[@]}" ${timer:+"$timer"}
+	code=$?
+	[[ -n $timer && $died != "$timer" ]] && kill "$timer" 2>/dev/null
+	for i in "${!pids[@]}"; do
+		[[ ${pids[i]} == "$died" && -z ${due[i]} ]] || continue
+		up=$((EPOCHSECONDS - started[i]))
+		((up >= 30)) && restarts[i]=0
+		delay=$((500 << restarts[i]))
+		((delay > 30000)) && delay=30000
+		restarts[i]=$((restarts[i] + 1))
+		due[i]=$(($(now_ms) + delay))
+		log "${names[i]} exited (status $code) after ${up}s; starting it again in $((delay / 1000)).$((delay % 1000 / 100))s (restart: unless-stopped; its log: ${logs[i]})"
+	done
 done
-exit 1
