@@ -214,11 +214,14 @@ func (r *Router) planLocked(k Key, cap int, now time.Time) plan {
 		}
 	}
 	p.base = r.reservedLocked(loads, cap, top, nil)
-	p.others = map[queueID]int{}
-	for id := range p.target {
-		lq, ok := start[id]
-		if !ok {
-			continue
+	for _, l := range loads {
+		if !l.local || p.target[l.q] <= l.n {
+			continue // only a queue given a slot here may take one
+		}
+		id := l.q
+		lq := start[id]
+		if p.others == nil {
+			p.others = map[queueID]int{}
 		}
 		p.others[id] = r.reservedLocked(loads, cap, top, func(o queueID) bool {
 			oq := start[o]
