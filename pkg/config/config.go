@@ -44,6 +44,9 @@ type Config struct {
 	Usage       Usage              `yaml:"usage"`
 	ClickHouse  ClickHouse         `yaml:"clickhouse"`
 	Aggregator  Aggregator         `yaml:"aggregator"`
+	// Server bounds what a client connection and a backend stream may
+	// cost (server.go in this package).
+	Server Server `yaml:"server"`
 }
 
 // Backend is one inference server.

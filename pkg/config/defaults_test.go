@@ -30,6 +30,8 @@ func TestDefaults(t *testing.T) {
 		Aggregator: Aggregator{BatchSize: 20000, FlushInterval: 500 * time.Millisecond, MetricsListen: ":9464", Instance: "r1",
 			LeaseBucket: "drover_aggregator", LeaseTTL: 10 * time.Second, FetchBatch: 2000,
 			DeadLetterSubject: "drover.usage.deadletter", RetryMax: 30 * time.Second, ShutdownTimeout: 30 * time.Second},
+		Server: Server{MaxBodyBytes: 32 << 20, MaxBlobBytes: 256 << 30, MaxHeaderBytes: 64 << 10, BodyTimeout: 60 * time.Second,
+			ReadHeaderTimeout: 10 * time.Second, IdleTimeout: 120 * time.Second, MaxEventBytes: 16 << 20},
 	}
 	if !reflect.DeepEqual(*c, want) {
 		t.Fatalf("defaults\n got %+v\nwant %+v", *c, want)

@@ -42,6 +42,7 @@ func (c *Config) setDefaults() {
 	fillZero(&c.Aggregator, DefaultAggregator())
 	fillZero(&c.Auth, DefaultAuth())
 	fillZero(&c.Limits, DefaultLimits())
+	fillZero(&c.Server, DefaultServer())
 	for i := range c.Auth.Keys {
 		if c.Auth.Keys[i].Role == "" {
 			c.Auth.Keys[i].Role = apikey.RoleClient
@@ -128,6 +129,7 @@ func (c *Config) Validate() error {
 	if r := c.NATS.Replicas; r < 1 || r > 5 {
 		bad("nats.replicas", "must be 1 to 5 (JetStream's limit), got %d", r)
 	}
+	c.Server.validate(bad)
 	if c.Cache.ModelsStale < c.Cache.ModelsTTL {
 		bad("cache.models_stale", "must be at least cache.models_ttl (%s)", c.Cache.ModelsTTL)
 	}

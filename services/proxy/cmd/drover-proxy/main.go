@@ -32,6 +32,7 @@ import (
 	"github.com/droverhq/drover/pkg/usage"
 	"github.com/droverhq/drover/pkg/usagepub"
 	"github.com/droverhq/drover/services/proxy/internal/server"
+	"github.com/droverhq/drover/services/proxy/internal/sse"
 )
 
 func main() {
@@ -128,7 +129,11 @@ func run() error {
 	if err != nil {
 		return fmt.Errorf("listen: %w", err)
 	}
-	hs := &http.Server{Handler: srv.Handler(), ReadHeaderTimeout: 10 * time.Second}
+	// The server section's bounds (docs/hostile.md): body size and read
+	// time in the handler, head size and timeouts here, one SSE event's
+	// size in every filter.
+	sse.SetMaxEvent(cfg.Server.MaxEventBytes)
+	hs := srv.HTTPServer()
 	hs.RegisterOnShutdown(srv.Live.Close) // live usage streams never go idle: end them so draining can finish
 	log.Info("drover-proxy listening", "addr", ln.Addr().String(), "backends", len(cfg.Backends), "replica", cfg.Replica)
 

@@ -16,12 +16,13 @@ const (
 	Closed State = iota
 	// Open: the backend is skipped until the open period ends.
 	Open
-	// HalfOpen: the open period is over. Requests may go to the backend
-	// again, any number at once (routing prefers closed backends that have
-	// the model), and the prober tries it, one probe at a time
-	// (BeginTrial). A success, of a request or a probe, closes the
-	// breaker; a failure once the prober has begun a trial opens it again
-	// for twice as long (up to open_max). Before that first trial a
+	// HalfOpen: the open period is over and one trial may go to the
+	// backend: one request (ClaimTrial, which routing calls for a
+	// half-open candidate) or one probe (BeginTrial), never more at
+	// once; every other request is kept away while it runs. A success
+	// closes the breaker; a failure of the trial opens it again for twice
+	// as long (up to open_max); a trial that ends without a verdict (its
+	// client left) lets the next one through. Before that first trial a
 	// failure changes nothing: the breaker is still open underneath.
 	HalfOpen
 )
@@ -51,7 +52,7 @@ type Health struct {
 	consecutive int           // failures in a row while closed
 	openUntil   time.Time     // while Open
 	backoff     time.Duration // current open period
-	trial       bool          // a half-open probe is in flight
+	trial       any           // who holds the half-open trial (probe, or a request's owner); nil: none
 	lastErr     string
 	lastChange  time.Time
 	onChange    func(State)
@@ -66,26 +67,54 @@ func NewHealth(c config.Health) *Health {
 // change; it must be set before the backend is used.
 func (h *Health) OnChange(f func(State)) { h.onChange = f }
 
+// probe is the owner of a trial begun by BeginTrial.
+var probe = new(byte)
+
 // BeginTrial marks a half-open probe as running; it returns false if the
-// backend is not half-open or a probe is already running. Requests are not
-// trials: they need no BeginTrial and are not limited by one.
+// backend is not half-open or a trial (probe or request) is already
+// running.
 func (h *Health) BeginTrial() bool {
+	_, fresh := h.ClaimTrial(probe)
+	return fresh
+}
+
+// ClaimTrial makes owner (comparable: a request's context, say) the holder
+// of the half-open trial. ok is whether owner holds it: the backend is
+// half-open and no one else's trial is running. fresh is whether this call
+// took it (false when owner held it already); the claimant must then
+// ReleaseTrial once it is done, whether or not it reached the backend.
+func (h *Health) ClaimTrial(owner any) (ok, fresh bool) {
 	now := h.now()
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	if h.stateLocked(now) != HalfOpen || h.trial {
-		return false
+	switch {
+	case h.stateLocked(now) != HalfOpen:
+		return false, false
+	case h.trial == owner:
+		return true, false
+	case h.trial != nil:
+		return false, false
 	}
 	h.state = HalfOpen
-	h.trial = true
-	return true
+	h.trial = owner
+	return true, true
+}
+
+// ReleaseTrial ends owner's trial if it still holds one that had no
+// verdict (Success and Failure end it themselves).
+func (h *Health) ReleaseTrial(owner any) {
+	h.mu.Lock()
+	if h.trial == owner {
+		h.trial = nil
+	}
+	h.mu.Unlock()
 }
 
 // Success records a good response.
 func (h *Health) Success() {
 	h.mu.Lock()
 	changed := h.state != Closed
-	h.state, h.consecutive, h.trial, h.backoff = Closed, 0, false, h.openFor
+	h.state, h.consecutive, h.trial, h.backoff = Closed, 0, nil, h.openFor
 	if changed {
 		h.lastChange = h.now()
 	}
@@ -127,17 +156,13 @@ func (h *Health) Failure(err error, hard bool) {
 }
 
 func (h *Health) openLocked(now time.Time) {
-	h.state, h.trial, h.consecutive = Open, false, 0
+	h.state, h.trial, h.consecutive = Open, nil, 0
 	h.openUntil = now.Add(h.backoff)
 	h.lastChange = now
 }
 
 // EndTrial clears a half-open probe that ended without a verdict.
-func (h *Health) EndTrial() {
-	h.mu.Lock()
-	h.trial = false
-	h.mu.Unlock()
-}
+func (h *Health) EndTrial() { h.ReleaseTrial(probe) }
 
 // Snapshot is Health as reported by /health.
 type Snapshot struct {

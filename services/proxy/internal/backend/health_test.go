@@ -83,10 +83,10 @@ func TestBackoffCapped(t *testing.T) {
 	}
 }
 
-// TestHalfOpenAdmitsOneProbeAndAnyRequests: half-open takes one probe at a
-// time, stays half-open (so requests are still routed there) while it runs,
-// and the first verdict decides.
-func TestHalfOpenAdmitsOneProbeAndAnyRequests(t *testing.T) {
+// TestHalfOpenAdmitsOneTrial: half-open lets one trial run at a time, a
+// probe's or a request's, stays half-open while it runs, and the first
+// verdict decides.
+func TestHalfOpenAdmitsOneTrial(t *testing.T) {
 	boom := errors.New("boom")
 	h, clk := newHealth()
 	h.Failure(boom, true)
@@ -97,21 +97,38 @@ func TestHalfOpenAdmitsOneProbeAndAnyRequests(t *testing.T) {
 	if h.BeginTrial() {
 		t.Fatal("a second probe admitted while one runs")
 	}
+	if ok, _ := h.ClaimTrial("request"); ok {
+		t.Fatal("a request admitted while a probe runs")
+	}
 	if h.State() != HalfOpen {
-		t.Fatalf("state %v while a probe runs: requests would not be routed there", h.State())
+		t.Fatalf("state %v while a probe runs", h.State())
 	}
 	h.EndTrial() // the probe ended without a verdict
-	if !h.BeginTrial() {
-		t.Fatal("no probe admitted after the last one ended")
+	if ok, fresh := h.ClaimTrial("request"); !ok || !fresh {
+		t.Fatal("no request admitted after the probe ended")
 	}
-	h.Success() // a request (or the probe) succeeded
+	if ok, fresh := h.ClaimTrial("request"); !ok || fresh {
+		t.Fatal("the holder asking again is not still the holder")
+	}
+	if h.BeginTrial() {
+		t.Fatal("a probe admitted while a request's trial runs")
+	}
+	h.ReleaseTrial("other") // not the holder: changes nothing
+	if ok, _ := h.ClaimTrial("another request"); ok {
+		t.Fatal("a release by someone else freed the trial")
+	}
+	h.ReleaseTrial("request") // its client left: no verdict
+	if !h.BeginTrial() {
+		t.Fatal("no probe admitted after the request's trial ended")
+	}
+	h.Success() // the probe succeeded
 	if h.State() != Closed || h.BeginTrial() {
 		t.Fatal("a success did not close the breaker")
 	}
 	// A failure during half-open opens it again at once, for twice as long.
 	h.Failure(boom, true)
 	clk.add(time.Second)
-	h.BeginTrial()
+	h.ClaimTrial("request")
 	h.Failure(boom, false)
 	if h.State() != Open {
 		t.Fatal("a half-open failure below the threshold did not reopen")
@@ -119,5 +136,32 @@ func TestHalfOpenAdmitsOneProbeAndAnyRequests(t *testing.T) {
 	clk.add(time.Second)
 	if h.State() != Open {
 		t.Fatal("the open period did not double")
+	}
+}
+
+// However many requests ask at once, one gets the trial (run with -race).
+func TestHalfOpenTrialIsExclusiveUnderConcurrency(t *testing.T) {
+	h, clk := newHealth()
+	h.Failure(errors.New("boom"), true)
+	clk.add(time.Second)
+	const n = 64
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	won := 0
+	for i := range n {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if ok, _ := h.ClaimTrial(i); ok {
+				mu.Lock()
+				won++
+				mu.Unlock()
+			}
+			h.State()
+		}()
+	}
+	wg.Wait()
+	if won != 1 {
+		t.Fatalf("%d of %d concurrent requests got the half-open trial", won, n)
 	}
 }

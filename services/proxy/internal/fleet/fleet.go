@@ -154,7 +154,9 @@ var ErrNoHealthy = errors.New("no healthy backend has this model")
 
 // Candidates lists the backends that can serve model on the given routes
 // (backend.Serves; none given: any route), with their caps and whether they
-// have it loaded. exclude skips backends already tried.
+// have it loaded. exclude skips backends already tried. Half-open backends
+// are candidates only when no closed one is, and only for the request that
+// holds their one trial (claimTrial): others get ErrRecovering.
 func (f *Fleet) Candidates(ctx context.Context, model string, exclude map[string]bool, routes ...string) ([]routing.Candidate, error) {
 	type target struct {
 		b     *backend.Backend
@@ -175,7 +177,8 @@ func (f *Fleet) Candidates(ctx context.Context, model string, exclude map[string
 		bs[i] = t.b
 	}
 	lists := f.modelLists(ctx, bs)
-	var healthy, halfOpen []routing.Candidate
+	var healthy []routing.Candidate
+	var halfOpen []trialCandidate
 	found := false
 	for _, t := range targets {
 		m, ok := lists[t.b.Name].Get(t.model)
@@ -191,19 +194,49 @@ func (f *Fleet) Candidates(ctx context.Context, model string, exclude map[string
 		case backend.Closed:
 			healthy = append(healthy, c)
 		case backend.HalfOpen:
-			halfOpen = append(halfOpen, c)
+			halfOpen = append(halfOpen, trialCandidate{c, t.b})
+		}
+	}
+	if len(healthy) > 0 {
+		return healthy, nil
+	}
+	for _, h := range halfOpen {
+		if claimTrial(ctx, h.b) {
+			return []routing.Candidate{h.c}, nil
 		}
 	}
 	switch {
-	case len(healthy) > 0:
-		return healthy, nil
 	case len(halfOpen) > 0:
-		return halfOpen, nil
-	}
-	if found {
+		return nil, ErrRecovering
+	case found:
 		return nil, ErrNoHealthy
 	}
 	return nil, ErrModelNotFound
+}
+
+// ErrRecovering means the backends that have the model are half-open and
+// each already has its one trial request (or probe) running.
+var ErrRecovering = fmt.Errorf("%w: the backends that have it are recovering, one trial request at a time", ErrNoHealthy)
+
+type trialCandidate struct {
+	c routing.Candidate
+	b *backend.Backend
+}
+
+// claimTrial makes the request whose context ctx is the holder of b's
+// half-open trial, until the backend's verdict or the request's end. The
+// context is the owner, so that every Candidates call of one request
+// (a handler's check that the model exists, then each attempt) sees the
+// trial as its own. A context that never ends cannot hold a trial.
+func claimTrial(ctx context.Context, b *backend.Backend) bool {
+	if ctx.Done() == nil {
+		return false
+	}
+	ok, fresh := b.Health.ClaimTrial(ctx)
+	if fresh {
+		context.AfterFunc(ctx, func() { b.Health.ReleaseTrial(ctx) })
+	}
+	return ok
 }
 
 // Reachable lists the backends that serve the given routes (backend.Serves)

@@ -2,9 +2,11 @@ package forward
 
 import (
 	"errors"
+	"fmt"
 	"io"
 	"net/http"
 	"net/textproto"
+	"os"
 	"strings"
 )
 
@@ -72,18 +74,52 @@ const MaxBody = 256 << 20
 
 // ReadBody reads the whole request body, as a router must to find the model
 // (reading it first also avoids golang/go#40747 when forwarding). A body
-// over MaxBody is 413; a broken one 400; both written with writeErr, the
-// API's own error format.
+// over MaxBody (or the server's smaller limit) is 413, one that did not
+// arrive in time 408, a broken one 400; each written with writeErr, the
+// API's own error format. A body whose Content-Length is known is read
+// into a buffer of that size, so it costs its size once, not the doublings
+// of a growing one.
 func ReadBody(w http.ResponseWriter, r *http.Request, writeErr func(http.ResponseWriter, int, string)) ([]byte, bool) {
-	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, MaxBody))
+	size := 512
+	if r.ContentLength > 0 && r.ContentLength <= MaxBody {
+		size = int(r.ContentLength) + 1 // +1: room to read the end without growing
+	}
+	body, err := readAll(http.MaxBytesReader(w, r.Body, MaxBody), size)
 	if err != nil {
-		var tooBig *http.MaxBytesError
-		if errors.As(err, &tooBig) {
-			writeErr(w, http.StatusRequestEntityTooLarge, "request body too large")
-		} else {
-			writeErr(w, http.StatusBadRequest, err.Error())
-		}
+		status, msg := BodyError(err)
+		writeErr(w, status, msg)
 		return nil, false
 	}
 	return body, true
+}
+
+// readAll is io.ReadAll starting from a buffer of size bytes.
+func readAll(r io.Reader, size int) ([]byte, error) {
+	b := make([]byte, 0, size)
+	for {
+		n, err := r.Read(b[len(b):cap(b)])
+		b = b[:len(b)+n]
+		if err == io.EOF {
+			return b, nil
+		}
+		if err != nil {
+			return b, err
+		}
+		if len(b) == cap(b) {
+			b = append(b, 0)[:len(b)]
+		}
+	}
+}
+
+// BodyError is the status and message for an error reading a request body:
+// 413 over a size limit, 408 past a read deadline, else 400.
+func BodyError(err error) (int, string) {
+	var tooBig *http.MaxBytesError
+	switch {
+	case errors.As(err, &tooBig):
+		return http.StatusRequestEntityTooLarge, fmt.Sprintf("request body too large: the limit is %d bytes", tooBig.Limit)
+	case errors.Is(err, os.ErrDeadlineExceeded):
+		return http.StatusRequestTimeout, err.Error()
+	}
+	return http.StatusBadRequest, err.Error()
 }

@@ -5,6 +5,8 @@ package meter
 import (
 	"bytes"
 	"strconv"
+
+	"github.com/droverhq/drover/pkg/usage"
 )
 
 // tailSize is how much of a response's end the meter keeps. Ollama and
@@ -37,7 +39,7 @@ func (m *Meter) Write(p []byte) (int, error) {
 func (m *Meter) Tail() []byte { return m.buf }
 
 // Count returns the integer value of the last top-level-looking "key":
-// in the tail. A quoted key followed by a colon cannot occur inside a JSON
+// in the tail, at most usage.MaxTokens. A quoted key followed by a colon cannot occur inside a JSON
 // string (its quotes would be escaped), and the counts come after any nested
 // content, so the last occurrence is the response's own.
 func (m *Meter) Count(key string) (int64, bool) {
@@ -65,8 +67,13 @@ func lastInt(buf []byte, key string) (int64, bool) {
 	if end == 0 {
 		return 0, false
 	}
+	// A count past usage.MaxTokens (a backend's bug or lie) is saturated,
+	// so that totals stay true to every other request's.
+	if end > 12 {
+		return usage.MaxTokens, true
+	}
 	n, err := strconv.ParseInt(string(rest[:end]), 10, 64)
-	return n, err == nil
+	return min(n, usage.MaxTokens), err == nil
 }
 
 // Has reports whether "key": value appears in the tail with the given raw

@@ -5,8 +5,29 @@ package sse
 
 import (
 	"bytes"
+	"errors"
+	"fmt"
 	"io"
+	"sync/atomic"
 )
+
+// DefaultMaxEvent is how long one event may grow before a filter gives up
+// on the stream (server.max_event_bytes): an event is held whole while it
+// is incomplete, so this bounds what one stream can make the proxy hold.
+const DefaultMaxEvent = 16 << 20
+
+// maxEvent is the bound filters made from now on use (SetMaxEvent).
+var maxEvent atomic.Int64
+
+func init() { maxEvent.Store(DefaultMaxEvent) }
+
+// SetMaxEvent sets the largest event a filter made after the call accepts
+// (at least 1 KiB); the proxy sets it once from server.max_event_bytes.
+func SetMaxEvent(n int) { maxEvent.Store(int64(max(n, 1024))) }
+
+// ErrEventTooLarge is what a filter's Write returns, from then on, once an
+// event grew past the bound without its blank line.
+var ErrEventTooLarge = errors.New("server-sent event too large")
 
 // EventFilter returns a filter (a dialect.Exchange's Transform) that splits a
 // server-sent event stream into events and writes what fn returns for each
@@ -15,20 +36,35 @@ import (
 // terminating blank line; what a single backend read completes goes to the
 // client in one write. A final event without its blank line is handed to
 // fn at Close.
+//
+// The work is linear in the bytes written: each byte is scanned for the
+// end of its event once (bar the two before a write's start, where a blank
+// line may straddle two writes). An event longer than the bound
+// (SetMaxEvent) fails the stream with ErrEventTooLarge; the events before
+// it have been written.
 func EventFilter(client io.Writer, fn func(event []byte) []byte) io.WriteCloser {
-	return &eventFilter{w: client, fn: fn}
+	return &eventFilter{w: client, fn: fn, max: int(maxEvent.Load())}
 }
 
 type eventFilter struct {
 	w       io.Writer
 	fn      func([]byte) []byte
+	max     int    // bound on len(pending)
 	pending []byte // an event not yet complete
 	out     []byte // reused output buffer
+	err     error  // ErrEventTooLarge once it happened
+	scanned int64  // bytes examined for event ends, for tests of linearity
 }
 
 func (f *eventFilter) Write(p []byte) (int, error) {
-	data := p
+	if f.err != nil {
+		return 0, f.err
+	}
+	data, from := p, 0
 	if len(f.pending) > 0 {
+		// pending was scanned to its end and holds no blank line; only
+		// one that starts in its last two bytes may end in p.
+		from = max(len(f.pending)-2, 0)
 		f.pending = append(f.pending, p...)
 		data = f.pending
 	}
@@ -38,7 +74,8 @@ func (f *eventFilter) Write(p []byte) (int, error) {
 	out, same := f.out[:0], true
 	start := 0
 	for {
-		n := eventEnd(data[start:])
+		n, scanned := eventEnd(data[start:], max(from-start, 0))
+		f.scanned += int64(scanned)
 		if n < 0 {
 			break
 		}
@@ -64,9 +101,17 @@ func (f *eventFilter) Write(p []byte) (int, error) {
 		f.out = out[:0]
 	}
 	rest := data[start:]
-	if len(f.pending) > 0 {
+	if len(rest) > f.max {
+		f.err, f.pending = fmt.Errorf("%w: over %d bytes without a blank line", ErrEventTooLarge, f.max), nil
+		return 0, f.err
+	}
+	switch {
+	case len(f.pending) > 0 && start == 0:
+		// pending is the incomplete event, as it is: no copy (a copy per
+		// write would make one long event quadratic again).
+	case len(f.pending) > 0:
 		f.pending = f.pending[:copy(f.pending, rest)]
-	} else {
+	default:
 		f.pending = append(f.pending, rest...)
 	}
 	if err != nil {
@@ -77,6 +122,9 @@ func (f *eventFilter) Write(p []byte) (int, error) {
 
 // Close hands a trailing unterminated event to fn.
 func (f *eventFilter) Close() error {
+	if f.err != nil {
+		return f.err
+	}
 	if len(bytes.TrimSpace(f.pending)) == 0 {
 		return nil
 	}
@@ -90,22 +138,24 @@ func (f *eventFilter) Close() error {
 }
 
 // eventEnd returns the length of the first event in b including the blank
-// line that ends it ("\n\n", "\r\n\r\n" or mixed), or -1.
-func eventEnd(b []byte) int {
-	for i := 0; ; {
+// line that ends it ("\n\n", "\r\n\r\n" or mixed), or -1; the search for
+// its line ends starts at from. scanned is how many bytes it examined.
+func eventEnd(b []byte, from int) (n, scanned int) {
+	for i := from; ; {
 		j := bytes.IndexByte(b[i:], '\n')
 		if j < 0 {
-			return -1
+			return -1, scanned + len(b) - i
 		}
 		k := i + j + 1
+		scanned += j + 1
 		if k < len(b) && b[k] == '\n' {
-			return k + 1
+			return k + 1, scanned
 		}
 		if k+1 < len(b) && b[k] == '\r' && b[k+1] == '\n' {
-			return k + 2
+			return k + 2, scanned
 		}
 		if k >= len(b) || (b[k] == '\r' && k+1 >= len(b)) {
-			return -1
+			return -1, scanned
 		}
 		i = k
 	}

@@ -1,0 +1,249 @@
+package server
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"net/http"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/droverhq/drover/pkg/config"
+	"github.com/droverhq/drover/services/proxy/internal/metrics"
+	"github.com/droverhq/drover/services/proxy/internal/routing"
+	"github.com/droverhq/drover/testkit/natstest"
+	"github.com/droverhq/drover/testkit/ollamatest"
+)
+
+// A conversation: a long system prompt, then turns.
+func convBody(name string, turns int, fake string) []byte {
+	var b strings.Builder
+	fmt.Fprintf(&b, `{"model":"tiny","stream":false,"messages":[{"role":"system","content":%q}`, strings.Repeat("You answer for conversation "+name+". ", 30))
+	for i := range turns {
+		fmt.Fprintf(&b, `,{"role":"user","content":"question %d"},{"role":"assistant","content":"answer %d"}`, i, i)
+	}
+	b.WriteString(`,{"role":"user","content":"next"}]`)
+	if fake != "" {
+		b.WriteString(`,"fake":` + fake)
+	}
+	b.WriteString("}")
+	return []byte(b.String())
+}
+
+// affinityFakes starts n fakes with tiny loaded and prefix caching on.
+func affinityFakes(t *testing.T, n int) []*ollamatest.Server {
+	var fakes []*ollamatest.Server
+	for range n {
+		f := ollamatest.New(ollamatest.Config{Loaded: []string{"tiny"}, Chunks: 2})
+		if err := f.Start(); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(f.Close)
+		fakes = append(fakes, f)
+	}
+	return fakes
+}
+
+// knowLoaded makes the replica's loaded lists current, so every candidate
+// counts as loaded and only affinity or load tells them apart.
+func knowLoaded(t *testing.T, s *Server) {
+	for _, b := range s.Fleet.Backends {
+		if _, err := s.Fleet.ReadLoaded(t.Context(), b); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+// holdA sends a request that hangs on backend a (the first, picked on an
+// idle fleet) until the returned func is called, and waits until it is
+// in flight there.
+func holdA(t *testing.T, url string, s *Server) func() {
+	ctx, cancel := context.WithCancel(t.Context())
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		post(t, ctx, url+"/api/chat", convBody("holder", 0, `{"hang":true}`)) //nolint:errcheck // cancelled on purpose
+	}()
+	waitFor(t, func() bool { return len(s.Router.InFlight()["a"]) == 1 })
+	return func() {
+		cancel()
+		<-done
+		waitFor(t, func() bool { return len(s.Router.InFlight()) == 0 })
+	}
+}
+
+// served posts body and returns which fake answered (by their request
+// counts; requests go one at a time).
+func served(t *testing.T, url string, body []byte, fakes []*ollamatest.Server) string {
+	t.Helper()
+	before := make([]int64, len(fakes))
+	for i, f := range fakes {
+		before[i] = f.Requests("/api/chat")
+	}
+	resp, out, err := post(t, t.Context(), url+"/api/chat", body)
+	if err != nil || resp.StatusCode != http.StatusOK {
+		t.Fatalf("%v %s", err, out)
+	}
+	who := ""
+	for i, f := range fakes {
+		if f.Requests("/api/chat") > before[i] {
+			who += string(rune('a' + i))
+		}
+	}
+	return who
+}
+
+// A conversation whose first turn went to b (a was busy) returns to b on
+// an idle fleet under the prefix strategy, where least loaded sends it to
+// a: the follow-up finds its prefix in b's cache.
+func TestAffinityFollowUpReturnsToWarmBackend(t *testing.T) {
+	for _, tt := range []struct {
+		strategy, want string
+	}{
+		{config.StrategyPrefix, "b"},
+		{config.StrategyLeastLoaded, "a"},
+		{config.StrategyRoundRobin, "a"}, // a, b, then a again
+	} {
+		t.Run(tt.strategy, func(t *testing.T) {
+			fakes := affinityFakes(t, 2)
+			e := newEnvWith(t, fakes, func(c *config.Config) { c.Routing.Strategy = tt.strategy })
+			knowLoaded(t, e.srv)
+			release := holdA(t, e.url, e.srv)
+			if got := served(t, e.url, convBody("one", 0, ""), fakes); got != "b" {
+				t.Fatalf("the first turn went to %q while a was busy", got)
+			}
+			release()
+			cachedBefore := fakes[1].CachedPromptTokens()
+			if got := served(t, e.url, convBody("one", 1, ""), fakes); got != tt.want {
+				t.Fatalf("the follow-up went to %q, want %s", got, tt.want)
+			}
+			if tt.want == "b" && fakes[1].CachedPromptTokens() == cachedBefore {
+				t.Error("b served the follow-up from no cache")
+			}
+		})
+	}
+}
+
+// newEnvWith is newEnv over fakes already started.
+func newEnvWith(t *testing.T, fakes []*ollamatest.Server, mutate func(*config.Config)) *env {
+	t.Helper()
+	e := newEnv(t, 0, nil, func(c *config.Config) {
+		for i, f := range fakes {
+			c.Backends = append(c.Backends, config.Backend{Name: string(rune('a' + i)), URL: f.URL()})
+		}
+		if mutate != nil {
+			mutate(c)
+		}
+	})
+	e.fakes = fakes
+	return e
+}
+
+// Two replicas over real NATS: a follow-up sent through the other replica
+// finds the warm backend when the index is shared, and does not when it
+// is not (so the test can tell).
+func TestAffinitySharedAcrossReplicas(t *testing.T) {
+	for _, share := range []bool{true, false} {
+		t.Run(fmt.Sprintf("share=%v", share), func(t *testing.T) {
+			ns := natstest.Start(t)
+			fakes := affinityFakes(t, 2)
+			reps := replicas(t, 2, ns.URL(), fakes, func(c *config.Config) {
+				c.Routing.Affinity.Share = &share
+				c.Routing.Affinity.ShareInterval = 5 * time.Millisecond
+			})
+			var urls []string
+			for _, r := range reps {
+				knowLoaded(t, r)
+				urls = append(urls, serve(t, r))
+			}
+			for _, r := range reps {
+				waitFor(t, func() bool { return len(r.Sync.Status().Peers) == 1 })
+			}
+			release := holdA(t, urls[0], reps[0])
+			// The other replica must see a's load too before it routes.
+			waitFor(t, func() bool { return reps[1].Sync.InFlight(routing.Key{Backend: "a", Model: "tiny:latest"}) == 1 })
+			if got := served(t, urls[1], convBody("two", 0, ""), fakes); got != "b" {
+				t.Fatalf("the first turn went to %q while a was busy", got)
+			}
+			release()
+			waitFor(t, func() bool { return reps[1].Sync.InFlight(routing.Key{Backend: "a", Model: "tiny:latest"}) == 0 })
+			if share {
+				waitFor(t, func() bool { return reps[0].affinity.status().(metrics.AffinityStatus).Received > 0 })
+			}
+			want := map[bool]string{true: "b", false: "a"}[share]
+			if got := served(t, urls[0], convBody("two", 1, ""), fakes); got != want {
+				t.Fatalf("the follow-up through the other replica went to %q, want %s", got, want)
+			}
+			st := reps[1].affinity.status().(metrics.AffinityStatus)
+			if share && (st.Sent == 0 || st.SentBytes == 0) {
+				t.Fatalf("nothing counted as sent: %+v", st)
+			}
+			t.Logf("replica q sent %d messages, %d bytes for one request", st.Sent, st.SentBytes)
+		})
+	}
+}
+
+// Affinity never takes a full backend (the cap holds) and never keeps a
+// request on a failing one (failover as before).
+func TestAffinityKeepsCapsAndFailover(t *testing.T) {
+	fakes := affinityFakes(t, 2)
+	e := newEnvWith(t, fakes, func(c *config.Config) {
+		c.Routing.MaxConcurrency = 1
+		c.Routing.Affinity.LoadBound = 100
+		c.Health.FailureThreshold = 100
+	})
+	knowLoaded(t, e.srv)
+	if got := served(t, e.url, convBody("three", 0, ""), fakes); got != "a" {
+		t.Fatalf("first turn on %q", got)
+	}
+	// a is full (cap 1, held): the follow-up goes to b, not into a's queue.
+	release := holdA(t, e.url, e.srv)
+	if got := served(t, e.url, convBody("three", 1, ""), fakes); got != "b" {
+		t.Fatalf("with a full, the follow-up went to %q", got)
+	}
+	release()
+	// The conversation is warm on both now; a fails: the request fails
+	// over to b.
+	fakes[0].SetFailure(http.StatusInternalServerError, "boom")
+	fakes[1].SetFailure(0, "")
+	if got := served(t, e.url, convBody("three", 2, ""), fakes); !strings.Contains(got, "b") {
+		t.Fatalf("with a failing, the follow-up ended on %q", got)
+	}
+	fakes[0].SetFailure(0, "")
+}
+
+// /health shows the hit rate to an admin; /metrics has the counters.
+func TestAffinityHealthAndMetrics(t *testing.T) {
+	fakes := affinityFakes(t, 2)
+	e := newEnvWith(t, fakes, nil)
+	knowLoaded(t, e.srv)
+	for turn := range 3 {
+		served(t, e.url, convBody("four", turn, ""), fakes)
+	}
+	st := e.srv.affinity.status().(metrics.AffinityStatus)
+	if st.Strategy != "prefix" || st.Hits != 2 || st.Misses != 1 || st.IndexEntries == 0 || st.CachedRate <= 0 {
+		t.Fatalf("%+v", st)
+	}
+	resp, body, err := getBody(t, e.url+"/metrics")
+	if err != nil || resp.StatusCode != http.StatusOK {
+		t.Fatal(err)
+	}
+	for _, want := range []string{`drover_affinity_picks_total{outcome="hit"} 2`, `drover_affinity_picks_total{outcome="miss"} 1`, "drover_affinity_index_entries", `drover_affinity_prompt_bytes_total{cached="true"}`} {
+		if !strings.Contains(string(body), want) {
+			t.Errorf("/metrics lacks %s", want)
+		}
+	}
+}
+
+func getBody(t *testing.T, url string) (*http.Response, []byte, error) {
+	t.Helper()
+	req, _ := http.NewRequestWithContext(t.Context(), http.MethodGet, url, nil)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return nil, nil, err
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	return resp, body, err
+}
