@@ -55,7 +55,7 @@ func (s *Store) InsertEvents(ctx context.Context, rows []EventRow) error {
 		// The event's facts as reported; token_usage_minute_mv counts them
 		// by usage.Event.Count's rule.
 		in, out, ok := e.Tokens()
-		in, out = max(in, 0), max(out, 0)
+		in, out = usage.ClampTokens(in), usage.ClampTokens(out) // in+out cannot wrap
 		t := e.Time.UTC()
 		ids[i], times[i], minutes[i] = e.ID, t, t.Truncate(time.Minute)
 		replicas[i], endpoints[i], models[i], backendModels[i], apiKeys[i], routes[i] = e.Replica, e.Endpoint, e.Model, e.BackendModel, e.APIKey, e.Route

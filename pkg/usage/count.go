@@ -17,11 +17,11 @@ type Count struct {
 
 // Count is how e adds to a total: one request; one error if e.Error; the
 // token counts the backend reported (nil adds zero, and so does a negative
-// count, which Validate rejects anyway); and one unknown unless both counts
-// were reported.
+// count, which Validate rejects anyway; one over MaxTokens adds MaxTokens);
+// and one unknown unless both counts were reported.
 func (e *Event) Count() Count {
 	in, out, known := e.Tokens()
-	c := Count{Requests: 1, InputTokens: max(in, 0), OutputTokens: max(out, 0)}
+	c := Count{Requests: 1, InputTokens: ClampTokens(in), OutputTokens: ClampTokens(out)}
 	if e.Error {
 		c.Errors = 1
 	}
@@ -31,14 +31,15 @@ func (e *Event) Count() Count {
 	return c
 }
 
-// Add adds d to c.
+// Add adds d to c, saturating rather than wrapping (counts are never
+// negative).
 func (c *Count) Add(d Count) {
-	c.Requests += d.Requests
-	c.Errors += d.Errors
-	c.InputTokens += d.InputTokens
-	c.OutputTokens += d.OutputTokens
-	c.UnknownTokens += d.UnknownTokens
+	c.Requests = addSat(c.Requests, d.Requests)
+	c.Errors = addSat(c.Errors, d.Errors)
+	c.InputTokens = addSat(c.InputTokens, d.InputTokens)
+	c.OutputTokens = addSat(c.OutputTokens, d.OutputTokens)
+	c.UnknownTokens = addSat(c.UnknownTokens, d.UnknownTokens)
 }
 
 // TotalTokens is input plus output, as token_usage_minute.total_tokens.
-func (c Count) TotalTokens() int64 { return c.InputTokens + c.OutputTokens }
+func (c Count) TotalTokens() int64 { return addSat(c.InputTokens, c.OutputTokens) }

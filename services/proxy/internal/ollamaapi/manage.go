@@ -17,6 +17,7 @@ import (
 	"github.com/sourcegraph/conc/iter"
 
 	"github.com/droverhq/drover/services/proxy/internal/backend"
+	"github.com/droverhq/drover/services/proxy/internal/forward"
 )
 
 // targets picks the backends a management call on route goes to: every
@@ -485,5 +486,12 @@ func (h *Handler) blobUpload(w http.ResponseWriter, r *http.Request) {
 		pw.CloseWithError(err)
 	}
 	wg.Wait()
+	if err != nil {
+		// The client's body failed (too large, too slow, cut): its fault,
+		// not the backends'.
+		status, msg := forward.BodyError(err)
+		WriteError(w, status, msg)
+		return
+	}
 	answerSimple(w, "blob upload", results)
 }
