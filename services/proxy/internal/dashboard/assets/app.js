@@ -365,9 +365,11 @@ function renderBackends() {
   if (!Array.isArray(h.backends)) {
     $('#backends-usable').textContent = h.status || '–';
     $('#health-status').textContent = 'detail for admin keys only';
+    $('#affinity-sub').textContent = 'admin only';
     fill($('#backends tbody'), [], 'Admin only: backends and their errors need an admin key.', 7);
     return;
   }
+  renderAffinity(h.affinity);
   const bs = h.backends;
   const usable = bs.filter((b) => b.health?.healthy).length;
   $('#backends-usable').textContent = `${usable} / ${bs.length}`;
@@ -384,6 +386,23 @@ function renderBackends() {
   });
   fill($('#backends tbody'), rows, 'No backends configured.', 7);
 }
+
+// renderAffinity shows this replica's cache-affine routing (docs/routing.md):
+// the share of ranked requests sent where their prompt prefix or session
+// was cached, and the share of prompt bytes the chosen backends held.
+function renderAffinity(a) {
+  if (!a) return;
+  const ranked = (a.hits || 0) + (a.misses || 0) + (a.overrides || 0);
+  if (a.strategy !== 'prefix' && a.strategy !== 'session') {
+    $('#affinity-hit').textContent = 'off';
+    $('#affinity-sub').textContent = `strategy ${a.strategy}`;
+    return;
+  }
+  $('#affinity-hit').textContent = ranked ? pct(a.hit_rate) : '–';
+  $('#affinity-sub').textContent = `${pct(a.cached_rate)} of prompt bytes cached; ${num(a.overrides)} over the load bound; ${num(a.index_entries)} indexed (this replica)`;
+}
+
+function pct(x) { return (100 * (x || 0)).toFixed(1) + ' %'; }
 
 // ---------- models ----------
 // loadModels lists the models the key may use; where each is loaded
@@ -555,8 +574,10 @@ function renderAPIs() {
   $('#apis-range').textContent = state.rangeAPIs ? `last ${state.range}, from ClickHouse` : '';
   fill($('#apis tbody'), rows.map((r) => el('tr', { 'data-api': r.api },
     el('td', { text: r.api || '(before per-API counts)' }),
-    ...[r.requests, r.errors, r.input_tokens, r.output_tokens, r.total_tokens].map((v) => el('td', { class: 'num', text: num(v) })))),
-  state.rangeAPIs ? 'No usage yet.' : 'Needs ClickHouse.', 6);
+    ...[r.requests, r.errors, r.input_tokens, r.output_tokens, r.total_tokens].map((v) => el('td', { class: 'num', text: num(v) })),
+    // Partial usage (streams cut short) is in the totals; shown apart here.
+    el('td', { class: 'num partial', text: r.partial_requests ? `${num(r.partial_requests)} req, ${num((r.partial_input_tokens || 0) + (r.partial_output_tokens || 0))} tok` : '–' }))),
+  state.rangeAPIs ? 'No usage yet.' : 'Needs ClickHouse.', 7);
 }
 
 function drawChart() {
