@@ -110,6 +110,7 @@ func TestNATSClusterNodeLossUnderLoad(t *testing.T) {
 	})
 	checkFleetFlows(t, witness, bases, load)
 	load.waitCompleted(t, load.completed()+200)
+	logSpools(t, bases)
 	cl.restart(t, killed)
 	waitFor(t, 60*time.Second, "the restarted node to catch up", func() bool { return allCurrent(usageStream(), 3) })
 
@@ -132,6 +133,7 @@ func TestNATSClusterNodeLossUnderLoad(t *testing.T) {
 	})
 	checkFleetFlows(t, witness, bases, load)
 	load.waitCompleted(t, load.completed()+200)
+	logSpools(t, bases)
 	cl.restart(t, other)
 	waitFor(t, 60*time.Second, "the restarted node to catch up", func() bool { return allCurrent(usageStream(), 3) })
 
@@ -183,6 +185,16 @@ func TestNATSClusterNodeLossUnderLoad(t *testing.T) {
 		}
 	}
 	checkClickHouseHolds(t, ch.Addr(), load)
+}
+
+// logSpools logs how many usage events each proxy has spooled (NATS did
+// not acknowledge them in time) and replayed so far.
+func logSpools(t *testing.T, bases []string) {
+	t.Helper()
+	for i, b := range bases {
+		spooled, replayed := usageStats(b)
+		t.Logf("  proxy-%d: %d usage events spooled so far, %d replayed", i, spooled, replayed)
+	}
 }
 
 // allCurrent reports whether the stream is on n nodes with a leader and
