@@ -10,7 +10,6 @@ package affinity
 import (
 	"bytes"
 	"encoding/binary"
-	"encoding/json"
 	"net/http"
 	"strings"
 )
@@ -47,90 +46,71 @@ type Parser struct {
 	DefaultOutput int64
 }
 
-// body is the union of the fields the dialects' prompts are made of.
-type body struct {
-	// Chat: Ollama /api/chat, OpenAI /v1/chat/completions, Anthropic
-	// /v1/messages.
-	Messages []message       `json:"messages"`
-	Tools    json.RawMessage `json:"tools"`
-	// Ollama /api/generate (system, prompt, images), OpenAI /v1/completions
-	// (prompt: a string or a list), Anthropic (system: a string or blocks).
-	System json.RawMessage   `json:"system"`
-	Prompt json.RawMessage   `json:"prompt"`
-	Images []json.RawMessage `json:"images"`
-	Suffix json.RawMessage   `json:"suffix"`
-
-	User           string `json:"user"`
-	PromptCacheKey string `json:"prompt_cache_key"`
-	Metadata       struct {
-		UserID string `json:"user_id"`
-	} `json:"metadata"`
-
-	Options struct {
-		NumPredict *int64 `json:"num_predict"`
-	} `json:"options"`
-	MaxTokens           *int64 `json:"max_tokens"`
-	MaxCompletionTokens *int64 `json:"max_completion_tokens"`
-}
-
-type message struct {
-	Role       string            `json:"role"`
-	Content    json.RawMessage   `json:"content"`
-	Images     []json.RawMessage `json:"images"`
-	ToolCalls  json.RawMessage   `json:"tool_calls"`
-	ToolCallID string            `json:"tool_call_id"`
-	Name       string            `json:"name"`
-}
-
 // Parse reads body as route's dialect. A body it cannot read gives an
 // empty Prompt (routing then balances by load), never an error: the
 // handlers have already accepted the request.
 func (ps Parser) Parse(route string, raw []byte, h http.Header) Prompt {
-	var b body
-	p := Prompt{}
-	if err := json.Unmarshal(raw, &b); err != nil {
-		p.Tokens = (int64(len(raw)) + 3) / 4
-		return p
+	f := fieldsPool.Get().(*fields)
+	defer func() { f.reset(); fieldsPool.Put(f) }()
+	if !scan(raw, f) {
+		// What the scanner does not take on (escapes in names, duplicate
+		// or oddly cased keys, odd types) encoding/json decides.
+		f.reset()
+		if !decode(raw, f) {
+			return Prompt{Tokens: (int64(len(raw)) + 3) / 4}
+		}
 	}
+	return ps.prompt(route, f, h)
+}
+
+// parseSlow is Parse by encoding/json alone: the reference the scanner is
+// fuzzed against.
+func (ps Parser) parseSlow(route string, raw []byte, h http.Header) Prompt {
+	var f fields
+	if !decode(raw, &f) {
+		return Prompt{Tokens: (int64(len(raw)) + 3) / 4}
+	}
+	return ps.prompt(route, &f, h)
+}
+
+func (ps Parser) prompt(route string, f *fields, h http.Header) Prompt {
+	p := Prompt{}
 	if s := h.Get(SessionHeader); s != "" {
 		p.Session = sessionHash(s)
-	} else if s = firstOf(b.PromptCacheKey, b.Metadata.UserID, b.User); s != "" {
-		p.Session = sessionHash(s)
+	} else if s := firstOf(f.promptCacheKey, f.metadataUserID, f.user); len(s) > 0 {
+		p.Session = sessionHash(string(s))
 	}
 	var c chainer
+	c.block = 1 << 30
 	if ps.Chain {
 		c.block = ps.BlockBytes
-		c.reset()
-		canonical(&c, route, &b)
-		p.Chain = c.out
-	} else {
-		c.block = 1 << 30
-		c.reset()
-		canonical(&c, route, &b)
 	}
+	c.reset()
+	canonical(&c, f)
+	p.Chain = c.out
 	p.Bytes = c.total
-	p.Tokens = (int64(c.total)+3)/4 + ps.output(route, &b)
+	p.Tokens = (int64(c.total)+3)/4 + ps.output(route, f)
 	return p
 }
 
-func firstOf(s ...string) string {
+func firstOf(s ...[]byte) []byte {
 	for _, v := range s {
-		if v != "" {
+		if len(v) > 0 {
 			return v
 		}
 	}
-	return ""
+	return nil
 }
 
 // output is the request's output bound as limits.Estimate reads it.
-func (ps Parser) output(route string, b *body) int64 {
+func (ps Parser) output(route string, f *fields) int64 {
 	if strings.Contains(route, "embed") {
 		return 0
 	}
 	out := int64(-1)
-	for _, v := range []*int64{b.Options.NumPredict, b.MaxTokens, b.MaxCompletionTokens} {
-		if v != nil && *v > 0 && (out < 0 || *v < out) {
-			out = *v
+	for _, v := range f.bounds {
+		if v > 0 && (out < 0 || v < out) {
+			out = v
 		}
 	}
 	if out < 0 {
@@ -151,49 +131,49 @@ const (
 // or the generate prompt and its images. JSON values go in compacted, so
 // a client's whitespace does not matter; their field order does (clients
 // resend history with the same serializer).
-func canonical(c *chainer, route string, b *body) {
-	if len(b.Tools) > 0 && string(b.Tools) != "null" {
+func canonical(c *chainer, f *fields) {
+	if len(f.tools) > 0 {
 		c.writeString("tools")
-		c.writeJSON(b.Tools)
+		c.writeJSON(f.tools)
 		c.writeByte(recordSep)
 	}
-	if len(b.System) > 0 && string(b.System) != "null" {
+	if len(f.system) > 0 {
 		c.writeString("system")
 		c.writeByte(fieldSep)
-		c.writeJSON(b.System)
+		c.writeJSON(f.system)
 		c.writeByte(recordSep)
 	}
-	for i := range b.Messages {
-		m := &b.Messages[i]
-		c.writeString(m.Role)
+	for i := range f.messages {
+		m := &f.messages[i]
+		c.write(m.role)
 		c.writeByte(fieldSep)
-		c.writeJSON(m.Content)
-		for _, img := range m.Images {
+		c.writeJSON(m.content)
+		for _, img := range f.images[m.images[0]:m.images[1]] {
 			c.writeByte(fieldSep)
 			c.writeJSON(img)
 		}
-		if len(m.ToolCalls) > 0 {
+		if len(m.toolCalls) > 0 {
 			c.writeByte(fieldSep)
-			c.writeJSON(m.ToolCalls)
+			c.writeJSON(m.toolCalls)
 		}
-		if m.ToolCallID != "" || m.Name != "" {
+		if len(m.toolCallID) > 0 || len(m.name) > 0 {
 			c.writeByte(fieldSep)
-			c.writeString(m.ToolCallID)
-			c.writeString(m.Name)
+			c.write(m.toolCallID)
+			c.write(m.name)
 		}
 		c.writeByte(recordSep)
 	}
-	if len(b.Prompt) > 0 {
+	if len(f.prompt) > 0 {
 		c.writeString("prompt")
 		c.writeByte(fieldSep)
-		c.writeJSON(b.Prompt)
-		for _, img := range b.Images {
+		c.writeJSON(f.prompt)
+		for _, img := range f.images[f.promptImages[0]:f.promptImages[1]] {
 			c.writeByte(fieldSep)
 			c.writeJSON(img)
 		}
-		if len(b.Suffix) > 0 {
+		if len(f.suffix) > 0 {
 			c.writeByte(fieldSep)
-			c.writeJSON(b.Suffix)
+			c.writeJSON(f.suffix)
 		}
 	}
 }

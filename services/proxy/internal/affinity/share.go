@@ -208,8 +208,8 @@ type group struct {
 	hashes []uint64
 }
 
-// decode reads a message; any inconsistency rejects all of it.
-func decode(b []byte) (replica string, groups []group, err error) {
+// decodeMessage reads a message; any inconsistency rejects all of it.
+func decodeMessage(b []byte) (replica string, groups []group, err error) {
 	if len(b) == 0 || b[0] != wireVersion {
 		return "", nil, errors.New("unknown version")
 	}
@@ -250,7 +250,7 @@ func decode(b []byte) (replica string, groups []group, err error) {
 }
 
 func (s *Sharer) receive(m *nats.Msg) {
-	replica, groups, err := decode(m.Data)
+	replica, groups, err := decodeMessage(m.Data)
 	if err == nil {
 		for _, g := range groups {
 			if s.opts.Known != nil && !s.opts.Known(g.t.Backend) {

@@ -177,7 +177,7 @@ func TestEncodeDecode(t *testing.T) {
 		if len(m) > maxMessageSize {
 			t.Fatalf("a message of %d bytes", len(m))
 		}
-		rep, groups, err := decode(m)
+		rep, groups, err := decodeMessage(m)
 		if err != nil || rep != "r" {
 			t.Fatal(rep, err)
 		}
