@@ -4,7 +4,7 @@ GO ?= go
 MODULES := $(shell $(GO) list -m -f '{{.Dir}}' 2>/dev/null)
 PKGS := $(addsuffix /...,$(MODULES))
 
-.PHONY: build test deps lint bench bench-pipeline bench-compare bench-tenancy bench-routing run demo smoke conformance
+.PHONY: build test deps lint bench bench-pipeline bench-compare bench-tenancy bench-routing run demo smoke conformance conformance-affinity
 build:
 	$(GO) build -o bin/ ./services/proxy/cmd/... ./testkit/ollamatest/cmd/... ./services/bench/cmd/...
 
@@ -59,7 +59,9 @@ bench-pipeline:
 # two proxies behind a load balancer, fake backends (deploy/local/run.sh).
 # Locked down like compose: the admin key and the NATS and ClickHouse
 # passwords are generated on the first start (the admin key printed once)
-# and kept in .run/secrets.env.
+# and kept in .run/secrets.env. A service that dies is started again with
+# backoff. NATS_CLUSTER=3 make run: NATS as three routed nodes, the usage
+# stream and buckets on all three (deploy/nats/README.md).
 run: build
 	./deploy/local/run.sh
 
@@ -85,6 +87,14 @@ deps:
 # models first (cached in $HOME/.cache/realollama); fails without them.
 conformance:
 	DROVER_CONFORMANCE=1 $(GO) test -race -count=1 -timeout 5m ./services/proxy/conformance/
+
+# Issue 15 on real Ollama: eight six-turn conversations through Drover on
+# two Ollama servers with 4 slots each, routed by prefix and by least load,
+# beside the same conversations pinned one server each; logs Ollama's
+# prompt_eval_duration over follow-up turns and the wall time
+# (docs/routing-bench.md). Without -race: its figures are timings.
+conformance-affinity:
+	DROVER_CONFORMANCE=1 DROVER_AFFINITY=1 $(GO) test -count=1 -timeout 10m -run 'TestAffinityRealOllama' -v ./services/proxy/conformance/
 
 lint:
 	@out=$$(gofmt -l $(MODULES)); if [ -n "$$out" ]; then echo "gofmt needs running on:"; echo "$$out"; exit 1; fi

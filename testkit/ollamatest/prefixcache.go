@@ -104,18 +104,16 @@ func (p *promptHash) message(role, content string) {
 	p.words(content)
 }
 
-// promptCache is one model's cache slots. mu guards slots and clock.
+// promptCache is one model's cache slots. mu guards slots.
 type promptCache struct {
 	mu       sync.Mutex
 	slots    []cacheSlot
 	capacity int // blocks per slot
-	clock    uint64
 }
 
 type cacheSlot struct {
-	busy     int    // requests using the slot now
-	lastUsed uint64 // promptCache.clock at the last take
-	blocks   map[uint64]*list.Element
+	busy   int // requests using the slot now
+	blocks map[uint64]*list.Element
 	order    *list.List // of uint64 block hashes, least recently used at the front
 }
 
@@ -151,10 +149,13 @@ func (sl *cacheSlot) insert(blocks []uint64, capacity int) {
 	}
 }
 
-// take picks the slot for a prompt: among free slots the one holding the
-// longest prefix, ties to the least recently used; when every slot is busy
-// (Parallel 0 only), the best of all. It returns the slot and how many
-// prompt tokens it has cached.
+// take picks the slot for a prompt as Ollama's runner does by default
+// (findLongestCacheSlot in runner/ollamarunner/cache.go of v0.17.4;
+// OLLAMA_MULTIUSER_CACHE unset): among free slots the one holding the
+// longest prefix, ties to the lowest-numbered, so a miss overwrites slot 0
+// and the others keep their prompts. When every slot is busy (Parallel 0
+// only) it takes the best of all. It returns the slot and how many prompt
+// tokens it has cached.
 func (c *promptCache) take(blocks []uint64) (slot, cachedTokens int) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -165,16 +166,11 @@ func (c *promptCache) take(blocks []uint64) (slot, cachedTokens int) {
 		if free && !isFree {
 			continue
 		}
-		m := sl.matched(blocks)
-		better := best < 0 || (isFree && !free) || m > bestMatch ||
-			(m == bestMatch && sl.lastUsed < c.slots[best].lastUsed)
-		if better {
+		if m := sl.matched(blocks); best < 0 || (isFree && !free) || m > bestMatch {
 			best, bestMatch, free = i, m, isFree
 		}
 	}
-	c.clock++
 	c.slots[best].busy++
-	c.slots[best].lastUsed = c.clock
 	return best, bestMatch * CacheBlockTokens
 }
 

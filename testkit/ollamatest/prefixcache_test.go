@@ -92,7 +92,7 @@ func TestPromptCacheSlots(t *testing.T) {
 		wantAgainA  int64 // A's prompt_eval_duration after A then B
 		description string
 	}{
-		{"two slots keep both", Config{PromptTokenCost: cost, Parallel: 2}, int64(prompt%CacheBlockTokens) * int64(cost), "A takes slot 1, B the unused slot 2, A finds slot 1"},
+		{"a miss overwrites the lowest free slot", Config{PromptTokenCost: cost, Parallel: 2, CacheTokens: 480}, cold, "B ties at no match and takes slot 0 as Ollama does, evicting A"},
 		{"one slot of one conversation", Config{PromptTokenCost: cost, Parallel: 1, CacheTokens: 480}, cold, "B evicts A's oldest blocks, so A's chain is broken at its first block"},
 		{"one slot holding both", Config{PromptTokenCost: cost, Parallel: 1, CacheTokens: 1024}, int64(prompt%CacheBlockTokens) * int64(cost), "the LRU holds both prompts"},
 		{"unlimited parallel uses default slots", Config{PromptTokenCost: cost}, int64(prompt%CacheBlockTokens) * int64(cost), "DefaultCacheSlots slots"},
@@ -111,21 +111,26 @@ func TestPromptCacheSlots(t *testing.T) {
 
 func TestPromptCacheTakeSkipsBusySlots(t *testing.T) {
 	c := newPromptCache(2, 4096)
-	blocks := []uint64{1, 2, 3}
-	slot, cached := c.take(blocks)
-	if cached != 0 {
-		t.Fatalf("empty cache: %d cached", cached)
+	a, b := []uint64{1, 2, 3}, []uint64{7, 8}
+	slot, cached := c.take(a)
+	if slot != 0 || cached != 0 {
+		t.Fatalf("empty cache: slot %d, %d cached; want slot 0 (the lowest), 0", slot, cached)
 	}
-	c.processed(slot, blocks)
-	// The slot holding the prefix is busy: the other, empty one is taken.
-	other, cached := c.take(blocks)
-	if other == slot || cached != 0 {
-		t.Fatalf("busy slot %d: took slot %d with %d cached; want the other slot, 0 cached", slot, other, cached)
+	c.processed(slot, a)
+	// The slot holding A is busy: B gets the other one.
+	other, cached := c.take(b)
+	if other != 1 || cached != 0 {
+		t.Fatalf("slot 0 busy: took slot %d with %d cached; want slot 1, 0 cached", other, cached)
 	}
+	c.processed(other, b)
 	c.release(slot)
 	c.release(other)
-	if again, cached := c.take(append(blocks, 4)); again != slot || cached != 3*CacheBlockTokens {
-		t.Fatalf("free again: slot %d with %d cached; want slot %d with %d", again, cached, slot, 3*CacheBlockTokens)
+	// Both free: each prompt goes to the slot holding its prefix, not the lowest.
+	if got, cached := c.take(append(b, 9)); got != 1 || cached != 2*CacheBlockTokens {
+		t.Fatalf("B again: slot %d with %d cached; want slot 1 with %d", got, cached, 2*CacheBlockTokens)
+	}
+	if got, cached := c.take(a); got != 0 || cached != 3*CacheBlockTokens {
+		t.Fatalf("A again: slot %d with %d cached; want slot 0 with %d", got, cached, 3*CacheBlockTokens)
 	}
 }
 

@@ -48,6 +48,8 @@ func parseFlags(args []string) (options, error) {
 	legacy := fs.Bool("legacy", false, "the proxy predates routing.strategy: write no strategy key (least_loaded only)")
 	rates := fs.String("rates", "8,16,24,32,40,48", "offered requests per second, one step each")
 	step := fs.Duration("step", 5*time.Second, "length of each step")
+	fs.DurationVar(&o.spec.Warmup, "warmup", 10*time.Second, "unmeasured run at the first rate before the ramp, so caches start warm")
+	maxEntries := fs.Int("max-entries", 0, "routing.affinity.max_entries for every setup (0: the proxy's default)")
 	quick := fs.Bool("quick", false, "a smoke run of a few seconds: setups 1:least_loaded,1:prefix, rates 4,8, 2 s steps, 8 groups of 400 words (unless given)")
 	fs.IntVar(&b.Count, "backends", 4, "fake backends")
 	fs.IntVar(&b.Parallel, "parallel", 4, "slots per backend (fake -parallel and routing.max_concurrency)")
@@ -79,7 +81,7 @@ func parseFlags(args []string) (options, error) {
 		set := map[string]bool{}
 		fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
 		for name, v := range map[string]string{"setups": "1:least_loaded,1:prefix", "rates": "4,8", "step": "2s",
-			"groups": "8", "system-words": "400", "drain": "20s"} {
+			"groups": "8", "system-words": "400", "drain": "20s", "warmup": "2s"} {
 			if !set[name] {
 				fs.Set(name, v)
 			}
@@ -101,6 +103,9 @@ func parseFlags(args []string) (options, error) {
 	var err error
 	if o.setups, err = parseSetups(*setups, *legacy); err != nil {
 		return o, err
+	}
+	for i := range o.setups {
+		o.setups[i].MaxEntries = *maxEntries
 	}
 	for _, s := range o.setups {
 		if s.Replicas > 1 && o.spec.Bins.NATS == "" {
@@ -177,7 +182,7 @@ func run(ctx context.Context, o options, stdout, stderr io.Writer) error {
 		"groups": strconv.Itoa(w.Groups), "system_words": strconv.Itoa(w.SystemWords), "zipf": fmt.Sprint(w.Zipf),
 		"user_words": strconv.Itoa(w.UserWords), "multi_turn": fmt.Sprint(w.MultiTurn), "turns": strconv.Itoa(w.Turns),
 		"think": w.ThinkTime.String(), "reply_tokens": strconv.Itoa(w.ReplyTokens), "seed": strconv.FormatUint(o.spec.Seed, 10),
-		"step": o.spec.Steps[0].Duration.String(), "rates": fmt.Sprint(rates(o.spec.Steps)),
+		"step": o.spec.Steps[0].Duration.String(), "warmup": o.spec.Warmup.String(), "max_entries": strconv.Itoa(o.setups[0].MaxEntries), "rates": fmt.Sprint(rates(o.spec.Steps)),
 	}}
 	for _, s := range o.setups {
 		if ctx.Err() != nil {

@@ -40,6 +40,8 @@ type Setup struct {
 	Replicas int    `json:"replicas"`
 	// Share is routing.affinity.share (meaningful for prefix with replicas).
 	Share bool `json:"share"`
+	// MaxEntries is routing.affinity.max_entries; 0 keeps the default.
+	MaxEntries int `json:"max_entries,omitempty"`
 	// NoKeys writes neither routing.strategy nor routing.affinity, for a
 	// build before issue 15 (whose least_loaded is the only strategy).
 	NoKeys bool `json:"no_keys,omitempty"`
@@ -121,6 +123,9 @@ func ReplicaConfig(setup Setup, maxConcurrency int, name string, port int, backe
 	fmt.Fprintf(&b, "routing:\n  max_concurrency: %d\n  queue:\n    max_length: 4096\n    max_wait: 60s\n", maxConcurrency)
 	if !setup.NoKeys {
 		fmt.Fprintf(&b, "  strategy: %s\n  affinity:\n    share: %t\n", setup.Strategy, setup.Share)
+		if setup.MaxEntries > 0 {
+			fmt.Fprintf(&b, "    max_entries: %d\n", setup.MaxEntries)
+		}
 	}
 	if natsURL != "" {
 		fmt.Fprintf(&b, "nats:\n  url: %s\nusage:\n  spool_dir: %s\n", natsURL, filepath.Join(dir, "spool-"+name))

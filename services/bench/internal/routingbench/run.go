@@ -33,10 +33,13 @@ type Result struct {
 
 // RunSpec is everything a Setup's run shares with the others.
 type RunSpec struct {
-	Bins      Bins
-	Backends  Backends
-	Workload  WorkloadSpec
-	Steps     []Step
+	Bins     Bins
+	Backends Backends
+	Workload WorkloadSpec
+	Steps    []Step
+	// Warmup runs the first step's rate this long before the ramp, left out
+	// of every figure: the backends' caches start the ramp warm.
+	Warmup    time.Duration
 	Seed      uint64
 	P99Limit  time.Duration // for Sustained
 	LogDir    string
@@ -63,12 +66,17 @@ func Run(ctx context.Context, spec RunSpec, setup Setup) (Result, error) {
 			return res, fmt.Errorf("%s: warming replica %d: %s", setup.Name, i+1, s.Err)
 		}
 	}
-	samples := Drive(ctx, spec, func(session, turn int) string {
+	ramp := spec.Steps
+	if spec.Warmup > 0 {
+		ramp = append([]Step{{Rate: spec.Steps[0].Rate, Duration: spec.Warmup}}, ramp...)
+	}
+	all := Drive(ctx, spec, ramp, func(session, turn int) string {
 		return fleet.Replicas[(session+turn)%len(fleet.Replicas)].URL
 	})
 	if ctx.Err() != nil {
 		return res, ctx.Err()
 	}
+	samples := AfterWarmup(all, spec.Warmup)
 	res.Steps = Summarize(spec.Steps, samples)
 	var p50, p99 time.Duration
 	res.HitRate, p50, p99, res.Errors = Total(samples)
@@ -85,18 +93,32 @@ func Run(ctx context.Context, spec RunSpec, setup Setup) (Result, error) {
 	return res, nil
 }
 
-// Drive sends the ramp's sessions, each turn to the URL target picks, and
+// AfterWarmup keeps the samples sent after warmup, their times shifted to
+// start there.
+func AfterWarmup(samples []Sample, warmup time.Duration) []Sample {
+	var out []Sample
+	for _, s := range samples {
+		if s.Sent >= warmup {
+			s.Sent -= warmup
+			s.Finished -= warmup
+			out = append(out, s)
+		}
+	}
+	return out
+}
+
+// Drive sends the sessions of ramp, each turn to the URL target picks, and
 // returns every request's sample. Sessions start on the schedule whether or
 // not earlier ones are done (open loop); a conversation's next turn waits
 // for the previous reply and its think time.
-func Drive(ctx context.Context, spec RunSpec, target func(session, turn int) string) []Sample {
-	sessions := spec.Workload.Schedule(spec.Steps, spec.Seed)
+func Drive(ctx context.Context, spec RunSpec, ramp []Step, target func(session, turn int) string) []Sample {
+	sessions := spec.Workload.Schedule(ramp, spec.Seed)
 	systems := make([]string, spec.Workload.Groups)
 	for g := range systems {
 		systems[g] = spec.Workload.System(g)
 	}
 	var rampEnd time.Duration
-	for _, st := range spec.Steps {
+	for _, st := range ramp {
 		rampEnd += st.Duration
 	}
 	ctx, cancel := context.WithTimeout(ctx, rampEnd+spec.DrainWait)
