@@ -114,7 +114,7 @@ type promptCache struct {
 type cacheSlot struct {
 	busy   int // requests using the slot now
 	blocks map[uint64]*list.Element
-	order    *list.List // of uint64 block hashes, least recently used at the front
+	order  *list.List // of uint64 block hashes, least recently used at the front
 }
 
 func newPromptCache(slots, capacityTokens int) *promptCache {
