@@ -37,7 +37,7 @@ func (c *counts) get(dir string) (n, bytes int) {
 	return c.n[dir], c.by[dir]
 }
 
-func connect(t *testing.T, url string) *nats.Conn {
+func connect(t testing.TB, url string) *nats.Conn {
 	t.Helper()
 	nc, err := nats.Connect(url, nats.NoEcho())
 	if err != nil {
@@ -47,7 +47,7 @@ func connect(t *testing.T, url string) *nats.Conn {
 	return nc
 }
 
-func waitFor(t *testing.T, what string, ok func() bool) {
+func waitFor(t testing.TB, what string, ok func() bool) {
 	t.Helper()
 	deadline := time.Now().Add(10 * time.Second)
 	for !ok() {
