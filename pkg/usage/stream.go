@@ -80,6 +80,10 @@ func EnsureStream(ctx context.Context, js jetstream.JetStream, cfg StreamConfig)
 		s, err = js.UpdateStream(ctx, sc)
 	}
 	if err != nil {
+		if cfg.Replicas > 1 {
+			// A single server refuses replicas; say which key asked.
+			return nil, fmt.Errorf("ensuring stream %s with %d replicas (nats.replicas): %w", cfg.Name, cfg.Replicas, err)
+		}
 		return nil, fmt.Errorf("ensuring stream %s: %w", cfg.Name, err)
 	}
 	return s, nil

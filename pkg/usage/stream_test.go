@@ -3,6 +3,7 @@ package usage_test
 import (
 	"context"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -92,4 +93,24 @@ func TestEnsureStreamRepublishes(t *testing.T) {
 			}
 		})
 	}
+}
+
+// More replicas than a single server can keep: the error says which key
+// asked for them.
+func TestEnsureStreamReplicasOnOneServer(t *testing.T) {
+	ns := natstest.Start(t)
+	nc, err := nats.Connect(ns.URL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = usage.EnsureStream(context.Background(), js, usage.StreamConfig{Name: "USAGE", Replicas: 3})
+	if err == nil || !strings.Contains(err.Error(), "3 replicas (nats.replicas)") {
+		t.Fatalf("got %v, want an error naming nats.replicas", err)
+	}
+	t.Log(err)
 }

@@ -41,7 +41,7 @@ func Open(ctx context.Context, js jetstream.JetStream, bucket, id string, ttl ti
 		Replicas:    replicas,
 	})
 	if err != nil {
-		return nil, fmt.Errorf("opening lease bucket %s: %w", bucket, err)
+		return nil, fmt.Errorf("opening lease bucket %s with %d replicas (nats.replicas): %w", bucket, max(replicas, 1), err)
 	}
 	return &Table{kv: kv, id: id}, nil
 }

@@ -234,7 +234,7 @@ func (s *Store) bucket(ctx context.Context) (jetstream.KeyValue, error) {
 		Description: "Drover's run-time API keys: SHA-256 digests, never secrets",
 	})
 	if err != nil {
-		return nil, fmt.Errorf("opening key bucket %s: %w", s.opts.Bucket, err)
+		return nil, fmt.Errorf("opening key bucket %s with %d replicas (nats.replicas): %w", s.opts.Bucket, max(s.opts.Replicas, 1), err)
 	}
 	s.mu.Lock()
 	s.kv = kv
