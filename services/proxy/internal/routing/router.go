@@ -2,10 +2,13 @@
 // one step, and queues requests fairly when every candidate is full.
 //
 // A slot is one in-flight request on one (backend, model). Each backend caps
-// its slots per model (normally OLLAMA_NUM_PARALLEL). Choice order among
-// candidates with a free slot: model already loaded, then fewest in-flight
+// its slots per model (normally OLLAMA_NUM_PARALLEL). Options.Strategy
+// orders the candidates with a free slot (affinity.go, docs/routing.md);
+// LeastLoaded, the zero value: model already loaded, then fewest in-flight
 // for that model, then fewest in-flight on the whole backend, then higher
-// weight, then the order given. When no candidate has a free slot the
+// weight, then the order given. Prefix puts the candidate holding the
+// request's cached prompt prefix first, within a load bound. When no
+// candidate has a free slot the
 // request waits, bounded in number (overall and per key) and in time. A
 // released slot goes to the highest priority class with a waiter that can
 // use it; within a class, keys share the slots by weight (weighted fair
