@@ -213,7 +213,11 @@ while read -r pid name; do
 		fail "$name (pid $pid) still running after the stack stopped"
 	fi
 done <"$RUN_DIR/pids"
-# The output's reader died with the signal: run.sh's own log has the stop.
+# The output's reader died with the signal: run.sh's own log has the stop,
+# every service stopped in the reverse of its start order.
 grep -q ' stopped$' "$RUN_DIR/run.log" || fail "run.sh did not report a clean stop"
+want_order=$(awk '{print $2}' "$RUN_DIR/pids" | tac | paste -sd' ')
+got_order=$(sed -n 's/^[^ ]*   stopped \(.*\)$/\1/p' "$RUN_DIR/run.log" | paste -sd' ')
+[[ $got_order == "$want_order" ]] || fail "services stopped in the order '$got_order', want '$want_order'"
 echo "smoke: OK"
 rm -rf "$RUN_DIR"
