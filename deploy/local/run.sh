@@ -199,7 +199,10 @@ cleanup() {
 	log "stopping ..."
 	for ((i = ${#pids[@]} - 1; i >= 0; i--)); do
 		local p=${pids[i]}
-		kill -0 "$p" 2>/dev/null || continue
+		if [[ -n ${due[i]} ]] || ! kill -0 "$p" 2>/dev/null; then
+			log "  ${names[i]} was not running (its restart is dropped)"
+			continue
+		fi
 		kill -TERM "$p" 2>/dev/null || true
 		# Proxies drain for up to 30s and publish for up to 20s.
 		for _ in $(seq 600); do
