@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"net/http"
+	"net/http/httptest"
 	"net/url"
 	"os"
 	"os/exec"
@@ -118,12 +119,14 @@ func TestAffinityRealOllama(t *testing.T) {
 			warm.PromptEvalCount, cold.PromptEvalCount)
 	}
 
+	drovers := map[string]*drover{}
 	viaDrover := func(strategy string) func(int) *api.Client {
 		d := newDrover(t, func(c *config.Config) {
 			c.Backends = []config.Backend{{Name: "aff1", URL: servers[0].url}, {Name: "aff2", URL: servers[1].url}}
 			c.Routing.MaxConcurrency = affParallel
 			c.Routing.Strategy = strategy
 		})
+		drovers[strategy] = d
 		return func(int) *api.Client { return d.client }
 	}
 	pinned := func(conv int) *api.Client { return direct[conv%len(direct)] }
@@ -149,6 +152,23 @@ func TestAffinityRealOllama(t *testing.T) {
 			r.name, r.followUpEval.Seconds(), r.followUpTokens, r.firstEval.Seconds(), r.wall.Seconds(),
 			r.followUpEval.Seconds()/base.followUpEval.Seconds(), r.wall.Seconds()/base.wall.Seconds())
 	}
+	for _, strategy := range []string{"least_loaded", "prefix"} {
+		t.Logf("drover %s: %s", strategy, affMetrics(drovers[strategy]))
+	}
+}
+
+// affMetrics is what Drover's /metrics says about where the chats went.
+func affMetrics(d *drover) string {
+	rec := httptest.NewRecorder()
+	d.srv.MetricsHandler().ServeHTTP(rec, httptest.NewRequest(http.MethodGet, "/metrics", nil))
+	var out []string
+	for _, line := range strings.Split(rec.Body.String(), "\n") {
+		chat := strings.HasPrefix(line, "drover_requests_total{") && strings.Contains(line, `route="/api/chat"`)
+		if chat || strings.HasPrefix(line, "drover_affinity_picks_total{") {
+			out = append(out, line)
+		}
+	}
+	return strings.Join(out, "; ")
 }
 
 // affConverse runs every conversation at once, each turn after the last

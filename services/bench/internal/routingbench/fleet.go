@@ -148,18 +148,28 @@ func (f *Fleet) Stop() error {
 	return errors.Join(errs...)
 }
 
-// BackendRequests sums drover_requests_total by backend over every replica.
-func (f *Fleet) BackendRequests(ctx context.Context, client *http.Client) (map[string]int64, error) {
-	out := map[string]int64{}
+// Scraped is what the replicas' /metrics say, summed over replicas.
+type Scraped struct {
+	// BackendRequests counts /api/chat requests per backend.
+	BackendRequests map[string]int64
+	// Picks counts drover_affinity_picks_total by outcome (hit, miss, override).
+	Picks map[string]int64
+	// ShareMessages and ShareBytes are drover.affinity messages sent.
+	ShareMessages, ShareBytes int64
+}
+
+// Scrape reads every replica's /metrics.
+func (f *Fleet) Scrape(ctx context.Context, client *http.Client) (Scraped, error) {
+	out := Scraped{BackendRequests: map[string]int64{}, Picks: map[string]int64{}}
 	for _, p := range f.Replicas {
-		if err := scrapeRequests(ctx, client, p.URL+"/metrics", out); err != nil {
-			return nil, err
+		if err := scrape(ctx, client, p.URL+"/metrics", &out); err != nil {
+			return out, err
 		}
 	}
 	return out, nil
 }
 
-func scrapeRequests(ctx context.Context, client *http.Client, url string, into map[string]int64) error {
+func scrape(ctx context.Context, client *http.Client, url string, into *Scraped) error {
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
 	if err != nil {
 		return err
@@ -175,33 +185,51 @@ func scrapeRequests(ctx context.Context, client *http.Client, url string, into m
 	sc := bufio.NewScanner(resp.Body)
 	sc.Buffer(make([]byte, 0, 64<<10), 1<<20)
 	for sc.Scan() {
-		backend, n, ok := parseRequestsLine(sc.Text())
-		if ok {
-			into[backend] += n
-		}
+		into.add(sc.Text())
 	}
 	return sc.Err()
 }
 
-// parseRequestsLine reads one drover_requests_total sample of /api/chat.
-func parseRequestsLine(line string) (backend string, n int64, ok bool) {
-	labels, ok := strings.CutPrefix(line, "drover_requests_total{")
-	if !ok || !strings.Contains(labels, `route="/api/chat"`) {
-		return "", 0, false
-	}
-	i := strings.Index(labels, `backend="`)
-	if i < 0 {
-		return "", 0, false
-	}
-	rest := labels[i+len(`backend="`):]
-	j := strings.IndexByte(rest, '"')
+// add counts one sample line of the exposition format.
+func (s *Scraped) add(line string) {
+	name, labels, ok := strings.Cut(line, "{")
 	k := strings.LastIndexByte(line, ' ')
-	if j < 0 || k < 0 {
-		return "", 0, false
+	if !ok || k < 0 {
+		return
 	}
 	v, err := strconv.ParseFloat(line[k+1:], 64)
 	if err != nil {
-		return "", 0, false
+		return
 	}
-	return rest[:j], int64(v), true
+	n := int64(v)
+	switch name {
+	case "drover_requests_total":
+		if strings.Contains(labels, `route="/api/chat"`) {
+			s.BackendRequests[label(labels, "backend")] += n
+		}
+	case "drover_affinity_picks_total":
+		s.Picks[label(labels, "outcome")] += n
+	case "drover_affinity_share_messages_total":
+		if label(labels, "direction") == "sent" {
+			s.ShareMessages += n
+		}
+	case "drover_affinity_share_bytes_total":
+		if label(labels, "direction") == "sent" {
+			s.ShareBytes += n
+		}
+	}
+}
+
+// label is name's value in a label set such as a="x",b="y"}.
+func label(labels, name string) string {
+	i := strings.Index(labels, name+`="`)
+	if i < 0 {
+		return ""
+	}
+	rest := labels[i+len(name)+2:]
+	j := strings.IndexByte(rest, '"')
+	if j < 0 {
+		return ""
+	}
+	return rest[:j]
 }

@@ -101,8 +101,8 @@ func ratio(a, b float64) float64 {
 func (d Document) WriteMarkdown(w io.Writer) {
 	var b strings.Builder
 	fmt.Fprintf(&b, "## drover-bench-routing %s (load average %.2f)\n\n", d.Started.UTC().Format(time.RFC3339), d.LoadAvg)
-	fmt.Fprintln(&b, "| setup | token hit rate | TTFT p50 / p99 at ref (ms) | TTFT p50 / p99 whole ramp (ms) | req/s at p99 < 2 s | requests per backend max / min | errors |")
-	fmt.Fprintln(&b, "|---|---|---|---|---|---|---|")
+	fmt.Fprintln(&b, "| setup | token hit rate | TTFT p50 / p99 at ref (ms) | TTFT p50 / p99 whole ramp (ms) | req/s at p99 < 2 s | requests per backend max / min | affinity hit / miss / override | sharing B/req, msg/s | errors |")
+	fmt.Fprintln(&b, "|---|---|---|---|---|---|---|---|---|")
 	for _, r := range d.Results {
 		ref := "-"
 		if base := d.find("least_loaded", r.Replicas, true); base != nil && len(base.Steps) == len(r.Steps) && len(r.Steps) > 0 {
@@ -113,8 +113,15 @@ func (d Document) WriteMarkdown(w io.Writer) {
 		if r.SustainedAt > 0 {
 			sus = fmt.Sprintf("%.1f (offered %g)", r.Sustained, r.SustainedAt)
 		}
-		fmt.Fprintf(&b, "| %s | %.1f %% | %s | %.0f / %.0f | %s | %d / %d | %d |\n", r.Name, 100*r.HitRate, ref,
-			r.TTFTP50, r.TTFTP99, sus, r.LoadMax, r.LoadMin, r.Errors)
+		picks, share := "-", "-"
+		if len(r.Picks) > 0 {
+			picks = fmt.Sprintf("%d / %d / %d", r.Picks["hit"], r.Picks["miss"], r.Picks["override"])
+		}
+		if r.ShareBytesPerRequest > 0 {
+			share = fmt.Sprintf("%.0f, %.1f", r.ShareBytesPerRequest, r.ShareMessagesPerSecond)
+		}
+		fmt.Fprintf(&b, "| %s | %.1f %% | %s | %.0f / %.0f | %s | %d / %d | %s | %s | %d |\n", r.Name, 100*r.HitRate, ref,
+			r.TTFTP50, r.TTFTP99, sus, r.LoadMax, r.LoadMin, picks, share, r.Errors)
 	}
 	if len(d.Targets) > 0 {
 		fmt.Fprintln(&b, "\n| target | goal | value | met | |\n|---|---|---|---|---|")

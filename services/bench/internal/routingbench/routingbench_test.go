@@ -110,23 +110,23 @@ func TestPercentileNearestRank(t *testing.T) {
 	}
 }
 
-func TestParseRequestsLine(t *testing.T) {
-	cases := []struct {
-		line    string
-		backend string
-		n       int64
-		ok      bool
-	}{
-		{`drover_requests_total{backend="fake2",model="tiny",route="/api/chat",status="200"} 41`, "fake2", 41, true},
-		{`drover_requests_total{backend="fake2",model="tiny",route="/api/tags",status="200"} 3`, "", 0, false},
-		{`drover_request_duration_seconds_count{backend="fake2",route="/api/chat"} 41`, "", 0, false},
-		{`# TYPE drover_requests_total counter`, "", 0, false},
+func TestScrapedAdd(t *testing.T) {
+	s := Scraped{BackendRequests: map[string]int64{}, Picks: map[string]int64{}}
+	for _, line := range []string{
+		`drover_requests_total{backend="fake2",model="tiny",route="/api/chat",status="200"} 41`,
+		`drover_requests_total{backend="fake2",model="tiny",route="/api/chat",status="503"} 1`,
+		`drover_requests_total{backend="fake2",model="tiny",route="/api/tags",status="200"} 3`,
+		`drover_request_duration_seconds_count{backend="fake2",route="/api/chat"} 41`,
+		`# TYPE drover_requests_total counter`,
+		`drover_affinity_picks_total{outcome="hit"} 7`,
+		`drover_affinity_share_messages_total{direction="sent"} 5`,
+		`drover_affinity_share_messages_total{direction="received"} 9`,
+		`drover_affinity_share_bytes_total{direction="sent"} 1.5e+03`,
+	} {
+		s.add(line)
 	}
-	for _, c := range cases {
-		b, n, ok := parseRequestsLine(c.line)
-		if b != c.backend || n != c.n || ok != c.ok {
-			t.Errorf("%s: %q %d %v", c.line, b, n, ok)
-		}
+	if s.BackendRequests["fake2"] != 42 || len(s.BackendRequests) != 1 || s.Picks["hit"] != 7 || s.ShareMessages != 5 || s.ShareBytes != 1500 {
+		t.Errorf("scraped %+v", s)
 	}
 }
 

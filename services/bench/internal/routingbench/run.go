@@ -29,6 +29,14 @@ type Result struct {
 	BackendRequests map[string]int64 `json:"backend_requests"`
 	LoadMax         int64            `json:"load_max"`
 	LoadMin         int64            `json:"load_min"`
+	// Picks counts the replicas' affinity decisions by outcome (hit, miss,
+	// override: over the load bound).
+	Picks map[string]int64 `json:"affinity_picks,omitempty"`
+	// ShareBytesPerRequest and ShareMessagesPerSecond are what the
+	// replicas sent on drover.affinity (sharing only), per request sent and
+	// per second of the run (over all replicas).
+	ShareBytesPerRequest   float64 `json:"share_bytes_per_request,omitempty"`
+	ShareMessagesPerSecond float64 `json:"share_messages_per_second,omitempty"`
 }
 
 // RunSpec is everything a Setup's run shares with the others.
@@ -52,6 +60,7 @@ const model = "tiny"
 // Run starts setup's fleet, sends the ramp through it and stops it.
 func Run(ctx context.Context, spec RunSpec, setup Setup) (Result, error) {
 	res := Result{Setup: setup}
+	started := time.Now()
 	fleet, err := StartFleet(ctx, spec.Bins, spec.Backends, setup, spec.LogDir)
 	if err != nil {
 		return res, fmt.Errorf("%s: starting the fleet: %w", setup.Name, err)
@@ -86,8 +95,14 @@ func Run(ctx context.Context, spec RunSpec, setup Setup) (Result, error) {
 	if at >= 0 {
 		res.SustainedAt = res.Steps[at].Offered
 	}
-	if res.BackendRequests, err = fleet.BackendRequests(ctx, spec.Client.HTTP); err != nil {
+	m, err := fleet.Scrape(ctx, spec.Client.HTTP)
+	if err != nil {
 		return res, fmt.Errorf("%s: %w", setup.Name, err)
+	}
+	res.BackendRequests, res.Picks = m.BackendRequests, m.Picks
+	if n := len(all) + len(fleet.Replicas); m.ShareMessages > 0 {
+		res.ShareBytesPerRequest = float64(m.ShareBytes) / float64(n)
+		res.ShareMessagesPerSecond = float64(m.ShareMessages) / time.Since(started).Seconds()
 	}
 	res.LoadMax, res.LoadMin = loadRange(res.BackendRequests, spec.Backends.Count)
 	return res, nil
