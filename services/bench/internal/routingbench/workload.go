@@ -38,9 +38,11 @@ type WorkloadSpec struct {
 }
 
 // DefaultWorkload is the workload: system prompts of about 2,000
-// tokens, Zipf popularity, a fifth of the sessions multi-turn.
+// tokens, Zipf popularity, a fifth of the sessions multi-turn. Its 32
+// groups are twice the slots of four backends with four slots each, so
+// which backend a group lands on decides whether its prompt is cached.
 func DefaultWorkload() WorkloadSpec {
-	return WorkloadSpec{Groups: 64, SystemWords: 2000, Zipf: 1.0, UserWords: 30,
+	return WorkloadSpec{Groups: 32, SystemWords: 2000, Zipf: 1.0, UserWords: 30,
 		MultiTurn: 0.2, Turns: 4, ThinkTime: 300 * time.Millisecond, ReplyTokens: 16}
 }
 
