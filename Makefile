@@ -4,7 +4,7 @@ GO ?= go
 MODULES := $(shell $(GO) list -m -f '{{.Dir}}' 2>/dev/null)
 PKGS := $(addsuffix /...,$(MODULES))
 
-.PHONY: build test deps lint bench bench-pipeline bench-compare bench-tenancy bench-routing run demo smoke conformance conformance-affinity
+.PHONY: build test deps lint bench bench-pipeline bench-compare bench-tenancy bench-routing run demo smoke conformance conformance-affinity fuzz
 build:
 	$(GO) build -o bin/ ./services/proxy/cmd/... ./testkit/ollamatest/cmd/... ./services/bench/cmd/...
 
@@ -81,6 +81,11 @@ test: deps
 
 deps:
 	./.ci/deps
+
+# A short coverage-guided fuzz run of every parser of outside bytes
+# (FUZZTIME=10s each; docs/hostile.md). Crashers land in testdata/fuzz.
+fuzz:
+	./.ci/fuzz
 
 # Drover in front of two real Ollama servers, compared with Ollama itself
 # (services/proxy/conformance). Needs .ci/realollama/setup.sh build and

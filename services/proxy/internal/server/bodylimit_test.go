@@ -118,7 +118,7 @@ func TestSlowBodyIs408AndClosed(t *testing.T) {
 				return
 			}
 			defer conn.Close()
-			conn.SetDeadline(time.Now().Add(20 * time.Second)) //nolint:errcheck
+			conn.SetDeadline(time.Now().Add(20 * time.Second))                                                                            //nolint:errcheck
 			io.WriteString(conn, "POST /api/chat HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n{") //nolint:errcheck
 			stop := make(chan struct{})
 			defer close(stop)

@@ -231,7 +231,15 @@ func (s *streamed) Close() error {
 // once, the name and the arguments in pieces.
 type callDeltas []*oaToolDelta
 
+// maxToolCalls bounds a tool call's index: a backend's -1 once panicked
+// the filter, and 1e9 would make a billion-entry slice. A delta outside
+// [0, maxToolCalls) is dropped.
+const maxToolCalls = 1024
+
 func (cs *callDeltas) add(td oaToolDelta) {
+	if td.Index < 0 || td.Index >= maxToolCalls {
+		return
+	}
 	for len(*cs) <= td.Index {
 		*cs = append(*cs, nil)
 	}
