@@ -13,6 +13,8 @@
 # process it started is gone.
 #
 #   deploy/local/smoke.sh            (make smoke)
+#   NATS_CLUSTER=3 make smoke        the same on make run's three-node NATS,
+#                                    plus its route login and a node's kill -9
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 export RUN_DIR=${RUN_DIR:-$(mktemp -d /tmp/drover-smoke.XXXXXX)}
@@ -127,9 +129,9 @@ echo "smoke: no key 401, anonymous /health one word, client key 403 on pull/dele
 
 # NATS: anonymous and wrong passwords refused, the proxy's own login
 # accepted (the control: the probe would see a success).
-nats_login() { # CONNECT-options -> the server's answer to CONNECT + PING
-	local info reply
-	exec 3<>"/dev/tcp/${NATS_ADDR%:*}/${NATS_ADDR##*:}" || return 1
+nats_login() { # CONNECT-options [address] -> the server's answer to CONNECT + PING
+	local info reply addr=${2:-$NATS_ADDR}
+	exec 3<>"/dev/tcp/${addr%:*}/${addr##*:}" || return 1
 	IFS= read -r -t 5 info <&3
 	printf 'CONNECT %s\r\nPING\r\n' "$1" >&3
 	IFS= read -r -t 5 reply <&3
@@ -142,6 +144,30 @@ nats_login() { # CONNECT-options -> the server's answer to CONNECT + PING
 [[ $(nats_login "{\"verbose\":false,\"user\":\"proxy\",\"pass\":\"$(secret DROVER_NATS_PROXY_PASSWORD)\"}") == PONG ]] ||
 	fail "NATS refused the proxy user's own password"
 echo "smoke: NATS refuses anonymous and wrong-password connections, accepts the proxy's"
+
+# NATS_CLUSTER=3 (make run's three-node NATS): routes take the route login
+# only, and a node killed with -9 comes back and catches up.
+if [[ ${NATS_CLUSTER:-1} == 3 ]]; then
+	route=127.0.0.1:$((PORT + 46))
+	[[ $(nats_login '{"verbose":false}' "$route") == *"Authorization Violation"* ]] || fail "a NATS route port accepted a login without the route password"
+	usage_replicas() { # monitoring port -> "<other replicas> <of them current>" of the USAGE stream
+		curl -fsS -m 2 "http://127.0.0.1:$1/jsz?streams=true&accounts=true" |
+			jq -r '[.account_details[].stream_detail[] | select(.name == "USAGE")][0].cluster.replicas // [] | "\(length) \([.[] | select(.current and (.offline | not))] | length)"'
+	}
+	old=$(awk '$2 == "nats-2" {print $1}' "$RUN_DIR/pids")
+	kill -KILL "$old"
+	ok=
+	for _ in $(seq 300); do
+		new=$(awk '$2 == "nats-2" {print $1}' "$RUN_DIR/pids")
+		if [[ $new != "$old" ]] && [[ $(usage_replicas $((PORT + 41)) 2>/dev/null) == "2 2" ]]; then
+			ok=1
+			break
+		fi
+		sleep 0.2
+	done
+	[[ -n $ok ]] || fail "nats-2 did not come back and catch up after kill -9 (USAGE: $(usage_replicas $((PORT + 41)) 2>&1))"
+	echo "smoke: NATS routes refuse a login without the route password; nats-2 came back after kill -9 and the usage stream is current on all three"
+fi
 
 # ClickHouse: the proxies' user reads and may not write.
 if [[ -n $CH_HTTP ]]; then
