@@ -57,15 +57,16 @@ func knowLoaded(t *testing.T, s *Server) {
 
 // holdA sends a request that hangs on backend a (the first, picked on an
 // idle fleet) until the returned func is called, and waits until it is
-// in flight there.
-func holdA(t *testing.T, url string, s *Server) func() {
+// in flight there and a has it.
+func holdA(t *testing.T, url string, s *Server, a *ollamatest.Server) func() {
+	seen := a.Requests("/api/chat")
 	ctx, cancel := context.WithCancel(t.Context())
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
 		post(t, ctx, url+"/api/chat", convBody("holder", 0, `{"hang":true}`)) //nolint:errcheck // cancelled on purpose
 	}()
-	waitFor(t, func() bool { return len(s.Router.InFlight()["a"]) == 1 })
+	waitFor(t, func() bool { return len(s.Router.InFlight()["a"]) == 1 && a.Requests("/api/chat") > seen })
 	return func() {
 		cancel()
 		<-done
@@ -109,7 +110,7 @@ func TestAffinityFollowUpReturnsToWarmBackend(t *testing.T) {
 			fakes := affinityFakes(t, 2)
 			e := newEnvWith(t, fakes, func(c *config.Config) { c.Routing.Strategy = tt.strategy })
 			knowLoaded(t, e.srv)
-			release := holdA(t, e.url, e.srv)
+			release := holdA(t, e.url, e.srv, fakes[0])
 			if got := served(t, e.url, convBody("one", 0, ""), fakes); got != "b" {
 				t.Fatalf("the first turn went to %q while a was busy", got)
 			}
@@ -160,7 +161,7 @@ func TestAffinitySharedAcrossReplicas(t *testing.T) {
 			for _, r := range reps {
 				waitFor(t, func() bool { return len(r.Sync.Status().Peers) == 1 })
 			}
-			release := holdA(t, urls[0], reps[0])
+			release := holdA(t, urls[0], reps[0], fakes[0])
 			// The other replica must see a's load too before it routes.
 			waitFor(t, func() bool { return reps[1].Sync.InFlight(routing.Key{Backend: "a", Model: "tiny:latest"}) == 1 })
 			if got := served(t, urls[1], convBody("two", 0, ""), fakes); got != "b" {
@@ -198,7 +199,7 @@ func TestAffinityKeepsCapsAndFailover(t *testing.T) {
 		t.Fatalf("first turn on %q", got)
 	}
 	// a is full (cap 1, held): the follow-up goes to b, not into a's queue.
-	release := holdA(t, e.url, e.srv)
+	release := holdA(t, e.url, e.srv, fakes[0])
 	if got := served(t, e.url, convBody("three", 1, ""), fakes); got != "b" {
 		t.Fatalf("with a full, the follow-up went to %q", got)
 	}
