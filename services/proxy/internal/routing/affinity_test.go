@@ -187,31 +187,59 @@ func TestSessionStickiness(t *testing.T) {
 	}
 }
 
-// A waiter keeps its affinity: when a slot frees on the backend it is
-// affine to, the queue still serves in order, and it is granted there.
-func TestAffinityInTheQueue(t *testing.T) {
+// Affinity never reorders the queue: waiters are granted oldest first
+// whatever they are affine to, each on whatever frees (w1 prefers b but
+// takes a, freed first; w2 then gets b), and a waiter takes a freed slot
+// on a backend it is not affine to rather than wait for its own.
+func TestAffinityKeepsQueueOrder(t *testing.T) {
 	r, _ := affineRouter(Prefix, 2, 0)
-	one := []Candidate{cand("a", "m", 1, true, 1), cand("b", "m", 1, true, 1)}
-	warm := mustAcquire(t, r, one[:1], chatPrompt(r, sysA, 0, ""))
-	other := mustAcquire(t, r, one[1:], nil)
-	got := make(chan *Slot, 1)
-	go func() {
-		s, err := r.AcquireFor(context.Background(), Tenant{}, one, chatPrompt(r, sysA, 1, ""))
-		if err != nil {
-			t.Error(err)
-		}
-		got <- s
-	}()
-	for r.QueueLen() != 1 {
-		time.Sleep(time.Millisecond)
-	}
-	other.Release() // b frees first: the waiter takes it (a is full)
-	s := <-got
-	if s.Backend != "b" {
-		t.Fatalf("granted %s", s.Backend)
-	}
-	s.Release()
+	both := []Candidate{cand("a", "m", 1, true, 1), cand("b", "m", 1, true, 1)}
+	warm := mustAcquire(t, r, both[1:], chatPrompt(r, sysA, 0, "")) // b holds sysA
 	warm.Release()
+	holdA := mustAcquire(t, r, both[:1], nil)
+	holdB := mustAcquire(t, r, both[1:], nil)
+	type grant struct {
+		who     int
+		backend string
+	}
+	grants := make(chan grant, 3)
+	var slots [3]*Slot
+	for i := range 3 {
+		system := sysA
+		if i == 2 {
+			system = "a prompt cached nowhere, long enough for a block or two of its own"
+		}
+		go func() {
+			s, err := r.AcquireFor(context.Background(), Tenant{}, both, chatPrompt(r, system, i+1, ""))
+			if err != nil {
+				t.Error(err)
+				grants <- grant{who: i}
+				return
+			}
+			slots[i] = s
+			grants <- grant{i, s.Backend}
+		}()
+		for r.QueueLen() != i+1 {
+			time.Sleep(time.Millisecond)
+		}
+	}
+	holdA.Release()
+	if g := <-grants; g != (grant{0, "a"}) {
+		t.Fatalf("first grant %+v, want the oldest waiter on a", g)
+	}
+	holdB.Release()
+	if g := <-grants; g != (grant{1, "b"}) {
+		t.Fatalf("second grant %+v, want the second waiter on b", g)
+	}
+	slots[0].Release()
+	if g := <-grants; g != (grant{2, "a"}) {
+		t.Fatalf("third grant %+v", g)
+	}
+	slots[1].Release()
+	slots[2].Release()
+	if len(r.InFlight()) != 0 || r.QueueLen() != 0 || len(r.tokens) != 0 {
+		t.Fatalf("left: %v, queue %d, tokens %v", r.InFlight(), r.QueueLen(), r.tokens)
+	}
 }
 
 func TestParseStrategy(t *testing.T) {

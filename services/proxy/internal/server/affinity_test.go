@@ -1,6 +1,7 @@
 package server
 
 import (
+	"bytes"
 	"context"
 	"fmt"
 	"io"
@@ -247,4 +248,43 @@ func getBody(t *testing.T, url string) (*http.Response, []byte, error) {
 	defer resp.Body.Close()
 	body, err := io.ReadAll(resp.Body)
 	return resp, body, err
+}
+
+// Under the session strategy an X-Session-Id brings a conversation back
+// to where it went, whatever its prompt; without the header nothing does.
+func TestAffinitySessionHeader(t *testing.T) {
+	fakes := affinityFakes(t, 2)
+	e := newEnvWith(t, fakes, func(c *config.Config) { c.Routing.Strategy = config.StrategySession })
+	knowLoaded(t, e.srv)
+	send := func(body []byte, session string) string {
+		t.Helper()
+		before := []int64{fakes[0].Requests("/api/chat"), fakes[1].Requests("/api/chat")}
+		req, _ := http.NewRequestWithContext(t.Context(), http.MethodPost, e.url+"/api/chat", bytes.NewReader(body))
+		if session != "" {
+			req.Header.Set("X-Session-Id", session)
+		}
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil || resp.StatusCode != http.StatusOK {
+			t.Fatalf("%v %v", resp, err)
+		}
+		resp.Body.Close()
+		who := ""
+		for i, f := range fakes {
+			if f.Requests("/api/chat") > before[i] {
+				who += string(rune('a' + i))
+			}
+		}
+		return who
+	}
+	release := holdA(t, e.url, e.srv, fakes[0])
+	if got := send(convBody("five", 0, ""), "s-1"); got != "b" {
+		t.Fatalf("first turn on %q while a was busy", got)
+	}
+	release()
+	if got := send(convBody("another prompt", 0, ""), "s-1"); got != "b" {
+		t.Fatalf("the session's next request went to %q", got)
+	}
+	if got := send(convBody("five", 1, ""), ""); got != "a" {
+		t.Fatalf("without the header the follow-up went to %q (the session strategy hashes no prompts)", got)
+	}
 }
