@@ -158,6 +158,8 @@ func TestNATSClusterNodeLossUnderLoad(t *testing.T) {
 	t.Logf("two of three nodes down: both proxies spooling %s after the kill; %d requests completed so far",
 		time.Since(t0).Round(time.Millisecond), load.completed())
 	load.waitCompleted(t, load.completed()+100) // clients are still served
+	// Core NATS needs no quorum: fleet state goes on through the node left.
+	checkFleetFlows(t, witness, bases, load)
 	cl.restart(t, down[0])
 	t1 := time.Now()
 	for i, b := range bases {
