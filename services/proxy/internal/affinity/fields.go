@@ -21,6 +21,7 @@ type fields struct {
 	promptImages [2]int
 
 	tools, system, prompt, suffix        []byte
+	instructions, input                  []byte // OpenAI Responses
 	user, promptCacheKey, metadataUserID []byte
 	// bounds: options.num_predict, max_tokens, max_completion_tokens
 	// (0: unset).
@@ -63,6 +64,9 @@ type jsonBody struct {
 	Prompt json.RawMessage   `json:"prompt"`
 	Images []json.RawMessage `json:"images"`
 	Suffix json.RawMessage   `json:"suffix"`
+	// OpenAI Responses: instructions, and input (a string or items).
+	Instructions json.RawMessage `json:"instructions"`
+	Input        json.RawMessage `json:"input"`
 
 	User           string `json:"user"`
 	PromptCacheKey string `json:"prompt_cache_key"`
@@ -95,6 +99,7 @@ func decode(raw []byte, f *fields) bool {
 		f.messages = append(f.messages, mf)
 	}
 	f.tools, f.system, f.prompt, f.suffix = value(b.Tools), value(b.System), value(b.Prompt), value(b.Suffix)
+	f.instructions, f.input = value(b.Instructions), value(b.Input)
 	f.promptImages[0] = len(f.images)
 	for _, img := range b.Images {
 		f.images = append(f.images, value(img))
@@ -172,6 +177,10 @@ func scan(b []byte, f *fields) bool {
 			f.prompt = value(raw)
 		case kSuffix:
 			f.suffix = value(raw)
+		case kInstructions:
+			f.instructions = value(raw)
+		case kInput:
+			f.input = value(raw)
 		}
 		return ok
 	})
@@ -191,11 +200,13 @@ const (
 	kOptions
 	kMaxTokens
 	kMaxCompletionTokens
+	kInstructions
+	kInput
 )
 
 var topKeys = map[string]int{"messages": kMessages, "tools": kTools, "system": kSystem, "prompt": kPrompt, "images": kImages,
 	"suffix": kSuffix, "user": kUser, "prompt_cache_key": kPromptCacheKey, "metadata": kMetadata, "options": kOptions,
-	"max_tokens": kMaxTokens, "max_completion_tokens": kMaxCompletionTokens}
+	"max_tokens": kMaxTokens, "max_completion_tokens": kMaxCompletionTokens, "instructions": kInstructions, "input": kInput}
 
 var msgKeys = map[string]int{"role": 0, "content": 1, "images": 2, "tool_calls": 3, "tool_call_id": 4, "name": 5}
 

@@ -24,6 +24,8 @@ func FuzzScan(f *testing.F) {
 		`{"options":{"num_predict":1.5}}`,
 		`{"messages":[null,{"role":"user","content":"x"}],"tools":null,"system":null}`,
 		`null`,
+		`{"model":"m","instructions":"be brief","input":[{"role":"user","content":[{"type":"input_text","text":"hi"}]}],"prompt_cache_key":"k"}`,
+		`{"model":"m","input":"just a string","instructions":null}`,
 		`{"messages" : [ { "role" : "user" , "content" : "spaced \" quote \\" } ] , "stream" : false }`,
 	} {
 		f.Add([]byte(seed))

@@ -127,8 +127,9 @@ const (
 )
 
 // canonical writes the prompt in the order the model sees it: tools, then
-// system, then each message (role, content, images, tool calls) in order,
-// or the generate prompt and its images. JSON values go in compacted, so
+// system (or the Responses API's instructions), then each message (role,
+// content, images, tool calls) in order, or the Responses API's input
+// items, or the generate prompt and its images. JSON values go in compacted, so
 // a client's whitespace does not matter; their field order does (clients
 // resend history with the same serializer).
 func canonical(c *chainer, f *fields) {
@@ -141,6 +142,12 @@ func canonical(c *chainer, f *fields) {
 		c.writeString("system")
 		c.writeByte(fieldSep)
 		c.writeJSON(f.system)
+		c.writeByte(recordSep)
+	}
+	if len(f.instructions) > 0 {
+		c.writeString("instructions")
+		c.writeByte(fieldSep)
+		c.writeJSON(f.instructions)
 		c.writeByte(recordSep)
 	}
 	for i := range f.messages {
@@ -161,6 +168,12 @@ func canonical(c *chainer, f *fields) {
 			c.write(m.toolCallID)
 			c.write(m.name)
 		}
+		c.writeByte(recordSep)
+	}
+	if len(f.input) > 0 {
+		c.writeString("input")
+		c.writeByte(fieldSep)
+		c.writeJSON(f.input)
 		c.writeByte(recordSep)
 	}
 	if len(f.prompt) > 0 {

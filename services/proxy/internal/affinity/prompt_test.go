@@ -118,6 +118,18 @@ func TestGenerateAndCompletions(t *testing.T) {
 	}
 }
 
+// The Responses API: input items resent with the history extend the chain.
+func TestResponsesInput(t *testing.T) {
+	item := func(role, text string) string { return fmt.Sprintf(`{"role":%q,"content":%q}`, role, text) }
+	long := strings.Repeat("the instructions of a long session ", 20)
+	r1 := parser.Parse("/v1/responses", []byte(fmt.Sprintf(`{"model":"m","instructions":%q,"input":[%s]}`, long, item("user", strings.Repeat("q ", 60)))), nil)
+	r2 := parser.Parse("/v1/responses", []byte(fmt.Sprintf(`{"model":"m","instructions":%q,"input":[%s,%s,%s]}`, long,
+		item("user", strings.Repeat("q ", 60)), item("assistant", "a"), item("user", "next"))), nil)
+	if len(r1.Chain) < 5 || common(r1.Chain, r2.Chain) < len(r1.Chain)-1 {
+		t.Fatalf("the follow-up shares %d of %d blocks", common(r1.Chain, r2.Chain), len(r1.Chain))
+	}
+}
+
 func TestSessionHints(t *testing.T) {
 	h := http.Header{}
 	h.Set(SessionHeader, "conv-1")
