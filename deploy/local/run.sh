@@ -25,7 +25,8 @@
 # ClickHouse. The services run in sessions of their own, so the signal
 # reaches this script only; once it is stopping, further signals and a
 # closed terminal or pipe cannot cut the stop short. Only SIGKILL can:
-# $RUN_DIR/pids then lists what is left running.
+# $RUN_DIR/pids then lists what is left running, and the next start stops
+# those first.
 #
 # Locked down as docker-compose.yml is: the proxies' admin key, the NATS
 # users' passwords (deploy/nats/nats.conf) and the ClickHouse users'
@@ -65,6 +66,14 @@ NATS_NODES=${NATS_CLUSTER:-1}
 unset DROVER_PORT
 mkdir -p "$RUN"
 RUN=$(cd "$RUN" && pwd)
+# One stack per run directory.
+if [[ -f $RUN/run.pid ]]; then
+	prev=$(cat "$RUN/run.pid")
+	if [[ $prev != "$$" ]] && kill -0 "$prev" 2>/dev/null && grep -qa 'run\.sh' "/proc/$prev/cmdline" 2>/dev/null; then
+		echo "run.sh: another run.sh (pid $prev) is running on $RUN" >&2
+		exit 1
+	fi
+fi
 
 # --- Secrets: from the environment, else kept from an earlier start, else
 # generated. None is a Drover setting (the services refuse unknown DROVER_
@@ -149,10 +158,37 @@ fi
 # again when it dies.
 pids=() names=() logs=() cmds=() envs=() started=() restarts=() due=()
 rm -f "$RUN/ready"
+
+# A run.sh killed outright (SIGKILL, which
+# nothing can catch) leaves its services running: the next start stops
+# them first, in reverse order, each recognised by its pid and its start
+# time (so that a recycled pid is never signalled).
+proc_start() { # pid -> the process's start time, in clock ticks since boot
+	local stat
+	stat=$(cat "/proc/$1/stat" 2>/dev/null) || return 1
+	# shellcheck disable=SC2086 # the fields after "(comm) "
+	set -- ${stat##*) }
+	echo "${20}"
+}
+if [[ -f $RUN/procs ]]; then
+	while read -r pid since name; do
+		[[ $(proc_start "$pid" || true) == "$since" ]] || continue
+		log "stopping $name (pid $pid), left running by a run.sh that was killed"
+		kill -TERM "$pid" 2>/dev/null || true
+		for _ in $(seq 600); do
+			kill -0 "$pid" 2>/dev/null || break
+			sleep 0.1
+		done
+		kill -KILL "$pid" 2>/dev/null || true
+	done < <(tac "$RUN/procs")
+	rm -f "$RUN/procs"
+fi
 echo $$ >"$RUN/run.pid"
 write_pids() {
 	for i in "${!pids[@]}"; do echo "${pids[i]} ${names[i]}"; done >"$RUN/pids.tmp"
 	mv "$RUN/pids.tmp" "$RUN/pids"
+	for i in "${!pids[@]}"; do echo "${pids[i]} $(proc_start "${pids[i]}" || echo 0) ${names[i]}"; done >"$RUN/procs.tmp"
+	mv "$RUN/procs.tmp" "$RUN/procs"
 }
 start() { # name logfile [VAR=value ...] command...
 	local name=$1 logf=$2 i=${#pids[@]} env=()
@@ -195,6 +231,7 @@ cleanup() {
 	stopping=1
 	[[ -n ${demo_pid:-} ]] && kill "$demo_pid" 2>/dev/null && wait "$demo_pid" 2>/dev/null
 	[[ -n ${timer:-} ]] && kill "$timer" 2>/dev/null
+	rm -f "$RUN/ready"
 	log ""
 	log "stopping ..."
 	for ((i = ${#pids[@]} - 1; i >= 0; i--)); do
@@ -216,6 +253,7 @@ cleanup() {
 		wait "$p" 2>/dev/null || true
 		log "  stopped ${names[i]}"
 	done
+	rm -f "$RUN/ready" "$RUN/run.pid"
 	log "stopped"
 	exit "$code"
 }
