@@ -177,7 +177,8 @@ func TestNATSClusterNodeLossUnderLoad(t *testing.T) {
 	if errs := load.errors(); len(errs) > 0 {
 		t.Errorf("%d client requests failed; the first: %v", len(errs), errs[0])
 	}
-	t.Logf("%d requests completed for the clients", load.completed())
+	t.Logf("%d requests completed for the clients; the aggregator lost %v partition leases on the way", load.completed(),
+		metric("http://"+aggMetrics+"/metrics", "drover_aggregator_leases_lost_total"))
 	for name, p := range services {
 		if name == "aggregator" {
 			continue
