@@ -490,7 +490,7 @@ while :; do
 		((up >= 30)) && restarts[i]=0
 		delay=$((500 << restarts[i]))
 		((delay > 30000)) && delay=30000
-		restarts[i]=$((restarts[i] + 1))
+		((restarts[i] < 10)) && restarts[i]=$((restarts[i] + 1))
 		due[i]=$(($(now_ms) + delay))
 		log "${names[i]} exited (status $code) after ${up}s; starting it again in $((delay / 1000)).$((delay % 1000 / 100))s (restart: unless-stopped; its log: ${logs[i]})"
 	done
