@@ -18,10 +18,10 @@ const (
 	// LeastLoaded: loaded model first, then fewest in flight for the
 	// model, on the backend, then weight (the router's original order).
 	LeastLoaded Strategy = iota
-	// Prefix: loaded model first, then the candidate holding the longest
-	// cached prefix or the request's session, unless it carries more than
-	// the load bound over the least loaded; else the least loaded, with
-	// tokens in flight breaking ties of requests in flight.
+	// Prefix: loaded model first, then, among the candidates within the
+	// load bound of the least loaded, the one holding the request's session
+	// or the longest cached prefix; else the least loaded, with tokens in
+	// flight breaking ties of requests in flight.
 	Prefix
 	// Session: as Prefix, on explicit session hints only.
 	Session
@@ -165,10 +165,12 @@ func (r *Router) chooseLocked(w *waiter, rs []ranked) (Candidate, bool) {
 	return best.c, true
 }
 
-// affineLocked: the least loaded candidate (loaded model first, then
-// requests, then tokens in flight), unless the candidate with the strongest
-// affinity among those with the same loaded state is within the load
-// bound of it.
+// affineLocked: among the candidates with the same loaded state as the
+// least loaded one (loaded model first, then requests, then tokens in
+// flight) and within the load bound of it, the one with the strongest
+// affinity (lighter first among equals); the least loaded when none has
+// any. The outcome is an override when a candidate beyond the bound had a
+// stronger affinity than the one chosen.
 func (r *Router) affineLocked(w *waiter, rs []ranked) Candidate {
 	least := rs[0]
 	for _, x := range rs[1:] {
@@ -176,28 +178,37 @@ func (r *Router) affineLocked(w *waiter, rs []ranked) Candidate {
 			least = x
 		}
 	}
-	aff, found := ranked{}, false
-	var am affinity.Match
+	a := r.opts.Affinity
+	var best ranked
+	var bm, over affinity.Match
+	found := false
 	for _, x := range rs {
 		m := w.aff[x.i]
 		if m.Zero() || x.c.Loaded != least.c.Loaded {
 			continue
 		}
-		if !found || m.Better(am) || (m == am && lighter(x, aff)) {
-			aff, am, found = x, m, true
+		if x.in-least.in > a.LoadBound || (a.LoadBoundTokens > 0 && x.tokens-least.tokens > a.LoadBoundTokens) {
+			if m.Better(over) {
+				over = m
+			}
+			continue
+		}
+		if !found || m.Better(bm) || (m == bm && lighter(x, best)) {
+			best, bm, found = x, m, true
 		}
 	}
-	a := r.opts.Affinity
-	switch {
-	case !found:
-		w.choice = choice{outcome: OutcomeMiss}
-		return least.c
-	case aff.in-least.in > a.LoadBound || (a.LoadBoundTokens > 0 && aff.tokens-least.tokens > a.LoadBoundTokens):
-		w.choice = choice{outcome: OutcomeOverride, match: w.aff[least.i]}
-		return least.c
+	if !found {
+		best = least
 	}
-	w.choice = choice{outcome: OutcomeHit, match: am}
-	return aff.c
+	switch {
+	case over.Better(bm):
+		w.choice = choice{outcome: OutcomeOverride, match: bm}
+	case found:
+		w.choice = choice{outcome: OutcomeHit, match: bm}
+	default:
+		w.choice = choice{outcome: OutcomeMiss}
+	}
+	return best.c
 }
 
 // lighter orders candidates for Prefix and Session: loaded model first,

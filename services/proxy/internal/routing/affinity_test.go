@@ -95,6 +95,27 @@ func TestLoadBound(t *testing.T) {
 	}
 }
 
+// Beyond the bound, the strongest affinity within it still wins: a holds
+// the whole conversation but is over the bound, b holds its system prompt,
+// c nothing: b, counted as an override (the bound changed the choice).
+func TestLoadBoundFallsBackToPartialMatch(t *testing.T) {
+	r, o := affineRouter(Prefix, 2, 0)
+	a, b, c := cand("a", "m", 8, true, 1), cand("b", "m", 8, true, 1), cand("c", "m", 8, true, 1)
+	mustAcquire(t, r, []Candidate{a}, chatPrompt(r, sysA, 3, "")).Release()
+	mustAcquire(t, r, []Candidate{b}, chatPrompt(r, sysA, 0, "")).Release()
+	var held []*Slot
+	for range 3 {
+		held = append(held, mustAcquire(t, r, []Candidate{a}, nil))
+	}
+	s := mustAcquire(t, r, []Candidate{a, b, c}, chatPrompt(r, sysA, 4, ""))
+	if s.Backend != "b" || o.get(OutcomeOverride) != 1 {
+		t.Fatalf("went to %s; outcomes %v", s.Backend, o.n)
+	}
+	for _, h := range append(held, s) {
+		h.Release()
+	}
+}
+
 // The token bound: one long request in flight on the affine backend
 // outweighs the bound in tokens, though only one request.
 func TestTokenBound(t *testing.T) {
