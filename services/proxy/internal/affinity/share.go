@@ -88,10 +88,12 @@ func NewSharer(opts SharerOptions) (*Sharer, error) {
 	if err != nil {
 		return nil, fmt.Errorf("subscribe to %s: %w", config.SubjectAffinity, err)
 	}
-	// The first message of a peer must not race the subscription.
-	if err := opts.Conn.Flush(); err != nil {
-		sub.Unsubscribe() //nolint:errcheck // failing anyway
-		return nil, fmt.Errorf("subscribe to %s: %w", config.SubjectAffinity, err)
+	// Peers' messages sent after NewSharer returns should find the
+	// subscription in place: wait (briefly) for the server to have it.
+	// Offline, the client sends it on connecting; a replica must start
+	// without NATS, so this never waits for a connection.
+	if opts.Conn.IsConnected() {
+		opts.Conn.FlushTimeout(time.Second) //nolint:errcheck // best effort; see above
 	}
 	s.sub = sub
 	go s.run()

@@ -189,3 +189,33 @@ func TestEncodeDecode(t *testing.T) {
 		t.Fatal("decoded differs from encoded")
 	}
 }
+
+// A replica starts without NATS: the sharer does not wait for a
+// connection, and shares once NATS is there.
+func TestSharerStartsWithoutNATS(t *testing.T) {
+	ns := natstest.Start(t)
+	ns.Stop()
+	nc, err := nats.Connect(ns.URL(), nats.RetryOnFailedConnect(true), nats.MaxReconnects(-1), nats.ReconnectWait(20*time.Millisecond))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	r := &replica{index: NewIndex(100, time.Hour), counts: newCounts()}
+	s, err := NewSharer(SharerOptions{Conn: nc, Replica: "offline", Index: r.index, Interval: 10 * time.Millisecond, Observe: r.counts.observe})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	// (That it did not wait for NATS is TestKeysStartWithoutNATS's check:
+	// the whole replica starts in well under NATS's 10 s flush timeout.)
+	ns.Restart()
+	other := startReplica(t, ns.URL(), "online", 10*time.Millisecond)
+	waitFor(t, "the offline replica to connect", nc.IsConnected)
+	a := Target{"a", "m"}
+	// Resent until the subscription is known to be in place.
+	waitFor(t, "the other replica to learn it", func() bool {
+		s.Inserted(a, []uint64{42})
+		time.Sleep(20 * time.Millisecond)
+		return other.index.Lookup(a, &Prompt{Chain: []uint64{42}}, time.Now()).Blocks == 1
+	})
+}
