@@ -44,7 +44,7 @@ func (m *Metrics) NewAffinity(size func() int) *Affinity {
 	a := &Affinity{
 		picks: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "drover_affinity_picks_total",
-			Help: "Requests ranked by cache affinity, by outcome: hit (sent where its prefix or session is cached), miss (cached nowhere), override (cached on a backend over the load bound).",
+			Help: "Requests ranked by cache affinity, by outcome: hit (sent to the strongest holder of its prefix or session), miss (cached nowhere), override (a stronger holder was beyond the load bound).",
 		}, []string{"outcome"}),
 		promptBytes: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "drover_affinity_prompt_bytes_total",
