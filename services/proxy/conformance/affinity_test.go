@@ -11,6 +11,8 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -34,7 +36,8 @@ import (
 // prompt whole, which the fake backend's prompt cache relies on.
 //
 // It runs with DROVER_CONFORMANCE=1 and DROVER_AFFINITY=1 (it starts two
-// more Ollama servers and takes about a minute).
+// more Ollama servers and takes a minute per round; DROVER_AFFINITY_ROUNDS,
+// default 3).
 
 const (
 	affConversations = 8
@@ -138,19 +141,37 @@ func TestAffinityRealOllama(t *testing.T) {
 		{"drover least_loaded", viaDrover("least_loaded")},
 		{"drover prefix", viaDrover("prefix")},
 	}
-	var results []affRun
-	for i, r := range runs {
-		res, err := affConverse(ctx, r.name, uint64(i+1), r.client)
-		if err != nil {
-			t.Fatalf("%s: %v", r.name, err)
-		}
-		results = append(results, res)
+	// Rounds interleave the three ways, so a burst of load from elsewhere on
+	// the machine hits all of them; the summary gives each ratio's median and range.
+	rounds := 3
+	if n, err := strconv.Atoi(os.Getenv("DROVER_AFFINITY_ROUNDS")); err == nil && n > 0 {
+		rounds = n
 	}
-	base := results[0]
-	for _, r := range results {
-		t.Logf("%-46s follow-up prompt_eval_duration %6.2fs (%d tokens counted), first turns %5.2fs, wall %5.2fs; vs pinned: eval %.2fx, wall %.2fx",
-			r.name, r.followUpEval.Seconds(), r.followUpTokens, r.firstEval.Seconds(), r.wall.Seconds(),
-			r.followUpEval.Seconds()/base.followUpEval.Seconds(), r.wall.Seconds()/base.wall.Seconds())
+	evalRatio := make([][]float64, len(runs))
+	wallRatio := make([][]float64, len(runs))
+	for round := range rounds {
+		var results []affRun
+		for i, r := range runs {
+			res, err := affConverse(ctx, r.name, uint64(round*len(runs)+i+1), r.client)
+			if err != nil {
+				t.Fatalf("round %d, %s: %v", round+1, r.name, err)
+			}
+			results = append(results, res)
+		}
+		base := results[0]
+		for i, r := range results {
+			e, w := r.followUpEval.Seconds()/base.followUpEval.Seconds(), r.wall.Seconds()/base.wall.Seconds()
+			evalRatio[i], wallRatio[i] = append(evalRatio[i], e), append(wallRatio[i], w)
+			t.Logf("round %d: %-46s follow-up prompt_eval_duration %6.2fs (%d tokens counted), first turns %5.2fs, wall %5.2fs; vs pinned: eval %.2fx, wall %.2fx",
+				round+1, r.name, r.followUpEval.Seconds(), r.followUpTokens, r.firstEval.Seconds(), r.wall.Seconds(), e, w)
+		}
+	}
+	for i, r := range runs[1:] {
+		e, w := evalRatio[i+1], wallRatio[i+1]
+		slices.Sort(e)
+		slices.Sort(w)
+		t.Logf("%s vs pinned over %d rounds: follow-up prompt_eval_duration median %.2fx (%.2f-%.2f), wall median %.2fx (%.2f-%.2f)",
+			r.name, rounds, e[len(e)/2], e[0], e[len(e)-1], w[len(w)/2], w[0], w[len(w)-1])
 	}
 	for _, strategy := range []string{"least_loaded", "prefix"} {
 		t.Logf("drover %s: %s", strategy, affMetrics(drovers[strategy]))
