@@ -69,6 +69,11 @@ type TokenCount struct {
 	InputTokens  uint64 `json:"input_tokens"`
 	OutputTokens uint64 `json:"output_tokens"`
 	TotalTokens  uint64 `json:"total_tokens"`
+	// The part of the above from streams cut short (partial usage:
+	// counted from what the client was sent).
+	PartialRequests     uint64 `json:"partial_requests"`
+	PartialInputTokens  uint64 `json:"partial_input_tokens"`
+	PartialOutputTokens uint64 `json:"partial_output_tokens"`
 }
 
 // TokenCountsResponse is the body of GET /api/token_counts.
@@ -101,7 +106,8 @@ func (h *Handler) TokenCounts(w http.ResponseWriter, r *http.Request) {
 		resp.TotalTokens += row.TotalTokens
 		resp.Breakdown = append(resp.Breakdown, TokenCount{Endpoint: row.Endpoint, Model: row.Model,
 			Requests: row.Requests, Errors: row.Errors, InputTokens: row.InputTokens,
-			OutputTokens: row.OutputTokens, TotalTokens: row.TotalTokens})
+			OutputTokens: row.OutputTokens, TotalTokens: row.TotalTokens, PartialRequests: row.PartialRequests,
+			PartialInputTokens: row.PartialInputTokens, PartialOutputTokens: row.PartialOutputTokens})
 	}
 	sort.SliceStable(resp.Breakdown, func(i, j int) bool { return resp.Breakdown[i].TotalTokens > resp.Breakdown[j].TotalTokens })
 	writeJSON(w, http.StatusOK, resp)

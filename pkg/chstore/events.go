@@ -21,7 +21,7 @@ type EventRow struct {
 // eventColumns is the column list of every insert into usage_events; 18.16
 // silently drops batches whose INSERT does not name its columns.
 const eventColumns = "id, time, minute, replica, endpoint, model, backend_model, api_key, route, " +
-	"status, error, input_tokens, output_tokens, total_tokens, tokens_known, stream, ttfb_ms, duration_ms, attempts, partition, seq, api"
+	"status, error, input_tokens, output_tokens, total_tokens, tokens_known, stream, ttfb_ms, duration_ms, attempts, partition, seq, api, partial"
 
 // InsertEvents writes rows to usage_events as one block. The materialized
 // views derive token_usage_minute and usage_progress from that same block,
@@ -46,6 +46,7 @@ func (s *Store) InsertEvents(ctx context.Context, rows []EventRow) error {
 		times, minutes                                                   = make([]time.Time, n), make([]time.Time, n)
 		statuses, partitions                                             = make([]uint16, n), make([]uint16, n)
 		errs, known, streams, attempts                                   = make([]uint8, n), make([]uint8, n), make([]uint8, n), make([]uint8, n)
+		partials                                                         = make([]uint8, n)
 		ins, outs, totals, seqs                                          = make([]uint64, n), make([]uint64, n), make([]uint64, n), make([]uint64, n)
 		ttfbs, durations                                                 = make([]float64, n), make([]float64, n)
 	)
@@ -65,9 +66,10 @@ func (s *Store) InsertEvents(ctx context.Context, rows []EventRow) error {
 		partitions[i], seqs[i] = r.Partition, r.Seq
 		// Events from before the api field are named by their route.
 		apis[i] = e.APIName()
+		partials[i] = b2u(e.Partial)
 	}
 	cols := []any{ids, times, minutes, replicas, endpoints, models, backendModels, apiKeys, routes,
-		statuses, errs, ins, outs, totals, known, streams, ttfbs, durations, attempts, partitions, seqs, apis}
+		statuses, errs, ins, outs, totals, known, streams, ttfbs, durations, attempts, partitions, seqs, apis, partials}
 	for i, col := range cols {
 		if err := batch.Column(i).Append(col); err != nil {
 			_ = batch.Abort()

@@ -60,6 +60,12 @@ type Sums struct {
 	OutputTokens  uint64 `json:"output_tokens"`
 	TotalTokens   uint64 `json:"total_tokens"`
 	TokensUnknown uint64 `json:"tokens_unknown"`
+	// The part of the above from partial events (usage.Event.Partial:
+	// streams cut short, counted from what the client was sent);
+	// migration 0006 on.
+	PartialRequests     uint64 `json:"partial_requests"`
+	PartialInputTokens  uint64 `json:"partial_input_tokens"`
+	PartialOutputTokens uint64 `json:"partial_output_tokens"`
 }
 
 // Add adds o to s.
@@ -70,6 +76,9 @@ func (s *Sums) Add(o Sums) {
 	s.OutputTokens += o.OutputTokens
 	s.TotalTokens += o.TotalTokens
 	s.TokensUnknown += o.TokensUnknown
+	s.PartialRequests += o.PartialRequests
+	s.PartialInputTokens += o.PartialInputTokens
+	s.PartialOutputTokens += o.PartialOutputTokens
 }
 
 // UsageRow is one group. Bucket is zero without time grouping; a dimension
@@ -89,7 +98,8 @@ type UsageRow struct {
 const MaxUsageRows = 100000
 
 // Usage sums token_usage_minute (token_usage_minute_by_api when q groups or
-// filters by API) over q. Rows come ordered by bucket, then
+// filters by API) over q, with the partial part of each group from
+// token_usage_minute_partial. Rows come ordered by bucket, then
 // by the grouped dimensions. It never needs FINAL: every measure is a sum.
 func (s *Store) Usage(ctx context.Context, q UsageQuery) ([]UsageRow, error) {
 	var sel, group []string
@@ -120,7 +130,8 @@ func (s *Store) Usage(ctx context.Context, q UsageQuery) ([]UsageRow, error) {
 	// fails on 18.16.
 	sel = append(sel, "sum(requests) AS s_requests", "sum(errors) AS s_errors",
 		"sum(input_tokens) AS s_input", "sum(output_tokens) AS s_output", "sum(total_tokens) AS s_total",
-		"sum(tokens_unknown) AS s_unknown", "sum(duration_ms_sum) AS s_duration", "sum(ttfb_ms_sum) AS s_ttfb")
+		"sum(tokens_unknown) AS s_unknown", "sum(duration_ms_sum) AS s_duration", "sum(ttfb_ms_sum) AS s_ttfb",
+		"sum(partial_requests) AS s_partial", "sum(partial_input_tokens) AS s_partial_in", "sum(partial_output_tokens) AS s_partial_out")
 	var where []string
 	var args []any
 	if !q.Since.IsZero() {
@@ -137,14 +148,25 @@ func (s *Store) Usage(ctx context.Context, q UsageQuery) ([]UsageRow, error) {
 			args = append(args, v)
 		}
 	}
-	table := "token_usage_minute"
+	table, keys := "token_usage_minute", "minute, endpoint, model, api_key"
 	if seen[ByAPI] || q.API != "" {
-		table = "token_usage_minute_by_api"
+		table, keys = "token_usage_minute_by_api", keys+", api"
 	}
-	sql := "SELECT " + strings.Join(sel, ", ") + " FROM " + s.table(table)
+	// The partial part of the sums (token_usage_minute_partial) beside the
+	// sums, each branch filtered on its own primary key.
+	cond := ""
 	if len(where) > 0 {
-		sql += " WHERE " + strings.Join(where, " AND ")
+		cond = " WHERE " + strings.Join(where, " AND ")
+		args = append(args, args...)
 	}
+	sql := "SELECT " + strings.Join(sel, ", ") + " FROM (SELECT " + keys +
+		", requests, errors, input_tokens, output_tokens, total_tokens, tokens_unknown, duration_ms_sum, ttfb_ms_sum" +
+		", toUInt64(0) AS partial_requests, toUInt64(0) AS partial_input_tokens, toUInt64(0) AS partial_output_tokens" +
+		" FROM " + s.table(table) + cond + " UNION ALL SELECT " + keys +
+		", toUInt64(0) AS requests, toUInt64(0) AS errors, toUInt64(0) AS input_tokens, toUInt64(0) AS output_tokens" +
+		", toUInt64(0) AS total_tokens, toUInt64(0) AS tokens_unknown, toFloat64(0) AS duration_ms_sum, toFloat64(0) AS ttfb_ms_sum" +
+		", partial_requests, partial_input_tokens, partial_output_tokens" +
+		" FROM " + s.table("token_usage_minute_partial") + cond + ")"
 	if len(group) > 0 {
 		sql += " GROUP BY " + strings.Join(group, ", ") + " ORDER BY " + strings.Join(group, ", ")
 	}
@@ -175,7 +197,7 @@ func (s *Store) Usage(ctx context.Context, q UsageQuery) ([]UsageRow, error) {
 			}
 		}
 		dest = append(dest, &r.Requests, &r.Errors, &r.InputTokens, &r.OutputTokens, &r.TotalTokens,
-			&r.TokensUnknown, &r.DurationMsSum, &r.TTFBMsSum)
+			&r.TokensUnknown, &r.DurationMsSum, &r.TTFBMsSum, &r.PartialRequests, &r.PartialInputTokens, &r.PartialOutputTokens)
 		if err := rows.Scan(dest...); err != nil {
 			return nil, fmt.Errorf("reading token usage: %w", err)
 		}

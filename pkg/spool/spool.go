@@ -5,9 +5,11 @@
 // Guarantees:
 //   - Append writes each batch with one write(2) under a mutex, so a record
 //     is in the page cache (and survives a process crash) when Append
-//     returns. fsync happens in batches, every Options.SyncInterval, on
-//     segment rotation and on Close: a machine crash can lose at most the
-//     last interval.
+//     returns. Callers that append from many goroutines batch their
+//     records into one Append (usagepub's group commit) to keep it one
+//     write for many records. fsync happens in batches, every
+//     Options.SyncInterval, on segment rotation and on Close: a machine
+//     crash can lose at most the last interval.
 //   - The spool is bounded by Options.MaxBytes of segment files. A record
 //     that does not fit is rejected with ErrFull and counted as dropped;
 //     that is the only way a record is lost.
@@ -66,6 +68,8 @@ type Stats struct {
 	// until their segment is deleted; it is what MaxBytes bounds.
 	Bytes    int64
 	Segments int
+	// Written is the number of records ever appended (Written()).
+	Written uint64
 	// Appended and Dropped count records since Open.
 	Appended uint64
 	Dropped  uint64
@@ -379,6 +383,14 @@ func (s *Spool) syncLoop() {
 	}
 }
 
+// Written is the number of records ever appended (acknowledged ones
+// included): the N of the position after the last record.
+func (s *Spool) Written() uint64 {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.written
+}
+
 // Acked is the persisted read position: where reading starts after Open.
 func (s *Spool) Acked() Pos {
 	s.mu.Lock()
@@ -392,6 +404,7 @@ func (s *Spool) Stats() Stats {
 	defer s.mu.Unlock()
 	return Stats{
 		Pending:  s.written - s.acked.N,
+		Written:  s.written,
 		Bytes:    s.total,
 		Segments: len(s.segs),
 		Appended: s.appended.Load(),
@@ -436,7 +449,10 @@ func (s *Spool) Read(from Pos, max int) ([][]byte, Pos, error) {
 	return out, pos, nil
 }
 
-const readChunk = 1 << 20
+// readChunk is how much of a segment one read takes: a few hundred
+// events, the size of a publish batch, without a large allocation per read
+// (larger records are read on their own).
+const readChunk = 256 << 10
 
 // readSegment reads whole records of seg from pos, up to max, within one
 // chunk. A record that fails its checksum ends the segment.

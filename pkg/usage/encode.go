@@ -54,6 +54,9 @@ func AppendJSON(b []byte, ev *Event) []byte {
 	b = jsonw.AppendFloat(b, ev.DurationMs)
 	b = append(b, `,"attempts":`...)
 	b = strconv.AppendInt(b, int64(ev.Attempts), 10)
+	if ev.Partial {
+		b = append(b, `,"partial":true`...)
+	}
 	return append(b, '}')
 }
 

@@ -21,6 +21,7 @@ func TestAppendJSONIsJSONMarshal(t *testing.T) {
 			Status: 502, Error: true, Attempts: 3},
 		{Replica: odd, Endpoint: odd, Model: odd, BackendModel: odd, APIKey: odd, Route: odd, API: odd,
 			InputTokens: usage.Int64(math.MaxInt64), OutputTokens: usage.Int64(-1), Stream: true, Status: -1},
+		{Schema: usage.SchemaVersion, ID: usage.NewID(), Status: 200, Error: true, OutputTokens: usage.Int64(17), Stream: true, Partial: true},
 	}
 	for _, f := range []float64{0, 1, -1, 0.1, 1e-6, 9.99e-7, 1e-7, 123456789.125, 1e20, 1e21, 1.5e300, -2.5e-9, math.SmallestNonzeroFloat64} {
 		ev := fullEvent()

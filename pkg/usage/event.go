@@ -47,6 +47,13 @@ type Event struct {
 	TTFBMs     float64 `json:"ttfb_ms"`
 	DurationMs float64 `json:"duration_ms"`
 	Attempts   int     `json:"attempts"`
+	// Partial marks a streamed answer that ended early (the backend cut it,
+	// or the client left) before the backend reported its counts:
+	// OutputTokens is then the content chunks the client was sent, and
+	// InputTokens what the backend reported before the end, if anything.
+	// Optional on the wire (omitted when false): events from before it
+	// existed read as whole.
+	Partial bool `json:"partial,omitempty"`
 }
 
 // Tokens returns the input and output counts with unknown as zero, and

@@ -61,7 +61,9 @@ func TestEncodedEventsMatchSchema(t *testing.T) {
 	unknown := fullEvent()
 	unknown.InputTokens, unknown.OutputTokens = nil, nil
 	minimal := usage.Event{Schema: usage.SchemaVersion, ID: usage.NewID(), Time: time.Now().UTC(), Status: 502, Error: true}
-	for name, ev := range map[string]usage.Event{"full": fullEvent(), "unknown tokens": unknown, "minimal error": minimal} {
+	partial := fullEvent()
+	partial.InputTokens, partial.Error, partial.Partial = nil, true, true
+	for name, ev := range map[string]usage.Event{"full": fullEvent(), "unknown tokens": unknown, "minimal error": minimal, "partial": partial} {
 		t.Run(name, func(t *testing.T) {
 			b := usage.AppendJSON(nil, &ev) // what publishers send
 			if err := validate(t, sch, b); err != nil {
@@ -71,7 +73,7 @@ func TestEncodedEventsMatchSchema(t *testing.T) {
 			if err := json.Unmarshal(b, &back); err != nil {
 				t.Fatal(err)
 			}
-			if !back.Time.Equal(ev.Time) || back.ID != ev.ID || (back.InputTokens == nil) != (ev.InputTokens == nil) {
+			if !back.Time.Equal(ev.Time) || back.ID != ev.ID || (back.InputTokens == nil) != (ev.InputTokens == nil) || back.Partial != ev.Partial {
 				t.Fatalf("round trip changed the event: %+v -> %+v", ev, back)
 			}
 		})
@@ -131,7 +133,9 @@ func TestSchemaCoversEveryField(t *testing.T) {
 		t.Fatal(err)
 	}
 	var m map[string]any
-	b, _ := json.Marshal(fullEvent())
+	full := fullEvent()
+	full.Partial = true // omitted when false
+	b, _ := json.Marshal(full)
 	if err := json.Unmarshal(b, &m); err != nil {
 		t.Fatal(err)
 	}

@@ -14,7 +14,7 @@ import (
 // from parallel goroutines, with a live NATS behind.
 func BenchmarkRecord(b *testing.B) {
 	srv := natstest.Start(b)
-	p := newPub(b, connect(b, srv.URL()), b.TempDir(), WithQueueSize(1<<20))
+	p := newPub(b, connect(b, srv.URL()), b.TempDir())
 	ev := event("")
 	b.ReportAllocs()
 	b.ResetTimer()
@@ -32,7 +32,7 @@ func BenchmarkRecord(b *testing.B) {
 // BenchmarkPublishEndToEnd measures events/s from Record to JetStream ack.
 func BenchmarkPublishEndToEnd(b *testing.B) {
 	srv := natstest.Start(b)
-	p := newPub(b, connect(b, srv.URL()), b.TempDir(), WithQueueSize(1<<20))
+	p := newPub(b, connect(b, srv.URL()), b.TempDir())
 	ev := event("")
 	b.ResetTimer()
 	start := time.Now()
@@ -56,7 +56,7 @@ func BenchmarkReplay(b *testing.B) {
 	srv.Stop()
 	dir := b.TempDir()
 	nc := connect(b, srv.URL())
-	p := newPub(b, nc, dir, WithQueueSize(1<<20))
+	p := newPub(b, nc, dir)
 	ev := event("")
 	for i := 0; i < b.N; i++ {
 		e := ev
@@ -81,7 +81,7 @@ func BenchmarkReplay(b *testing.B) {
 // call (max-ns; the proxy's claim is well under 200ms).
 func BenchmarkRecordThroughOutage(b *testing.B) {
 	srv := natstest.Start(b)
-	p := newPub(b, connect(b, srv.URL()), b.TempDir(), WithQueueSize(1024), WithLogger(slog.New(slog.DiscardHandler)))
+	p := newPub(b, connect(b, srv.URL()), b.TempDir(), WithLogger(slog.New(slog.DiscardHandler)))
 	stop, stopped := make(chan struct{}), make(chan struct{})
 	var outages atomic.Int64
 	go func() {

@@ -15,7 +15,6 @@ type Option func(*options)
 type options struct {
 	stream        usage.StreamConfig
 	partitions    int
-	queueSize     int
 	spoolDir      string
 	spoolMaxBytes int64
 	syncInterval  time.Duration
@@ -25,7 +24,6 @@ type options struct {
 	ackTimeout    time.Duration
 	retryInterval time.Duration
 	checkInterval time.Duration
-	replayBatch   int
 	createStream  bool
 	reg           prometheus.Registerer
 	log           *slog.Logger
@@ -37,7 +35,6 @@ func defaultOptions() options {
 	o := options{
 		retryInterval: time.Second,
 		checkInterval: 200 * time.Millisecond,
-		replayBatch:   500,
 		log:           slog.Default(),
 	}
 	WithConfig(config.DefaultNATS(), config.DefaultUsage())(&o)
@@ -50,7 +47,6 @@ func WithConfig(n config.NATS, u config.Usage) Option {
 		o.stream = usage.StreamConfig{Name: n.Stream, MaxAge: n.MaxAge,
 			MaxBytes: n.MaxBytes, DuplicateWindow: n.DuplicateWindow}
 		setIf(&o.partitions, n.Partitions)
-		setIf(&o.queueSize, u.QueueSize)
 		setIf(&o.spoolDir, u.SpoolDir)
 		setIf(&o.spoolMaxBytes, u.SpoolMaxBytes)
 		setIf(&o.syncInterval, u.SpoolSyncInterval)
@@ -81,17 +77,14 @@ func WithCreateStream() Option { return func(o *options) { o.createStream = true
 // WithPartitions sets the number of subjects usage.v1.<p> (default 8).
 func WithPartitions(n int) Option { return func(o *options) { setIf(&o.partitions, n) } }
 
-// WithQueueSize bounds the in-memory queue (default 65536). When it is
-// full, Record writes to the spool instead.
-func WithQueueSize(n int) Option { return func(o *options) { setIf(&o.queueSize, n) } }
-
 // WithSpool sets the spool directory and its size bound (defaults
 // "./data/spool" and 1 GiB).
 func WithSpool(dir string, maxBytes int64) Option {
 	return func(o *options) { setIf(&o.spoolDir, dir); setIf(&o.spoolMaxBytes, maxBytes) }
 }
 
-// WithSpoolSyncInterval sets how often the spool is fsync'd (default 100ms).
+// WithSpoolSyncInterval sets how often the spool is fsync'd, and its read
+// position persisted (default 100ms): what a host crash can lose.
 func WithSpoolSyncInterval(d time.Duration) Option {
 	return func(o *options) { setIf(&o.syncInterval, d) }
 }

@@ -1,30 +1,40 @@
 // Package usagepub publishes usage events to the JetStream usage stream
-// without ever making the request path wait for NATS.
+// from a local write-ahead log, so that an event is durable on the replica
+// before the request that produced it ends.
 //
-// Record encodes the event and hands it to a bounded queue. One goroutine
-// (the owner) gathers queued events into batches and publishes one batch
-// at a time as a JetStream fast batch: every event is its own message with
-// Nats-Msg-Id set to the event id, and the server answers the whole batch
-// with one PubAck instead of one per event (a server or stream without
-// fast batches gets each event acknowledged on its own instead). A new
-// batch leaves when the previous one is acknowledged and one linger
-// (default 5ms) has passed, or at once when it is full, so a busy replica
-// sends a few large batches a second and a quiet one sends each event
-// straight away. Whenever NATS is unreachable or slow (not connected, a
-// publish fails or is refused, acks time out, the queue overflows) events
-// go to an on-disk spool (package spool) instead. Once NATS is back, the
-// owner replays the spool in order, a batch at a time, acknowledging the
-// spool only after JetStream stored all of the batch, taking turns with
-// new events. Re-sends are deduplicated by the stream's duplicate window,
-// so the guarantee is: an event reaches the stream at least once unless
-// the spool was full, and the stream stores it once.
+// Record encodes the event and appends it to the on-disk spool (package
+// spool) before it returns: a kill -9 of the replica the next instant loses
+// nothing, as the spool is replayed on start. Records from concurrent
+// requests are written together (group commit): one writer goroutine takes
+// everything that arrived while it was writing the previous batch and
+// writes it with one write(2); each caller waits for its batch's write,
+// not for an fsync, which the spool does every sync interval (a host crash
+// can lose at most that interval).
+//
+// One goroutine (the owner) reads the spool in order and publishes it, one
+// batch at a time, as a JetStream fast batch: every event is its own
+// message with Nats-Msg-Id set to the event id, and the server answers the
+// whole batch with one PubAck instead of one per event (a server or stream
+// without fast batches gets each event acknowledged on its own instead). A
+// new batch leaves when the previous one is acknowledged and one linger
+// (default 5ms) has passed, or at once when a batch's worth waits, so a
+// busy replica sends a few large batches a second and a quiet one sends
+// each event straight away. The spool's read position is persisted (Ack)
+// at most once per sync interval: after a crash, at most that interval's
+// published events are sent again. Whenever NATS is unreachable or slow
+// (not connected, a publish fails or is refused, acks time out) the owner
+// stops sending and the events wait in the spool; once NATS is back it
+// goes on from the last acknowledged event. Re-sends are deduplicated by
+// the stream's duplicate window, so the guarantee is: an event reaches the
+// stream at least once unless the spool was full, and the stream stores it
+// once.
 //
 // The stream belongs to the aggregator, which creates and updates it; a
 // publisher only checks that it exists (reading its info, all a proxy's
-// NATS user may do with it) before it sends, and spools meanwhile, as
-// while NATS is down, logging once that the stream is missing.
-// WithCreateStream makes the publisher create it instead, for tests and
-// benchmarks that run no aggregator.
+// NATS user may do with it) before it sends, and holds events in the spool
+// meanwhile, as while NATS is down, logging once that the stream is
+// missing. WithCreateStream makes the publisher create it instead, for
+// tests and benchmarks that run no aggregator.
 package usagepub
 
 import (
@@ -35,7 +45,6 @@ import (
 	"log/slog"
 	"sync"
 	"sync/atomic"
-	"time"
 
 	"github.com/droverhq/drover/pkg/spool"
 	"github.com/droverhq/drover/pkg/usage"
@@ -43,14 +52,14 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 )
 
-// item is one encoded event.
+// item is one event read back from the spool.
 type item struct {
 	id   string
 	data []byte
 }
 
-// Publisher is a usage.Sink that publishes to JetStream, spooling to disk
-// while it cannot.
+// Publisher is a usage.Sink that appends every event to the spool and
+// publishes the spool to JetStream.
 type Publisher struct {
 	nc  *nats.Conn
 	js  jetstream.JetStream
@@ -59,33 +68,61 @@ type Publisher struct {
 	log *slog.Logger
 	m   *metrics
 
-	queue   chan item
+	// qmu guards cur, the group commit being gathered.
+	qmu        sync.Mutex
+	cur        *commit
+	kick       chan struct{} // wakes the writer: cur has records
+	fresh      chan struct{} // wakes the owner: the spool has new records
+	writerStop chan struct{}
+	writerDone chan struct{}
+
+	// wmu orders appends against the owner going on or off line, so that
+	// an event counts as spooled (held while NATS was away) exactly when it
+	// was: holding changes and backlog moves under it.
+	wmu sync.Mutex
+	// holding is set while the owner cannot publish (NATS away, the stream
+	// missing): events appended meanwhile count as spooled.
+	holding atomic.Bool
+
 	inbox   string         // reply subjects of this publisher's batches: <inbox>.<batch id>...
 	replies chan *nats.Msg // JetStream's answers on them
 	sub     *nats.Subscription
 
-	// closeMu guards closed; Record holds it shared while it enqueues so
-	// that Close knows no enqueue races the final drain.
+	// closeMu guards closed; Record holds it shared until its event is
+	// written, so that Close knows no append races the final drain.
 	closeMu sync.RWMutex
 	closed  bool
 
 	stop      chan struct{} // closed by Close: drain and stop
-	abort     chan struct{} // closed when Close's context ends: spool, don't wait
+	abort     chan struct{} // closed when Close's context ends: don't wait
 	ownerDone chan struct{}
 	statusCh  chan nats.Status
 
 	published, spooled, replayed, dropped atomic.Uint64
-	// queued counts events in the queue or gathered for the next batch;
-	// pendingAcks those in the batch in flight.
-	queued, pendingAcks atomic.Int64
+	// backlog is the record count (spool.Pos.N) below which events were
+	// held while NATS was away or left by a previous run: publishing them
+	// counts as replayed, not published.
+	backlog atomic.Uint64
+	// sentN is the owner's read position (spool.Pos.N): records past it
+	// wait to be sent.
+	sentN atomic.Uint64
+	// pendingAcks counts the events in the batch in flight.
+	pendingAcks         atomic.Int64
 	online, streamReady atomic.Bool
-	lastFullWarn        atomic.Int64
 	streamChecks        atomic.Int64 // for tests: how often the stream was looked for
+}
+
+// commit is one group commit: the records of every Record that arrived
+// while the previous commit was being written, and the channel closed once
+// they are.
+type commit struct {
+	recs [][]byte
+	done chan struct{}
 }
 
 // New starts a publisher on nc. nc may still be connecting (connect with
 // nats.RetryOnFailedConnect(true) and nats.MaxReconnects(-1)): until it
-// connects, events are spooled. New opens the spool (which fails if
+// connects, events wait in the spool. New opens the spool (which fails if
 // another process holds it) and returns without waiting for NATS.
 func New(nc *nats.Conn, opts ...Option) (*Publisher, error) {
 	if nc == nil {
@@ -106,15 +143,19 @@ func New(nc *nats.Conn, opts ...Option) (*Publisher, error) {
 	}
 	p := &Publisher{
 		nc: nc, js: js, o: o, sp: sp, log: o.log.With("component", "usagepub"),
-		queue:     make(chan item, o.queueSize),
-		inbox:     nc.NewInbox(),
-		replies:   make(chan *nats.Msg, 2*o.batchSize+64),
-		stop:      make(chan struct{}),
-		abort:     make(chan struct{}),
-		ownerDone: make(chan struct{}),
+		cur:        &commit{done: make(chan struct{})},
+		kick:       make(chan struct{}, 1),
+		fresh:      make(chan struct{}, 1),
+		writerStop: make(chan struct{}),
+		writerDone: make(chan struct{}),
+		inbox:      nc.NewInbox(),
+		replies:    make(chan *nats.Msg, 2*o.batchSize+64),
+		stop:       make(chan struct{}),
+		abort:      make(chan struct{}),
+		ownerDone:  make(chan struct{}),
 	}
 	// Overflowing replies are dropped by the client (a slow consumer); the
-	// batch then times out and is spooled, nothing is lost.
+	// batch then times out and is sent again, nothing is lost.
 	if p.sub, err = nc.ChanSubscribe(p.inbox+".>", p.replies); err != nil {
 		sp.Close()
 		return nil, fmt.Errorf("usagepub: subscribing to JetStream replies: %w", err)
@@ -129,14 +170,18 @@ func New(nc *nats.Conn, opts ...Option) (*Publisher, error) {
 	if n := sp.Stats().Pending; n > 0 {
 		p.log.Info("spool holds events from a previous run; they will be replayed", "events", n)
 	}
+	p.backlog.Store(sp.Written())
+	p.sentN.Store(sp.Acked().N)
+	go p.write()
 	go p.run()
 	return p, nil
 }
 
-// Record queues ev for publishing. It never waits for NATS: when the queue
-// is full it appends ev to the spool (a mutex'd write to the page cache,
-// microseconds; fsync happens in the background in batches). It fills in
-// ev.ID and ev.Schema when they are empty.
+// Record appends ev to the spool and returns once it is written (to the
+// page cache: it survives a crash of the process; the spool fsyncs every
+// sync interval). Concurrent Records share one write (group commit); a
+// Record waits for its own batch's write, microseconds, never for NATS. It
+// fills in ev.ID and ev.Schema when they are empty.
 func (p *Publisher) Record(ev usage.Event) {
 	if ev.ID == "" {
 		ev.ID = usage.NewID()
@@ -144,56 +189,78 @@ func (p *Publisher) Record(ev usage.Event) {
 	if ev.Schema == "" {
 		ev.Schema = usage.SchemaVersion
 	}
-	it := item{id: ev.ID, data: usage.AppendJSON(make([]byte, 0, 512), &ev)}
-	// The read lock is held through the spill too, so that an event
-	// accepted before Close began is in the queue or the spool before Close
-	// drains and closes them.
+	rec := encodeRecord(make([]byte, 0, 512), &ev)
+	// The read lock is held until the record is written, so that an event
+	// accepted before Close began is in the spool before Close drains it.
 	p.closeMu.RLock()
 	defer p.closeMu.RUnlock()
-	if !p.closed {
-		p.queued.Add(1)
+	if p.closed {
+		// The writer has stopped; the spool may still take it.
+		p.append([][]byte{rec})
+		return
+	}
+	p.qmu.Lock()
+	c := p.cur
+	c.recs = append(c.recs, rec)
+	p.qmu.Unlock()
+	select {
+	case p.kick <- struct{}{}:
+	default: // a wake-up is pending already
+	}
+	<-c.done
+}
+
+// write is the writer goroutine: it takes the commit gathered so far,
+// starts the next one, appends the taken one's records with one write and
+// releases their callers. While it writes, the next commit fills.
+func (p *Publisher) write() {
+	defer close(p.writerDone)
+	for {
 		select {
-		case p.queue <- it:
+		case <-p.kick:
+		case <-p.writerStop:
 			return
+		}
+		p.qmu.Lock()
+		c := p.cur
+		p.cur = &commit{done: make(chan struct{}), recs: make([][]byte, 0, cap(c.recs))}
+		p.qmu.Unlock()
+		if len(c.recs) > 0 {
+			p.append(c.recs)
+		}
+		close(c.done)
+		select {
+		case p.fresh <- struct{}{}:
 		default:
 		}
-		p.queued.Add(-1)
-		p.warnOverflow()
-	}
-	p.spoolItems([]item{it})
-}
-
-func (p *Publisher) warnOverflow() {
-	now := time.Now().UnixNano()
-	last := p.lastFullWarn.Load()
-	if now-last > int64(10*time.Second) && p.lastFullWarn.CompareAndSwap(last, now) {
-		p.log.Warn("usage queue full; spooling events directly", "queue_size", p.o.queueSize)
 	}
 }
 
-// spoolItems appends items to the spool; what does not fit is dropped and
-// counted.
-func (p *Publisher) spoolItems(items []item) {
-	recs := make([][]byte, len(items))
-	for i, it := range items {
-		recs[i] = encodeRecord(it)
-	}
+// append writes recs to the spool; what does not fit is dropped and
+// counted. Records appended while NATS is away count as spooled.
+func (p *Publisher) append(recs [][]byte) {
+	p.wmu.Lock()
 	n, err := p.sp.Append(recs...)
-	p.spooled.Add(uint64(n))
-	if lost := len(items) - n; lost > 0 {
+	if p.holding.Load() {
+		p.spooled.Add(uint64(n))
+		p.backlog.Store(p.sp.Written())
+	}
+	p.wmu.Unlock()
+	if lost := len(recs) - n; lost > 0 {
 		p.dropped.Add(uint64(lost))
 		p.log.Warn("usage events dropped: spool cannot take them", "events", lost, "err", err)
 	}
 }
 
-// encodeRecord frames an item for the spool: uvarint id length, id, event.
-func encodeRecord(it item) []byte {
-	b := make([]byte, 0, binary.MaxVarintLen64+len(it.id)+len(it.data))
-	b = binary.AppendUvarint(b, uint64(len(it.id)))
-	b = append(b, it.id...)
-	return append(b, it.data...)
+// encodeRecord appends ev's spool record to b: uvarint id length, id,
+// event.
+func encodeRecord(b []byte, ev *usage.Event) []byte {
+	b = binary.AppendUvarint(b, uint64(len(ev.ID)))
+	b = append(b, ev.ID...)
+	return usage.AppendJSON(b, ev)
 }
 
+// decodeRecord reads a spool record.
 func decodeRecord(b []byte) (item, error) {
 	n, k := binary.Uvarint(b)
 	if k <= 0 || uint64(len(b)-k) < n {
@@ -202,14 +269,14 @@ func decodeRecord(b []byte) (item, error) {
 	return item{id: string(b[k : k+int(n)]), data: b[k+int(n):]}, nil
 }
 
-// Close stops accepting events, publishes or spools everything queued,
-// waits for pending acks (spooling the events whose publish fails), fsyncs
-// the spool and returns. If ctx ends first, whatever is still queued or
-// unacknowledged is spooled (it may then be sent twice, which the stream
-// deduplicates) and Close returns once the spool is synced: nothing is
-// lost either way. Every Record that began before Close is published or
-// spooled; Records after Close began go straight to the spool while it is
-// still open and are counted as dropped after that.
+// Close stops accepting events, publishes what the spool holds while NATS
+// takes it, waits for pending acks, persists the read position, fsyncs the
+// spool and returns. If ctx ends first, what is unpublished stays in the
+// spool for the next start (what was in flight may then be sent twice,
+// which the stream deduplicates): nothing is lost either way. Every Record
+// that began before Close is in the spool; Records after Close began go
+// straight to the spool while it is still open and are counted as dropped
+// after that.
 func (p *Publisher) Close(ctx context.Context) error {
 	p.closeMu.Lock()
 	if p.closed {
@@ -218,12 +285,15 @@ func (p *Publisher) Close(ctx context.Context) error {
 	}
 	p.closed = true
 	p.closeMu.Unlock()
+	// Every Record before Close is written: the writer has nothing left.
+	close(p.writerStop)
+	<-p.writerDone
 
 	close(p.stop)
 	select {
 	case <-p.ownerDone:
 	case <-ctx.Done():
-		p.log.Warn("usage publisher close deadline reached; spooling what is left", "err", ctx.Err())
+		p.log.Warn("usage publisher close deadline reached; what is unpublished stays in the spool", "err", ctx.Err())
 		close(p.abort)
 		<-p.ownerDone
 	}
@@ -239,19 +309,24 @@ func (p *Publisher) Close(ctx context.Context) error {
 // Stats is a snapshot for tests and /health.
 type Stats struct {
 	NATSConnected bool `json:"nats_connected"`
-	// Publishing is false while new events go to the spool.
+	// Publishing is false while events wait in the spool for NATS.
 	Publishing  bool `json:"publishing"`
 	StreamReady bool `json:"stream_ready"`
-	QueueDepth  int  `json:"queue_depth"`
+	// QueueDepth is the number of events in the spool not yet sent.
+	QueueDepth int `json:"queue_depth"`
 	// PendingAcks is the number of events in the batch in flight.
 	PendingAcks int64 `json:"pending_acks"`
-	// SpooledPending is the number of events in the spool not yet
-	// acknowledged by JetStream; SpoolBytes is the spool's size on disk.
+	// SpooledPending is the number of events in the spool whose
+	// publication is not yet recorded in it (the read position is
+	// persisted once per sync interval); SpoolBytes is the spool's size on
+	// disk.
 	SpooledPending uint64 `json:"spooled_pending"`
 	SpoolBytes     int64  `json:"spool_bytes"`
-	// Counters since New. Published counts direct publishes acked by
-	// JetStream; Replayed counts spooled events acked on replay; Dropped
-	// counts events lost because the spool was full (or closed).
+	// Counters since New. Every event goes through the spool; Published
+	// counts those JetStream acknowledged on their first sending, Spooled
+	// those held while NATS was away (or whose batch failed), Replayed
+	// those acknowledged after being held or left by a previous run;
+	// Dropped counts events lost because the spool was full (or closed).
 	Published uint64 `json:"published"`
 	Spooled   uint64 `json:"spooled"`
 	Replayed  uint64 `json:"replayed"`
@@ -265,7 +340,7 @@ func (p *Publisher) Stats() Stats {
 		NATSConnected:  p.nc.IsConnected(),
 		Publishing:     p.online.Load(),
 		StreamReady:    p.streamReady.Load(),
-		QueueDepth:     int(p.queued.Load()),
+		QueueDepth:     int(ss.Written - min(p.sentN.Load(), ss.Written)),
 		PendingAcks:    p.pendingAcks.Load(),
 		SpooledPending: ss.Pending,
 		SpoolBytes:     ss.Bytes,

@@ -3,7 +3,6 @@ package usagepub
 import (
 	"bytes"
 	"context"
-	"encoding/json"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -206,7 +205,7 @@ func TestNATSStoppedMidRunThenRestarted(t *testing.T) {
 	srv := natstest.Start(t)
 	nc := connect(t, srv.URL())
 	reg := prometheus.NewRegistry()
-	p := newPub(t, nc, t.TempDir(), WithRegisterer(reg), WithQueueSize(1024))
+	p := newPub(t, nc, t.TempDir(), WithRegisterer(reg))
 	sent := newIDs()
 	r := startRecorder(p, sent, 16)
 
@@ -269,14 +268,12 @@ func TestSpoolFullDropsExactlyWhatDoesNotFit(t *testing.T) {
 	srv.Stop()
 	nc := connect(t, srv.URL())
 	// Every event encodes to the same size (fixed time, fixed-length ids).
-	it := item{id: usage.NewID()}
-	ev := event(it.id)
+	ev := event(usage.NewID())
 	ev.Schema = usage.SchemaVersion
-	it.data, _ = jsonMarshal(ev)
-	frame := int64(8 + len(encodeRecord(it)))
+	frame := int64(8 + len(encodeRecord(nil, &ev)))
 	const fit, total = 25, 100
 	dir := t.TempDir()
-	p := newPub(t, nc, dir, WithSpool(dir, fit*frame+frame/2), WithQueueSize(8))
+	p := newPub(t, nc, dir, WithSpool(dir, fit*frame+frame/2))
 	sent := newIDs()
 	for i := 0; i < total; i++ {
 		record(p, sent)
@@ -334,7 +331,7 @@ func TestCrashDuringReplayResendsAndStreamDeduplicates(t *testing.T) {
 
 	srv.Restart()
 	nc := connect(t, srv.URL())
-	small := func(o *options) { o.replayBatch = 100 }
+	small := func(o *options) { o.batchSize = 100 }
 	p := newPub(t, nc, dir, small)
 	waitFor(t, 30*time.Second, "1000 events replayed", func() bool { return p.Stats().Replayed >= 1000 })
 	closePub(t, p) // replay stopped midway
@@ -392,12 +389,12 @@ func TestCloseUnderLoadLosesNothing(t *testing.T) {
 	srv := natstest.Start(t)
 	nc := connect(t, srv.URL())
 	dir := t.TempDir()
-	p := newPub(t, nc, dir, WithQueueSize(2048))
+	p := newPub(t, nc, dir)
 	sent := newIDs()
 	r := startRecorder(p, sent, 16)
 	waitFor(t, 10*time.Second, "events to be published", func() bool { return p.Stats().Published > 1000 })
-	// Take NATS away too, so that Close has queued events to spool and
-	// pending acks that fail.
+	// Take NATS away too, so that Close has unsent events to leave in the
+	// spool and pending acks that fail.
 	srv.Stop()
 	// Close while Record is still being called from 16 goroutines.
 	r.closing.Store(true)
@@ -409,7 +406,9 @@ func TestCloseUnderLoadLosesNothing(t *testing.T) {
 	r.halt()
 	st := p.Stats()
 	t.Logf("first publisher: %+v; %d Records began after Close", st, r.late.Load())
-	if st.QueueDepth != 0 || st.PendingAcks != 0 {
+	// What NATS did not take stays in the spool (QueueDepth) for the next
+	// start; nothing is left in flight.
+	if st.PendingAcks != 0 || uint64(st.QueueDepth) != st.SpooledPending {
 		t.Fatalf("left behind: %+v", st)
 	}
 	// Only Records that began after Close may be dropped (Close stops
@@ -445,4 +444,3 @@ func TestTwoPublishersCannotShareASpool(t *testing.T) {
 	}
 }
 
-func jsonMarshal(ev usage.Event) ([]byte, error) { return json.Marshal(ev) }

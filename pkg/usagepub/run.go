@@ -18,13 +18,13 @@ import (
 // batch is what the owner has in flight: events sent together, awaiting
 // JetStream's word on all of them.
 type batch struct {
-	id        string
-	items     []item
-	fromSpool bool
-	next      spool.Pos // replay: the spool position after the batch
-	sent      time.Time
-	deadline  time.Time
-	acked     int // per-message mode: acks received so far
+	id       string
+	items    []item
+	from     spool.Pos // the spool position of the batch's first event
+	next     spool.Pos // the spool position after the batch
+	sent     time.Time
+	deadline time.Time
+	acked    int // per-message mode: acks received so far
 }
 
 // owner is the state of the goroutine that runs the publisher; nothing
@@ -34,14 +34,16 @@ type owner struct {
 	retryAt time.Time
 	perMsg  bool // the server or stream does not take fast batches
 
-	buf        []item // new events waiting for the next batch
-	inflight   *batch
-	lastSent   time.Time
-	replayNext bool // alternate replay and new batches while both wait
+	inflight *batch
+	lastSent time.Time
 
-	readPos    spool.Pos
-	draining   bool // replay episode in progress, for logging
-	replayedAt uint64
+	// readPos is where the next batch is read; stored is the position
+	// after the last batch JetStream stored (where reading goes on after a
+	// failure); ackedAt is when the spool last persisted it, and ackDue
+	// says stored moved since.
+	readPos, stored spool.Pos
+	ackedAt         time.Time
+	ackDue          bool
 
 	timer *time.Timer
 	armed time.Time
@@ -51,11 +53,12 @@ type owner struct {
 	streamWarned string
 }
 
-// run owns publishing: it gathers queued events into batches, publishes
-// one batch at a time, spools while NATS is away and replays the spool.
+// run owns publishing: it reads the spool in order, publishes one batch at
+// a time and persists how far it got.
 func (p *Publisher) run() {
 	defer close(p.ownerDone)
-	st := &owner{readPos: p.sp.Acked(), perMsg: p.o.perMessage, timer: time.NewTimer(time.Hour)}
+	acked := p.sp.Acked()
+	st := &owner{readPos: acked, stored: acked, perMsg: p.o.perMessage, timer: time.NewTimer(time.Hour), ackedAt: time.Now()}
 	defer st.timer.Stop()
 	tick := time.NewTicker(p.o.checkInterval)
 	defer tick.Stop()
@@ -63,27 +66,15 @@ func (p *Publisher) run() {
 	stop, abort := p.stop, p.abort
 	stopping := false
 	for {
-		if !st.online {
-			p.spoolBuffered(st)
-		}
 		p.next(st, stopping)
-		if stopping {
-			if st.inflight == nil && len(st.buf) == 0 && len(p.queue) == 0 {
-				return
-			}
+		p.ack(st, stopping)
+		if stopping && st.inflight == nil && (!st.online || p.unread(st) == 0) {
+			p.ack(st, true)
+			return
 		}
 		p.arm(st)
-		// The queue is read only when the owner is idle: while a batch is
-		// in flight or events linger, new ones wait in the channel and are
-		// taken all at once, so a busy replica wakes the owner once per
-		// batch rather than once per event.
-		var queue <-chan item
-		if st.inflight == nil && len(st.buf) == 0 {
-			queue = p.queue
-		}
 		select {
-		case it := <-queue:
-			st.buf = p.take(append(st.buf, it))
+		case <-p.fresh:
 		case m := <-p.replies:
 			p.onReply(st, m)
 		case <-st.timer.C:
@@ -99,77 +90,64 @@ func (p *Publisher) run() {
 			stop, stopping = nil, true
 		case <-abort:
 			p.fail(st, "close deadline reached")
-			st.online = false
-			p.spoolBuffered(st)
+			p.ack(st, true)
 			return
 		}
 	}
 }
 
-// take adds whatever else is queued, up to the batch size, without waiting.
-func (p *Publisher) take(buf []item) []item {
-	for len(buf) < p.o.batchSize {
-		select {
-		case it := <-p.queue:
-			buf = append(buf, it)
-		default:
-			return buf
-		}
-	}
-	return buf
+// unread is the number of events in the spool after the read position.
+func (p *Publisher) unread(st *owner) uint64 {
+	w := p.sp.Written()
+	return w - min(st.readPos.N, w)
 }
 
-// spoolBuffered spools the new events the owner holds and everything
-// queued.
-func (p *Publisher) spoolBuffered(st *owner) {
-	st.buf = p.take(st.buf)
-	for len(st.buf) > 0 {
-		p.spoolItems(st.buf)
-		p.queued.Add(-int64(len(st.buf)))
-		st.buf = p.take(st.buf[:0])
-	}
-}
-
-// next sends the next batch when nothing is in flight: from the spool or
-// from new events, taking turns while both wait. New events leave at most
-// one linger after the previous batch, or at once when a batch is full, so
-// that a busy replica sends few large batches and a quiet one does not
-// delay its events.
+// next sends the next batch when nothing is in flight: at once when a
+// batch's worth waits, else one linger after the previous batch, so that
+// a busy replica sends few large batches and a quiet one does not delay
+// its events.
 func (p *Publisher) next(st *owner, stopping bool) {
 	if !st.online || st.inflight != nil {
 		return
 	}
-	st.buf = p.take(st.buf)
-	replay := p.sp.Stats().Pending > 0
-	if replay && (st.replayNext || len(st.buf) == 0) {
-		st.replayNext = false
-		p.replayBatch(st)
-		if st.inflight != nil || !st.online {
-			return
-		}
-	}
-	if len(st.buf) == 0 {
+	n := p.unread(st)
+	if n == 0 {
 		return
 	}
-	if len(st.buf) < p.o.batchSize && !stopping && time.Now().Before(st.lastSent.Add(p.o.linger)) {
+	if n < uint64(p.o.batchSize) && !stopping && time.Now().Before(st.lastSent.Add(p.o.linger)) {
 		return
 	}
-	items := st.buf
-	st.buf = make([]item, 0, p.o.batchSize)
-	st.replayNext = replay
-	p.send(st, &batch{items: items})
-	p.queued.Add(-int64(len(items)))
+	p.readBatch(st)
+}
+
+// ack persists the read position JetStream has stored up to, at most once
+// per sync interval (now, when forced): after a crash at most that
+// interval's events are sent again, and the stream drops them as
+// duplicates.
+func (p *Publisher) ack(st *owner, force bool) {
+	if !st.ackDue || (!force && time.Since(st.ackedAt) < p.o.syncInterval) {
+		return
+	}
+	st.ackDue, st.ackedAt = false, time.Now()
+	if err := p.sp.Ack(st.stored); err != nil {
+		p.log.Warn("acknowledging usage spool", "err", err)
+	}
 }
 
 // arm points the timer at the next moment the owner must act: the in-flight
-// batch's deadline, or the end of the linger.
+// batch's deadline, the end of the linger, or the spool's next ack.
 func (p *Publisher) arm(st *owner) {
 	var at time.Time
 	switch {
 	case st.inflight != nil:
 		at = st.inflight.deadline
-	case st.online && len(st.buf) > 0:
+	case st.online && p.unread(st) > 0:
 		at = st.lastSent.Add(p.o.linger)
+	}
+	if st.ackDue {
+		if due := st.ackedAt.Add(p.o.syncInterval); at.IsZero() || due.Before(at) {
+			at = due
+		}
 	}
 	if at.Equal(st.armed) {
 		return
@@ -298,7 +276,7 @@ func (p *Publisher) perMessage(st *owner, why string) {
 	p.log.Warn("JetStream does not take fast batches here; publishing each usage event with its own ack", "reason", why)
 	b := st.inflight
 	st.inflight = nil
-	p.send(st, &batch{items: b.items, fromSpool: b.fromSpool, next: b.next})
+	p.send(st, &batch{items: b.items, from: b.from, next: b.next})
 }
 
 // done settles a batch JetStream has stored in full.
@@ -308,37 +286,23 @@ func (p *Publisher) done(st *owner) {
 	p.pendingAcks.Store(0)
 	p.m.latency.Observe(time.Since(b.sent).Seconds())
 	p.m.batchSize.Observe(float64(len(b.items)))
-	if !b.fromSpool {
-		p.published.Add(uint64(len(b.items)))
-		return
-	}
-	if err := p.sp.Ack(b.next); err != nil {
-		p.log.Warn("acknowledging usage spool", "err", err)
-		st.readPos = p.sp.Acked()
-		return
-	}
-	p.replayed.Add(uint64(len(b.items)))
-	if st.draining && p.sp.Stats().Pending == 0 {
-		st.draining = false
-		p.log.Info("spool replay finished", "replayed", p.replayed.Load()-st.replayedAt)
-	}
+	st.stored, st.ackDue = b.next, true
+	// Events below the backlog mark were held while NATS was away (or left
+	// by a previous run): they count as replayed.
+	held := min(max(p.backlog.Load(), b.from.N), b.next.N) - b.from.N
+	p.replayed.Add(held)
+	p.published.Add(b.next.N - b.from.N - held)
 }
 
-// fail gives up on the in-flight batch: new events go to the spool, a
-// replay batch is read again later. Some of its events may be stored
-// already; their re-send is deduplicated by the stream.
+// fail gives up on the in-flight batch: its events are read again from the
+// spool once NATS is back. Some of them may be stored already; their
+// re-send is deduplicated by the stream.
 func (p *Publisher) fail(st *owner, reason string) {
-	b := st.inflight
-	if b == nil {
+	if st.inflight == nil {
 		return
 	}
 	st.inflight = nil
 	p.pendingAcks.Store(0)
-	if b.fromSpool {
-		st.readPos = p.sp.Acked()
-	} else {
-		p.spoolItems(b.items)
-	}
 	p.goOffline(st, reason)
 }
 
@@ -354,7 +318,11 @@ func (p *Publisher) checkConn(st *owner) {
 }
 
 func (p *Publisher) tryOnline(st *owner) {
-	if st.online || time.Now().Before(st.retryAt) || !p.nc.IsConnected() {
+	if st.online || time.Now().Before(st.retryAt) {
+		return
+	}
+	if !p.nc.IsConnected() {
+		p.hold(st)
 		return
 	}
 	if !p.streamReady.Load() {
@@ -365,14 +333,18 @@ func (p *Publisher) tryOnline(st *owner) {
 		if err != nil {
 			st.retryAt = time.Now().Add(p.o.retryInterval)
 			p.streamProblem(st, err)
+			p.hold(st)
 			return
 		}
 		st.streamWarned = ""
 		p.streamReady.Store(true)
 	}
+	p.wmu.Lock()
 	st.online = true
 	p.online.Store(true)
-	p.log.Info("publishing usage events to NATS", "spooled_pending", p.sp.Stats().Pending)
+	p.holding.Store(false)
+	p.wmu.Unlock()
+	p.log.Info("publishing usage events to NATS", "unsent", p.unread(st))
 }
 
 // checkStream makes sure the stream exists before events are sent: by
@@ -407,24 +379,41 @@ func (p *Publisher) streamProblem(st *owner, err error) {
 	p.log.Warn("usage stream not ready; spooling events", "stream", p.o.stream.Name, "err", err)
 }
 
+// hold marks the events not stored yet, and those appended from now until
+// the publisher is back online, as held in the spool while NATS is away:
+// they count as spooled (once: what was held already is below the backlog
+// mark), and as replayed when they are stored.
+func (p *Publisher) hold(st *owner) {
+	if p.holding.Load() {
+		return
+	}
+	p.wmu.Lock()
+	p.holding.Store(true)
+	w := p.sp.Written()
+	p.spooled.Add(w - min(max(st.stored.N, p.backlog.Load()), w))
+	p.backlog.Store(w)
+	p.wmu.Unlock()
+}
+
 func (p *Publisher) goOffline(st *owner, reason string) {
 	if !st.online {
 		return
 	}
 	st.online = false
 	p.online.Store(false)
+	p.hold(st)
+	st.readPos = st.stored
+	p.sentN.Store(st.readPos.N)
 	// After a failure the stream may be gone (a wiped server): check it
 	// again before going back online.
 	p.streamReady.Store(false)
 	st.retryAt = time.Now().Add(p.o.retryInterval)
-	p.log.Warn("NATS unavailable; spooling usage events to disk", "reason", reason, "dir", p.o.spoolDir)
-	p.spoolBuffered(st)
+	p.log.Warn("NATS unavailable; usage events wait in the spool", "reason", reason, "dir", p.o.spoolDir)
 }
 
-// replayBatch sends the next batch from the spool, if any; the spool is
-// acknowledged once JetStream has stored all of it.
-func (p *Publisher) replayBatch(st *owner) {
-	recs, next, err := p.sp.Read(st.readPos, p.o.replayBatch)
+// readBatch sends the next batch from the spool, if any.
+func (p *Publisher) readBatch(st *owner) {
+	recs, next, err := p.sp.Read(st.readPos, p.o.batchSize)
 	if err != nil {
 		p.log.Warn("reading usage spool", "err", err)
 		return
@@ -439,20 +428,15 @@ func (p *Publisher) replayBatch(st *owner) {
 		}
 		items = append(items, it)
 	}
+	from := st.readPos
 	st.readPos = next
+	p.sentN.Store(next.N)
 	if len(items) == 0 {
 		if len(recs) > 0 {
-			// Nothing but torn records: acknowledge past them.
-			if err := p.sp.Ack(next); err != nil {
-				p.log.Warn("acknowledging usage spool", "err", err)
-			}
+			// Nothing but torn records: move past them.
+			st.stored, st.ackDue = next, true
 		}
 		return
 	}
-	if !st.draining {
-		st.draining = true
-		st.replayedAt = p.replayed.Load()
-		p.log.Info("replaying spooled usage events", "pending", p.sp.Stats().Pending)
-	}
-	p.send(st, &batch{items: items, fromSpool: true, next: next})
+	p.send(st, &batch{items: items, from: from, next: next})
 }

@@ -79,6 +79,8 @@ func decodeFast(data []byte, ev *usage.Event) bool {
 			ev.Error, ok = d.bool()
 		case "stream":
 			ev.Stream, ok = d.bool()
+		case "partial":
+			ev.Partial, ok = d.bool()
 		case "input_tokens":
 			ev.InputTokens, ok = d.int64Ptr()
 		case "output_tokens":

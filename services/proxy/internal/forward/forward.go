@@ -13,6 +13,7 @@ package forward
 
 import (
 	"bytes"
+	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -27,7 +28,6 @@ import (
 	"github.com/droverhq/drover/services/proxy/internal/dialect"
 	"github.com/droverhq/drover/services/proxy/internal/fleet"
 	"github.com/droverhq/drover/services/proxy/internal/limits"
-	"github.com/droverhq/drover/services/proxy/internal/meter"
 	"github.com/droverhq/drover/services/proxy/internal/routing"
 )
 
@@ -71,6 +71,19 @@ type Forwarder struct {
 	// Limits admits each request against its key's limits before routing
 	// and settles it when it ends; nil: no limits.
 	Limits *limits.Ledger
+	// FirstByteTimeout bounds one attempt's wait for its backend: for a
+	// streamed request, the response headers (Ollama sends them with the
+	// first chunk, after evaluating the prompt; on a backend where the
+	// model is not known to be loaded the bound is at least coldLoad, as
+	// the load comes first); for a non-streamed one, only the connection
+	// and the request being written, since a non-streamed generation
+	// answers when it is done. Past it the attempt fails over and counts
+	// against the breaker. 0: no bound (header_timeout still applies).
+	FirstByteTimeout time.Duration
+	// WriteTimeout bounds writing one chunk to the client: a client that
+	// stops reading for that long loses the request, the backend request
+	// is cancelled and its slot released. 0: no bound.
+	WriteTimeout time.Duration
 }
 
 // Outcome describes one finished request for metrics.
@@ -170,23 +183,28 @@ func (f *Forwarder) Serve(w http.ResponseWriter, r *http.Request, req *Request) 
 		last = fail
 		f.Log.Warn("backend attempt failed, trying next", "backend", slot.Backend, "model", req.Model, "route", req.Route, "attempt", attempt, "err", fail.msg)
 	}
-	// Every attempt failed before a byte reached the client.
+	// Every attempt failed before a byte reached the client. The event is
+	// recorded before the answer goes out, as for every answer.
 	if last.status == 0 {
+		ev.Status = http.StatusBadGateway
+		f.finish(req, &ev, start, time.Time{}, true)
 		req.Error(w, http.StatusBadGateway, last.msg)
-	} else {
-		req.keepLimitHeaders(last.header)
-		filter := writeHead(w, last.transform, last.status, last.header)
-		if filter == nil {
-			w.Write(last.body) //nolint:errcheck // the client may be gone
-		} else if _, err := filter.Write(last.body); err == nil {
-			filter.Close() //nolint:errcheck // the client may be gone
-		}
+		return
 	}
 	ev.Status = last.status
-	if ev.Status == 0 {
-		ev.Status = http.StatusBadGateway
-	}
 	f.finish(req, &ev, start, time.Time{}, true)
+	req.keepLimitHeaders(last.header)
+	// The body kept is at most maxErrorBody of what the backend sent: its
+	// Content-Length no longer describes it.
+	last.header.Del("Content-Length")
+	out := f.newOutput(w)
+	defer out.clearDeadline()
+	filter := writeHead(out, last.transform, last.status, last.header)
+	if filter == nil {
+		out.Write(last.body) //nolint:errcheck // the client may be gone
+	} else if _, err := filter.Write(last.body); err == nil {
+		filter.Close() //nolint:errcheck // the client may be gone
+	}
 }
 
 // failure is an attempt that can be retried elsewhere.
@@ -201,13 +219,23 @@ type failure struct {
 // attempt runs the request on the slot's backend. It returns done when the
 // request is over (answered, or the client left); otherwise the failure to
 // retry. The slot is released on every path.
+//
+// The usage event is recorded before the end of the answer reaches the
+// client (see copy): what a client saw complete is on the replica's spool
+// even if the replica dies the next instant.
 func (f *Forwarder) attempt(w http.ResponseWriter, r *http.Request, req *Request, slot *routing.Slot, ev *usage.Event, start time.Time) (done bool, fail *failure) {
 	ctx := r.Context()
+	// The attempt's own context: cancelled when the backend misses its
+	// first-byte timeout or the client stops reading, so the backend
+	// request ends with it.
+	actx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	var clientLeft bool
 	defer func() {
 		// A backend notices a client's cancel only when it sees the
 		// connection close; hold the slot a moment so the next request
 		// does not land while the cancelled one is still running there.
-		if ctx.Err() != nil && f.CancelGrace > 0 {
+		if (clientLeft || ctx.Err() != nil) && f.CancelGrace > 0 {
 			time.AfterFunc(f.CancelGrace, slot.Release)
 			return
 		}
@@ -224,18 +252,32 @@ func (f *Forwarder) attempt(w http.ResponseWriter, r *http.Request, req *Request
 		req.Error(w, http.StatusBadRequest, err.Error())
 		return true, nil
 	}
-	breq, err := b.NewRequest(ctx, req.Method, x.Path, bytes.NewReader(x.Body))
+	fb := f.startFirstByte(actx, cancel, req.Stream, slot.Loaded)
+	defer fb.stop()
+	breq, err := b.NewRequest(fb.ctx, req.Method, x.Path, bytes.NewReader(x.Body))
 	if err != nil {
 		return false, &failure{msg: err.Error()}
 	}
 	breq.ContentLength = int64(len(x.Body))
 	copyRequestHeaders(breq.Header, r.Header)
 	resp, err := b.Client.Do(breq)
+	timedOut := !fb.stop() && context.Cause(actx) == errFirstByte
+	if err == nil && timedOut {
+		// Headers came as the timer fired: the attempt is cancelled anyway.
+		resp.Body.Close()
+		err = errFirstByte
+	}
 	if err != nil {
 		if ctx.Err() != nil {
 			ev.Status, ev.Error = StatusClientClosed, true
 			f.finish(req, ev, start, time.Time{}, true)
 			return true, nil
+		}
+		if timedOut {
+			// A backend that takes connections and never answers is a
+			// failing backend, not a slow client: it counts against the
+			// breaker and the request goes on to the next candidate.
+			err = fmt.Errorf("no response within routing.first_byte_timeout (%s)", fb.after)
 		}
 		b.Health.Failure(err, fleet.IsConnectError(err))
 		return false, &failure{msg: fmt.Sprintf("backend %s: %v", b.Name, err)}
@@ -258,21 +300,53 @@ func (f *Forwarder) attempt(w http.ResponseWriter, r *http.Request, req *Request
 
 	stream := req.Stream || isStreamType(resp.Header.Get("Content-Type"))
 	req.keepLimitHeaders(resp.Header)
-	filter := writeHead(w, x.Transform, resp.StatusCode, resp.Header)
-	ttfb, clientGone, complete, copyErr := f.copy(w, filter, resp.Body, stream, x.Tokens, x.Complete, ev)
+	out := f.newOutput(w)
+	defer out.clearDeadline()
+	filter := writeHead(out, x.Transform, resp.StatusCode, resp.Header)
+	c := f.copy(out, filter, resp.Body, stream, x.Complete)
+	ev.InputTokens, ev.OutputTokens = nil, nil
+	if ev.Status < 300 && x.Tokens != nil {
+		// Counts seen before the client left or the stream broke are still
+		// what the backend reported.
+		ev.InputTokens, ev.OutputTokens = x.Tokens(c.meter())
+	}
+	complete := x.Complete != nil && x.Complete(c.meter())
+	c.release()
+	clientLeft = c.clientGone || (c.err != nil && ctx.Err() != nil)
+	cut := c.err != nil && !clientLeft && !complete
 	switch {
-	case (clientGone || (copyErr != nil && ctx.Err() != nil)) && complete:
+	case clientLeft && complete:
 		// The client left once it had the whole answer (OpenAI's clients
 		// hang up at data: [DONE]); nothing was cut short.
-	case clientGone || (copyErr != nil && ctx.Err() != nil):
+		clientLeft = false
+	case clientLeft:
 		ev.Error = true // the client left; not the backend's fault
-	case copyErr != nil:
+		if c.err == nil && c.writeErr != nil && ctx.Err() == nil {
+			f.Log.Warn("client stopped reading; ending the request", "backend", b.Name, "model", req.Model, "route", req.Route, "err", c.writeErr)
+		}
+	case cut:
 		ev.Error = true
-		err := fmt.Errorf("backend %s: stream broken: %w", b.Name, copyErr)
+		err := fmt.Errorf("backend %s: stream broken: %w", b.Name, c.err)
 		b.Health.Failure(err, false)
-		f.Log.Warn("stream failed mid-way", "backend", b.Name, "model", req.Model, "route", req.Route, "err", copyErr)
+		f.Log.Warn("stream failed mid-way", "backend", b.Name, "model", req.Model, "route", req.Route, "err", c.err)
 	}
-	f.finish(req, ev, start, ttfb, ev.Error || resp.StatusCode >= 400)
+	if (clientLeft || cut) && stream && ev.Status < 300 && ev.OutputTokens == nil {
+		// The backend did the work the client saw: count it from the
+		// chunks that went by, flagged partial.
+		ev.OutputTokens, ev.Partial = usage.Int64(c.chunks), true
+	}
+	f.finish(req, ev, start, c.ttfb, ev.Error || resp.StatusCode >= 400)
+	switch {
+	case cut && stream:
+		out.streamError(req.Route, fmt.Sprintf("an error was encountered while running the model: the backend's stream broke (%v)", c.err))
+	case cut:
+		// No in-band signal exists for a plain body: abort the connection,
+		// as httputil.ReverseProxy does, so the client cannot mistake the
+		// bytes it got for the whole answer.
+		panic(http.ErrAbortHandler)
+	case !clientLeft:
+		out.end(c, filter, resp.Body, stream)
+	}
 	return true, nil
 }
 
@@ -280,7 +354,7 @@ func (f *Forwarder) attempt(w http.ResponseWriter, r *http.Request, req *Request
 // the exchange's transform when it has one, and returns the filter the
 // body then goes through (nil: none). A filter may change the body's length,
 // so Content-Length goes whenever there is one.
-func writeHead(w http.ResponseWriter, transform func(int, http.Header, io.Writer) io.WriteCloser, status int, h http.Header) io.WriteCloser {
+func writeHead(w *output, transform func(int, http.Header, io.Writer) io.WriteCloser, status int, h http.Header) io.WriteCloser {
 	var filter io.WriteCloser
 	if transform != nil {
 		filter = transform(status, h, w)
@@ -288,69 +362,9 @@ func writeHead(w http.ResponseWriter, transform func(int, http.Header, io.Writer
 	if filter != nil {
 		h.Del("Content-Length")
 	}
-	copyHeaders(w.Header(), h)
-	w.WriteHeader(status)
+	copyHeaders(w.rw.Header(), h)
+	w.rw.WriteHeader(status)
 	return filter
-}
-
-// meterHolder lets Meters (and their buffers) be reused across requests.
-type meterHolder struct{ m meter.Meter }
-
-var meterPool = sync.Pool{New: func() any { return &meterHolder{} }}
-
-// copy streams body to w (through filter, when set), flushing each read
-// when streaming, and fills the event's token counts. It returns when the
-// first byte was written, and whether done judged the bytes seen complete.
-func (f *Forwarder) copy(w http.ResponseWriter, filter io.WriteCloser, body io.Reader, stream bool, tokens func(*meter.Meter) (in, out *int64), done func(*meter.Meter) bool, ev *usage.Event) (ttfb time.Time, clientGone, complete bool, readErr error) {
-	bp := bufPool.Get().(*[]byte)
-	defer bufPool.Put(bp)
-	mh := meterPool.Get().(*meterHolder)
-	defer func() { mh.m.Reset(); meterPool.Put(mh) }()
-	buf := *bp
-	flusher, _ := w.(http.Flusher)
-	defer func() {
-		// Counts seen before the client left or the stream broke are still
-		// what the backend reported.
-		if ev.Status < 300 && tokens != nil {
-			ev.InputTokens, ev.OutputTokens = tokens(&mh.m)
-		}
-		complete = done != nil && done(&mh.m)
-	}()
-	for {
-		n, err := body.Read(buf)
-		if n > 0 {
-			if ttfb.IsZero() {
-				ttfb = time.Now()
-			}
-			mh.m.Write(buf[:n]) //nolint:errcheck // never fails
-			var werr error
-			if filter == nil {
-				_, werr = w.Write(buf[:n])
-			} else {
-				_, werr = filter.Write(buf[:n])
-			}
-			if werr != nil {
-				return ttfb, true, false, nil
-			}
-			if stream && flusher != nil {
-				flusher.Flush()
-			}
-		}
-		if err == io.EOF {
-			if filter != nil {
-				if filter.Close() != nil {
-					return ttfb, true, false, nil
-				}
-				if stream && flusher != nil {
-					flusher.Flush()
-				}
-			}
-			return ttfb, false, false, nil
-		}
-		if err != nil {
-			return ttfb, false, false, err
-		}
-	}
 }
 
 // keepLimitHeaders drops from a backend's headers the x-ratelimit-* ones

@@ -87,8 +87,11 @@ func TestNoRetryAfterBytesStreamed(t *testing.T) {
 	e := newEnv(t, 2, nil, nil)
 	warm(t, e)
 	resp, body, _ := post(t, t.Context(), e.url+"/api/chat", chatBody("tiny", true, `{"fail_after_chunks":2}`))
-	if resp.StatusCode != 200 || bytes.Contains(body, []byte(`"done":true`)) {
-		t.Fatalf("want a cut stream, got %d %s", resp.StatusCode, body)
+	// The stream started, so it is not retried, and it does not end as if
+	// whole: its last line is Ollama's in-stream error.
+	if resp.StatusCode != 200 || bytes.Contains(body, []byte(`"done":true`)) ||
+		!bytes.Contains(body, []byte("\n{\"error\":\"an error was encountered while running the model: ")) || !bytes.HasSuffix(body, []byte("\"}\n")) {
+		t.Fatalf("want a cut stream ending in an error line, got %d %s", resp.StatusCode, body)
 	}
 	if n := e.fakes[0].Requests("/api/chat") + e.fakes[1].Requests("/api/chat"); n != 1 {
 		t.Fatalf("%d attempts for a stream that had started", n)
@@ -108,8 +111,10 @@ func TestNoRetryAfterBytesStreamed(t *testing.T) {
 	if len(recorded) != 1 {
 		t.Fatalf("cut stream recorded on %d backends: %+v", len(recorded), recorded)
 	}
-	if c := recorded[0]; c.Requests != 1 || c.Errors != 1 || c.InputTokens != 0 {
-		t.Fatalf("cut stream recorded as %+v, want one request, an error, no tokens", c)
+	// The two chunks streamed are counted (a partial event); the prompt's
+	// count never came.
+	if c := recorded[0]; c.Requests != 1 || c.Errors != 1 || c.InputTokens != 0 || c.OutputTokens != 2 || c.UnknownTokens != 1 {
+		t.Fatalf("cut stream recorded as %+v, want one request, an error, 2 output tokens, input unknown", c)
 	}
 }
 

@@ -24,7 +24,8 @@ func TestSeedRaces(t *testing.T) {
 		concurrency = 200
 		capPerModel = 2
 	)
-	e := newEnv(t, 3, func(i int, c *ollamatest.Config) {
+	events := &recorder{}
+	e := newEnvOpts(t, 3, func(i int, c *ollamatest.Config) {
 		c.Chunks = 4
 		c.ChunkDelay = 200 * time.Microsecond
 	}, func(c *config.Config) {
@@ -34,7 +35,7 @@ func TestSeedRaces(t *testing.T) {
 		// Failures are injected per request; keep breakers out of the way so
 		// the counters, not the breaker, are under test here.
 		c.Health.FailureThreshold = 1 << 20
-	})
+	}, Options{Sink: events})
 	warm(t, e)
 	tagsBefore := make([]int64, len(e.fakes))
 	for i, f := range e.fakes {
@@ -92,8 +93,14 @@ func TestSeedRaces(t *testing.T) {
 	// still be unwinding for a moment).
 	waitFor(t, func() bool { return len(e.srv.Router.InFlight()) == 0 && e.srv.Router.QueueLen() == 0 })
 
-	// Token totals equal what the backends reported.
+	// Token totals equal what the backends reported, plus the output of
+	// streams cut short, counted from the chunks sent (partial events).
 	var wantIn, wantOut int64
+	for _, ev := range events.all() {
+		if ev.Partial {
+			wantOut += *ev.OutputTokens
+		}
+	}
 	for _, f := range e.fakes {
 		c := f.Counters()
 		wantIn += c.PromptEvalCount

@@ -131,5 +131,8 @@ func (Dialect) Exchange(c dialect.Call) (dialect.Exchange, error) {
 	}
 	x, err := dialect.Pass(c)
 	x.Tokens = tokens[c.Route]
+	if x.Tokens != nil {
+		x.Complete = generationDone
+	}
 	return x, err
 }

@@ -22,6 +22,11 @@ func countGeneration(m *meter.Meter) (in, out *int64) {
 	return &i, &o
 }
 
+// generationDone reports an answer that reached its final chunk (or a
+// whole non-streamed body), "done":true; an embedding's answer is whole
+// once its body ended, which this does not judge, so it is never "done".
+func generationDone(m *meter.Meter) bool { return m.Has("done", "true") }
+
 // countEmbedding reads an embed response's prompt_eval_count; embeddings
 // produce no output tokens. The legacy /api/embeddings reports no count.
 func countEmbedding(m *meter.Meter) (in, out *int64) {

@@ -28,7 +28,7 @@ func translated(request func([]byte, string) (translate.Request, error), c diale
 	t := &translation{req: tr, model: c.Model, start: c.Start}
 	x := dialect.Exchange{Path: tr.Path, Body: tr.Body, Transform: t.response, Tokens: countWhole}
 	if tr.Stream {
-		x.Tokens = countStream
+		x.Tokens, x.Complete = countStream, streamDone
 	}
 	return x, nil
 }

@@ -1,0 +1,237 @@
+package forward
+
+import (
+	"errors"
+	"io"
+	"net/http"
+	"sync"
+	"time"
+
+	"github.com/droverhq/drover/services/proxy/internal/meter"
+)
+
+// The end of an answer is held back until its usage event is recorded.
+//
+// A streamed answer whose dialect knows its last chunk (Exchange.Complete:
+// Ollama's "done":true, OpenAI's data: [DONE], Anthropic's message_stop, a
+// Response's last event) goes to the client chunk by chunk as it arrives;
+// the read that completes it is kept, the event is recorded, and only then
+// is that read written, and whatever the backend still sends after it
+// passed on. Only that one read waits, and only for the append, so the
+// stream gets no latency per chunk. A plain body is written one byte behind
+// what was read: its last byte goes out after the event. A streamed answer
+// whose end is not recognisable (progress of /api/pull) is recorded after
+// its last byte.
+
+// copied is what copy saw of a body.
+type copied struct {
+	ttfb time.Time
+	// clientGone: a write to the client failed (writeErr says why).
+	clientGone bool
+	writeErr   error
+	// err is the backend body's read error (nil: it ended cleanly, or
+	// more is set).
+	err error
+	// held is the end of the answer, not yet written; more: the body may
+	// go on after it (a stream whose end was recognised before its EOF).
+	held []byte
+	more bool
+	// chunks counts the content chunks a stream carried (countContent),
+	// the output tokens of an answer cut short.
+	chunks int64
+
+	mh *meterHolder
+}
+
+func (c *copied) meter() *meter.Meter { return &c.mh.m }
+
+// release returns the meter and the held buffer's storage to their pools;
+// held stays readable only until then, so end copies nothing and runs
+// before it.
+func (c *copied) release() {
+	if c.mh != nil {
+		c.mh.m.Reset()
+		c.mh.probe.Reset()
+		meterPool.Put(c.mh)
+		c.mh = nil
+	}
+}
+
+// meterHolder lets Meters (and their buffers) be reused across requests.
+// probe looks at the end of the stream only, so that judging each chunk
+// complete costs the chunk's size, not the meter's tail's.
+type meterHolder struct{ m, probe meter.Meter }
+
+var meterPool = sync.Pool{New: func() any { return &meterHolder{} }}
+
+// probeBefore is how much of what came before a chunk the probe sees with
+// it, for an end marker split across two reads.
+const probeBefore = 64
+
+// copy streams body to out (through filter, when set), flushing each read
+// when streaming, and holds back the end of the answer (see above). done
+// (nil: unknown) judges the bytes seen complete.
+func (f *Forwarder) copy(out *output, filter io.WriteCloser, body io.Reader, stream bool, done func(*meter.Meter) bool) *copied {
+	bp := bufPool.Get().(*[]byte)
+	defer bufPool.Put(bp)
+	c := &copied{mh: meterPool.Get().(*meterHolder)}
+	buf := *bp
+	dst := io.Writer(out)
+	if filter != nil {
+		dst = filter
+	}
+	write := func(p []byte) bool {
+		if c.writeErr = out.chunk(dst, p, stream); c.writeErr != nil {
+			c.clientGone = true
+			return false
+		}
+		return true
+	}
+	var carry [1]byte // a plain body's last byte read, when off is 1
+	off := 0
+	for {
+		copy(buf, carry[:off])
+		n, err := body.Read(buf[off:])
+		if n > 0 && c.ttfb.IsZero() {
+			c.ttfb = time.Now()
+		}
+		chunk := buf[off : off+n]
+		if n > 0 {
+			c.mh.m.Write(chunk) //nolint:errcheck // never fails
+			if stream {
+				c.chunks += countContent(chunk)
+			}
+		}
+		switch {
+		case n == 0:
+		case stream && done != nil && c.ends(chunk, done):
+			c.held = append(c.held[:0], chunk...)
+			if err == nil {
+				c.more = true
+				return c
+			}
+		case stream:
+			if !write(chunk) {
+				return c
+			}
+		default:
+			// A plain body goes out one byte behind what was read.
+			all := buf[:off+n]
+			if !write(all[:len(all)-1]) {
+				return c
+			}
+			carry[0], off = all[len(all)-1], 1
+		}
+		if err == nil {
+			continue
+		}
+		if errors.Is(err, io.EOF) {
+			c.held = append(c.held, carry[:off]...)
+			return c
+		}
+		c.err = err
+		return c
+	}
+}
+
+// ends reports whether the stream is complete with chunk: done asked of a
+// meter holding the chunk and the few bytes before it.
+func (c *copied) ends(chunk []byte, done func(*meter.Meter) bool) bool {
+	tail := c.mh.m.Tail()
+	from := max(len(tail)-len(chunk)-probeBefore, 0)
+	c.mh.probe.Reset()
+	c.mh.probe.Write(tail[from:]) //nolint:errcheck // never fails
+	return done(&c.mh.probe)
+}
+
+// output is the client's side of one answer: the ResponseWriter, a write
+// deadline per chunk, and the last bytes written (where an error event must
+// start a new line or event).
+type output struct {
+	rw      http.ResponseWriter
+	rc      *http.ResponseController
+	timeout time.Duration
+	last    [2]byte
+	wrote   int
+}
+
+func (f *Forwarder) newOutput(w http.ResponseWriter) *output {
+	return &output{rw: w, rc: http.NewResponseController(w), timeout: f.WriteTimeout}
+}
+
+// Write passes p to the client and remembers its last bytes. A filter
+// writes through it too.
+func (o *output) Write(p []byte) (int, error) {
+	n, err := o.rw.Write(p)
+	switch {
+	case n >= 2:
+		o.last = [2]byte{p[n-2], p[n-1]}
+	case n == 1:
+		o.last = [2]byte{o.last[1], p[0]}
+	}
+	o.wrote += n
+	return n, err
+}
+
+// chunk writes p to dst within the write timeout, and flushes it when
+// streaming.
+func (o *output) chunk(dst io.Writer, p []byte, flush bool) error {
+	if o.timeout > 0 {
+		// Not supported by a test recorder: then unbounded.
+		o.rc.SetWriteDeadline(time.Now().Add(o.timeout)) //nolint:errcheck
+	}
+	if _, err := dst.Write(p); err != nil {
+		return err
+	}
+	if flush {
+		if err := o.rc.Flush(); err != nil && !errors.Is(err, http.ErrNotSupported) {
+			return err
+		}
+	}
+	return nil
+}
+
+// clearDeadline lifts the write deadline, which would otherwise outlive the
+// request on a kept-alive connection.
+func (o *output) clearDeadline() {
+	if o.timeout > 0 {
+		o.rc.SetWriteDeadline(time.Time{}) //nolint:errcheck // see chunk
+	}
+}
+
+// end writes what copy held back, passes on whatever the backend sends
+// after a recognised end, and closes the filter: the answer's end, once
+// its usage event is recorded.
+func (o *output) end(c *copied, filter io.WriteCloser, body io.Reader, stream bool) {
+	dst := io.Writer(o)
+	if filter != nil {
+		dst = filter
+	}
+	if len(c.held) > 0 && o.chunk(dst, c.held, stream) != nil {
+		return
+	}
+	if c.more {
+		bp := bufPool.Get().(*[]byte)
+		defer bufPool.Put(bp)
+		for {
+			n, err := body.Read(*bp)
+			if n > 0 && o.chunk(dst, (*bp)[:n], stream) != nil {
+				return
+			}
+			if errors.Is(err, io.EOF) {
+				break
+			}
+			if err != nil {
+				// The answer was whole: a backend that then drops the
+				// connection cut nothing.
+				return
+			}
+		}
+	}
+	if filter != nil && filter.Close() != nil {
+		return
+	}
+	if stream {
+		o.rc.Flush() //nolint:errcheck // the client may be gone
+	}
+}
