@@ -5,7 +5,9 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -18,12 +20,16 @@ import (
 //
 //	byte     version (1)
 //	uvarint  len(replica), replica
+//	byte     flags: 1 = token loads follow
+//	[uvarint n, n × (uvarint len(backend), backend, uvarint tokens)]
 //	repeated until the end:
 //	  uvarint len(backend), backend, uvarint len(model), model
 //	  uvarint n, n × 8-byte hashes
 //
 // A replica sends only what its index did not hold (or held for longer
-// than a refresh interval), batched: at most one message per interval.
+// than a refresh interval), and its estimated tokens in flight per backend
+// when they change (every Heartbeat while not zero; empty when it stops),
+// batched: at most one message per interval.
 const wireVersion = 1
 
 // Wire bounds: what a message may claim before it is rejected.
@@ -31,6 +37,9 @@ const (
 	maxName        = 1024
 	maxWireHashes  = 1 << 16
 	maxMessageSize = 512 << 10
+	maxWireLoads   = 4096
+	maxWireTokens  = 1 << 40
+	flagLoads      = 1
 )
 
 // SharerOptions configure a Sharer.
@@ -50,6 +59,12 @@ type SharerOptions struct {
 	// "received", "rejected"; and "dropped" hashes (bytes 0).
 	Observe func(direction string, n, bytes int)
 	Log     *slog.Logger
+	// Loads, if set, is this replica's estimated tokens in flight per
+	// backend, read every Interval and sent when it changed, and every
+	// Heartbeat (default 1s) while not empty; the others forget a
+	// replica's loads 3 heartbeats after its last message.
+	Loads     func() map[string]int64
+	Heartbeat time.Duration
 }
 
 // Sharer publishes this replica's index inserts and applies the others'.
@@ -66,6 +81,20 @@ type Sharer struct {
 	done    chan struct{}
 	warnMu  sync.Mutex
 	warnMax time.Time // next time a rejected message is logged
+
+	// Owned by the run goroutine: the loads last sent, and when.
+	sentLoads   map[string]int64
+	sentLoadsAt time.Time
+
+	peersMu sync.Mutex // guards peers
+	peers   map[string]peerLoads
+	tokens  atomic.Pointer[map[string]int64] // the live peers' loads summed per backend
+}
+
+// peerLoads is another replica's latest token loads.
+type peerLoads struct {
+	loads map[string]int64
+	at    time.Time
 }
 
 // NewSharer subscribes to config.SubjectAffinity and starts the sender;
@@ -83,7 +112,11 @@ func NewSharer(opts SharerOptions) (*Sharer, error) {
 	if opts.Log == nil {
 		opts.Log = slog.Default()
 	}
-	s := &Sharer{opts: opts, pending: map[Target][]uint64{}, kick: make(chan struct{}, 1), stop: make(chan struct{}), done: make(chan struct{})}
+	if opts.Heartbeat <= 0 {
+		opts.Heartbeat = time.Second
+	}
+	s := &Sharer{opts: opts, pending: map[Target][]uint64{}, kick: make(chan struct{}, 1), stop: make(chan struct{}), done: make(chan struct{}),
+		peers: map[string]peerLoads{}}
 	sub, err := opts.Conn.Subscribe(config.SubjectAffinity, s.receive)
 	if err != nil {
 		return nil, fmt.Errorf("subscribe to %s: %w", config.SubjectAffinity, err)
@@ -130,38 +163,63 @@ func (s *Sharer) Close() {
 
 func (s *Sharer) run() {
 	defer close(s.done)
-	timer := time.NewTimer(s.opts.Interval)
-	defer timer.Stop()
+	// Loads are read, and peers' expired, every interval.
+	tick := time.NewTicker(s.opts.Interval)
+	defer tick.Stop()
+	gap := time.NewTimer(time.Hour)
+	gap.Stop()
 	for {
 		select {
 		case <-s.kick:
+		case now := <-tick.C:
+			s.expire(now)
 		case <-s.stop:
-			s.flush()
+			s.flush(true)
 			return
 		}
-		s.flush()
+		if !s.flush(false) {
+			continue
+		}
 		// At most one message per interval: what arrives meanwhile waits
 		// and goes in the next one.
-		timer.Reset(s.opts.Interval)
+		gap.Reset(s.opts.Interval)
 		select {
-		case <-timer.C:
+		case <-gap.C:
 		case <-s.stop:
-			s.flush()
+			s.flush(true)
 			return
 		}
 	}
 }
 
-func (s *Sharer) flush() {
+// flush sends what is pending, and the loads when they are due; final
+// sends empty loads (this replica stops). It reports whether it sent.
+func (s *Sharer) flush(final bool) bool {
+	var pending map[Target][]uint64
 	s.mu.Lock()
-	pending := s.pending
-	if s.count == 0 {
-		s.mu.Unlock()
-		return
+	if s.count > 0 {
+		pending = s.pending
+		s.pending, s.count = make(map[Target][]uint64, len(pending)), 0
 	}
-	s.pending, s.count = make(map[Target][]uint64, len(pending)), 0
 	s.mu.Unlock()
-	for _, msg := range encode(s.opts.Replica, pending) {
+	var loads map[string]int64
+	if s.opts.Loads != nil {
+		now := time.Now()
+		cur := s.opts.Loads()
+		if final {
+			cur = map[string]int64{}
+		}
+		if final || !maps.Equal(cur, s.sentLoads) || (len(cur) > 0 && now.Sub(s.sentLoadsAt) >= s.opts.Heartbeat) {
+			if cur == nil {
+				cur = map[string]int64{}
+			}
+			loads, s.sentLoads, s.sentLoadsAt = cur, cur, now
+		}
+	}
+	if len(pending) == 0 && loads == nil {
+		return false
+	}
+	for _, msg := range encode(s.opts.Replica, loads, pending) {
 		if err := s.opts.Conn.Publish(config.SubjectAffinity, msg); err != nil {
 			s.warn("affinity inserts not shared", "err", err)
 			continue
@@ -170,14 +228,28 @@ func (s *Sharer) flush() {
 			s.opts.Observe("sent", 1, len(msg))
 		}
 	}
+	return true
 }
 
-// encode packs pending into messages of at most maxMessageSize bytes.
-func encode(replica string, pending map[Target][]uint64) [][]byte {
+// encode packs loads (nil: none) and pending into messages of at most
+// maxMessageSize bytes; loads go in the first.
+func encode(replica string, loads map[string]int64, pending map[Target][]uint64) [][]byte {
 	head := binary.AppendUvarint([]byte{wireVersion}, uint64(len(replica)))
 	head = append(head, replica...)
+	head = append(head, 0) // flags
 	var out [][]byte
 	msg := append([]byte(nil), head...)
+	if loads != nil {
+		msg[len(head)-1] = flagLoads
+		msg = binary.AppendUvarint(msg, uint64(len(loads)))
+		for b, n := range loads {
+			msg = binary.AppendUvarint(msg, uint64(len(b)))
+			msg = append(msg, b...)
+			msg = binary.AppendUvarint(msg, uint64(max(n, 0)))
+		}
+		out = append(out, msg)
+		msg = append([]byte(nil), head...)
+	}
 	for t, hs := range pending {
 		for len(hs) > 0 {
 			room := (maxMessageSize - len(msg) - len(t.Backend) - len(t.Model) - 30) / 8
@@ -201,6 +273,12 @@ func encode(replica string, pending map[Target][]uint64) [][]byte {
 	if len(msg) > len(head) {
 		out = append(out, msg)
 	}
+	if loads != nil && len(out) > 1 && len(out[0])+len(out[1])-len(head) <= maxMessageSize {
+		// The loads' message takes the first group of hashes along.
+		first := out[1][len(head):]
+		out[0] = append(out[0], first...)
+		out = append(out[:1], out[2:]...)
+	}
 	return out
 }
 
@@ -211,9 +289,10 @@ type group struct {
 }
 
 // decodeMessage reads a message; any inconsistency rejects all of it.
-func decodeMessage(b []byte) (replica string, groups []group, err error) {
+// loads is nil when the message carries none.
+func decodeMessage(b []byte) (replica string, loads map[string]int64, groups []group, err error) {
 	if len(b) == 0 || b[0] != wireVersion {
-		return "", nil, errors.New("unknown version")
+		return "", nil, nil, errors.New("unknown version")
 	}
 	b = b[1:]
 	str := func() (string, error) {
@@ -226,19 +305,44 @@ func decodeMessage(b []byte) (replica string, groups []group, err error) {
 		return s, nil
 	}
 	if replica, err = str(); err != nil {
-		return "", nil, err
+		return "", nil, nil, err
+	}
+	if len(b) == 0 || b[0]&^flagLoads != 0 {
+		return "", nil, nil, errors.New("bad flags")
+	}
+	flags := b[0]
+	b = b[1:]
+	if flags&flagLoads != 0 {
+		n, k := binary.Uvarint(b)
+		if k <= 0 || n > maxWireLoads {
+			return "", nil, nil, errors.New("bad load count")
+		}
+		b = b[k:]
+		loads = make(map[string]int64, n)
+		for range n {
+			backend, err := str()
+			if err != nil {
+				return "", nil, nil, err
+			}
+			v, k := binary.Uvarint(b)
+			if k <= 0 || v > maxWireTokens {
+				return "", nil, nil, errors.New("bad token load")
+			}
+			b = b[k:]
+			loads[backend] = int64(v)
+		}
 	}
 	for len(b) > 0 {
 		var g group
 		if g.t.Backend, err = str(); err != nil {
-			return "", nil, err
+			return "", nil, nil, err
 		}
 		if g.t.Model, err = str(); err != nil {
-			return "", nil, err
+			return "", nil, nil, err
 		}
 		n, k := binary.Uvarint(b)
 		if k <= 0 || n == 0 || n > maxWireHashes || uint64(len(b)-k) < n*8 {
-			return "", nil, errors.New("bad hash count")
+			return "", nil, nil, errors.New("bad hash count")
 		}
 		b = b[k:]
 		g.hashes = make([]uint64, n)
@@ -248,15 +352,21 @@ func decodeMessage(b []byte) (replica string, groups []group, err error) {
 		b = b[8*n:]
 		groups = append(groups, g)
 	}
-	return replica, groups, nil
+	return replica, loads, groups, nil
 }
 
 func (s *Sharer) receive(m *nats.Msg) {
-	replica, groups, err := decodeMessage(m.Data)
-	if err == nil {
+	replica, loads, groups, err := decodeMessage(m.Data)
+	if err == nil && s.opts.Known != nil {
 		for _, g := range groups {
-			if s.opts.Known != nil && !s.opts.Known(g.t.Backend) {
+			if !s.opts.Known(g.t.Backend) {
 				err = fmt.Errorf("unknown backend %q", g.t.Backend)
+				break
+			}
+		}
+		for b := range loads {
+			if !s.opts.Known(b) {
+				err = fmt.Errorf("unknown backend %q", b)
 				break
 			}
 		}
@@ -274,6 +384,9 @@ func (s *Sharer) receive(m *nats.Msg) {
 	now := time.Now()
 	for _, g := range groups {
 		s.opts.Index.InsertHashes(g.t, g.hashes, now)
+	}
+	if loads != nil {
+		s.setPeer(replica, loads, now)
 	}
 	if s.opts.Observe != nil {
 		s.opts.Observe("received", 1, len(m.Data))

@@ -3,6 +3,7 @@ package affinity
 import (
 	"fmt"
 	"log/slog"
+	"maps"
 	"sync"
 	"testing"
 	"time"
@@ -130,15 +131,16 @@ func TestSharingRejects(t *testing.T) {
 	ns := natstest.Start(t)
 	r := startReplica(t, ns.URL(), "r1", 10*time.Millisecond)
 	nc := connect(t, ns.URL())
-	unknown := encode("evil", map[Target][]uint64{{"elsewhere", "m"}: {1, 2, 3}})[0]
-	for _, msg := range [][]byte{unknown, {9, 9, 9}, {wireVersion, 2, 'r', 'x', 1, 'a', 1, 'm', 5, 1, 2}} {
+	unknown := encode("evil", nil, map[Target][]uint64{{"elsewhere", "m"}: {1, 2, 3}})[0]
+	unknownLoad := encode("evil", map[string]int64{"elsewhere": 5}, nil)[0]
+	for _, msg := range [][]byte{unknown, unknownLoad, {9, 9, 9}, {wireVersion, 2, 'r', 'x', 0, 1, 'a', 1, 'm', 5, 1, 2}} {
 		if err := nc.Publish(config.SubjectAffinity, msg); err != nil {
 			t.Fatal(err)
 		}
 	}
-	waitFor(t, "three rejections", func() bool { n, _ := r.counts.get("rejected"); return n == 3 })
-	if r.index.Len() != 0 {
-		t.Fatalf("%d entries from rejected messages", r.index.Len())
+	waitFor(t, "four rejections", func() bool { n, _ := r.counts.get("rejected"); return n == 4 })
+	if r.index.Len() != 0 || r.sharer.Tokens("elsewhere") != 0 {
+		t.Fatalf("%d entries, %d tokens from rejected messages", r.index.Len(), r.sharer.Tokens("elsewhere"))
 	}
 }
 
@@ -168,7 +170,8 @@ func TestEncodeDecode(t *testing.T) {
 		big[i] = uint64(i)
 	}
 	in := map[Target][]uint64{{"a", "m"}: {1, 2}, {"b", "n:latest"}: big}
-	msgs := encode("r", in)
+	loads := map[string]int64{"a": 7, "b": 1 << 33}
+	msgs := encode("r", loads, in)
 	if len(msgs) < 2 {
 		t.Fatalf("%d messages for more than the size bound", len(msgs))
 	}
@@ -177,15 +180,21 @@ func TestEncodeDecode(t *testing.T) {
 		if len(m) > maxMessageSize {
 			t.Fatalf("a message of %d bytes", len(m))
 		}
-		rep, groups, err := decodeMessage(m)
+		rep, l, groups, err := decodeMessage(m)
 		if err != nil || rep != "r" {
 			t.Fatal(rep, err)
+		}
+		if l != nil {
+			if fmt.Sprint(l) != fmt.Sprint(loads) || len(groups) == 0 {
+				t.Fatalf("loads %v and %d groups in the first message", l, len(groups))
+			}
+			loads = nil // only once
 		}
 		for _, g := range groups {
 			got[g.t] = append(got[g.t], g.hashes...)
 		}
 	}
-	if fmt.Sprint(got) != fmt.Sprint(in) {
+	if fmt.Sprint(got) != fmt.Sprint(in) || loads != nil {
 		t.Fatal("decoded differs from encoded")
 	}
 }
@@ -218,4 +227,54 @@ func TestSharerStartsWithoutNATS(t *testing.T) {
 		time.Sleep(20 * time.Millisecond)
 		return other.index.Lookup(a, &Prompt{Chain: []uint64{42}}, time.Now()).Blocks == 1
 	})
+}
+
+// Replicas share their tokens in flight: what one reports the other
+// sums per backend, updates on change, and forgets when it stops.
+func TestSharingLoads(t *testing.T) {
+	ns := natstest.Start(t)
+	var mu sync.Mutex
+	loads := map[string]int64{}
+	setLoad := func(b string, n int64) {
+		mu.Lock()
+		defer mu.Unlock()
+		if n == 0 {
+			delete(loads, b)
+		} else {
+			loads[b] = n
+		}
+	}
+	r1 := &replica{index: NewIndex(10, time.Hour), counts: newCounts()}
+	s1, err := NewSharer(SharerOptions{Conn: connect(t, ns.URL()), Replica: "r1", Index: r1.index, Interval: 5 * time.Millisecond, Observe: r1.counts.observe,
+		Loads: func() map[string]int64 { mu.Lock(); defer mu.Unlock(); return maps.Clone(loads) }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	r2 := startReplica(t, ns.URL(), "r2", 5*time.Millisecond)
+	setLoad("a", 3000)
+	waitFor(t, "r2 to see r1's load", func() bool { return r2.sharer.Tokens("a") == 3000 })
+	setLoad("a", 100)
+	setLoad("b", 50)
+	waitFor(t, "r2 to see the change", func() bool { return r2.sharer.Tokens("a") == 100 && r2.sharer.Tokens("b") == 50 })
+	// Unchanged loads go out only every heartbeat (1 s): a steady replica
+	// sends about one message a second, not one per interval.
+	sent, bytes := r1.counts.get("sent")
+	s1.Close()
+	waitFor(t, "r2 to forget r1 when it stops", func() bool { return r2.sharer.Tokens("a") == 0 && r2.sharer.Tokens("b") == 0 })
+	t.Logf("r1 sent %d messages, %d bytes", sent, bytes)
+}
+
+// A replica that falls silent is forgotten after three heartbeats.
+func TestSharingLoadsExpire(t *testing.T) {
+	s := &Sharer{opts: SharerOptions{Heartbeat: time.Second}, peers: map[string]peerLoads{}}
+	t0 := time.Now()
+	s.setPeer("r1", map[string]int64{"a": 5}, t0)
+	s.setPeer("r3", map[string]int64{"a": 2}, t0.Add(2*time.Second))
+	if s.Tokens("a") != 7 {
+		t.Fatalf("sum %d", s.Tokens("a"))
+	}
+	s.expire(t0.Add(3*time.Second + time.Millisecond))
+	if s.Tokens("a") != 2 {
+		t.Fatalf("after r1's expiry: %d", s.Tokens("a"))
+	}
 }

@@ -3,6 +3,7 @@ package routing
 import (
 	"context"
 	"fmt"
+	"maps"
 	"net/http"
 	"strings"
 	"time"
@@ -62,6 +63,9 @@ type Affinity struct {
 	// (or refreshed after Refresh), for sharing; it must not block.
 	Inserted func(t affinity.Target, hashes []uint64)
 	Refresh  time.Duration
+	// RemoteTokens, if set, is the other replicas' estimated tokens in
+	// flight on a backend (affinity.Sharer.Tokens); it must not block.
+	RemoteTokens func(backend string) int64
 	// Outcome, if set, is told how each ranked request went: "hit" (the
 	// affine candidate won), "override" (it was over the load bound),
 	// "miss" (no candidate held anything), with the prompt's bytes and the
@@ -138,6 +142,24 @@ func (r *Router) AcquireFor(ctx context.Context, who Tenant, cands []Candidate, 
 		a.Outcome(s.choice.outcome, p.Bytes, min(p.Bytes, s.choice.match.Blocks*a.Parser.BlockBytes))
 	}
 	return s, nil
+}
+
+// TokenLoads is this replica's estimated tokens in flight per backend,
+// for sharing.
+func (r *Router) TokenLoads() map[string]int64 {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return maps.Clone(r.tokens)
+}
+
+// tokensLocked is the estimated tokens in flight on a backend: this
+// replica's, and the others' as last shared.
+func (r *Router) tokensLocked(backend string) int64 {
+	n := r.tokens[backend]
+	if a := r.opts.Affinity; a != nil && a.RemoteTokens != nil {
+		n += a.RemoteTokens(backend)
+	}
+	return n
 }
 
 // chooseLocked picks among rs (in candidate order) by the router's

@@ -132,6 +132,28 @@ func TestTokenBound(t *testing.T) {
 	}
 }
 
+// Other replicas' tokens in flight count as this replica's own: they
+// break ties of requests in flight and bound affinity.
+func TestRemoteTokens(t *testing.T) {
+	r, o := affineRouter(Prefix, 2, 1000)
+	remote := map[string]int64{}
+	r.opts.Affinity.RemoteTokens = func(b string) int64 { return remote[b] } // read under the router's lock only
+	cands := []Candidate{cand("a", "m", 8, true, 1), cand("b", "m", 8, true, 1)}
+	mustAcquire(t, r, cands[:1], chatPrompt(r, sysA, 0, "")).Release() // a holds sysA
+	remote["a"] = 5000
+	s := mustAcquire(t, r, cands, chatPrompt(r, sysA, 1, ""))
+	if s.Backend != "b" || o.get(OutcomeOverride) != 1 {
+		t.Fatalf("went to %s with 5000 tokens in flight on a elsewhere; outcomes %v", s.Backend, o.n)
+	}
+	if got := r.TokenLoads(); got["b"] == 0 || len(got) != 1 {
+		t.Fatalf("local loads %v", got)
+	}
+	s.Release()
+	if got := r.TokenLoads(); len(got) != 0 {
+		t.Fatalf("local loads left: %v", got)
+	}
+}
+
 // Loaded-model preference comes first; a full candidate is never taken
 // (caps hold), whatever it holds.
 func TestAffinityKeepsLoadedFirstAndCaps(t *testing.T) {

@@ -389,7 +389,7 @@ func (r *Router) pickLocked(w *waiter, plans map[Key]plan, now time.Time) (Candi
 			in += r.remote.InFlight(c.Key)
 			total += r.remote.BackendInFlight(c.Backend)
 		}
-		rs = append(rs, ranked{c: c, i: i, in: in, total: total, tokens: r.tokens[c.Backend]})
+		rs = append(rs, ranked{c: c, i: i, in: in, total: total, tokens: r.tokensLocked(c.Backend)})
 	}
 	r.ranks = rs
 	return r.chooseLocked(w, rs)

@@ -2,6 +2,7 @@ package server
 
 import (
 	"log/slog"
+	"sync/atomic"
 
 	"github.com/nats-io/nats.go"
 
@@ -18,6 +19,8 @@ type affinityParts struct {
 	index    *affinity.Index
 	metrics  *metrics.Affinity
 	sharer   *affinity.Sharer // nil: not shared
+	// router, once attached, gives the sharer this replica's token loads.
+	router atomic.Pointer[routing.Router]
 }
 
 // newAffinity builds the index, its metrics and, with a NATS connection
@@ -52,16 +55,27 @@ func newAffinity(cfg *config.Config, m *metrics.Metrics, conn *nats.Conn, log *s
 		known[b.Name] = true
 	}
 	p.sharer, err = affinity.NewSharer(affinity.SharerOptions{Conn: conn, Replica: cfg.Replica, Index: p.index, Interval: ac.ShareInterval,
-		Known: func(b string) bool { return known[b] }, Observe: p.metrics.Share, Log: log})
+		Known: func(b string) bool { return known[b] }, Observe: p.metrics.Share, Log: log, Loads: p.tokenLoads})
 	if err != nil {
 		log.Error("affinity index not shared: each replica learns alone", "err", err)
 		return p, ra
 	}
 	ra.Inserted = p.sharer.Inserted
+	ra.RemoteTokens = p.sharer.Tokens
 	// An entry used again is re-sent once it is a fifth of its TTL old, so
 	// the others' copies do not age out while it is in use.
 	ra.Refresh = ac.TTL / 5
 	return p, ra
+}
+
+// attach gives the sharer the router whose token loads it shares.
+func (p *affinityParts) attach(r *routing.Router) { p.router.Store(r) }
+
+func (p *affinityParts) tokenLoads() map[string]int64 {
+	if r := p.router.Load(); r != nil {
+		return r.TokenLoads()
+	}
+	return nil
 }
 
 // status is /health's affinity summary (nil: the strategy keeps no index).

@@ -163,13 +163,20 @@ func TestAffinitySharedAcrossReplicas(t *testing.T) {
 				waitFor(t, func() bool { return len(r.Sync.Status().Peers) == 1 })
 			}
 			release := holdA(t, urls[0], reps[0], fakes[0])
-			// The other replica must see a's load too before it routes.
+			// The other replica must see a's load too before it routes:
+			// the request, and with sharing its estimated tokens.
 			waitFor(t, func() bool { return reps[1].Sync.InFlight(routing.Key{Backend: "a", Model: "tiny:latest"}) == 1 })
+			if share {
+				waitFor(t, func() bool { return reps[1].affinity.sharer.Tokens("a") > 0 })
+			}
 			if got := served(t, urls[1], convBody("two", 0, ""), fakes); got != "b" {
 				t.Fatalf("the first turn went to %q while a was busy", got)
 			}
 			release()
 			waitFor(t, func() bool { return reps[1].Sync.InFlight(routing.Key{Backend: "a", Model: "tiny:latest"}) == 0 })
+			if share {
+				waitFor(t, func() bool { return reps[1].affinity.sharer.Tokens("a") == 0 })
+			}
 			if share {
 				waitFor(t, func() bool { return reps[0].affinity.status().(metrics.AffinityStatus).Received > 0 })
 			}

@@ -115,6 +115,7 @@ func New(cfg *config.Config, log *slog.Logger, opts Options) *Server {
 		Changed:   s.Sync.Changed,
 	}, s.Sync)
 	s.Sync.Attach(s.Router, s.Fleet.InvalidateLocal)
+	s.affinity.attach(s.Router)
 	if err := s.Sync.Start(); err != nil {
 		log.Error("fleet sync did not start: routing on this replica's counts only", "err", err)
 	}
