@@ -91,6 +91,19 @@ type Routing struct {
 	// while the backend notices the closed connection and stops (default
 	// 50ms). It keeps the cap true at the backend, not only in Drover.
 	CancelGrace time.Duration `yaml:"cancel_grace"`
+	// FirstByteTimeout bounds one attempt's wait for a backend that took
+	// the request (default 60s): a streamed request on a backend with the
+	// model loaded must have its response headers by then (Ollama sends
+	// them with the first chunk, after the prompt's evaluation); any other
+	// request must have been written to the backend by then (a
+	// non-streamed generation answers only when done, a cold model loads
+	// first: header_timeout bounds those). Past it the attempt fails over
+	// and counts against the backend's breaker.
+	FirstByteTimeout time.Duration `yaml:"first_byte_timeout"`
+	// WriteTimeout bounds writing one chunk of an answer to the client
+	// (default 30s): a client that stops reading loses its request, the
+	// backend request is cancelled and the slot released.
+	WriteTimeout time.Duration `yaml:"write_timeout"`
 	// Strategy ranks the candidates with a free slot: prefix (default),
 	// least_loaded, round_robin or session (docs/routing.md).
 	Strategy string   `yaml:"strategy"`

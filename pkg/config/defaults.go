@@ -117,14 +117,16 @@ func DefaultAuth() Auth {
 // DefaultRouting is the routing section's defaults.
 func DefaultRouting() Routing {
 	return Routing{
-		MaxConcurrency: 4,
-		Queue:          Queue{MaxLength: 1024, MaxWait: 60 * time.Second, MaxPerKey: 256},
-		MaxAttempts:    3,
-		ConnectTimeout: 3 * time.Second,
-		HeaderTimeout:  10 * time.Minute,
-		CancelGrace:    50 * time.Millisecond,
-		Strategy:       StrategyPrefix,
-		Affinity:       DefaultAffinity(),
+		MaxConcurrency:   4,
+		Queue:            Queue{MaxLength: 1024, MaxWait: 60 * time.Second, MaxPerKey: 256},
+		MaxAttempts:      3,
+		ConnectTimeout:   3 * time.Second,
+		HeaderTimeout:    10 * time.Minute,
+		CancelGrace:      50 * time.Millisecond,
+		Strategy:         StrategyPrefix,
+		FirstByteTimeout: 60 * time.Second,
+		WriteTimeout:     30 * time.Second,
+		Affinity:         DefaultAffinity(),
 	}
 }
 

@@ -18,7 +18,7 @@ func TestDefaults(t *testing.T) {
 		Backends: []Backend{{Name: "gpu-a:11434", URL: "http://gpu-a:11434", Type: "ollama", Weight: 1}},
 		Routing: Routing{MaxConcurrency: 4, Queue: Queue{MaxLength: 1024, MaxWait: 60 * time.Second, MaxPerKey: 256}, MaxAttempts: 3,
 			ConnectTimeout: 3 * time.Second, HeaderTimeout: 10 * time.Minute, CancelGrace: 50 * time.Millisecond,
-			Strategy: "prefix", Affinity: DefaultAffinity()},
+			Strategy: "prefix", Affinity: DefaultAffinity(), FirstByteTimeout: 60 * time.Second, WriteTimeout: 30 * time.Second},
 		Cache:  Cache{ModelsTTL: 5 * time.Minute, ModelsStale: 10 * time.Minute, LoadedTTL: 10 * time.Second, LoadedStale: 60 * time.Second},
 		Health: Health{FailureThreshold: 3, OpenFor: 2 * time.Second, OpenMax: 60 * time.Second, ProbeInterval: 2 * time.Second},
 		Auth:   Auth{Bucket: "drover_keys", StateFile: "./data/keys.json"},

@@ -113,18 +113,20 @@ func (c *Config) Validate() error {
 	}
 	notNegative(bad, positive)
 	notNegative(bad, map[string]time.Duration{
-		"routing.queue.max_wait":    c.Routing.Queue.MaxWait,
-		"routing.connect_timeout":   c.Routing.ConnectTimeout,
-		"routing.header_timeout":    c.Routing.HeaderTimeout,
-		"cache.models_ttl":          c.Cache.ModelsTTL,
-		"cache.loaded_ttl":          c.Cache.LoadedTTL,
-		"health.open_for":           c.Health.OpenFor,
-		"health.probe_interval":     c.Health.ProbeInterval,
-		"aggregator.flush_interval": c.Aggregator.FlushInterval,
-		"usage.batch_linger":        c.Usage.BatchLinger,
-		"aggregator.lease_ttl":      c.Aggregator.LeaseTTL,
-		"aggregator.retry_max":      c.Aggregator.RetryMax,
-		"clickhouse.read_timeout":   c.ClickHouse.ReadTimeout,
+		"routing.queue.max_wait":     c.Routing.Queue.MaxWait,
+		"routing.connect_timeout":    c.Routing.ConnectTimeout,
+		"routing.header_timeout":     c.Routing.HeaderTimeout,
+		"routing.first_byte_timeout": c.Routing.FirstByteTimeout,
+		"routing.write_timeout":      c.Routing.WriteTimeout,
+		"cache.models_ttl":           c.Cache.ModelsTTL,
+		"cache.loaded_ttl":           c.Cache.LoadedTTL,
+		"health.open_for":            c.Health.OpenFor,
+		"health.probe_interval":      c.Health.ProbeInterval,
+		"aggregator.flush_interval":  c.Aggregator.FlushInterval,
+		"usage.batch_linger":         c.Usage.BatchLinger,
+		"aggregator.lease_ttl":       c.Aggregator.LeaseTTL,
+		"aggregator.retry_max":       c.Aggregator.RetryMax,
+		"clickhouse.read_timeout":    c.ClickHouse.ReadTimeout,
 	})
 	if r := c.NATS.Replicas; r < 1 || r > 5 {
 		bad("nats.replicas", "must be 1 to 5 (JetStream's limit), got %d", r)

@@ -134,7 +134,8 @@ func New(cfg *config.Config, log *slog.Logger, opts Options) *Server {
 	}
 	s.Limits = limits.New(limits.Options{Replica: cfg.Replica, Conn: opts.SyncConn, Store: opts.ClickHouse, Stream: cfg.NATS.Stream,
 		Partitions: cfg.NATS.Partitions, Config: cfg.Limits, Registerer: s.Metrics.Registry, Log: log})
-	s.Forward = &forward.Forwarder{Fleet: s.Fleet, Router: s.Router, Sink: sinks, Replica: cfg.Replica, MaxAttempts: cfg.Routing.MaxAttempts, CancelGrace: cfg.Routing.CancelGrace, Log: log, Observe: s.observeRequest, Limits: s.Limits}
+	s.Forward = &forward.Forwarder{Fleet: s.Fleet, Router: s.Router, Sink: sinks, Replica: cfg.Replica, MaxAttempts: cfg.Routing.MaxAttempts, CancelGrace: cfg.Routing.CancelGrace, Log: log, Observe: s.observeRequest, Limits: s.Limits,
+		FirstByteTimeout: cfg.Routing.FirstByteTimeout, WriteTimeout: cfg.Routing.WriteTimeout}
 	s.handler = s.routes()
 	return s
 }
