@@ -86,6 +86,12 @@ func (a *Aggregator) batchLoop(ctx context.Context) error {
 	timer := time.NewTimer(time.Hour)
 	defer timer.Stop()
 	for {
+		if b.retrying && b.inflight == nil && b.cur.empty() {
+			// What was held belonged to terms that ended (dropped with
+			// their leases): nothing is left to retry, and staying in
+			// retry would stop reading the fetchers for good.
+			b.retrying, b.backoff = false, a.o.RetryMin
+		}
 		ready := len(b.cur.rows) >= a.o.BatchSize
 		// While an insert runs the next batch may grow past BatchSize, up
 		// to maxBatch: when ClickHouse is the bottleneck it then gets fewer,
