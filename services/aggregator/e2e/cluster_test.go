@@ -161,6 +161,20 @@ func TestNATSClusterNodeLossUnderLoad(t *testing.T) {
 	load.waitCompleted(t, load.completed()+100) // clients are still served
 	// Core NATS needs no quorum: fleet state goes on through the node left.
 	checkFleetFlows(t, witness, bases, load)
+	// Run-time keys live in the bucket drover_keys, on the same three
+	// nodes: without a quorum a new key is refused, in the API's shape.
+	t2 := time.Now()
+	if code, body := createKey(t, bases[0], "cluster-key-0"); code != http.StatusServiceUnavailable || !strings.Contains(body, `"error"`) {
+		t.Fatalf("creating a key without a quorum: %d %s, want 503 with an error", code, body)
+	}
+	t.Logf("a key created without a quorum: refused with 503 after %s", time.Since(t2).Round(time.Millisecond))
+	// Long enough for the aggregator's leases (in drover_aggregator, on
+	// the same nodes) to lapse: it has to take its partitions again.
+	aggMetricsURL := "http://" + aggMetrics + "/metrics"
+	waitFor(t, 60*time.Second, "the aggregator to lose its partition leases without a quorum", func() bool {
+		return metric(aggMetricsURL, "drover_aggregator_leases_lost_total") > 0
+	})
+	t.Logf("the aggregator lost its first lease %s after the two nodes were killed", time.Since(t0).Round(time.Millisecond))
 	cl.restart(t, down[0])
 	t1 := time.Now()
 	for i, b := range bases {
@@ -170,6 +184,23 @@ func TestNATSClusterNodeLossUnderLoad(t *testing.T) {
 		})
 	}
 	t.Logf("quorum back: spools replayed %s after the node's restart", time.Since(t1).Round(time.Millisecond))
+	// And once it is back, a key created on one proxy serves on the other.
+	var id, secret string
+	waitFor(t, 60*time.Second, "a key to be created once the quorum is back", func() bool {
+		id = fmt.Sprintf("cluster-key-%d", time.Now().UnixNano())
+		code, body := createKey(t, bases[0], id)
+		var v struct{ Secret string }
+		json.Unmarshal([]byte(body), &v) //nolint:errcheck // checked below
+		secret = v.Secret
+		return code == http.StatusCreated && secret != ""
+	})
+	waitFor(t, 60*time.Second, "proxy 1 to serve the key created on proxy 0", func() bool {
+		model, m, err := ollamaRequest(ollamaClient(bases[1], secret), false)
+		if err == nil {
+			load.record(model, id, m, nil)
+		}
+		return err == nil
+	})
 	cl.restart(t, down[1])
 	waitFor(t, 60*time.Second, "all three nodes current", func() bool { return allCurrent(usageStream(), 3) })
 
@@ -178,7 +209,7 @@ func TestNATSClusterNodeLossUnderLoad(t *testing.T) {
 		t.Errorf("%d client requests failed; the first: %v", len(errs), errs[0])
 	}
 	t.Logf("%d requests completed for the clients; the aggregator lost %v partition leases on the way", load.completed(),
-		metric("http://"+aggMetrics+"/metrics", "drover_aggregator_leases_lost_total"))
+		metric(aggMetricsURL, "drover_aggregator_leases_lost_total"))
 	for name, p := range services {
 		if name == "aggregator" {
 			continue
@@ -189,6 +220,22 @@ func TestNATSClusterNodeLossUnderLoad(t *testing.T) {
 		}
 	}
 	checkClickHouseHolds(t, ch.Addr(), load)
+}
+
+// createKey asks base to create a client key with this id (as the admin)
+// and returns the status and body.
+func createKey(t *testing.T, base, id string) (int, string) {
+	t.Helper()
+	req, _ := http.NewRequestWithContext(t.Context(), http.MethodPost, base+"/api/keys", strings.NewReader(`{"id":"`+id+`"}`))
+	req.Header.Set("Authorization", "Bearer "+adminKey)
+	req.Header.Set("Content-Type", "application/json")
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return 0, err.Error()
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(body)
 }
 
 // logSpools logs how many usage events each proxy has spooled (NATS did
