@@ -25,10 +25,17 @@ type Affinity struct {
 	// drover.affinity and applies theirs (default true; needs nats.url).
 	Share *bool `yaml:"share"`
 	// MaxEntries bounds the index: block hashes and sessions over all
-	// backends and models, about 64 bytes each (default 65536: 4 MiB,
-	// 16 MiB of prompt text in 256-byte blocks, the caches of a hundred
-	// Ollama backends with 4 slots of 8k tokens).
+	// backends and models, about 80 bytes each (default 65536: 5 MiB,
+	// 16 MiB of prompt text in 256-byte blocks, the slots of 256 Ollama
+	// backends with 4 slots of 4096 tokens).
 	MaxEntries int `yaml:"max_entries"`
+	// ContextTokens is a backend slot's context length, Ollama's num_ctx
+	// (OLLAMA_CONTEXT_LENGTH; default 4096): each (backend, model) keeps
+	// at most max_concurrency × context_tokens × 4 bytes of prompt in the
+	// index, what its slots can hold (256 blocks of 256 bytes with 4
+	// slots), so the index does not send requests to caches the backend
+	// has long overwritten.
+	ContextTokens int `yaml:"context_tokens"`
 	// LoadBound is how many more requests in flight (fleet-wide) the
 	// backend holding the prefix may carry than the least loaded
 	// candidate before the request goes to the least loaded instead
@@ -53,8 +60,14 @@ type Affinity struct {
 // DefaultAffinity is routing.affinity's defaults.
 func DefaultAffinity() Affinity {
 	share := true
-	return Affinity{Share: &share, MaxEntries: 65536, LoadBound: 2, LoadBoundTokens: 8192, BlockBytes: 256,
+	return Affinity{Share: &share, MaxEntries: 65536, ContextTokens: 4096, LoadBound: 2, LoadBoundTokens: 8192, BlockBytes: 256,
 		TTL: 5 * time.Minute, ShareInterval: 50 * time.Millisecond}
+}
+
+// TargetBlocks is how many blocks of one (backend, model) with slots
+// slots the index keeps: what the slots can hold.
+func (a Affinity) TargetBlocks(slots int) int {
+	return max(1, slots*a.ContextTokens*4/a.BlockBytes)
 }
 
 // Sharing reports whether routing.affinity.share is on.
@@ -69,6 +82,9 @@ func (r Routing) validateAffinity(bad func(key, format string, args ...any)) {
 	a := r.Affinity
 	if a.MaxEntries < 0 {
 		bad("routing.affinity.max_entries", "must be positive, got %d", a.MaxEntries)
+	}
+	if a.ContextTokens < 0 {
+		bad("routing.affinity.context_tokens", "must be positive, got %d", a.ContextTokens)
 	}
 	if a.LoadBound < 0 {
 		bad("routing.affinity.load_bound", "must not be negative, got %d", a.LoadBound)

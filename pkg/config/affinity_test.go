@@ -43,6 +43,7 @@ func TestAffinityErrorsNameTheKey(t *testing.T) {
 		"DROVER_ROUTING_AFFINITY_LOAD_BOUND=-1":        "routing.affinity.load_bound",
 		"DROVER_ROUTING_AFFINITY_LOAD_BOUND_TOKENS=-5": "routing.affinity.load_bound_tokens",
 		"DROVER_ROUTING_AFFINITY_MAX_ENTRIES=-1":       "routing.affinity.max_entries",
+		"DROVER_ROUTING_AFFINITY_CONTEXT_TOKENS=-1":    "routing.affinity.context_tokens",
 		"DROVER_ROUTING_AFFINITY_SHARE_INTERVAL=1us":   "routing.affinity.share_interval",
 		"DROVER_ROUTING_AFFINITY_SHARE=perhaps":        "DROVER_ROUTING_AFFINITY_SHARE",
 	} {

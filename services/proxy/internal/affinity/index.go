@@ -7,33 +7,62 @@ import (
 
 // Index remembers which prompt blocks and sessions each (backend, model)
 // served recently. It holds at most MaxEntries hashes over all backends
-// (least recently used out first, about 64 bytes each) and forgets an
-// entry TTL after it was last inserted, in step with the backend's
-// keep_alive: an idle model leaves memory, and its cache with it.
+// and, with PerTarget, at most that many per (backend, model): what the
+// backend's slots can hold, since an index that remembers more than the
+// backend keeps sends requests to caches long overwritten. Least
+// recently used entries go first; an entry is forgotten TTL after it was
+// last inserted, in step with the backend's keep_alive (an idle model
+// leaves memory, and its cache with it).
 //
 // It is safe for concurrent use; lookups share a read lock.
 type Index struct {
-	ttl time.Duration
+	ttl       time.Duration
+	perTarget func(Target) int
 
-	mu    sync.RWMutex     // guards every field below
-	slots map[uint64]int32 // entry key -> node
-	nodes []node           // grows to MaxEntries, then reused from the LRU end
-	head  int32            // most recently used node; -1: none
-	tail  int32            // least recently used node
-	max   int
+	mu      sync.RWMutex     // guards every field below
+	slots   map[uint64]int32 // entry key -> node
+	nodes   []node           // grows to max, then reused from the LRU end
+	all     lru              // every node, most recently used first
+	targets map[Target]*targetLRU
+	max     int
 }
 
-// node is one entry on the LRU list.
+// lru is a list's ends; -1: none.
+type lru struct{ head, tail int32 }
+
+// targetLRU is one target's entries, most recently used first.
+type targetLRU struct {
+	lru
+	n, limit int
+	key      Target
+}
+
+// node is one entry, on the list of all entries and on its target's.
 type node struct {
-	key        uint64
-	at         int64 // unix nanoseconds of the last insert
-	prev, next int32
+	key          uint64
+	at           int64 // unix nanoseconds of the last insert
+	prev, next   int32 // on Index.all
+	tprev, tnext int32 // on its target's list
+	t            *targetLRU
+}
+
+// IndexOption configures NewIndex.
+type IndexOption func(*Index)
+
+// PerTarget bounds each target's entries to limit(t) (0: only the total
+// bound). It is asked once per target.
+func PerTarget(limit func(Target) int) IndexOption {
+	return func(x *Index) { x.perTarget = limit }
 }
 
 // NewIndex returns an empty index bounded to maxEntries hashes, each
 // forgotten ttl after its last insert.
-func NewIndex(maxEntries int, ttl time.Duration) *Index {
-	return &Index{ttl: ttl, slots: make(map[uint64]int32), head: -1, tail: -1, max: maxEntries}
+func NewIndex(maxEntries int, ttl time.Duration, opts ...IndexOption) *Index {
+	x := &Index{ttl: ttl, slots: make(map[uint64]int32), all: lru{-1, -1}, targets: map[Target]*targetLRU{}, max: maxEntries}
+	for _, o := range opts {
+		o(x)
+	}
+	return x
 }
 
 // Target names one (backend, model) whose cache the index tracks.
@@ -128,6 +157,14 @@ func (x *Index) insert(t Target, hashes []uint64, now time.Time, refresh time.Du
 	at := now.UnixNano()
 	x.mu.Lock()
 	defer x.mu.Unlock()
+	tl := x.targets[t]
+	if tl == nil {
+		tl = &targetLRU{lru: lru{-1, -1}, key: t}
+		if x.perTarget != nil {
+			tl.limit = x.perTarget(t)
+		}
+		x.targets[t] = tl
+	}
 	for _, h := range hashes {
 		k := entryKey(salt, h)
 		if i, ok := x.slots[k]; ok {
@@ -136,19 +173,22 @@ func (x *Index) insert(t Target, hashes []uint64, now time.Time, refresh time.Du
 				buf = append(buf, h)
 			}
 			n.at = at
-			x.moveToFront(i)
+			x.touch(i)
 			continue
 		}
 		var i int32
-		if len(x.nodes) < x.max {
-			x.nodes = append(x.nodes, node{prev: -1, next: -1})
+		switch {
+		case tl.limit > 0 && tl.n >= tl.limit:
+			i = tl.tail // the target is full: its own oldest goes
+			x.remove(i, tl)
+		case len(x.nodes) < x.max:
+			x.nodes = append(x.nodes, node{})
 			i = int32(len(x.nodes) - 1)
-		} else {
-			i = x.tail
-			x.unlink(i)
-			delete(x.slots, x.nodes[i].key)
+		default:
+			i = x.all.tail
+			x.remove(i, tl)
 		}
-		x.nodes[i].key, x.nodes[i].at = k, at
+		x.nodes[i] = node{key: k, at: at, t: tl}
 		x.slots[k] = i
 		x.pushFront(i)
 		if refresh > 0 {
@@ -166,35 +206,70 @@ func (x *Index) Len() int {
 	return len(x.slots)
 }
 
+// remove takes node i out of both lists and the map, and forgets its
+// target once empty (but not keep, the target being inserted into).
+func (x *Index) remove(i int32, keep *targetLRU) {
+	n := &x.nodes[i]
+	t := n.t
+	x.unlink(i)
+	delete(x.slots, n.key)
+	if t.n == 0 && t != keep {
+		delete(x.targets, t.key)
+	}
+}
+
 func (x *Index) unlink(i int32) {
 	n := &x.nodes[i]
 	if n.prev >= 0 {
 		x.nodes[n.prev].next = n.next
 	} else {
-		x.head = n.next
+		x.all.head = n.next
 	}
 	if n.next >= 0 {
 		x.nodes[n.next].prev = n.prev
 	} else {
-		x.tail = n.prev
+		x.all.tail = n.prev
 	}
-	n.prev, n.next = -1, -1
+	t := n.t
+	if n.tprev >= 0 {
+		x.nodes[n.tprev].tnext = n.tnext
+	} else {
+		t.head = n.tnext
+	}
+	if n.tnext >= 0 {
+		x.nodes[n.tnext].tprev = n.tprev
+	} else {
+		t.tail = n.tprev
+	}
+	t.n--
+	n.prev, n.next, n.tprev, n.tnext = -1, -1, -1, -1
 }
 
 func (x *Index) pushFront(i int32) {
 	n := &x.nodes[i]
-	n.prev, n.next = -1, x.head
-	if x.head >= 0 {
-		x.nodes[x.head].prev = i
+	n.prev, n.next = -1, x.all.head
+	if x.all.head >= 0 {
+		x.nodes[x.all.head].prev = i
 	}
-	x.head = i
-	if x.tail < 0 {
-		x.tail = i
+	x.all.head = i
+	if x.all.tail < 0 {
+		x.all.tail = i
 	}
+	t := n.t
+	n.tprev, n.tnext = -1, t.head
+	if t.head >= 0 {
+		x.nodes[t.head].tprev = i
+	}
+	t.head = i
+	if t.tail < 0 {
+		t.tail = i
+	}
+	t.n++
 }
 
-func (x *Index) moveToFront(i int32) {
-	if x.head == i {
+// touch makes node i the most recently used, on both lists.
+func (x *Index) touch(i int32) {
+	if x.all.head == i && x.nodes[i].t.head == i {
 		return
 	}
 	x.unlink(i)

@@ -65,6 +65,45 @@ func TestIndexBound(t *testing.T) {
 	}
 }
 
+// Each target holds at most its own bound (what its slots can hold), its
+// oldest entries going first, without touching the other targets'.
+func TestIndexPerTargetBound(t *testing.T) {
+	a, b := Target{"a", "m"}, Target{"b", "m"}
+	x := NewIndex(1000, time.Hour, PerTarget(func(t Target) int { return map[string]int{"a": 10, "b": 20}[t.Backend] }))
+	now := time.Now()
+	x.Insert(b, chain(1, 20), now, 0, nil)
+	for i := range uint64(10) {
+		x.Insert(a, chain(1000+100*i, 5), now, 0, nil)
+	}
+	if got := x.Lookup(a, chain(1900, 5), now).Blocks; got != 5 {
+		t.Errorf("a's newest chain matches %d of 5", got)
+	}
+	if got := x.Lookup(a, chain(1800, 5), now).Blocks; got != 5 {
+		t.Errorf("a's second newest matches %d of 5", got)
+	}
+	if got := x.Lookup(a, chain(1700, 5), now).Blocks; got != 0 {
+		t.Errorf("a's third newest still matches %d blocks over a bound of 10", got)
+	}
+	if got := x.Lookup(b, chain(1, 20), now).Blocks; got != 20 {
+		t.Errorf("b's chain matches %d of 20 after a's inserts", got)
+	}
+	if x.Len() != 30 {
+		t.Errorf("%d entries, want 10 + 20", x.Len())
+	}
+	// The total bound still holds over targets, and an emptied target is
+	// forgotten.
+	y := NewIndex(8, time.Hour, PerTarget(func(Target) int { return 8 }))
+	y.Insert(a, chain(1, 6), now, 0, nil)
+	y.Insert(b, chain(100, 6), now, 0, nil)
+	if y.Len() != 8 || y.Lookup(b, chain(100, 6), now).Blocks != 6 || y.Lookup(a, chain(1, 6), now).Blocks != 0 {
+		t.Fatalf("%d entries; b %d, a %d", y.Len(), y.Lookup(b, chain(100, 6), now).Blocks, y.Lookup(a, chain(1, 6), now).Blocks)
+	}
+	y.Insert(b, chain(200, 6), now, 0, nil)
+	if _, ok := y.targets[a]; ok {
+		t.Error("a's emptied list is kept")
+	}
+}
+
 // Entries age out TTL after their last insert, sessions too.
 func TestIndexAgeing(t *testing.T) {
 	ttl := 5 * time.Minute

@@ -1,6 +1,7 @@
 package server
 
 import (
+	"cmp"
 	"log/slog"
 	"sync/atomic"
 
@@ -38,7 +39,14 @@ func newAffinity(cfg *config.Config, m *metrics.Metrics, conn *nats.Conn, log *s
 		return p, nil
 	}
 	ac := cfg.Routing.Affinity
-	p.index = affinity.NewIndex(ac.MaxEntries, ac.TTL)
+	// Each (backend, model) keeps what its slots can hold.
+	slots := map[string]int{}
+	for _, b := range cfg.Backends {
+		slots[b.Name] = cmp.Or(b.MaxConcurrency, cfg.Routing.MaxConcurrency)
+	}
+	p.index = affinity.NewIndex(ac.MaxEntries, ac.TTL, affinity.PerTarget(func(t affinity.Target) int {
+		return ac.TargetBlocks(cmp.Or(slots[t.Backend], cfg.Routing.MaxConcurrency))
+	}))
 	p.metrics = m.NewAffinity(p.index.Len)
 	ra := &routing.Affinity{
 		Index:           p.index,
