@@ -255,7 +255,7 @@ func (c *chainer) writeJSON(v []byte) {
 	if len(v) == 0 {
 		return
 	}
-	if v[0] == '"' || bytes.IndexAny(v, " \t\r\n") < 0 {
+	if v[0] == '"' || !bytes.ContainsAny(v, " \t\r\n") {
 		c.write(v) // a string, or already compact
 		return
 	}
