@@ -443,4 +443,3 @@ func TestTwoPublishersCannotShareASpool(t *testing.T) {
 		t.Fatal("second publisher on the same spool dir started")
 	}
 }
-
