@@ -149,9 +149,9 @@ func (sl *cacheSlot) insert(blocks []uint64, capacity int) {
 	}
 }
 
-// take picks the slot for a prompt as Ollama's runner does by default
-// (findLongestCacheSlot in runner/ollamarunner/cache.go of v0.17.4;
-// OLLAMA_MULTIUSER_CACHE unset): among free slots the one holding the
+// take picks the slot for a prompt as Ollama's runners do by default
+// (findLongestCacheSlot in runner/llamarunner/cache.go and
+// runner/ollamarunner/cache.go of v0.17.4; OLLAMA_MULTIUSER_CACHE unset): among free slots the one holding the
 // longest prefix, ties to the lowest-numbered, so a miss overwrites slot 0
 // and the others keep their prompts. When every slot is busy (Parallel 0
 // only) it takes the best of all. It returns the slot and how many prompt

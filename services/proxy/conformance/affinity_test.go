@@ -42,8 +42,8 @@ import (
 const (
 	affConversations = 8
 	affTurns         = 6
-	affSystemWords   = 600 // shared by every conversation: they drift apart from it
-	affUserWords     = 80
+	affSystemWords   = 200 // shared by every conversation: they drift apart from it
+	affUserWords     = 150 // so that a conversation's own history is most of its prompt
 	affReplyTokens   = 32
 	affThink         = 300 * time.Millisecond
 	affParallel      = 4
@@ -70,6 +70,10 @@ type affRun struct {
 	firstEval      time.Duration // the same over first turns
 	followUpTokens int           // sum of prompt_eval_count over turns 2..6
 	wall           time.Duration
+	// evaluated and cached are the prompt tokens Ollama's runners
+	// evaluated and took from a slot's cache over the whole run (all turns),
+	// from their debug log: a count, immune to the machine's load.
+	evaluated, cached int
 }
 
 func TestAffinityRealOllama(t *testing.T) {
@@ -106,7 +110,7 @@ func TestAffinityRealOllama(t *testing.T) {
 
 	// What the fake imitates: the same long chat twice on an idle server.
 	rng := rand.New(rand.NewPCG(99, 1))
-	long := []api.Message{{Role: "system", Content: affText(rng, affSystemWords)}, {Role: "user", Content: affText(rng, 500)}}
+	long := []api.Message{{Role: "system", Content: affText(rng, 600)}, {Role: "user", Content: affText(rng, 500)}}
 	cold, err := affChat(ctx, direct[0], long)
 	if err != nil {
 		t.Fatal(err)
@@ -149,10 +153,11 @@ func TestAffinityRealOllama(t *testing.T) {
 	}
 	evalRatio := make([][]float64, len(runs))
 	wallRatio := make([][]float64, len(runs))
+	tokRatio := make([][]float64, len(runs))
 	for round := range rounds {
 		var results []affRun
 		for i, r := range runs {
-			res, err := affConverse(ctx, r.name, uint64(round*len(runs)+i+1), r.client)
+			res, err := affConverse(ctx, r.name, uint64(round*len(runs)+i+1), r.client, servers)
 			if err != nil {
 				t.Fatalf("round %d, %s: %v", round+1, r.name, err)
 			}
@@ -161,17 +166,21 @@ func TestAffinityRealOllama(t *testing.T) {
 		base := results[0]
 		for i, r := range results {
 			e, w := r.followUpEval.Seconds()/base.followUpEval.Seconds(), r.wall.Seconds()/base.wall.Seconds()
-			evalRatio[i], wallRatio[i] = append(evalRatio[i], e), append(wallRatio[i], w)
-			t.Logf("round %d: %-46s follow-up prompt_eval_duration %6.2fs (%d tokens counted), first turns %5.2fs, wall %5.2fs; vs pinned: eval %.2fx, wall %.2fx",
-				round+1, r.name, r.followUpEval.Seconds(), r.followUpTokens, r.firstEval.Seconds(), r.wall.Seconds(), e, w)
+			tok := float64(r.evaluated) / float64(max(base.evaluated, 1))
+			evalRatio[i], wallRatio[i], tokRatio[i] = append(evalRatio[i], e), append(wallRatio[i], w), append(tokRatio[i], tok)
+			t.Logf("round %d: %-46s follow-up prompt_eval_duration %6.2fs (%d tokens counted), first turns %5.2fs, wall %5.2fs; "+
+				"tokens evaluated %d, from cache %d; vs pinned: eval %.2fx, wall %.2fx, tokens evaluated %.2fx",
+				round+1, r.name, r.followUpEval.Seconds(), r.followUpTokens, r.firstEval.Seconds(), r.wall.Seconds(),
+				r.evaluated, r.cached, e, w, tok)
 		}
 	}
 	for i, r := range runs[1:] {
-		e, w := evalRatio[i+1], wallRatio[i+1]
+		e, w, k := evalRatio[i+1], wallRatio[i+1], tokRatio[i+1]
 		slices.Sort(e)
 		slices.Sort(w)
-		t.Logf("%s vs pinned over %d rounds: follow-up prompt_eval_duration median %.2fx (%.2f-%.2f), wall median %.2fx (%.2f-%.2f)",
-			r.name, rounds, e[len(e)/2], e[0], e[len(e)-1], w[len(w)/2], w[0], w[len(w)-1])
+		slices.Sort(k)
+		t.Logf("%s vs pinned over %d rounds: follow-up prompt_eval_duration median %.2fx (%.2f-%.2f), wall median %.2fx (%.2f-%.2f), tokens evaluated median %.2fx (%.2f-%.2f)",
+			r.name, rounds, e[len(e)/2], e[0], e[len(e)-1], w[len(w)/2], w[0], w[len(w)-1], k[len(k)/2], k[0], k[len(k)-1])
 	}
 	for _, strategy := range []string{"least_loaded", "prefix"} {
 		t.Logf("drover %s: %s", strategy, affMetrics(drovers[strategy]))
@@ -195,7 +204,11 @@ func affMetrics(d *drover) string {
 // affConverse runs every conversation at once, each turn after the last
 // reply and a pause; seed makes the run's text its own, so no run finds
 // another's prompts in the servers' caches.
-func affConverse(ctx context.Context, name string, seed uint64, client func(conv int) *api.Client) (affRun, error) {
+func affConverse(ctx context.Context, name string, seed uint64, client func(conv int) *api.Client, servers []*ollama) (affRun, error) {
+	offsets := make([]int64, len(servers))
+	for i, s := range servers {
+		offsets[i] = fileSize(s.log)
+	}
 	rng := rand.New(rand.NewPCG(seed, 2))
 	system := affText(rng, affSystemWords)
 	users := make([][]string, affConversations)
@@ -239,7 +252,51 @@ func affConverse(ctx context.Context, name string, seed uint64, client func(conv
 	}
 	wg.Wait()
 	res.wall = time.Since(start)
+	for i, s := range servers {
+		used, remaining, err := cacheLog(s.log, offsets[i])
+		if err != nil {
+			return res, err
+		}
+		res.cached += used
+		res.evaluated += remaining
+	}
 	return res, firstErr
+}
+
+func fileSize(path string) int64 {
+	fi, err := os.Stat(path)
+	if err != nil {
+		return 0
+	}
+	return fi.Size()
+}
+
+// cacheLog sums the used (from cache) and remaining (evaluated) prompt
+// tokens of the runner's "loading cache slot" debug lines after offset.
+func cacheLog(path string, offset int64) (used, remaining int, err error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return 0, 0, err
+	}
+	if offset > int64(len(b)) {
+		offset = 0
+	}
+	for _, line := range strings.Split(string(b[offset:]), "\n") {
+		if !strings.Contains(line, `msg="loading cache slot"`) {
+			continue
+		}
+		for _, f := range strings.Fields(line) {
+			if v, ok := strings.CutPrefix(f, "used="); ok {
+				n, _ := strconv.Atoi(v)
+				used += n
+			}
+			if v, ok := strings.CutPrefix(f, "remaining="); ok {
+				n, _ := strconv.Atoi(v)
+				remaining += n
+			}
+		}
+	}
+	return used, remaining, nil
 }
 
 type affReply struct {
@@ -290,7 +347,8 @@ func (o *ollama) startParallel(parallel int, models ...string) error {
 	}
 	o.cmd = exec.Command(tools.bin, "serve")
 	o.cmd.Env = append(cleanEnv(), "HOME="+filepath.Join(base, "home"), "OLLAMA_HOST="+o.host, "OLLAMA_MODELS="+o.models,
-		fmt.Sprintf("OLLAMA_NUM_PARALLEL=%d", parallel), "OLLAMA_MAX_LOADED_MODELS=1")
+		fmt.Sprintf("OLLAMA_NUM_PARALLEL=%d", parallel), "OLLAMA_MAX_LOADED_MODELS=1",
+		"OLLAMA_DEBUG=1") // the runner logs each request's cached and evaluated tokens (cacheLog)
 	o.cmd.Stdout, o.cmd.Stderr = logf, logf
 	o.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	if err := o.cmd.Start(); err != nil {
