@@ -73,6 +73,10 @@ type Publisher struct {
 	cur        *commit
 	kick       chan struct{} // wakes the writer: cur has records
 	fresh      chan struct{} // wakes the owner: the spool has new records
+	// wantFresh is set while the owner waits with nothing to send: only
+	// then does a commit wake it (a busy owner looks at the spool when its
+	// batch is acknowledged), so a busy replica wakes it once per batch.
+	wantFresh atomic.Bool
 	writerStop chan struct{}
 	writerDone chan struct{}
 
@@ -229,9 +233,11 @@ func (p *Publisher) write() {
 			p.append(c.recs)
 		}
 		close(c.done)
-		select {
-		case p.fresh <- struct{}{}:
-		default:
+		if p.wantFresh.Load() {
+			select {
+			case p.fresh <- struct{}{}:
+			default:
+			}
 		}
 	}
 }

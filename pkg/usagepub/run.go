@@ -72,6 +72,10 @@ func (p *Publisher) run() {
 			p.ack(st, true)
 			return
 		}
+		// Wake on new records only when they would be sent at once; the
+		// check after setting the flag catches a commit that came before
+		// it (arm's timer then covers the linger).
+		p.wantFresh.Store(st.online && st.inflight == nil)
 		p.arm(st)
 		select {
 		case <-p.fresh:
