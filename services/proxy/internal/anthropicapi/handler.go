@@ -29,10 +29,29 @@ func (h *Handler) Routes(r chi.Router) {
 // Ollama). The type keeps Ollama's name, which encoding/json puts in type
 // errors. Everything else goes to the backend as the client sent it.
 type MessagesRequest struct {
-	Model     string            `json:"model"`
-	MaxTokens int               `json:"max_tokens"`
-	Messages  []json.RawMessage `json:"messages"`
-	Stream    bool              `json:"stream,omitempty"`
+	Model     string    `json:"model"`
+	MaxTokens int       `json:"max_tokens"`
+	Messages  []counted `json:"messages"`
+	Stream    bool      `json:"stream,omitempty"`
+}
+
+// counted is a message, counted but not copied: a body may be
+// server.max_body_bytes, and a copy of its messages would double what the
+// request costs.
+type counted struct{}
+
+func (*counted) UnmarshalJSON([]byte) error { return nil }
+
+// decode reads body as gin's ShouldBindJSON does, with a json.Decoder (an
+// empty body is "EOF", trailing data is ignored), but first with
+// json.Unmarshal, which gives the same result for a well-formed body
+// without the Decoder's copy of it.
+func decode(body []byte, req *MessagesRequest) error {
+	if json.Unmarshal(body, req) == nil {
+		return nil
+	}
+	*req = MessagesRequest{}
+	return json.NewDecoder(bytes.NewReader(body)).Decode(req)
 }
 
 func (h *Handler) messages(w http.ResponseWriter, r *http.Request) {
@@ -41,8 +60,7 @@ func (h *Handler) messages(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	var req MessagesRequest
-	// A decoder, as gin's ShouldBindJSON uses: an empty body is "EOF".
-	switch err := json.NewDecoder(bytes.NewReader(body)).Decode(&req); {
+	switch err := decode(body, &req); {
 	case err != nil:
 		badRequest(w, err.Error())
 		return

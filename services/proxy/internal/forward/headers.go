@@ -80,11 +80,14 @@ const MaxBody = 256 << 20
 // into a buffer of that size, so it costs its size once, not the doublings
 // of a growing one.
 func ReadBody(w http.ResponseWriter, r *http.Request, writeErr func(http.ResponseWriter, int, string)) ([]byte, bool) {
-	size := 512
-	if r.ContentLength > 0 && r.ContentLength <= MaxBody {
+	size, limit := 512, int64(MaxBody)
+	if l, ok := r.Body.(interface{ Limit() int64 }); ok {
+		limit = min(limit, l.Limit())
+	}
+	if r.ContentLength > 0 && r.ContentLength <= limit {
 		size = int(r.ContentLength) + 1 // +1: room to read the end without growing
 	}
-	body, err := readAll(http.MaxBytesReader(w, r.Body, MaxBody), size)
+	body, err := readAll(http.MaxBytesReader(w, r.Body, MaxBody), size, int(limit)+1)
 	if err != nil {
 		status, msg := BodyError(err)
 		writeErr(w, status, msg)
@@ -93,8 +96,11 @@ func ReadBody(w http.ResponseWriter, r *http.Request, writeErr func(http.Respons
 	return body, true
 }
 
-// readAll is io.ReadAll starting from a buffer of size bytes.
-func readAll(r io.Reader, size int) ([]byte, error) {
+// readAll is io.ReadAll starting from a buffer of size bytes and doubling
+// it, never past most: a body of unknown length (chunked) costs at most
+// about one and a half times the limit while it is read, not the
+// geometric series of a growing slice.
+func readAll(r io.Reader, size, most int) ([]byte, error) {
 	b := make([]byte, 0, size)
 	for {
 		n, err := r.Read(b[len(b):cap(b)])
@@ -106,7 +112,9 @@ func readAll(r io.Reader, size int) ([]byte, error) {
 			return b, err
 		}
 		if len(b) == cap(b) {
-			b = append(b, 0)[:len(b)]
+			grown := make([]byte, len(b), max(min(2*cap(b), most), cap(b)+512))
+			copy(grown, b)
+			b = grown
 		}
 	}
 }

@@ -47,3 +47,20 @@ func TestTailKeepsTheEnd(t *testing.T) {
 		t.Fatalf("count %d %v", n, ok)
 	}
 }
+
+// One 64 MB NDJSON line without its newline, as a broken backend might
+// send it, in 32 KiB reads: the meter keeps its end only, so the cost is
+// linear and the memory two tails.
+func BenchmarkMeterHugeLine(b *testing.B) {
+	const total, read = 64 << 20, 32 << 10
+	chunk := []byte(strings.Repeat("x", read))
+	b.SetBytes(total)
+	var m Meter
+	for b.Loop() {
+		m.Reset()
+		for written := 0; written < total; written += read {
+			m.Write(chunk) //nolint:errcheck
+		}
+		m.Count("eval_count")
+	}
+}

@@ -113,17 +113,36 @@ func (h *Handler) inference(route, kind string) http.HandlerFunc {
 	}
 }
 
+// seen is any JSON value, counted but not kept.
+type seen struct{}
+
+func (*seen) UnmarshalJSON([]byte) error { return nil }
+
+// emptiness records whether a value is given: not absent, null or "" (nor
+// [] when emptyList).
+type emptiness struct{ emptyList, given bool }
+
+func (e *emptiness) UnmarshalJSON(b []byte) error {
+	v := bytes.TrimSpace(b) // compared as bytes: a string of it would be a copy
+	e.given = !bytes.Equal(v, []byte("null")) && !bytes.Equal(v, []byte(`""`)) && (!bytes.Equal(v, []byte("[]")) || !e.emptyList)
+	return nil
+}
+
 // loadOnly reports a request that only loads (or, with keep_alive 0,
 // unloads) a model: a chat without messages, a generate without prompt, an
 // embed without input.
+//
+// It looks without copying: a body is up to server.max_body_bytes, and a
+// copy of its messages or prompt here would double what a request costs.
 func loadOnly(route string, body []byte) (load, unload bool) {
 	var req struct {
-		Messages  []json.RawMessage `json:"messages"`
-		Prompt    *string           `json:"prompt"`
-		Images    []json.RawMessage `json:"images"`
-		Input     json.RawMessage   `json:"input"`
-		KeepAlive json.RawMessage   `json:"keep_alive"`
+		Messages  []seen          `json:"messages"`
+		Prompt    emptiness       `json:"prompt"`
+		Images    []seen          `json:"images"`
+		Input     emptiness       `json:"input"`
+		KeepAlive json.RawMessage `json:"keep_alive"`
 	}
+	req.Input.emptyList = true
 	if json.Unmarshal(body, &req) != nil {
 		return false, false
 	}
@@ -131,12 +150,11 @@ func loadOnly(route string, body []byte) (load, unload bool) {
 	case "/api/chat":
 		load = len(req.Messages) == 0
 	case "/api/generate":
-		load = (req.Prompt == nil || *req.Prompt == "") && len(req.Images) == 0
+		load = !req.Prompt.given && len(req.Images) == 0
 	case "/api/embed":
-		in := string(bytes.TrimSpace(req.Input))
-		load = in == "" || in == "null" || in == `""` || in == "[]"
+		load = !req.Input.given
 	case "/api/embeddings":
-		load = req.Prompt == nil || *req.Prompt == ""
+		load = !req.Prompt.given
 	}
 	ka := string(bytes.TrimSpace(req.KeepAlive))
 	return load, ka == "0" || ka == `"0"` || ka == `"0s"`

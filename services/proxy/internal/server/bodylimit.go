@@ -129,3 +129,7 @@ func (s *Server) HTTPServer() *http.Server {
 		MaxHeaderBytes:    c.MaxHeaderBytes,
 	}
 }
+
+// Limit is the body's size bound, for readers that size their buffers by it
+// (forward.ReadBody).
+func (b *limitedBody) Limit() int64 { return b.limit }

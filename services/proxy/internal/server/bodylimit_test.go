@@ -118,8 +118,10 @@ func TestSlowBodyIs408AndClosed(t *testing.T) {
 				return
 			}
 			defer conn.Close()
-			conn.SetDeadline(time.Now().Add(20 * time.Second))                                                                            //nolint:errcheck
-			io.WriteString(conn, "POST /api/chat HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n{") //nolint:errcheck
+			conn.SetDeadline(time.Now().Add(20 * time.Second)) //nolint:errcheck
+
+			head := "POST /api/chat HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n{"
+			io.WriteString(conn, head) //nolint:errcheck // a failure shows in the answer read below
 			stop := make(chan struct{})
 			defer close(stop)
 			go func() { // a byte every 20ms, until refused
