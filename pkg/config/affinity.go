@@ -30,7 +30,9 @@ type Affinity struct {
 	// backends with 4 slots of 4096 tokens).
 	MaxEntries int `yaml:"max_entries"`
 	// ContextTokens is a backend slot's context length, Ollama's num_ctx
-	// (OLLAMA_CONTEXT_LENGTH; default 4096): each (backend, model) keeps
+	// (default 4096, Ollama's own on a GPU under 24 GiB; it picks 32k and
+	// 256k on larger ones, or OLLAMA_CONTEXT_LENGTH; `ollama ps` shows
+	// it): each (backend, model) keeps
 	// at most max_concurrency × context_tokens × 4 bytes of prompt in the
 	// index, what its slots can hold (256 blocks of 256 bytes with 4
 	// slots), so the index does not send requests to caches the backend
