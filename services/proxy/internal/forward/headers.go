@@ -112,7 +112,13 @@ func readAll(r io.Reader, size, most int) ([]byte, error) {
 			return b, err
 		}
 		if len(b) == cap(b) {
-			grown := make([]byte, len(b), max(min(2*cap(b), most), cap(b)+512))
+			// Doubling, but straight to most when the next doubling would
+			// pass it, so the last buffer is not a near-copy of the limit.
+			next := 2 * cap(b)
+			if 2*next > most {
+				next = most
+			}
+			grown := make([]byte, len(b), max(next, cap(b)+512))
 			copy(grown, b)
 			b = grown
 		}
