@@ -399,7 +399,7 @@ function renderAffinity(a) {
     return;
   }
   $('#affinity-hit').textContent = ranked ? pct(a.hit_rate) : '–';
-  $('#affinity-sub').textContent = `${pct(a.cached_rate)} of prompt bytes cached; ${num(a.overrides)} over the load bound; ${num(a.index_entries)} indexed (this replica)`;
+  $('#affinity-sub').textContent = `${pct(a.cached_rate)} of prompt bytes sent where indexed; ${num(a.overrides)} over the load bound; ${num(a.index_entries)} indexed (this replica)`;
 }
 
 function pct(x) { return (100 * (x || 0)).toFixed(1) + ' %'; }
