@@ -10,6 +10,7 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
@@ -30,6 +31,7 @@ import (
 const defaultSetups = "1:least_loaded,1:round_robin,1:session,1:prefix,3:least_loaded,3:prefix,3:prefix-noshare"
 
 type options struct {
+	from          string // re-render a -json file instead of running
 	spec          routingbench.RunSpec
 	setups        []routingbench.Setup
 	jsonPath, svg string
@@ -71,8 +73,12 @@ func parseFlags(args []string) (options, error) {
 	fs.StringVar(&o.jsonPath, "json", "", "write the results as JSON to this file")
 	fs.StringVar(&o.svg, "svg", "", "write the plot to this file (e.g. docs/bench-routing.svg)")
 	fs.StringVar(&o.spec.LogDir, "logs", "", "directory for child logs and configs (default: a new temp dir)")
+	fs.StringVar(&o.from, "from", "", "run nothing: read a -json file, check the targets again and write the tables (and -svg, -json)")
 	if err := fs.Parse(args); err != nil {
 		return o, err
+	}
+	if o.from != "" {
+		return o, nil
 	}
 	if o.spec.Bins.Proxy == "" || o.spec.Bins.Backend == "" {
 		return o, errors.New("-drover and -backend-bin are required")
@@ -158,6 +164,9 @@ func main() {
 }
 
 func run(ctx context.Context, o options, stdout, stderr io.Writer) error {
+	if o.from != "" {
+		return rerender(o, stdout)
+	}
 	load := loadAvg()
 	if load > 1 {
 		fmt.Fprintf(stderr, "warning: 1-minute load average is %.2f; the machine is not quiet, numbers will be noisy\n", load)
@@ -198,6 +207,24 @@ func run(ctx context.Context, o options, stdout, stderr io.Writer) error {
 		fmt.Fprintf(stderr, "  hit rate %.1f %%, TTFT p50 %.0f ms p99 %.0f ms, %d errors\n", 100*res.HitRate, res.TTFTP50, res.TTFTP99, res.Errors)
 		doc.Results = append(doc.Results, res)
 	}
+	return finish(o, doc, stdout, ctx.Err())
+}
+
+// rerender reads a document written by -json and reports it again, with
+// the targets checked by this build.
+func rerender(o options, stdout io.Writer) error {
+	b, err := os.ReadFile(o.from)
+	if err != nil {
+		return fmt.Errorf("-from: %w", err)
+	}
+	var doc routingbench.Document
+	if err := json.Unmarshal(b, &doc); err != nil {
+		return fmt.Errorf("-from %s: %w", o.from, err)
+	}
+	return finish(o, doc, stdout, nil)
+}
+
+func finish(o options, doc routingbench.Document, stdout io.Writer, runErr error) error {
 	doc.CheckTargets()
 	if o.jsonPath != "" {
 		if err := writeFile(o.jsonPath, doc.WriteJSON); err != nil {
@@ -213,7 +240,7 @@ func run(ctx context.Context, o options, stdout, stderr io.Writer) error {
 	if len(doc.Failures) > 0 {
 		return fmt.Errorf("%d setup(s) could not run", len(doc.Failures))
 	}
-	return ctx.Err()
+	return runErr
 }
 
 func rates(steps []routingbench.Step) []float64 {

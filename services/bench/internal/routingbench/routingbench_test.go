@@ -149,7 +149,7 @@ func TestReportTargetsAndSVG(t *testing.T) {
 	}
 	d := Document{Settings: map[string]string{"backends": "4"}, Results: []Result{
 		{Setup: Setup{Name: "least_loaded x1", Strategy: "least_loaded", Replicas: 1, Share: true}, HitRate: 0.2, Sustained: 10,
-			Steps: []StepStats{step(10, 0.2, 400, 900, 10), step(20, 0.2, 900, 3000, 15)}},
+			Steps: []StepStats{step(10, 0.2, 400, 900, 10), step(20, 0.2, 900, 1900, 17)}}, // 20: saturated (17 < 0.9 × 20)
 		{Setup: Setup{Name: "prefix x1", Strategy: "prefix", Replicas: 1, Share: true}, HitRate: 0.7, Sustained: 20,
 			Steps: []StepStats{step(10, 0.7, 20, 800, 10), step(20, 0.7, 40, 1500, 20)}},
 		{Setup: Setup{Name: "prefix x3", Strategy: "prefix", Replicas: 3, Share: true}, HitRate: 0.66},
@@ -166,8 +166,10 @@ func TestReportTargetsAndSVG(t *testing.T) {
 	}
 	var md bytes.Buffer
 	d.WriteMarkdown(&md)
-	if !strings.Contains(md.String(), "| prefix x1 | 70.0 % | 20 / 800 @10 |") {
-		t.Errorf("markdown compares at least_loaded's sustained step (10 req/s):\n%s", md.String())
+	for _, want := range []string{"| prefix x1 | 70.0 % |", "median over steps (req/s: ratio) 10: 20.00, 20: 22.50"} {
+		if !strings.Contains(md.String(), want) {
+			t.Errorf("markdown lacks %q:\n%s", want, md.String())
+		}
 	}
 	var svg bytes.Buffer
 	if err := d.WriteSVG(&svg); err != nil {
