@@ -82,8 +82,8 @@ type Spool struct {
 	log  *slog.Logger
 	lock *os.File
 
-	// mu guards segs, active, total, written, acked, dirty, dirDirty and
-	// closed. I/O under it is limited to the append write and rotation.
+	// mu guards segs, active, total, written, acked, dirty, dirDirty,
+	// closed and wbuf. I/O under it is limited to the append write and rotation.
 	mu       sync.Mutex
 	segs     []segment // ascending; the last one is active
 	active   *os.File
@@ -93,6 +93,7 @@ type Spool struct {
 	dirty    bool
 	dirDirty bool
 	closed   bool
+	wbuf     []byte // frames being appended, reused across Appends
 
 	// readMu guards rf and rfSeq, the reader's open segment.
 	readMu sync.Mutex
@@ -269,7 +270,12 @@ func (s *Spool) Append(payloads ...[]byte) (int, error) {
 }
 
 func (s *Spool) appendLocked(payloads [][]byte) (int, error) {
-	var buf []byte
+	buf := s.wbuf[:0]
+	defer func() {
+		if cap(buf) <= 1<<20 {
+			s.wbuf = buf[:0]
+		}
+	}()
 	accepted, framed := 0, 0
 	flush := func() error {
 		if len(buf) == 0 {

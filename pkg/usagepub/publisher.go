@@ -219,6 +219,7 @@ func (p *Publisher) Record(ev usage.Event) {
 // releases their callers. While it writes, the next commit fills.
 func (p *Publisher) write() {
 	defer close(p.writerDone)
+	var spare [][]byte // the previous commit's slice, reused
 	for {
 		select {
 		case <-p.kick:
@@ -227,12 +228,14 @@ func (p *Publisher) write() {
 		}
 		p.qmu.Lock()
 		c := p.cur
-		p.cur = &commit{done: make(chan struct{}), recs: make([][]byte, 0, cap(c.recs))}
+		p.cur = &commit{done: make(chan struct{}), recs: spare}
 		p.qmu.Unlock()
 		if len(c.recs) > 0 {
 			p.append(c.recs)
 		}
 		close(c.done)
+		clear(c.recs)
+		spare = c.recs[:0]
 		if p.wantFresh.Load() {
 			select {
 			case p.fresh <- struct{}{}:
