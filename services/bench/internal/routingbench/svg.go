@@ -16,7 +16,6 @@ type panel struct {
 	title string
 	log   bool // log-scale y
 	y     func(StepStats) float64
-	unit  string
 }
 
 // WriteSVG draws TTFT p50, TTFT p99 and the token hit rate against offered
