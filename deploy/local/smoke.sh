@@ -52,8 +52,15 @@ fail() {
 DROVER_PORT=$PORT setsid bash -o pipefail -c './deploy/local/run.sh 2>&1 | cat >"$RUN_DIR/run.out"' &
 stack=$!
 stop_stack() {
+	local runsh
+	runsh=$(cat "$RUN_DIR/run.pid" 2>/dev/null) || true
 	kill -TERM -- "-$stack" 2>/dev/null || true
 	wait "$stack" 2>/dev/null || true
+	# and for run.sh's stop of the services, which outlives the group's shell
+	for _ in $(seq 1200); do
+		[[ -n $runsh ]] && kill -0 "$runsh" 2>/dev/null || break
+		sleep 0.1
+	done
 }
 trap stop_stack EXIT
 
@@ -145,30 +152,6 @@ nats_login() { # CONNECT-options [address] -> the server's answer to CONNECT + P
 	fail "NATS refused the proxy user's own password"
 echo "smoke: NATS refuses anonymous and wrong-password connections, accepts the proxy's"
 
-# NATS_CLUSTER=3 (make run's three-node NATS): routes take the route login
-# only, and a node killed with -9 comes back and catches up.
-if [[ ${NATS_CLUSTER:-1} == 3 ]]; then
-	route=127.0.0.1:$((PORT + 46))
-	[[ $(nats_login '{"verbose":false}' "$route") == *"Authorization Violation"* ]] || fail "a NATS route port accepted a login without the route password"
-	usage_replicas() { # monitoring port -> "<other replicas> <of them current>" of the USAGE stream
-		curl -fsS -m 2 "http://127.0.0.1:$1/jsz?streams=true&accounts=true" |
-			jq -r '[.account_details[].stream_detail[] | select(.name == "USAGE")][0].cluster.replicas // [] | "\(length) \([.[] | select(.current and (.offline | not))] | length)"'
-	}
-	old=$(awk '$2 == "nats-2" {print $1}' "$RUN_DIR/pids")
-	kill -KILL "$old"
-	ok=
-	for _ in $(seq 300); do
-		new=$(awk '$2 == "nats-2" {print $1}' "$RUN_DIR/pids")
-		if [[ $new != "$old" ]] && [[ $(usage_replicas $((PORT + 41)) 2>/dev/null) == "2 2" ]]; then
-			ok=1
-			break
-		fi
-		sleep 0.2
-	done
-	[[ -n $ok ]] || fail "nats-2 did not come back and catch up after kill -9 (USAGE: $(usage_replicas $((PORT + 41)) 2>&1))"
-	echo "smoke: NATS routes refuse a login without the route password; nats-2 came back after kill -9 and the usage stream is current on all three"
-fi
-
 # ClickHouse: the proxies' user reads and may not write.
 if [[ -n $CH_HTTP ]]; then
 	out=$(curl -sS -u "drover_reader:$READER_PASSWORD" "http://$CH_HTTP/" --data-binary 'CREATE TABLE drover.smoke_intruder (x UInt8) ENGINE = Memory')
@@ -200,6 +183,44 @@ done
 DROVER_CLICKHOUSE_ADDR=$CH_ADDR "$BIN/droverctl" usage --since 1h --group-by model,key
 reqs=$(DROVER_CLICKHOUSE_ADDR=$CH_ADDR "$BIN/droverctl" usage --since 1h --model tiny --group-by '' --json | jq '.[0].requests')
 ((reqs >= N / 2)) || fail "ClickHouse counts $reqs requests for tiny, want at least $((N / 2))"
+
+# NATS_CLUSTER=3 (make run's three-node NATS): routes take the route login
+# only, and a node killed with -9 comes back and catches up: it holds the
+# usage stream's writes made while it was away and after. (After the token
+# count: this sends requests of its own.)
+if [[ ${NATS_CLUSTER:-1} == 3 ]]; then
+	route=127.0.0.1:$((PORT + 46))
+	[[ $(nats_login '{"verbose":false}' "$route") == *"Authorization Violation"* ]] || fail "a NATS route port accepted a login without the route password"
+	last_seqs() { # -> the USAGE stream's last sequence in each node's store, "-" where unknown
+		local mon
+		for mon in $((PORT + 41)) $((PORT + 43)) $((PORT + 45)); do
+			curl -fsS -m 2 "http://127.0.0.1:$mon/jsz?streams=true&accounts=true" 2>/dev/null |
+				jq -r '[.account_details[]?.stream_detail[]? | select(.name == "USAGE")][0].state.last_seq // "-"' || echo -
+		done | paste -sd' '
+	}
+	one_request() {
+		curl -fsS -o /dev/null -m 5 -H "Authorization: Bearer smoke-key-aaaa" "$URL/api/generate" \
+			-d '{"model":"tiny","prompt":"again","stream":false}' || true
+	}
+	old=$(awk '$2 == "nats-2" {print $1}' "$RUN_DIR/pids")
+	kill -KILL "$old"
+	one_request # written while nats-2 is away
+	ok= n=0 seqs=
+	for _ in $(seq 300); do
+		new=$(awk '$2 == "nats-2" {print $1}' "$RUN_DIR/pids")
+		seqs=$(last_seqs)
+		read -r s1 s2 s3 <<<"$seqs"
+		if [[ $new != "$old" && $s1 != - && $s1 == "$s2" && $s2 == "$s3" ]] && ((n > 0)); then
+			ok=1
+			break
+		fi
+		# and one more after it is back
+		[[ $new != "$old" ]] && ((n++ % 10 == 0)) && one_request
+		sleep 0.2
+	done
+	[[ -n $ok ]] || fail "nats-2 did not come back and catch up after kill -9 (the usage stream's last sequence on each node: $seqs)"
+	echo "smoke: NATS routes refuse a login without the route password; nats-2 came back after kill -9 and holds the usage stream up to the others (last sequence $s1)"
+fi
 
 # A proxy that dies is started again (restart: unless-stopped) and serves.
 pid_of() { awk -v n="$1" '$2 == n {print $1}' "$RUN_DIR/pids"; }
