@@ -62,16 +62,16 @@ func tooLarge(limit int64) string {
 	return fmt.Sprintf("request body too large: the limit is %d bytes", limit)
 }
 
-// ErrBodyTimeout is what reading a request body returns once
+// bodyTimeoutError is what reading a request body returns once
 // server.body_timeout passed; it wraps os.ErrDeadlineExceeded, which
 // forward.ReadBody answers with 408.
-type ErrBodyTimeout struct{ After time.Duration }
+type bodyTimeoutError struct{ After time.Duration }
 
-func (e *ErrBodyTimeout) Error() string {
+func (e *bodyTimeoutError) Error() string {
 	return fmt.Sprintf("request body not received within %s", e.After)
 }
 
-func (e *ErrBodyTimeout) Unwrap() error { return os.ErrDeadlineExceeded }
+func (e *bodyTimeoutError) Unwrap() error { return os.ErrDeadlineExceeded }
 
 // limitedBody is a request body under bodyLimits. The handler's goroutine
 // alone reads it.
@@ -101,7 +101,7 @@ func (b *limitedBody) Read(p []byte) (int, error) {
 		// The connection is of no further use: the rest of the body is
 		// not coming in time.
 		b.w.Header().Set("Connection", "close")
-		return n, &ErrBodyTimeout{After: b.timeout}
+		return n, &bodyTimeoutError{After: b.timeout}
 	default:
 		var tooBig *http.MaxBytesError
 		if errors.As(err, &tooBig) {
