@@ -9,6 +9,8 @@ import (
 	"strings"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+
 	"github.com/droverhq/drover/pkg/config"
 )
 
@@ -29,7 +31,9 @@ import (
 // Once the body is read to its end the deadline is lifted, so that a long
 // answer is not cut (net/http watches the connection after the body to
 // notice a client leaving, and a passed deadline would read as one).
-func bodyLimits(cfg config.Server, deny func(http.ResponseWriter, *http.Request, int, string)) func(http.Handler) http.Handler {
+//
+// refused counts each refusal by reason: "body_too_large" or "body_timeout".
+func bodyLimits(cfg config.Server, deny func(http.ResponseWriter, *http.Request, int, string), refused func(reason string)) func(http.Handler) http.Handler {
 	return func(next http.Handler) http.Handler {
 		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 			if r.Body == nil || r.Body == http.NoBody {
@@ -41,6 +45,7 @@ func bodyLimits(cfg config.Server, deny func(http.ResponseWriter, *http.Request,
 				limit, rolling = cfg.MaxBlobBytes, true
 			}
 			if r.ContentLength > limit {
+				refused(reasonTooLarge)
 				w.Header().Set("Connection", "close")
 				deny(w, r, http.StatusRequestEntityTooLarge, tooLarge(limit))
 				return
@@ -50,12 +55,31 @@ func bodyLimits(cfg config.Server, deny func(http.ResponseWriter, *http.Request,
 			// is no deadline; the size bound holds regardless.
 			timed := rc.SetReadDeadline(time.Now().Add(cfg.BodyTimeout)) == nil
 			r.Body = &limitedBody{
-				body: http.MaxBytesReader(w, r.Body, limit), w: w, rc: rc,
+				body: http.MaxBytesReader(w, r.Body, limit), w: w, rc: rc, refused: refused,
 				timed: timed, rolling: rolling, timeout: cfg.BodyTimeout, limit: limit,
 			}
 			next.ServeHTTP(w, r)
 		})
 	}
+}
+
+const (
+	reasonTooLarge = "body_too_large"
+	reasonTimeout  = "body_timeout"
+)
+
+// bodyRefusals is drover_client_refusals_total: requests refused for what their
+// client sent, by reason, so that a flood of them shows on /metrics.
+func bodyRefusals(reg prometheus.Registerer) func(reason string) {
+	c := prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "drover_client_refusals_total",
+		Help: "Requests refused for their body: body_too_large (413) or body_timeout (408).",
+	}, []string{"reason"})
+	reg.MustRegister(c)
+	for _, r := range []string{reasonTooLarge, reasonTimeout} {
+		c.WithLabelValues(r) // present at zero
+	}
+	return func(reason string) { c.WithLabelValues(reason).Inc() }
 }
 
 func tooLarge(limit int64) string {
@@ -79,6 +103,7 @@ type limitedBody struct {
 	body    io.ReadCloser // http.MaxBytesReader over the request's
 	w       http.ResponseWriter
 	rc      *http.ResponseController
+	refused func(reason string)
 	timed   bool // a deadline is set on the connection
 	rolling bool // each read moves the deadline (blob uploads)
 	timeout time.Duration
@@ -101,11 +126,13 @@ func (b *limitedBody) Read(p []byte) (int, error) {
 		// The connection is of no further use: the rest of the body is
 		// not coming in time.
 		b.w.Header().Set("Connection", "close")
+		b.refused(reasonTimeout)
 		return n, &bodyTimeoutError{After: b.timeout}
 	default:
 		var tooBig *http.MaxBytesError
 		if errors.As(err, &tooBig) {
 			b.w.Header().Set("Connection", "close")
+			b.refused(reasonTooLarge)
 		}
 	}
 	return n, err

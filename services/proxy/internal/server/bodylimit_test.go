@@ -88,6 +88,9 @@ func TestBodyOverLimitIs413InEachAPIsShape(t *testing.T) {
 		}
 		checkShape(t, route, accessCall{resp.StatusCode, body, resp.Header})
 	}
+	if got := refusalsCounted(t, e, "body_too_large"); got != 6 {
+		t.Fatalf("drover_client_refusals_total{reason=\"body_too_large\"} = %v after six refusals", got)
+	}
 	// At the limit exactly: served.
 	prefix, suffix := `{"model":"tiny","stream":false,"messages":[{"role":"user","content":"`, `"}]}`
 	atLimit := prefix + strings.Repeat("a", 64<<10-len(prefix)-len(suffix)) + suffix
@@ -157,6 +160,32 @@ func TestSlowBodyIs408AndClosed(t *testing.T) {
 		}
 		checkShape(t, "POST /api/chat", accessCall{r.status, r.body, r.header})
 	}
+	if got := refusalsCounted(t, e, "body_timeout"); got != clients {
+		t.Fatalf("drover_client_refusals_total{reason=\"body_timeout\"} = %v after %d", got, clients)
+	}
+}
+
+// refusalsCounted reads drover_client_refusals_total for reason.
+func refusalsCounted(t *testing.T, e *env, reason string) float64 {
+	t.Helper()
+	families, err := e.srv.Metrics.Registry.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, f := range families {
+		if f.GetName() != "drover_client_refusals_total" {
+			continue
+		}
+		for _, m := range f.GetMetric() {
+			for _, l := range m.GetLabel() {
+				if l.GetName() == "reason" && l.GetValue() == reason {
+					return m.GetCounter().GetValue()
+				}
+			}
+		}
+	}
+	t.Fatalf("no drover_client_refusals_total{reason=%q}", reason)
+	return 0
 }
 
 func isTimeout(err error) bool {

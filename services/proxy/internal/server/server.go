@@ -162,7 +162,7 @@ func (s *Server) Close() {
 func (s *Server) routes() http.Handler {
 	r := chi.NewRouter()
 	// First, on the server's own ResponseWriter: it sets read deadlines.
-	r.Use(bodyLimits(s.Config.Server, deny))
+	r.Use(bodyLimits(s.Config.Server, deny, bodyRefusals(s.Metrics.Registry)))
 	r.Use(middleware.Recoverer)
 	// The page for browsers at / and its static assets: no key needed (they
 	// hold no data; the page asks for a key when the API wants one).
