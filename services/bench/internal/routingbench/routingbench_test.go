@@ -5,11 +5,18 @@ import (
 	"encoding/xml"
 	"io"
 	"math"
+	"net/http"
 	"reflect"
 	"strings"
 	"testing"
 	"time"
+
+	"go.uber.org/goleak"
+
+	"github.com/droverhq/drover/testkit/ollamatest"
 )
+
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 
 func TestScheduleRatesPopularityAndTurns(t *testing.T) {
 	w := DefaultWorkload()
@@ -191,5 +198,55 @@ func TestReportTargetsAndSVG(t *testing.T) {
 	}
 	if lines != 3*len(d.Results) {
 		t.Errorf("%d lines, want one per setup in each of 3 panels", lines)
+	}
+}
+
+// TestDriveReadsTheCacheBack runs the measurement chain in-process against
+// two prompt-caching fake backends, each group pinned to one: the hit rate
+// read back from the replies' prompt_eval_duration must equal what the
+// backends themselves counted as cached.
+func TestDriveReadsTheCacheBack(t *testing.T) {
+	const cost = 10 * time.Microsecond
+	var backends []*ollamatest.Server
+	for range 2 {
+		s := ollamatest.New(ollamatest.Config{Parallel: 2, PromptTokenCost: cost, Chunks: 3})
+		if err := s.Start(); err != nil {
+			t.Fatal(err)
+		}
+		defer s.Close()
+		backends = append(backends, s)
+	}
+	tr := &http.Transport{}
+	defer tr.CloseIdleConnections()
+	w := WorkloadSpec{Groups: 4, SystemWords: 200, Zipf: 1, UserWords: 5, MultiTurn: 0.5, Turns: 3, ThinkTime: time.Millisecond, ReplyTokens: 3}
+	spec := RunSpec{Workload: w, Steps: []Step{{Rate: 200, Duration: 300 * time.Millisecond}}, Seed: 3,
+		DrainWait: 20 * time.Second, Client: Client{HTTP: &http.Client{Transport: tr}, TokenCost: cost}}
+	sessions := w.Schedule(spec.Steps, spec.Seed)
+	samples := Drive(t.Context(), spec, spec.Steps, func(session, _ int) string {
+		return backends[sessions[session].Group%2].URL()
+	})
+	want := 0
+	for _, s := range sessions {
+		want += s.Turns
+	}
+	var prompt, cached int64
+	for _, s := range samples {
+		if s.Err != "" {
+			t.Fatalf("request failed: %s", s.Err)
+		}
+		prompt += s.PromptTokens
+		cached += s.PromptTokens - s.UncachedTokens
+	}
+	var backendPrompt, backendCached int64
+	for _, b := range backends {
+		backendPrompt += b.Counters().PromptEvalCount
+		backendCached += b.CachedPromptTokens()
+	}
+	if len(samples) != want || prompt != backendPrompt || cached != backendCached {
+		t.Fatalf("%d samples of %d; read back %d cached of %d prompt tokens, the backends counted %d of %d",
+			len(samples), want, cached, prompt, backendCached, backendPrompt)
+	}
+	if cached == 0 {
+		t.Fatal("nothing was cached: the test proves nothing")
 	}
 }
