@@ -235,3 +235,36 @@ func TestBlobUploadHasItsOwnLimit(t *testing.T) {
 	}
 	checkShape(t, "POST /api/blobs/x", accessCall{resp.StatusCode, body, resp.Header})
 }
+
+// A head that never ends is dropped after server.read_header_timeout, and
+// an idle keep-alive connection after server.idle_timeout.
+func TestSlowHeadAndIdleConnectionsAreClosed(t *testing.T) {
+	e := limitedEnv(t, func(s *config.Server) {
+		s.ReadHeaderTimeout, s.IdleTimeout = 200*time.Millisecond, 300*time.Millisecond
+	})
+	dial := func() net.Conn {
+		conn, err := net.Dial("tcp", strings.TrimPrefix(e.url, "http://"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { conn.Close() })
+		conn.SetDeadline(time.Now().Add(20 * time.Second)) //nolint:errcheck
+		return conn
+	}
+	slow := dial()
+	io.WriteString(slow, "GET /api/tags HTTP/1.1\r\nHost: x\r\n") //nolint:errcheck // the head never ends
+	if _, err := io.ReadAll(slow); err != nil {
+		t.Fatalf("a head that never ends: %v (want the connection closed)", err)
+	}
+	idle := dial()
+	io.WriteString(idle, "GET /health HTTP/1.1\r\nHost: x\r\n\r\n") //nolint:errcheck
+	br := bufio.NewReader(idle)
+	resp, err := http.ReadResponse(br, nil)
+	if err != nil || resp.StatusCode != http.StatusOK || resp.Close {
+		t.Fatalf("a keep-alive request: %v %v", resp, err)
+	}
+	io.Copy(io.Discard, resp.Body) //nolint:errcheck
+	if _, err := br.ReadByte(); err != io.EOF {
+		t.Fatalf("an idle keep-alive connection: %v (want it closed)", err)
+	}
+}
