@@ -5,11 +5,12 @@
 // Record encodes the event and appends it to the on-disk spool (package
 // spool) before it returns: a kill -9 of the replica the next instant loses
 // nothing, as the spool is replayed on start. Records from concurrent
-// requests are written together (group commit): one writer goroutine takes
-// everything that arrived while it was writing the previous batch and
-// writes it with one write(2); each caller waits for its batch's write,
-// not for an fsync, which the spool does every sync interval (a host crash
-// can lose at most that interval).
+// requests are written together (group commit): a Record that finds the
+// spool idle writes its event itself; those that arrive while a write runs
+// gather into the next commit, which a writer goroutine writes with one
+// write(2). Each caller waits for its commit's write, not for an fsync,
+// which the spool does every sync interval (a host crash can lose at most
+// that interval).
 //
 // One goroutine (the owner) reads the spool in order and publishes it, one
 // batch at a time, as a JetStream fast batch: every event is its own
@@ -68,15 +69,20 @@ type Publisher struct {
 	log *slog.Logger
 	m   *metrics
 
-	// qmu guards cur, the group commit being gathered.
-	qmu        sync.Mutex
-	cur        *commit
-	kick       chan struct{} // wakes the writer: cur has records
-	fresh      chan struct{} // wakes the owner: the spool has new records
+	// qmu guards cur, the group commit being gathered, writing (a commit
+	// is being written: by a caller that found the spool idle, or by the
+	// writer goroutine, which writes what gathers meanwhile) and spare
+	// (the last written commit's slice, for reuse).
+	qmu     sync.Mutex
+	cur     *commit
+	writing bool
+	spare   [][]byte
+	kick    chan struct{} // wakes the writer: a caller left commits behind
+	fresh   chan struct{} // wakes the owner: the spool has new records
 	// wantFresh is set while the owner waits with nothing to send: only
 	// then does a commit wake it (a busy owner looks at the spool when its
 	// batch is acknowledged), so a busy replica wakes it once per batch.
-	wantFresh atomic.Bool
+	wantFresh  atomic.Bool
 	writerStop chan struct{}
 	writerDone chan struct{}
 
@@ -184,7 +190,7 @@ func New(nc *nats.Conn, opts ...Option) (*Publisher, error) {
 // Record appends ev to the spool and returns once it is written (to the
 // page cache: it survives a crash of the process; the spool fsyncs every
 // sync interval). Concurrent Records share one write (group commit); a
-// Record waits for its own batch's write, microseconds, never for NATS. It
+// Record waits for its own commit's write, microseconds, never for NATS. It
 // fills in ev.ID and ev.Schema when they are empty.
 func (p *Publisher) Record(ev usage.Event) {
 	if ev.ID == "" {
@@ -206,20 +212,59 @@ func (p *Publisher) Record(ev usage.Event) {
 	p.qmu.Lock()
 	c := p.cur
 	c.recs = append(c.recs, rec)
-	p.qmu.Unlock()
-	select {
-	case p.kick <- struct{}{}:
-	default: // a wake-up is pending already
+	if p.writing {
+		// A write is running: the one after it takes this commit.
+		p.qmu.Unlock()
+		<-c.done
+		return
 	}
-	<-c.done
+	// The spool is idle: this caller writes its commit itself (no hand-off
+	// to another goroutine and back), then leaves whatever gathered
+	// meanwhile to the writer goroutine.
+	p.writing = true
+	p.commitLocked()
+	more := len(p.cur.recs) > 0
+	if !more {
+		p.writing = false
+	}
+	p.qmu.Unlock()
+	if more {
+		select {
+		case p.kick <- struct{}{}:
+		default: // a wake-up is pending already
+		}
+	}
 }
 
-// write is the writer goroutine: it takes the commit gathered so far,
-// starts the next one, appends the taken one's records with one write and
-// releases their callers. While it writes, the next commit fills.
+// commitLocked writes the commit gathered so far with one append, starting
+// the next one, and releases its callers. The caller holds qmu and has set
+// writing; qmu is released during the write, so the next commit fills
+// meanwhile.
+func (p *Publisher) commitLocked() {
+	c := p.cur
+	p.cur = &commit{done: make(chan struct{}), recs: p.spare}
+	p.spare = nil
+	p.qmu.Unlock()
+	if len(c.recs) > 0 {
+		p.append(c.recs)
+	}
+	close(c.done)
+	if p.wantFresh.Load() {
+		select {
+		case p.fresh <- struct{}{}:
+		default:
+		}
+	}
+	clear(c.recs)
+	p.qmu.Lock()
+	p.spare = c.recs[:0]
+}
+
+// write is the writer goroutine: it writes the commits that gathered while
+// another was being written, until none waits, then lets the next caller
+// write its own.
 func (p *Publisher) write() {
 	defer close(p.writerDone)
-	var spare [][]byte // the previous commit's slice, reused
 	for {
 		select {
 		case <-p.kick:
@@ -227,21 +272,11 @@ func (p *Publisher) write() {
 			return
 		}
 		p.qmu.Lock()
-		c := p.cur
-		p.cur = &commit{done: make(chan struct{}), recs: spare}
+		for len(p.cur.recs) > 0 {
+			p.commitLocked()
+		}
+		p.writing = false
 		p.qmu.Unlock()
-		if len(c.recs) > 0 {
-			p.append(c.recs)
-		}
-		close(c.done)
-		clear(c.recs)
-		spare = c.recs[:0]
-		if p.wantFresh.Load() {
-			select {
-			case p.fresh <- struct{}{}:
-			default:
-			}
-		}
 	}
 }
 
