@@ -118,8 +118,8 @@ func (j *job) appendFinal(b []byte, content, thinking string, start, loaded, fir
 func (s *Server) countFinal(j *job) {
 	s.stats.promptEval.Add(int64(j.plan.promptTokens))
 	s.stats.eval.Add(int64(j.plan.chunks))
-	s.stats.completed.Add(1)
 	s.cachedPrompt.Add(int64(j.cached))
+	s.stats.completed.Add(1) // last: a reader that sees it sees the rest
 }
 
 // at reports whether an *AfterChunks fault fires before chunk i of a reply

@@ -237,6 +237,18 @@ func TestDriveReadsTheCacheBack(t *testing.T) {
 		prompt += s.PromptTokens
 		cached += s.PromptTokens - s.UncachedTokens
 	}
+	// A backend counts a reply just after flushing its last chunk, so the
+	// client can be done first: wait until every reply is counted (Completed
+	// is the last counter a reply adds to), then read the sums.
+	for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(10 * time.Millisecond) {
+		completed := int64(0)
+		for _, b := range backends {
+			completed += b.Counters().Completed
+		}
+		if completed >= int64(len(samples)) {
+			break
+		}
+	}
 	var backendPrompt, backendCached int64
 	for _, b := range backends {
 		backendPrompt += b.Counters().PromptEvalCount
