@@ -1,8 +1,10 @@
 package ollamatest
 
 import (
+	"context"
 	"encoding/json"
 	"fmt"
+	"net/http"
 	"strings"
 	"testing"
 	"time"
@@ -184,5 +186,43 @@ func TestPromptCacheGenerateAndOpenAI(t *testing.T) {
 	}
 	if got, want := e.s.CachedPromptTokens(), int64(genPrompt/CacheBlockTokens*CacheBlockTokens); got != want {
 		t.Fatalf("/v1/chat/completions twice: %d cached, want %d", got, want)
+	}
+}
+
+// A client that leaves during prompt evaluation frees its cache slot.
+func TestPromptCacheSlotFreedOnCancel(t *testing.T) {
+	e := start(t, Config{PromptTokenCost: time.Hour, Parallel: 1})
+	ctx, cancel := context.WithCancel(t.Context())
+	done := make(chan error, 1)
+	go func() {
+		req, _ := http.NewRequestWithContext(ctx, http.MethodPost, e.s.URL()+"/api/chat",
+			strings.NewReader(`{"model":"tiny","messages":[{"role":"user","content":"hi"}]}`))
+		resp, err := e.client.Do(req)
+		if err == nil {
+			resp.Body.Close()
+		}
+		done <- err
+	}()
+	waitFor(t, func() bool { return e.s.InFlight("tiny") == 1 })
+	cancel()
+	if err := <-done; err == nil {
+		t.Fatal("the request finished instead of waiting an hour per token")
+	}
+	waitFor(t, func() bool { return e.s.InFlight("tiny") == 0 })
+	c := e.s.promptCache(e.s.lookup("tiny"))
+	c.mu.Lock()
+	busy := c.slots[0].busy
+	c.mu.Unlock()
+	if busy != 0 {
+		t.Fatalf("slot still marked busy (%d) after the client left", busy)
+	}
+}
+
+func waitFor(t *testing.T, cond func() bool) {
+	t.Helper()
+	for deadline := time.Now().Add(10 * time.Second); !cond(); time.Sleep(5 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("condition not reached in 10s")
+		}
 	}
 }
