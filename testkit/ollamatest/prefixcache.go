@@ -18,18 +18,19 @@ import (
 // CacheBlockTokens, each block's hash chained over everything before it;
 // a slot holds an LRU of block hashes, bounded by Config.CacheTokens.
 //
-// Measured with real Ollama 0.17.4 (tiny models of .ci/realollama, one
-// slot; services/proxy/conformance/affinity_test.go sends the same long
-// chat twice): the repeat reports the same prompt_eval_count, while its
-// prompt_eval_duration collapses (see docs/routing-bench.md for the
-// figures). The fake does the same: prompt_eval_count is the whole prompt,
-// prompt_eval_duration is Config.PromptTokenCost per uncached token.
+// Measured with real Ollama 0.17.4 (the tiny model of .ci/realollama, 4
+// slots; services/proxy/conformance/affinity_test.go sends the same
+// 1,756-token chat twice to an idle server): the repeat reports the same
+// prompt_eval_count, while its prompt_eval_duration falls from 1.1-3.9 s
+// to 1.3-27 ms (docs/routing-bench.md has every run). The fake does the
+// same: prompt_eval_count is the whole prompt, prompt_eval_duration is
+// Config.PromptTokenCost per uncached token.
 //
 // Where the fake is simpler than llama.cpp: a llama.cpp slot holds exactly
-// one sequence and keeps the common prefix when a new prompt overwrites it;
-// an LRU of one context's worth of blocks may hold parts of several
-// sequences, so with the default bound the fake caches a little more
-// generously. Set CacheTokens to about one conversation's length for
+// one sequence, generated tokens included, and keeps the common prefix when
+// a new prompt overwrites it; the fake caches prompts only, and an LRU of
+// one context's worth of blocks may hold parts of several sequences, so
+// with the default bound it caches a little more generously. Set CacheTokens to about one conversation's length for
 // Ollama's behaviour. At least one token is always evaluated, as llama.cpp
 // re-evaluates the last prompt token to get its logits.
 
