@@ -217,14 +217,18 @@ func TestProxyKill9LosesNothingClientsSawComplete(t *testing.T) {
 	// was in doubt; wait for the aggregator to catch up on the replays.
 	var got tokens
 	var rows, ids, okRows uint64
-	waitFor(t, 60*time.Second, "ClickHouse to hold every complete answer", func() bool {
+	for deadline := time.Now().Add(60 * time.Second); ; time.Sleep(200 * time.Millisecond) {
 		var in, out uint64
-		if db.QueryRow(t.Context(), "SELECT sum(input_tokens) AS i, sum(output_tokens) AS o FROM token_usage_minute").Scan(&in, &out) != nil {
-			return false
+		if db.QueryRow(t.Context(), "SELECT sum(input_tokens) AS i, sum(output_tokens) AS o FROM token_usage_minute").Scan(&in, &out) == nil {
+			got = tokens{int64(in), int64(out)}
 		}
-		got = tokens{int64(in), int64(out)}
-		return got.in >= saw.in && got.out >= saw.out
-	})
+		if got.in >= saw.in && got.out >= saw.out {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("ClickHouse holds %+v tokens, short of the %+v complete answers reported: usage lost", got, saw)
+		}
+	}
 	if err := db.QueryRow(t.Context(), "SELECT count() AS n, uniqExact(id) AS d, countIf(error = 0) AS ok FROM usage_events").Scan(&rows, &ids, &okRows); err != nil {
 		t.Fatal(err)
 	}
