@@ -250,10 +250,11 @@ type NATS struct {
 
 // Usage configures the proxy's event sink.
 type Usage struct {
-	// QueueSize bounds the in-memory queue in front of the publisher
-	// (default 65536).
+	// QueueSize is no longer used: every event goes to the spool before
+	// its answer ends (docs/pipeline.md), which is the publisher's queue.
+	// Kept so that existing config files still load.
 	QueueSize int `yaml:"queue_size"`
-	// SpoolDir holds events that could not be published (default
+	// SpoolDir holds every event until JetStream has stored it (default
 	// "./data/spool"); SpoolMaxBytes bounds it (default 1 GiB).
 	SpoolDir      string `yaml:"spool_dir"`
 	SpoolMaxBytes int64  `yaml:"spool_max_bytes"`
