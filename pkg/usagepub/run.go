@@ -92,6 +92,12 @@ func (p *Publisher) run() {
 			p.checkConn(st)
 		case <-stop:
 			stop, stopping = nil, true
+			// One more try at once, not after the retry interval: a
+			// replica stopped soon after a failure (or soon after start,
+			// before the aggregator made the stream) still publishes what
+			// it holds if NATS takes it now.
+			st.retryAt = time.Time{}
+			p.tryOnline(st)
 		case <-abort:
 			p.fail(st, "close deadline reached")
 			p.ack(st, true)
