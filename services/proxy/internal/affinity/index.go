@@ -41,6 +41,7 @@ type targetLRU struct {
 type node struct {
 	key          uint64
 	at           int64 // unix nanoseconds of the last insert
+	heard        int64 // when the other replicas last heard of it (sent or received)
 	prev, next   int32 // on Index.all
 	tprev, tnext int32 // on its target's list
 	t            *targetLRU
@@ -134,9 +135,12 @@ func (x *Index) Lookup(t Target, p *Prompt, now time.Time) Match {
 }
 
 // Insert records that t serves p now. It returns the hashes (session
-// first, then blocks in chain order) that t did not hold, or held for
-// longer than refresh: the ones worth telling the other replicas. The
-// slice is appended to buf.
+// first, then blocks in chain order) that t did not hold, or that the
+// replicas last heard of (sent by this one or received from another) more
+// than refresh ago: the ones worth telling the others, so that their
+// copies neither expire nor fall behind in least-recently-used order while
+// the prompt is in use (refresh 0: report nothing). The slice is appended
+// to buf.
 func (x *Index) Insert(t Target, p *Prompt, now time.Time, refresh time.Duration, buf []uint64) []uint64 {
 	if p.Session != 0 {
 		buf = x.insert(t, []uint64{p.Session}, now, refresh, buf)
@@ -144,11 +148,14 @@ func (x *Index) Insert(t Target, p *Prompt, now time.Time, refresh time.Duration
 	return x.insert(t, p.Chain, now, refresh, buf)
 }
 
-// InsertHashes records hashes (another replica's inserts) for t.
+// InsertHashes records hashes (another replica's inserts) for t; the
+// replicas have now heard of them.
 func (x *Index) InsertHashes(t Target, hashes []uint64, now time.Time) {
-	x.insert(t, hashes, now, 0, nil)
+	x.insert(t, hashes, now, -1, nil)
 }
 
+// insert records hashes for t; refresh > 0 reports what the others should
+// hear (Insert), refresh < 0 marks them heard (InsertHashes).
 func (x *Index) insert(t Target, hashes []uint64, now time.Time, refresh time.Duration, buf []uint64) []uint64 {
 	if len(hashes) == 0 || x.max <= 0 {
 		return buf
@@ -169,8 +176,12 @@ func (x *Index) insert(t Target, hashes []uint64, now time.Time, refresh time.Du
 		k := entryKey(salt, h)
 		if i, ok := x.slots[k]; ok {
 			n := &x.nodes[i]
-			if refresh > 0 && at-n.at > int64(refresh) {
+			switch {
+			case refresh < 0:
+				n.heard = at
+			case refresh > 0 && at-n.heard > int64(refresh):
 				buf = append(buf, h)
+				n.heard = at
 			}
 			n.at = at
 			x.touch(i)
@@ -191,6 +202,9 @@ func (x *Index) insert(t Target, hashes []uint64, now time.Time, refresh time.Du
 		x.nodes[i] = node{key: k, at: at, t: tl}
 		x.slots[k] = i
 		x.pushFront(i)
+		if refresh != 0 {
+			x.nodes[i].heard = at
+		}
 		if refresh > 0 {
 			buf = append(buf, h)
 		}

@@ -179,3 +179,25 @@ func BenchmarkIndexLookupInsert(b *testing.B) {
 		x.Insert(ts[0], p, now, time.Minute, nil)
 	}
 }
+
+// A prompt in steady use is re-reported once the replicas last heard of
+// it more than refresh ago, however recently it was used, so that the
+// others' least-recently-used order keeps up; what another replica just
+// sent counts as heard.
+func TestInsertReportsWhatTheOthersHaveNotHeard(t *testing.T) {
+	x := NewIndex(100, time.Hour)
+	a := Target{"a", "m"}
+	t0 := time.Now()
+	refresh := 250 * time.Millisecond
+	x.Insert(a, chain(1, 3), t0, refresh, nil)
+	for i := 1; i <= 4; i++ { // used every 100 ms
+		got := x.Insert(a, chain(1, 3), t0.Add(time.Duration(i)*100*time.Millisecond), refresh, nil)
+		if want := map[int]int{1: 0, 2: 0, 3: 3, 4: 0}[i]; len(got) != want {
+			t.Fatalf("use %d reported %v, want %d hashes", i, got, want)
+		}
+	}
+	x.InsertHashes(a, []uint64{1, 2}, t0.Add(600*time.Millisecond))
+	if got := x.Insert(a, chain(1, 3), t0.Add(700*time.Millisecond), refresh, nil); len(got) != 1 || got[0] != 3 {
+		t.Fatalf("after another replica sent two blocks: %v, want [3]", got)
+	}
+}

@@ -89,6 +89,7 @@ type Sharer struct {
 	peersMu sync.Mutex // guards peers
 	peers   map[string]peerLoads
 	tokens  atomic.Pointer[map[string]int64] // the live peers' loads summed per backend
+	heard   atomic.Int64                     // unix nanoseconds of another replica's last message
 }
 
 // peerLoads is another replica's latest token loads.
@@ -382,6 +383,7 @@ func (s *Sharer) receive(m *nats.Msg) {
 		return // our own, on a connection that echoes
 	}
 	now := time.Now()
+	s.heard.Store(now.UnixNano())
 	for _, g := range groups {
 		s.opts.Index.InsertHashes(g.t, g.hashes, now)
 	}
@@ -391,6 +393,13 @@ func (s *Sharer) receive(m *nats.Msg) {
 	if s.opts.Observe != nil {
 		s.opts.Observe("received", 1, len(m.Data))
 	}
+}
+
+// Alone reports that no other replica sent anything for three heartbeats
+// (3 s by default): this replica's requests are, as far as it can tell,
+// all the backends serve.
+func (s *Sharer) Alone() bool {
+	return time.Since(time.Unix(0, s.heard.Load())) > 3*s.opts.Heartbeat
 }
 
 // warn logs at most once every 10 seconds.

@@ -59,10 +59,19 @@ type Affinity struct {
 	// bound).
 	LoadBound       int
 	LoadBoundTokens int64
-	// Inserted, if set, receives the hashes a grant added to the index
-	// (or refreshed after Refresh), for sharing; it must not block.
+	// Inserted, if set, receives the hashes a grant added to the index,
+	// and those it used again that the replicas last heard of more than
+	// Refresh ago (keeping the others' copies fresh and their
+	// least-recently-used order close to this one's), for sharing; it must
+	// not block.
 	Inserted func(t affinity.Target, hashes []uint64)
 	Refresh  time.Duration
+	// Slots, if set, models the backends' cache slots from this replica's
+	// grants; while Alone (nil: always) says no other replica sends
+	// requests, a candidate's prefix is what its free slots hold in the
+	// model rather than what the index remembers.
+	Slots *affinity.Slots
+	Alone func() bool
 	// RemoteTokens, if set, is the other replicas' estimated tokens in
 	// flight on a backend (affinity.Sharer.Tokens); it must not block.
 	RemoteTokens func(backend string) int64
@@ -118,12 +127,24 @@ func (r *Router) AcquireFor(ctx context.Context, who Tenant, cands []Candidate, 
 		return r.acquire(ctx, who, cands, nil, p)
 	}
 	now := time.Now()
+	slots := a.Slots
+	if slots != nil && a.Alone != nil && !a.Alone() {
+		slots = nil // the others' requests fill the slots too: the index knows more
+	}
 	matches := make([]affinity.Match, len(cands))
 	for i, c := range cands {
 		if c.Loaded {
 			// A model not loaded has no cache: its entries wait unread
 			// until it is loaded again or they age out.
-			matches[i] = a.Index.Lookup(affinity.Target{Backend: c.Backend, Model: c.Model}, p, now)
+			t := affinity.Target{Backend: c.Backend, Model: c.Model}
+			matches[i] = a.Index.Lookup(t, p, now)
+			if slots != nil && len(p.Chain) > 0 {
+				// The model knows what the slots hold: where the session
+				// went last is no better a guess (a miss there may have
+				// overwritten it since).
+				matches[i].Blocks = slots.Free(t, p, now)
+				matches[i].Session = 0
+			}
 		}
 	}
 	s, err := r.acquire(ctx, who, cands, matches, p)
@@ -131,6 +152,16 @@ func (r *Router) AcquireFor(ctx context.Context, who Tenant, cands []Candidate, 
 		return nil, err
 	}
 	t := affinity.Target{Backend: s.Backend, Model: s.Model}
+	if a.Slots != nil {
+		n := 0
+		for _, c := range cands {
+			if c.Key == s.Key {
+				n = c.Cap
+			}
+		}
+		i := a.Slots.Take(t, n, p, time.Now())
+		s.done = func() { a.Slots.Release(t, i) }
+	}
 	if a.Refresh > 0 && a.Inserted != nil {
 		if fresh := a.Index.Insert(t, p, time.Now(), a.Refresh, nil); len(fresh) > 0 {
 			a.Inserted(t, fresh)

@@ -314,3 +314,33 @@ func BenchmarkAcquireAffine(b *testing.B) {
 		s.Release()
 	}
 }
+
+// With the slot model, a backend whose only slot holding the prompt is
+// busy holds nothing for it (Ollama would give the request another slot):
+// the request goes by load. While other replicas are heard, the index
+// decides as before.
+func TestSlotModelSeesBusySlots(t *testing.T) {
+	for _, alone := range []bool{true, false} {
+		r, o := affineRouter(Prefix, 2, 0)
+		r.opts.Affinity.Slots = affinity.NewSlots(time.Hour, 1000)
+		r.opts.Affinity.Alone = func() bool { return alone }
+		cands := []Candidate{cand("a", "m", 2, true, 1), cand("b", "m", 2, true, 1)}
+		first := mustAcquire(t, r, cands, chatPrompt(r, sysA, 0, ""))
+		second := mustAcquire(t, r, cands, chatPrompt(r, sysA, 1, ""))
+		want, outcome := "b", OutcomeMiss
+		if !alone {
+			want, outcome = "a", OutcomeHit
+		}
+		if first.Backend != "a" || second.Backend != want || o.get(outcome) < 1 {
+			t.Fatalf("alone %t: turns went to %s, %s; outcomes %v", alone, first.Backend, second.Backend, o.n)
+		}
+		first.Release()
+		second.Release()
+		// The slots free again: the third turn finds its prefix.
+		hits := o.get(OutcomeHit)
+		mustAcquire(t, r, cands, chatPrompt(r, sysA, 2, ""))
+		if o.get(OutcomeHit) != hits+1 {
+			t.Fatalf("alone %t: third turn not a hit: %v", alone, o.n)
+		}
+	}
+}

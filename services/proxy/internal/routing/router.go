@@ -172,6 +172,7 @@ type Slot struct {
 	q      queueID
 	tokens int64  // estimated tokens reserved on the backend
 	choice choice // what ranking decided, for the affinity outcome
+	done   func() // nil, or the affinity model's release
 	r      *Router
 	once   sync.Once
 }
@@ -179,7 +180,12 @@ type Slot struct {
 // Release frees the slot and hands it to the waiter the queue's order
 // picks.
 func (s *Slot) Release() {
-	s.once.Do(func() { s.r.release(s.Key, s.q, s.tokens) })
+	s.once.Do(func() {
+		if s.done != nil {
+			s.done()
+		}
+		s.r.release(s.Key, s.q, s.tokens)
+	})
 }
 
 // Acquire reserves a slot for who on the best candidate with a free slot

@@ -54,6 +54,9 @@ func newAffinity(cfg *config.Config, m *metrics.Metrics, conn *nats.Conn, log *s
 		LoadBound:       ac.LoadBound,
 		LoadBoundTokens: ac.LoadBoundTokens,
 		Outcome:         p.metrics.Pick,
+		// Ollama's slots as this replica fills them, each holding a
+		// context of prompt (docs/routing.md).
+		Slots: affinity.NewSlots(ac.TTL, ac.TargetBlocks(1)),
 	}
 	if conn == nil || !ac.Sharing() {
 		return p, ra
@@ -70,9 +73,12 @@ func newAffinity(cfg *config.Config, m *metrics.Metrics, conn *nats.Conn, log *s
 	}
 	ra.Inserted = p.sharer.Inserted
 	ra.RemoteTokens = p.sharer.Tokens
-	// An entry used again is re-sent once it is a fifth of its TTL old, so
-	// the others' copies do not age out while it is in use.
-	ra.Refresh = ac.TTL / 5
+	ra.Alone = p.sharer.Alone
+	// An entry used again is re-sent once the replicas last heard of it
+	// five intervals ago (250 ms by default): the others' copies neither
+	// age out nor, under the per-backend bound, get evicted before the
+	// entries their own traffic touches (docs/routing.md).
+	ra.Refresh = min(ac.TTL/5, 5*ac.ShareInterval)
 	return p, ra
 }
 
