@@ -50,7 +50,9 @@ func publishMany(t *testing.T, opts ...Option) {
 		}()
 	}
 	wg.Wait()
-	waitDrained(t, p, 30*time.Second)
+	// Generous: on a loaded machine JetStream's acks time out, batches wait
+	// in the spool and go again (counted as replayed).
+	waitDrained(t, p, 2*time.Minute)
 	batches, events := histogram(t, reg, "drover_usage_publish_batch_events")
 	closePub(t, p)
 	st := p.Stats()
@@ -58,7 +60,7 @@ func publishMany(t *testing.T, opts ...Option) {
 		t.Fatalf("stats %+v: want %d published or spooled", st, goroutines*per)
 	}
 	t.Logf("%.0f events in %.0f batches", events, batches)
-	if events != float64(st.Published) || batches >= events/10 {
+	if events < float64(st.Published) || batches >= events/10 {
 		t.Errorf("%.0f events in %.0f batches: want the published events in batches of more than 10", events, batches)
 	}
 	checkExactlyOnce(t, srv.URL(), sent)
