@@ -122,7 +122,6 @@ func TestProxyKill9LosesNothingClientsSawComplete(t *testing.T) {
 	aggMetrics := freeAddr(t)
 	start(t, "drover-aggregator", append(common, "DROVER_AGGREGATOR_METRICS_LISTEN="+aggMetrics, "DROVER_AGGREGATOR_FLUSH_INTERVAL=200ms", "DROVER_REPLICA=agg"))
 	type replica struct {
-		mu   sync.Mutex
 		p    *proc
 		env  []string
 		base string
