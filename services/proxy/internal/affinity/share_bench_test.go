@@ -78,7 +78,7 @@ func BenchmarkShareWorkload(b *testing.B) {
 		if bestM == 0 {
 			turn++
 		}
-		fresh := x.Insert(best, &p, time.Now(), time.Minute, nil)
+		fresh := x.Insert(best, &p, time.Now(), 250*time.Millisecond, nil) // the server's refresh at the default interval
 		hashes += len(fresh)
 		if len(fresh) > 0 {
 			s.Inserted(best, fresh)
