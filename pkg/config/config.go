@@ -118,6 +118,18 @@ type Queue struct {
 	// MaxPerKey bounds one key's waiters, so one key cannot take the
 	// whole queue (default 256).
 	MaxPerKey int `yaml:"max_per_key"`
+	// InteractiveHeadroom is how many slots of a model batch requests
+	// leave free while interactive requests are about (default 1; 0:
+	// batch may take every slot; docs/limits.md).
+	InteractiveHeadroom *int `yaml:"interactive_headroom"`
+}
+
+// Headroom is InteractiveHeadroom with its default.
+func (q Queue) Headroom() int {
+	if q.InteractiveHeadroom == nil {
+		return DefaultInteractiveHeadroom
+	}
+	return *q.InteractiveHeadroom
 }
 
 // Limits configures how keys' limits are enforced (the limits themselves

@@ -114,6 +114,11 @@ func DefaultAuth() Auth {
 	return Auth{Bucket: DefaultKeysBucket, StateFile: "./data/keys.json"}
 }
 
+// DefaultInteractiveHeadroom is routing.queue.interactive_headroom's
+// default: one slot of a model kept from batch requests while interactive
+// ones are about.
+const DefaultInteractiveHeadroom = 1
+
 // DefaultRouting is the routing section's defaults.
 func DefaultRouting() Routing {
 	return Routing{

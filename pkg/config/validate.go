@@ -216,6 +216,9 @@ func (c *Config) Validate() error {
 	if c.Routing.Queue.MaxPerKey < 0 {
 		bad("routing.queue.max_per_key", "must not be negative")
 	}
+	if c.Routing.Queue.Headroom() < 0 {
+		bad("routing.queue.interactive_headroom", "must not be negative")
+	}
 	if m := c.Usage.PublishMode; m != "batch" && m != "message" {
 		bad("usage.publish_mode", "must be batch or message, got %q", m)
 	}

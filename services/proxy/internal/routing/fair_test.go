@@ -460,3 +460,60 @@ func TestZeroShareReplicaIsNotStarved(t *testing.T) {
 	}
 	s.Release()
 }
+
+// Batch leaves the headroom free while interactive requests are about (at
+// most a quarter of the model's slots, on one pool), and takes every slot
+// otherwise; the slot kept is an interactive request's at once.
+func TestInteractiveHeadroom(t *testing.T) {
+	batch := Tenant{ID: "bulk", Class: apikey.ClassBatch}
+	chat := Tenant{ID: "chat", Class: apikey.ClassInteractive}
+	for _, tt := range []struct {
+		name      string
+		cands     []Candidate
+		chatFirst bool
+		want      int // batch slots before it must wait
+	}{
+		{"no interactive request: every slot", []Candidate{cand("a", "m", 4, true, 1)}, false, 4},
+		{"interactive about: one slot kept", []Candidate{cand("a", "m", 4, true, 1)}, true, 3},
+		{"two slots: under a quarter, none kept", []Candidate{cand("a", "m", 2, true, 1)}, true, 2},
+		{"eight slots: still one", []Candidate{cand("a", "m", 8, true, 1)}, true, 7},
+		{"two backends of two: one kept on the first", []Candidate{cand("b", "m", 2, true, 1), cand("a", "m", 2, true, 1)}, true, 3},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			r := New(Options{MaxWait: time.Millisecond, InteractiveHeadroom: 1}, nil)
+			if tt.chatFirst {
+				s, err := r.Acquire(context.Background(), chat, tt.cands)
+				if err != nil {
+					t.Fatal(err)
+				}
+				s.Release()
+			}
+			var held []*Slot
+			defer func() {
+				for _, s := range held {
+					s.Release()
+				}
+			}()
+			for range tt.want {
+				s, err := r.Acquire(context.Background(), batch, tt.cands)
+				if err != nil {
+					t.Fatalf("batch slot %d of %d: %v", len(held)+1, tt.want, err)
+				}
+				held = append(held, s)
+			}
+			if _, err := r.Acquire(context.Background(), batch, tt.cands); err == nil {
+				t.Fatalf("batch slot %d granted", tt.want+1)
+			}
+			if tt.chatFirst && len(held) < 4 && tt.want < len(tt.cands)*tt.cands[0].Cap {
+				s, err := r.Acquire(context.Background(), chat, tt.cands)
+				if err != nil {
+					t.Fatalf("interactive beside batch: %v", err)
+				}
+				if s.Backend != "a" {
+					t.Errorf("interactive got %s, want the kept pool a", s.Backend)
+				}
+				s.Release()
+			}
+		})
+	}
+}

@@ -91,6 +91,9 @@ type Options struct {
 	// MaxQueue).
 	MaxPerKey int
 	MaxWait   time.Duration
+	// InteractiveHeadroom is how many slots of a model batch waiters leave
+	// free while interactive requests are about (headroom.go).
+	InteractiveHeadroom int
 	// Observe, if set, receives how long each granted or refused request
 	// waited and whether it queued at all.
 	Observe func(wait time.Duration, queued bool, err error)
@@ -131,6 +134,7 @@ type Router struct {
 	published map[Key]map[queueID]poolLoad
 	wake      *time.Timer      // runs onWake at wakeAt
 	wakeAt    time.Time        // zero: no wake pending
+	keep      headroom         // the slots batch leaves to interactive requests
 	tokens    map[string]int64 // local estimated tokens in flight per backend
 	turn      uint64           // RoundRobin's next turn
 	ranks     []ranked         // pickLocked's scratch
@@ -209,6 +213,7 @@ func (r *Router) acquire(ctx context.Context, who Tenant, cands []Candidate, aff
 		w.tokens = p.Tokens
 	}
 	r.lock(start)
+	r.keep.note(cands)
 	if r.quietLocked(w) {
 		if c, ok := r.pickLocked(w, nil, start); ok {
 			s := r.reserveLocked(c, w, start)
@@ -371,7 +376,7 @@ func (r *Router) pickLocked(w *waiter, plans map[Key]plan, now time.Time) (Candi
 	for i, c := range w.cands {
 		local := r.inflight[c.Key]
 		if plans == nil {
-			if local >= c.Cap {
+			if local >= c.Cap || r.keepsLocked(w.q, c.Key, c.Cap, local, now) {
 				continue
 			}
 		} else {
@@ -470,6 +475,9 @@ func (r *Router) reserveLocked(c Candidate, w *waiter, now time.Time) *Slot {
 		r.tokens[k.Backend] += w.tokens
 	}
 	r.poolLocked(k, q).n++
+	if q.class == 0 {
+		r.keep.interactiveAt = now
+	}
 	d := r.recent[q]
 	if d == nil {
 		d = &decaying{}

@@ -110,7 +110,9 @@ func New(cfg *config.Config, log *slog.Logger, opts Options) *Server {
 		// One key's waiters are bounded too, so one key cannot fill the queue.
 		MaxPerKey: cfg.Routing.Queue.MaxPerKey,
 		MaxWait:   cfg.Routing.Queue.MaxWait,
-		Observe:   s.observeQueue,
+		// Batch leaves a slot for interactive requests while they are about.
+		InteractiveHeadroom: cfg.Routing.Queue.Headroom(),
+		Observe:             s.observeQueue,
 		LockWait:  func(d time.Duration) { s.Metrics.LockWait("router", d) },
 		Changed:   s.Sync.Changed,
 	}, s.Sync)
