@@ -9,13 +9,10 @@ import (
 	"net/http/httptest"
 	"net/url"
 	"os"
-	"os/exec"
-	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
 	"sync"
-	"syscall"
 	"testing"
 	"time"
 
@@ -326,58 +323,6 @@ func affChat(ctx context.Context, c *api.Client, msgs []api.Message) (affReply, 
 // startParallel is start with OLLAMA_NUM_PARALLEL=parallel and only the
 // given models.
 func (o *ollama) startParallel(parallel int, models ...string) error {
-	port, err := freePort()
-	if err != nil {
-		return err
-	}
-	base := filepath.Join(tools.tmp, o.name)
-	o.models = filepath.Join(base, "models")
-	o.host = fmt.Sprintf("127.0.0.1:%d", port)
-	o.url = "http://" + o.host
-	o.log = filepath.Join(base, "serve.log")
-	if err := os.MkdirAll(filepath.Join(base, "home"), 0o755); err != nil {
-		return err
-	}
-	if err := os.MkdirAll(o.models, 0o755); err != nil {
-		return err
-	}
-	logf, err := os.Create(o.log)
-	if err != nil {
-		return err
-	}
-	o.cmd = exec.Command(tools.bin, "serve")
-	o.cmd.Env = append(cleanEnv(), "HOME="+filepath.Join(base, "home"), "OLLAMA_HOST="+o.host, "OLLAMA_MODELS="+o.models,
-		fmt.Sprintf("OLLAMA_NUM_PARALLEL=%d", parallel), "OLLAMA_MAX_LOADED_MODELS=1",
+	return o.serve(models, fmt.Sprintf("OLLAMA_NUM_PARALLEL=%d", parallel), "OLLAMA_MAX_LOADED_MODELS=1",
 		"OLLAMA_DEBUG=1") // the runner logs each request's cached and evaluated tokens (cacheLog)
-	o.cmd.Stdout, o.cmd.Stderr = logf, logf
-	o.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
-	if err := o.cmd.Start(); err != nil {
-		logf.Close()
-		return fmt.Errorf("starting %s: %w", tools.bin, err)
-	}
-	o.done = make(chan struct{})
-	go func() { o.cmd.Wait(); logf.Close(); close(o.done) }() //nolint:errcheck // exit status is in the log
-	deadline := time.Now().Add(30 * time.Second)
-	for {
-		resp, err := http.Get(o.url + "/api/version")
-		if err == nil {
-			resp.Body.Close()
-			break
-		}
-		select {
-		case <-o.done:
-			return fmt.Errorf("ollama %s exited at start; log:\n%s", o.name, tail(o.log))
-		default:
-		}
-		if time.Now().After(deadline) {
-			return fmt.Errorf("ollama %s did not answer in 30s; log:\n%s", o.name, tail(o.log))
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-	for _, m := range models {
-		if out, err := o.cli(tools.src, "create", m, "-f", "Modelfile."+m); err != nil {
-			return fmt.Errorf("ollama create %s on %s: %v\n%s", m, o.name, err, out)
-		}
-	}
-	return nil
 }

@@ -120,6 +120,20 @@ func freePort() (int, error) {
 // temporary directory) with OLLAMA_NUM_PARALLEL=1, then creates models on it
 // from the realollama sources.
 func (o *ollama) start(models []string, alias bool) error {
+	if err := o.serve(models, "OLLAMA_NUM_PARALLEL=1", "OLLAMA_MAX_LOADED_MODELS=4"); err != nil {
+		return err
+	}
+	if alias {
+		if out, err := o.cli("", "cp", "tiny", "tiny-alias"); err != nil {
+			return fmt.Errorf("ollama cp on %s: %v\n%s", o.name, err, out)
+		}
+	}
+	return nil
+}
+
+// serve starts `ollama serve` on a free port with env added to its
+// environment, waits until it answers, and creates models on it.
+func (o *ollama) serve(models []string, env ...string) error {
 	port, err := freePort()
 	if err != nil {
 		return err
@@ -140,8 +154,7 @@ func (o *ollama) start(models []string, alias bool) error {
 		return err
 	}
 	o.cmd = exec.Command(tools.bin, "serve")
-	o.cmd.Env = append(cleanEnv(), "HOME="+filepath.Join(base, "home"), "OLLAMA_HOST="+o.host, "OLLAMA_MODELS="+o.models,
-		"OLLAMA_NUM_PARALLEL=1", "OLLAMA_MAX_LOADED_MODELS=4")
+	o.cmd.Env = append(append(cleanEnv(), "HOME="+filepath.Join(base, "home"), "OLLAMA_HOST="+o.host, "OLLAMA_MODELS="+o.models), env...)
 	o.cmd.Stdout, o.cmd.Stderr = logf, logf
 	// Its own process group, so the runners it spawns can be stopped with it.
 	o.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
@@ -171,11 +184,6 @@ func (o *ollama) start(models []string, alias bool) error {
 	for _, m := range models {
 		if out, err := o.cli(tools.src, "create", m, "-f", "Modelfile."+m); err != nil {
 			return fmt.Errorf("ollama create %s on %s: %v\n%s", m, o.name, err, out)
-		}
-	}
-	if alias {
-		if out, err := o.cli("", "cp", "tiny", "tiny-alias"); err != nil {
-			return fmt.Errorf("ollama cp on %s: %v\n%s", o.name, err, out)
 		}
 	}
 	return nil
