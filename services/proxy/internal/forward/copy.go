@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/droverhq/drover/services/proxy/internal/meter"
+	"github.com/droverhq/drover/services/proxy/internal/sse"
 )
 
 // The end of an answer is held back until its usage event is recorded.
@@ -81,11 +82,18 @@ func (f *Forwarder) copy(out *output, filter io.WriteCloser, body io.Reader, str
 		dst = filter
 	}
 	write := func(p []byte) bool {
-		if c.writeErr = out.chunk(dst, p, stream); c.writeErr != nil {
-			c.clientGone = true
-			return false
+		err := out.chunk(dst, p, stream)
+		switch {
+		case err == nil:
+			return true
+		case errors.Is(err, sse.ErrEventTooLarge):
+			// The backend sent an event past the filter's bound: its
+			// stream broke, the client did not leave.
+			c.err = err
+		default:
+			c.writeErr, c.clientGone = err, true
 		}
-		return true
+		return false
 	}
 	var carry [1]byte // a plain body's last byte read, when off is 1
 	off := 0

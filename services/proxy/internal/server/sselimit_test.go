@@ -18,8 +18,8 @@ import (
 // A backend that sends one server-sent event larger than
 // server.max_event_bytes (here 17 MiB without a blank line, then [DONE])
 // gets its stream failed: the client has what came before, neither the
-// giant event nor a [DONE] (or Ollama's done chunk) after it, and is not
-// left waiting. On both paths that split events: /v1 passed through, and
+// giant event nor a [DONE] (or Ollama's done chunk) after it, then the
+// error a cut stream ends with, and is not left waiting. On both paths that split events: /v1 passed through, and
 // /api/chat translated from OpenAI's stream.
 func TestOversizeSSEEventFailsTheStream(t *testing.T) {
 	backend := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
@@ -73,6 +73,11 @@ func TestOversizeSSEEventFailsTheStream(t *testing.T) {
 		}
 		if !strings.Contains(string(got), c.first) || strings.Contains(string(got), c.end) || len(got) > sse.DefaultMaxEvent {
 			t.Fatalf("%s: client got %d bytes: %.300s", c.path, len(got), got)
+		}
+		// A backend failure, said in the stream as for any cut stream
+		// (not a client that left).
+		if !strings.Contains(string(got), `"error"`) {
+			t.Fatalf("%s: no error at the end of the cut stream: %.300s", c.path, got)
 		}
 	}
 }
