@@ -37,6 +37,7 @@ type options struct {
 	backends, cap    int
 	chunkDelay       time.Duration
 	slotTokens       int
+	headroom         int
 	duration, warmup time.Duration
 	window           time.Duration
 	rateB, rateChat  float64
@@ -63,6 +64,7 @@ func parseFlags(args []string) (options, error) {
 	fs.IntVar(&o.backends, "backends", 2, "fairness, priority: fake backends")
 	fs.IntVar(&o.cap, "cap", 2, "fairness, priority: routing.max_concurrency (fleet-wide slots per backend)")
 	fs.DurationVar(&o.chunkDelay, "chunk-delay", 10*time.Millisecond, "fairness, priority: the backends' pause before each token")
+	fs.IntVar(&o.headroom, "headroom", -1, "fairness, priority: routing.queue.interactive_headroom (negative: the default)")
 	fs.IntVar(&o.slotTokens, "slot-tokens", 20, "fairness, priority: num_predict, so a request holds a slot slot-tokens × chunk-delay")
 	fs.DurationVar(&o.duration, "duration", 40*time.Second, "fairness, priority: length of each phase")
 	fs.DurationVar(&o.warmup, "warmup", 2*time.Second, "fairness, priority: start of a flood left out of the measurement")
@@ -138,7 +140,7 @@ func run(ctx context.Context, o options, stdout, stderr io.Writer) error {
 
 	sat := tenancy.SaturationSpec{
 		Replicas: o.replicas, Backends: o.backends, Cap: o.cap, ChunkDelay: o.chunkDelay,
-		MaxPerKey: 32, Req: tenancy.Request{Model: "tiny", Words: 8, Output: o.slotTokens},
+		MaxPerKey: 32, Headroom: o.headroom, Req: tenancy.Request{Model: "tiny", Words: 8, Output: o.slotTokens},
 		Duration: o.duration, Warmup: o.warmup, Window: o.window,
 	}
 	rep := tenancy.Report{Started: time.Now(), LoadAvg: load, Settings: map[string]string{
@@ -146,7 +148,7 @@ func run(ctx context.Context, o options, stdout, stderr io.Writer) error {
 		"request_tokens":  strconv.FormatInt(tenancy.Request{Words: o.words, Output: o.output}.Tokens(), 10),
 		"backend_latency": o.latency.String(), "backends": strconv.Itoa(o.backends), "cap": strconv.Itoa(o.cap),
 		"slot_time": sat.Service().String(), "duration": o.duration.String(), "window": o.window.String(),
-		"rate_b": strconv.FormatFloat(o.rateB, 'g', -1, 64), "rate_interactive": strconv.FormatFloat(o.rateChat, 'g', -1, 64),
+		"headroom": strconv.Itoa(o.headroom), "rate_b": strconv.FormatFloat(o.rateB, 'g', -1, 64), "rate_interactive": strconv.FormatFloat(o.rateChat, 'g', -1, 64),
 	}}
 	failed := func(scenario string, err error) {
 		fmt.Fprintf(stderr, "%s: %v\n", scenario, err)

@@ -13,6 +13,7 @@ type SaturationSpec struct {
 	Replicas, Backends, Cap int
 	ChunkDelay              time.Duration
 	MaxPerKey               int
+	Headroom                int // routing.queue.interactive_headroom; negative keeps the default
 	Req                     Request
 	Duration                time.Duration // each phase
 	Warmup                  time.Duration // left out of the closed-loop phases' windows
@@ -27,7 +28,7 @@ func (s SaturationSpec) Service() time.Duration { return time.Duration(s.Req.Out
 
 func (s SaturationSpec) fleet(name string, keys []Key) FleetSpec {
 	return FleetSpec{
-		Name: name, Replicas: s.Replicas, Backends: s.Backends, Cap: s.Cap, MaxPerKey: s.MaxPerKey,
+		Name: name, Replicas: s.Replicas, Backends: s.Backends, Cap: s.Cap, MaxPerKey: s.MaxPerKey, Headroom: s.Headroom,
 		BackendArgs: []string{"-chunk-delay", s.ChunkDelay.String()}, Keys: keys,
 	}
 }

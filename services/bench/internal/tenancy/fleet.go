@@ -42,6 +42,7 @@ type FleetSpec struct {
 	// model, for the whole fleet.
 	Cap       int
 	MaxPerKey int    // routing.queue.max_per_key; 0 keeps the default
+	Headroom  int    // routing.queue.interactive_headroom; negative keeps the default
 	Admission string // limits.admission; "" keeps the default (reserve)
 	Keys      []Key
 }
@@ -136,6 +137,9 @@ func ReplicaConfig(spec FleetSpec, name string, port int, backends []string, nat
 	fmt.Fprintf(&b, "routing:\n  max_concurrency: %d\n  queue:\n    max_length: 4096\n    max_wait: 60s\n", spec.Cap)
 	if spec.MaxPerKey > 0 {
 		fmt.Fprintf(&b, "    max_per_key: %d\n", spec.MaxPerKey)
+	}
+	if spec.Headroom >= 0 {
+		fmt.Fprintf(&b, "    interactive_headroom: %d\n", spec.Headroom)
 	}
 	if spec.Admission != "" {
 		fmt.Fprintf(&b, "limits:\n  admission: %s\n", spec.Admission)

@@ -41,7 +41,7 @@ type OvershootResult struct {
 // RunOvershoot starts a fleet with admission mode and runs spec on it.
 func RunOvershoot(ctx context.Context, bins Bins, logDir, admission string, spec OvershootSpec, c Client) (OvershootResult, error) {
 	key := Key{ID: "budget", Secret: "bench-budget-" + admission, TokensPerDay: spec.Budget}
-	f, err := StartFleet(ctx, bins, FleetSpec{
+	f, err := StartFleet(ctx, bins, FleetSpec{Headroom: -1,
 		Name: "overshoot-" + admission, Replicas: spec.Replicas, Backends: 1,
 		BackendArgs: []string{"-latency", spec.Latency.String()},
 		Cap:         4 * spec.Conns, Admission: admission, Keys: []Key{key},

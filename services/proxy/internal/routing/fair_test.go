@@ -462,7 +462,7 @@ func TestZeroShareReplicaIsNotStarved(t *testing.T) {
 }
 
 // Batch leaves the headroom free while interactive requests are about (at
-// most a quarter of the model's slots, on one pool), and takes every slot
+// most half the model's slots, on one pool), and takes every slot
 // otherwise; the slot kept is an interactive request's at once.
 func TestInteractiveHeadroom(t *testing.T) {
 	batch := Tenant{ID: "bulk", Class: apikey.ClassBatch}
@@ -475,7 +475,8 @@ func TestInteractiveHeadroom(t *testing.T) {
 	}{
 		{"no interactive request: every slot", []Candidate{cand("a", "m", 4, true, 1)}, false, 4},
 		{"interactive about: one slot kept", []Candidate{cand("a", "m", 4, true, 1)}, true, 3},
-		{"two slots: under a quarter, none kept", []Candidate{cand("a", "m", 2, true, 1)}, true, 2},
+		{"two slots: one kept", []Candidate{cand("a", "m", 2, true, 1)}, true, 1},
+		{"one slot: under half, none kept", []Candidate{cand("a", "m", 1, true, 1)}, true, 1},
 		{"eight slots: still one", []Candidate{cand("a", "m", 8, true, 1)}, true, 7},
 		{"two backends of two: one kept on the first", []Candidate{cand("b", "m", 2, true, 1), cand("a", "m", 2, true, 1)}, true, 3},
 	} {

@@ -11,7 +11,8 @@ const InteractiveWindow = 10 * time.Second
 // is preempted (Ollama cannot pause a generation), so without it an
 // interactive request that arrives while batch holds every slot waits for
 // a release. The kept slots are on one pool per model, the same on every
-// replica (the largest cap, then the first backend by name), so that the
+// replica (the largest cap, then the first backend by name), at most half
+// the model's slots, so that the
 // fleet plan, which every replica runs alike, keeps them: a check on each
 // replica's own view of the fleet's free slots would let replicas acting
 // on the same release all take the last one (docs/limits.md).
@@ -43,14 +44,14 @@ func (h *headroom) note(cands []Candidate) {
 	h.pool[m], h.total[m] = best.Key, total
 }
 
-// slots is how many slots of k batch leaves free: n, at most a quarter of
-// the model's slots (so a small fleet's batch keys still run), on the
-// model's kept pool only.
-func (h *headroom) slots(k Key, n int) int {
+// slots is how many slots of k batch leaves free: n, at most half the
+// model's slots (so batch keys still run), on the model's kept pool only
+// (and no more than that pool has).
+func (h *headroom) slots(k Key, n int, cap int) int {
 	if n <= 0 || h.pool[k.Model] != k {
 		return 0
 	}
-	return min(n, h.total[k.Model]/4)
+	return min(n, h.total[k.Model]/2, cap)
 }
 
 // keepingLocked reports whether interactive requests are about for k: one
@@ -59,7 +60,7 @@ func (h *headroom) slots(k Key, n int) int {
 // for when it closes, so that batch waiters held back only by the
 // headroom then go.
 func (r *Router) keepingLocked(k Key, now time.Time) bool {
-	if r.keep.slots(k, r.opts.InteractiveHeadroom) == 0 {
+	if r.keep.slots(k, r.opts.InteractiveHeadroom, 1) == 0 {
 		return false
 	}
 	if left := InteractiveWindow - now.Sub(r.keep.interactiveAt); left > 0 {
@@ -89,5 +90,5 @@ func (r *Router) keepsLocked(q queueID, k Key, cap, local int, now time.Time) bo
 	if r.remote != nil {
 		held += r.remote.InFlight(k)
 	}
-	return cap-held <= r.keep.slots(k, r.opts.InteractiveHeadroom)
+	return cap-held <= r.keep.slots(k, r.opts.InteractiveHeadroom, cap)
 }

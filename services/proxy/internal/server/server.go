@@ -113,8 +113,8 @@ func New(cfg *config.Config, log *slog.Logger, opts Options) *Server {
 		// Batch leaves a slot for interactive requests while they are about.
 		InteractiveHeadroom: cfg.Routing.Queue.Headroom(),
 		Observe:             s.observeQueue,
-		LockWait:  func(d time.Duration) { s.Metrics.LockWait("router", d) },
-		Changed:   s.Sync.Changed,
+		LockWait:            func(d time.Duration) { s.Metrics.LockWait("router", d) },
+		Changed:             s.Sync.Changed,
 	}, s.Sync)
 	s.Sync.Attach(s.Router, s.Fleet.InvalidateLocal)
 	s.affinity.attach(s.Router)
