@@ -320,6 +320,13 @@ func (s *Store) replace(set map[string]entry, rev uint64, first bool) {
 	recs := sorted(cp)
 	s.mu.Lock()
 	s.recs = cp
+	s.mu.Unlock()
+	if s.opts.OnChange != nil {
+		s.opts.OnChange(recs)
+	}
+	// Seen only once OnChange has the set: a change that waits for its
+	// revision (waitSeen) then serves on this replica when it returns.
+	s.mu.Lock()
 	s.seen = max(s.seen, rev)
 	s.synced = true
 	if first {
@@ -328,9 +335,6 @@ func (s *Store) replace(set map[string]entry, rev uint64, first bool) {
 	close(s.advanced)
 	s.advanced = make(chan struct{})
 	s.mu.Unlock()
-	if s.opts.OnChange != nil {
-		s.opts.OnChange(recs)
-	}
 	if first {
 		s.log.Info("key bucket read", "bucket", s.opts.Bucket, "keys", len(recs))
 	}
