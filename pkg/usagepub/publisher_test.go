@@ -138,7 +138,8 @@ type recorder struct {
 	sent *ids
 	stop chan struct{}
 	wg   sync.WaitGroup
-	// closing is set just before Close; late counts Records begun after.
+	// closing is set just before Close; late counts Records that returned
+	// after it was set (a superset of those that ran after Close began).
 	closing atomic.Bool
 	late    atomic.Uint64
 }
@@ -157,10 +158,12 @@ func startRecorder(p *Publisher, sent *ids, goroutines int) *recorder {
 				}
 				id := usage.NewID()
 				sent.add(id)
+				p.Record(event(id))
+				// Counted once it returns: a Record that read the flag
+				// before Close began may still run after it.
 				if r.closing.Load() {
 					r.late.Add(1)
 				}
-				p.Record(event(id))
 				// Pace each caller like a stream of requests (not waiting
 				// for anything).
 				time.Sleep(100 * time.Microsecond)
