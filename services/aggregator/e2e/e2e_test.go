@@ -75,6 +75,9 @@ func start(t *testing.T, name string, env []string) *proc {
 	t.Helper()
 	p := &proc{cmd: exec.Command(filepath.Join(binDir, name)), log: &bytes.Buffer{}, mu: &sync.Mutex{}}
 	p.cmd.Env = append(os.Environ(), env...)
+	// Its own working directory: relative defaults (auth.state_file's
+	// ./data/keys.json) stay out of the source tree and apart per process.
+	p.cmd.Dir = t.TempDir()
 	p.cmd.Stdout = lockedWriter{p.mu, p.log}
 	p.cmd.Stderr = lockedWriter{p.mu, p.log}
 	if err := p.cmd.Start(); err != nil {
