@@ -36,6 +36,8 @@ type options struct {
 	setups        []routingbench.Setup
 	jsonPath, svg string
 	timeout       time.Duration
+	// sweep holds the group counts of -sweep-groups (nil: one run).
+	sweep []int
 }
 
 func parseFlags(args []string) (options, error) {
@@ -73,6 +75,7 @@ func parseFlags(args []string) (options, error) {
 	fs.StringVar(&o.jsonPath, "json", "", "write the results as JSON to this file")
 	fs.StringVar(&o.svg, "svg", "", "write the plot to this file (e.g. docs/bench-routing.svg)")
 	fs.StringVar(&o.spec.LogDir, "logs", "", "directory for child logs and configs (default: a new temp dir)")
+	sweep := fs.String("sweep-groups", "", "comma-separated group counts (e.g. 8,32,128): run the setups once per count (setups default to 1:least_loaded,1:prefix here) and print how prefix compares with least_loaded as they move; -json writes the runs as an array, -svg is not written")
 	fs.StringVar(&o.from, "from", "", "run nothing: read a -json file, check the targets again and write the tables (and -svg, -json)")
 	if err := fs.Parse(args); err != nil {
 		return o, err
@@ -83,9 +86,21 @@ func parseFlags(args []string) (options, error) {
 	if o.spec.Bins.Proxy == "" || o.spec.Bins.Backend == "" {
 		return o, errors.New("-drover and -backend-bin are required")
 	}
+	set := map[string]bool{}
+	fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
+	if *sweep != "" {
+		for _, g := range strings.Split(*sweep, ",") {
+			n, err := strconv.Atoi(strings.TrimSpace(g))
+			if err != nil || n < 1 {
+				return o, fmt.Errorf("-sweep-groups: %q is not a positive whole number", g)
+			}
+			o.sweep = append(o.sweep, n)
+		}
+		if !set["setups"] {
+			fs.Set("setups", "1:least_loaded,1:prefix")
+		}
+	}
 	if *quick { // flags given explicitly still win
-		set := map[string]bool{}
-		fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
 		for name, v := range map[string]string{"setups": "1:least_loaded,1:prefix", "rates": "4,8", "step": "2s",
 			"groups": "8", "system-words": "400", "drain": "20s", "warmup": "2s"} {
 			if !set[name] {
@@ -184,6 +199,50 @@ func run(ctx context.Context, o options, stdout, stderr io.Writer) error {
 	o.spec.Client = routingbench.Client{HTTP: &http.Client{Transport: keepalive.Transport(), Timeout: o.timeout}, TokenCost: o.spec.Backends.TokenCost}
 	defer o.spec.Client.HTTP.CloseIdleConnections()
 
+	if len(o.sweep) > 0 {
+		return runSweep(ctx, o, stdout, stderr, load)
+	}
+	return finish(o, runSetups(ctx, o, stderr, load), stdout, ctx.Err())
+}
+
+// runSweep runs the setups once per group count of -sweep-groups.
+func runSweep(ctx context.Context, o options, stdout, stderr io.Writer, load float64) error {
+	var docs []routingbench.Document
+	failed := 0
+	for i, g := range o.sweep {
+		if ctx.Err() != nil {
+			break
+		}
+		if i > 0 {
+			load = loadAvg()
+		}
+		o.spec.Workload.Groups = g
+		fmt.Fprintf(stderr, "groups %d\n", g)
+		doc := runSetups(ctx, o, stderr, load)
+		doc.CheckTargets()
+		doc.WriteMarkdown(stdout)
+		fmt.Fprintln(stdout)
+		failed += len(doc.Failures)
+		docs = append(docs, doc)
+	}
+	routingbench.WriteSweep(stdout, "groups", docs)
+	if o.jsonPath != "" {
+		if err := writeFile(o.jsonPath, func(w io.Writer) error {
+			enc := json.NewEncoder(w)
+			enc.SetIndent("", "  ")
+			return enc.Encode(docs)
+		}); err != nil {
+			return err
+		}
+	}
+	if failed > 0 {
+		return fmt.Errorf("%d setup run(s) failed", failed)
+	}
+	return ctx.Err()
+}
+
+// runSetups runs every setup on o.spec and returns what they measured.
+func runSetups(ctx context.Context, o options, stderr io.Writer, load float64) routingbench.Document {
 	b, w := o.spec.Backends, o.spec.Workload
 	doc := routingbench.Document{Started: time.Now(), LoadAvg: load, Settings: map[string]string{
 		"backends": strconv.Itoa(b.Count), "parallel": strconv.Itoa(b.Parallel), "token_cost": b.TokenCost.String(),
@@ -207,7 +266,7 @@ func run(ctx context.Context, o options, stdout, stderr io.Writer) error {
 		fmt.Fprintf(stderr, "  hit rate %.1f %%, TTFT p50 %.0f ms p99 %.0f ms, %d errors\n", 100*res.HitRate, res.TTFTP50, res.TTFTP99, res.Errors)
 		doc.Results = append(doc.Results, res)
 	}
-	return finish(o, doc, stdout, ctx.Err())
+	return doc
 }
 
 // rerender reads a document written by -json and reports it again, with

@@ -44,3 +44,20 @@ func TestParseFlags(t *testing.T) {
 		t.Errorf("-from needs no binaries: %v", err)
 	}
 }
+
+func TestParseSweep(t *testing.T) {
+	bins := []string{"-drover", "p", "-backend-bin", "b"}
+	o, err := parseFlags(append(bins, "-sweep-groups", "8, 32,128"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(o.sweep) != 3 || o.sweep[1] != 32 || len(o.setups) != 2 || o.setups[0].Strategy != "least_loaded" || o.setups[1].Strategy != "prefix" {
+		t.Errorf("sweep %v, setups %+v", o.sweep, o.setups)
+	}
+	if o, err = parseFlags(append(bins, "-sweep-groups", "8", "-setups", "1:prefix")); err != nil || len(o.setups) != 1 {
+		t.Errorf("explicit setups in a sweep: %+v %v", o.setups, err)
+	}
+	if _, err := parseFlags(append(bins, "-sweep-groups", "8,0")); err == nil || !strings.Contains(err.Error(), "-sweep-groups") {
+		t.Errorf("group count 0: %v", err)
+	}
+}

@@ -201,6 +201,27 @@ func TestReportTargetsAndSVG(t *testing.T) {
 	}
 }
 
+// A sweep writes one line per run and replica count, with the ratios the
+// targets use.
+func TestWriteSweep(t *testing.T) {
+	step := func(hit float64, p50, p99 Millis) StepStats {
+		return StepStats{Offered: 10, Sent: 10, HitRate: hit, TTFTP50: p50, TTFTP99: p99, Throughput: 10}
+	}
+	doc := func(groups string, base, pre float64) Document {
+		return Document{LoadAvg: 1.5, Settings: map[string]string{"groups": groups}, Results: []Result{
+			{Setup: Setup{Strategy: "least_loaded", Replicas: 1, Share: true}, HitRate: base, Sustained: 10, Steps: []StepStats{step(base, 400, 800)}},
+			{Setup: Setup{Strategy: "prefix", Replicas: 1, Share: true}, HitRate: pre, Sustained: 11, Steps: []StepStats{step(pre, 40, 600)}},
+		}}
+	}
+	var out bytes.Buffer
+	WriteSweep(&out, "groups", []Document{doc("8", 0.5, 0.9), doc("128", 0.1, 0.2)})
+	for _, want := range []string{"| 8 | 1 | 50.0 % → 90.0 % | 1.80 | 10.00 | 0.75 | 10.0 → 11.0 | 1.5 |", "| 128 | 1 | 10.0 % → 20.0 % | 2.00 |"} {
+		if !strings.Contains(out.String(), want) {
+			t.Errorf("sweep lacks %q:\n%s", want, out.String())
+		}
+	}
+}
+
 // TestDriveReadsTheCacheBack runs the measurement chain in-process against
 // two prompt-caching fake backends, each group pinned to one: the hit rate
 // read back from the replies' prompt_eval_duration must equal what the

@@ -93,6 +93,10 @@ type Match struct {
 	Session int64
 	// Blocks is the number of leading blocks of the chain it holds.
 	Blocks int
+	// Evicts is, when the target holds nothing of the prompt, the worth
+	// of the prompt it would overwrite there (Slots.Evicts; 0: nothing or
+	// unknown). Not affinity: Better and Zero ignore it.
+	Evicts float64
 }
 
 // Better reports whether m is the stronger affinity: an explicit session

@@ -1,6 +1,7 @@
 package affinity
 
 import (
+	"math"
 	"sync"
 	"time"
 )
@@ -23,6 +24,30 @@ type Slots struct {
 
 	mu      sync.Mutex
 	targets map[Target][]modelSlot
+	// pop is each home key's (a prompt's first block: its group's)
+	// requests through this replica, decayed with popHalfLife: what a
+	// slot's prompt is worth keeping.
+	pop map[uint64]popularity
+}
+
+// popHalfLife is how fast a group's request count fades: long enough that
+// a group asked a few times a minute keeps its worth between requests,
+// short enough that a group gone quiet yields its slot within a minute.
+const popHalfLife = 20 * time.Second
+
+// maxPop bounds Slots.pop; beyond it the faded entries go.
+const maxPop = 4096
+
+type popularity struct {
+	v  float64
+	at int64 // unix nanoseconds of v
+}
+
+func (p popularity) value(now int64) float64 {
+	if now <= p.at {
+		return p.v
+	}
+	return p.v * math.Exp2(-float64(now-p.at)/float64(popHalfLife))
 }
 
 // modelSlot is one slot: the chain of the last prompt it took.
@@ -36,7 +61,7 @@ type modelSlot struct {
 // it was taken (the model's keep_alive), and at most maxBlocks leading
 // blocks of each prompt are kept (a slot's context).
 func NewSlots(ttl time.Duration, maxBlocks int) *Slots {
-	return &Slots{ttl: ttl, maxBlocks: max(maxBlocks, 1), targets: map[Target][]modelSlot{}}
+	return &Slots{ttl: ttl, maxBlocks: max(maxBlocks, 1), targets: map[Target][]modelSlot{}, pop: map[uint64]popularity{}}
 }
 
 // Free is the longest run of p's leading blocks that a free slot of t
@@ -48,11 +73,28 @@ func (s *Slots) Free(t Target, p *Prompt, now time.Time) int {
 	return n
 }
 
+// Evicts is, for a prompt t's free slots hold nothing of, the worth of
+// the prompt that p would overwrite on t: the decayed request count of the
+// group (first block) in the free slot Ollama would give p. 0 when that
+// slot is empty or forgotten, when p finds part of itself there, or when
+// no slot is free or t is unknown.
+func (s *Slots) Evicts(t Target, p *Prompt, now time.Time) float64 {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	ss := s.targets[t]
+	i, n := s.pickLocked(ss, p.Chain, now.UnixNano())
+	if i < 0 || n > 0 || len(ss[i].chain) == 0 || now.UnixNano()-ss[i].at >= int64(s.ttl) {
+		return 0
+	}
+	return s.pop[ss[i].chain[0]].value(now.UnixNano())
+}
+
 // Take records that p goes to t, which has n slots, and returns the slot
 // it takes, for Release.
 func (s *Slots) Take(t Target, n int, p *Prompt, now time.Time) int {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	s.countLocked(p.Home(), now.UnixNano())
 	ss := s.targets[t]
 	if len(ss) != n && n > 0 {
 		grown := make([]modelSlot, n)
@@ -97,4 +139,22 @@ func (s *Slots) pickLocked(ss []modelSlot, chain []uint64, now int64) (int, int)
 		}
 	}
 	return best, max(n, 0)
+}
+
+// countLocked adds a request of home's group.
+func (s *Slots) countLocked(home uint64, now int64) {
+	if home == 0 {
+		return
+	}
+	if _, ok := s.pop[home]; !ok && len(s.pop) >= maxPop {
+		for h, p := range s.pop {
+			if p.value(now) < 0.05 {
+				delete(s.pop, h)
+			}
+		}
+		if len(s.pop) >= maxPop {
+			clear(s.pop) // all in use: start over rather than grow
+		}
+	}
+	s.pop[home] = popularity{v: s.pop[home].value(now) + 1, at: now}
 }

@@ -59,3 +59,40 @@ func TestSlotsKeepAContext(t *testing.T) {
 		t.Fatalf("%d blocks, want 3", got)
 	}
 }
+
+// Evicts is the worth of what a cold prompt would overwrite: the decayed
+// request count of the group in the free slot Ollama would give it.
+func TestSlotsEvicts(t *testing.T) {
+	s := NewSlots(time.Hour, 1000)
+	a, b, c := Target{"a", "m"}, Target{"b", "m"}, Target{"c", "m"}
+	now := time.Now()
+	for range 5 { // a's slot 0 holds a group asked five times
+		s.Release(a, s.Take(a, 2, chain(100, 5), now))
+	}
+	s.Release(b, s.Take(b, 2, chain(200, 5), now)) // b's: asked once
+	cold := chain(900, 5)
+	ea, eb, ec := s.Evicts(a, cold, now), s.Evicts(b, cold, now), s.Evicts(c, cold, now)
+	if ea < 4.99 || ea > 5 || eb < 0.99 || eb > 1 || ec != 0 {
+		t.Fatalf("evicts a %.2f, b %.2f, unknown c %.2f; want 5, 1, 0", ea, eb, ec)
+	}
+	if got := s.Evicts(a, chain(100, 8), now); got != 0 {
+		t.Fatalf("a prompt finding itself evicts %.2f", got)
+	}
+	// The worth fades by half every popHalfLife.
+	if got := s.Evicts(a, cold, now.Add(popHalfLife)); got < 2.49 || got > 2.51 {
+		t.Fatalf("after a half-life %.2f, want 2.5", got)
+	}
+	// Slot 0 busy: the cold prompt would take slot 1, empty.
+	i := s.Take(a, 2, chain(100, 5), now)
+	if got := s.Evicts(a, cold, now); got != 0 {
+		t.Fatalf("with slot 0 busy evicts %.2f, want 0 (slot 1 is empty)", got)
+	}
+	s.Release(a, i)
+	// The counts stay bounded.
+	for h := range uint64(2 * maxPop) {
+		s.Release(c, s.Take(c, 1, chain(10_000+h*10, 1), now.Add(time.Duration(h)*time.Minute)))
+	}
+	if len(s.pop) > maxPop {
+		t.Fatalf("%d groups counted, bound %d", len(s.pop), maxPop)
+	}
+}

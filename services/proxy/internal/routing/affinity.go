@@ -144,6 +144,9 @@ func (r *Router) AcquireFor(ctx context.Context, who Tenant, cands []Candidate, 
 				// overwritten it since).
 				matches[i].Blocks = slots.Free(t, p, now)
 				matches[i].Session = 0
+				if matches[i].Blocks == 0 {
+					matches[i].Evicts = slots.Evicts(t, p, now)
+				}
 			}
 		}
 	}
@@ -231,7 +234,6 @@ func (r *Router) affineLocked(w *waiter, rs []ranked) Candidate {
 			least = x
 		}
 	}
-	a := r.opts.Affinity
 	var best ranked
 	var bm, over affinity.Match
 	found := false
@@ -240,18 +242,18 @@ func (r *Router) affineLocked(w *waiter, rs []ranked) Candidate {
 		if m.Zero() || x.c.Loaded != least.c.Loaded {
 			continue
 		}
-		if x.in-least.in > a.LoadBound || (a.LoadBoundTokens > 0 && x.tokens-least.tokens > a.LoadBoundTokens) {
+		if !r.withinBoundLocked(x, least) {
 			if m.Better(over) {
 				over = m
 			}
 			continue
 		}
-		if !found || m.Better(bm) || (m == bm && lighter(x, best)) {
+		if !found || m.Better(bm) || (!bm.Better(m) && lighter(x, best)) {
 			best, bm, found = x, m, true
 		}
 	}
 	if !found {
-		best = least
+		best = r.homeLocked(w, rs, least)
 	}
 	switch {
 	case over.Better(bm):
@@ -262,6 +264,37 @@ func (r *Router) affineLocked(w *waiter, rs []ranked) Candidate {
 		w.choice = choice{outcome: OutcomeMiss}
 	}
 	return best.c
+}
+
+// withinBoundLocked reports whether x carries at most the load bound more
+// than least: requests in flight for the model, and estimated tokens.
+func (r *Router) withinBoundLocked(x, least ranked) bool {
+	a := r.opts.Affinity
+	return x.in-least.in <= a.LoadBound && (a.LoadBoundTokens <= 0 || x.tokens-least.tokens <= a.LoadBoundTokens)
+}
+
+// homeLocked is where a prompt cached nowhere goes: among the candidates
+// with least's loaded state and within the load bound of it, the one where
+// it would overwrite the least requested prompt (the slot model's
+// Match.Evicts: one replica), then the prompt's home (the highest
+// affinity.HomeScore of its first block), so that a group's misses land on
+// one backend and overwrite its slots rather than every backend's
+// (affinity/home.go); least when the prompt has no home.
+func (r *Router) homeLocked(w *waiter, rs []ranked, least ranked) ranked {
+	if w.home == 0 {
+		return least
+	}
+	best, score := least, affinity.HomeScore(w.home, least.c.Backend)
+	for _, x := range rs {
+		if x.c.Loaded != least.c.Loaded || !r.withinBoundLocked(x, least) {
+			continue
+		}
+		s := affinity.HomeScore(w.home, x.c.Backend)
+		if e, be := w.aff[x.i].Evicts, w.aff[best.i].Evicts; e < be || (e == be && s > score) {
+			best, score = x, s
+		}
+	}
+	return best
 }
 
 // lighter orders candidates for Prefix and Session: loaded model first,

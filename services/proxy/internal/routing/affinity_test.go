@@ -63,27 +63,45 @@ func mustAcquire(t *testing.T, r *Router, cands []Candidate, p *affinity.Prompt)
 
 var sysA = strings.Repeat("You are the first assistant. ", 20)
 
+// homeOf is the candidate a prompt cached nowhere goes to when all are
+// within the load bound: the highest rendezvous score of its first block.
+func homeOf(p *affinity.Prompt, cands []Candidate) (home, other string) {
+	var best uint64
+	for _, c := range cands {
+		if s := affinity.HomeScore(p.Home(), c.Backend); home == "" || s > best {
+			home, best = c.Backend, s
+		}
+	}
+	for _, c := range cands {
+		if c.Backend != home {
+			return home, c.Backend
+		}
+	}
+	return home, ""
+}
+
 // The backend holding the prefix wins while it carries at most the load
 // bound more than the least loaded; beyond, the least loaded wins.
 func TestLoadBound(t *testing.T) {
 	r, o := affineRouter(Prefix, 2, 0)
 	cands := []Candidate{cand("a", "m", 8, true, 1), cand("b", "m", 8, true, 1)}
+	home, other := homeOf(chatPrompt(r, sysA, 0, ""), cands)
 	first := mustAcquire(t, r, cands, chatPrompt(r, sysA, 0, ""))
-	if first.Backend != "a" || o.get(OutcomeMiss) != 1 {
-		t.Fatalf("first turn went to %s, outcomes %v", first.Backend, o.n)
+	if first.Backend != home || o.get(OutcomeMiss) != 1 {
+		t.Fatalf("first turn went to %s, not its home %s; outcomes %v", first.Backend, home, o.n)
 	}
-	// Turns 2 and 3 go to a (1 and 2 more in flight than b: within the
-	// bound), turn 4 would be 3 more: it goes to b.
+	// Turns 2 and 3 go home (1 and 2 more in flight than the other: within
+	// the bound), turn 4 would be 3 more: it goes to the other.
 	held := []*Slot{first}
 	for turn := 1; turn <= 2; turn++ {
 		s := mustAcquire(t, r, cands, chatPrompt(r, sysA, turn, ""))
-		if s.Backend != "a" {
+		if s.Backend != home {
 			t.Fatalf("turn %d went to %s with a %d ahead", turn+1, s.Backend, turn)
 		}
 		held = append(held, s)
 	}
 	s := mustAcquire(t, r, cands, chatPrompt(r, sysA, 3, ""))
-	if s.Backend != "b" || o.get(OutcomeOverride) != 1 || o.get(OutcomeHit) != 2 {
+	if s.Backend != other || o.get(OutcomeOverride) != 1 || o.get(OutcomeHit) != 2 {
 		t.Fatalf("over the bound went to %s, outcomes %v", s.Backend, o.n)
 	}
 	held = append(held, s)
@@ -121,7 +139,7 @@ func TestLoadBoundFallsBackToPartialMatch(t *testing.T) {
 func TestTokenBound(t *testing.T) {
 	r, o := affineRouter(Prefix, 2, 1000)
 	cands := []Candidate{cand("a", "m", 8, true, 1), cand("b", "m", 8, true, 1)}
-	warm := mustAcquire(t, r, cands, chatPrompt(r, sysA, 0, ""))
+	warm := mustAcquire(t, r, cands[:1], chatPrompt(r, sysA, 0, ""))
 	warm.Release()
 	long := mustAcquire(t, r, []Candidate{cands[0]}, chatPrompt(r, strings.Repeat("long context ", 400), 0, ""))
 	defer long.Release()
@@ -327,11 +345,11 @@ func TestSlotModelSeesBusySlots(t *testing.T) {
 		cands := []Candidate{cand("a", "m", 2, true, 1), cand("b", "m", 2, true, 1)}
 		first := mustAcquire(t, r, cands, chatPrompt(r, sysA, 0, ""))
 		second := mustAcquire(t, r, cands, chatPrompt(r, sysA, 1, ""))
-		want, outcome := "b", OutcomeMiss
-		if !alone {
-			want, outcome = "a", OutcomeHit
-		}
-		if first.Backend != "a" || second.Backend != want || o.get(outcome) < 1 {
+		// Alone, the slot model sees the prompt's slot busy: a miss, which
+		// goes home (where the first went: within the bound). With peers
+		// heard the index decides: a hit where the first went.
+		misses := map[bool]int{true: 2, false: 1}[alone]
+		if second.Backend != first.Backend || o.get(OutcomeMiss) != misses {
 			t.Fatalf("alone %t: turns went to %s, %s; outcomes %v", alone, first.Backend, second.Backend, o.n)
 		}
 		first.Release()
@@ -342,5 +360,102 @@ func TestSlotModelSeesBusySlots(t *testing.T) {
 		if o.get(OutcomeHit) != hits+1 {
 			t.Fatalf("alone %t: third turn not a hit: %v", alone, o.n)
 		}
+	}
+}
+
+// A prompt cached nowhere goes to its home: the same backend for every
+// prompt sharing its first block, on every replica (two routers that never
+// talk), spread over the fleet by group; within the load bound of the
+// least loaded only; and a prompt without a whole block goes by load.
+func TestColdPromptsGoHome(t *testing.T) {
+	cands := []Candidate{cand("a", "m", 8, true, 1), cand("b", "m", 8, true, 1), cand("c", "m", 8, true, 1), cand("d", "m", 8, true, 1)}
+	r1, o := affineRouter(Prefix, 2, 0)
+	r2, _ := affineRouter(Prefix, 2, 0)
+	per := map[string]int{}
+	for g := range 32 {
+		system := fmt.Sprintf("Group %d's assistant. ", g) + sysA
+		p := chatPrompt(r1, system, 0, "")
+		home, _ := homeOf(p, cands)
+		s1 := mustAcquire(t, r1, cands, p)
+		s2 := mustAcquire(t, r2, cands, chatPrompt(r2, system, 0, ""))
+		if s1.Backend != home || s2.Backend != home {
+			t.Fatalf("group %d: replicas chose %s and %s, home %s", g, s1.Backend, s2.Backend, home)
+		}
+		per[home]++
+		s1.Release()
+		s2.Release()
+		// Another conversation of the group, on a router that never saw it
+		// (its first block is the group's): the same home.
+		s := mustAcquire(t, r2, cands, chatPrompt(r2, system, 2, ""))
+		if s.Backend != home {
+			t.Fatalf("group %d's other conversation went to %s, home %s", g, s.Backend, home)
+		}
+		s.Release()
+	}
+	if len(per) != len(cands) {
+		t.Fatalf("32 groups' homes fall on %d backends: %v", len(per), per)
+	}
+	if o.get(OutcomeMiss) != 32 {
+		t.Fatalf("outcomes %v", o.n)
+	}
+
+	// The home three ahead of the others is beyond the bound (2): the
+	// least loaded of the others takes the prompt.
+	r, _ := affineRouter(Prefix, 2, 0)
+	p := chatPrompt(r, "A new group's assistant. "+sysA, 0, "")
+	home, _ := homeOf(p, cands)
+	var held []*Slot
+	for range 3 {
+		held = append(held, mustAcquire(t, r, []Candidate{cand(home, "m", 8, true, 1)}, nil))
+	}
+	if s := mustAcquire(t, r, cands, p); s.Backend == home {
+		t.Fatalf("went home, 3 ahead of the others")
+	} else {
+		held = append(held, s)
+	}
+	for _, s := range held {
+		s.Release()
+	}
+
+	// No whole block (64 bytes here): no home, the least loaded, first in
+	// order on a quiet fleet.
+	for range 3 {
+		s := mustAcquire(t, r, cands, r.Prompt("/api/generate", []byte(`{"model":"m","prompt":"hi"}`), nil))
+		if s.Backend != "a" {
+			t.Fatalf("a short prompt went to %s", s.Backend)
+		}
+		s.Release()
+	}
+}
+
+// With the slot model (one replica), a prompt cached nowhere goes where
+// the slot it would overwrite holds the least requested group, before its
+// home: a popular group keeps its slot.
+func TestColdPromptSparesPopularSlots(t *testing.T) {
+	r, _ := affineRouter(Prefix, 2, 0)
+	r.opts.Affinity.Slots = affinity.NewSlots(time.Hour, 1000)
+	a, b := cand("a", "m", 2, true, 1), cand("b", "m", 2, true, 1)
+	hot, cool := "The popular group's assistant. "+sysA, "The quiet group's assistant. "+sysA
+	for i := range 4 {
+		mustAcquire(t, r, []Candidate{a}, chatPrompt(r, hot, i, "")).Release()
+	}
+	mustAcquire(t, r, []Candidate{b}, chatPrompt(r, cool, 0, "")).Release()
+	// Find new groups whose home is a: without the slot model they would
+	// overwrite the popular group's slot.
+	sent := 0
+	for g := 0; sent < 3; g++ {
+		p := chatPrompt(r, fmt.Sprintf("New group %d's assistant. ", g)+sysA, 0, "")
+		if home, _ := homeOf(p, []Candidate{a, b}); home != "a" {
+			continue
+		}
+		s := mustAcquire(t, r, []Candidate{a, b}, p)
+		if s.Backend != "b" {
+			t.Fatalf("new group %d went home to a, over the popular group's slot", g)
+		}
+		s.Release()
+		sent++
+	}
+	if s := mustAcquire(t, r, []Candidate{a, b}, chatPrompt(r, hot, 5, "")); s.Backend != "a" {
+		t.Fatalf("the popular group's next turn went to %s", s.Backend)
 	}
 }

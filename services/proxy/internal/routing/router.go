@@ -155,6 +155,7 @@ type waiter struct {
 	// tokens the request's estimated tokens; choice what ranking decided.
 	aff    []affinity.Match
 	tokens int64
+	home   uint64 // the prompt's home key (affinity.go; 0: none)
 	choice choice
 }
 
@@ -210,7 +211,7 @@ func (r *Router) acquire(ctx context.Context, who Tenant, cands []Candidate, aff
 	start := time.Now()
 	w := &waiter{who: who, q: who.queue(), cands: cands, aff: aff}
 	if p != nil {
-		w.tokens = p.Tokens
+		w.tokens, w.home = p.Tokens, p.Home()
 	}
 	r.lock(start)
 	r.keep.note(cands)

@@ -56,22 +56,27 @@ func knowLoaded(t *testing.T, s *Server) {
 	}
 }
 
-// holdA sends a request that hangs on backend a (the first, picked on an
-// idle fleet) until the returned func is called, and waits until it is
-// in flight there and a has it.
+// holdA sends a request that hangs on backend a until the returned func
+// is called, and waits until it is in flight there and a has it. Its
+// prompt is cached nowhere and its home (the rendezvous hash of its first
+// block, docs/routing.md) is a, so it goes to a while a is within the load
+// bound.
 func holdA(t *testing.T, url string, s *Server, a *ollamatest.Server) func() {
 	seen := a.Requests("/api/chat")
+	held := s.Router.InFlight()["a"]["tiny:latest"]
 	ctx, cancel := context.WithCancel(t.Context())
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
-		post(t, ctx, url+"/api/chat", convBody("holder", 0, `{"hang":true}`)) //nolint:errcheck // cancelled on purpose
+		post(t, ctx, url+"/api/chat", convBody("holder on a", 0, `{"hang":true}`)) //nolint:errcheck // cancelled on purpose
 	}()
-	waitFor(t, func() bool { return len(s.Router.InFlight()["a"]) == 1 && a.Requests("/api/chat") > seen })
+	waitFor(t, func() bool {
+		return s.Router.InFlight()["a"]["tiny:latest"] == held+1 && a.Requests("/api/chat") > seen
+	})
 	return func() {
 		cancel()
 		<-done
-		waitFor(t, func() bool { return len(s.Router.InFlight()) == 0 })
+		waitFor(t, func() bool { return s.Router.InFlight()["a"]["tiny:latest"] == held })
 	}
 }
 
@@ -96,9 +101,10 @@ func served(t *testing.T, url string, body []byte, fakes []*ollamatest.Server) s
 	return who
 }
 
-// A conversation whose first turn went to b (a was busy) returns to b on
-// an idle fleet under the prefix strategy, where least loaded sends it to
-// a: the follow-up finds its prefix in b's cache.
+// A conversation whose first turn went to b (a was busy; under prefix, b
+// is also its home) returns to b on an idle fleet under the prefix
+// strategy, where least loaded sends it to a: the follow-up finds its
+// prefix in b's cache.
 func TestAffinityFollowUpReturnsToWarmBackend(t *testing.T) {
 	for _, tt := range []struct {
 		strategy, want string
@@ -144,7 +150,9 @@ func newEnvWith(t *testing.T, fakes []*ollamatest.Server, mutate func(*config.Co
 
 // Two replicas over real NATS: a follow-up sent through the other replica
 // finds the warm backend when the index is shared, and does not when it
-// is not (so the test can tell).
+// is not (so the test can tell). The conversation's home is a; its first
+// turn goes to b because a is two requests ahead, beyond the load bound
+// of 1; without sharing the follow-up goes home.
 func TestAffinitySharedAcrossReplicas(t *testing.T) {
 	for _, share := range []bool{true, false} {
 		t.Run(fmt.Sprintf("share=%v", share), func(t *testing.T) {
@@ -153,6 +161,7 @@ func TestAffinitySharedAcrossReplicas(t *testing.T) {
 			reps := replicas(t, 2, ns.URL(), fakes, func(c *config.Config) {
 				c.Routing.Affinity.Share = &share
 				c.Routing.Affinity.ShareInterval = 5 * time.Millisecond
+				c.Routing.Affinity.LoadBound = 1
 			})
 			var urls []string
 			for _, r := range reps {
@@ -162,17 +171,19 @@ func TestAffinitySharedAcrossReplicas(t *testing.T) {
 			for _, r := range reps {
 				waitFor(t, func() bool { return len(r.Sync.Status().Peers) == 1 })
 			}
-			release := holdA(t, urls[0], reps[0], fakes[0])
+			release1 := holdA(t, urls[0], reps[0], fakes[0])
+			release2 := holdA(t, urls[0], reps[0], fakes[0])
 			// The other replica must see a's load too before it routes:
-			// the request, and with sharing its estimated tokens.
-			waitFor(t, func() bool { return reps[1].Sync.InFlight(routing.Key{Backend: "a", Model: "tiny:latest"}) == 1 })
+			// the requests, and with sharing their estimated tokens.
+			waitFor(t, func() bool { return reps[1].Sync.InFlight(routing.Key{Backend: "a", Model: "tiny:latest"}) == 2 })
 			if share {
 				waitFor(t, func() bool { return reps[1].affinity.sharer.Tokens("a") > 0 })
 			}
 			if got := served(t, urls[1], convBody("two", 0, ""), fakes); got != "b" {
 				t.Fatalf("the first turn went to %q while a was busy", got)
 			}
-			release()
+			release2()
+			release1()
 			waitFor(t, func() bool { return reps[1].Sync.InFlight(routing.Key{Backend: "a", Model: "tiny:latest"}) == 0 })
 			if share {
 				waitFor(t, func() bool { return reps[1].affinity.sharer.Tokens("a") == 0 })
