@@ -22,8 +22,9 @@ import (
 //
 //	[4 bytes payload length, big endian][4 bytes CRC-32C of payload][payload]
 //
-// A record is valid when its whole frame is present and the checksum
-// matches. Reading a segment stops at the first invalid record: a crash can
+// A record is valid when its payload is not empty, its whole frame is
+// present and the checksum matches (a zero length marks the end of a
+// mapped segment's data: what follows it was reserved, never written). Reading a segment stops at the first invalid record: a crash can
 // tear only the last write, so whatever follows it is garbage.
 const (
 	headerSize = 8
@@ -63,7 +64,7 @@ func parseFrame(b []byte) (payload []byte, size int, ok bool) {
 		return nil, 0, false
 	}
 	n := binary.BigEndian.Uint32(b[0:4])
-	if n > MaxRecordSize || int(n) > len(b)-headerSize {
+	if n == 0 || n > MaxRecordSize || int(n) > len(b)-headerSize {
 		return nil, 0, false
 	}
 	payload = b[headerSize : headerSize+int(n)]

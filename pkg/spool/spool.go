@@ -3,13 +3,16 @@
 // order, once it is back.
 //
 // Guarantees:
-//   - Append writes each batch with one write(2) under a mutex, so a record
-//     is in the page cache (and survives a process crash) when Append
-//     returns. Callers that append from many goroutines batch their
-//     records into one Append (usagepub's group commit) to keep it one
-//     write for many records. fsync happens in batches, every
-//     Options.SyncInterval, on segment rotation and on Close: a machine
-//     crash can lose at most the last interval.
+//   - A record is in the page cache (and survives a process crash) when
+//     Append returns. On Linux the segment being appended to is mapped
+//     into memory (mmap, MAP_SHARED): an append is a copy into the file's
+//     own pages under a mutex, no system call; the file's blocks are
+//     reserved ahead (fallocate, 1 MiB at a time), so a full disk is an
+//     error from Append, never a fault at a store. Elsewhere, or where the
+//     file system cannot reserve blocks, each Append is one write(2).
+//     fsync happens in batches, every Options.SyncInterval, on segment
+//     rotation and on Close: a machine crash can lose at most the last
+//     interval.
 //   - The spool is bounded by Options.MaxBytes of segment files. A record
 //     that does not fit is rejected with ErrFull and counted as dropped;
 //     that is the only way a record is lost.
@@ -18,7 +21,8 @@
 //     at most the records read but not yet acknowledged are read again.
 //   - A torn or corrupt record (a crash in the middle of a write) ends its
 //     segment: Open truncates it away, and the reader skips past any it
-//     still finds.
+//     still finds. So does the reserved, never written tail (zeros) that a
+//     crashed process leaves after a mapped segment's last record.
 //
 // One process at a time may open a directory (flock). Append may be called
 // from any goroutine; Read and Ack are meant for one reader.
@@ -53,7 +57,18 @@ type Options struct {
 	// SyncInterval is how often appended data is fsync'd (default 100ms).
 	SyncInterval time.Duration
 	Logger       *slog.Logger
+
+	// noMap makes appends use write(2) even where segments can be mapped
+	// (tests of that path).
+	noMap bool
 }
+
+// reserveStep is how much of a mapped segment's file is reserved at a time.
+const reserveStep = 1 << 20
+
+// errEmpty is returned by Append for an empty record: on disk, a zero
+// length marks where a segment's data ends.
+var errEmpty = errors.New("spool: empty record")
 
 type segment struct {
 	seq  uint64
@@ -82,11 +97,17 @@ type Spool struct {
 	log  *slog.Logger
 	lock *os.File
 
-	// mu guards segs, active, total, written, acked, dirty, dirDirty,
-	// closed and wbuf. I/O under it is limited to the append write and rotation.
-	mu       sync.Mutex
-	segs     []segment // ascending; the last one is active
-	active   *os.File
+	// mu guards segs, active, amap, reserved, total, written, acked,
+	// dirty, dirDirty, closed and wbuf. I/O under it is limited to the
+	// append (a copy into amap, or a write), reserving blocks and rotation.
+	mu     sync.Mutex
+	segs   []segment // ascending; the last one is active
+	active *os.File
+	// amap is the active segment's file mapped into memory (nil: appends
+	// use write(2)); reserved is how much of that file has blocks reserved,
+	// its size on disk until the segment is sealed.
+	amap     []byte
+	reserved int64
 	total    int64
 	written  uint64 // records ever appended: N of the next record
 	acked    Pos
@@ -220,8 +241,14 @@ func (s *Spool) validate(path string, seq uint64, acked Pos) (size int64, record
 		off += n
 	}
 	if off < len(data) {
-		s.log.Warn("spool segment has a torn or corrupt tail; skipping it",
-			"segment", path, "valid_bytes", off, "dropped_bytes", len(data)-off)
+		if allZero(data[off:]) {
+			// The reserved, unwritten end of a mapped segment whose
+			// process did not close it.
+			s.log.Debug("spool segment: trimming its unwritten reserved tail", "segment", path, "bytes", len(data)-off)
+		} else {
+			s.log.Warn("spool segment has a torn or corrupt tail; skipping it",
+				"segment", path, "valid_bytes", off, "dropped_bytes", len(data)-off)
+		}
 		if err := os.Truncate(path, int64(off)); err != nil {
 			return 0, 0, fmt.Errorf("truncating torn spool segment: %w", err)
 		}
@@ -232,7 +259,7 @@ func (s *Spool) validate(path string, seq uint64, acked Pos) (size int64, record
 // openSegment makes seq the active segment. Callers hold mu (or own s
 // exclusively, as recover does).
 func (s *Spool) openSegment(seq uint64) error {
-	f, err := os.OpenFile(filepath.Join(s.dir, segName(seq)), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+	f, err := os.OpenFile(filepath.Join(s.dir, segName(seq)), os.O_CREATE|os.O_RDWR|os.O_APPEND, 0o644)
 	if err != nil {
 		return fmt.Errorf("creating spool segment: %w", err)
 	}
@@ -247,7 +274,72 @@ func (s *Spool) openSegment(seq uint64) error {
 	}
 	s.active = f
 	s.dirDirty = true
+	s.amap, s.reserved = nil, st.Size()
+	if !s.opts.noMap && st.Size() == 0 {
+		// Room for a full segment and a record past its end (a segment
+		// holds at least one record, whatever its size). Only what is
+		// reserved is ever touched.
+		n := s.opts.SegmentBytes + headerSize + MaxRecordSize
+		if m, err := mapFile(f, n); err == nil {
+			s.amap = m
+		}
+	}
 	return nil
+}
+
+// reserveLocked reserves the active mapped segment's blocks up to at least
+// end. If the file system cannot, the segment goes on with write(2) (and a
+// full disk then fails the write as it would without the mapping).
+func (s *Spool) reserveLocked(end int64) {
+	n := max(reserveStep, end-s.reserved)
+	if s.reserved+n > int64(len(s.amap)) {
+		n = int64(len(s.amap)) - s.reserved
+	}
+	err := errors.New("segment mapping too small")
+	if s.reserved+n >= end {
+		err = allocate(s.active, s.reserved, n)
+	}
+	if err == nil {
+		s.reserved += n
+		return
+	}
+	s.log.Warn("spool: cannot reserve space for a mapped segment; appending with write(2)", "dir", s.dir, "err", err)
+	size := s.segs[len(s.segs)-1].size
+	if uerr := s.unmapLocked(size); uerr != nil {
+		s.log.Warn("spool: unmapping segment", "err", uerr)
+	}
+}
+
+// unmapLocked ends the active segment's mapping and cuts its file to the
+// size of its records (the reserved tail goes). Appends after it use
+// write(2).
+func (s *Spool) unmapLocked(size int64) error {
+	if s.amap == nil {
+		return nil
+	}
+	err := unmapFile(s.amap)
+	s.amap = nil
+	if terr := s.active.Truncate(size); terr != nil && err == nil {
+		err = terr
+	}
+	s.reserved = size
+	return err
+}
+
+// closeActiveLocked unmaps, trims and closes the active segment, fsyncing
+// it first when sync is set and it holds unsynced appends.
+func (s *Spool) closeActiveLocked(sync bool) error {
+	err := s.unmapLocked(s.segs[len(s.segs)-1].size)
+	if sync && s.dirty {
+		if serr := s.active.Sync(); serr != nil && err == nil {
+			err = serr
+		}
+	}
+	s.dirty = false
+	if cerr := s.active.Close(); cerr != nil && err == nil {
+		err = cerr
+	}
+	return err
 }
 
 // Append writes records in order with one write per segment touched. It
@@ -289,6 +381,12 @@ func (s *Spool) appendLocked(payloads [][]byte) (int, error) {
 		return nil
 	}
 	for _, p := range payloads {
+		if len(p) == 0 {
+			if err := flush(); err != nil {
+				return accepted, err
+			}
+			return accepted, errEmpty
+		}
 		if len(p) > MaxRecordSize {
 			if err := flush(); err != nil {
 				return accepted, err
@@ -317,11 +415,24 @@ func (s *Spool) appendLocked(payloads [][]byte) (int, error) {
 	return accepted, flush()
 }
 
-// writeLocked appends whole frames to the active segment. On a failed or
-// short write it cuts the file back so that no partial frame is followed
-// by good ones.
+// writeLocked appends whole frames to the active segment: a copy into its
+// mapping, or a write. On a failed or short write it cuts the file back so
+// that no partial frame is followed by good ones.
 func (s *Spool) writeLocked(buf []byte) error {
 	act := &s.segs[len(s.segs)-1]
+	if s.amap != nil {
+		end := act.size + int64(len(buf))
+		if end > s.reserved {
+			s.reserveLocked(end)
+		}
+		if s.amap != nil {
+			copy(s.amap[act.size:end], buf)
+			act.size = end
+			s.total += int64(len(buf))
+			s.dirty = true
+			return nil
+		}
+	}
 	if _, err := s.active.Write(buf); err != nil {
 		if terr := s.active.Truncate(act.size); terr != nil {
 			// The tail is unknown: leave it behind in a sealed segment.
@@ -338,15 +449,10 @@ func (s *Spool) writeLocked(buf []byte) error {
 // rotateLocked seals the active segment (fsync, close) and opens the next.
 // It runs once per SegmentBytes, so the fsync under mu is rare.
 func (s *Spool) rotateLocked() error {
-	old := s.active
 	seq := s.segs[len(s.segs)-1].seq
-	if s.dirty {
-		if err := old.Sync(); err != nil {
-			s.log.Warn("spool: fsync on rotation failed", "err", err)
-		}
-		s.dirty = false
+	if err := s.closeActiveLocked(true); err != nil {
+		s.log.Warn("spool: sealing a segment on rotation failed", "err", err)
 	}
-	old.Close()
 	return s.openSegment(seq + 1)
 }
 
@@ -366,7 +472,8 @@ func (s *Spool) Sync() error {
 	if !dirty || f == nil {
 		return nil
 	}
-	// A concurrent rotation may have synced and closed f already.
+	// fsync writes the mapped segment's stored pages too. A concurrent
+	// rotation may have synced and closed f already.
 	if err := f.Sync(); err != nil && !errors.Is(err, os.ErrClosed) {
 		return fmt.Errorf("syncing spool: %w", err)
 	}
@@ -511,6 +618,15 @@ func (s *Spool) readSegment(seg segment, pos Pos, max int) ([][]byte, Pos, error
 	return out, Pos{Seg: pos.Seg, Off: pos.Off + int64(off), N: pos.N + uint64(len(out))}, nil
 }
 
+func allZero(b []byte) bool {
+	for _, c := range b {
+		if c != 0 {
+			return false
+		}
+	}
+	return true
+}
+
 func be32(b []byte) uint32 {
 	return uint32(b[0])<<24 | uint32(b[1])<<16 | uint32(b[2])<<8 | uint32(b[3])
 }
@@ -533,8 +649,10 @@ func (s *Spool) Ack(p Pos) error {
 	s.acked = p
 	last := s.segs[len(s.segs)-1]
 	if p.Seg == last.seq && p.Off == last.size && last.size > 0 {
-		s.active.Close()
-		s.dirty = false
+		// Everything is read: the segment goes, unsynced.
+		if err := s.closeActiveLocked(false); err != nil {
+			s.log.Warn("spool: closing a drained segment", "err", err)
+		}
 		if err := s.openSegment(last.seq + 1); err != nil {
 			s.mu.Unlock()
 			return err
@@ -570,7 +688,7 @@ func (s *Spool) close() error {
 	err := s.Sync()
 	s.mu.Lock()
 	s.closed = true
-	if cerr := s.active.Close(); cerr != nil && err == nil {
+	if cerr := s.closeActiveLocked(true); cerr != nil && err == nil {
 		err = cerr
 	}
 	s.mu.Unlock()

@@ -12,7 +12,12 @@ import (
 	"go.uber.org/goleak"
 )
 
-func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+func TestMain(m *testing.M) {
+	if dir := os.Getenv(crashChild); dir != "" {
+		runCrashChild(dir)
+	}
+	goleak.VerifyTestMain(m)
+}
 
 func open(t *testing.T, dir string, opts Options) *Spool {
 	t.Helper()
