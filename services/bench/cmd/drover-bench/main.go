@@ -41,6 +41,7 @@ type options struct {
 	rate                   float64
 	maxInFlight            int
 	pick                   string
+	targets                string
 	jsonPath, logDir       string
 }
 
@@ -59,6 +60,7 @@ func parseFlags(args []string) (options, error) {
 	fs.DurationVar(&o.duration, "duration", 10*time.Second, "length of each measured run")
 	fs.DurationVar(&o.warmup, "warmup", time.Second, "closed-loop warm-up per target before each workload (0 to skip)")
 	fs.IntVar(&o.rounds, "rounds", 3, "rounds; each round runs every target once, interleaved")
+	fs.StringVar(&o.targets, "targets", "all", "targets to measure, comma-separated, or all: "+strings.Join(targetNames, ", ")+" (the others are still started, but not loaded)")
 	fs.StringVar(&o.pick, "pick", string(suite.Median), "how rounds reduce to one row: median or best")
 	fs.IntVar(&o.conns, "conns", 64, "closed loop: concurrent connections")
 	fs.Float64Var(&o.rate, "rate", 2000, "open loop: requests per second")
@@ -80,6 +82,9 @@ func parseFlags(args []string) (options, error) {
 	}
 	if o.droverNATS && o.droverBin == "" {
 		return o, errors.New("-drover-nats needs -drover (a binary to start with publishing on)")
+	}
+	if _, err := pickTargets(o.targets); err != nil {
+		return o, err
 	}
 	if o.pick != string(suite.Median) && o.pick != string(suite.Best) {
 		return o, fmt.Errorf("-pick must be median or best, got %q", o.pick)
@@ -207,6 +212,16 @@ func run(ctx context.Context, o options, stdout, stderr io.Writer) error {
 	} else {
 		fmt.Fprintln(stderr, "warning: no -drover or -drover-url; comparing direct and bare only")
 	}
+	keep, _ := pickTargets(o.targets) // checked by parseFlags
+	if keep != nil {
+		kept := targets[:0]
+		for _, t := range targets {
+			if keep[t.Name] {
+				kept = append(kept, t)
+			}
+		}
+		targets = kept
+	}
 	for i := range targets {
 		targets[i].Client = loadgen.NewClient(o.timeout)
 		defer targets[i].Client.CloseIdleConnections()
@@ -255,6 +270,29 @@ func write(doc report.Document, jsonPath string, stdout io.Writer) error {
 		}
 	}
 	return report.Markdown(stdout, doc)
+}
+
+// targetNames are the targets -targets may name.
+var targetNames = []string{suite.Direct, suite.Bare, suite.Drover, suite.Baseline, suite.DroverNATS}
+
+// pickTargets parses -targets: nil for all, else the set named.
+func pickTargets(list string) (map[string]bool, error) {
+	if list == "all" {
+		return nil, nil
+	}
+	keep := map[string]bool{}
+	for _, name := range strings.Split(list, ",") {
+		name = strings.TrimSpace(name)
+		found := false
+		for _, n := range targetNames {
+			found = found || n == name
+		}
+		if !found {
+			return nil, fmt.Errorf("-targets: unknown target %q (want all or some of %s)", name, strings.Join(targetNames, ", "))
+		}
+		keep[name] = true
+	}
+	return keep, nil
 }
 
 func parseModes(list string, conns int, rate float64) ([]suite.Mode, error) {

@@ -96,6 +96,9 @@ func TestParseFlags(t *testing.T) {
 		{[]string{"-backend-url", "http://x", "-drover-nats"}, false},
 		{[]string{"-backend-url", "http://x", "-drover-url", "http://y", "-drover-nats"}, false},
 		{[]string{"-backend-url", "http://x", "-drover", "d", "-drover-nats"}, true},
+		{[]string{"-backend-url", "http://x", "-targets", "drover, drover+nats"}, true},
+		{[]string{"-backend-url", "http://x", "-targets", "all"}, true},
+		{[]string{"-backend-url", "http://x", "-targets", "drover,nats"}, false},
 	}
 	for _, c := range cases {
 		if _, err := parseFlags(c.args); (err == nil) != c.ok {
