@@ -60,15 +60,22 @@ func knowLoaded(t *testing.T, s *Server) {
 // is called, and waits until it is in flight there and a has it. Its
 // prompt is cached nowhere and its home (the rendezvous hash of its first
 // block, docs/routing.md) is a, so it goes to a while a is within the load
-// bound.
+// bound and no slot it would overwrite there holds more requested prompts
+// than elsewhere (on a fresh fleet, or one whose a holds the holder).
 func holdA(t *testing.T, url string, s *Server, a *ollamatest.Server) func() {
+	return holdOn(t, url, s, a, "holder on a")
+}
+
+// holdOn is holdA with conversation name's first turn, for a test that
+// knows it goes to a.
+func holdOn(t *testing.T, url string, s *Server, a *ollamatest.Server, name string) func() {
 	seen := a.Requests("/api/chat")
 	held := s.Router.InFlight()["a"]["tiny:latest"]
 	ctx, cancel := context.WithCancel(t.Context())
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
-		post(t, ctx, url+"/api/chat", convBody("holder on a", 0, `{"hang":true}`)) //nolint:errcheck // cancelled on purpose
+		post(t, ctx, url+"/api/chat", convBody(name, 0, `{"hang":true}`)) //nolint:errcheck // cancelled on purpose
 	}()
 	waitFor(t, func() bool {
 		return s.Router.InFlight()["a"]["tiny:latest"] == held+1 && a.Requests("/api/chat") > seen
@@ -149,10 +156,10 @@ func newEnvWith(t *testing.T, fakes []*ollamatest.Server, mutate func(*config.Co
 }
 
 // Two replicas over real NATS: a follow-up sent through the other replica
-// finds the warm backend when the index is shared, and does not when it
-// is not (so the test can tell). The conversation's home is a; its first
-// turn goes to b because a is two requests ahead, beyond the load bound
-// of 1; without sharing the follow-up goes home.
+// finds the warm backend when the index is shared (a hit, on b), and does
+// not when it is not (a miss: so the test can tell). The conversation's
+// home is a; its first turn goes to b because a is two requests ahead,
+// beyond the load bound of 1.
 func TestAffinitySharedAcrossReplicas(t *testing.T) {
 	for _, share := range []bool{true, false} {
 		t.Run(fmt.Sprintf("share=%v", share), func(t *testing.T) {
@@ -191,9 +198,14 @@ func TestAffinitySharedAcrossReplicas(t *testing.T) {
 			if share {
 				waitFor(t, func() bool { return reps[0].affinity.status().(metrics.AffinityStatus).Received > 0 })
 			}
-			want := map[bool]string{true: "b", false: "a"}[share]
-			if got := served(t, urls[0], convBody("two", 1, ""), fakes); got != want {
-				t.Fatalf("the follow-up through the other replica went to %q, want %s", got, want)
+			before := reps[0].affinity.status().(metrics.AffinityStatus)
+			got := served(t, urls[0], convBody("two", 1, ""), fakes)
+			after := reps[0].affinity.status().(metrics.AffinityStatus)
+			if share && (got != "b" || after.Hits != before.Hits+1) {
+				t.Fatalf("sharing: the follow-up through the other replica went to %q, hits %d -> %d", got, before.Hits, after.Hits)
+			}
+			if !share && after.Misses != before.Misses+1 {
+				t.Fatalf("not sharing: the follow-up through the other replica went to %q, misses %d -> %d", got, before.Misses, after.Misses)
 			}
 			st := reps[1].affinity.status().(metrics.AffinityStatus)
 			if share && (st.Sent == 0 || st.SentBytes == 0) {
@@ -217,8 +229,9 @@ func TestAffinityKeepsCapsAndFailover(t *testing.T) {
 	if got := served(t, e.url, convBody("three", 0, ""), fakes); got != "a" {
 		t.Fatalf("first turn on %q", got)
 	}
-	// a is full (cap 1, held): the follow-up goes to b, not into a's queue.
-	release := holdA(t, e.url, e.srv, fakes[0])
+	// a is full (cap 1, held by the conversation's first turn again, which
+	// a holds): the follow-up goes to b, not into a's queue.
+	release := holdOn(t, e.url, e.srv, fakes[0], "three")
 	if got := served(t, e.url, convBody("three", 1, ""), fakes); got != "b" {
 		t.Fatalf("with a full, the follow-up went to %q", got)
 	}
