@@ -122,6 +122,12 @@ type Queue struct {
 	// leave free while interactive requests are about (default 1; 0:
 	// batch may take every slot; docs/limits.md).
 	InteractiveHeadroom *int `yaml:"interactive_headroom"`
+	// InteractivePeak makes batch requests also leave free, while
+	// interactive ones are about, what interactive requests held or waited
+	// for at their peak in the last 10 s beyond what they hold now, so that
+	// a burst as large as the last finds free slots (default true; batch
+	// may always hold one slot of a model; docs/limits.md).
+	InteractivePeak *bool `yaml:"interactive_peak"`
 }
 
 // Headroom is InteractiveHeadroom with its default.
@@ -130,6 +136,14 @@ func (q Queue) Headroom() int {
 		return DefaultInteractiveHeadroom
 	}
 	return *q.InteractiveHeadroom
+}
+
+// Peak is InteractivePeak with its default.
+func (q Queue) Peak() bool {
+	if q.InteractivePeak == nil {
+		return DefaultInteractivePeak
+	}
+	return *q.InteractivePeak
 }
 
 // Limits configures how keys' limits are enforced (the limits themselves

@@ -119,6 +119,11 @@ func DefaultAuth() Auth {
 // ones are about.
 const DefaultInteractiveHeadroom = 1
 
+// DefaultInteractivePeak is routing.queue.interactive_peak's default:
+// batch requests also leave free what interactive ones needed at their
+// recent peak.
+const DefaultInteractivePeak = true
+
 // DefaultRouting is the routing section's defaults.
 func DefaultRouting() Routing {
 	return Routing{

@@ -96,7 +96,7 @@ func (r *Router) planLocked(k Key, cap int, now time.Time) plan {
 	}
 	free := cap - held
 	if top > 0 && r.keepingLocked(k, now) {
-		free -= r.keep.slots(k, r.opts.InteractiveHeadroom, cap) // batch leaves them
+		free -= r.keptLocked(k, now) // batch leaves them
 	}
 	if top < 0 || free <= 0 {
 		p.base = r.reservedLocked(loads, cap, top, nil)

@@ -461,41 +461,64 @@ func TestZeroShareReplicaIsNotStarved(t *testing.T) {
 	s.Release()
 }
 
-// Batch leaves the headroom free while interactive requests are about (at
-// most half the model's slots, on one pool), and takes every slot
-// otherwise; the slot kept is an interactive request's at once.
+// Batch leaves the headroom free while interactive requests are about
+// (placed on the pools in one order, batch keeping one slot of the model),
+// and takes every slot otherwise; the slot kept is an interactive
+// request's at once. With the peak on, batch also leaves what interactive
+// requests held at once recently.
 func TestInteractiveHeadroom(t *testing.T) {
 	batch := Tenant{ID: "bulk", Class: apikey.ClassBatch}
 	chat := Tenant{ID: "chat", Class: apikey.ClassInteractive}
+	two := []Candidate{cand("b", "m", 2, true, 1), cand("a", "m", 2, true, 1)}
 	for _, tt := range []struct {
-		name      string
-		cands     []Candidate
-		chatFirst bool
-		want      int // batch slots before it must wait
+		name     string
+		cands    []Candidate
+		headroom int
+		peak     bool
+		chats    int // interactive slots held at once (then released) before batch asks
+		held     int // of which still held while batch asks
+		want     int // batch slots before it must wait
+		kept     string
 	}{
-		{"no interactive request: every slot", []Candidate{cand("a", "m", 4, true, 1)}, false, 4},
-		{"interactive about: one slot kept", []Candidate{cand("a", "m", 4, true, 1)}, true, 3},
-		{"two slots: one kept", []Candidate{cand("a", "m", 2, true, 1)}, true, 1},
-		{"one slot: under half, none kept", []Candidate{cand("a", "m", 1, true, 1)}, true, 1},
-		{"eight slots: still one", []Candidate{cand("a", "m", 8, true, 1)}, true, 7},
-		{"two backends of two: one kept on the first", []Candidate{cand("b", "m", 2, true, 1), cand("a", "m", 2, true, 1)}, true, 3},
+		{"no interactive request: every slot", []Candidate{cand("a", "m", 4, true, 1)}, 1, false, 0, 0, 4, ""},
+		{"interactive about: one slot kept", []Candidate{cand("a", "m", 4, true, 1)}, 1, false, 1, 0, 3, "a"},
+		{"two slots: one kept", []Candidate{cand("a", "m", 2, true, 1)}, 1, false, 1, 0, 1, "a"},
+		{"one slot: batch keeps it, none kept", []Candidate{cand("a", "m", 1, true, 1)}, 1, false, 1, 0, 1, ""},
+		{"eight slots: still one", []Candidate{cand("a", "m", 8, true, 1)}, 1, false, 1, 0, 7, "a"},
+		{"two backends of two: one kept on the first", two, 1, false, 1, 0, 3, "a"},
+		{"three kept over two backends, batch keeps one", two, 3, false, 1, 0, 1, "a"},
+		{"more than the slots: batch keeps one", two, 9, false, 1, 0, 1, "a"},
+		{"peak of three: three kept", []Candidate{cand("a", "m", 4, true, 1)}, 1, true, 3, 0, 1, "a"},
+		{"peak of three, two held: one more kept", []Candidate{cand("a", "m", 4, true, 1)}, 1, true, 3, 2, 1, ""},
+		{"peak of one: the headroom", []Candidate{cand("a", "m", 4, true, 1)}, 1, true, 1, 0, 3, "a"},
+		{"peak of four on two backends: batch keeps one", two, 0, true, 4, 0, 1, "a"},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
-			r := New(Options{MaxWait: time.Millisecond, InteractiveHeadroom: 1}, nil)
-			if tt.chatFirst {
+			r := New(Options{MaxWait: time.Millisecond, InteractiveHeadroom: tt.headroom, InteractivePeak: tt.peak}, nil)
+			var chats, held []*Slot
+			defer func() {
+				for _, s := range append(chats, held...) {
+					s.Release()
+				}
+			}()
+			for range tt.chats {
 				s, err := r.Acquire(context.Background(), chat, tt.cands)
 				if err != nil {
 					t.Fatal(err)
 				}
-				s.Release()
+				chats = append(chats, s)
 			}
-			var held []*Slot
-			defer func() {
-				for _, s := range held {
-					s.Release()
-				}
-			}()
-			for range tt.want {
+			// A batch waiter while the chats are held, so the peak is seen.
+			ctx, cancel := context.WithTimeout(context.Background(), time.Millisecond)
+			if s, err := r.Acquire(ctx, batch, tt.cands); err == nil {
+				held = append(held, s)
+			}
+			cancel()
+			for len(chats) > tt.held {
+				chats[len(chats)-1].Release()
+				chats = chats[:len(chats)-1]
+			}
+			for len(held) < tt.want {
 				s, err := r.Acquire(context.Background(), batch, tt.cands)
 				if err != nil {
 					t.Fatalf("batch slot %d of %d: %v", len(held)+1, tt.want, err)
@@ -505,13 +528,13 @@ func TestInteractiveHeadroom(t *testing.T) {
 			if _, err := r.Acquire(context.Background(), batch, tt.cands); err == nil {
 				t.Fatalf("batch slot %d granted", tt.want+1)
 			}
-			if tt.chatFirst && len(held) < 4 && tt.want < len(tt.cands)*tt.cands[0].Cap {
+			if tt.kept != "" {
 				s, err := r.Acquire(context.Background(), chat, tt.cands)
 				if err != nil {
 					t.Fatalf("interactive beside batch: %v", err)
 				}
-				if s.Backend != "a" {
-					t.Errorf("interactive got %s, want the kept pool a", s.Backend)
+				if s.Backend != tt.kept {
+					t.Errorf("interactive got %s, want the kept pool %s", s.Backend, tt.kept)
 				}
 				s.Release()
 			}

@@ -1,25 +1,60 @@
 package routing
 
-import "time"
+import (
+	"cmp"
+	"slices"
+	"time"
+)
 
 // InteractiveWindow is how long after the last interactive request seen
 // (granted on this replica, or held or waiting on another) batch waiters
-// keep Options.InteractiveHeadroom free.
+// keep slots free, and how far back the interactive peak reaches.
 const InteractiveWindow = 10 * time.Second
 
 // headroom keeps slots from batch requests for interactive ones. Nothing
-// is preempted (Ollama cannot pause a generation), so without it an
-// interactive request that arrives while batch holds every slot waits for
-// a release. The kept slots are on one pool per model, the same on every
-// replica (the largest cap, then the first backend by name), at most half
-// the model's slots, so that the
-// fleet plan, which every replica runs alike, keeps them: a check on each
-// replica's own view of the fleet's free slots would let replicas acting
-// on the same release all take the last one (docs/limits.md).
+// is preempted (Ollama cannot pause a generation), so an interactive
+// request that arrives while batch holds every slot waits for a release:
+// up to a whole batch generation. Batch therefore leaves free, while
+// interactive requests are about:
+//
+//   - Options.InteractiveHeadroom slots, and
+//   - with Options.InteractivePeak, what interactive requests held or
+//     waited for at their peak in the last InteractiveWindow beyond what
+//     they hold now, so that a burst as large as the last one finds free
+//     slots instead of waiting for batch generations to end,
+//
+// but never so many that batch could not hold one slot of the model.
+//
+// The kept slots are counted fleet-wide and placed on the model's pools
+// in one order that every replica computes alike (the largest cap, then
+// the backend's name; a pool's slots held by interactive requests are not
+// kept twice), so that the fleet plan, which every replica runs alike,
+// keeps them: a check on each replica's own view of the fleet's free
+// slots would let replicas acting on the same release all take the last
+// one (docs/limits.md).
 type headroom struct {
 	interactiveAt time.Time
-	pool          map[string]Key // per model: where the slots are kept
-	total         map[string]int // per model: the candidates' slots
+	pools         map[string][]Candidate // per model: every pool, in keeping order
+	peak          map[string]*peak       // per model: interactive demand's recent peak
+}
+
+// peak is the largest value observed in the current and the previous half
+// of InteractiveWindow.
+type peak struct {
+	cur, prev int
+	start     time.Time
+}
+
+func (p *peak) observe(n int, now time.Time) int {
+	if age := now.Sub(p.start); age >= InteractiveWindow/2 {
+		p.prev = p.cur
+		if age >= InteractiveWindow {
+			p.prev = 0
+		}
+		p.cur, p.start = 0, now
+	}
+	p.cur = max(p.cur, n)
+	return max(p.cur, p.prev)
 }
 
 // note learns a model's pools from a waiter's candidates.
@@ -27,40 +62,94 @@ func (h *headroom) note(cands []Candidate) {
 	if len(cands) == 0 {
 		return
 	}
-	if h.pool == nil {
-		h.pool, h.total = map[string]Key{}, map[string]int{}
+	if h.pools == nil {
+		h.pools, h.peak = map[string][]Candidate{}, map[string]*peak{}
 	}
-	best, total := cands[0], 0
-	for _, c := range cands {
-		total += c.Cap
-		if c.Cap > best.Cap || (c.Cap == best.Cap && c.Backend < best.Backend) {
-			best = c
+	m := cands[0].Model
+	if cur, ok := h.pools[m]; ok && (len(cur) > len(cands) || len(cur) == len(cands) && sameCaps(cur, cands)) {
+		return // known, or a failover's shorter list: keep the full one
+	}
+	pools := slices.Clone(cands)
+	slices.SortFunc(pools, func(a, b Candidate) int {
+		return cmp.Or(cmp.Compare(b.Cap, a.Cap), cmp.Compare(a.Backend, b.Backend))
+	})
+	h.pools[m] = pools
+}
+
+// sameCaps reports whether every pool of b is in a with the same cap.
+func sameCaps(a, b []Candidate) bool {
+	for _, c := range b {
+		i := slices.IndexFunc(a, func(x Candidate) bool { return x.Key == c.Key })
+		if i < 0 || a[i].Cap != c.Cap {
+			return false
 		}
 	}
-	m := best.Model
-	if cur, ok := h.pool[m]; ok && cur != best.Key && h.total[m] > total {
-		return // a failover's shorter list: keep the full list's choice
-	}
-	h.pool[m], h.total[m] = best.Key, total
+	return true
 }
 
-// slots is how many slots of k batch leaves free: n, at most half the
-// model's slots (so batch keys still run), on the model's kept pool only
-// (and no more than that pool has).
-func (h *headroom) slots(k Key, n int, cap int) int {
-	if n <= 0 || h.pool[k.Model] != k {
-		return 0
+// interactiveLocked is the fleet's interactive requests on pool k: held,
+// and waiting (a waiter counts on every pool it could use).
+func (r *Router) interactiveLocked(k Key) (held, waiting int) {
+	for q, l := range r.pools[k] {
+		if q.class == 0 {
+			held += l.n
+			waiting += l.w
+		}
 	}
-	return min(n, h.total[k.Model]/2, cap)
+	if r.remote != nil {
+		for _, p := range r.remote.Peers(k) {
+			for _, t := range p.Tenants {
+				if classIndex(t.Class) == 0 {
+					held += t.InFlight
+					waiting += t.Waiting
+				}
+			}
+		}
+	}
+	return held, waiting
 }
 
-// keepingLocked reports whether interactive requests are about for k: one
-// granted here within InteractiveWindow, or another replica holding or
-// waiting with one on k. While a window is open it schedules a grant pass
-// for when it closes, so that batch waiters held back only by the
-// headroom then go.
+// keptLocked is how many free slots of pool k batch leaves to interactive
+// requests (whether they are about is keepingLocked's question).
+func (r *Router) keptLocked(k Key, now time.Time) int {
+	pools := r.keep.pools[k.Model]
+	total, held, waiting := 0, 0, 0
+	heldOn := make([]int, len(pools))
+	for i, c := range pools {
+		n, w := r.interactiveLocked(c.Key)
+		total += c.Cap
+		heldOn[i], held, waiting = n, held+n, max(waiting, w)
+	}
+	n := r.opts.InteractiveHeadroom
+	if r.opts.InteractivePeak {
+		pk := r.keep.peak[k.Model]
+		if pk == nil {
+			pk = &peak{}
+			r.keep.peak[k.Model] = pk
+		}
+		n = max(n, pk.observe(held+waiting, now)-held)
+	}
+	n = min(n, total-1-held) // batch may always hold one slot
+	for i, c := range pools {
+		if n <= 0 {
+			return 0
+		}
+		here := min(n, max(c.Cap-heldOn[i], 0))
+		if c.Key == k {
+			return here
+		}
+		n -= here
+	}
+	return 0
+}
+
+// keepingLocked reports whether interactive requests are about for k's
+// model: one granted here within InteractiveWindow, or another replica
+// holding or waiting with one on k. While a window is open it schedules a
+// grant pass for when it closes, so that batch waiters held back only by
+// the headroom then go.
 func (r *Router) keepingLocked(k Key, now time.Time) bool {
-	if r.keep.slots(k, r.opts.InteractiveHeadroom, 1) == 0 {
+	if r.opts.InteractiveHeadroom <= 0 && !r.opts.InteractivePeak {
 		return false
 	}
 	if left := InteractiveWindow - now.Sub(r.keep.interactiveAt); left > 0 {
@@ -81,7 +170,7 @@ func (r *Router) keepingLocked(k Key, now time.Time) bool {
 
 // keepsLocked reports whether a waiter of queue q must leave candidate k
 // alone on a quiet fleet (no plan): a batch waiter, interactive requests
-// about, and no more free slots on k than the headroom.
+// about, and no more free slots on k than are kept there.
 func (r *Router) keepsLocked(q queueID, k Key, cap, local int, now time.Time) bool {
 	if q.class == 0 || !r.keepingLocked(k, now) {
 		return false
@@ -90,5 +179,5 @@ func (r *Router) keepsLocked(q queueID, k Key, cap, local int, now time.Time) bo
 	if r.remote != nil {
 		held += r.remote.InFlight(k)
 	}
-	return cap-held <= r.keep.slots(k, r.opts.InteractiveHeadroom, cap)
+	return cap-held <= r.keptLocked(k, now)
 }

@@ -94,6 +94,10 @@ type Options struct {
 	// InteractiveHeadroom is how many slots of a model batch waiters leave
 	// free while interactive requests are about (headroom.go).
 	InteractiveHeadroom int
+	// InteractivePeak makes batch waiters also leave free what interactive
+	// requests held or waited for at their peak in the last
+	// InteractiveWindow, beyond what they hold now (headroom.go).
+	InteractivePeak bool
 	// Observe, if set, receives how long each granted or refused request
 	// waited and whether it queued at all.
 	Observe func(wait time.Duration, queued bool, err error)

@@ -112,6 +112,7 @@ func New(cfg *config.Config, log *slog.Logger, opts Options) *Server {
 		MaxWait:   cfg.Routing.Queue.MaxWait,
 		// Batch leaves a slot for interactive requests while they are about.
 		InteractiveHeadroom: cfg.Routing.Queue.Headroom(),
+		InteractivePeak:     cfg.Routing.Queue.Peak(),
 		Observe:             s.observeQueue,
 		LockWait:            func(d time.Duration) { s.Metrics.LockWait("router", d) },
 		Changed:             s.Sync.Changed,
