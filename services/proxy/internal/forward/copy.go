@@ -158,10 +158,20 @@ func (c *copied) ends(chunk []byte, done func(*meter.Meter) bool) bool {
 type output struct {
 	rw      http.ResponseWriter
 	rc      *http.ResponseController
-	timeout time.Duration
-	last    [2]byte
-	wrote   int
+	timeout time.Duration // 0: no write deadline
+	// deadline is the write deadline set on the connection (zero: none
+	// yet), moved on only when a chunk's own would be deadlineSlack later.
+	deadline time.Time
+	last     [2]byte
+	wrote    int
 }
+
+// deadlineSlack is how much earlier than routing.write_timeout after its
+// start a chunk's write may be cut off: a sixteenth of the timeout (under
+// 2 s of the default 30 s). Setting a connection's deadline costs a
+// runtime timer update; a stream's chunks, milliseconds apart, would
+// each move it, where this moves it about once a request.
+func deadlineSlack(timeout time.Duration) time.Duration { return timeout / 16 }
 
 func (f *Forwarder) newOutput(w http.ResponseWriter) *output {
 	return &output{rw: w, rc: http.NewResponseController(w), timeout: f.WriteTimeout}
@@ -184,10 +194,7 @@ func (o *output) Write(p []byte) (int, error) {
 // chunk writes p to dst within the write timeout, and flushes it when
 // streaming.
 func (o *output) chunk(dst io.Writer, p []byte, flush bool) error {
-	if o.timeout > 0 {
-		// Not supported by a test recorder: then unbounded.
-		o.rc.SetWriteDeadline(time.Now().Add(o.timeout)) //nolint:errcheck
-	}
+	o.armDeadline()
 	if _, err := dst.Write(p); err != nil {
 		return err
 	}
@@ -202,9 +209,29 @@ func (o *output) chunk(dst io.Writer, p []byte, flush bool) error {
 // clearDeadline lifts the write deadline, which would otherwise outlive the
 // request on a kept-alive connection.
 func (o *output) clearDeadline() {
-	if o.timeout > 0 {
-		o.rc.SetWriteDeadline(time.Time{}) //nolint:errcheck // see chunk
+	if !o.deadline.IsZero() {
+		o.rc.SetWriteDeadline(time.Time{}) //nolint:errcheck // it was settable in armDeadline
 	}
+}
+
+// armDeadline gives the write about to start at least timeout minus
+// deadlineSlack, and at most timeout, to complete: a client that stops
+// reading loses the request within the timeout, as with a deadline set
+// per chunk.
+func (o *output) armDeadline() {
+	if o.timeout <= 0 {
+		return
+	}
+	d := time.Now().Add(o.timeout)
+	if !o.deadline.IsZero() && d.Sub(o.deadline) < deadlineSlack(o.timeout) {
+		return
+	}
+	if err := o.rc.SetWriteDeadline(d); err != nil {
+		// Not supported by a test recorder: then unbounded.
+		o.timeout = 0
+		return
+	}
+	o.deadline = d
 }
 
 // end writes what copy held back, passes on whatever the backend sends

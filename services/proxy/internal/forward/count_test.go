@@ -1,6 +1,9 @@
 package forward
 
-import "testing"
+import (
+	"bytes"
+	"testing"
+)
 
 // countContent counts one per chunk carrying generated text, in each
 // stream format the backends send, and nothing for the rest.
@@ -29,5 +32,42 @@ func TestCountContent(t *testing.T) {
 		if got := countContent([]byte(c.chunk)); got != c.want {
 			t.Errorf("%s: %d, want %d", c.name, got, c.want)
 		}
+	}
+}
+
+// countContent agrees with the plain reading of its rule (every `":"`
+// after a content key with a non-empty string value) on the table's
+// chunks joined and cut at every offset, as reads split them.
+func TestCountContentAsThePlainRule(t *testing.T) {
+	plain := func(p []byte) (n int64) {
+		for {
+			i := bytes.Index(p, []byte(`":"`))
+			if i < 0 {
+				return n
+			}
+			if v := i + 3; v < len(p) && p[v] != '"' && contentKey(p[:i]) {
+				n++
+			}
+			p = p[i+3:]
+		}
+	}
+	all := []byte(`{"model":"content","message":{"role":"assistant","content":"he said \"a\":\"b\""},"done":false}` + "\n" +
+		`data: {"choices":[{"index":0,"delta":{"role":"assistant","content":""}}]}` + "\n\n" +
+		"event: content_block_delta\n" + `data: {"type":"content_block_delta","delta":{"type":"text_delta","text":":"}}` + "\n\n" +
+		`{"a":":":"x","thinking":"t","response":""}`)
+	for i := range all {
+		for _, p := range [][]byte{all[:i], all[i:]} {
+			if got, want := countContent(p), plain(p); got != want {
+				t.Fatalf("%q: %d, the plain rule %d", p, got, want)
+			}
+		}
+	}
+}
+
+func BenchmarkCountContent(b *testing.B) {
+	chunk := []byte(`{"model":"tiny","created_at":"2026-12-06T10:00:00.123456Z","message":{"role":"assistant","content":"Hel"},"done":false}` + "\n")
+	b.SetBytes(int64(len(chunk)))
+	for b.Loop() {
+		countContent(chunk)
 	}
 }
