@@ -300,18 +300,3 @@ func TestSecondOpenIsRefused(t *testing.T) {
 		t.Fatal("second Open of the same dir succeeded")
 	}
 }
-
-func BenchmarkAppend(b *testing.B) {
-	s, err := Open(b.TempDir(), Options{MaxBytes: 1 << 40, SegmentBytes: 64 << 20})
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer s.Close()
-	p := make([]byte, 400)
-	b.SetBytes(int64(len(p)))
-	b.RunParallel(func(pb *testing.PB) {
-		for pb.Next() {
-			s.Append(p)
-		}
-	})
-}

@@ -6,11 +6,12 @@
 // spool) before it returns: a kill -9 of the replica the next instant loses
 // nothing, as the spool is replayed on start. Records from concurrent
 // requests are written together (group commit): a Record that finds the
-// spool idle writes its event itself; those that arrive while a write runs
-// gather into the next commit, which a writer goroutine writes with one
-// write(2). Each caller waits for its commit's write, not for an fsync,
-// which the spool does every sync interval (a host crash can lose at most
-// that interval).
+// spool idle appends its event itself; those that arrive while an append
+// runs gather into the next commit, which a writer goroutine appends at
+// once. An append is a copy into the spool's mapped segment on Linux (no
+// system call), one write(2) elsewhere. Each caller waits for its
+// commit's append, not for an fsync, which the spool does every sync
+// interval (a host crash can lose at most that interval).
 //
 // One goroutine (the owner) reads the spool in order and publishes it, one
 // batch at a time, as a JetStream fast batch: every event is its own
