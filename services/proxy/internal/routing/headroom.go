@@ -25,11 +25,10 @@ const InteractiveWindow = 10 * time.Second
 //
 // but never so many that batch could not hold one slot of the model.
 //
-// The kept slots are counted fleet-wide and placed on the model's pools
+// The kept slots are counted fleet-wide and laid over the model's pools
 // in one order that every replica computes alike (the largest cap, then
-// the backend's name; a pool's slots held by interactive requests are not
-// kept twice), so that the fleet plan, which every replica runs alike,
-// keeps them: a check on each replica's own view of the fleet's free
+// the backend's name; keptLocked), so that the fleet plan, which every
+// replica runs alike, keeps them: a check on each replica's own view of the fleet's free
 // slots would let replicas acting on the same release all take the last
 // one (docs/limits.md).
 type headroom struct {
@@ -110,35 +109,42 @@ func (r *Router) interactiveLocked(k Key) (held, waiting int) {
 }
 
 // keptLocked is how many free slots of pool k batch leaves to interactive
-// requests (whether they are about is keepingLocked's question).
+// requests (whether they are about is keepingLocked's question). The
+// slots reserved for interactive requests, held or free, are what they
+// hold plus the headroom, or their recent peak if larger, and never all
+// of the model's; they are laid over the model's pools in the keeping
+// order, and a pool keeps free what of its part interactive requests do
+// not hold. The layout depends on fleet-wide counts only, not on which
+// pool holds what, so replicas a message apart agree on where the kept
+// slots are (a layout that followed the interactive requests moved with
+// every grant, and replicas acting on the same release each thought the
+// kept slot was on the other pool).
 func (r *Router) keptLocked(k Key, now time.Time) int {
 	pools := r.keep.pools[k.Model]
-	total, held, waiting := 0, 0, 0
-	heldOn := make([]int, len(pools))
-	for i, c := range pools {
+	total, held, waiting, here := 0, 0, 0, 0
+	for _, c := range pools {
 		n, w := r.interactiveLocked(c.Key)
-		total += c.Cap
-		heldOn[i], held, waiting = n, held+n, max(waiting, w)
+		total, held, waiting = total+c.Cap, held+n, max(waiting, w)
+		if c.Key == k {
+			here = n
+		}
 	}
-	n := r.opts.InteractiveHeadroom
+	reserve := held + r.opts.InteractiveHeadroom
 	if r.opts.InteractivePeak {
 		pk := r.keep.peak[k.Model]
 		if pk == nil {
 			pk = &peak{}
 			r.keep.peak[k.Model] = pk
 		}
-		n = max(n, pk.observe(held+waiting, now)-held)
+		reserve = max(reserve, pk.observe(held+waiting, now))
 	}
-	n = min(n, total-1-held) // batch may always hold one slot
-	for i, c := range pools {
-		if n <= 0 {
-			return 0
-		}
-		here := min(n, max(c.Cap-heldOn[i], 0))
+	reserve = min(reserve, total-1) // batch may always hold one slot
+	for _, c := range pools {
+		part := min(reserve, c.Cap)
 		if c.Key == k {
-			return here
+			return max(part-here, 0)
 		}
-		n -= here
+		reserve -= part
 	}
 	return 0
 }
