@@ -289,7 +289,7 @@ type Usage struct {
 	SpoolSyncInterval time.Duration `yaml:"spool_sync_interval"`
 	// BatchSize is the most events published as one JetStream batch
 	// (default 500); BatchLinger is how long new events may wait for more
-	// after the previous batch left (default 5ms). One batch is in flight
+	// after the previous batch left (default 50ms). One batch is in flight
 	// at a time.
 	BatchSize   int           `yaml:"batch_size"`
 	BatchLinger time.Duration `yaml:"batch_linger"`

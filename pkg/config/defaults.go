@@ -73,7 +73,7 @@ func DefaultUsage() Usage {
 		SpoolMaxBytes:     1 << 30,
 		SpoolSyncInterval: 100 * time.Millisecond,
 		BatchSize:         500,
-		BatchLinger:       5 * time.Millisecond,
+		BatchLinger:       50 * time.Millisecond,
 		PublishMode:       "batch",
 		AckTimeout:        5 * time.Second,
 	}

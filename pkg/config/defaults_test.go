@@ -25,7 +25,7 @@ func TestDefaults(t *testing.T) {
 		Limits: Limits{DefaultOutputTokens: 512, Admission: "reserve"},
 		NATS:   NATS{Stream: "USAGE", MaxAge: 168 * time.Hour, MaxBytes: 1 << 30, DuplicateWindow: 10 * time.Minute, Partitions: 8, Replicas: 1},
 		Usage: Usage{QueueSize: 65536, SpoolDir: "./data/spool", SpoolMaxBytes: 1 << 30, SpoolSyncInterval: 100 * time.Millisecond,
-			BatchSize: 500, BatchLinger: 5 * time.Millisecond, PublishMode: "batch", AckTimeout: 5 * time.Second},
+			BatchSize: 500, BatchLinger: 50 * time.Millisecond, PublishMode: "batch", AckTimeout: 5 * time.Second},
 		ClickHouse: ClickHouse{Database: "drover", Username: "default", DialTimeout: 5 * time.Second, ReadTimeout: 30 * time.Second},
 		Aggregator: Aggregator{BatchSize: 20000, FlushInterval: 500 * time.Millisecond, MetricsListen: ":9464", Instance: "r1",
 			LeaseBucket: "drover_aggregator", LeaseTTL: 10 * time.Second, FetchBatch: 2000,

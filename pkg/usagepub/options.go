@@ -91,7 +91,7 @@ func WithSpoolSyncInterval(d time.Duration) Option {
 
 // WithBatch sets the most events sent as one batch (default 500) and how
 // long events may wait for more to join them after the previous batch left
-// (default 5ms).
+// (default 50ms).
 func WithBatch(size int, linger time.Duration) Option {
 	return func(o *options) { setIf(&o.batchSize, size); setIf(&o.linger, linger) }
 }

@@ -19,7 +19,7 @@
 // whole batch with one PubAck instead of one per event (a server or stream
 // without fast batches gets each event acknowledged on its own instead). A
 // new batch leaves when the previous one is acknowledged and one linger
-// (default 5ms) has passed, or at once when a batch's worth waits, so a
+// (default 50ms) has passed, or at once when a batch's worth waits, so a
 // busy replica sends a few large batches a second and a quiet one sends
 // each event straight away. The spool's read position is persisted (Ack)
 // at most once per sync interval: after a crash, at most that interval's
