@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"hash/crc32"
 	"os"
-	"path/filepath"
 	"sort"
 	"strconv"
 	"strings"
@@ -118,27 +117,14 @@ func decodeAck(b []byte) (Pos, error) {
 	}, nil
 }
 
-// writeAck replaces the ack file atomically (write, fsync, rename). A lost
-// ack only means re-sending what it covered, which the stream deduplicates.
-func writeAck(dir string, p Pos) error {
-	tmp := filepath.Join(dir, ackName+".tmp")
-	f, err := os.OpenFile(tmp, os.O_CREATE|os.O_TRUNC|os.O_WRONLY, 0o644)
-	if err != nil {
+// writeAck overwrites the ack record in place (one pwrite of ackSize
+// bytes at offset 0; f stays open between acks). It is on disk once the
+// spool's next sync has run (every SyncInterval). A torn or lost ack fails
+// its checksum or is older: either only means re-sending what it covered,
+// which the stream deduplicates.
+func writeAck(f *os.File, p Pos) error {
+	if _, err := f.WriteAt(encodeAck(p), 0); err != nil {
 		return fmt.Errorf("writing spool ack: %w", err)
-	}
-	if _, err := f.Write(encodeAck(p)); err != nil {
-		f.Close()
-		return fmt.Errorf("writing spool ack: %w", err)
-	}
-	if err := f.Sync(); err != nil {
-		f.Close()
-		return fmt.Errorf("syncing spool ack: %w", err)
-	}
-	if err := f.Close(); err != nil {
-		return fmt.Errorf("closing spool ack: %w", err)
-	}
-	if err := os.Rename(tmp, filepath.Join(dir, ackName)); err != nil {
-		return fmt.Errorf("renaming spool ack: %w", err)
 	}
 	return nil
 }

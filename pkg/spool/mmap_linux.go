@@ -17,6 +17,9 @@ func mapFile(f *os.File, n int64) ([]byte, error) {
 
 func unmapFile(m []byte) error { return syscall.Munmap(m) }
 
+// datasync is fdatasync: the data, and the metadata needed to read it.
+func datasync(f *os.File) error { return syscall.Fdatasync(int(f.Fd())) }
+
 // allocate reserves the file's blocks from off to off+n and extends it to
 // cover them, so that stores into the mapping there never need the file
 // system to find space (a full disk fails here, with an error, instead of

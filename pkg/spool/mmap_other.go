@@ -13,3 +13,5 @@ var errNoMap = errors.New("spool: memory-mapped segments are implemented on Linu
 func mapFile(*os.File, int64) ([]byte, error) { return nil, errNoMap }
 func unmapFile([]byte) error                  { return nil }
 func allocate(*os.File, int64, int64) error   { return errNoMap }
+
+func datasync(f *os.File) error { return f.Sync() }

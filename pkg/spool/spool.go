@@ -121,8 +121,12 @@ type Spool struct {
 	rf     *os.File
 	rfSeq  uint64
 
-	// ackMu serializes Ack calls so that ack files are written in order.
-	ackMu sync.Mutex
+	// ackMu serializes Ack calls so that acks are written in order, and
+	// guards ackf (the ack file, open once acked) and ackDirty (an ack was
+	// written since the last sync).
+	ackMu    sync.Mutex
+	ackf     *os.File
+	ackDirty bool
 
 	appended atomic.Uint64
 	dropped  atomic.Uint64
@@ -469,13 +473,21 @@ func (s *Spool) Sync() error {
 			return fmt.Errorf("syncing spool dir: %w", err)
 		}
 	}
-	if !dirty || f == nil {
-		return nil
+	if dirty && f != nil {
+		// fsync writes the mapped segment's stored pages too. A concurrent
+		// rotation may have synced and closed f already.
+		if err := f.Sync(); err != nil && !errors.Is(err, os.ErrClosed) {
+			return fmt.Errorf("syncing spool: %w", err)
+		}
 	}
-	// fsync writes the mapped segment's stored pages too. A concurrent
-	// rotation may have synced and closed f already.
-	if err := f.Sync(); err != nil && !errors.Is(err, os.ErrClosed) {
-		return fmt.Errorf("syncing spool: %w", err)
+	s.ackMu.Lock()
+	af, ackDirty := s.ackf, s.ackDirty
+	s.ackDirty = false
+	s.ackMu.Unlock()
+	if ackDirty {
+		if err := datasync(af); err != nil && !errors.Is(err, os.ErrClosed) {
+			return fmt.Errorf("syncing spool ack: %w", err)
+		}
 	}
 	return nil
 }
@@ -638,9 +650,17 @@ func be32(b []byte) uint32 {
 func (s *Spool) Ack(p Pos) error {
 	s.ackMu.Lock()
 	defer s.ackMu.Unlock()
-	if err := writeAck(s.dir, p); err != nil {
+	if s.ackf == nil {
+		f, err := os.OpenFile(filepath.Join(s.dir, ackName), os.O_CREATE|os.O_RDWR, 0o644)
+		if err != nil {
+			return fmt.Errorf("opening spool ack: %w", err)
+		}
+		s.ackf = f
+	}
+	if err := writeAck(s.ackf, p); err != nil {
 		return err
 	}
+	s.ackDirty = true
 	s.mu.Lock()
 	if s.closed {
 		s.mu.Unlock()
@@ -698,6 +718,12 @@ func (s *Spool) close() error {
 		s.rf = nil
 	}
 	s.readMu.Unlock()
+	s.ackMu.Lock()
+	if s.ackf != nil {
+		s.ackf.Close()
+		s.ackf = nil
+	}
+	s.ackMu.Unlock()
 	s.lock.Close()
 	return err
 }
