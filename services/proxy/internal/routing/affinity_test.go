@@ -417,6 +417,21 @@ func TestColdPromptsGoHome(t *testing.T) {
 		s.Release()
 	}
 
+	// The home without the model loaded loses to a loaded candidate:
+	// loaded first, as ever.
+	p = chatPrompt(r, "Another new group's assistant. "+sysA, 0, "")
+	home, _ = homeOf(p, cands)
+	unloaded := make([]Candidate, len(cands))
+	for i, c := range cands {
+		unloaded[i] = c
+		unloaded[i].Loaded = c.Backend != home
+	}
+	if s := mustAcquire(t, r, unloaded, p); s.Backend == home {
+		t.Fatalf("went home, where the model is not loaded")
+	} else {
+		s.Release()
+	}
+
 	// No whole block (64 bytes here): no home, the least loaded, first in
 	// order on a quiet fleet.
 	for range 3 {
