@@ -18,8 +18,10 @@ import (
 // with the stop reason and the backend's counts, and message_stop. An error
 // chunk becomes Anthropic's error event and ends the stream.
 
-// messagesStream is a translated stream; its Close ends a stream whose
-// backend finished cleanly without [DONE] as [DONE] would have.
+// messagesStream is a translated stream. Its Close ends a stream whose
+// backend ended cleanly without [DONE]: as [DONE] would have when the
+// backend had sent its finish_reason, else with Anthropic's error event
+// (the answer was cut short, and message_stop would pass it off as whole).
 type messagesStream struct {
 	io.WriteCloser
 	a *anthropicWriter
@@ -33,8 +35,28 @@ func (s *messagesStream) Close() error {
 	if s.a.done || s.a.fail {
 		return nil
 	}
+	if s.a.finish == "" {
+		s.a.fail = true
+		_, err := s.w.Write(anthropicErrorEvent(nil, TruncatedMessage))
+		return err
+	}
 	_, err := s.w.Write(s.a.final(nil))
 	return err
+}
+
+// TruncatedMessage is the error a translated stream ends with when its
+// backend ended it cleanly before the answer's end (no finish_reason, no
+// [DONE]); it starts as the error Ollama writes when generation fails
+// mid-stream.
+const TruncatedMessage = "an error was encountered while running the model: the backend's stream ended before the answer did"
+
+// anthropicErrorEvent appends Anthropic's mid-stream error event:
+// event: error, {"type":"error","error":{"type":"api_error","message":...}}.
+func anthropicErrorEvent(out []byte, msg string) []byte {
+	return sseEvent(out, "error", struct {
+		Type  string       `json:"type"`
+		Error anthropicErr `json:"error"`
+	}{"error", anthropicErr{Type: AnthropicErrorType(http.StatusInternalServerError), Message: msg}})
 }
 
 // event translates one SSE event of the backend's stream.
@@ -52,11 +74,7 @@ func (a *anthropicWriter) event(ev []byte) []byte {
 	}
 	if len(r.Error) > 0 && !bytes.Equal(r.Error, []byte("null")) {
 		a.fail = true
-		msg := errorMessage(data)
-		return sseEvent(nil, "error", struct {
-			Type  string       `json:"type"`
-			Error anthropicErr `json:"error"`
-		}{"error", anthropicErr{Type: AnthropicErrorType(http.StatusInternalServerError), Message: msg}})
+		return anthropicErrorEvent(nil, errorMessage(data))
 	}
 	a.counts(&r)
 	out := a.start(nil)

@@ -209,8 +209,10 @@ func (o *ollamaWriter) event(ev []byte) []byte {
 	return out
 }
 
-// streamed is a translated stream; its Close ends a stream whose backend
-// finished cleanly without [DONE] with the final chunk all the same.
+// streamed is a translated stream. Its Close ends a stream whose backend
+// ended cleanly without [DONE]: with the final chunk when the backend had
+// sent its finish_reason, else with Ollama's {"error": ...} line (the
+// answer was cut short, and done: true would pass it off as whole).
 type streamed struct {
 	io.WriteCloser
 	o *ollamaWriter
@@ -222,6 +224,12 @@ func (s *streamed) Close() error {
 	}
 	if s.o.done || s.o.fail {
 		return nil
+	}
+	if s.o.finish == "" {
+		s.o.fail = true
+		out, _ := json.Marshal(map[string]string{"error": TruncatedMessage})
+		_, err := s.o.w.Write(append(out, '\n'))
+		return err
 	}
 	_, err := s.o.w.Write(s.o.final())
 	return err
