@@ -18,7 +18,8 @@ import (
 //   - Anthropic's SSE (/v1/messages): event: error with
 //     {"type":"error","error":{"type":"api_error","message":...}}.
 //   - The Responses API (/v1/responses): event: error with
-//     {"type":"error","code":"server_error","message":...}.
+//     {"type":"error","code":"server_error","message":...,"param":null,
+//     "sequence_number":...}, numbered after the last event passed on.
 //
 // The event goes straight to the client, after whatever whole lines or
 // events a translating filter already wrote; a line or event the cut left
@@ -26,14 +27,15 @@ import (
 
 // streamError writes the error event for the stream the client of route is
 // reading (its Content-Type, as the backend or the translating filter set
-// it) and flushes it.
-func (o *output) streamError(route, msg string) {
+// it) and flushes it. seq is the error event's sequence_number on the
+// Responses API.
+func (o *output) streamError(route, msg string, seq int64) {
 	ct := o.rw.Header().Get("Content-Type")
 	var b []byte
 	switch {
 	case strings.HasPrefix(ct, "text/event-stream"):
 		b = o.newEvent(b)
-		b = appendSSEError(b, route, msg)
+		b = appendSSEError(b, route, msg, seq)
 	default:
 		if o.wrote > 0 && o.last[1] != '\n' {
 			b = append(b, '\n')
@@ -60,7 +62,7 @@ func (o *output) newEvent(b []byte) []byte {
 }
 
 // appendSSEError appends the error event of route's API.
-func appendSSEError(b []byte, route, msg string) []byte {
+func appendSSEError(b []byte, route, msg string, seq int64) []byte {
 	var v any
 	switch {
 	case route == "/v1/messages":
@@ -75,11 +77,12 @@ func appendSSEError(b []byte, route, msg string) []byte {
 		b = append(b, "event: error\n"...)
 	case strings.HasPrefix(route, "/v1/responses"):
 		v = struct {
-			Type    string  `json:"type"`
-			Code    string  `json:"code"`
-			Message string  `json:"message"`
-			Param   *string `json:"param"`
-		}{Type: "error", Code: "server_error", Message: msg}
+			Type     string  `json:"type"`
+			Code     string  `json:"code"`
+			Message  string  `json:"message"`
+			Param    *string `json:"param"`
+			Sequence int64   `json:"sequence_number"`
+		}{Type: "error", Code: "server_error", Message: msg, Sequence: seq}
 		b = append(b, "event: error\n"...)
 	default:
 		type detail struct {

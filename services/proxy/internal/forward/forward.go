@@ -326,6 +326,12 @@ func (f *Forwarder) attempt(w http.ResponseWriter, r *http.Request, req *Request
 		ev.InputTokens, ev.OutputTokens = x.Tokens(c.meter())
 	}
 	complete := x.Complete != nil && x.Complete(c.meter())
+	seq := int64(-1) // the last event's sequence_number (Responses API), for a cut stream's error event
+	if c.err != nil && !complete {
+		if n, ok := c.meter().Count("sequence_number"); ok {
+			seq = n
+		}
+	}
 	c.release()
 	clientLeft = c.clientGone || (c.err != nil && ctx.Err() != nil)
 	cut := c.err != nil && !clientLeft && !complete
@@ -353,7 +359,7 @@ func (f *Forwarder) attempt(w http.ResponseWriter, r *http.Request, req *Request
 	f.finish(req, ev, start, c.ttfb, ev.Error || resp.StatusCode >= 400)
 	switch {
 	case cut && stream:
-		out.streamError(req.Route, fmt.Sprintf("an error was encountered while running the model: the backend's stream broke (%v)", c.err))
+		out.streamError(req.Route, fmt.Sprintf("an error was encountered while running the model: the backend's stream broke (%v)", c.err), seq+1)
 	case cut:
 		// No in-band signal exists for a plain body: abort the connection,
 		// as httputil.ReverseProxy does, so the client cannot mistake the

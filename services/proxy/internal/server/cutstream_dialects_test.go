@@ -216,8 +216,10 @@ func TestCutStreamDialectsResponses(t *testing.T) {
 	if err := stream.Err(); err != nil {
 		t.Fatalf("cut stream: the SDK's stream failed (%v) instead of delivering the error event; events %v", err, types)
 	}
-	if len(types) == 0 || types[len(types)-1] != "error" || !strings.Contains(failure.Message, cutMessage) || failure.Code != "server_error" {
-		t.Fatalf("cut stream: events %v, error %+v; want the stream to end with an error event (server_error)", types, failure)
+	// The stub's events are numbered 0 to 6: the error event is the 7th.
+	if len(types) == 0 || types[len(types)-1] != "error" || !strings.Contains(failure.Message, cutMessage) || failure.Code != "server_error" ||
+		failure.SequenceNumber != 7 || !failure.JSON.SequenceNumber.Valid() {
+		t.Fatalf("cut stream: events %v, error %s; want the stream to end with an error event (server_error, sequence_number 7)", types, failure.RawJSON())
 	}
 	for _, typ := range types {
 		if typ == "response.completed" || typ == "response.incomplete" {
@@ -233,13 +235,15 @@ func TestCutStreamDialectsResponses(t *testing.T) {
 	events := bytes.Split(bytes.TrimSuffix(body, []byte("\n\n")), []byte("\n\n"))
 	name, data, _ := bytes.Cut(events[len(events)-1], []byte("\ndata: "))
 	var v struct {
-		Type    string  `json:"type"`
-		Code    string  `json:"code"`
-		Message string  `json:"message"`
-		Param   *string `json:"param"`
+		Type     string  `json:"type"`
+		Code     string  `json:"code"`
+		Message  string  `json:"message"`
+		Param    *string `json:"param"`
+		Sequence *int64  `json:"sequence_number"`
 	}
 	if string(name) != "event: error" || json.Unmarshal(data, &v) != nil || v.Type != "error" || v.Code != "server_error" ||
-		!strings.Contains(v.Message, cutMessage) || bytes.Contains(body, []byte("response.completed")) {
+		!strings.Contains(v.Message, cutMessage) || v.Sequence == nil || *v.Sequence != 7 || !bytes.Contains(data, []byte(`"param":null`)) ||
+		bytes.Contains(body, []byte("response.completed")) {
 		t.Fatalf("cut /v1/responses stream ends\n%s\nwant event: error with the Responses API's error event", tail(body))
 	}
 }
