@@ -125,9 +125,13 @@ type Queue struct {
 	// InteractivePeak makes batch requests also leave free, while
 	// interactive ones are about, what interactive requests held or waited
 	// for at their peak in the last 10 s beyond what they hold now, so that
-	// a burst as large as the last finds free slots (default true; batch
-	// may always hold one slot of a model; docs/limits.md).
+	// a burst as large as the last finds free slots (default true;
+	// docs/limits.md).
 	InteractivePeak *bool `yaml:"interactive_peak"`
+	// BatchMinSlots is how many slots of a model the headroom and the peak
+	// never keep from batch requests (default 0: while interactive ones
+	// are about, batch gets only the slots beyond their recent peak).
+	BatchMinSlots int `yaml:"batch_min_slots"`
 }
 
 // Headroom is InteractiveHeadroom with its default.

@@ -219,6 +219,9 @@ func (c *Config) Validate() error {
 	if c.Routing.Queue.Headroom() < 0 {
 		bad("routing.queue.interactive_headroom", "must not be negative")
 	}
+	if c.Routing.Queue.BatchMinSlots < 0 {
+		bad("routing.queue.batch_min_slots", "must not be negative")
+	}
 	if m := c.Usage.PublishMode; m != "batch" && m != "message" {
 		bad("usage.publish_mode", "must be batch or message, got %q", m)
 	}

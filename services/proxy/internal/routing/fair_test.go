@@ -475,26 +475,29 @@ func TestInteractiveHeadroom(t *testing.T) {
 		cands    []Candidate
 		headroom int
 		peak     bool
+		batchMin int
 		chats    int // interactive slots held at once (then released) before batch asks
 		held     int // of which still held while batch asks
 		want     int // batch slots before it must wait
 		kept     string
 	}{
-		{"no interactive request: every slot", []Candidate{cand("a", "m", 4, true, 1)}, 1, false, 0, 0, 4, ""},
-		{"interactive about: one slot kept", []Candidate{cand("a", "m", 4, true, 1)}, 1, false, 1, 0, 3, "a"},
-		{"two slots: one kept", []Candidate{cand("a", "m", 2, true, 1)}, 1, false, 1, 0, 1, "a"},
-		{"one slot: batch keeps it, none kept", []Candidate{cand("a", "m", 1, true, 1)}, 1, false, 1, 0, 1, ""},
-		{"eight slots: still one", []Candidate{cand("a", "m", 8, true, 1)}, 1, false, 1, 0, 7, "a"},
-		{"two backends of two: one kept on the first", two, 1, false, 1, 0, 3, "a"},
-		{"three kept over two backends, batch keeps one", two, 3, false, 1, 0, 1, "a"},
-		{"more than the slots: batch keeps one", two, 9, false, 1, 0, 1, "a"},
-		{"peak of three: three kept", []Candidate{cand("a", "m", 4, true, 1)}, 1, true, 3, 0, 1, "a"},
-		{"peak of three, two held: one more kept", []Candidate{cand("a", "m", 4, true, 1)}, 1, true, 3, 2, 1, ""},
-		{"peak of one: the headroom", []Candidate{cand("a", "m", 4, true, 1)}, 1, true, 1, 0, 3, "a"},
-		{"peak of four on two backends: batch keeps one", two, 0, true, 4, 0, 1, "a"},
+		{"no interactive request: every slot", []Candidate{cand("a", "m", 4, true, 1)}, 1, false, 0, 0, 0, 4, ""},
+		{"interactive about: one slot kept", []Candidate{cand("a", "m", 4, true, 1)}, 1, false, 0, 1, 0, 3, "a"},
+		{"two slots: one kept", []Candidate{cand("a", "m", 2, true, 1)}, 1, false, 0, 1, 0, 1, "a"},
+		{"one slot: batch keeps it, none kept", []Candidate{cand("a", "m", 1, true, 1)}, 1, false, 0, 1, 0, 1, ""},
+		{"eight slots: still one", []Candidate{cand("a", "m", 8, true, 1)}, 1, false, 0, 1, 0, 7, "a"},
+		{"two backends of two: one kept on the first", two, 1, false, 0, 1, 0, 3, "a"},
+		{"three kept over two backends, batch keeps one", two, 3, false, 0, 1, 0, 1, "a"},
+		{"more than the slots: batch keeps one", two, 9, false, 0, 1, 0, 1, "a"},
+		{"peak of three: three kept", []Candidate{cand("a", "m", 4, true, 1)}, 1, true, 0, 3, 0, 1, "a"},
+		{"peak of three, two held: one more kept", []Candidate{cand("a", "m", 4, true, 1)}, 1, true, 0, 3, 2, 1, ""},
+		{"peak of one: the headroom", []Candidate{cand("a", "m", 4, true, 1)}, 1, true, 0, 1, 0, 3, "a"},
+		{"peak of four on two backends: all kept", two, 0, true, 0, 4, 0, 0, ""},
+		{"peak of four, batch_min_slots 1: batch keeps one", two, 0, true, 1, 4, 0, 1, "a"},
+		{"one slot: the peak keeps it", []Candidate{cand("a", "m", 1, true, 1)}, 1, true, 0, 1, 0, 0, "a"},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
-			r := New(Options{MaxWait: time.Millisecond, InteractiveHeadroom: tt.headroom, InteractivePeak: tt.peak}, nil)
+			r := New(Options{MaxWait: time.Millisecond, InteractiveHeadroom: tt.headroom, InteractivePeak: tt.peak, BatchMinSlots: tt.batchMin}, nil)
 			var chats, held []*Slot
 			defer func() {
 				for _, s := range append(chats, held...) {

@@ -23,7 +23,9 @@ const InteractiveWindow = 10 * time.Second
 //     they hold now, so that a burst as large as the last one finds free
 //     slots instead of waiting for batch generations to end,
 //
-// but never so many that batch could not hold one slot of the model.
+// The headroom never keeps a model's last slot (so batch keys still run
+// beside steady interactive traffic); the peak keeps up to all but
+// Options.BatchMinSlots, since interactive requests did need them.
 //
 // The kept slots are counted fleet-wide and laid over the model's pools
 // in one order that every replica computes alike (the largest cap, then
@@ -129,16 +131,18 @@ func (r *Router) keptLocked(k Key, now time.Time) int {
 			here = n
 		}
 	}
-	reserve := held + r.opts.InteractiveHeadroom
+	// The headroom never keeps a model's last slot from batch; the peak
+	// keeps what interactive requests recently needed, up to all but
+	// BatchMinSlots.
+	reserve := min(held+r.opts.InteractiveHeadroom, total-1)
 	if r.opts.InteractivePeak {
 		pk := r.keep.peak[k.Model]
 		if pk == nil {
 			pk = &peak{}
 			r.keep.peak[k.Model] = pk
 		}
-		reserve = max(reserve, pk.observe(held+waiting, now))
+		reserve = max(reserve, min(pk.observe(held+waiting, now), total-r.opts.BatchMinSlots))
 	}
-	reserve = min(reserve, total-1) // batch may always hold one slot
 	for _, c := range pools {
 		part := min(reserve, c.Cap)
 		if c.Key == k {

@@ -98,6 +98,9 @@ type Options struct {
 	// requests held or waited for at their peak in the last
 	// InteractiveWindow, beyond what they hold now (headroom.go).
 	InteractivePeak bool
+	// BatchMinSlots is how many slots of a model the headroom and the peak
+	// never keep from batch waiters (0: all may be kept).
+	BatchMinSlots int
 	// Observe, if set, receives how long each granted or refused request
 	// waited and whether it queued at all.
 	Observe func(wait time.Duration, queued bool, err error)

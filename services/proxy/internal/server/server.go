@@ -113,6 +113,7 @@ func New(cfg *config.Config, log *slog.Logger, opts Options) *Server {
 		// Batch leaves a slot for interactive requests while they are about.
 		InteractiveHeadroom: cfg.Routing.Queue.Headroom(),
 		InteractivePeak:     cfg.Routing.Queue.Peak(),
+		BatchMinSlots:       cfg.Routing.Queue.BatchMinSlots,
 		Observe:             s.observeQueue,
 		LockWait:            func(d time.Duration) { s.Metrics.LockWait("router", d) },
 		Changed:             s.Sync.Changed,
