@@ -102,18 +102,22 @@ func TestCutStreamDialectsAnthropic(t *testing.T) {
 
 // checkAnthropicCut checks a cut /v1/messages stream's bytes: whole events,
 // the last one Anthropic's error event, no message_stop.
+// anthropicErrorBody is Anthropic's error object, in a body or an SSE
+// error event.
+type anthropicErrorBody struct {
+	Type  string `json:"type"`
+	Error struct {
+		Type    string `json:"type"`
+		Message string `json:"message"`
+	} `json:"error"`
+}
+
 func checkAnthropicCut(t *testing.T, body []byte) {
 	t.Helper()
 	events := bytes.Split(bytes.TrimSuffix(body, []byte("\n\n")), []byte("\n\n"))
 	last := events[len(events)-1]
 	name, data, ok := bytes.Cut(last, []byte("\ndata: "))
-	var v struct {
-		Type  string `json:"type"`
-		Error struct {
-			Type    string `json:"type"`
-			Message string `json:"message"`
-		} `json:"error"`
-	}
+	var v anthropicErrorBody
 	if !ok || string(name) != "event: error" || json.Unmarshal(data, &v) != nil || v.Type != "error" || v.Error.Type != "api_error" ||
 		!strings.Contains(v.Error.Message, cutMessage) {
 		t.Fatalf("cut /v1/messages stream ends\n%s\nwant event: error with Anthropic's api_error", tail(body))
@@ -313,13 +317,7 @@ func TestCutNonStreamDialects(t *testing.T) {
 // a 502-class status.
 func checkAnthropicError(t *testing.T, code int, h http.Header, body []byte) {
 	t.Helper()
-	var v struct {
-		Type  string `json:"type"`
-		Error struct {
-			Type    string `json:"type"`
-			Message string `json:"message"`
-		} `json:"error"`
-	}
+	var v anthropicErrorBody
 	if code < 500 || code > 504 || !strings.HasPrefix(h.Get("Content-Type"), "application/json") || json.Unmarshal(body, &v) != nil ||
 		v.Type != "error" || v.Error.Type == "" || v.Error.Message == "" {
 		t.Fatalf("cut message: %d %q %s, want a 5xx with Anthropic's error object", code, h.Get("Content-Type"), body)
