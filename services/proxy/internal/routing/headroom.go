@@ -123,6 +123,9 @@ func (r *Router) interactiveLocked(k Key) (held, waiting int) {
 // kept slot was on the other pool).
 func (r *Router) keptLocked(k Key, now time.Time) int {
 	pools := r.keep.pools[k.Model]
+	if len(pools) == 0 {
+		return 0 // no waiter has named the model's pools yet (note)
+	}
 	total, held, waiting, here := 0, 0, 0, 0
 	for _, c := range pools {
 		n, w := r.interactiveLocked(c.Key)
