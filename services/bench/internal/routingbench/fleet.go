@@ -154,13 +154,16 @@ type Scraped struct {
 	BackendRequests map[string]int64
 	// Picks counts drover_affinity_picks_total by outcome (hit, miss, override).
 	Picks map[string]int64
+	// Slotted counts drover_affinity_slotted_total by reason, and by
+	// reason + "/queue" or "/warm" for those that waited.
+	Slotted map[string]int64
 	// ShareMessages and ShareBytes are drover.affinity messages sent.
 	ShareMessages, ShareBytes int64
 }
 
 // Scrape reads every replica's /metrics.
 func (f *Fleet) Scrape(ctx context.Context, client *http.Client) (Scraped, error) {
-	out := Scraped{BackendRequests: map[string]int64{}, Picks: map[string]int64{}}
+	out := Scraped{BackendRequests: map[string]int64{}, Picks: map[string]int64{}, Slotted: map[string]int64{}}
 	for _, p := range f.Replicas {
 		if err := scrape(ctx, client, p.URL+"/metrics", &out); err != nil {
 			return out, err
@@ -209,6 +212,14 @@ func (s *Scraped) add(line string) {
 		}
 	case "drover_affinity_picks_total":
 		s.Picks[label(labels, "outcome")] += n
+	case "drover_affinity_slotted_total":
+		if s.Slotted != nil {
+			r := label(labels, "reason")
+			s.Slotted[r] += n
+			if w := label(labels, "wait"); w != "" && w != "none" {
+				s.Slotted[r+"/"+w] += n
+			}
+		}
 	case "drover_affinity_share_messages_total":
 		if label(labels, "direction") == "sent" {
 			s.ShareMessages += n

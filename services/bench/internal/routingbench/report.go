@@ -157,6 +157,31 @@ func (d Document) WriteMarkdown(w io.Writer) {
 		}
 		fmt.Fprintln(&b)
 	}
+	var slotted []string
+	for _, r := range d.Results {
+		for _, s := range r.Steps {
+			if len(s.Slotted) > 0 {
+				slotted = append(slotted, r.Name)
+				break
+			}
+		}
+	}
+	if len(slotted) > 0 {
+		fmt.Fprintln(&b, "\nWhat Drover's slot model held for each request granted (per step: hit / elsewhere / busy / evicted / new; of them queued; waited for a warm slot):")
+		for _, r := range d.Results {
+			if !slices.Contains(slotted, r.Name) {
+				continue
+			}
+			fmt.Fprintf(&b, "- %s:", r.Name)
+			for _, s := range r.Steps {
+				m := s.Slotted
+				fmt.Fprintf(&b, " %g: %d/%d/%d/%d/%d (q %d/%d/%d/%d/%d; w %d/%d/%d/%d/%d);", s.Offered, m["hit"], m["elsewhere"], m["busy"], m["evicted"], m["new"],
+					m["hit/queue"], m["elsewhere/queue"], m["busy/queue"], m["evicted/queue"], m["new/queue"],
+					m["hit/warm"], m["elsewhere/warm"], m["busy/warm"], m["evicted/warm"], m["new/warm"])
+			}
+			fmt.Fprintln(&b)
+		}
+	}
 	for _, f := range d.Failures {
 		fmt.Fprintf(&b, "\nfailed: %s\n", f)
 	}

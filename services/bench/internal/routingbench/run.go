@@ -79,14 +79,27 @@ func Run(ctx context.Context, spec RunSpec, setup Setup) (Result, error) {
 	if spec.Warmup > 0 {
 		ramp = append([]Step{{Rate: spec.Steps[0].Rate, Duration: spec.Warmup}}, ramp...)
 	}
+	marks := make(chan []Scraped, 1)
+	go func() { marks <- scrapeSteps(ctx, fleet, spec, time.Now()) }()
 	all := Drive(ctx, spec, ramp, func(session, turn int) string {
 		return fleet.Replicas[(session+turn)%len(fleet.Replicas)].URL
 	})
 	if ctx.Err() != nil {
+		<-marks
 		return res, ctx.Err()
 	}
 	samples := AfterWarmup(all, spec.Warmup)
 	res.Steps = Summarize(spec.Steps, samples)
+	if m := <-marks; len(m) == len(spec.Steps)+1 {
+		for i := range res.Steps {
+			res.Steps[i].Slotted = map[string]int64{}
+			for k, v := range m[i+1].Slotted {
+				if d := v - m[i].Slotted[k]; d > 0 {
+					res.Steps[i].Slotted[k] = d
+				}
+			}
+		}
+	}
 	var p50, p99 time.Duration
 	res.HitRate, p50, p99, res.Errors = Total(samples)
 	res.TTFTP50, res.TTFTP99 = Ms(p50), Ms(p99)
@@ -106,6 +119,27 @@ func Run(ctx context.Context, spec RunSpec, setup Setup) (Result, error) {
 	}
 	res.LoadMax, res.LoadMin = loadRange(res.BackendRequests, spec.Backends.Count)
 	return res, nil
+}
+
+// scrapeSteps scrapes the replicas at the end of the warm-up and of every
+// step, the ramp having started at start; nil when a scrape failed.
+func scrapeSteps(ctx context.Context, fleet *Fleet, spec RunSpec, start time.Time) []Scraped {
+	at := spec.Warmup
+	var out []Scraped
+	for i := -1; i < len(spec.Steps); i++ {
+		if i >= 0 {
+			at += spec.Steps[i].Duration
+		}
+		if !wait(ctx, time.Until(start.Add(at))) {
+			return nil
+		}
+		m, err := fleet.Scrape(ctx, spec.Client.HTTP)
+		if err != nil {
+			return nil
+		}
+		out = append(out, m)
+	}
+	return out
 }
 
 // AfterWarmup keeps the samples sent after warmup, their times shifted to

@@ -17,6 +17,11 @@ type StepStats struct {
 	HitRate float64 `json:"token_hit_rate"`
 	TTFTP50 Millis  `json:"ttft_p50_ms"`
 	TTFTP99 Millis  `json:"ttft_p99_ms"`
+	// Slotted is what Drover's slot model held for the requests granted
+	// during the step (drover_affinity_slotted_total: one replica with
+	// prefix or session), by reason, and by reason + "/queue" or "/warm"
+	// for those that waited.
+	Slotted map[string]int64 `json:"slotted,omitempty"`
 	// ErrorKinds counts failures by cause.
 	ErrorKinds map[string]int `json:"error_kinds,omitempty"`
 }

@@ -2,6 +2,7 @@ package affinity
 
 import (
 	"math"
+	"slices"
 	"sync"
 	"time"
 )
@@ -23,7 +24,11 @@ type Slots struct {
 	maxBlocks int // per slot: a prompt's leading blocks kept
 
 	mu      sync.Mutex
+	ticket  uint64 // the last Warm's
 	targets map[Target][]modelSlot
+	// timing is, per (backend, model), how long its slots stay busy:
+	// what a warm prompt takes and what an uncached block adds.
+	timing map[Target]*slotTiming
 	// pop is each home key's (a prompt's first block: its group's)
 	// requests through this replica, decayed with popHalfLife: what a
 	// slot's prompt is worth keeping.
@@ -55,13 +60,37 @@ type modelSlot struct {
 	chain []uint64
 	busy  bool
 	at    int64 // unix nanoseconds it was last taken
+	// uncached is how many of the prompt's blocks the slot did not hold
+	// when it was taken (what the backend evaluated).
+	uncached int
+	// line holds the tickets of the requests waiting for this slot
+	// (JoinWarm), first first; heldFor the one it is kept for while free.
+	line    []uint64
+	heldFor uint64
 }
+
+// slotTiming learns, from Take to Release, how long a request holds a
+// slot of one (backend, model): warm is the moving average for prompts
+// found (almost) whole in their slot; extra and uncached the moving
+// averages, over the others, of the time beyond warm and of the blocks
+// evaluated, so extra / uncached is what an uncached block costs
+// (weighted by blocks: a follow-up turn's few new blocks count for as
+// little as they weigh). Nanoseconds and blocks, 0 until measured.
+type slotTiming struct {
+	warm, extra, uncached float64
+	// released is closed and replaced whenever a slot is released, for
+	// requests waiting for a warm slot (WarmSlot).
+	released chan struct{}
+}
+
+// timingWeight is the weight of a new sample in the moving averages.
+const timingWeight = 0.1
 
 // NewSlots returns an empty model; a slot's prompt is forgotten ttl after
 // it was taken (the model's keep_alive), and at most maxBlocks leading
 // blocks of each prompt are kept (a slot's context).
 func NewSlots(ttl time.Duration, maxBlocks int) *Slots {
-	return &Slots{ttl: ttl, maxBlocks: max(maxBlocks, 1), targets: map[Target][]modelSlot{}, pop: map[uint64]popularity{}}
+	return &Slots{ttl: ttl, maxBlocks: max(maxBlocks, 1), targets: map[Target][]modelSlot{}, pop: map[uint64]popularity{}, timing: map[Target]*slotTiming{}}
 }
 
 // Free is the longest run of p's leading blocks that a free slot of t
@@ -69,8 +98,24 @@ func NewSlots(ttl time.Duration, maxBlocks int) *Slots {
 func (s *Slots) Free(t Target, p *Prompt, now time.Time) int {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	_, n := s.pickLocked(s.targets[t], p.Chain, now.UnixNano())
+	_, n := s.pickLocked(s.targets[t], p.Chain, now.UnixNano(), 0)
 	return n
+}
+
+// FreeFor is Free for the request waiting as w (nil: none), to which the
+// slot kept for it counts as free.
+func (s *Slots) FreeFor(t Target, p *Prompt, now time.Time, w *Warm) int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	_, n := s.pickLocked(s.targets[t], p.Chain, now.UnixNano(), w.id())
+	return n
+}
+
+func (w *Warm) id() uint64 {
+	if w == nil {
+		return 0
+	}
+	return w.ticket
 }
 
 // Evicts is, for a prompt t's free slots hold nothing of, the worth of
@@ -82,16 +127,36 @@ func (s *Slots) Evicts(t Target, p *Prompt, now time.Time) float64 {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	ss := s.targets[t]
-	i, n := s.pickLocked(ss, p.Chain, now.UnixNano())
+	i, n := s.pickLocked(ss, p.Chain, now.UnixNano(), 0)
 	if i < 0 || n > 0 || len(ss[i].chain) == 0 || now.UnixNano()-ss[i].at >= int64(s.ttl) {
 		return 0
 	}
-	return s.pop[ss[i].chain[0]].value(now.UnixNano())
+	g := ss[i].chain[0]
+	return s.pop[g].value(now.UnixNano()) / float64(s.copiesLocked(g, now.UnixNano()))
+}
+
+// copiesLocked is how many slots, over every target, hold a prompt of
+// group g (first block g): at least 1 for a group Evicts looks at.
+func (s *Slots) copiesLocked(g uint64, now int64) int {
+	n := 0
+	for _, ss := range s.targets {
+		for _, sl := range ss {
+			if len(sl.chain) > 0 && sl.chain[0] == g && now-sl.at < int64(s.ttl) {
+				n++
+			}
+		}
+	}
+	return max(n, 1)
 }
 
 // Take records that p goes to t, which has n slots, and returns the slot
 // it takes, for Release.
 func (s *Slots) Take(t Target, n int, p *Prompt, now time.Time) int {
+	return s.TakeFor(t, n, p, now, nil)
+}
+
+// TakeFor is Take for the request waiting as w (nil: none).
+func (s *Slots) TakeFor(t Target, n int, p *Prompt, now time.Time, w *Warm) int {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.countLocked(p.Home(), now.UnixNano())
@@ -102,30 +167,220 @@ func (s *Slots) Take(t Target, n int, p *Prompt, now time.Time) int {
 		ss = grown
 		s.targets[t] = ss
 	}
-	i, _ := s.pickLocked(ss, p.Chain, now.UnixNano())
+	i, held := s.pickLocked(ss, p.Chain, now.UnixNano(), w.id())
 	if i < 0 {
 		return -1 // more requests than slots: Ollama queues it; model nothing
 	}
 	c := p.Chain[:min(len(p.Chain), s.maxBlocks)]
-	ss[i] = modelSlot{chain: append(ss[i].chain[:0], c...), busy: true, at: now.UnixNano()}
+	sl := &ss[i]
+	sl.chain, sl.busy, sl.at, sl.uncached = append(sl.chain[:0], c...), true, now.UnixNano(), len(p.Chain)-held
+	if sl.heldFor == w.id() {
+		sl.heldFor = 0
+	}
 	return i
 }
 
-// Release frees slot i of t (Take's answer; -1 does nothing).
+// Release frees slot i of t (Take's answer; -1 does nothing) and learns
+// from how long it was held.
 func (s *Slots) Release(t Target, i int) {
+	s.release(t, i, time.Now())
+}
+
+func (s *Slots) release(t Target, i int, now time.Time) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if ss := s.targets[t]; i >= 0 && i < len(ss) {
-		ss[i].busy = false
+	ss := s.targets[t]
+	if i < 0 || i >= len(ss) || !ss[i].busy {
+		return
+	}
+	ss[i].busy = false
+	s.handOnLocked(t, &ss[i])
+	tm := s.timingLocked(t)
+	d := float64(now.UnixNano() - ss[i].at)
+	if d <= 0 {
+		return
+	}
+	switch u := ss[i].uncached; {
+	case u <= 1: // found whole (a follow-up's new message may be a block)
+		tm.warm = ewma(tm.warm, d)
+	case tm.warm > 0:
+		tm.extra, tm.uncached = ewma(tm.extra, max(d-tm.warm, 0)), ewma(tm.uncached, float64(u))
 	}
 }
 
+// block is what an uncached block adds to a request's time (0: unknown).
+func (tm *slotTiming) block() float64 {
+	if tm.uncached == 0 {
+		return 0
+	}
+	return tm.extra / tm.uncached
+}
+
+func ewma(avg, sample float64) float64 {
+	if avg == 0 {
+		return sample
+	}
+	return avg + timingWeight*(sample-avg)
+}
+
+func (s *Slots) timingLocked(t Target) *slotTiming {
+	tm := s.timing[t]
+	if tm == nil {
+		tm = &slotTiming{released: make(chan struct{})}
+		s.timing[t] = tm
+	}
+	return tm
+}
+
+// Warm is a request waiting for a busy slot that holds part of its
+// prompt (Slots.JoinWarm): once the slot is released it is kept for the
+// first request in its line, which then finds it free while the others
+// do not.
+type Warm struct {
+	t      Target
+	slot   int
+	ticket uint64
+	// Wait is how long the slot's prefix would take to evaluate: the
+	// longest it is worth waiting for.
+	Wait time.Duration
+}
+
+// JoinWarm is for a prompt that no free slot of targets holds any of:
+// when a busy slot of one of them holds part of it, and should be
+// released (after the requests already in its line, each as long as a
+// warm request) sooner than evaluating that part would take (both as
+// learnt from this replica's grants), p joins that slot's line. ok is
+// false when no such slot is known, or nothing was measured yet. The
+// caller must Leave.
+func (s *Slots) JoinWarm(targets []Target, p *Prompt, now time.Time) (w *Warm, ok bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	n := now.UnixNano()
+	for _, t := range targets {
+		if _, k := s.pickLocked(s.targets[t], p.Chain, n, 0); k > 0 {
+			return nil, false // a free slot holds it: no need to wait
+		}
+	}
+	best := 0.0
+	for _, t := range targets {
+		tm := s.timing[t]
+		if tm == nil || tm.warm == 0 || tm.block() == 0 {
+			continue
+		}
+		block := tm.block()
+		for i, sl := range s.targets[t] {
+			if (!sl.busy && sl.heldFor == 0) || n-sl.at >= int64(s.ttl) {
+				continue
+			}
+			k := matchLen(p.Chain, sl.chain)
+			saves := float64(k) * block
+			left := tm.warm // free, kept for a waiter who will hold it as long
+			if sl.busy {
+				left = max(tm.warm+float64(sl.uncached)*block-float64(n-sl.at), 0)
+			}
+			left += float64(len(sl.line)) * tm.warm
+			if k > 0 && left < saves && saves-left > best {
+				best, w = saves-left, &Warm{t: t, slot: i, Wait: time.Duration(saves)}
+			}
+		}
+	}
+	if w == nil {
+		return nil, false
+	}
+	s.ticket++
+	w.ticket = s.ticket
+	sl := &s.targets[w.t][w.slot]
+	sl.line = append(sl.line, w.ticket)
+	return w, true
+}
+
+// Ready reports whether w's slot is free for it now; if not, left is when
+// it should be (after the requests before w in the line), released a
+// channel closed at the next release of a slot of its target, and holds
+// whether the slot still holds part of p.
+func (s *Slots) Ready(w *Warm, p *Prompt, now time.Time) (ready bool, left time.Duration, released <-chan struct{}, holds bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	n := now.UnixNano()
+	sl := s.targets[w.t][w.slot]
+	if matchLen(p.Chain, sl.chain) == 0 || n-sl.at >= int64(s.ttl) {
+		return false, 0, nil, false
+	}
+	if !sl.busy && (sl.heldFor == 0 || sl.heldFor == w.ticket) {
+		return true, 0, nil, true
+	}
+	tm := s.timingLocked(w.t)
+	ahead := 0
+	for _, t := range sl.line {
+		if t == w.ticket {
+			break
+		}
+		ahead++
+	}
+	if sl.busy {
+		left = time.Duration(max(tm.warm+float64(sl.uncached)*tm.block()-float64(n-sl.at), 0))
+	}
+	return false, left + time.Duration(float64(ahead)*tm.warm), tm.released, true
+}
+
+// Waiting is how many requests wait for a warm slot (JoinWarm) now.
+func (s *Slots) Waiting() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	n := 0
+	for _, ss := range s.targets {
+		for _, sl := range ss {
+			n += len(sl.line)
+			if sl.heldFor != 0 {
+				n++
+			}
+		}
+	}
+	return n
+}
+
+// Leave takes w out of its slot's line, and gives the slot up if it was
+// kept for w (w took another, or gave up).
+func (s *Slots) Leave(w *Warm) {
+	if w == nil {
+		return
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	sl := &s.targets[w.t][w.slot]
+	sl.line = slices.DeleteFunc(sl.line, func(t uint64) bool { return t == w.ticket })
+	if sl.heldFor == w.ticket {
+		sl.heldFor = 0
+		s.handOnLocked(w.t, sl)
+	}
+}
+
+// handOnLocked keeps a free slot for the first request in its line, and
+// wakes the waiters of t.
+func (s *Slots) handOnLocked(t Target, sl *modelSlot) {
+	if !sl.busy && sl.heldFor == 0 && len(sl.line) > 0 {
+		sl.heldFor, sl.line = sl.line[0], sl.line[1:]
+	}
+	tm := s.timingLocked(t)
+	close(tm.released)
+	tm.released = make(chan struct{})
+}
+
+func matchLen(chain, held []uint64) int {
+	k := 0
+	for k < len(chain) && k < len(held) && chain[k] == held[k] {
+		k++
+	}
+	return k
+}
+
 // pickLocked is the free slot Ollama gives chain (-1: none free) and the
-// blocks it holds of it.
-func (s *Slots) pickLocked(ss []modelSlot, chain []uint64, now int64) (int, int) {
+// blocks it holds of it; a slot kept for a waiting request (Warm) is
+// free only to that request's ticket.
+func (s *Slots) pickLocked(ss []modelSlot, chain []uint64, now int64, ticket uint64) (int, int) {
 	best, n := -1, -1
 	for i := range ss {
-		if ss[i].busy {
+		if ss[i].busy || (ss[i].heldFor != 0 && ss[i].heldFor != ticket) {
 			continue
 		}
 		k := 0
@@ -157,4 +412,32 @@ func (s *Slots) countLocked(home uint64, now int64) {
 		}
 	}
 	s.pop[home] = popularity{v: s.pop[home].value(now) + 1, at: now}
+}
+
+// Held is the longest run of p's leading blocks that any slot of t holds,
+// busy or free.
+func (s *Slots) Held(t Target, p *Prompt, now time.Time) int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	best := 0
+	for _, sl := range s.targets[t] {
+		if now.UnixNano()-sl.at >= int64(s.ttl) {
+			continue
+		}
+		k := 0
+		for k < len(p.Chain) && k < len(sl.chain) && p.Chain[k] == sl.chain[k] {
+			k++
+		}
+		best = max(best, k)
+	}
+	return best
+}
+
+// Seen reports whether p's group (its first block) was asked through this
+// replica lately (its decayed count not yet forgotten).
+func (s *Slots) Seen(p *Prompt) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	_, ok := s.pop[p.Home()]
+	return ok
 }

@@ -96,3 +96,106 @@ func TestSlotsEvicts(t *testing.T) {
 		t.Fatalf("%d groups counted, bound %d", len(s.pop), maxPop)
 	}
 }
+
+// teach gives s's timing for t: warm requests held a slot 100 ms, and a
+// cold one of 10 blocks 100 ms more (10 ms a block).
+func teach(s *Slots, t Target, now time.Time) {
+	p := chain(9000, 10)
+	s.release(t, s.Take(t, 4, p, now), now.Add(300*time.Millisecond)) // cold, before any warm: not learnt
+	s.release(t, s.Take(t, 4, p, now), now.Add(100*time.Millisecond))
+	s.release(t, s.Take(t, 4, chain(9100, 10), now), now.Add(200*time.Millisecond))
+}
+
+// A prompt whose only slot is busy waits for it when the slot should be
+// back sooner than its blocks would take to evaluate; released, the slot is
+// kept for the first in its line: free to it, busy to everyone else.
+func TestSlotsWarmLine(t *testing.T) {
+	s := NewSlots(time.Hour, 1000)
+	a := Target{"a", "m"}
+	now := time.Now()
+	hot := chain(100, 20)
+	if _, ok := s.JoinWarm([]Target{a}, hot, now); ok {
+		t.Fatal("joined a line with nothing measured")
+	}
+	teach(s, a, now)
+	i := s.Take(a, 4, hot, now)
+	if _, ok := s.JoinWarm([]Target{a}, chain(500, 20), now); ok {
+		t.Fatal("joined a line for a slot holding none of the prompt")
+	}
+	// Back in about 100 ms + 20 blocks * 10 ms: no sooner than evaluating
+	// the prompt (200 ms). After 150 ms, it is.
+	if _, ok := s.JoinWarm([]Target{a}, hot, now); ok {
+		t.Fatal("joined a line for a slot not back in time")
+	}
+	later := now.Add(150 * time.Millisecond)
+	w1, ok := s.JoinWarm([]Target{a}, hot, later)
+	if !ok || w1.Wait != 200*time.Millisecond {
+		t.Fatalf("joined %t, wait %v; want true, 200ms", ok, w1.Wait)
+	}
+	if _, ok := s.JoinWarm([]Target{a}, hot, later); ok {
+		t.Fatal("a second joined the line: back in 150 ms, then 100 ms for the first")
+	}
+	later = now.Add(230 * time.Millisecond)
+	w2, ok := s.JoinWarm([]Target{a}, hot, later)
+	if !ok {
+		t.Fatal("the second in line did not join (back in 70 ms, then 100 ms for the first)")
+	}
+	if ready, left, rel, holds := s.Ready(w2, hot, later); ready || !holds || left != 170*time.Millisecond || rel == nil {
+		t.Fatalf("second in line: ready %t, holds %t, left %v", ready, holds, left)
+	}
+	if s.Waiting() != 2 {
+		t.Fatalf("waiting %d, want 2", s.Waiting())
+	}
+	_, _, rel, _ := s.Ready(w1, hot, later)
+	s.release(a, i, later)
+	select {
+	case <-rel:
+	default:
+		t.Fatal("release did not wake the line")
+	}
+	// Kept for w1: free to it, not to w2 nor to a newcomer.
+	if r1, _, _, _ := s.Ready(w1, hot, later); !r1 {
+		t.Fatal("w1 not ready after the release")
+	}
+	if r2, _, _, _ := s.Ready(w2, hot, later); r2 || s.Free(a, hot, later) != 0 || s.FreeFor(a, hot, later, w1) != 20 {
+		t.Fatal("the kept slot is free to others")
+	}
+	if k := s.TakeFor(a, 4, hot, later, w1); k != i {
+		t.Fatalf("w1 took slot %d, want its %d", k, i)
+	}
+	s.Leave(w1)
+	s.release(a, i, later)
+	// Now kept for w2; w2 gives up: free to all again.
+	if r2, _, _, _ := s.Ready(w2, hot, later); !r2 {
+		t.Fatal("w2 not ready after the second release")
+	}
+	s.Leave(w2)
+	if s.Free(a, hot, later) != 20 || s.Waiting() != 0 {
+		t.Fatalf("after w2 left: free %d, waiting %d", s.Free(a, hot, later), s.Waiting())
+	}
+}
+
+// A slot's worth is its group's requests over the slots holding the group:
+// a second copy of a popular prompt is cheaper to overwrite than the only
+// copy of a less popular one.
+func TestEvictsCountsCopies(t *testing.T) {
+	s := NewSlots(time.Hour, 1000)
+	a, b := Target{"a", "m"}, Target{"b", "m"}
+	now := time.Now()
+	hot, warm := chain(100, 5), chain(200, 5)
+	for range 3 {
+		s.Release(a, s.Take(a, 1, hot, now))
+	}
+	s.Release(b, s.Take(b, 1, warm, now))
+	s.Release(b, s.Take(b, 1, warm, now))
+	cold := chain(900, 5)
+	if ea, eb := s.Evicts(a, cold, now), s.Evicts(b, cold, now); ea <= eb {
+		t.Fatalf("one copy: the popular slot is worth %v, the other %v", ea, eb)
+	}
+	c := Target{"c", "m"}
+	s.Release(c, s.Take(c, 1, hot, now)) // a fourth request, a second copy
+	s.Release(b, s.Take(b, 1, warm, now))
+	if ea, eb := s.Evicts(a, cold, now), s.Evicts(b, cold, now); ea >= eb {
+		t.Fatalf("two copies of 4 requests: %v each, the single copy of 3: %v", ea, eb)
+	}
+}

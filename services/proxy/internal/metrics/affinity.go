@@ -14,6 +14,7 @@ type Affinity struct {
 	promptBytes *prometheus.CounterVec
 	shareMsgs   *prometheus.CounterVec
 	shareBytes  *prometheus.CounterVec
+	slotted     *prometheus.CounterVec
 
 	hits, misses, overrides atomic.Int64
 	prompt, cached          atomic.Int64
@@ -58,8 +59,12 @@ func (m *Metrics) NewAffinity(size func() int) *Affinity {
 			Name: "drover_affinity_share_bytes_total",
 			Help: "Bytes of messages on drover.affinity, by direction.",
 		}, []string{"direction"}),
+		slotted: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "drover_affinity_slotted_total",
+			Help: "Requests ranked with the slot model (one replica), by what the modelled slots held for them when granted: hit (a free slot of the chosen backend), elsewhere (another backend's free slot), busy (only busy slots), evicted (none; its group was asked before), new (none; a new group); wait: none, queue (for a slot in the fair queue) or warm (for the busy slot holding its prefix).",
+		}, []string{"reason", "wait"}),
 	}
-	m.Registry.MustRegister(a.picks, a.promptBytes, a.shareMsgs, a.shareBytes,
+	m.Registry.MustRegister(a.picks, a.promptBytes, a.shareMsgs, a.shareBytes, a.slotted,
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "drover_affinity_index_entries", Help: "Block hashes and sessions held in the affinity index."},
 			func() float64 { return float64(size()) }))
 	return a
@@ -80,6 +85,11 @@ func (a *Affinity) Pick(outcome string, promptBytes, cachedBytes int) {
 	a.cached.Add(int64(cachedBytes))
 	a.promptBytes.WithLabelValues("true").Add(float64(cachedBytes))
 	a.promptBytes.WithLabelValues("false").Add(float64(promptBytes - cachedBytes))
+}
+
+// Slotted records what the slot model held for one granted request.
+func (a *Affinity) Slotted(reason, wait string) {
+	a.slotted.WithLabelValues(reason, wait).Inc()
 }
 
 // Share records messages (or dropped hashes) on drover.affinity.

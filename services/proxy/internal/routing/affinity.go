@@ -81,7 +81,37 @@ type Affinity struct {
 	// bytes the chosen backend held. It is called outside the router's
 	// lock.
 	Outcome func(outcome string, promptBytes, cachedBytes int)
+	// Slotted, if set, is told for each request ranked with the slot
+	// model what the modelled slots held for it when it was granted
+	// (Slotted* reasons) and what it waited for (Wait*); outside the
+	// router's lock.
+	Slotted func(reason, wait string)
 }
+
+// What the slot model held for a granted request (Affinity.Slotted).
+const (
+	// SlottedHit: a free slot of the chosen backend holds part of it.
+	SlottedHit = "hit"
+	// SlottedElsewhere: not the chosen backend, but another candidate's
+	// free slot holds part of it (over the load bound, or no slot of it
+	// was this request's to take).
+	SlottedElsewhere = "elsewhere"
+	// SlottedBusy: only busy slots hold part of it (another request of
+	// its group, or its own conversation's previous turn, holds them).
+	SlottedBusy = "busy"
+	// SlottedEvicted: no slot holds any of it, though its group was asked
+	// before: overwritten.
+	SlottedEvicted = "evicted"
+	// SlottedNew: no slot holds any of it and its group is new.
+	SlottedNew = "new"
+)
+
+// What a request waited for before its grant (Affinity.Slotted).
+const (
+	WaitNone  = "none"
+	WaitQueue = "queue" // a slot, in the fair queue
+	WaitWarm  = "warm"  // the busy slot holding its prefix (warmWait)
+)
 
 // Pick outcomes, for metrics.
 const (
@@ -131,6 +161,13 @@ func (r *Router) AcquireFor(ctx context.Context, who Tenant, cands []Candidate, 
 	if slots != nil && a.Alone != nil && !a.Alone() {
 		slots = nil // the others' requests fill the slots too: the index knows more
 	}
+	var warm *affinity.Warm
+	if slots != nil && len(p.Chain) > 0 {
+		if warm = warmWait(ctx, slots, cands, p, now); warm != nil {
+			defer slots.Leave(warm)
+			now = time.Now()
+		}
+	}
 	matches := make([]affinity.Match, len(cands))
 	for i, c := range cands {
 		if c.Loaded {
@@ -142,7 +179,7 @@ func (r *Router) AcquireFor(ctx context.Context, who Tenant, cands []Candidate, 
 				// The model knows what the slots hold: where the session
 				// went last is no better a guess (a miss there may have
 				// overwritten it since).
-				matches[i].Blocks = slots.Free(t, p, now)
+				matches[i].Blocks = slots.FreeFor(t, p, now, warm)
 				matches[i].Session = 0
 				if matches[i].Blocks == 0 {
 					matches[i].Evicts = slots.Evicts(t, p, now)
@@ -155,6 +192,16 @@ func (r *Router) AcquireFor(ctx context.Context, who Tenant, cands []Candidate, 
 		return nil, err
 	}
 	t := affinity.Target{Backend: s.Backend, Model: s.Model}
+	if slots != nil && a.Slotted != nil && len(p.Chain) > 0 {
+		wait := WaitNone
+		switch {
+		case s.queued:
+			wait = WaitQueue
+		case warm != nil:
+			wait = WaitWarm
+		}
+		a.Slotted(slotted(slots, cands, t, p, time.Now(), warm), wait)
+	}
 	if a.Slots != nil {
 		n := 0
 		for _, c := range cands {
@@ -162,7 +209,7 @@ func (r *Router) AcquireFor(ctx context.Context, who Tenant, cands []Candidate, 
 				n = c.Cap
 			}
 		}
-		i := a.Slots.Take(t, n, p, time.Now())
+		i := a.Slots.TakeFor(t, n, p, time.Now(), warm)
 		s.done = func() { a.Slots.Release(t, i) }
 	}
 	if a.Refresh > 0 && a.Inserted != nil {
@@ -314,4 +361,67 @@ func lighter(x, y ranked) bool {
 		return x.total < y.total
 	}
 	return x.c.Weight > y.c.Weight
+}
+
+// slotted is what the slot model holds for p, about to be granted on t.
+func slotted(slots *affinity.Slots, cands []Candidate, t affinity.Target, p *affinity.Prompt, now time.Time, w *affinity.Warm) string {
+	if slots.FreeFor(t, p, now, w) > 0 {
+		return SlottedHit
+	}
+	busy := false
+	for _, c := range cands {
+		ct := affinity.Target{Backend: c.Backend, Model: c.Model}
+		if slots.Free(ct, p, now) > 0 {
+			return SlottedElsewhere
+		}
+		busy = busy || slots.Held(ct, p, now) > 0
+	}
+	switch {
+	case busy:
+		return SlottedBusy
+	case slots.Seen(p):
+		return SlottedEvicted
+	}
+	return SlottedNew
+}
+
+// warmWait holds back a prompt that no free slot holds any of while a busy
+// slot holding part of it should be released sooner than evaluating that
+// part elsewhere would take (Slots.JoinWarm), for at most that evaluation
+// time, and only while the slot is expected back before then: a
+// concurrent request of a popular group then reuses its group's slot
+// instead of evaluating the prompt cold and overwriting another group's.
+// Requests waiting for one slot get it in turn. The request is not in the
+// router's queue meanwhile (it holds no place there and takes no slot).
+// It returns the wait, for FreeFor, TakeFor and Leave (nil: no wait).
+func warmWait(ctx context.Context, slots *affinity.Slots, cands []Candidate, p *affinity.Prompt, now time.Time) *affinity.Warm {
+	var targets []affinity.Target
+	for _, c := range cands {
+		if c.Loaded {
+			targets = append(targets, affinity.Target{Backend: c.Backend, Model: c.Model})
+		}
+	}
+	w, ok := slots.JoinWarm(targets, p, now)
+	if !ok {
+		return nil
+	}
+	deadline := now.Add(w.Wait)
+	timer := time.NewTimer(w.Wait)
+	defer timer.Stop()
+	for {
+		ready, left, released, holds := slots.Ready(w, p, now)
+		if ready || !holds || now.Add(left).After(deadline) {
+			// Free for it; or overwritten, or not back in time: evaluate
+			// it now rather than later.
+			return w
+		}
+		select {
+		case <-released:
+		case <-timer.C:
+			return w
+		case <-ctx.Done():
+			return w
+		}
+		now = time.Now()
+	}
 }

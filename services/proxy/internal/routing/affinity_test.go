@@ -474,3 +474,47 @@ func TestColdPromptSparesPopularSlots(t *testing.T) {
 		t.Fatalf("the popular group's next turn went to %s", s.Backend)
 	}
 }
+
+// With the slot model, a request whose group's slot is busy, and due back
+// sooner than its prompt would take to evaluate, waits for that slot
+// instead of evaluating the prompt cold elsewhere (and overwriting another
+// group's slot); the slot is kept for it when released.
+func TestWarmWaitReusesBusySlot(t *testing.T) {
+	r, o := affineRouter(Prefix, 2, 0)
+	slots := affinity.NewSlots(time.Hour, 1000)
+	r.opts.Affinity.Slots = slots
+	var mu sync.Mutex
+	slotted := map[string]int{}
+	r.opts.Affinity.Slotted = func(reason, wait string) {
+		mu.Lock()
+		slotted[reason+"/"+wait]++
+		mu.Unlock()
+	}
+	a, b := cand("a", "m", 4, true, 1), cand("b", "m", 4, true, 1)
+	// Teach the model: a warm request is quick, a cold one slow (1 s).
+	x := chatPrompt(r, "Group X. "+sysA, 0, "")
+	mustAcquire(t, r, []Candidate{a}, x).Release()
+	mustAcquire(t, r, []Candidate{a}, x).Release()
+	s := mustAcquire(t, r, []Candidate{a}, chatPrompt(r, "Group Y. "+sysA, 0, ""))
+	time.Sleep(time.Second)
+	s.Release()
+	hot := chatPrompt(r, "Group H. "+sysA, 0, "")
+	mustAcquire(t, r, []Candidate{a}, hot).Release()
+	held := mustAcquire(t, r, []Candidate{a}, hot)
+
+	got := make(chan *Slot, 1)
+	go func() { got <- mustAcquire(t, r, []Candidate{a, b}, hot) }()
+	for deadline := time.Now().Add(10 * time.Second); slots.Waiting() == 0; time.Sleep(time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("the request never waited for the busy slot")
+		}
+	}
+	held.Release()
+	w := <-got
+	defer w.Release()
+	mu.Lock()
+	defer mu.Unlock()
+	if w.Backend != "a" || slotted["hit/warm"] != 1 {
+		t.Fatalf("went to %s; slot model outcomes %v, picks %v", w.Backend, slotted, o.n)
+	}
+}

@@ -54,6 +54,7 @@ func newAffinity(cfg *config.Config, m *metrics.Metrics, conn *nats.Conn, log *s
 		LoadBound:       ac.LoadBound,
 		LoadBoundTokens: ac.LoadBoundTokens,
 		Outcome:         p.metrics.Pick,
+		Slotted:         p.metrics.Slotted,
 		// Ollama's slots as this replica fills them, each holding a
 		// context of prompt (docs/routing.md).
 		Slots: affinity.NewSlots(ac.TTL, ac.TargetBlocks(1)),
