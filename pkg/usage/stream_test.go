@@ -2,6 +2,7 @@ package usage_test
 
 import (
 	"context"
+	"hash/fnv"
 	"strconv"
 	"strings"
 	"testing"
@@ -113,4 +114,25 @@ func TestEnsureStreamReplicasOnOneServer(t *testing.T) {
 		t.Fatalf("got %v, want an error naming nats.replicas", err)
 	}
 	t.Log(err)
+}
+
+// An event's partition is FNV-1a of its id modulo the partition count, as
+// it has been since the first release: a changed mapping would move events
+// between partitions across an upgrade.
+func TestPartitionIsFNV1a(t *testing.T) {
+	for _, id := range []string{"", "a", "01JEXAMPLE0000000000000000", usage.NewID(), usage.NewID(), strings.Repeat("é", 40)} {
+		h := fnv.New32a()
+		h.Write([]byte(id))
+		for _, n := range []int{2, 3, 8, 64} {
+			if got, want := usage.Partition(id, n), int(h.Sum32()%uint32(n)); got != want {
+				t.Errorf("Partition(%q, %d) = %d, want %d", id, n, got, want)
+			}
+		}
+		if got := usage.Partition(id, 1); got != 0 {
+			t.Errorf("Partition(%q, 1) = %d, want 0", id, got)
+		}
+	}
+	if n := testing.AllocsPerRun(100, func() { usage.Partition("01JEXAMPLE0000000000000000", 8) }); n != 0 {
+		t.Errorf("Partition allocates %v times", n)
+	}
 }

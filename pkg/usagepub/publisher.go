@@ -95,6 +95,8 @@ type Publisher struct {
 	// missing): events appended meanwhile count as spooled.
 	holding atomic.Bool
 
+	subjects []string // usage.v1.<p> for every partition p
+
 	inbox   string         // reply subjects of this publisher's batches: <inbox>.<batch id>...
 	replies chan *nats.Msg // JetStream's answers on them
 	sub     *nats.Subscription
@@ -165,6 +167,9 @@ func New(nc *nats.Conn, opts ...Option) (*Publisher, error) {
 		abort:      make(chan struct{}),
 		ownerDone:  make(chan struct{}),
 	}
+	for i := range max(o.partitions, 1) {
+		p.subjects = append(p.subjects, usage.PartitionSubject(i))
+	}
 	// Overflowing replies are dropped by the client (a slow consumer); the
 	// batch then times out and is sent again, nothing is lost.
 	if p.sub, err = nc.ChanSubscribe(p.inbox+".>", p.replies); err != nil {
@@ -200,7 +205,16 @@ func (p *Publisher) Record(ev usage.Event) {
 	if ev.Schema == "" {
 		ev.Schema = usage.SchemaVersion
 	}
-	rec := encodeRecord(make([]byte, 0, 512), &ev)
+	buf := recBufs.Get().(*[]byte)
+	rec := encodeRecord((*buf)[:0], &ev)
+	// The spool copies the record: once its commit is written the buffer
+	// serves the next event (no allocation per event).
+	defer func() {
+		if cap(rec) <= maxPooledRec {
+			*buf = rec
+			recBufs.Put(buf)
+		}
+	}()
 	// The read lock is held until the record is written, so that an event
 	// accepted before Close began is in the spool before Close drains it.
 	p.closeMu.RLock()
@@ -296,6 +310,12 @@ func (p *Publisher) append(recs [][]byte) {
 		p.log.Warn("usage events dropped: spool cannot take them", "events", lost, "err", err)
 	}
 }
+
+// recBufs holds the buffers events are encoded into; one larger than
+// maxPooledRec (an event with unusually long names) is left to the GC.
+var recBufs = sync.Pool{New: func() any { b := make([]byte, 0, 512); return &b }}
+
+const maxPooledRec = 4 << 10
 
 // encodeRecord appends ev's spool record to b: uvarint id length, id,
 // event.

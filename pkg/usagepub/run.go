@@ -191,7 +191,7 @@ func (p *Publisher) send(st *owner, b *batch) {
 	n := len(b.items)
 	for i, it := range b.items {
 		hdr[jetstream.MsgIDHeader][0] = it.id
-		msg.Subject = usage.Subject(it.id, p.o.partitions)
+		msg.Subject = p.subjects[usage.Partition(it.id, p.o.partitions)]
 		msg.Data = it.data
 		reply = append(append(append(reply[:0], p.inbox...), '.'), b.id...)
 		if st.perMsg {

@@ -111,8 +111,13 @@ func ms(d time.Duration) string {
 }
 
 // MinPublishingRatio: Drover's saturated req/s with usage publishing on ÷
-// with it off.
-const MinPublishingRatio = 0.95
+// with it off, everything on the same cores (issue 16 §1's target since
+// capture became crash-exact).
+const MinPublishingRatio = 0.97
+
+// MinPublishingCapacity: the proxy's own CPU per request off ÷ on, what a
+// replica loses when NATS runs elsewhere.
+const MinPublishingCapacity = 0.95
 
 // PublishingRatios compares drover+nats with drover for every closed-loop
 // mode: saturated throughput, with everything (the NATS server included)
@@ -129,7 +134,8 @@ func PublishingRatios(rows []suite.Row) []Ratio {
 		goal := fmt.Sprintf(">= %.2f", MinPublishingRatio)
 		off, ok := by[key{suite.Drover, r.Mode, r.Workload}]
 		out = append(out, throughput(r, off, ok, "drover", goal, MinPublishingRatio))
-		capacity, measured := cpuRatio(r, off, ok, "proxy capacity (CPU/request off ÷ on)", goal, MinPublishingRatio)
+		capacity, measured := cpuRatio(r, off, ok, "proxy capacity (CPU/request off ÷ on)",
+			fmt.Sprintf(">= %.2f", MinPublishingCapacity), MinPublishingCapacity)
 		if !measured {
 			continue
 		}
