@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"maps"
+	"math"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -20,8 +21,10 @@ import (
 //
 //	byte     version (1)
 //	uvarint  len(replica), replica
-//	byte     flags: 1 = token loads follow
+//	byte     flags: 1 = token loads follow, 2 = slot events follow
 //	[uvarint n, n × (uvarint len(backend), backend, uvarint tokens)]
+//	[uvarint n, n × (uvarint len(backend), backend, uvarint len(model), model,
+//	                 uvarint id, uvarint slots, uvarint k, k × 8-byte hashes)]
 //	repeated until the end:
 //	  uvarint len(backend), backend, uvarint len(model), model
 //	  uvarint n, n × 8-byte hashes
@@ -29,7 +32,9 @@ import (
 // A replica sends only what its index did not hold (or held for longer
 // than a refresh interval), and its estimated tokens in flight per backend
 // when they change (every Heartbeat while not zero; empty when it stops),
-// batched: at most one message per interval.
+// and, with SharerOptions.Slots, its grants' slot takes (k > 0: the
+// prompt's chain) and releases (k = 0), batched: at most one message per
+// interval.
 const wireVersion = 1
 
 // Wire bounds: what a message may claim before it is rejected.
@@ -39,7 +44,10 @@ const (
 	maxMessageSize = 512 << 10
 	maxWireLoads   = 4096
 	maxWireTokens  = 1 << 40
+	maxWireEvents  = 4096
+	maxWireSlots   = 1 << 16
 	flagLoads      = 1
+	flagSlots      = 2
 )
 
 // SharerOptions configure a Sharer.
@@ -65,6 +73,9 @@ type SharerOptions struct {
 	// replica's loads 3 heartbeats after its last message.
 	Loads     func() map[string]int64
 	Heartbeat time.Duration
+	// Slots, if set, receives the other replicas' slot events (Slots.Apply);
+	// this replica's go out through SlotEvent.
+	Slots func(replica string, events []SlotEvent)
 }
 
 // Sharer publishes this replica's index inserts and applies the others'.
@@ -72,9 +83,10 @@ type Sharer struct {
 	opts SharerOptions
 	sub  *nats.Subscription
 
-	mu      sync.Mutex // guards pending and count
+	mu      sync.Mutex // guards pending, count and events
 	pending map[Target][]uint64
 	count   int
+	events  []SlotEvent
 
 	kick    chan struct{} // buffered 1: something is pending
 	stop    chan struct{}
@@ -155,6 +167,27 @@ func (s *Sharer) Inserted(t Target, hashes []uint64) {
 	}
 }
 
+// SlotEvent queues one of this replica's slot takes or releases; it never
+// blocks. Beyond maxWireEvents pending it is dropped and counted.
+func (s *Sharer) SlotEvent(ev SlotEvent) {
+	s.mu.Lock()
+	ok := len(s.events) < maxWireEvents
+	if ok {
+		s.events = append(s.events, ev)
+	}
+	s.mu.Unlock()
+	if !ok {
+		if s.opts.Observe != nil {
+			s.opts.Observe("dropped", 1, 0)
+		}
+		return
+	}
+	select {
+	case s.kick <- struct{}{}:
+	default:
+	}
+}
+
 // Close sends what is pending and stops.
 func (s *Sharer) Close() {
 	close(s.stop)
@@ -202,6 +235,8 @@ func (s *Sharer) flush(final bool) bool {
 		pending = s.pending
 		s.pending, s.count = make(map[Target][]uint64, len(pending)), 0
 	}
+	events := s.events
+	s.events = nil
 	s.mu.Unlock()
 	var loads map[string]int64
 	if s.opts.Loads != nil {
@@ -217,10 +252,10 @@ func (s *Sharer) flush(final bool) bool {
 			loads, s.sentLoads, s.sentLoadsAt = cur, cur, now
 		}
 	}
-	if len(pending) == 0 && loads == nil {
+	if len(pending) == 0 && loads == nil && len(events) == 0 {
 		return false
 	}
-	for _, msg := range encode(s.opts.Replica, loads, pending) {
+	for _, msg := range encode(s.opts.Replica, loads, events, pending) {
 		if err := s.opts.Conn.Publish(config.SubjectAffinity, msg); err != nil {
 			s.warn("affinity inserts not shared", "err", err)
 			continue
@@ -232,9 +267,11 @@ func (s *Sharer) flush(final bool) bool {
 	return true
 }
 
-// encode packs loads (nil: none) and pending into messages of at most
-// maxMessageSize bytes; loads go in the first.
-func encode(replica string, loads map[string]int64, pending map[Target][]uint64) [][]byte {
+// encode packs loads (nil: none), slot events and pending into messages
+// of at most maxMessageSize bytes; loads go in the first, events in
+// messages of their own after it (at most 256 each: 140 KiB at 64 hashes).
+func encode(replica string, loads map[string]int64, events []SlotEvent, pending map[Target][]uint64) [][]byte {
+	events0 := events
 	head := binary.AppendUvarint([]byte{wireVersion}, uint64(len(replica)))
 	head = append(head, replica...)
 	head = append(head, 0) // flags
@@ -248,6 +285,31 @@ func encode(replica string, loads map[string]int64, pending map[Target][]uint64)
 			msg = append(msg, b...)
 			msg = binary.AppendUvarint(msg, uint64(max(n, 0)))
 		}
+	}
+	for len(events) > 0 {
+		if len(msg) > len(head) && msg[len(head)-1]&flagSlots != 0 {
+			out = append(out, msg)
+			msg = append([]byte(nil), head...)
+		}
+		n := min(len(events), 256)
+		msg[len(head)-1] |= flagSlots
+		msg = binary.AppendUvarint(msg, uint64(n))
+		for _, ev := range events[:n] {
+			msg = binary.AppendUvarint(msg, uint64(len(ev.T.Backend)))
+			msg = append(msg, ev.T.Backend...)
+			msg = binary.AppendUvarint(msg, uint64(len(ev.T.Model)))
+			msg = append(msg, ev.T.Model...)
+			msg = binary.AppendUvarint(msg, ev.ID)
+			msg = binary.AppendUvarint(msg, uint64(max(ev.Slots, 0)))
+			c := ev.Chain[:min(len(ev.Chain), 1024)]
+			msg = binary.AppendUvarint(msg, uint64(len(c)))
+			for _, h := range c {
+				msg = binary.LittleEndian.AppendUint64(msg, h)
+			}
+		}
+		events = events[n:]
+	}
+	if len(msg) > len(head) {
 		out = append(out, msg)
 		msg = append([]byte(nil), head...)
 	}
@@ -274,8 +336,9 @@ func encode(replica string, loads map[string]int64, pending map[Target][]uint64)
 	if len(msg) > len(head) {
 		out = append(out, msg)
 	}
-	if loads != nil && len(out) > 1 && len(out[0])+len(out[1])-len(head) <= maxMessageSize {
-		// The loads' message takes the first group of hashes along.
+	if (loads != nil || len(events0) > 0) && len(out) > 1 && out[1][len(head)-1] == 0 && len(out[0])+len(out[1])-len(head) <= maxMessageSize {
+		// The loads' and events' message takes the first group of hashes
+		// along (the hash groups come last in a message).
 		first := out[1][len(head):]
 		out[0] = append(out[0], first...)
 		out = append(out[:1], out[2:]...)
@@ -289,11 +352,14 @@ type group struct {
 	hashes []uint64
 }
 
-// decodeMessage reads a message; any inconsistency rejects all of it.
+// decodeWire reads a message; any inconsistency rejects all of it.
 // loads is nil when the message carries none.
-func decodeMessage(b []byte) (replica string, loads map[string]int64, groups []group, err error) {
+func decodeWire(b []byte) (replica string, loads map[string]int64, events []SlotEvent, groups []group, err error) {
+	fail := func(msg string) (string, map[string]int64, []SlotEvent, []group, error) {
+		return "", nil, nil, nil, errors.New(msg)
+	}
 	if len(b) == 0 || b[0] != wireVersion {
-		return "", nil, nil, errors.New("unknown version")
+		return fail("unknown version")
 	}
 	b = b[1:]
 	str := func() (string, error) {
@@ -306,44 +372,83 @@ func decodeMessage(b []byte) (replica string, loads map[string]int64, groups []g
 		return s, nil
 	}
 	if replica, err = str(); err != nil {
-		return "", nil, nil, err
+		return fail(err.Error())
 	}
-	if len(b) == 0 || b[0]&^flagLoads != 0 {
-		return "", nil, nil, errors.New("bad flags")
+	if len(b) == 0 || b[0]&^(flagLoads|flagSlots) != 0 {
+		return fail("bad flags")
 	}
 	flags := b[0]
 	b = b[1:]
 	if flags&flagLoads != 0 {
 		n, k := binary.Uvarint(b)
 		if k <= 0 || n > maxWireLoads {
-			return "", nil, nil, errors.New("bad load count")
+			return fail("bad load count")
 		}
 		b = b[k:]
 		loads = make(map[string]int64, n)
 		for range n {
 			backend, err := str()
 			if err != nil {
-				return "", nil, nil, err
+				return fail(err.Error())
 			}
 			v, k := binary.Uvarint(b)
 			if k <= 0 || v > maxWireTokens {
-				return "", nil, nil, errors.New("bad token load")
+				return fail("bad token load")
 			}
 			b = b[k:]
 			loads[backend] = int64(v)
 		}
 	}
+	uvarint := func(limit uint64) (uint64, bool) {
+		v, k := binary.Uvarint(b)
+		if k <= 0 || v > limit {
+			return 0, false
+		}
+		b = b[k:]
+		return v, true
+	}
+	if flags&flagSlots != 0 {
+		n, ok := uvarint(maxWireEvents)
+		if !ok {
+			return fail("bad slot event count")
+		}
+		events = make([]SlotEvent, 0, n)
+		for range n {
+			var ev SlotEvent
+			if ev.T.Backend, err = str(); err != nil {
+				return fail(err.Error())
+			}
+			if ev.T.Model, err = str(); err != nil {
+				return fail(err.Error())
+			}
+			id, ok1 := uvarint(math.MaxUint64)
+			slots, ok2 := uvarint(maxWireSlots)
+			k, ok3 := uvarint(maxWireHashes)
+			if !ok1 || !ok2 || !ok3 || uint64(len(b)) < 8*k {
+				return fail("bad slot event")
+			}
+			ev.ID, ev.Slots = id, int(slots)
+			if k > 0 {
+				ev.Chain = make([]uint64, k)
+				for i := range ev.Chain {
+					ev.Chain[i] = binary.LittleEndian.Uint64(b[8*i:])
+				}
+				b = b[8*k:]
+			}
+			events = append(events, ev)
+		}
+	}
 	for len(b) > 0 {
 		var g group
 		if g.t.Backend, err = str(); err != nil {
-			return "", nil, nil, err
+			return fail(err.Error())
 		}
 		if g.t.Model, err = str(); err != nil {
-			return "", nil, nil, err
+			return fail(err.Error())
 		}
 		n, k := binary.Uvarint(b)
 		if k <= 0 || n == 0 || n > maxWireHashes || uint64(len(b)-k) < n*8 {
-			return "", nil, nil, errors.New("bad hash count")
+			return fail("bad hash count")
 		}
 		b = b[k:]
 		g.hashes = make([]uint64, n)
@@ -353,12 +458,18 @@ func decodeMessage(b []byte) (replica string, loads map[string]int64, groups []g
 		b = b[8*n:]
 		groups = append(groups, g)
 	}
-	return replica, loads, groups, nil
+	return replica, loads, events, groups, nil
 }
 
 func (s *Sharer) receive(m *nats.Msg) {
-	replica, loads, groups, err := decodeMessage(m.Data)
+	replica, loads, events, groups, err := decodeWire(m.Data)
 	if err == nil && s.opts.Known != nil {
+		for _, ev := range events {
+			if !s.opts.Known(ev.T.Backend) {
+				err = fmt.Errorf("unknown backend %q", ev.T.Backend)
+				break
+			}
+		}
 		for _, g := range groups {
 			if !s.opts.Known(g.t.Backend) {
 				err = fmt.Errorf("unknown backend %q", g.t.Backend)
@@ -389,6 +500,9 @@ func (s *Sharer) receive(m *nats.Msg) {
 	}
 	if loads != nil {
 		s.setPeer(replica, loads, now)
+	}
+	if len(events) > 0 && s.opts.Slots != nil {
+		s.opts.Slots(replica, events)
 	}
 	if s.opts.Observe != nil {
 		s.opts.Observe("received", 1, len(m.Data))

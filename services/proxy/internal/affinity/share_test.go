@@ -63,14 +63,16 @@ type replica struct {
 	index  *Index
 	sharer *Sharer
 	counts *counts
+	slots  *Slots
 }
 
 func startReplica(t *testing.T, url, name string, interval time.Duration) *replica {
 	t.Helper()
-	r := &replica{index: NewIndex(1000, time.Hour), counts: newCounts()}
+	r := &replica{index: NewIndex(1000, time.Hour), counts: newCounts(), slots: NewSlots(time.Hour, 1000)}
 	var err error
 	r.sharer, err = NewSharer(SharerOptions{Conn: connect(t, url), Replica: name, Index: r.index, Interval: interval,
-		Known: func(b string) bool { return b == "a" || b == "b" }, Observe: r.counts.observe, Log: slog.New(slog.DiscardHandler)})
+		Known: func(b string) bool { return b == "a" || b == "b" }, Observe: r.counts.observe, Log: slog.New(slog.DiscardHandler),
+		Slots: func(replica string, events []SlotEvent) { r.slots.Apply(replica, events, time.Now()) }})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -131,8 +133,8 @@ func TestSharingRejects(t *testing.T) {
 	ns := natstest.Start(t)
 	r := startReplica(t, ns.URL(), "r1", 10*time.Millisecond)
 	nc := connect(t, ns.URL())
-	unknown := encode("evil", nil, map[Target][]uint64{{"elsewhere", "m"}: {1, 2, 3}})[0]
-	unknownLoad := encode("evil", map[string]int64{"elsewhere": 5}, nil)[0]
+	unknown := encode("evil", nil, nil, map[Target][]uint64{{"elsewhere", "m"}: {1, 2, 3}})[0]
+	unknownLoad := encode("evil", map[string]int64{"elsewhere": 5}, nil, nil)[0]
 	for _, msg := range [][]byte{unknown, unknownLoad, {9, 9, 9}, {wireVersion, 2, 'r', 'x', 0, 1, 'a', 1, 'm', 5, 1, 2}} {
 		if err := nc.Publish(config.SubjectAffinity, msg); err != nil {
 			t.Fatal(err)
@@ -171,22 +173,28 @@ func TestEncodeDecode(t *testing.T) {
 	}
 	in := map[Target][]uint64{{"a", "m"}: {1, 2}, {"b", "n:latest"}: big}
 	loads := map[string]int64{"a": 7, "b": 1 << 33}
-	msgs := encode("r", loads, in)
+	events := []SlotEvent{{T: Target{"a", "m"}, ID: 1 << 40, Slots: 4, Chain: []uint64{5, 6, 7}}, {T: Target{"b", "n:latest"}, ID: 3}}
+	for i := range 300 { // more than one message's worth
+		events = append(events, SlotEvent{T: Target{"a", "m"}, ID: uint64(i), Slots: 4, Chain: []uint64{uint64(i)}})
+	}
+	msgs := encode("r", loads, events, in)
 	if len(msgs) < 2 {
 		t.Fatalf("%d messages for more than the size bound", len(msgs))
 	}
 	got := map[Target][]uint64{}
+	var gotEvents []SlotEvent
 	for _, m := range msgs {
 		if len(m) > maxMessageSize {
 			t.Fatalf("a message of %d bytes", len(m))
 		}
-		rep, l, groups, err := decodeMessage(m)
+		rep, l, evs, groups, err := decodeWire(m)
 		if err != nil || rep != "r" {
 			t.Fatal(rep, err)
 		}
+		gotEvents = append(gotEvents, evs...)
 		if l != nil {
-			if fmt.Sprint(l) != fmt.Sprint(loads) || len(groups) == 0 {
-				t.Fatalf("loads %v and %d groups in the first message", l, len(groups))
+			if fmt.Sprint(l) != fmt.Sprint(loads) || len(groups)+len(evs) == 0 {
+				t.Fatalf("loads %v, %d groups and %d events in the first message", l, len(groups), len(evs))
 			}
 			loads = nil // only once
 		}
@@ -194,7 +202,7 @@ func TestEncodeDecode(t *testing.T) {
 			got[g.t] = append(got[g.t], g.hashes...)
 		}
 	}
-	if fmt.Sprint(got) != fmt.Sprint(in) || loads != nil {
+	if fmt.Sprint(got) != fmt.Sprint(in) || loads != nil || fmt.Sprint(gotEvents) != fmt.Sprint(events) {
 		t.Fatal("decoded differs from encoded")
 	}
 }
@@ -277,4 +285,22 @@ func TestSharingLoadsExpire(t *testing.T) {
 	if s.Tokens("a") != 2 {
 		t.Fatalf("after r1's expiry: %d", s.Tokens("a"))
 	}
+}
+
+// A replica's slot takes and releases reach the other's slot model over
+// real NATS: the other sees the slot holding the prompt busy, then free.
+func TestSharingSlots(t *testing.T) {
+	ns := natstest.Start(t)
+	r1 := startReplica(t, ns.URL(), "r1", 10*time.Millisecond)
+	r2 := startReplica(t, ns.URL(), "r2", 10*time.Millisecond)
+	a := Target{"a", "m"}
+	p := chain(100, 8)
+	r1.slots.Take(a, 4, p, time.Now())
+	r1.sharer.SlotEvent(SlotEvent{T: a, ID: 7, Slots: 4, Chain: p.Chain})
+	waitFor(t, "r2 to model r1's take", func() bool { return r2.slots.Held(a, p, time.Now()) == 8 })
+	if r2.slots.Free(a, p, time.Now()) != 0 {
+		t.Fatal("r1's busy slot is free in r2's model")
+	}
+	r1.sharer.SlotEvent(SlotEvent{T: a, ID: 7})
+	waitFor(t, "r2 to model r1's release", func() bool { return r2.slots.Free(a, p, time.Now()) == 8 })
 }

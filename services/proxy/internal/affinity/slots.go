@@ -29,6 +29,9 @@ type Slots struct {
 	// timing is, per (backend, model), how long its slots stay busy:
 	// what a warm prompt takes and what an uncached block adds.
 	timing map[Target]*slotTiming
+	// remote maps another replica's takes (SlotEvent.ID) to the slot
+	// this model put them in, until their release.
+	remote map[remoteKey]remoteTake
 	// pop is each home key's (a prompt's first block: its group's)
 	// requests through this replica, decayed with popHalfLife: what a
 	// slot's prompt is worth keeping.
@@ -55,6 +58,73 @@ func (p popularity) value(now int64) float64 {
 	return p.v * math.Exp2(-float64(now-p.at)/float64(popHalfLife))
 }
 
+type remoteKey struct {
+	replica string
+	id      uint64
+}
+
+type remoteTake struct {
+	t  Target
+	i  int
+	at int64
+}
+
+// maxRemote bounds Slots.remote: takes whose release was lost are
+// forgotten beyond it, the oldest first.
+const maxRemote = 4096
+
+// SlotEvent is a take or a release of a slot by another replica's grant,
+// shared so that every replica's model sees the whole fleet's requests
+// (Sharer; docs/routing.md).
+type SlotEvent struct {
+	T  Target
+	ID uint64 // the replica's own number for the take, repeated by its release
+	// Slots is T's slots (a take; 0 in a release); Chain the prompt's
+	// leading blocks, at most a slot's context (nil: a release).
+	Slots int
+	Chain []uint64
+}
+
+// Keep is the part of chain a slot keeps (at most its context), for a
+// SlotEvent.
+func (s *Slots) Keep(chain []uint64) []uint64 {
+	return chain[:min(len(chain), s.maxBlocks)]
+}
+
+// Apply models another replica's takes and releases, in its order.
+func (s *Slots) Apply(replica string, events []SlotEvent, now time.Time) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	n := now.UnixNano()
+	for _, ev := range events {
+		k := remoteKey{replica, ev.ID}
+		if ev.Chain == nil {
+			if rt, ok := s.remote[k]; ok {
+				delete(s.remote, k)
+				if ss := s.targets[rt.t]; rt.i < len(ss) && ss[rt.i].busy {
+					ss[rt.i].busy = false
+					s.handOnLocked(rt.t, &ss[rt.i])
+				}
+			}
+			continue
+		}
+		if len(s.remote) >= maxRemote {
+			var oldest remoteKey
+			first := true
+			for rk, rt := range s.remote {
+				if first || rt.at < s.remote[oldest].at {
+					oldest, first = rk, false
+				}
+			}
+			delete(s.remote, oldest)
+		}
+		if i := s.takeLocked(ev.T, ev.Slots, ev.Chain, n, nil); i >= 0 {
+			s.remote[k] = remoteTake{t: ev.T, i: i, at: n}
+			s.targets[ev.T][i].remote = true
+		}
+	}
+}
+
 // modelSlot is one slot: the chain of the last prompt it took.
 type modelSlot struct {
 	chain []uint64
@@ -67,6 +137,9 @@ type modelSlot struct {
 	// (JoinWarm), first first; heldFor the one it is kept for while free.
 	line    []uint64
 	heldFor uint64
+	// remote: the slot's request came through another replica (Apply),
+	// whose release is heard only with the sharing's delay.
+	remote bool
 }
 
 // slotTiming learns, from Take to Release, how long a request holds a
@@ -90,7 +163,7 @@ const timingWeight = 0.1
 // it was taken (the model's keep_alive), and at most maxBlocks leading
 // blocks of each prompt are kept (a slot's context).
 func NewSlots(ttl time.Duration, maxBlocks int) *Slots {
-	return &Slots{ttl: ttl, maxBlocks: max(maxBlocks, 1), targets: map[Target][]modelSlot{}, pop: map[uint64]popularity{}, timing: map[Target]*slotTiming{}}
+	return &Slots{ttl: ttl, maxBlocks: max(maxBlocks, 1), targets: map[Target][]modelSlot{}, pop: map[uint64]popularity{}, timing: map[Target]*slotTiming{}, remote: map[remoteKey]remoteTake{}}
 }
 
 // Free is the longest run of p's leading blocks that a free slot of t
@@ -159,7 +232,13 @@ func (s *Slots) Take(t Target, n int, p *Prompt, now time.Time) int {
 func (s *Slots) TakeFor(t Target, n int, p *Prompt, now time.Time, w *Warm) int {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	s.countLocked(p.Home(), now.UnixNano())
+	return s.takeLocked(t, n, p.Chain, now.UnixNano(), w)
+}
+
+func (s *Slots) takeLocked(t Target, n int, chain []uint64, now int64, w *Warm) int {
+	if len(chain) > 0 {
+		s.countLocked(chain[0], now)
+	}
 	ss := s.targets[t]
 	if len(ss) != n && n > 0 {
 		grown := make([]modelSlot, n)
@@ -167,13 +246,13 @@ func (s *Slots) TakeFor(t Target, n int, p *Prompt, now time.Time, w *Warm) int 
 		ss = grown
 		s.targets[t] = ss
 	}
-	i, held := s.pickLocked(ss, p.Chain, now.UnixNano(), w.id())
+	i, held := s.pickLocked(ss, chain, now, w.id())
 	if i < 0 {
 		return -1 // more requests than slots: Ollama queues it; model nothing
 	}
-	c := p.Chain[:min(len(p.Chain), s.maxBlocks)]
+	c := chain[:min(len(chain), s.maxBlocks)]
 	sl := &ss[i]
-	sl.chain, sl.busy, sl.at, sl.uncached = append(sl.chain[:0], c...), true, now.UnixNano(), len(p.Chain)-held
+	sl.chain, sl.busy, sl.at, sl.uncached, sl.remote = append(sl.chain[:0], c...), true, now, len(chain)-held, false
 	if sl.heldFor == w.id() {
 		sl.heldFor = 0
 	}
@@ -249,7 +328,8 @@ type Warm struct {
 // when a busy slot of one of them holds part of it, and should be
 // released (after the requests already in its line, each as long as a
 // warm request) sooner than evaluating that part would take (both as
-// learnt from this replica's grants), p joins that slot's line. ok is
+// learnt from this replica's grants), p joins that slot's line.
+// Only slots this replica's own requests hold are waited for. ok is
 // false when no such slot is known, or nothing was measured yet. The
 // caller must Leave.
 func (s *Slots) JoinWarm(targets []Target, p *Prompt, now time.Time) (w *Warm, ok bool) {

@@ -123,24 +123,24 @@ func TestSlotsWarmLine(t *testing.T) {
 		t.Fatal("joined a line for a slot holding none of the prompt")
 	}
 	// Back in about 100 ms + 20 blocks * 10 ms: no sooner than evaluating
-	// the prompt (200 ms). After 150 ms, it is.
-	if _, ok := s.JoinWarm([]Target{a}, hot, now); ok {
+	// the prompt takes (200 ms). After 220 ms, it is.
+	if _, ok := s.JoinWarm([]Target{a}, hot, now.Add(90*time.Millisecond)); ok {
 		t.Fatal("joined a line for a slot not back in time")
 	}
-	later := now.Add(150 * time.Millisecond)
+	later := now.Add(220 * time.Millisecond)
 	w1, ok := s.JoinWarm([]Target{a}, hot, later)
 	if !ok || w1.Wait != 200*time.Millisecond {
 		t.Fatalf("joined %t, wait %v; want true, 200ms", ok, w1.Wait)
 	}
-	if _, ok := s.JoinWarm([]Target{a}, hot, later); ok {
+	if _, ok := s.JoinWarm([]Target{a}, hot, now.Add(150*time.Millisecond)); ok {
 		t.Fatal("a second joined the line: back in 150 ms, then 100 ms for the first")
 	}
-	later = now.Add(230 * time.Millisecond)
+	later = now.Add(310 * time.Millisecond) // overdue: 100 ms for the first
 	w2, ok := s.JoinWarm([]Target{a}, hot, later)
 	if !ok {
-		t.Fatal("the second in line did not join (back in 70 ms, then 100 ms for the first)")
+		t.Fatal("the second in line did not join (overdue, then 100 ms for the first)")
 	}
-	if ready, left, rel, holds := s.Ready(w2, hot, later); ready || !holds || left != 170*time.Millisecond || rel == nil {
+	if ready, left, rel, holds := s.Ready(w2, hot, later); ready || !holds || left != 100*time.Millisecond || rel == nil {
 		t.Fatalf("second in line: ready %t, holds %t, left %v", ready, holds, left)
 	}
 	if s.Waiting() != 2 {
@@ -197,5 +197,26 @@ func TestEvictsCountsCopies(t *testing.T) {
 	s.Release(b, s.Take(b, 1, warm, now))
 	if ea, eb := s.Evicts(a, cold, now), s.Evicts(b, cold, now); ea >= eb {
 		t.Fatalf("two copies of 4 requests: %v each, the single copy of 3: %v", ea, eb)
+	}
+}
+
+// Another replica's takes fill this model's slots as Ollama would, and
+// their releases free them; a release never heard of does nothing.
+func TestSlotsApplyRemote(t *testing.T) {
+	s := NewSlots(time.Hour, 1000)
+	a := Target{"a", "m"}
+	now := time.Now()
+	hot, other := chain(100, 5), chain(200, 5)
+	s.Apply("r2", []SlotEvent{{T: a, ID: 1, Slots: 2, Chain: hot.Chain}, {T: a, ID: 2, Slots: 2, Chain: other.Chain}}, now)
+	if s.Free(a, hot, now) != 0 || s.Held(a, hot, now) != 5 {
+		t.Fatal("the other replica's busy slot is free here")
+	}
+	if k := s.Take(a, 2, chain(300, 5), now); k != -1 {
+		t.Fatalf("a third request took slot %d of two busy ones", k)
+	}
+	s.Apply("r3", []SlotEvent{{T: a, ID: 1}}, now) // another replica's number 1
+	s.Apply("r2", []SlotEvent{{T: a, ID: 1}}, now)
+	if s.Free(a, hot, now) != 5 || s.Free(a, other, now) != 0 {
+		t.Fatalf("after r2's release: hot %d, other %d", s.Free(a, hot, now), s.Free(a, other, now))
 	}
 }

@@ -6,6 +6,7 @@ import (
 	"maps"
 	"net/http"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/droverhq/drover/services/proxy/internal/affinity"
@@ -72,6 +73,11 @@ type Affinity struct {
 	// model rather than what the index remembers.
 	Slots *affinity.Slots
 	Alone func() bool
+	// SlotEvent, if set, shares this replica's takes and releases of the
+	// slot model with the other replicas (whose Slots apply them): the
+	// model then sees the fleet's requests and ranks even while other
+	// replicas are heard. It must not block.
+	SlotEvent func(affinity.SlotEvent)
 	// RemoteTokens, if set, is the other replicas' estimated tokens in
 	// flight on a backend (affinity.Sharer.Tokens); it must not block.
 	RemoteTokens func(backend string) int64
@@ -86,6 +92,8 @@ type Affinity struct {
 	// (Slotted* reasons) and what it waited for (Wait*); outside the
 	// router's lock.
 	Slotted func(reason, wait string)
+
+	slotSeq atomic.Uint64 // SlotEvent.ID of this replica's last take
 }
 
 // What the slot model held for a granted request (Affinity.Slotted).
@@ -158,8 +166,8 @@ func (r *Router) AcquireFor(ctx context.Context, who Tenant, cands []Candidate, 
 	}
 	now := time.Now()
 	slots := a.Slots
-	if slots != nil && a.Alone != nil && !a.Alone() {
-		slots = nil // the others' requests fill the slots too: the index knows more
+	if slots != nil && a.SlotEvent == nil && a.Alone != nil && !a.Alone() {
+		slots = nil // the others' requests fill the slots too, unheard: the index knows more
 	}
 	var warm *affinity.Warm
 	if slots != nil && len(p.Chain) > 0 {
@@ -210,7 +218,16 @@ func (r *Router) AcquireFor(ctx context.Context, who Tenant, cands []Candidate, 
 			}
 		}
 		i := a.Slots.TakeFor(t, n, p, time.Now(), warm)
-		s.done = func() { a.Slots.Release(t, i) }
+		if a.SlotEvent == nil {
+			s.done = func() { a.Slots.Release(t, i) }
+		} else {
+			id := a.slotSeq.Add(1)
+			a.SlotEvent(affinity.SlotEvent{T: t, ID: id, Slots: n, Chain: a.Slots.Keep(p.Chain)})
+			s.done = func() {
+				a.Slots.Release(t, i)
+				a.SlotEvent(affinity.SlotEvent{T: t, ID: id})
+			}
+		}
 	}
 	if a.Refresh > 0 && a.Inserted != nil {
 		if fresh := a.Index.Insert(t, p, time.Now(), a.Refresh, nil); len(fresh) > 0 {

@@ -4,6 +4,7 @@ import (
 	"cmp"
 	"log/slog"
 	"sync/atomic"
+	"time"
 
 	"github.com/nats-io/nats.go"
 
@@ -67,7 +68,8 @@ func newAffinity(cfg *config.Config, m *metrics.Metrics, conn *nats.Conn, log *s
 		known[b.Name] = true
 	}
 	p.sharer, err = affinity.NewSharer(affinity.SharerOptions{Conn: conn, Replica: cfg.Replica, Index: p.index, Interval: ac.ShareInterval,
-		Known: func(b string) bool { return known[b] }, Observe: p.metrics.Share, Log: log, Loads: p.tokenLoads})
+		Known: func(b string) bool { return known[b] }, Observe: p.metrics.Share, Log: log, Loads: p.tokenLoads,
+		Slots: func(replica string, events []affinity.SlotEvent) { ra.Slots.Apply(replica, events, time.Now()) }})
 	if err != nil {
 		log.Error("affinity index not shared: each replica learns alone", "err", err)
 		return p, ra
@@ -75,6 +77,9 @@ func newAffinity(cfg *config.Config, m *metrics.Metrics, conn *nats.Conn, log *s
 	ra.Inserted = p.sharer.Inserted
 	ra.RemoteTokens = p.sharer.Tokens
 	ra.Alone = p.sharer.Alone
+	// The replicas' slot models hear each other's grants: each sees the
+	// fleet's requests (docs/routing.md).
+	ra.SlotEvent = p.sharer.SlotEvent
 	// An entry used again is re-sent once the replicas last heard of it
 	// five intervals ago (250 ms by default): the others' copies neither
 	// age out nor, under the per-backend bound, get evicted before the
