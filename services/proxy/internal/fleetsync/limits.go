@@ -153,6 +153,8 @@ func (l *limits) checkTenants(c *count) error {
 			return fmt.Errorf("queue %q: negative count or weight", t.Key)
 		case math.IsNaN(t.Recent) || math.IsInf(t.Recent, 0) || t.Recent < 0:
 			return fmt.Errorf("queue %q: recent grants %v", t.Key, t.Recent)
+		case t.Oldest < 0 || (t.Oldest > 0 && t.Q == 0):
+			return fmt.Errorf("queue %q: oldest waiter at %d with %d waiting", t.Key, t.Oldest, t.Q)
 		}
 		seen[id] = true
 		t.Weight = min(max(t.Weight, 1), l.MaxWeight)

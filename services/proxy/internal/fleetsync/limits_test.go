@@ -84,6 +84,7 @@ func TestLimitsCheckQueues(t *testing.T) {
 	q := func(key, class string, w, n, waiting int) tenantCount {
 		return tenantCount{Key: key, Class: class, Weight: w, N: n, Q: waiting}
 	}
+	withOldest := func(t tenantCount, at int64) tenantCount { t.Oldest = at; return t }
 	entry := func(n int, ts ...tenantCount) count { return count{Backend: "a", Model: "m", N: n, D: n + 10, T: ts} }
 	cases := []struct {
 		name string
@@ -98,6 +99,9 @@ func TestLimitsCheckQueues(t *testing.T) {
 		{"a key id no key can have", []count{entry(1, q(strings.Repeat("k", 65), "batch", 1, 1, 0))}, "key id"},
 		{"negative waiting", []count{entry(1, q("a", "batch", 1, 1, -1))}, "negative"},
 		{"queues hold more than the pool", []count{entry(1, q("a", "batch", 1, 2, 0))}, "queues hold 2 in flight"},
+		{"an oldest waiter", []count{entry(1, withOldest(q("a", "batch", 1, 1, 2), 1796570183472))}, ""},
+		{"a negative oldest waiter", []count{entry(1, withOldest(q("a", "batch", 1, 1, 2), -5))}, "oldest waiter"},
+		{"an oldest waiter with nobody waiting", []count{entry(1, withOldest(q("a", "batch", 1, 1, 0), 1796570183472))}, "oldest waiter"},
 		{"too many queues over the message", []count{entry(1, q("a", "batch", 1, 0, 1), q("b", "batch", 1, 0, 1)), {Backend: "b", Model: "m", T: []tenantCount{q("c", "batch", 1, 0, 1), q("d", "batch", 1, 0, 1)}}}, "more than 3 queues"},
 	}
 	for _, c := range cases {

@@ -6,11 +6,12 @@
 //
 // Subjects and payloads (JSON):
 //
-//	drover.inflight          {"replica","seq","ttl_ms","counts":[{"backend","model","n","d","t":[{"k","c","w","n","q","r"}]}]}
+//	drover.inflight          {"replica","seq","ttl_ms","counts":[{"backend","model","n","d","t":[{"k","c","w","n","q","r","o"}]}]}
 //
 // n is in flight, d is demand (in flight plus requests waiting that could
 // use that backend and model); t splits them per queue: key id k, class c,
-// weight w, in flight n, waiting q, recent grants r (routing.TenantLoad),
+// weight w, in flight n, waiting q, recent grants r, the oldest waiter's
+// arrival o (Unix ms, absent when none waits) (routing.TenantLoad),
 // so that every replica plans the fleet's free slots alike (classes first,
 // then weights: docs/limits.md, the queue).
 //
@@ -99,9 +100,10 @@ type tenantCount struct {
 	Key    string  `json:"k"`
 	Class  string  `json:"c"`
 	Weight int     `json:"w"`
-	N      int     `json:"n"` // in flight
-	Q      int     `json:"q"` // waiting
-	Recent float64 `json:"r"` // recent grants (routing.TenantLoad.Recent)
+	N      int     `json:"n"`           // in flight
+	Q      int     `json:"q"`           // waiting
+	Recent float64 `json:"r"`           // recent grants (routing.TenantLoad.Recent)
+	Oldest int64   `json:"o,omitempty"` // the oldest waiter's arrival, Unix ms (routing.TenantLoad.Oldest)
 }
 
 type invalidateMsg struct {
@@ -210,17 +212,21 @@ func (s *Sync) InFlight(k routing.Key) int { return s.remote.Load().byKey[k] }
 // BackendInFlight is the other replicas' count on a backend (routing.Remote).
 func (s *Sync) BackendInFlight(b string) int { return s.remote.Load().byBackend[b] }
 
-// Share divides cap evenly among the live replicas, the remainder going to
-// the first by name, so that shares sum to cap (routing.Remote). A replica
-// alone has it all.
-func (s *Sync) Share(_ routing.Key, cap int) int {
+// Share divides cap evenly among the live replicas, so that shares sum to
+// cap (routing.Remote); the remainder goes to the replicas from an offset
+// that depends on the backend and model, so that where caps do not divide
+// evenly (cap 2 over three replicas) each replica has a share of some
+// backend rather than the first by name of every one. A replica alone has
+// it all.
+func (s *Sync) Share(k routing.Key, cap int) int {
 	snap := s.remote.Load()
-	return share(cap, snap.replicas, snap.rank)
+	return share(k, cap, snap.replicas, snap.rank)
 }
 
-// ShareOf is the share of cap of the replica ranked rank (routing.Remote).
-func (s *Sync) ShareOf(rank, cap int) int {
-	return share(cap, s.remote.Load().replicas, rank)
+// ShareOf is the share of k's cap of the replica ranked rank
+// (routing.Remote).
+func (s *Sync) ShareOf(k routing.Key, rank, cap int) int {
+	return share(k, cap, s.remote.Load().replicas, rank)
 }
 
 // Changed signals that local counts changed; it never blocks (it is called
@@ -360,7 +366,7 @@ func tenantCounts(ts []routing.TenantLoad, budget int) ([]tenantCount, int) {
 	}
 	out := make([]tenantCount, 0, len(ts))
 	for _, t := range ts {
-		out = append(out, tenantCount{Key: t.ID, Class: t.Class, Weight: t.Weight, N: t.InFlight, Q: t.Waiting, Recent: t.Recent})
+		out = append(out, tenantCount{Key: t.ID, Class: t.Class, Weight: t.Weight, N: t.InFlight, Q: t.Waiting, Recent: t.Recent, Oldest: t.Oldest})
 	}
 	return out, budget - len(out)
 }
@@ -517,7 +523,7 @@ func (s *Sync) rebuildLocked() {
 			snap.byBackend[c.Backend] += c.N
 			p := routing.PeerLoad{Rank: rank, InFlight: c.N, Demand: c.D, Tenants: make([]routing.TenantLoad, 0, len(c.T))}
 			for _, t := range c.T {
-				p.Tenants = append(p.Tenants, routing.TenantLoad{ID: t.Key, Class: t.Class, Weight: t.Weight, InFlight: t.N, Waiting: t.Q, Recent: t.Recent})
+				p.Tenants = append(p.Tenants, routing.TenantLoad{ID: t.Key, Class: t.Class, Weight: t.Weight, InFlight: t.N, Waiting: t.Q, Recent: t.Recent, Oldest: t.Oldest})
 			}
 			snap.peers[k] = append(snap.peers[k], p)
 		}
@@ -533,12 +539,27 @@ func (s *Sync) Peers(k routing.Key) []routing.PeerLoad { return s.remote.Load().
 // (routing.Remote).
 func (s *Sync) Rank() int { return s.remote.Load().rank }
 
-func share(cap, replicas, rank int) int {
+func share(k routing.Key, cap, replicas, rank int) int {
 	n := cap / replicas
-	if rank < cap%replicas {
+	if (rank+shareOffset(k, replicas))%replicas < cap%replicas {
 		n++
 	}
 	return n
+}
+
+// shareOffset is where k's remainder starts among the ranks: an FNV-1a hash
+// of the backend and model, the same on every replica.
+func shareOffset(k routing.Key, replicas int) int {
+	if replicas <= 1 {
+		return 0
+	}
+	h := uint32(2166136261)
+	for _, s := range [...]string{k.Backend, "\x00", k.Model} {
+		for i := 0; i < len(s); i++ {
+			h = (h ^ uint32(s[i])) * 16777619
+		}
+	}
+	return int(h % uint32(replicas))
 }
 
 // Status is reported by /health.

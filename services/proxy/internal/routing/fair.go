@@ -21,8 +21,11 @@ type load struct {
 	weight int
 	n, w   int // in flight, waiting
 	shared int // waiting as the other replicas last heard it (peers: w)
-	given  int // slots the plan gives it
-	recent float64
+	// oldest and sharedOldest are when the queue's oldest waiter here
+	// arrived (Unix ms; 0: none or unknown), now and as last published.
+	oldest, sharedOldest int64
+	given                int // slots the plan gives it
+	recent               float64
 }
 
 // plan is who may take the free slots of one (backend, model), computed
@@ -56,6 +59,13 @@ func (p plan) othersFor(q queueID) int {
 	return p.base
 }
 
+// queue is one queue's fleet-wide load in a plan.
+type queue struct {
+	weight, alloc, demand int
+	recent                float64 // recent grants, plus those given in this pass
+	at                    []int   // indexes into loads
+}
+
 // planLocked divides the free slots of k among the queues of the fleet:
 //
 //  1. Only the highest class with a waiter anywhere takes free slots;
@@ -67,16 +77,19 @@ func (p plan) othersFor(q queueID) int {
 //     grants and backends, and weights finer than one backend's cap still
 //     hold); ties go to the queue holding fewer slots per weight, then by
 //     key id.
-//  3. A queue's slot goes first to a replica still within its even share
-//     of the cap (so that no replica has to borrow while another has
-//     room), then to the one where most of the queue waits (then the
-//     lower rank), so one key's replicas take turns. When the
-//     queue waits on other replicas too, this replica counts its own
-//     waiters and holdings as the others last heard them where that is
-//     less in its favour: two replicas then never both take the same slot
-//     for one key (each would have to beat the other's published figures
-//     with figures no better than its own published ones), at the price
-//     of a slot left until the next message when both are cautious.
+//  3. A queue's slot goes to the replica where the queue's oldest waiter
+//     arrived first (first come, first served for one key across
+//     replicas), among the replicas that would find room for it by their
+//     own check (within their even share of the cap, or the others' share
+//     floors leave room: a slot given to a replica the floor blocks would
+//     stay free); then to the one where most of the queue waits, then the
+//     lower rank. When the queue waits on other replicas too, this
+//     replica counts its own waiters, holdings and oldest arrival as the
+//     others last heard them where that is less in its favour: two
+//     replicas then never both take the same slot for one key (each would
+//     have to beat the other's published figures with figures no better
+//     than its own published ones), at the price of a slot left until the
+//     next message when both are cautious.
 //
 // Every replica runs the same plan on the same shared loads, so replicas
 // agree on who goes next up to the age of the loads they hear (see
@@ -99,7 +112,7 @@ func (r *Router) planLocked(k Key, cap int, now time.Time) plan {
 		free -= r.keptLocked(k, now) // batch leaves them
 	}
 	if top < 0 || free <= 0 {
-		p.base = r.reservedLocked(loads, cap, top, nil)
+		p.base = r.reservedLocked(k, loads, cap, top, nil)
 		return p
 	}
 	// What each replica holds (and is given below), for the even-share
@@ -111,12 +124,6 @@ func (r *Router) planLocked(k Key, cap int, now time.Time) plan {
 	}
 	for _, l := range r.published[k] {
 		sharedHeld += l.n
-	}
-	shareOf := func(rank int) int { return r.shareOfLocked(rank, cap) }
-	type queue struct {
-		weight, alloc, demand int
-		recent                float64 // recent grants, plus those given in this pass
-		at                    []int   // indexes into loads
 	}
 	queues := map[queueID]*queue{}
 	var order []queueID
@@ -170,12 +177,32 @@ func (r *Router) planLocked(k Key, cap int, now time.Time) plan {
 			}
 			return l.w - l.given
 		}
-		within := func(l *load) bool {
+		// oldest is when the replica's oldest waiter of the queue arrived,
+		// this replica's as the others heard it where that is later; 0
+		// when unknown (a waiter already given a slot in this pass leaves
+		// the next one's arrival unknown).
+		oldest := func(l *load) int64 {
+			switch {
+			case l.given > 0:
+				return 0
+			case l.local && elsewhere:
+				return max(l.oldest, l.sharedOldest)
+			}
+			return l.oldest
+		}
+		// fits is whether the replica would find room for the slot by its
+		// own check (the share floor of reservedLocked, as it computes it
+		// for this queue): a replica beyond its share is blocked while a
+		// peer within its share has demand, and a slot given to it would
+		// stay free until the next message. A replica within its share
+		// fits unless a peer borrowed beyond its own.
+		ahead := goesBefore(start, best)
+		fits := func(l *load) bool {
 			held := byRank[l.rank]
 			if l.local && elsewhere {
 				held = max(held, sharedHeld)
 			}
-			return held < shareOf(l.rank)
+			return held+r.reservedFor(k, loads, l.rank, cap, top, ahead) < cap
 		}
 		at := -1
 		for _, i := range bq.at {
@@ -188,8 +215,14 @@ func (r *Router) planLocked(k Key, cap int, now time.Time) plan {
 				continue
 			}
 			a := &loads[at]
-			if wl, wa := within(l), within(a); wl != wa {
-				if wl {
+			if fl, fa := fits(l), fits(a); fl != fa {
+				if fl {
+					at = i
+				}
+				continue
+			}
+			if ol, oa := oldest(l), oldest(a); ol != 0 && oa != 0 && ol != oa {
+				if ol < oa {
 					at = i
 				}
 				continue
@@ -216,22 +249,33 @@ func (r *Router) planLocked(k Key, cap int, now time.Time) plan {
 			p.room = true
 		}
 	}
-	p.base = r.reservedLocked(loads, cap, top, nil)
+	p.base = r.reservedLocked(k, loads, cap, top, nil)
 	for _, l := range loads {
 		if !l.local || p.target[l.q] <= l.n {
 			continue // only a queue given a slot here may take one
 		}
-		id := l.q
-		lq := start[id]
 		if p.others == nil {
 			p.others = map[queueID]int{}
 		}
-		p.others[id] = r.reservedLocked(loads, cap, top, func(o queueID) bool {
-			oq := start[o]
-			return o == id || before(o, oq.alloc, oq.weight, oq.recent, id, lq.alloc, lq.weight, lq.recent)
-		})
+		p.others[l.q] = r.reservedLocked(k, loads, cap, top, goesBefore(start, l.q))
 	}
 	return p
+}
+
+// goesBefore reports the queues the plan serves before id, in the order
+// before the pass (start): their demand on the other replicas counts toward
+// the share floor id sees (reservedLocked). id's own demand elsewhere does
+// not: which replica takes id's slot is the plan's choice, made alike on
+// every replica (oldest waiter first, the caution rule for this replica's
+// own figures), and a floor for it as well would leave the slot free when
+// a zero-share replica has borrowed (two replicas with id waiting would each
+// count the other's share, and neither take it).
+func goesBefore(start map[queueID]queue, id queueID) func(queueID) bool {
+	lq := start[id]
+	return func(o queueID) bool {
+		oq := start[o]
+		return o != id && before(o, oq.alloc, oq.weight, oq.recent, id, lq.alloc, lq.weight, lq.recent)
+	}
 }
 
 // reservedLocked is what the other replicas hold of a cap or are due by
@@ -247,11 +291,17 @@ func (r *Router) planLocked(k Key, cap int, now time.Time) plan {
 // included), so that a light key waiting on one replica is not held back
 // by a heavier key's demand on the others (docs/limits.md, the queue).
 // Their in-flight always counts.
-func (r *Router) reservedLocked(loads []load, cap, top int, ahead func(queueID) bool) int {
+func (r *Router) reservedLocked(k Key, loads []load, cap, top int, ahead func(queueID) bool) int {
+	return r.reservedFor(k, loads, r.rankLocked(), cap, top, ahead)
+}
+
+// reservedFor is reservedLocked as the replica ranked viewer computes it,
+// from this replica's view of the loads.
+func (r *Router) reservedFor(k Key, loads []load, viewer, cap, top int, ahead func(queueID) bool) int {
 	type peer struct{ held, demand int }
 	peers := map[int]*peer{}
 	for _, l := range loads {
-		if l.local {
+		if l.rank == viewer {
 			continue
 		}
 		p := peers[l.rank]
@@ -270,11 +320,11 @@ func (r *Router) reservedLocked(loads []load, cap, top int, ahead func(queueID) 
 	// them would leave it no slot while they stay busy, so its waiters
 	// would starve until max_wait. It counts what the others hold and are
 	// given, and borrows (one slot per borrow gap) as before the plan.
-	floor := r.remote == nil || r.shareOfLocked(r.remote.Rank(), cap) > 0
+	floor := r.remote == nil || r.shareOfLocked(k, viewer, cap) > 0
 	total := 0
 	for rank, p := range peers {
 		if floor {
-			total += max(p.held, min(p.demand, r.shareOfLocked(rank, cap)))
+			total += max(p.held, min(p.demand, r.shareOfLocked(k, rank, cap)))
 		} else {
 			total += p.held
 		}
@@ -282,11 +332,19 @@ func (r *Router) reservedLocked(loads []load, cap, top int, ahead func(queueID) 
 	return total
 }
 
-func (r *Router) shareOfLocked(rank, cap int) int {
+// rankLocked is this replica's rank (0 alone).
+func (r *Router) rankLocked() int {
+	if r.remote == nil {
+		return 0
+	}
+	return r.remote.Rank()
+}
+
+func (r *Router) shareOfLocked(k Key, rank, cap int) int {
 	if r.remote == nil {
 		return cap
 	}
-	return r.remote.ShareOf(rank, cap)
+	return r.remote.ShareOf(k, rank, cap)
 }
 
 // before orders queues for the next slot: fewer recent grants per
@@ -312,7 +370,7 @@ func (r *Router) loadsLocked(k Key, now time.Time) []load {
 			n, w := p.InFlight, p.Demand-p.InFlight
 			for _, t := range p.Tenants {
 				out = append(out, load{rank: p.Rank, q: queueID{id: t.ID, class: classIndex(t.Class)}, weight: max(t.Weight, 1),
-					n: t.InFlight, w: t.Waiting, shared: t.Waiting, recent: t.Recent})
+					n: t.InFlight, w: t.Waiting, shared: t.Waiting, recent: t.Recent, oldest: t.Oldest})
 				n -= t.InFlight
 				w -= t.Waiting
 			}
@@ -321,9 +379,39 @@ func (r *Router) loadsLocked(k Key, now time.Time) []load {
 			}
 		}
 	}
+	var oldest map[poolID]int64
+	if len(out) > 0 { // only a plan with peers orders replicas
+		oldest = r.oldestLocked(&k)
+	}
 	for q, l := range r.pools[k] {
 		pub := r.published[k][q]
-		out = append(out, load{rank: rank, local: true, q: q, weight: l.weight, n: l.n, w: l.w, shared: pub.w, recent: r.recentLocked(q, now)})
+		out = append(out, load{rank: rank, local: true, q: q, weight: l.weight, n: l.n, w: l.w, shared: pub.w, recent: r.recentLocked(q, now),
+			oldest: oldest[poolID{k, q}], sharedOldest: pub.oldest})
+	}
+	return out
+}
+
+// poolID is one queue on one (backend, model).
+type poolID struct {
+	k Key
+	q queueID
+}
+
+// oldestLocked is when each queue's oldest waiter that could use a pool
+// arrived, in Unix milliseconds, for every pool or (only not nil) one key's.
+func (r *Router) oldestLocked(only *Key) map[poolID]int64 {
+	out := map[poolID]int64{}
+	for e := r.waiters.Front(); e != nil; e = e.Next() {
+		w := e.Value.(*waiter)
+		for _, c := range w.cands {
+			if only != nil && c.Key != *only {
+				continue
+			}
+			id := poolID{c.Key, w.q}
+			if _, ok := out[id]; !ok {
+				out[id] = max(w.at.UnixMilli(), 1)
+			}
+		}
 	}
 	return out
 }

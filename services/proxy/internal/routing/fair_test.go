@@ -318,7 +318,7 @@ func (p peersRemote) BackendInFlight(string) int { return 0 }
 func (p peersRemote) Peers(k Key) []PeerLoad     { return p.peers[k] }
 func (p peersRemote) Rank() int                  { return 0 }
 func (p peersRemote) Share(_ Key, cap int) int   { return cap }
-func (p peersRemote) ShareOf(rank, cap int) int {
+func (p peersRemote) ShareOf(_ Key, rank, cap int) int {
 	if rank == 0 {
 		return cap // this replica: no borrowing in these cases
 	}
@@ -429,14 +429,24 @@ func BenchmarkReleaseToWaiter(b *testing.B) {
 type thirdOfThree struct{ peersRemote }
 
 func (thirdOfThree) Rank() int { return 2 }
-func (thirdOfThree) ShareOf(rank, cap int) int {
+func (thirdOfThree) ShareOf(_ Key, rank, cap int) int {
 	n := cap / 3
 	if rank < cap%3 {
 		n++
 	}
 	return n
 }
-func (t thirdOfThree) Share(_ Key, cap int) int { return t.ShareOf(2, cap) }
+func (t thirdOfThree) Share(k Key, cap int) int { return t.ShareOf(k, 2, cap) }
+
+// firstOfThree is the first replica of three, with the shares of
+// thirdOfThree (cap 2: one slot each for ranks 0 and 1).
+type firstOfThree struct{ peersRemote }
+
+func (firstOfThree) Rank() int { return 0 }
+func (firstOfThree) ShareOf(k Key, rank, cap int) int {
+	return thirdOfThree{}.ShareOf(k, rank, cap)
+}
+func (t firstOfThree) Share(k Key, cap int) int { return t.ShareOf(k, 0, cap) }
 
 // A replica whose share of a cap is zero (cap 2, three replicas) gets the
 // slot the plan gives its key even while the others are busy: reserving
@@ -459,6 +469,67 @@ func TestZeroShareReplicaIsNotStarved(t *testing.T) {
 		t.Fatalf("key a never got its turn on the replica without a share: %v", err)
 	}
 	s.Release()
+}
+
+// One key's requests are served first come, first served across replicas:
+// a free slot goes to the replica where the key's oldest waiter arrived
+// first (docs/limits.md, the queue). A replica without a share of a small
+// cap (cap 2 over three replicas) still gets its turn by arrival.
+func TestFleetFIFOWithinKey(t *testing.T) {
+	k := Key{"a", "m"}
+	c := []Candidate{cand("a", "m", 2, true, 1)}
+	for _, tt := range []struct {
+		name   string
+		remote func([]PeerLoad) Remote
+		peerAt time.Duration // the peer's oldest waiter, relative to ours
+		want   bool          // this replica takes the free slot
+	}{
+		{"the peer's waiter is older", func(p []PeerLoad) Remote { return firstOfThree{peersRemote{peers: map[Key][]PeerLoad{k: p}}} }, -time.Second, false},
+		{"this replica's waiter is older", func(p []PeerLoad) Remote { return firstOfThree{peersRemote{peers: map[Key][]PeerLoad{k: p}}} }, time.Second, true},
+		{"this replica has no share and the older waiter", func(p []PeerLoad) Remote { return thirdOfThree{peersRemote{peers: map[Key][]PeerLoad{k: p}}} }, time.Second, true},
+		{"this replica has no share, the peer the older waiter", func(p []PeerLoad) Remote { return thirdOfThree{peersRemote{peers: map[Key][]PeerLoad{k: p}}} }, -time.Second, false},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			now := time.Now()
+			// One slot of two held elsewhere; key b waits here and on rank 1.
+			peers := []PeerLoad{
+				{Rank: 0, InFlight: 1, Demand: 1, Tenants: []TenantLoad{{ID: "b", Class: apikey.ClassInteractive, Weight: 1, InFlight: 1}}},
+				{Rank: 1, Demand: 1, Tenants: []TenantLoad{{ID: "b", Class: apikey.ClassInteractive, Weight: 1, Waiting: 1, Oldest: now.Add(tt.peerAt).UnixMilli()}}},
+			}
+			if _, ok := tt.remote(nil).(firstOfThree); ok {
+				peers[0].Rank = 2 // this replica is rank 0
+			}
+			r := New(Options{MaxQueue: 10, MaxWait: time.Minute}, tt.remote(peers))
+			ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
+			defer cancel()
+			got := make(chan error, 1)
+			go func() {
+				s, err := r.Acquire(ctx, Tenant{ID: "b", Weight: 1}, c)
+				if err == nil {
+					s.Release()
+				}
+				got <- err
+			}()
+			for r.QueueLen() == 0 {
+				select {
+				case err := <-got:
+					t.Fatalf("granted before it queued (%v): the peer's waiter is never considered", err)
+				case <-time.After(time.Millisecond):
+				}
+			}
+			r.Loads() // the others hear of this replica's waiter; grants run
+			err := <-got
+			if tt.want && err != nil {
+				t.Fatalf("the older waiter here never got the slot: %v", err)
+			}
+			if !tt.want && err == nil {
+				t.Fatal("a younger waiter here took the slot the peer's older waiter is due")
+			}
+			if r.QueueLen() != 0 {
+				t.Fatalf("%d still queued", r.QueueLen())
+			}
+		})
+	}
 }
 
 // Batch leaves the headroom free while interactive requests are about

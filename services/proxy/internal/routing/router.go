@@ -78,8 +78,8 @@ type Remote interface {
 	Peers(k Key) []PeerLoad
 	// Rank is this replica's place among the live replicas, by name.
 	Rank() int
-	// ShareOf is the share of cap of the replica ranked rank.
-	ShareOf(rank, cap int) int
+	// ShareOf is the share of k's cap of the replica ranked rank.
+	ShareOf(k Key, rank, cap int) int
 	// Share is how many of cap slots this replica may use on its own.
 	Share(k Key, cap int) int
 }
@@ -150,10 +150,12 @@ type Router struct {
 // poolLoad is one queue's local load on one (backend, model).
 type poolLoad struct {
 	weight int
-	n, w   int // in flight, waiting
+	n, w   int   // in flight, waiting
+	oldest int64 // in published: TenantLoad.Oldest as handed out
 }
 
 type waiter struct {
+	at    time.Time // arrival, for first come, first served across replicas
 	who   Tenant
 	q     queueID
 	cands []Candidate
@@ -217,7 +219,7 @@ func (r *Router) acquire(ctx context.Context, who Tenant, cands []Candidate, aff
 	}
 	who = who.normal()
 	start := time.Now()
-	w := &waiter{who: who, q: who.queue(), cands: cands, aff: aff}
+	w := &waiter{at: start, who: who, q: who.queue(), cands: cands, aff: aff}
 	if p != nil {
 		w.tokens, w.home = p.Tokens, p.Home()
 	}
@@ -612,15 +614,18 @@ func (r *Router) Loads() map[Key]Load {
 	defer r.mu.Unlock()
 	out := make(map[Key]Load, len(r.pools))
 	clear(r.published)
+	oldest := r.oldestLocked(nil)
 	for k, queues := range r.pools {
 		var l Load
 		r.published[k] = make(map[queueID]poolLoad, len(queues))
 		for q, pl := range queues {
-			r.published[k][q] = *pl
+			pub := *pl
+			pub.oldest = oldest[poolID{k, q}]
+			r.published[k][q] = pub
 			l.InFlight += pl.n
 			l.Demand += pl.n + pl.w
 			l.Tenants = append(l.Tenants, TenantLoad{ID: q.id, Class: className(q.class), Weight: pl.weight,
-				InFlight: pl.n, Waiting: pl.w, Recent: r.recentLocked(q, now)})
+				InFlight: pl.n, Waiting: pl.w, Recent: r.recentLocked(q, now), Oldest: pub.oldest})
 		}
 		out[k] = l
 	}

@@ -254,7 +254,7 @@ func (f fakeRemote) Peers(k Key) []PeerLoad {
 	}
 	return []PeerLoad{{Rank: 1, InFlight: f.held[k], Demand: f.held[k]}}
 }
-func (f fakeRemote) ShareOf(rank, cap int) int {
+func (f fakeRemote) ShareOf(_ Key, rank, cap int) int {
 	if rank == 0 {
 		return f.Share(Key{}, cap)
 	}

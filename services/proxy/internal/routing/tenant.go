@@ -92,6 +92,12 @@ type TenantLoad struct {
 	// moving count, half-life RecentHalfLife); it breaks ties between
 	// queues that hold equal weighted shares, so that ties rotate.
 	Recent float64
+	// Oldest is when the queue's oldest waiter that could use the pool
+	// arrived, in Unix milliseconds (0: none waits, or not reported); the
+	// plan gives the queue's next slot to the replica where it waits
+	// longest, so one key's requests are served first come, first served
+	// across replicas.
+	Oldest int64
 }
 
 // RecentHalfLife is the half-life of TenantLoad.Recent.
