@@ -184,14 +184,15 @@ func TestAffinityRealOllama(t *testing.T) {
 	}
 }
 
-// affMetrics is what Drover's /metrics says about where the chats went.
+// affMetrics is what Drover's /metrics says about where the chats went,
+// and what its slot model held for them.
 func affMetrics(d *drover) string {
 	rec := httptest.NewRecorder()
 	d.srv.MetricsHandler().ServeHTTP(rec, httptest.NewRequest(http.MethodGet, "/metrics", nil))
 	var out []string
 	for _, line := range strings.Split(rec.Body.String(), "\n") {
 		chat := strings.HasPrefix(line, "drover_requests_total{") && strings.Contains(line, `route="/api/chat"`)
-		if chat || strings.HasPrefix(line, "drover_affinity_picks_total{") {
+		if chat || strings.HasPrefix(line, "drover_affinity_picks_total{") || strings.HasPrefix(line, "drover_affinity_slotted_total{") {
 			out = append(out, line)
 		}
 	}
