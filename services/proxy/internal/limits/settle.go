@@ -207,7 +207,12 @@ func (l *Ledger) finish(t *Ticket, eventID string, tokens int64, at time.Time) {
 		l.hold(r, -1, c)
 	}
 	l.settled(eventID, t.key, t.model, tokens, at, c)
-	if l.opts.Conn != nil {
+	// Only a key with limits needs its spend on the other replicas within
+	// a message delay; every key's spend reaches them anyway through the
+	// usage stream (the follower), deduplicated by event id. Sending every
+	// request's settlement cost each replica 4.6-6.7 µs of CPU per request
+	// (encoding, sending, and every peer decoding it) for keys nobody limits.
+	if l.opts.Conn != nil && l.limitedKey(t.key) {
 		l.outbox.Set = append(l.outbox.Set, wireSettle{ID: t.id, Event: eventID, Key: t.key, Model: t.model, Tokens: tokens, At: at.UnixMilli()})
 		l.kickSend()
 	}
