@@ -150,3 +150,38 @@ func TestParallelCapAndQueue(t *testing.T) {
 		t.Errorf("fault 503: %d", r.status)
 	}
 }
+
+// The Responses stream's faults, as Ollama's Responses layer shows a
+// runner that fails (error_after_chunks: the deltas so far, then a clean
+// end with no response.completed and no error event) or a dropped
+// connection (fail_after_chunks); non-streamed, a 500 or no answer.
+func TestResponsesFaults(t *testing.T) {
+	e := start(t, Config{Chunks: 5})
+	body := func(stream bool, fake string) string {
+		return `{"model":"tiny","input":"x","stream":` + map[bool]string{true: "true", false: "false"}[stream] + `,"fake":` + fake + `}`
+	}
+	r := e.post("/v1/responses", body(true, `{"error_after_chunks":2}`))
+	if r.status != 200 || r.err != nil || strings.Count(string(r.body), "event: response.output_text.delta") != 2 ||
+		strings.Contains(string(r.body), "response.completed") || strings.Contains(string(r.body), "event: error") || !strings.HasSuffix(string(r.body), "}\n\n") {
+		t.Fatalf("error_after_chunks: %d err=%v %s", r.status, r.err, r.body)
+	}
+	r = e.post("/v1/responses", body(true, `{"error_after_chunks":0}`))
+	if r.err != nil || strings.Contains(string(r.body), "output_item.added") || strings.Contains(string(r.body), "response.completed") {
+		t.Fatalf("error_after_chunks 0: err=%v %s", r.err, r.body)
+	}
+	r = e.post("/v1/responses", body(true, `{"fail_after_chunks":3}`))
+	if r.err == nil || strings.Count(string(r.body), "event: response.output_text.delta") != 3 || strings.Contains(string(r.body), "response.completed") {
+		t.Fatalf("fail_after_chunks: err=%v %s", r.err, r.body)
+	}
+	r = e.post("/v1/responses", body(false, `{"error_after_chunks":1,"error":"runner died"}`))
+	if r.status != 500 || !strings.Contains(string(r.body), "runner died") {
+		t.Fatalf("non-stream error: %d %s", r.status, r.body)
+	}
+	r = e.post("/v1/responses", body(true, `{}`))
+	if r.err != nil || !strings.Contains(string(r.body), "response.completed") {
+		t.Fatalf("no fault: err=%v %s", r.err, r.body)
+	}
+	if got := e.s.Counters(); got.Completed != 1 || got.Cut != 1 {
+		t.Errorf("Counters = %+v: faulted replies must not count", got)
+	}
+}

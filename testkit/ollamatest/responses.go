@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"net/http"
+	"sync/atomic"
 	"time"
 )
 
@@ -98,9 +99,24 @@ func (s *Server) serveResponses(w http.ResponseWriter, r *http.Request) {
 	}
 	rs := responseState{req: &req, id: fmt.Sprintf("resp_%d", rand.IntN(999999)), item: fmt.Sprintf("msg_%d", rand.IntN(999999)),
 		created: time.Now().Unix(), text: ReplyText(j.plan.chunks), in: j.plan.promptTokens, out: j.plan.chunks}
-	if stream {
-		rs.stream(w, j.plan.chunks)
-	} else {
+	f := j.plan.fault
+	switch {
+	case f != nil && !stream && (f.ErrorAfterChunks != nil || f.FailAfterChunks != nil):
+		// A whole Response is written at the end: a failed generation
+		// is an error status, a dropped connection no answer at all.
+		if f.FailAfterChunks != nil {
+			s.stats.cut.Add(1)
+			hangUp(w)
+			return
+		}
+		writeError(ew, http.StatusInternalServerError, f.errorMessage(0))
+		return
+	case stream:
+		rs.cuts = &s.stats.cut
+		if !rs.stream(w, j.plan.chunks, f) {
+			return // faulted or left: not a reply to count
+		}
+	default:
 		w.Header().Set("Content-Type", "application/json")
 		w.WriteHeader(http.StatusOK)
 		json.NewEncoder(w).Encode(rs.whole())
@@ -151,6 +167,7 @@ func responsesMessages(req responsesRequest) ([]openaiMessage, error) {
 
 // responseState is one Response being answered.
 type responseState struct {
+	cuts     *atomic.Int64 // the server's count of cut streams
 	req      *responsesRequest
 	id, item string
 	created  int64
@@ -197,8 +214,13 @@ func deref(f *float64) float64 {
 }
 
 // stream writes the events of Ollama's ResponsesStreamConverter for a text
-// reply of n tokens.
-func (rs *responseState) stream(w http.ResponseWriter, n int) {
+// reply of n tokens. A fault's ErrorAfterChunks stops after that many
+// deltas, the body ending cleanly: the middleware reads the runner's
+// {"error"} line as an empty chat chunk, for which the converter writes
+// nothing, so no response.completed or error event follows.
+// FailAfterChunks drops the connection there instead. It reports whether
+// the whole stream was written.
+func (rs *responseState) stream(w http.ResponseWriter, n int, f *Fault) bool {
 	w.WriteHeader(http.StatusOK)
 	rc := http.NewResponseController(w)
 	seq := 0
@@ -212,30 +234,39 @@ func (rs *responseState) stream(w http.ResponseWriter, n int) {
 	pending := rs.object("in_progress", []any{}, nil, nil)
 	if !event("response.created", map[string]any{"response": pending}) ||
 		!event("response.in_progress", map[string]any{"response": pending}) {
-		return
+		return false
 	}
 	var output []any
+	if n > 0 && rs.fails(w, f, 0, n) {
+		return false // a fault before the first delta: no item was opened
+	}
 	if n > 0 {
 		if !event("response.output_item.added", map[string]any{"output_index": 0, "item": rs.message("in_progress", []any{})}) ||
 			!event("response.content_part.added", map[string]any{"item_id": rs.item, "output_index": 0, "content_index": 0,
 				"part": map[string]any{"type": "output_text", "text": "", "annotations": []any{}, "logprobs": []any{}}}) {
-			return
+			return false
 		}
 		for i := range n {
+			if rs.fails(w, f, i, n) {
+				return false
+			}
 			if !event("response.output_text.delta", map[string]any{"item_id": rs.item, "output_index": 0, "content_index": 0,
 				"delta": tokenWords[i%len(tokenWords)], "logprobs": []any{}}) {
-				return
+				return false
 			}
+		}
+		if rs.fails(w, f, n, n) {
+			return false
 		}
 		part := rs.outputText()
 		if !event("response.output_text.done", map[string]any{"item_id": rs.item, "output_index": 0, "content_index": 0, "text": rs.text, "logprobs": []any{}}) ||
 			!event("response.content_part.done", map[string]any{"item_id": rs.item, "output_index": 0, "content_index": 0, "part": part}) ||
 			!event("response.output_item.done", map[string]any{"output_index": 0, "item": rs.message("completed", []any{part})}) {
-			return
+			return false
 		}
 		output = []any{rs.message("completed", []any{part})}
 	}
-	event("response.completed", map[string]any{"response": rs.object("completed", output, rs.usage(), time.Now().Unix())})
+	return event("response.completed", map[string]any{"response": rs.object("completed", output, rs.usage(), time.Now().Unix())})
 }
 
 // whole is the non-stream Response, openai.ResponsesResponse's field order.
@@ -314,4 +345,19 @@ func methodNotAllowed(w http.ResponseWriter, allow string) {
 	w.Header().Set("Allow", allow)
 	w.WriteHeader(http.StatusMethodNotAllowed)
 	w.Write([]byte("405 method not allowed"))
+}
+
+// fails applies f before delta i of n: true when the stream ends there.
+func (rs *responseState) fails(w http.ResponseWriter, f *Fault, i, n int) bool {
+	switch {
+	case f == nil:
+		return false
+	case at(f.FailAfterChunks, i, n):
+		rs.cuts.Add(1)
+		cut(w)
+		return true
+	case at(f.ErrorAfterChunks, i, n):
+		return true
+	}
+	return false
 }

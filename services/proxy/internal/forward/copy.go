@@ -40,6 +40,10 @@ type copied struct {
 	// chunks counts the content chunks a stream carried (countContent),
 	// the output tokens of an answer cut short.
 	chunks int64
+	// shape, when set, follows a plain JSON body's nesting: a body whose
+	// end is only the connection's (see verifyEnd) is whole when it closes
+	// its outermost value.
+	shape *jsonShape
 
 	mh *meterHolder
 }
@@ -71,11 +75,15 @@ const probeBefore = 64
 
 // copy streams body to out (through filter, when set), flushing each read
 // when streaming, and holds back the end of the answer (see above). done
-// (nil: unknown) judges the bytes seen complete.
-func (f *Forwarder) copy(out *output, filter io.WriteCloser, body io.Reader, stream bool, done func(*meter.Meter) bool) *copied {
+// (nil: unknown) judges the bytes seen complete; verify follows a plain
+// body's JSON shape (verifyEnd).
+func (f *Forwarder) copy(out *output, filter io.WriteCloser, body io.Reader, stream bool, done func(*meter.Meter) bool, verify bool) *copied {
 	bp := bufPool.Get().(*[]byte)
 	defer bufPool.Put(bp)
 	c := &copied{mh: meterPool.Get().(*meterHolder)}
+	if verify {
+		c.shape = &jsonShape{}
+	}
 	buf := *bp
 	dst := io.Writer(out)
 	if filter != nil {
@@ -108,6 +116,9 @@ func (f *Forwarder) copy(out *output, filter io.WriteCloser, body io.Reader, str
 			c.mh.m.Write(chunk) //nolint:errcheck // never fails
 			if stream {
 				c.chunks += countContent(chunk)
+			}
+			if c.shape != nil {
+				c.shape.Write(chunk)
 			}
 		}
 		switch {
@@ -159,6 +170,11 @@ type output struct {
 	rw      http.ResponseWriter
 	rc      *http.ResponseController
 	timeout time.Duration // 0: no write deadline
+	// status is the answer's status, sent with its first byte or flush
+	// (commit), not before: until then a body that fails can still be
+	// answered with an error status instead (headSent false).
+	status   int
+	headSent bool
 	// deadline is the write deadline set on the connection (zero: none
 	// yet), moved on only when a chunk's own would be deadlineSlack later.
 	deadline time.Time
@@ -180,6 +196,7 @@ func (f *Forwarder) newOutput(w http.ResponseWriter) *output {
 // Write passes p to the client and remembers its last bytes. A filter
 // writes through it too.
 func (o *output) Write(p []byte) (int, error) {
+	o.commit()
 	n, err := o.rw.Write(p)
 	switch {
 	case n >= 2:
@@ -199,11 +216,21 @@ func (o *output) chunk(dst io.Writer, p []byte, flush bool) error {
 		return err
 	}
 	if flush {
+		o.commit()
 		if err := o.rc.Flush(); err != nil && !errors.Is(err, http.ErrNotSupported) {
 			return err
 		}
 	}
 	return nil
+}
+
+// commit sends the head writeHead prepared, once.
+func (o *output) commit() {
+	if o.headSent {
+		return
+	}
+	o.headSent = true
+	o.rw.WriteHeader(o.status)
 }
 
 // clearDeadline lifts the write deadline, which would otherwise outlive the
@@ -238,6 +265,7 @@ func (o *output) armDeadline() {
 // after a recognised end, and closes the filter: the answer's end, once
 // its usage event is recorded.
 func (o *output) end(c *copied, filter io.WriteCloser, body io.Reader, stream bool) {
+	o.commit() // the body was whole: an empty one too has its head
 	dst := io.Writer(o)
 	if filter != nil {
 		dst = filter

@@ -1,7 +1,11 @@
 package forward
 
 import (
+	"bytes"
 	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
 	"strings"
 )
 
@@ -45,7 +49,7 @@ func (o *output) streamError(route, msg string, seq int64) {
 		}{msg})
 		b = append(append(b, line...), '\n')
 	}
-	o.chunk(o, b, true) //nolint:errcheck // the client may be gone
+	o.chunk(o, b, true) //nolint:errcheck // the client may be gone //nolint:errcheck // the client may be gone
 }
 
 // newEvent ends an unfinished SSE event: events are separated by a blank
@@ -99,4 +103,48 @@ func appendSSEError(b []byte, route, msg string, seq int64) []byte {
 	b = append(b, "data: "...)
 	b = append(b, data...)
 	return append(b, '\n', '\n')
+}
+
+// errShort is why an answer the backend ended cleanly before its end was
+// cut.
+var errShort = errors.New("the backend's answer ended before it was whole")
+
+// streamFault words reason for a stream's error event: as translate's
+// streams word a short one (translate.TruncatedMessage), else the break.
+func streamFault(reason error) string {
+	if errors.Is(reason, errShort) {
+		return "the backend's stream ended before the answer did"
+	}
+	return fmt.Sprintf("the backend's stream broke (%v)", reason)
+}
+
+// ender is a translating filter (package translate's streams) that ends a
+// stream its backend ended early itself, in the client's API's terms:
+// Whole reports whether what it was given so far makes a whole answer (a
+// finish_reason without data: [DONE]), which Close then ends normally;
+// otherwise Close ends it with the client's error, or it already did when
+// the backend's error came.
+type ender interface{ Whole() bool }
+
+func isEnder(filter io.WriteCloser) bool {
+	_, ok := filter.(ender)
+	return ok
+}
+
+// filterWhole reports whether a translating filter judges its stream
+// whole; false for any other filter.
+func filterWhole(filter io.WriteCloser) bool {
+	e, ok := filter.(ender)
+	return ok && e.Whole()
+}
+
+// endsInError reports whether the last line of a stream's tail is an error
+// its backend sent in-band: Ollama's {"error":"..."} line, OpenAI's
+// data: {"error":{...}}, Anthropic's or the Responses API's event whose
+// "type" is "error". A quoted key followed by a colon cannot occur inside
+// a JSON string.
+func endsInError(tail []byte) bool {
+	tail = bytes.TrimRight(tail, " \t\r\n")
+	last := tail[bytes.LastIndexByte(tail, '\n')+1:]
+	return bytes.Contains(last, []byte(`"error":{`)) || bytes.Contains(last, []byte(`"error":"`)) || bytes.Contains(last, []byte(`"type":"error"`))
 }

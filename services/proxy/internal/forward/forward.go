@@ -220,6 +220,7 @@ func (f *Forwarder) Serve(w http.ResponseWriter, r *http.Request, req *Request) 
 	} else if _, err := filter.Write(last.body); err == nil {
 		filter.Close() //nolint:errcheck // the client may be gone
 	}
+	out.commit()
 }
 
 // failure is an attempt that can be retried elsewhere.
@@ -315,10 +316,15 @@ func (f *Forwarder) attempt(w http.ResponseWriter, r *http.Request, req *Request
 
 	stream := req.Stream || isStreamType(resp.Header.Get("Content-Type"))
 	req.keepLimitHeaders(resp.Header)
+	if stream {
+		// A stream the backend cuts ends with an error event it did not
+		// send: its length is not the backend's.
+		resp.Header.Del("Content-Length")
+	}
 	out := f.newOutput(w)
 	defer out.clearDeadline()
 	filter := writeHead(out, x.Transform, resp.StatusCode, resp.Header)
-	c := f.copy(out, filter, resp.Body, stream, x.Complete)
+	c := f.copy(out, filter, resp.Body, stream, x.Complete, !stream && verifyEnd(resp))
 	ev.InputTokens, ev.OutputTokens = nil, nil
 	if ev.Status < 300 && x.Tokens != nil {
 		// Counts seen before the client left or the stream broke are still
@@ -326,15 +332,29 @@ func (f *Forwarder) attempt(w http.ResponseWriter, r *http.Request, req *Request
 		ev.InputTokens, ev.OutputTokens = x.Tokens(c.meter())
 	}
 	complete := x.Complete != nil && x.Complete(c.meter())
+	// An answer the backend ended cleanly but short is cut as surely as by
+	// a broken connection: a stream without its dialect's end marker (no
+	// done:true, [DONE], message_stop, response.completed; a translating
+	// filter judges its own, see ender), or a plain JSON body whose end only
+	// the connection's close marked, stopped mid-document.
+	short := c.err == nil && !c.clientGone && ctx.Err() == nil && !complete &&
+		((stream && x.Complete != nil && resp.StatusCode < 300 && !filterWhole(filter)) || (c.shape != nil && !c.shape.whole()))
+	// Whether the backend's own error ends what it sent (Ollama's error line,
+	// Anthropic's or the Responses API's error event): then it needs no other.
+	inBand := short && stream && endsInError(c.meter().Tail())
 	seq := int64(-1) // the last event's sequence_number (Responses API), for a cut stream's error event
-	if c.err != nil && !complete {
+	if (c.err != nil || short) && !complete {
 		if n, ok := c.meter().Count("sequence_number"); ok {
 			seq = n
 		}
 	}
 	c.release()
 	clientLeft = c.clientGone || (c.err != nil && ctx.Err() != nil)
-	cut := c.err != nil && !clientLeft && !complete
+	cut := (c.err != nil && !clientLeft && !complete) || short
+	reason := c.err
+	if short {
+		reason = errShort
+	}
 	switch {
 	case clientLeft && complete:
 		// The client left once it had the whole answer (OpenAI's clients
@@ -347,19 +367,39 @@ func (f *Forwarder) attempt(w http.ResponseWriter, r *http.Request, req *Request
 		}
 	case cut:
 		ev.Error = true
-		err := fmt.Errorf("backend %s: stream broken: %w", b.Name, c.err)
+		err := fmt.Errorf("backend %s: answer broken: %w", b.Name, reason)
 		b.Health.Failure(err, false)
-		f.Log.Warn("stream failed mid-way", "backend", b.Name, "model", req.Model, "route", req.Route, "err", c.err)
+		f.Log.Warn("answer cut short by the backend", "backend", b.Name, "model", req.Model, "route", req.Route, "stream", stream, "err", reason)
 	}
 	if (clientLeft || cut) && stream && ev.Status < 300 && ev.OutputTokens == nil {
 		// The backend did the work the client saw: count it from the
 		// chunks that went by, flagged partial.
 		ev.OutputTokens, ev.Partial = usage.Int64(c.chunks), true
 	}
+	// A plain body cut before its head went out (a translated answer is
+	// held whole until it ends) is answered with an error status instead;
+	// counts its part carried are partial.
+	headless := cut && !stream && !out.headSent
+	if cut && !stream {
+		ev.Partial = ev.InputTokens != nil || ev.OutputTokens != nil
+		if headless {
+			ev.Status = http.StatusBadGateway
+		}
+	}
 	f.finish(req, ev, start, c.ttfb, ev.Error || resp.StatusCode >= 400)
 	switch {
+	case short && stream && (isEnder(filter) || inBand):
+		// The translating filter ends the short stream with the client's
+		// error at Close, or the backend's own error already ended it.
+		out.end(c, filter, resp.Body, stream)
 	case cut && stream:
-		out.streamError(req.Route, fmt.Sprintf("an error was encountered while running the model: the backend's stream broke (%v)", c.err), seq+1)
+		if short && filter != nil && filter.Close() != nil {
+			return true, nil // the client is gone
+		}
+		out.streamError(req.Route, fmt.Sprintf("an error was encountered while running the model: %v", streamFault(reason)), seq+1)
+	case headless:
+		unsetHead(out, resp.Header)
+		req.Error(w, http.StatusBadGateway, fmt.Sprintf("backend %s: the answer broke off before its end (%v)", b.Name, reason))
 	case cut:
 		// No in-band signal exists for a plain body: abort the connection,
 		// as httputil.ReverseProxy does, so the client cannot mistake the
@@ -371,10 +411,11 @@ func (f *Forwarder) attempt(w http.ResponseWriter, r *http.Request, req *Request
 	return true, nil
 }
 
-// writeHead writes the backend's status and headers to the client, through
+// writeHead sets the backend's status and headers for the client, through
 // the exchange's transform when it has one, and returns the filter the
 // body then goes through (nil: none). A filter may change the body's length,
-// so Content-Length goes whenever there is one.
+// so Content-Length goes whenever there is one. The head goes out with the
+// body's first byte or flush (output.commit).
 func writeHead(w *output, transform func(int, http.Header, io.Writer) io.WriteCloser, status int, h http.Header) io.WriteCloser {
 	var filter io.WriteCloser
 	if transform != nil {
@@ -384,8 +425,18 @@ func writeHead(w *output, transform func(int, http.Header, io.Writer) io.WriteCl
 		h.Del("Content-Length")
 	}
 	copyHeaders(w.rw.Header(), h)
-	w.rw.WriteHeader(status)
+	w.status = status
 	return filter
+}
+
+// unsetHead takes back the headers writeHead set from h, for an answer
+// whose head has not gone out and that becomes an error instead.
+func unsetHead(w *output, h http.Header) {
+	for k := range h {
+		if relayed(h, k) {
+			w.rw.Header().Del(k)
+		}
+	}
 }
 
 // keepLimitHeaders drops from a backend's headers the x-ratelimit-* ones

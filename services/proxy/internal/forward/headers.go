@@ -44,13 +44,16 @@ func copyRequestHeaders(dst, src http.Header) {
 // cookies and CORS headers: a backend's session is not the client's, and
 // only Drover decides which origins may read its answers (cors.origins).
 func copyHeaders(dst, src http.Header) {
-	conn := src["Connection"]
 	for k, vs := range src {
-		if hopHeaders[k] || connectionNames(conn, k) || k == "Set-Cookie" || strings.HasPrefix(k, "Access-Control-") {
-			continue
+		if relayed(src, k) {
+			dst[k] = vs
 		}
-		dst[k] = vs
 	}
+}
+
+// relayed reports whether copyHeaders passes src's header k on.
+func relayed(src http.Header, k string) bool {
+	return !hopHeaders[k] && !connectionNames(src["Connection"], k) && k != "Set-Cookie" && !strings.HasPrefix(k, "Access-Control-")
 }
 
 // connectionNames reports whether the Connection header's values conn

@@ -131,7 +131,10 @@ func checkAnthropicCut(t *testing.T, body []byte) {
 // /v1/responses with the events Ollama's Responses layer writes, failing as
 // the request's X-Cut header says: "stream" writes the opening events and
 // three text deltas, then drops the connection; "before" drops it before
-// any response; "body" sends the head and half the Response. The fakes'
+// any response; "body" sends the head and half the Response; "clean" is
+// "stream" but ends the body properly after the deltas; "chunked" and
+// "close" are "body" without a Content-Length, cut in a chunked body or
+// on a connection whose close is the body's end (cutPlainBody). The fakes'
 // Responses streams have no fault of their own; Drover passes the route
 // through whatever the backend's kind, so one backend stands for both.
 func responsesBackend(t *testing.T) *httptest.Server {
@@ -156,6 +159,10 @@ func responsesBackend(t *testing.T) *httptest.Server {
 			}
 			conn.Close()
 			return
+		case "chunked", "close":
+			cutPlainBody(w, r.Header.Get("X-Cut"), `{"id":"resp_1","object":"response","status":"completed","model":"gpt-r","output":[{"type":"message","id":"msg_1","status":"completed","role":"assistant","content":[{"type":"output_text","text":"`+
+				strings.Repeat("word ", 400)+`","annotations":[]}]}],"usage":{"input_tokens":5,"output_tokens":400,"total_tokens":405}}`, 0)
+			return
 		case "body":
 			body := `{"id":"resp_1","object":"response","status":"completed","model":"gpt-r","output":[{"type":"message","id":"msg_1","status":"completed","role":"assistant","content":[{"type":"output_text","text":"` +
 				strings.Repeat("word ", 400) + `","annotations":[]}]}],"usage":{"input_tokens":5,"output_tokens":400,"total_tokens":405}}`
@@ -178,6 +185,9 @@ func responsesBackend(t *testing.T) *httptest.Server {
 		event("response.content_part.added", `"item_id":"msg_1","output_index":0,"content_index":0,"part":{"type":"output_text","text":"","annotations":[]}`)
 		for _, word := range []string{"one ", "two ", "three "} {
 			event("response.output_text.delta", `"item_id":"msg_1","output_index":0,"content_index":0,"delta":"`+word+`"`)
+		}
+		if r.Header.Get("X-Cut") == "clean" {
+			return // ends the chunked body properly, with no response.completed
 		}
 		rc.Flush() //nolint:errcheck // then cut
 		panic(http.ErrAbortHandler)
@@ -256,9 +266,11 @@ func TestCutStreamDialectsResponses(t *testing.T) {
 // the connection before its answer's head (what Ollama does: a whole
 // answer is written at the end) is a failed attempt: with no other
 // candidate the client gets 502 in its dialect's error shape. A backend
-// that sent the head and part of the body cannot be answered with a status
-// any more: the connection is aborted, and the SDKs report an error rather
-// than a short answer.
+// that sent the head and part of the body: translated, nothing of the
+// answer went out (it is held whole to be translated), so the client gets
+// the same 502; passed through, the head and bytes went out and the
+// connection is aborted, and the SDKs report an error rather than a short
+// answer.
 func TestCutNonStreamDialects(t *testing.T) {
 	t.Run("anthropic, ollama backend, before the head", func(t *testing.T) {
 		e := newMixedEnv(t, 1, nil, nil)
@@ -279,8 +291,9 @@ func TestCutNonStreamDialects(t *testing.T) {
 		p := anthropicParams
 		p.Model = "gpt-c"
 		msg, err := anthropicClient(e, "X-Unused", "1").Messages.New(ctx(t), p)
-		if err == nil {
-			t.Fatalf("a cut body was taken for a whole message: %s", msg.RawJSON())
+		var apiErr *anthropic.Error
+		if !errors.As(err, &apiErr) || apiErr.StatusCode != http.StatusBadGateway {
+			t.Fatalf("a cut body: %v, err %v; want a 502 in Anthropic's shape", msg, err)
 		}
 		checkNoPartial(t, e)
 	})

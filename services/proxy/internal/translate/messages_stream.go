@@ -28,6 +28,11 @@ type messagesStream struct {
 	w io.Writer
 }
 
+// Whole reports whether the stream so far is a whole answer: it reached
+// [DONE], or the backend sent its finish_reason and no error (Close then
+// ends it normally). The forwarder records the other case as cut short.
+func (s *messagesStream) Whole() bool { return s.a.done || (!s.a.fail && s.a.finish != "") }
+
 func (s *messagesStream) Close() error {
 	if err := s.WriteCloser.Close(); err != nil {
 		return err

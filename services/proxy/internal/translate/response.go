@@ -218,6 +218,11 @@ type streamed struct {
 	o *ollamaWriter
 }
 
+// Whole reports whether the stream so far is a whole answer: it reached
+// [DONE], or the backend sent its finish_reason and no error (Close then
+// ends it normally). The forwarder records the other case as cut short.
+func (s *streamed) Whole() bool { return s.o.done || (!s.o.fail && s.o.finish != "") }
+
 func (s *streamed) Close() error {
 	if err := s.WriteCloser.Close(); err != nil {
 		return err
