@@ -33,10 +33,8 @@ import (
 // than a refresh interval), and its estimated tokens in flight per backend
 // when they change (every Heartbeat while not zero; empty when it stops),
 // and, with SharerOptions.Slots, its grants' slot takes (k > 0: the
-// prompt's chain) and releases (k = 0). Batched: a message with slot
-// events goes at most one SlotInterval (default 5ms) after the previous
-// message, and takes everything else pending along; without events, at
-// most one message per Interval.
+// prompt's chain) and releases (k = 0), batched: at most one message per
+// interval.
 const wireVersion = 1
 
 // Wire bounds: what a message may claim before it is rejected.
@@ -59,13 +57,6 @@ type SharerOptions struct {
 	Index   *Index
 	// Interval spaces messages (routing.affinity.share_interval).
 	Interval time.Duration
-	// SlotInterval spaces messages that carry slot events (default 5ms,
-	// at most Interval): the other replicas' slot models see a grant or
-	// a release this late at most, so a take is not mistaken for a free
-	// slot. Such a message carries the index inserts and loads pending
-	// too, so at SlotEvent rates the messages per second stay below
-	// 1/SlotInterval per replica.
-	SlotInterval time.Duration
 	// MaxPending bounds the hashes waiting for the next message (default
 	// 8192, 64 KiB); beyond it inserts are dropped and counted.
 	MaxPending int
@@ -128,10 +119,6 @@ func NewSharer(opts SharerOptions) (*Sharer, error) {
 	if opts.Interval <= 0 {
 		opts.Interval = 50 * time.Millisecond
 	}
-	if opts.SlotInterval <= 0 {
-		opts.SlotInterval = 5 * time.Millisecond
-	}
-	opts.SlotInterval = min(opts.SlotInterval, opts.Interval)
 	if opts.MaxPending <= 0 {
 		opts.MaxPending = 8192
 	}
@@ -215,73 +202,35 @@ func (s *Sharer) run() {
 	defer tick.Stop()
 	gap := time.NewTimer(time.Hour)
 	gap.Stop()
-	wait := func(d time.Duration) bool {
-		gap.Reset(d)
-		select {
-		case <-gap.C:
-			return true
-		case <-s.stop:
-			gap.Stop()
-			return false
-		}
-	}
-	var last time.Time // the last message sent
-	// due fires when inserts held back within an interval may go.
-	dueTimer := time.NewTimer(time.Hour)
-	dueTimer.Stop()
-	defer dueTimer.Stop()
-	var due <-chan time.Time
 	for {
 		select {
 		case <-s.kick:
-		case <-due:
-			due = nil
 		case now := <-tick.C:
 			s.expire(now)
 		case <-s.stop:
-			s.flush(true, false)
+			s.flush(true)
 			return
 		}
-		for {
-			// Within an interval of the last message only slot events
-			// open a new one (one SlotInterval after it); inserts and
-			// loads wait for them or for the interval.
-			now := time.Now()
-			early := now.Sub(last) < s.opts.Interval
-			if s.flush(false, early) {
-				last = now
-				if !wait(s.opts.SlotInterval) {
-					s.flush(true, false)
-					return
-				}
-				continue
-			}
-			if early && s.hasPending() {
-				dueTimer.Reset(last.Add(s.opts.Interval).Sub(now))
-				due = dueTimer.C
-			}
-			break
+		if !s.flush(false) {
+			continue
+		}
+		// At most one message per interval: what arrives meanwhile waits
+		// and goes in the next one.
+		gap.Reset(s.opts.Interval)
+		select {
+		case <-gap.C:
+		case <-s.stop:
+			s.flush(true)
+			return
 		}
 	}
-}
-
-// hasPending reports index inserts waiting for the next message.
-func (s *Sharer) hasPending() bool {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.count > 0
 }
 
 // flush sends what is pending, and the loads when they are due; final
-// sends empty loads (this replica stops); needEvents sends nothing unless
-// slot events are pending. It reports whether it sent.
-func (s *Sharer) flush(final, needEvents bool) bool {
+// sends empty loads (this replica stops). It reports whether it sent.
+func (s *Sharer) flush(final bool) bool {
 	var pending map[Target][]uint64
 	s.mu.Lock()
-	if needEvents && len(s.events) == 0 {
-		s.mu.Unlock()
-		return false
-	}
 	if s.count > 0 {
 		pending = s.pending
 		s.pending, s.count = make(map[Target][]uint64, len(pending)), 0
