@@ -115,8 +115,8 @@ func (r *Router) planLocked(k Key, cap int, now time.Time) plan {
 		p.base = r.reservedLocked(k, loads, cap, top, nil)
 		return p
 	}
-	// What each replica holds (and is given below), for the even-share
-	// preference; this replica's also as the others last heard it.
+	// What each replica holds (and is given below), for the room check of
+	// the replica choice; this replica's also as the others last heard it.
 	byRank := map[int]int{}
 	sharedHeld := 0
 	for _, l := range loads {
@@ -287,9 +287,10 @@ func goesBefore(start map[queueID]queue, id queueID) func(queueID) bool {
 // plus what the others leave.
 //
 // ahead, when set, says which of the peers' queues count toward that
-// floor: those the plan serves before the local queue asking (its own
-// included), so that a light key waiting on one replica is not held back
-// by a heavier key's demand on the others (docs/limits.md, the queue).
+// floor: those the plan serves before the local queue asking (not the
+// queue itself: goesBefore), so that a light key waiting on one replica is
+// not held back by a heavier key's demand on the others (docs/limits.md,
+// the queue).
 // Their in-flight always counts.
 func (r *Router) reservedLocked(k Key, loads []load, cap, top int, ahead func(queueID) bool) int {
 	return r.reservedFor(k, loads, r.rankLocked(), cap, top, ahead)
