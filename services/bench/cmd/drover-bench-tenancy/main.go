@@ -37,6 +37,7 @@ type options struct {
 	backends, cap    int
 	chunkDelay       time.Duration
 	slotTokens       int
+	outputSpread     float64
 	headroom         int
 	duration, warmup time.Duration
 	window           time.Duration
@@ -66,6 +67,7 @@ func parseFlags(args []string) (options, error) {
 	fs.DurationVar(&o.chunkDelay, "chunk-delay", 10*time.Millisecond, "fairness, priority: the backends' pause before each token")
 	fs.IntVar(&o.headroom, "headroom", -1, "fairness, priority: routing.queue.interactive_headroom (negative: the default)")
 	fs.IntVar(&o.slotTokens, "slot-tokens", 20, "fairness, priority: num_predict, so a request holds a slot slot-tokens × chunk-delay")
+	fs.Float64Var(&o.outputSpread, "output-spread", 0, "fairness neighbour: draw each request's num_predict uniformly within slot-tokens × (1 ± output-spread), 0 to 1 (0: all equal, as reported)")
 	fs.DurationVar(&o.duration, "duration", 40*time.Second, "fairness, priority: length of each phase")
 	fs.DurationVar(&o.warmup, "warmup", 2*time.Second, "fairness, priority: start of a flood left out of the measurement")
 	fs.DurationVar(&o.window, "window", time.Second, "fairness: width of the windows Jain's index is taken over")
@@ -99,6 +101,9 @@ func parseFlags(args []string) (options, error) {
 	}
 	if o.rateB <= 0 || o.rateChat <= 0 {
 		return o, errors.New("-rate-b and -rate-interactive must be positive")
+	}
+	if o.outputSpread < 0 || o.outputSpread > 1 {
+		return o, fmt.Errorf("-output-spread: %v is not within 0 to 1", o.outputSpread)
 	}
 	return o, nil
 }
@@ -140,14 +145,14 @@ func run(ctx context.Context, o options, stdout, stderr io.Writer) error {
 
 	sat := tenancy.SaturationSpec{
 		Replicas: o.replicas, Backends: o.backends, Cap: o.cap, ChunkDelay: o.chunkDelay,
-		MaxPerKey: 32, Headroom: o.headroom, Req: tenancy.Request{Model: "tiny", Words: 8, Output: o.slotTokens},
+		MaxPerKey: 32, Headroom: o.headroom, Req: tenancy.Request{Model: "tiny", Words: 8, Output: o.slotTokens}, OutputSpread: o.outputSpread,
 		Duration: o.duration, Warmup: o.warmup, Window: o.window,
 	}
 	rep := tenancy.Report{Started: time.Now(), LoadAvg: load, Settings: map[string]string{
 		"replicas": strconv.Itoa(o.replicas), "budget": strconv.FormatInt(o.budget, 10), "burst": strconv.Itoa(o.burst),
 		"request_tokens":  strconv.FormatInt(tenancy.Request{Words: o.words, Output: o.output}.Tokens(), 10),
 		"backend_latency": o.latency.String(), "backends": strconv.Itoa(o.backends), "cap": strconv.Itoa(o.cap),
-		"slot_time": sat.Service().String(), "duration": o.duration.String(), "window": o.window.String(),
+		"slot_time": sat.Service().String(), "output_spread": strconv.FormatFloat(o.outputSpread, 'g', -1, 64), "duration": o.duration.String(), "window": o.window.String(),
 		"headroom": strconv.Itoa(o.headroom), "rate_b": strconv.FormatFloat(o.rateB, 'g', -1, 64), "rate_interactive": strconv.FormatFloat(o.rateChat, 'g', -1, 64),
 	}}
 	failed := func(scenario string, err error) {

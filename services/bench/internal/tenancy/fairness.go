@@ -2,6 +2,9 @@ package tenancy
 
 import (
 	"context"
+	"fmt"
+	"hash/fnv"
+	"math"
 	"strconv"
 	"time"
 )
@@ -15,9 +18,31 @@ type SaturationSpec struct {
 	MaxPerKey               int
 	Headroom                int // routing.queue.interactive_headroom; negative keeps the default
 	Req                     Request
-	Duration                time.Duration // each phase
-	Warmup                  time.Duration // left out of the closed-loop phases' windows
-	Window                  time.Duration // Jain's index windows
+	// OutputSpread, in the neighbour scenario, draws each request's output
+	// uniformly from Req.Output × (1 ± OutputSpread), the same draw for
+	// the same request in every run (0: every request the same length).
+	OutputSpread float64
+	Duration     time.Duration // each phase
+	Warmup       time.Duration // left out of the closed-loop phases' windows
+	Window       time.Duration // Jain's index windows
+}
+
+// spread is request i of key's shape: Req with its output drawn within
+// OutputSpread (a hash of key and i, so every run draws alike).
+func (s SaturationSpec) spread(key string, i int) Request {
+	r := s.Req
+	if s.OutputSpread <= 0 {
+		return r
+	}
+	h := fnv.New64a()
+	fmt.Fprintf(h, "%s/%d", key, i)
+	x := h.Sum64() // FNV's high bits vary little over short keys: mix them (splitmix64's finalizer)
+	x = (x ^ x>>30) * 0xbf58476d1ce4e5b9
+	x = (x ^ x>>27) * 0x94d049bb133111eb
+	x ^= x >> 31
+	u := float64(x>>11) / (1 << 53) // uniform in [0, 1)
+	r.Output = max(1, int(math.Round(float64(r.Output)*(1-s.OutputSpread+2*s.OutputSpread*u))))
+	return r
 }
 
 // Slots is how many requests the fleet serves at once.
@@ -129,7 +154,9 @@ func RunNeighbour(ctx context.Context, bins Bins, logDir string, spec Saturation
 		return NeighbourResult{}, err
 	}
 	sender := func(k Key) sendFunc {
-		return func(ctx context.Context, i int) Result { return c.Do(ctx, f.URL(i), k.ID, k.Secret, spec.Req) }
+		return func(ctx context.Context, i int) Result {
+			return c.Do(ctx, f.URL(i), k.ID, k.Secret, spec.spread(k.ID, i))
+		}
 	}
 	reqCtx, cancel := context.WithTimeout(ctx, 2*spec.Duration+2*time.Minute)
 	defer cancel()

@@ -197,3 +197,27 @@ func TestPromptEstimate(t *testing.T) {
 		t.Errorf("estimate %d tokens for a %d-word prompt", est, r.Words)
 	}
 }
+
+// The neighbour scenario's output spread draws each request's length within
+// the bounds, the same way in every run, and leaves it alone at 0.
+func TestOutputSpread(t *testing.T) {
+	s := SaturationSpec{Req: Request{Output: 20}}
+	if got := s.spread("a", 7); got.Output != 20 {
+		t.Fatalf("no spread: output %d, want 20", got.Output)
+	}
+	s.OutputSpread = 0.5
+	lo, hi := 20, 20
+	for i := range 2000 {
+		n := s.spread("a", i).Output
+		if n != s.spread("a", i).Output {
+			t.Fatalf("request %d drew two lengths", i)
+		}
+		if n < 10 || n > 30 {
+			t.Fatalf("request %d: output %d outside 10..30", i, n)
+		}
+		lo, hi = min(lo, n), max(hi, n)
+	}
+	if lo > 11 || hi < 29 {
+		t.Fatalf("2000 draws spanned only %d..%d of 10..30", lo, hi)
+	}
+}
