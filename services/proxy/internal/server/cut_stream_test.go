@@ -187,9 +187,7 @@ func cutBodyBackend(t *testing.T) *httptest.Server {
 // connection is aborted, so it cannot take the half it got for the answer.
 func TestCutPlainBodyAbortsTheConnection(t *testing.T) {
 	stub := cutBodyBackend(t)
-	e := newMixedEnv(t, 0, nil, func(c *config.Config) {
-		c.Backends = append(c.Backends, config.Backend{Name: "stub", URL: stub.URL, Type: "openai"})
-	})
+	e := openAIStubEnv(t, "stub", stub.URL)
 	_, err := e.oa.Chat.Completions.New(ctx(t), openai.ChatCompletionNewParams{
 		Model: "gpt-c", Messages: []openai.ChatCompletionMessageParamUnion{openai.UserMessage("hi")},
 	})

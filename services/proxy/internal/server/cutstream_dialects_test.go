@@ -19,7 +19,6 @@ import (
 	"github.com/openai/openai-go/v3/option"
 	"github.com/openai/openai-go/v3/responses"
 
-	"github.com/droverhq/drover/pkg/config"
 	"github.com/droverhq/drover/testkit/ollamatest"
 	"github.com/droverhq/drover/testkit/openaitest"
 )
@@ -199,9 +198,7 @@ func responsesBackend(t *testing.T) *httptest.Server {
 func responsesEnv(t *testing.T) *mixedEnv {
 	t.Helper()
 	stub := responsesBackend(t)
-	return newMixedEnv(t, 0, nil, func(c *config.Config) {
-		c.Backends = append(c.Backends, config.Backend{Name: "r", URL: stub.URL, Type: "openai"})
-	})
+	return openAIStubEnv(t, "r", stub.URL)
 }
 
 var responsesParams = responses.ResponseNewParams{Model: "gpt-r", Input: responses.ResponseNewParamsInputUnion{OfString: openai.String("hi")}}
@@ -285,9 +282,7 @@ func TestCutNonStreamDialects(t *testing.T) {
 	})
 	t.Run("anthropic, openai backend, translated, half the body", func(t *testing.T) {
 		stub := cutBodyBackend(t)
-		e := newMixedEnv(t, 0, nil, func(c *config.Config) {
-			c.Backends = append(c.Backends, config.Backend{Name: "stub", URL: stub.URL, Type: "openai"})
-		})
+		e := openAIStubEnv(t, "stub", stub.URL)
 		p := anthropicParams
 		p.Model = "gpt-c"
 		msg, err := anthropicClient(e, "X-Unused", "1").Messages.New(ctx(t), p)
@@ -375,9 +370,7 @@ func cleanEndBackend(t *testing.T) *httptest.Server {
 // not a message_stop or a done chunk.
 func TestCutStreamDialectsCleanEnd(t *testing.T) {
 	stub := cleanEndBackend(t)
-	e := newMixedEnv(t, 0, nil, func(c *config.Config) {
-		c.Backends = append(c.Backends, config.Backend{Name: "stub", URL: stub.URL, Type: "openai"})
-	})
+	e := openAIStubEnv(t, "stub", stub.URL)
 	p := anthropicParams
 	p.Model = "gpt-t"
 	stream := anthropicClient(e, "X-Unused", "1").Messages.NewStreaming(ctx(t), p)

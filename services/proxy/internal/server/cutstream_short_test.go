@@ -16,7 +16,6 @@ import (
 	"github.com/openai/openai-go/v3/option"
 	"github.com/openai/openai-go/v3/responses"
 
-	"github.com/droverhq/drover/pkg/config"
 	"github.com/droverhq/drover/pkg/usage"
 	"github.com/droverhq/drover/testkit/ollamatest"
 )
@@ -149,9 +148,7 @@ func (h headerTransport) RoundTrip(r *http.Request) (*http.Response, error) {
 func cleanEndEnv(t *testing.T) *mixedEnv {
 	t.Helper()
 	stub := cleanEndBackend(t)
-	return newMixedEnv(t, 0, nil, func(c *config.Config) {
-		c.Backends = append(c.Backends, config.Backend{Name: "stub", URL: stub.URL, Type: "openai"})
-	})
+	return openAIStubEnv(t, "stub", stub.URL)
 }
 
 // cutPlainBody writes body's head and the part of it before cut (half of
@@ -207,9 +204,7 @@ func cutChatBackend(t *testing.T) *httptest.Server {
 func cutChatEnv(t *testing.T) *mixedEnv {
 	t.Helper()
 	stub := cutChatBackend(t)
-	return newMixedEnv(t, 0, nil, func(c *config.Config) {
-		c.Backends = append(c.Backends, config.Backend{Name: "stub", URL: stub.URL, Type: "openai"})
-	})
+	return openAIStubEnv(t, "stub", stub.URL)
 }
 
 // checkCutBody checks the one event of a non-streamed answer cut short:

@@ -52,6 +52,15 @@ func (r *recorder) all() []usage.Event {
 	return append([]usage.Event(nil), r.events...)
 }
 
+// openAIStubEnv is a mixedEnv whose one backend is the OpenAI-compatible
+// server at url, named name (a test's own stub).
+func openAIStubEnv(t testing.TB, name, url string) *mixedEnv {
+	t.Helper()
+	return newMixedEnv(t, 0, nil, func(c *config.Config) {
+		c.Backends = append(c.Backends, config.Backend{Name: name, URL: url, Type: "openai"})
+	})
+}
+
 func newMixedEnv(t testing.TB, nOllama int, oaCfgs []openaitest.Config, mutate func(*config.Config)) *mixedEnv {
 	t.Helper()
 	e := &mixedEnv{t: t, events: &recorder{}}

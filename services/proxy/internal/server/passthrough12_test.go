@@ -44,9 +44,7 @@ func TestResponsesToOpenAIBackend(t *testing.T) {
 		}
 	}))
 	t.Cleanup(stub.Close)
-	e := newMixedEnv(t, 0, nil, func(c *config.Config) {
-		c.Backends = append(c.Backends, config.Backend{Name: "stub", URL: stub.URL, Type: "openai"})
-	})
+	e := openAIStubEnv(t, "stub", stub.URL)
 	for _, c := range []struct {
 		body, want string
 		status     int
