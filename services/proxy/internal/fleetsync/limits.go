@@ -163,7 +163,7 @@ func (l *limits) checkTenants(c *count) error {
 		}
 		// Recent grants decay within seconds; more than a cap's worth
 		// per millisecond of the half-life cannot be real.
-		t.Recent = min(t.Recent, float64(max(l.MaxInFlight, 1))*1000)
+		t.Recent = min(t.Recent, float64(max(l.MaxInFlight, 1))*float64(routing.RecentHalfLife.Milliseconds()))
 		n += t.N
 	}
 	if n > c.N {

@@ -101,7 +101,7 @@ type TenantLoad struct {
 }
 
 // RecentHalfLife is the half-life of TenantLoad.Recent.
-const RecentHalfLife = time.Second
+const RecentHalfLife = 3 * time.Second
 
 // decaying is a count that halves every RecentHalfLife.
 type decaying struct {
