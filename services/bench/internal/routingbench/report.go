@@ -167,7 +167,7 @@ func (d Document) WriteMarkdown(w io.Writer) {
 		}
 	}
 	if len(slotted) > 0 {
-		fmt.Fprintln(&b, "\nWhat Drover's slot model held for each request granted (per step: hit / elsewhere / busy / evicted / new; of them queued; waited for a warm slot):")
+		fmt.Fprintln(&b, "\nWhat Drover's slot model held for each request granted (per step: hit / elsewhere / busy / evicted / new; of them queued; waited for a warm slot), and how many requests the backends evaluated more than half of (cold):")
 		for _, r := range d.Results {
 			if !slices.Contains(slotted, r.Name) {
 				continue
@@ -175,9 +175,9 @@ func (d Document) WriteMarkdown(w io.Writer) {
 			fmt.Fprintf(&b, "- %s:", r.Name)
 			for _, s := range r.Steps {
 				m := s.Slotted
-				fmt.Fprintf(&b, " %g: %d/%d/%d/%d/%d (q %d/%d/%d/%d/%d; w %d/%d/%d/%d/%d);", s.Offered, m["hit"], m["elsewhere"], m["busy"], m["evicted"], m["new"],
+				fmt.Fprintf(&b, " %g: %d/%d/%d/%d/%d (q %d/%d/%d/%d/%d; w %d/%d/%d/%d/%d; cold %d);", s.Offered, m["hit"], m["elsewhere"], m["busy"], m["evicted"], m["new"],
 					m["hit/queue"], m["elsewhere/queue"], m["busy/queue"], m["evicted/queue"], m["new/queue"],
-					m["hit/warm"], m["elsewhere/warm"], m["busy/warm"], m["evicted/warm"], m["new/warm"])
+					m["hit/warm"], m["elsewhere/warm"], m["busy/warm"], m["evicted/warm"], m["new/warm"], s.Cold)
 			}
 			fmt.Fprintln(&b)
 		}

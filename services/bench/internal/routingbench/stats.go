@@ -17,6 +17,11 @@ type StepStats struct {
 	HitRate float64 `json:"token_hit_rate"`
 	TTFTP50 Millis  `json:"ttft_p50_ms"`
 	TTFTP99 Millis  `json:"ttft_p99_ms"`
+	// Cold counts the requests whose backend evaluated more than half
+	// their prompt (a miss of the group's system prompt, as the backend
+	// tells it); set beside Slotted, it shows how often the slot model
+	// believed a hit that the backend did not serve.
+	Cold int `json:"cold"`
 	// Slotted is what Drover's slot model held for the requests granted
 	// during the step (drover_affinity_slotted_total: one replica with
 	// prefix or session), by reason, and by reason + "/queue" or "/warm"
@@ -62,6 +67,9 @@ func Summarize(steps []Step, samples []Sample) []StepStats {
 			continue
 		}
 		ttfts[i] = append(ttfts[i], s.TTFT)
+		if 2*s.UncachedTokens > s.PromptTokens {
+			out[i].Cold++
+		}
 		prompt[i] += s.PromptTokens
 		uncached[i] += s.UncachedTokens
 		if s.Finished < end { // completions after the ramp count in no window

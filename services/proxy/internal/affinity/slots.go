@@ -25,12 +25,19 @@ type Slots struct {
 
 	mu      sync.Mutex
 	ticket  uint64 // the last Warm's
+	seq     uint64 // the last take's (Taken)
 	targets map[Target][]modelSlot
+	// pending holds, per (backend, model), takes that found every
+	// modelled slot busy, oldest first: each takes the next slot released
+	// (a fleet's router grants a slot on its in-flight counts, which can
+	// run ahead of the slot events this model hears; or the backend
+	// queues the request). At most the target's slot count.
+	pending map[Target][]pendingTake
 	// timing is, per (backend, model), how long its slots stay busy:
 	// what a warm prompt takes and what an uncached block adds.
 	timing map[Target]*slotTiming
-	// remote maps another replica's takes (SlotEvent.ID) to the slot
-	// this model put them in, until their release.
+	// remote maps another replica's takes (SlotEvent.ID) to this
+	// model's take, until their release.
 	remote map[remoteKey]remoteTake
 	// pop is each home key's (a prompt's first block: its group's)
 	// requests through this replica, decayed with popHalfLife: what a
@@ -64,9 +71,21 @@ type remoteKey struct {
 }
 
 type remoteTake struct {
-	t  Target
-	i  int
-	at int64
+	t    Target
+	take Taken
+	at   int64
+}
+
+// Taken names one take in a model, for its release (0: none).
+type Taken uint64
+
+// pendingTake is a take that found no free slot in the model.
+type pendingTake struct {
+	take   Taken
+	chain  []uint64 // what a slot keeps of the prompt
+	whole  int      // the prompt's blocks
+	at     int64
+	remote bool
 }
 
 // maxRemote bounds Slots.remote: takes whose release was lost are
@@ -101,10 +120,7 @@ func (s *Slots) Apply(replica string, events []SlotEvent, now time.Time) {
 		if ev.Chain == nil {
 			if rt, ok := s.remote[k]; ok {
 				delete(s.remote, k)
-				if ss := s.targets[rt.t]; rt.i < len(ss) && ss[rt.i].busy {
-					ss[rt.i].busy = false
-					s.handOnLocked(rt.t, &ss[rt.i])
-				}
+				s.releaseLocked(rt.t, rt.take, n)
 			}
 			continue
 		}
@@ -118,9 +134,8 @@ func (s *Slots) Apply(replica string, events []SlotEvent, now time.Time) {
 			}
 			delete(s.remote, oldest)
 		}
-		if i := s.takeLocked(ev.T, ev.Slots, ev.Chain, n, nil); i >= 0 {
-			s.remote[k] = remoteTake{t: ev.T, i: i, at: n}
-			s.targets[ev.T][i].remote = true
+		if id := s.takeLocked(ev.T, ev.Slots, ev.Chain, n, nil, true); id != 0 {
+			s.remote[k] = remoteTake{t: ev.T, take: id, at: n}
 		}
 	}
 }
@@ -129,6 +144,7 @@ func (s *Slots) Apply(replica string, events []SlotEvent, now time.Time) {
 type modelSlot struct {
 	chain []uint64
 	busy  bool
+	take  Taken // the take holding it while busy
 	at    int64 // unix nanoseconds it was last taken
 	// uncached is how many of the prompt's blocks the slot did not hold
 	// when it was taken (what the backend evaluated).
@@ -163,7 +179,8 @@ const timingWeight = 0.1
 // it was taken (the model's keep_alive), and at most maxBlocks leading
 // blocks of each prompt are kept (a slot's context).
 func NewSlots(ttl time.Duration, maxBlocks int) *Slots {
-	return &Slots{ttl: ttl, maxBlocks: max(maxBlocks, 1), targets: map[Target][]modelSlot{}, pop: map[uint64]popularity{}, timing: map[Target]*slotTiming{}, remote: map[remoteKey]remoteTake{}}
+	return &Slots{ttl: ttl, maxBlocks: max(maxBlocks, 1), targets: map[Target][]modelSlot{}, pending: map[Target][]pendingTake{},
+		pop: map[uint64]popularity{}, timing: map[Target]*slotTiming{}, remote: map[remoteKey]remoteTake{}}
 }
 
 // Free is the longest run of p's leading blocks that a free slot of t
@@ -222,20 +239,23 @@ func (s *Slots) copiesLocked(g uint64, now int64) int {
 	return max(n, 1)
 }
 
-// Take records that p goes to t, which has n slots, and returns the slot
-// it takes, for Release.
-func (s *Slots) Take(t Target, n int, p *Prompt, now time.Time) int {
+// Take records that p goes to t, which has n slots, and returns the take,
+// for Release. A take that finds every modelled slot busy waits in the
+// model for the next slot released (the slot the backend gave it was
+// freed by a release this model has not heard yet, or the backend queues
+// it); 0 when even that is full (more takes than slots waiting).
+func (s *Slots) Take(t Target, n int, p *Prompt, now time.Time) Taken {
 	return s.TakeFor(t, n, p, now, nil)
 }
 
 // TakeFor is Take for the request waiting as w (nil: none).
-func (s *Slots) TakeFor(t Target, n int, p *Prompt, now time.Time, w *Warm) int {
+func (s *Slots) TakeFor(t Target, n int, p *Prompt, now time.Time, w *Warm) Taken {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	return s.takeLocked(t, n, p.Chain, now.UnixNano(), w)
+	return s.takeLocked(t, n, p.Chain, now.UnixNano(), w, false)
 }
 
-func (s *Slots) takeLocked(t Target, n int, chain []uint64, now int64, w *Warm) int {
+func (s *Slots) takeLocked(t Target, n int, chain []uint64, now int64, w *Warm, remote bool) Taken {
 	if len(chain) > 0 {
 		s.countLocked(chain[0], now)
 	}
@@ -246,45 +266,93 @@ func (s *Slots) takeLocked(t Target, n int, chain []uint64, now int64, w *Warm) 
 		ss = grown
 		s.targets[t] = ss
 	}
-	i, held := s.pickLocked(ss, chain, now, w.id())
-	if i < 0 {
-		return -1 // more requests than slots: Ollama queues it; model nothing
-	}
 	c := chain[:min(len(chain), s.maxBlocks)]
-	sl := &ss[i]
-	sl.chain, sl.busy, sl.at, sl.uncached, sl.remote = append(sl.chain[:0], c...), true, now, len(chain)-held, false
-	if sl.heldFor == w.id() {
+	s.seq++
+	id := s.seq
+	i, _ := s.pickLocked(ss, chain, now, w.id())
+	if i < 0 {
+		// A slot kept for another request is free in the backend, which
+		// gives it to this one.
+		i, _ = s.pickLocked(ss, chain, now, anyKept)
+	}
+	if i < 0 {
+		if len(s.pending[t]) >= len(ss) {
+			return 0 // more takes waiting than slots: model nothing
+		}
+		s.pending[t] = append(s.pending[t], pendingTake{take: Taken(id), chain: slices.Clone(c), whole: len(chain), at: now, remote: remote})
+		return Taken(id)
+	}
+	if ss[i].heldFor == w.id() {
+		ss[i].heldFor = 0
+	}
+	s.placeLocked(&ss[i], c, len(chain), Taken(id), now, remote)
+	return Taken(id)
+}
+
+// placeLocked puts a take of chain (c: the part a slot keeps; whole: the
+// prompt's blocks) in free slot sl. A request the slot was kept for is
+// first in its line again.
+func (s *Slots) placeLocked(sl *modelSlot, c []uint64, whole int, id Taken, at int64, remote bool) {
+	if sl.heldFor != 0 {
+		sl.line = slices.Insert(sl.line, 0, sl.heldFor)
 		sl.heldFor = 0
 	}
-	return i
+	held := matchLen(c, sl.chain)
+	if sl.at != 0 && at-sl.at >= int64(s.ttl) {
+		held = 0
+	}
+	sl.chain, sl.busy, sl.take, sl.at, sl.uncached, sl.remote = append(sl.chain[:0], c...), true, id, at, whole-held, remote
 }
 
-// Release frees slot i of t (Take's answer; -1 does nothing) and learns
-// from how long it was held.
-func (s *Slots) Release(t Target, i int) {
-	s.release(t, i, time.Now())
+// Release ends take id on t (Take's answer; 0 does nothing) and learns
+// from how long its slot was held.
+func (s *Slots) Release(t Target, id Taken) {
+	s.release(t, id, time.Now())
 }
 
-func (s *Slots) release(t Target, i int, now time.Time) {
+func (s *Slots) release(t Target, id Taken, now time.Time) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	ss := s.targets[t]
-	if i < 0 || i >= len(ss) || !ss[i].busy {
+	at, u, ok := s.releaseLocked(t, id, now.UnixNano())
+	if !ok {
 		return
 	}
-	ss[i].busy = false
-	s.handOnLocked(t, &ss[i])
 	tm := s.timingLocked(t)
-	d := float64(now.UnixNano() - ss[i].at)
+	d := float64(now.UnixNano() - at)
 	if d <= 0 {
 		return
 	}
-	switch u := ss[i].uncached; {
+	switch {
 	case u <= 1: // found whole (a follow-up's new message may be a block)
 		tm.warm = ewma(tm.warm, d)
 	case tm.warm > 0:
 		tm.extra, tm.uncached = ewma(tm.extra, max(d-tm.warm, 0)), ewma(tm.uncached, float64(u))
 	}
+}
+
+// releaseLocked ends take id on t: frees its slot and hands it on. ok
+// says the take held a slot (not when it was still waiting for one, or
+// is unknown); at and uncached are the take's, for learning the timing.
+func (s *Slots) releaseLocked(t Target, id Taken, now int64) (at int64, uncached int, ok bool) {
+	if id == 0 {
+		return 0, 0, false
+	}
+	if ps := s.pending[t]; len(ps) > 0 {
+		if k := slices.IndexFunc(ps, func(p pendingTake) bool { return p.take == id }); k >= 0 {
+			s.pending[t] = slices.Delete(ps, k, k+1)
+			return 0, 0, false
+		}
+	}
+	ss := s.targets[t]
+	for i := range ss {
+		if ss[i].busy && ss[i].take == id {
+			at, uncached = ss[i].at, ss[i].uncached
+			ss[i].busy, ss[i].take = false, 0
+			s.handOnLocked(t, i, now)
+			return at, uncached, true
+		}
+	}
+	return 0, 0, false
 }
 
 // block is what an uncached block adds to a request's time (0: unknown).
@@ -431,14 +499,35 @@ func (s *Slots) Leave(w *Warm) {
 	sl.line = slices.DeleteFunc(sl.line, func(t uint64) bool { return t == w.ticket })
 	if sl.heldFor == w.ticket {
 		sl.heldFor = 0
-		s.handOnLocked(w.t, sl)
+		s.handOnLocked(w.t, w.slot, time.Now().UnixNano())
 	}
 }
 
-// handOnLocked keeps a free slot for the first request in its line, and
-// wakes the waiters of t.
-func (s *Slots) handOnLocked(t Target, sl *modelSlot) {
-	if !sl.busy && sl.heldFor == 0 && len(sl.line) > 0 {
+// handOnLocked passes on slot i of t, just freed: to the oldest take
+// waiting for a slot of t (it already runs there, in the backend), which
+// takes the free slot Ollama would give it, else the slot is kept for the
+// first request in its line; and wakes the waiters of t.
+func (s *Slots) handOnLocked(t Target, i int, now int64) {
+	ss := s.targets[t]
+	ps := s.pending[t]
+	for len(ps) > 0 && now-ps[0].at >= int64(s.ttl) {
+		ps = ps[1:] // its release was lost
+	}
+	if len(ps) > 0 {
+		p := ps[0]
+		ps = ps[1:]
+		j, _ := s.pickLocked(ss, p.chain, now, anyKept) // it runs already: kept slots too
+		if j < 0 {
+			j = i
+		}
+		s.placeLocked(&ss[j], p.chain, p.whole, p.take, p.at, p.remote)
+	}
+	if len(ps) == 0 {
+		delete(s.pending, t)
+	} else {
+		s.pending[t] = ps
+	}
+	if sl := &ss[i]; !sl.busy && sl.heldFor == 0 && len(sl.line) > 0 {
 		sl.heldFor, sl.line = sl.line[0], sl.line[1:]
 	}
 	tm := s.timingLocked(t)
@@ -454,13 +543,17 @@ func matchLen(chain, held []uint64) int {
 	return k
 }
 
+// anyKept, as pickLocked's ticket, counts every slot kept for a waiting
+// request as free (the backend knows nothing of keeping).
+const anyKept = ^uint64(0)
+
 // pickLocked is the free slot Ollama gives chain (-1: none free) and the
 // blocks it holds of it; a slot kept for a waiting request (Warm) is
-// free only to that request's ticket.
+// free only to that request's ticket (or anyKept).
 func (s *Slots) pickLocked(ss []modelSlot, chain []uint64, now int64, ticket uint64) (int, int) {
 	best, n := -1, -1
 	for i := range ss {
-		if ss[i].busy || (ss[i].heldFor != 0 && ss[i].heldFor != ticket) {
+		if ss[i].busy || (ss[i].heldFor != 0 && ss[i].heldFor != ticket && ticket != anyKept) {
 			continue
 		}
 		k := 0

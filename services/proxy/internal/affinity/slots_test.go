@@ -16,8 +16,8 @@ func TestSlotsFollowOllama(t *testing.T) {
 
 	i := s.Take(a, 4, hot, now)  // empty: slot 0
 	j := s.Take(a, 4, cold, now) // slot 0 busy: slot 1
-	if i != 0 || j != 1 {
-		t.Fatalf("took %d, %d; want 0, 1", i, j)
+	if si, sj := slotOf(s, a, i), slotOf(s, a, j); si != 0 || sj != 1 {
+		t.Fatalf("took %d, %d; want 0, 1", si, sj)
 	}
 	if got := s.Free(a, hot, now); got != 0 {
 		t.Fatalf("hot's slot is busy, yet %d blocks free", got)
@@ -28,10 +28,11 @@ func TestSlotsFollowOllama(t *testing.T) {
 		t.Fatalf("an extension of hot finds %d blocks, want 5", got)
 	}
 	// A miss takes the lowest free slot: hot's, not the older cold one.
-	if k := s.Take(a, 4, other, now); k != 0 {
-		t.Fatalf("a miss took slot %d, want 0", k)
+	k := s.Take(a, 4, other, now)
+	if got := slotOf(s, a, k); got != 0 {
+		t.Fatalf("a miss took slot %d, want 0", got)
 	}
-	s.Release(a, 0)
+	s.Release(a, k)
 	if h, c := s.Free(a, hot, now), s.Free(a, cold, now); h != 0 || c != 5 {
 		t.Fatalf("after the miss: hot %d, cold %d; want 0, 5", h, c)
 	}
@@ -39,14 +40,102 @@ func TestSlotsFollowOllama(t *testing.T) {
 	if got := s.Free(a, cold, now.Add(2*time.Hour)); got != 0 {
 		t.Fatalf("after the TTL: %d blocks", got)
 	}
-	// More requests than slots: the model records nothing.
+}
+
+// A take that finds every modelled slot busy runs on the backend all the
+// same (a release the model has not heard yet freed its slot, or the
+// backend queues it): it takes the next slot released, as Ollama would
+// give it the free slot; its own release before that only forgets it.
+func TestSlotsTakeWhenFull(t *testing.T) {
+	s := NewSlots(time.Hour, 1000)
+	a := Target{"a", "m"}
+	now := time.Now()
+	hot, other, late := chain(100, 5), chain(200, 5), chain(300, 5)
+	h := s.Take(a, 2, hot, now)
+	o := s.Take(a, 2, other, now)
+	l := s.Take(a, 2, late, now)
+	if l == 0 || slotOf(s, a, l) != -1 {
+		t.Fatalf("a third take of two busy slots: %d in slot %d; want waiting", l, slotOf(s, a, l))
+	}
+	s.Release(a, h)
+	if got := slotOf(s, a, l); got != 0 {
+		t.Fatalf("the waiting take is in slot %d after slot 0's release, want 0", got)
+	}
+	if s.Free(a, hot, now) != 0 || s.Held(a, late, now) != 5 {
+		t.Fatalf("slot 0 still offers hot (%d blocks free) or misses late", s.Free(a, hot, now))
+	}
+	s.Release(a, l)
+	if s.Free(a, late, now) != 5 {
+		t.Fatal("the late take's release did not free its slot")
+	}
+	// Released before any slot came back: forgotten, the next release
+	// frees its slot as usual.
+	l2 := s.Take(a, 2, late, now)
+	l3 := s.Take(a, 2, hot, now)
+	s.Release(a, l3)
+	s.Release(a, o)
+	if s.Free(a, other, now) != 5 || slotOf(s, a, l2) != 0 {
+		t.Fatalf("other free %d, late in slot %d", s.Free(a, other, now), slotOf(s, a, l2))
+	}
+	s.Release(a, l2)
+	// The waiting takes are bounded by the slots: beyond, nothing is
+	// modelled.
 	for range 4 {
-		s.Take(a, 4, other, now)
+		if s.Take(a, 2, other, now) == 0 {
+			t.Fatal("a take within the bound was not modelled")
+		}
 	}
-	if k := s.Take(a, 4, hot, now); k != -1 {
-		t.Fatalf("a fifth request took slot %d", k)
+	if got := s.Take(a, 2, other, now); got != 0 {
+		t.Fatalf("a fifth take on two slots: %d, want 0", got)
 	}
-	s.Release(a, -1)
+	s.Release(a, 0)
+}
+
+// A take that finds only a slot kept for a waiting request takes it (the
+// backend knows nothing of keeping): the waiter is first in line again.
+func TestSlotsTakeKeptSlot(t *testing.T) {
+	s := NewSlots(time.Hour, 1000)
+	a := Target{"a", "m"}
+	now := time.Now()
+	teach(s, a, now)
+	hot := chain(100, 20)
+	i := s.Take(a, 1, hot, now)
+	later := now.Add(220 * time.Millisecond)
+	w, ok := s.JoinWarm([]Target{a}, hot, later)
+	if !ok {
+		t.Fatal("did not join the line")
+	}
+	s.release(a, i, later)
+	if r, _, _, _ := s.Ready(w, hot, later); !r {
+		t.Fatal("not kept for the waiter")
+	}
+	j := s.Take(a, 1, chain(500, 5), later) // another replica's grant, say
+	if slotOf(s, a, j) != 0 {
+		t.Fatal("the kept slot was not taken")
+	}
+	if r, _, _, holds := s.Ready(w, hot, later); r || holds {
+		t.Fatalf("the waiter is ready %t, its slot holds its prompt %t: want false, false", r, holds)
+	}
+	s.release(a, j, later)
+	if s.FreeFor(a, chain(500, 5), later, w) != 5 || s.Free(a, chain(500, 5), later) != 0 {
+		t.Fatal("the slot is not kept for the waiter again")
+	}
+	s.Leave(w)
+	if s.Waiting() != 0 {
+		t.Fatalf("waiting %d after Leave", s.Waiting())
+	}
+}
+
+// slotOf is the slot take id holds in s's model of t (-1: none).
+func slotOf(s *Slots, t Target, id Taken) int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for i, sl := range s.targets[t] {
+		if sl.busy && sl.take == id {
+			return i
+		}
+	}
+	return -1
 }
 
 // A slot keeps at most maxBlocks leading blocks of a prompt.
@@ -160,11 +249,12 @@ func TestSlotsWarmLine(t *testing.T) {
 	if r2, _, _, _ := s.Ready(w2, hot, later); r2 || s.Free(a, hot, later) != 0 || s.FreeFor(a, hot, later, w1) != 20 {
 		t.Fatal("the kept slot is free to others")
 	}
-	if k := s.TakeFor(a, 4, hot, later, w1); k != i {
-		t.Fatalf("w1 took slot %d, want its %d", k, i)
+	k := s.TakeFor(a, 4, hot, later, w1)
+	if got := slotOf(s, a, k); got != 0 {
+		t.Fatalf("w1 took slot %d, want its 0", got)
 	}
 	s.Leave(w1)
-	s.release(a, i, later)
+	s.release(a, k, later)
 	// Now kept for w2; w2 gives up: free to all again.
 	if r2, _, _, _ := s.Ready(w2, hot, later); !r2 {
 		t.Fatal("w2 not ready after the second release")
@@ -211,12 +301,28 @@ func TestSlotsApplyRemote(t *testing.T) {
 	if s.Free(a, hot, now) != 0 || s.Held(a, hot, now) != 5 {
 		t.Fatal("the other replica's busy slot is free here")
 	}
-	if k := s.Take(a, 2, chain(300, 5), now); k != -1 {
-		t.Fatalf("a third request took slot %d of two busy ones", k)
+	if k := s.Take(a, 2, chain(300, 5), now); slotOf(s, a, k) != -1 {
+		t.Fatalf("a third request took slot %d of two busy ones", slotOf(s, a, k))
+	} else {
+		s.Release(a, k) // done before any slot came back
 	}
 	s.Apply("r3", []SlotEvent{{T: a, ID: 1}}, now) // another replica's number 1
 	s.Apply("r2", []SlotEvent{{T: a, ID: 1}}, now)
 	if s.Free(a, hot, now) != 5 || s.Free(a, other, now) != 0 {
 		t.Fatalf("after r2's release: hot %d, other %d", s.Free(a, hot, now), s.Free(a, other, now))
 	}
+	// A grant made on the fleet's in-flight counts before this model heard
+	// the release that made room: it lands in the slot that release frees.
+	late := chain(300, 5)
+	k := s.Take(a, 2, chain(400, 5), now) // hot's free slot
+	l := s.Take(a, 2, late, now)          // none free here yet
+	if slotOf(s, a, l) != -1 {
+		t.Fatal("took a slot while both were busy")
+	}
+	s.Apply("r2", []SlotEvent{{T: a, ID: 2}}, now)
+	if s.Free(a, other, now) != 0 || s.Held(a, late, now) != 5 {
+		t.Fatal("r2's release left its slot to other, not to the waiting take")
+	}
+	s.Release(a, k)
+	s.Release(a, l)
 }

@@ -162,7 +162,7 @@ func (r *Router) Prompt(route string, body []byte, h http.Header) *affinity.Prom
 func (r *Router) AcquireFor(ctx context.Context, who Tenant, cands []Candidate, p *affinity.Prompt) (*Slot, error) {
 	a := r.opts.Affinity
 	if p == nil || a == nil || a.Index == nil || (r.opts.Strategy != Prefix && r.opts.Strategy != Session) {
-		return r.acquire(ctx, who, cands, nil, p)
+		return r.acquire(ctx, who, cands, nil, p, nil)
 	}
 	now := time.Now()
 	slots := a.Slots
@@ -176,26 +176,8 @@ func (r *Router) AcquireFor(ctx context.Context, who Tenant, cands []Candidate, 
 			now = time.Now()
 		}
 	}
-	matches := make([]affinity.Match, len(cands))
-	for i, c := range cands {
-		if c.Loaded {
-			// A model not loaded has no cache: its entries wait unread
-			// until it is loaded again or they age out.
-			t := affinity.Target{Backend: c.Backend, Model: c.Model}
-			matches[i] = a.Index.Lookup(t, p, now)
-			if slots != nil && len(p.Chain) > 0 {
-				// The model knows what the slots hold: where the session
-				// went last is no better a guess (a miss there may have
-				// overwritten it since).
-				matches[i].Blocks = slots.FreeFor(t, p, now, warm)
-				matches[i].Session = 0
-				if matches[i].Blocks == 0 {
-					matches[i].Evicts = slots.Evicts(t, p, now)
-				}
-			}
-		}
-	}
-	s, err := r.acquire(ctx, who, cands, matches, p)
+	rank := func(now time.Time) []affinity.Match { return matches(a.Index, slots, cands, p, now, warm) }
+	s, err := r.acquire(ctx, who, cands, rank(now), p, rank)
 	if err != nil {
 		return nil, err
 	}
@@ -242,6 +224,33 @@ func (r *Router) AcquireFor(ctx context.Context, who Tenant, cands []Candidate, 
 	return s, nil
 }
 
+// matches is each candidate's affinity for p now: what the index holds,
+// or with the slot model (slots not nil) what its free slots hold (w: the
+// request's warm wait, nil: none).
+func matches(index *affinity.Index, slots *affinity.Slots, cands []Candidate, p *affinity.Prompt, now time.Time, w *affinity.Warm) []affinity.Match {
+	out := make([]affinity.Match, len(cands))
+	for i, c := range cands {
+		if !c.Loaded {
+			// A model not loaded has no cache: its entries wait unread
+			// until it is loaded again or they age out.
+			continue
+		}
+		t := affinity.Target{Backend: c.Backend, Model: c.Model}
+		out[i] = index.Lookup(t, p, now)
+		if slots != nil && len(p.Chain) > 0 {
+			// The model knows what the slots hold: where the session went
+			// last is no better a guess (a miss there may have overwritten
+			// it since).
+			out[i].Blocks = slots.FreeFor(t, p, now, w)
+			out[i].Session = 0
+			if out[i].Blocks == 0 {
+				out[i].Evicts = slots.Evicts(t, p, now)
+			}
+		}
+	}
+	return out
+}
+
 // TokenLoads is this replica's estimated tokens in flight per backend,
 // for sharing.
 func (r *Router) TokenLoads() map[string]int64 {
@@ -261,8 +270,10 @@ func (r *Router) tokensLocked(backend string) int64 {
 }
 
 // chooseLocked picks among rs (in candidate order) by the router's
-// strategy.
-func (r *Router) chooseLocked(w *waiter, rs []ranked) (Candidate, bool) {
+// strategy. A waiter that queued is ranked on its affinity now, not as
+// when it arrived: the slots freed since, and the other replicas' takes
+// heard meanwhile, decide where its prompt is cached.
+func (r *Router) chooseLocked(w *waiter, rs []ranked, now time.Time) (Candidate, bool) {
 	if len(rs) == 0 {
 		return Candidate{}, false
 	}
@@ -272,6 +283,9 @@ func (r *Router) chooseLocked(w *waiter, rs []ranked) (Candidate, bool) {
 		r.turn++
 		return c, true
 	case Prefix, Session:
+		if w.queued && w.rank != nil {
+			w.aff = w.rank(now)
+		}
 		if w.aff != nil {
 			return r.affineLocked(w, rs), true
 		}

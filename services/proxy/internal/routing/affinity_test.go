@@ -518,3 +518,35 @@ func TestWarmWaitReusesBusySlot(t *testing.T) {
 		t.Fatalf("went to %s; slot model outcomes %v, picks %v", w.Backend, slotted, o.n)
 	}
 }
+
+// A waiter that queued is ranked at its grant on what the slot model
+// holds then, not on what it held when the request arrived: here another
+// replica's request cached the prompt on the backend that is not its home
+// while it waited.
+func TestQueuedWaiterRanksAtGrant(t *testing.T) {
+	r, o := affineRouter(Prefix, 2, 0)
+	slots := affinity.NewSlots(time.Hour, 1000)
+	r.opts.Affinity.Slots = slots
+	cands := []Candidate{cand("a", "m", 4, true, 1), cand("b", "m", 4, true, 1)}
+	p := chatPrompt(r, sysA, 0, "")
+	home, other := homeOf(p, cands)
+	now := time.Now()
+	arrived := matches(r.opts.Affinity.Index, slots, cands, p, now, nil) // cached nowhere
+	ot := affinity.Target{Backend: other, Model: "m"}
+	slots.Apply("r2", []affinity.SlotEvent{{T: ot, ID: 1, Slots: 4, Chain: p.Chain}, {T: ot, ID: 1}}, now)
+	for _, queued := range []bool{false, true} {
+		w := &waiter{at: now, who: Tenant{}.normal(), cands: cands, aff: arrived, home: p.Home(), queued: queued,
+			rank: func(now time.Time) []affinity.Match { return matches(r.opts.Affinity.Index, slots, cands, p, now, nil) }}
+		w.q = w.who.queue()
+		r.mu.Lock()
+		c, ok := r.pickLocked(w, nil, now)
+		r.mu.Unlock()
+		want, outcome := home, OutcomeMiss // as it arrived: cached nowhere, home
+		if queued {
+			want, outcome = other, OutcomeHit
+		}
+		if !ok || c.Backend != want || w.choice.outcome != outcome {
+			t.Fatalf("queued %t: went to %s (%s), want %s (%s); outcomes %v", queued, c.Backend, w.choice.outcome, want, outcome, o.n)
+		}
+	}
+}

@@ -160,9 +160,12 @@ type waiter struct {
 	q     queueID
 	cands []Candidate
 	grant chan *Slot // buffered 1; receives the slot when granted
-	// aff is each candidate's affinity (nil: the strategy ignores it);
+	// aff is each candidate's affinity (nil: the strategy ignores it),
+	// and rank computes it again for a waiter that queued (nil: never);
 	// tokens the request's estimated tokens; choice what ranking decided.
 	aff    []affinity.Match
+	rank   func(time.Time) []affinity.Match
+	queued bool // found no slot it could take on arrival: waits in the queue
 	tokens int64
 	home   uint64 // the prompt's home key (affinity.go; 0: none)
 	choice choice
@@ -208,18 +211,19 @@ func (s *Slot) Release() {
 // ErrQueueFull (ErrKeyQueueFull for who's own bound), ErrQueueTimeout,
 // ErrNoCandidates or the context's error.
 func (r *Router) Acquire(ctx context.Context, who Tenant, cands []Candidate) (*Slot, error) {
-	return r.acquire(ctx, who, cands, nil, nil)
+	return r.acquire(ctx, who, cands, nil, nil, nil)
 }
 
-// acquire is Acquire with each candidate's affinity (nil: none) and the
-// request's prompt (nil: unknown) for the strategy.
-func (r *Router) acquire(ctx context.Context, who Tenant, cands []Candidate, aff []affinity.Match, p *affinity.Prompt) (*Slot, error) {
+// acquire is Acquire with each candidate's affinity (nil: none), the
+// request's prompt (nil: unknown) for the strategy, and how to compute
+// the affinity again if the request has to wait (nil: keep aff).
+func (r *Router) acquire(ctx context.Context, who Tenant, cands []Candidate, aff []affinity.Match, p *affinity.Prompt, rank func(time.Time) []affinity.Match) (*Slot, error) {
 	if len(cands) == 0 {
 		return nil, ErrNoCandidates
 	}
 	who = who.normal()
 	start := time.Now()
-	w := &waiter{at: start, who: who, q: who.queue(), cands: cands, aff: aff}
+	w := &waiter{at: start, who: who, q: who.queue(), cands: cands, aff: aff, rank: rank}
 	if p != nil {
 		w.tokens, w.home = p.Tokens, p.Home()
 	}
@@ -258,6 +262,7 @@ func (r *Router) acquire(ctx context.Context, who Tenant, cands []Candidate, aff
 		r.observe(start, false, full)
 		return nil, full
 	}
+	w.queued = true
 	r.mu.Unlock()
 
 	timer := time.NewTimer(r.opts.MaxWait)
@@ -415,7 +420,7 @@ func (r *Router) pickLocked(w *waiter, plans map[Key]plan, now time.Time) (Candi
 		rs = append(rs, ranked{c: c, i: i, in: in, total: total, tokens: r.tokensLocked(c.Backend)})
 	}
 	r.ranks = rs
-	return r.chooseLocked(w, rs)
+	return r.chooseLocked(w, rs, now)
 }
 
 // mayBorrowLocked allows a slot beyond this replica's share only once its
