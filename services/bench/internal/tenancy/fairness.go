@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"hash/fnv"
 	"math"
+	"sort"
 	"strconv"
 	"time"
 )
@@ -121,6 +122,35 @@ type NeighbourResult struct {
 	A        WaitStats `json:"a"`
 	P99Ratio float64   `json:"p99_ratio"` // BWithA.P99 / BAlone.P99
 	Passed   bool      `json:"passed"`    // ratio <= 1.5
+	// Timeline is every request of both phases, in order of arrival:
+	// what the percentiles above summarise, for reading a tail back to
+	// its burst (docs/limits-bench.md).
+	Timeline []Arrival `json:"timeline"`
+}
+
+// Arrival is one request of the neighbour scenario: its phase ("alone",
+// "with_a"), key, replica, when it was sent (from the phase's first
+// request) and its queue wait (negative: not a complete reply).
+type Arrival struct {
+	Phase   string `json:"phase"`
+	Key     string `json:"key"`
+	Replica int    `json:"replica"`
+	At      Millis `json:"at_ms"`
+	Wait    Millis `json:"wait_ms"`
+}
+
+// timeline lists rs as Arrivals, in order of arrival, waits less base.
+func timeline(phase string, rs []Result, base time.Duration) []Arrival {
+	sort.Slice(rs, func(i, j int) bool { return rs[i].Start.Before(rs[j].Start) })
+	out := make([]Arrival, 0, len(rs))
+	for _, r := range rs {
+		a := Arrival{Phase: phase, Key: r.Key, Replica: r.Replica, At: ms(r.Start.Sub(rs[0].Start)), Wait: -1}
+		if r.OK() {
+			a.Wait = ms(max(r.Headers-base, 0))
+		}
+		out = append(out, a)
+	}
+	return out
 }
 
 // SharesResult is a closed-loop run of two backlogged keys.
@@ -155,7 +185,9 @@ func RunNeighbour(ctx context.Context, bins Bins, logDir string, spec Saturation
 	}
 	sender := func(k Key) sendFunc {
 		return func(ctx context.Context, i int) Result {
-			return c.Do(ctx, f.URL(i), k.ID, k.Secret, spec.spread(k.ID, i))
+			r := c.Do(ctx, f.URL(i), k.ID, k.Secret, spec.spread(k.ID, i))
+			r.Replica = i % len(f.Replicas)
+			return r
 		}
 	}
 	reqCtx, cancel := context.WithTimeout(ctx, 2*spec.Duration+2*time.Minute)
@@ -181,6 +213,7 @@ func RunNeighbour(ctx context.Context, bins Bins, logDir string, spec Saturation
 		res.P99Ratio = float64(res.BWithA.P99 / res.BAlone.P99)
 	}
 	res.Passed = res.BAlone.P99 > 0 && res.P99Ratio <= 1.5
+	res.Timeline = append(timeline("alone", alone.all(), base), timeline("with_a", both.all(), base)...)
 	return res, ctx.Err()
 }
 

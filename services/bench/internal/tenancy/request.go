@@ -76,6 +76,8 @@ type Result struct {
 	// Cut is a request the end of a closed-loop run cancelled: it counts
 	// as outstanding until then, and as neither reply nor failure.
 	Cut bool
+	// Replica is the index of the replica the request went to.
+	Replica int
 }
 
 // OK reports a complete 200 reply with its counts.
