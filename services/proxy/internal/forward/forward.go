@@ -325,13 +325,14 @@ func (f *Forwarder) attempt(w http.ResponseWriter, r *http.Request, req *Request
 	defer out.clearDeadline()
 	filter := writeHead(out, x.Transform, resp.StatusCode, resp.Header)
 	c := f.copy(out, filter, resp.Body, stream, x.Complete, !stream && verifyEnd(resp))
-	ev.InputTokens, ev.OutputTokens = nil, nil
-	if ev.Status < 300 && x.Tokens != nil {
-		// Counts seen before the client left or the stream broke are still
-		// what the backend reported.
-		ev.InputTokens, ev.OutputTokens = x.Tokens(c.meter())
-	}
+	// A stream is whole once its dialect's end marker went by; a plain body
+	// only once it was read to its end (and, when only the connection's
+	// close ends it, closed its JSON): Ollama's "done":true comes before a
+	// non-streamed answer's counts, so a body cut after it is not whole.
 	complete := x.Complete != nil && x.Complete(c.meter())
+	if !stream {
+		complete = c.err == nil && !c.clientGone && (c.shape == nil || c.shape.whole())
+	}
 	// An answer the backend ended cleanly but short is cut as surely as by
 	// a broken connection: a stream without its dialect's end marker (no
 	// done:true, [DONE], message_stop, response.completed; a translating
@@ -347,6 +348,18 @@ func (f *Forwarder) attempt(w http.ResponseWriter, r *http.Request, req *Request
 		if n, ok := c.meter().Count("sequence_number"); ok {
 			seq = n
 		}
+	}
+	ev.InputTokens, ev.OutputTokens = nil, nil
+	if ev.Status < 300 && x.Tokens != nil {
+		// Counts seen before the client left or the answer broke are still
+		// what the backend reported; but a body that broke off may have
+		// ended inside a count's digits or before a count it would have
+		// had (a plain body cut between its prompt and its output count),
+		// and those are unknown, not zero.
+		if !complete && (c.err != nil || c.clientGone || short) {
+			c.meter().MarkCut()
+		}
+		ev.InputTokens, ev.OutputTokens = x.Tokens(c.meter())
 	}
 	c.release()
 	clientLeft = c.clientGone || (c.err != nil && ctx.Err() != nil)

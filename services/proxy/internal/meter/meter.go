@@ -19,7 +19,19 @@ const tailSize = 16 << 10
 // counts can be read when the response is over without buffering it.
 type Meter struct {
 	buf []byte // the last bytes seen; at most 2*tailSize, at least tailSize when that many were seen
+	cut bool   // the bytes are a body that broke off (MarkCut)
 }
+
+// MarkCut says that the bytes seen are a body that broke off before its
+// end (the backend died mid-body): a count the bytes end in may have lost
+// digits, so Count no longer reads it, and the counts readers take as zero
+// when a whole answer omits them (Ollama omits a zero count) are unknown
+// instead: the body may simply not have reached them (Cut).
+func (m *Meter) MarkCut() { m.cut = true }
+
+// Cut reports whether MarkCut was called: a count that is absent is then
+// unknown, not zero.
+func (m *Meter) Cut() bool { return m.cut }
 
 // Write observes p. It never fails.
 func (m *Meter) Write(p []byte) (int, error) {
@@ -42,11 +54,14 @@ func (m *Meter) Tail() []byte { return m.buf }
 // in the tail, at most usage.MaxTokens. A quoted key followed by a colon cannot occur inside a JSON
 // string (its quotes would be escaped), and the counts come after any nested
 // content, so the last occurrence is the response's own.
+//
+// In a body that broke off (MarkCut) a number that runs to the end of the
+// bytes is not read: it may have been cut inside its digits.
 func (m *Meter) Count(key string) (int64, bool) {
-	return lastInt(m.buf, key)
+	return lastInt(m.buf, key, m.cut)
 }
 
-func lastInt(buf []byte, key string) (int64, bool) {
+func lastInt(buf []byte, key string, cut bool) (int64, bool) {
 	pat := make([]byte, 0, len(key)+3)
 	pat = append(pat, '"')
 	pat = append(pat, key...)
@@ -64,7 +79,7 @@ func lastInt(buf []byte, key string) (int64, bool) {
 	for end < len(rest) && rest[end] >= '0' && rest[end] <= '9' {
 		end++
 	}
-	if end == 0 {
+	if end == 0 || cut && end == len(rest) {
 		return 0, false
 	}
 	// A count past usage.MaxTokens (a backend's bug or lie) is saturated,
@@ -88,4 +103,4 @@ func (m *Meter) Has(key, value string) bool {
 }
 
 // Reset empties the meter for reuse.
-func (m *Meter) Reset() { m.buf = m.buf[:0] }
+func (m *Meter) Reset() { m.buf, m.cut = m.buf[:0], false }

@@ -33,6 +33,35 @@ func TestCount(t *testing.T) {
 	}
 }
 
+// In a body that broke off, a count the bytes end in may have lost digits
+// (eval_count 340 cut to 34): it is not read; one followed by anything is;
+// Reset forgets the cut.
+func TestCountCut(t *testing.T) {
+	for _, tt := range []struct {
+		tail string
+		want int64
+		ok   bool
+	}{
+		{`{"prompt_eval_count":12,"eval_count":34`, 0, false},
+		{`{"prompt_eval_count":12,"eval_count":340,`, 340, true},
+		{`{"prompt_eval_count":12,"eval_count":340}`, 340, true},
+		{`{"prompt_eval_count":12,"eval_count": `, 0, false},
+		{`{"prompt_eval_count":12,"eval_`, 0, false},
+	} {
+		var m Meter
+		m.Write([]byte(tt.tail)) //nolint:errcheck
+		m.MarkCut()
+		if got, ok := m.Count("eval_count"); got != tt.want || ok != tt.ok || !m.Cut() {
+			t.Errorf("cut %s: got %d %v, want %d %v", tt.tail, got, ok, tt.want, tt.ok)
+		}
+		m.Reset()
+		m.Write([]byte(`{"eval_count":34`)) //nolint:errcheck
+		if got, ok := m.Count("eval_count"); got != 34 || !ok || m.Cut() {
+			t.Errorf("after Reset: got %d %v, cut %v; want 34 true, not cut", got, ok, m.Cut())
+		}
+	}
+}
+
 // The meter keeps the end of what it saw, whatever the writes' sizes.
 func TestTailKeepsTheEnd(t *testing.T) {
 	var m Meter

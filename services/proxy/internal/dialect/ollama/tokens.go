@@ -12,14 +12,24 @@ var tokens = map[string]func(*meter.Meter) (in, out *int64){
 }
 
 // countGeneration reads Ollama's final chunk (or non-stream body). Ollama
-// omits a zero count, so a finished response without one counts zero.
+// omits a zero count, so a finished response without one counts zero; a
+// body that broke off (meter.Meter.MarkCut) may just not have reached it,
+// so there a missing count is unknown. Ollama writes prompt_eval_count
+// before eval_count: with eval_count read, a missing prompt count was an
+// omitted zero even in a cut body.
 func countGeneration(m *meter.Meter) (in, out *int64) {
 	if !m.Has("done", "true") {
 		return nil, nil
 	}
-	i, _ := m.Count("prompt_eval_count")
-	o, _ := m.Count("eval_count")
-	return &i, &o
+	i, iok := m.Count("prompt_eval_count")
+	o, ook := m.Count("eval_count")
+	switch {
+	case ook || !m.Cut():
+		return &i, &o
+	case iok:
+		return &i, nil
+	}
+	return nil, nil
 }
 
 // generationDone reports an answer that reached its final chunk (or a

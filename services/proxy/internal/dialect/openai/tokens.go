@@ -11,16 +11,28 @@ import (
 // embeddings and rerank: zero output), else llama.cpp's timings (prompt_n
 // plus cache_n, predicted_n). Neither present: nil, unknown.
 
-// countWhole reads the counts of a non-streamed answer.
+// countWhole reads the counts of a non-streamed answer. In a body that
+// broke off (meter.Meter.MarkCut) before its output count the output is
+// unknown, not zero: usage's completion_tokens comes between prompt_tokens
+// and total_tokens, so only past total_tokens is a missing one a zero
+// (an embedding's); llama.cpp's predicted_n follows prompt_n.
 func countWhole(m *meter.Meter) (in, out *int64) {
 	if i, ok := m.Count("prompt_tokens"); ok {
-		o, _ := m.Count("completion_tokens")
+		o, ok := m.Count("completion_tokens")
+		if !ok && m.Cut() {
+			if _, past := m.Count("total_tokens"); !past {
+				return &i, nil
+			}
+		}
 		return &i, &o
 	}
 	if i, ok := m.Count("prompt_n"); ok {
 		c, _ := m.Count("cache_n")
-		o, _ := m.Count("predicted_n")
+		o, ok := m.Count("predicted_n")
 		i += c
+		if !ok && m.Cut() {
+			return &i, nil
+		}
 		return &i, &o
 	}
 	return nil, nil
@@ -40,13 +52,17 @@ func streamDone(m *meter.Meter) bool { return bytes.Contains(m.Tail(), []byte("d
 
 // countUsage reads a whole answer's usage.input_tokens and
 // usage.output_tokens (a Response; an image answer that reports usage).
-// Without input_tokens the counts are unknown.
+// Without input_tokens the counts are unknown; without output_tokens in a
+// body that broke off (meter.Meter.MarkCut), the output is.
 func countUsage(m *meter.Meter) (in, out *int64) {
 	i, ok := m.Count("input_tokens")
 	if !ok {
 		return nil, nil
 	}
-	o, _ := m.Count("output_tokens")
+	o, ok := m.Count("output_tokens")
+	if !ok && m.Cut() {
+		return &i, nil
+	}
 	return &i, &o
 }
 
