@@ -19,12 +19,18 @@ import (
 // The wire format of drover.affinity (little-endian, binary: a block hash
 // costs its 8 bytes and nothing more):
 //
-//	byte     version (1)
+//	byte     version (2)
 //	uvarint  len(replica), replica
 //	byte     flags: 1 = token loads follow, 2 = slot events follow
 //	[uvarint n, n × (uvarint len(backend), backend, uvarint tokens)]
-//	[uvarint n, n × (uvarint len(backend), backend, uvarint len(model), model,
-//	                 uvarint id, uvarint slots, uvarint k, k × 8-byte hashes)]
+//	[uvarint n, n × (byte kind, uvarint len(backend), backend, uvarint len(model), model,
+//	                 8-byte id, then by kind:
+//	                 0 take:    uvarint slots, uvarint k, k × 8-byte hashes
+//	                 4 take by a waiter: 8-byte ticket, then as 0
+//	                 1 release: nothing
+//	                 2 join:    8-byte owner take, uvarint joined (Unix µs),
+//	                            uvarint longest wait (µs)
+//	                 3 leave:   nothing)]
 //	repeated until the end:
 //	  uvarint len(backend), backend, uvarint len(model), model
 //	  uvarint n, n × 8-byte hashes
@@ -32,10 +38,22 @@ import (
 // A replica sends only what its index did not hold (or held for longer
 // than a refresh interval), and its estimated tokens in flight per backend
 // when they change (every Heartbeat while not zero; empty when it stops),
-// and, with SharerOptions.Slots, its grants' slot takes (k > 0: the
-// prompt's chain) and releases (k = 0), batched: at most one message per
-// interval.
-const wireVersion = 1
+// and, with SharerOptions.Slots, its grants' slot takes (the prompt's
+// chain) and releases, and its requests joining and leaving warm slots'
+// lines (a take's and a waiter's id are unique over the fleet: Taken),
+// batched: at most one message per interval. Version 1 (no kinds, no
+// lines) is rejected: replicas of both versions share nothing until all
+// run version 2.
+const wireVersion = 2
+
+// Slot event kinds on the wire.
+const (
+	wireTake         = 0
+	wireRelease      = 1
+	wireJoin         = 2
+	wireLeave        = 3
+	wireTakeByWaiter = 4
+)
 
 // Wire bounds: what a message may claim before it is rejected.
 const (
@@ -295,16 +313,38 @@ func encode(replica string, loads map[string]int64, events []SlotEvent, pending 
 		msg[len(head)-1] |= flagSlots
 		msg = binary.AppendUvarint(msg, uint64(n))
 		for _, ev := range events[:n] {
+			kind := byte(wireRelease)
+			switch {
+			case ev.Kind == SlotJoin:
+				kind = wireJoin
+			case ev.Kind == SlotLeave:
+				kind = wireLeave
+			case ev.Chain != nil && ev.Ticket != 0:
+				kind = wireTakeByWaiter
+			case ev.Chain != nil:
+				kind = wireTake
+			}
+			msg = append(msg, kind)
 			msg = binary.AppendUvarint(msg, uint64(len(ev.T.Backend)))
 			msg = append(msg, ev.T.Backend...)
 			msg = binary.AppendUvarint(msg, uint64(len(ev.T.Model)))
 			msg = append(msg, ev.T.Model...)
-			msg = binary.AppendUvarint(msg, ev.ID)
-			msg = binary.AppendUvarint(msg, uint64(max(ev.Slots, 0)))
-			c := ev.Chain[:min(len(ev.Chain), 1024)]
-			msg = binary.AppendUvarint(msg, uint64(len(c)))
-			for _, h := range c {
-				msg = binary.LittleEndian.AppendUint64(msg, h)
+			msg = binary.LittleEndian.AppendUint64(msg, ev.ID)
+			switch kind {
+			case wireJoin:
+				msg = binary.LittleEndian.AppendUint64(msg, ev.Owner)
+				msg = binary.AppendUvarint(msg, uint64(max(ev.At, 0)))
+				msg = binary.AppendUvarint(msg, uint64(max(ev.Until-ev.At, 0)))
+			case wireTakeByWaiter, wireTake:
+				if kind == wireTakeByWaiter {
+					msg = binary.LittleEndian.AppendUint64(msg, ev.Ticket)
+				}
+				msg = binary.AppendUvarint(msg, uint64(max(ev.Slots, 0)))
+				c := ev.Chain[:min(len(ev.Chain), 1024)]
+				msg = binary.AppendUvarint(msg, uint64(len(c)))
+				for _, h := range c {
+					msg = binary.LittleEndian.AppendUint64(msg, h)
+				}
 			}
 		}
 		events = events[n:]
@@ -413,23 +453,56 @@ func decodeWire(b []byte) (replica string, loads map[string]int64, events []Slot
 			return fail("bad slot event count")
 		}
 		events = make([]SlotEvent, 0, n)
+		fixed := func() (uint64, bool) {
+			if len(b) < 8 {
+				return 0, false
+			}
+			v := binary.LittleEndian.Uint64(b)
+			b = b[8:]
+			return v, true
+		}
 		for range n {
 			var ev SlotEvent
+			if len(b) == 0 || b[0] > wireTakeByWaiter {
+				return fail("bad slot event kind")
+			}
+			kind := b[0]
+			b = b[1:]
 			if ev.T.Backend, err = str(); err != nil {
 				return fail(err.Error())
 			}
 			if ev.T.Model, err = str(); err != nil {
 				return fail(err.Error())
 			}
-			id, ok1 := uvarint(math.MaxUint64)
-			slots, ok2 := uvarint(maxWireSlots)
-			k, ok3 := uvarint(maxWireHashes)
-			if !ok1 || !ok2 || !ok3 || uint64(len(b)) < 8*k {
+			var ok bool
+			if ev.ID, ok = fixed(); !ok {
 				return fail("bad slot event")
 			}
-			ev.ID, ev.Slots = id, int(slots)
-			if k > 0 {
-				ev.Chain = make([]uint64, k)
+			switch kind {
+			case wireJoin:
+				ev.Kind = SlotJoin
+				owner, ok1 := fixed()
+				at, ok2 := uvarint(math.MaxInt64 / 2)
+				wait, ok3 := uvarint(math.MaxInt64 / 2)
+				if !ok1 || !ok2 || !ok3 {
+					return fail("bad slot join")
+				}
+				ev.Owner, ev.At, ev.Until = owner, int64(at), int64(at+wait)
+			case wireLeave:
+				ev.Kind = SlotLeave
+			case wireTake, wireTakeByWaiter:
+				if kind == wireTakeByWaiter {
+					if ev.Ticket, ok = fixed(); !ok {
+						return fail("bad slot event")
+					}
+				}
+				slots, ok2 := uvarint(maxWireSlots)
+				k, ok3 := uvarint(maxWireHashes)
+				if !ok2 || !ok3 || uint64(len(b)) < 8*k {
+					return fail("bad slot event")
+				}
+				ev.Slots = int(slots)
+				ev.Chain = make([]uint64, k) // not nil: a take
 				for i := range ev.Chain {
 					ev.Chain[i] = binary.LittleEndian.Uint64(b[8*i:])
 				}

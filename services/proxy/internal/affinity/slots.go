@@ -2,6 +2,7 @@ package affinity
 
 import (
 	"math"
+	"math/rand/v2"
 	"slices"
 	"sync"
 	"time"
@@ -23,9 +24,13 @@ type Slots struct {
 	ttl       time.Duration
 	maxBlocks int // per slot: a prompt's leading blocks kept
 
+	// salt makes this model's take and ticket numbers unique over the
+	// fleet (a random start), so other replicas can name them.
+	salt uint64
+
 	mu      sync.Mutex
-	ticket  uint64 // the last Warm's
-	seq     uint64 // the last take's (Taken)
+	ticket  uint64 // the last Warm's, from salt
+	seq     uint64 // the last take's (Taken), from salt
 	targets map[Target][]modelSlot
 	// pending holds, per (backend, model), takes that found every
 	// modelled slot busy, oldest first: each takes the next slot released
@@ -76,7 +81,9 @@ type remoteTake struct {
 	at   int64
 }
 
-// Taken names one take in a model, for its release (0: none).
+// Taken names one take in a model, for its release: unique over the
+// fleet, so that a replica waiting for a slot can name the take holding
+// it (SlotEvent.Owner) to the others.
 type Taken uint64
 
 // pendingTake is a take that found no free slot in the model.
@@ -93,16 +100,39 @@ type pendingTake struct {
 const maxRemote = 4096
 
 // SlotEvent is a take or a release of a slot by another replica's grant,
-// shared so that every replica's model sees the whole fleet's requests
-// (Sharer; docs/routing.md).
+// or a request of it joining or leaving a slot's line (JoinWarm), shared
+// so that every replica's model sees the whole fleet's requests and
+// waiters (Sharer; docs/routing.md).
 type SlotEvent struct {
-	T  Target
-	ID uint64 // the replica's own number for the take, repeated by its release
+	T    Target
+	Kind SlotEventKind
+	// ID is the take (Taken), repeated by its release; for a join or a
+	// leave, the waiter's ticket.
+	ID uint64
 	// Slots is T's slots (a take; 0 in a release); Chain the prompt's
 	// leading blocks, at most a slot's context (nil: a release).
 	Slots int
 	Chain []uint64
+	// Ticket is, for a take, the waiter it was (0: none), so that it
+	// takes the slot kept for it.
+	Ticket uint64
+	// For a join: the take holding the slot waited for, when the waiter
+	// joined and how long it waits at most (Unix microseconds).
+	Owner     uint64
+	At, Until int64
 }
+
+// SlotEventKind says what a SlotEvent is.
+type SlotEventKind uint8
+
+const (
+	// SlotTake is a take (Chain not nil) or a release (Chain nil).
+	SlotTake SlotEventKind = iota
+	// SlotJoin is a request joining the line of the slot Owner holds.
+	SlotJoin
+	// SlotLeave is a waiter leaving its line (it took a slot or gave up).
+	SlotLeave
+)
 
 // Keep is the part of chain a slot keeps (at most its context), for a
 // SlotEvent.
@@ -116,6 +146,14 @@ func (s *Slots) Apply(replica string, events []SlotEvent, now time.Time) {
 	defer s.mu.Unlock()
 	n := now.UnixNano()
 	for _, ev := range events {
+		switch ev.Kind {
+		case SlotJoin:
+			s.joinRemoteLocked(ev, n)
+			continue
+		case SlotLeave:
+			s.leaveLocked(ev.T, ev.ID, n)
+			continue
+		}
 		k := remoteKey{replica, ev.ID}
 		if ev.Chain == nil {
 			if rt, ok := s.remote[k]; ok {
@@ -134,9 +172,12 @@ func (s *Slots) Apply(replica string, events []SlotEvent, now time.Time) {
 			}
 			delete(s.remote, oldest)
 		}
-		if id := s.takeLocked(ev.T, ev.Slots, ev.Chain, n, nil, true); id != 0 {
-			s.remote[k] = remoteTake{t: ev.T, take: id, at: n}
+		var w *Warm
+		if ev.Ticket != 0 {
+			w = &Warm{ticket: ev.Ticket}
 		}
+		id := s.takeAsLocked(ev.T, ev.Slots, ev.Chain, n, w, true, Taken(ev.ID))
+		s.remote[k] = remoteTake{t: ev.T, take: id, at: n}
 	}
 }
 
@@ -144,18 +185,34 @@ func (s *Slots) Apply(replica string, events []SlotEvent, now time.Time) {
 type modelSlot struct {
 	chain []uint64
 	busy  bool
-	take  Taken // the take holding it while busy
+	take  Taken // the take holding it (while busy) or that held it last
 	at    int64 // unix nanoseconds it was last taken
 	// uncached is how many of the prompt's blocks the slot did not hold
 	// when it was taken (what the backend evaluated).
 	uncached int
-	// line holds the tickets of the requests waiting for this slot
-	// (JoinWarm), first first; heldFor the one it is kept for while free.
-	line    []uint64
-	heldFor uint64
+	// line holds the requests waiting for this slot (JoinWarm, this
+	// replica's and, shared, the others'), in the order they joined;
+	// heldFor the one it is kept for while free, until heldUntil (Unix
+	// nanoseconds: a waiter's longest wait, after which a lost leave no
+	// longer keeps it).
+	line      []waiting
+	heldFor   uint64
+	heldUntil int64
 	// remote: the slot's request came through another replica (Apply),
 	// whose release is heard only with the sharing's delay.
 	remote bool
+}
+
+// waiting is one request in a slot's line: its ticket, when it joined and
+// until when it waits at most (Unix nanoseconds).
+type waiting struct {
+	ticket    uint64
+	at, until int64
+}
+
+// keptLocked reports whether the slot is kept for a waiter now.
+func (sl *modelSlot) keptLocked(now int64) bool {
+	return sl.heldFor != 0 && now < sl.heldUntil
 }
 
 // slotTiming learns, from Take to Release, how long a request holds a
@@ -179,7 +236,8 @@ const timingWeight = 0.1
 // it was taken (the model's keep_alive), and at most maxBlocks leading
 // blocks of each prompt are kept (a slot's context).
 func NewSlots(ttl time.Duration, maxBlocks int) *Slots {
-	return &Slots{ttl: ttl, maxBlocks: max(maxBlocks, 1), targets: map[Target][]modelSlot{}, pending: map[Target][]pendingTake{},
+	salt := rand.Uint64() >> 1 // room to count up without wrapping to 0
+	return &Slots{ttl: ttl, maxBlocks: max(maxBlocks, 1), salt: salt, ticket: salt, seq: salt, targets: map[Target][]modelSlot{}, pending: map[Target][]pendingTake{},
 		pop: map[uint64]popularity{}, timing: map[Target]*slotTiming{}, remote: map[remoteKey]remoteTake{}}
 }
 
@@ -243,7 +301,7 @@ func (s *Slots) copiesLocked(g uint64, now int64) int {
 // for Release. A take that finds every modelled slot busy waits in the
 // model for the next slot released (the slot the backend gave it was
 // freed by a release this model has not heard yet, or the backend queues
-// it); 0 when even that is full (more takes than slots waiting).
+// it); beyond as many waiting as t has slots, it is not modelled.
 func (s *Slots) Take(t Target, n int, p *Prompt, now time.Time) Taken {
 	return s.TakeFor(t, n, p, now, nil)
 }
@@ -256,6 +314,12 @@ func (s *Slots) TakeFor(t Target, n int, p *Prompt, now time.Time, w *Warm) Take
 }
 
 func (s *Slots) takeLocked(t Target, n int, chain []uint64, now int64, w *Warm, remote bool) Taken {
+	s.seq++
+	return s.takeAsLocked(t, n, chain, now, w, remote, Taken(s.seq))
+}
+
+// takeAsLocked is takeLocked for a take named id.
+func (s *Slots) takeAsLocked(t Target, n int, chain []uint64, now int64, w *Warm, remote bool, id Taken) Taken {
 	if len(chain) > 0 {
 		s.countLocked(chain[0], now)
 	}
@@ -267,26 +331,21 @@ func (s *Slots) takeLocked(t Target, n int, chain []uint64, now int64, w *Warm, 
 		s.targets[t] = ss
 	}
 	c := chain[:min(len(chain), s.maxBlocks)]
-	s.seq++
-	id := s.seq
-	i, _ := s.pickLocked(ss, chain, now, w.id())
+	// The backend knows nothing of slots kept for waiting requests: it
+	// gives the request the free slot holding most of its prompt, kept or
+	// not (a waiter whose slot goes is first in line again).
+	i, _ := s.pickLocked(ss, chain, now, anyKept)
 	if i < 0 {
-		// A slot kept for another request is free in the backend, which
-		// gives it to this one.
-		i, _ = s.pickLocked(ss, chain, now, anyKept)
-	}
-	if i < 0 {
-		if len(s.pending[t]) >= len(ss) {
-			return 0 // more takes waiting than slots: model nothing
+		if len(s.pending[t]) < len(ss) { // beyond: more takes waiting than slots, model nothing
+			s.pending[t] = append(s.pending[t], pendingTake{take: id, chain: slices.Clone(c), whole: len(chain), at: now, remote: remote})
 		}
-		s.pending[t] = append(s.pending[t], pendingTake{take: Taken(id), chain: slices.Clone(c), whole: len(chain), at: now, remote: remote})
-		return Taken(id)
+		return id
 	}
 	if ss[i].heldFor == w.id() {
 		ss[i].heldFor = 0
 	}
-	s.placeLocked(&ss[i], c, len(chain), Taken(id), now, remote)
-	return Taken(id)
+	s.placeLocked(&ss[i], c, len(chain), id, now, remote)
+	return id
 }
 
 // placeLocked puts a take of chain (c: the part a slot keeps; whole: the
@@ -294,7 +353,7 @@ func (s *Slots) takeLocked(t Target, n int, chain []uint64, now int64, w *Warm, 
 // first in its line again.
 func (s *Slots) placeLocked(sl *modelSlot, c []uint64, whole int, id Taken, at int64, remote bool) {
 	if sl.heldFor != 0 {
-		sl.line = slices.Insert(sl.line, 0, sl.heldFor)
+		sl.line = slices.Insert(sl.line, 0, waiting{ticket: sl.heldFor, until: sl.heldUntil})
 		sl.heldFor = 0
 	}
 	held := matchLen(c, sl.chain)
@@ -347,7 +406,7 @@ func (s *Slots) releaseLocked(t Target, id Taken, now int64) (at int64, uncached
 	for i := range ss {
 		if ss[i].busy && ss[i].take == id {
 			at, uncached = ss[i].at, ss[i].uncached
-			ss[i].busy, ss[i].take = false, 0
+			ss[i].busy = false // take stays: a late join may name it
 			s.handOnLocked(t, i, now)
 			return at, uncached, true
 		}
@@ -387,6 +446,10 @@ type Warm struct {
 	t      Target
 	slot   int
 	ticket uint64
+	// owner is the take holding the slot when w joined; at and until when
+	// w joined and how long it waits at most (Unix nanoseconds).
+	owner     uint64
+	at, until int64
 	// Wait is how long the slot's prefix would take to evaluate: the
 	// longest it is worth waiting for.
 	Wait time.Duration
@@ -417,7 +480,7 @@ func (s *Slots) JoinWarm(targets []Target, p *Prompt, now time.Time) (w *Warm, o
 		}
 		block := tm.block()
 		for i, sl := range s.targets[t] {
-			if (!sl.busy && sl.heldFor == 0) || n-sl.at >= int64(s.ttl) {
+			if (!sl.busy && !sl.keptLocked(n)) || n-sl.at >= int64(s.ttl) {
 				continue
 			}
 			k := matchLen(p.Chain, sl.chain)
@@ -438,7 +501,8 @@ func (s *Slots) JoinWarm(targets []Target, p *Prompt, now time.Time) (w *Warm, o
 	s.ticket++
 	w.ticket = s.ticket
 	sl := &s.targets[w.t][w.slot]
-	sl.line = append(sl.line, w.ticket)
+	w.owner, w.at, w.until = uint64(sl.take), n, n+int64(w.Wait)
+	sl.line = append(sl.line, waiting{ticket: w.ticket, at: n, until: w.until})
 	return w, true
 }
 
@@ -454,13 +518,16 @@ func (s *Slots) Ready(w *Warm, p *Prompt, now time.Time) (ready bool, left time.
 	if matchLen(p.Chain, sl.chain) == 0 || n-sl.at >= int64(s.ttl) {
 		return false, 0, nil, false
 	}
-	if !sl.busy && (sl.heldFor == 0 || sl.heldFor == w.ticket) {
+	if !sl.busy && (!sl.keptLocked(n) || sl.heldFor == w.ticket) {
 		return true, 0, nil, true
 	}
 	tm := s.timingLocked(w.t)
 	ahead := 0
-	for _, t := range sl.line {
-		if t == w.ticket {
+	if sl.keptLocked(n) && sl.heldFor != w.ticket {
+		ahead++
+	}
+	for _, e := range sl.line {
+		if e.ticket == w.ticket {
 			break
 		}
 		ahead++
@@ -495,11 +562,19 @@ func (s *Slots) Leave(w *Warm) {
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	sl := &s.targets[w.t][w.slot]
-	sl.line = slices.DeleteFunc(sl.line, func(t uint64) bool { return t == w.ticket })
-	if sl.heldFor == w.ticket {
-		sl.heldFor = 0
-		s.handOnLocked(w.t, w.slot, time.Now().UnixNano())
+	s.leaveLocked(w.t, w.ticket, time.Now().UnixNano())
+}
+
+// leaveLocked takes ticket out of the lines of t's slots, and gives up
+// the slot kept for it.
+func (s *Slots) leaveLocked(t Target, ticket uint64, now int64) {
+	ss := s.targets[t]
+	for i := range ss {
+		ss[i].line = slices.DeleteFunc(ss[i].line, func(e waiting) bool { return e.ticket == ticket })
+		if ss[i].heldFor == ticket {
+			ss[i].heldFor = 0
+			s.handOnLocked(t, i, now)
+		}
 	}
 }
 
@@ -527,8 +602,14 @@ func (s *Slots) handOnLocked(t Target, i int, now int64) {
 	} else {
 		s.pending[t] = ps
 	}
-	if sl := &ss[i]; !sl.busy && sl.heldFor == 0 && len(sl.line) > 0 {
-		sl.heldFor, sl.line = sl.line[0], sl.line[1:]
+	if sl := &ss[i]; !sl.busy && !sl.keptLocked(now) {
+		sl.heldFor = 0
+		for len(sl.line) > 0 && sl.heldFor == 0 {
+			if e := sl.line[0]; e.until > now {
+				sl.heldFor, sl.heldUntil = e.ticket, e.until
+			}
+			sl.line = sl.line[1:]
+		}
 	}
 	tm := s.timingLocked(t)
 	close(tm.released)
@@ -553,7 +634,7 @@ const anyKept = ^uint64(0)
 func (s *Slots) pickLocked(ss []modelSlot, chain []uint64, now int64, ticket uint64) (int, int) {
 	best, n := -1, -1
 	for i := range ss {
-		if ss[i].busy || (ss[i].heldFor != 0 && ss[i].heldFor != ticket && ticket != anyKept) {
+		if ss[i].busy || (ss[i].keptLocked(now) && ss[i].heldFor != ticket && ticket != anyKept) {
 			continue
 		}
 		k := 0

@@ -85,8 +85,8 @@ func TestSlotsTakeWhenFull(t *testing.T) {
 			t.Fatal("a take within the bound was not modelled")
 		}
 	}
-	if got := s.Take(a, 2, other, now); got != 0 {
-		t.Fatalf("a fifth take on two slots: %d, want 0", got)
+	if got := s.Take(a, 2, other, now); slotOf(s, a, got) != -1 || len(s.pending[a]) != 2 {
+		t.Fatalf("a fifth take on two slots: in slot %d, %d waiting; want none, 2", slotOf(s, a, got), len(s.pending[a]))
 	}
 	s.Release(a, 0)
 }
@@ -325,4 +325,53 @@ func TestSlotsApplyRemote(t *testing.T) {
 	}
 	s.Release(a, k)
 	s.Release(a, l)
+}
+
+// A request waiting for a warm slot on one replica is in the slot's line
+// on every replica: released, the slot is kept for it everywhere, so the
+// other replica's request of the same prompt finds it kept (and joins the
+// line behind) instead of taking it; the waiter's take lands in it.
+func TestSlotsSharedLine(t *testing.T) {
+	r1, r2 := NewSlots(time.Hour, 1000), NewSlots(time.Hour, 1000)
+	a := Target{"a", "m"}
+	now := time.Now()
+	teach(r2, a, now)
+	hot := chain(100, 20)
+	// r1's request holds hot's slot; r2 hears of it.
+	x := r1.Take(a, 4, hot, now)
+	r2.Apply("r1", []SlotEvent{{T: a, ID: uint64(x), Slots: 4, Chain: hot.Chain}}, now)
+	later := now.Add(220 * time.Millisecond)
+	w, ok := r2.JoinWarm([]Target{a}, hot, later)
+	if !ok {
+		t.Fatal("r2's request did not wait for r1's busy slot")
+	}
+	r1.Apply("r2", []SlotEvent{w.JoinEvent()}, later)
+	// r1's request ends: r1 keeps the slot for r2's waiter.
+	r1.release(a, x, later)
+	if got := r1.Free(a, hot, later); got != 0 {
+		t.Fatalf("r1 offers the slot kept for r2's waiter: %d blocks free", got)
+	}
+	// r2 hears the release: its waiter is first.
+	r2.Apply("r1", []SlotEvent{{T: a, ID: uint64(x)}}, later)
+	if ready, _, _, _ := r2.Ready(w, hot, later); !ready {
+		t.Fatal("r2's waiter is not ready after the release")
+	}
+	y := r2.TakeFor(a, 4, hot, later, w)
+	r2.Leave(w)
+	r1.Apply("r2", []SlotEvent{{T: a, ID: uint64(y), Slots: 4, Chain: hot.Chain, Ticket: w.Ticket()}, w.LeaveEvent()}, later)
+	if r1.Held(a, hot, later) != 20 || r1.Free(a, hot, later) != 0 || r1.Waiting() != 0 {
+		t.Fatalf("r1's model after r2's take: held %d, free %d, waiting %d", r1.Held(a, hot, later), r1.Free(a, hot, later), r1.Waiting())
+	}
+	// Another replica's waiter whose leave is lost keeps nothing beyond
+	// its longest wait.
+	r1.release(a, 0, later)
+	r1.Apply("r2", []SlotEvent{{T: a, ID: uint64(y)}}, later)
+	ghost := SlotEvent{T: a, Kind: SlotJoin, ID: 99, Owner: uint64(y), At: later.UnixMicro(), Until: later.Add(100 * time.Millisecond).UnixMicro()}
+	r1.Apply("r3", []SlotEvent{ghost}, later)
+	if r1.Free(a, hot, later) != 0 {
+		t.Fatal("a free slot joined by another replica's waiter is not kept for it")
+	}
+	if got := r1.Free(a, hot, later.Add(time.Second)); got != 20 {
+		t.Fatalf("a lost leave keeps the slot past the wait: %d blocks free", got)
+	}
 }

@@ -6,7 +6,6 @@ import (
 	"maps"
 	"net/http"
 	"strings"
-	"sync/atomic"
 	"time"
 
 	"github.com/droverhq/drover/services/proxy/internal/affinity"
@@ -92,8 +91,6 @@ type Affinity struct {
 	// (Slotted* reasons) and what it waited for (Wait*); outside the
 	// router's lock.
 	Slotted func(reason, wait string)
-
-	slotSeq atomic.Uint64 // SlotEvent.ID of this replica's last take
 }
 
 // What the slot model held for a granted request (Affinity.Slotted).
@@ -171,8 +168,13 @@ func (r *Router) AcquireFor(ctx context.Context, who Tenant, cands []Candidate, 
 	}
 	var warm *affinity.Warm
 	if slots != nil && len(p.Chain) > 0 {
-		if warm = warmWait(ctx, slots, cands, p, now); warm != nil {
-			defer slots.Leave(warm)
+		if warm = warmWait(ctx, slots, cands, p, now, a.SlotEvent); warm != nil {
+			defer func() {
+				slots.Leave(warm)
+				if a.SlotEvent != nil {
+					a.SlotEvent(warm.LeaveEvent())
+				}
+			}()
 			now = time.Now()
 		}
 	}
@@ -203,11 +205,14 @@ func (r *Router) AcquireFor(ctx context.Context, who Tenant, cands []Candidate, 
 		if a.SlotEvent == nil {
 			s.done = func() { a.Slots.Release(t, i) }
 		} else {
-			id := a.slotSeq.Add(1)
-			a.SlotEvent(affinity.SlotEvent{T: t, ID: id, Slots: n, Chain: a.Slots.Keep(p.Chain)})
+			chain := a.Slots.Keep(p.Chain)
+			if chain == nil {
+				chain = []uint64{} // a take, not a release
+			}
+			a.SlotEvent(affinity.SlotEvent{T: t, ID: uint64(i), Slots: n, Chain: chain, Ticket: warm.Ticket()})
 			s.done = func() {
 				a.Slots.Release(t, i)
-				a.SlotEvent(affinity.SlotEvent{T: t, ID: id})
+				a.SlotEvent(affinity.SlotEvent{T: t, ID: uint64(i)})
 			}
 		}
 	}
@@ -424,8 +429,10 @@ func slotted(slots *affinity.Slots, cands []Candidate, t affinity.Target, p *aff
 // instead of evaluating the prompt cold and overwriting another group's.
 // Requests waiting for one slot get it in turn. The request is not in the
 // router's queue meanwhile (it holds no place there and takes no slot).
-// It returns the wait, for FreeFor, TakeFor and Leave (nil: no wait).
-func warmWait(ctx context.Context, slots *affinity.Slots, cands []Candidate, p *affinity.Prompt, now time.Time) *affinity.Warm {
+// With sharing (share not nil) it waits in the slot's line on every
+// replica. It returns the wait, for FreeFor, TakeFor and Leave (nil: no
+// wait).
+func warmWait(ctx context.Context, slots *affinity.Slots, cands []Candidate, p *affinity.Prompt, now time.Time, share func(affinity.SlotEvent)) *affinity.Warm {
 	var targets []affinity.Target
 	for _, c := range cands {
 		if c.Loaded {
@@ -435,6 +442,9 @@ func warmWait(ctx context.Context, slots *affinity.Slots, cands []Candidate, p *
 	w, ok := slots.JoinWarm(targets, p, now)
 	if !ok {
 		return nil
+	}
+	if share != nil {
+		share(w.JoinEvent()) // in its line on every replica
 	}
 	deadline := now.Add(w.Wait)
 	timer := time.NewTimer(w.Wait)
