@@ -25,7 +25,8 @@ import (
 //	[uvarint n, n × (uvarint len(backend), backend, uvarint tokens)]
 //	[uvarint n, n × (byte kind, uvarint len(backend), backend, uvarint len(model), model,
 //	                 8-byte id, then by kind:
-//	                 0 take:    uvarint slots, uvarint k, k × 8-byte hashes
+//	                 0 take:    uvarint slots, uvarint taken (Unix µs; 0 unknown),
+//	                            uvarint k, k × 8-byte hashes
 //	                 4 take by a waiter: 8-byte ticket, then as 0
 //	                 1 release: nothing
 //	                 2 join:    8-byte owner take, uvarint joined (Unix µs),
@@ -340,6 +341,7 @@ func encode(replica string, loads map[string]int64, events []SlotEvent, pending 
 					msg = binary.LittleEndian.AppendUint64(msg, ev.Ticket)
 				}
 				msg = binary.AppendUvarint(msg, uint64(max(ev.Slots, 0)))
+				msg = binary.AppendUvarint(msg, uint64(max(ev.At, 0)))
 				c := ev.Chain[:min(len(ev.Chain), 1024)]
 				msg = binary.AppendUvarint(msg, uint64(len(c)))
 				for _, h := range c {
@@ -497,11 +499,12 @@ func decodeWire(b []byte) (replica string, loads map[string]int64, events []Slot
 					}
 				}
 				slots, ok2 := uvarint(maxWireSlots)
+				at, ok4 := uvarint(math.MaxInt64 / 2)
 				k, ok3 := uvarint(maxWireHashes)
-				if !ok2 || !ok3 || uint64(len(b)) < 8*k {
+				if !ok2 || !ok3 || !ok4 || uint64(len(b)) < 8*k {
 					return fail("bad slot event")
 				}
-				ev.Slots = int(slots)
+				ev.Slots, ev.At = int(slots), int64(at)
 				ev.Chain = make([]uint64, k) // not nil: a take
 				for i := range ev.Chain {
 					ev.Chain[i] = binary.LittleEndian.Uint64(b[8*i:])

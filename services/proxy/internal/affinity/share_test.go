@@ -175,7 +175,7 @@ func TestEncodeDecode(t *testing.T) {
 	loads := map[string]int64{"a": 7, "b": 1 << 33}
 	events := []SlotEvent{{T: Target{"a", "m"}, ID: 1 << 40, Slots: 4, Chain: []uint64{5, 6, 7}}, {T: Target{"b", "n:latest"}, ID: 3},
 		{T: Target{"a", "m"}, Kind: SlotJoin, ID: 1<<63 + 9, Owner: 1 << 62, At: 1_700_000_000_000_000, Until: 1_700_000_000_400_000},
-		{T: Target{"a", "m"}, ID: 11, Slots: 4, Chain: []uint64{8}, Ticket: 1<<63 + 9}, {T: Target{"a", "m"}, Kind: SlotLeave, ID: 1<<63 + 9},
+		{T: Target{"a", "m"}, ID: 11, Slots: 4, Chain: []uint64{8}, Ticket: 1<<63 + 9, At: 1_700_000_000_300_000}, {T: Target{"a", "m"}, Kind: SlotLeave, ID: 1<<63 + 9},
 		{T: Target{"a", "m"}, ID: 12, Slots: 4, Chain: []uint64{}}}
 	for i := range 300 { // more than one message's worth
 		events = append(events, SlotEvent{T: Target{"a", "m"}, ID: uint64(i), Slots: 4, Chain: []uint64{uint64(i)}})

@@ -117,7 +117,9 @@ type SlotEvent struct {
 	// takes the slot kept for it.
 	Ticket uint64
 	// For a join: the take holding the slot waited for, when the waiter
-	// joined and how long it waits at most (Unix microseconds).
+	// joined and how long it waits at most (Unix microseconds). For a
+	// take, At is when it was taken (0: unknown, when heard), from which
+	// the others reckon when the slot should be back.
 	Owner     uint64
 	At, Until int64
 }
@@ -176,7 +178,11 @@ func (s *Slots) Apply(replica string, events []SlotEvent, now time.Time) {
 		if ev.Ticket != 0 {
 			w = &Warm{ticket: ev.Ticket}
 		}
-		id := s.takeAsLocked(ev.T, ev.Slots, ev.Chain, n, w, true, Taken(ev.ID))
+		at := n
+		if ev.At > 0 {
+			at = min(ev.At*1000, n) // the sender's clock, never ahead of this one
+		}
+		id := s.takeAsLocked(ev.T, ev.Slots, ev.Chain, at, w, true, Taken(ev.ID))
 		s.remote[k] = remoteTake{t: ev.T, take: id, at: n}
 	}
 }

@@ -201,7 +201,8 @@ func (r *Router) AcquireFor(ctx context.Context, who Tenant, cands []Candidate, 
 				n = c.Cap
 			}
 		}
-		i := a.Slots.TakeFor(t, n, p, time.Now(), warm)
+		took := time.Now()
+		i := a.Slots.TakeFor(t, n, p, took, warm)
 		if a.SlotEvent == nil {
 			s.done = func() { a.Slots.Release(t, i) }
 		} else {
@@ -209,7 +210,7 @@ func (r *Router) AcquireFor(ctx context.Context, who Tenant, cands []Candidate, 
 			if chain == nil {
 				chain = []uint64{} // a take, not a release
 			}
-			a.SlotEvent(affinity.SlotEvent{T: t, ID: uint64(i), Slots: n, Chain: chain, Ticket: warm.Ticket()})
+			a.SlotEvent(affinity.SlotEvent{T: t, ID: uint64(i), Slots: n, Chain: chain, Ticket: warm.Ticket(), At: took.UnixMicro()})
 			s.done = func() {
 				a.Slots.Release(t, i)
 				a.SlotEvent(affinity.SlotEvent{T: t, ID: uint64(i)})
