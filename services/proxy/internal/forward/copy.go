@@ -16,10 +16,13 @@ import (
 // A streamed answer whose dialect knows its last chunk (Exchange.Complete:
 // Ollama's "done":true, OpenAI's data: [DONE], Anthropic's message_stop, a
 // Response's last event) goes to the client chunk by chunk as it arrives;
-// the read that completes it is kept, the event is recorded, and only then
-// is that read written, and whatever the backend still sends after it
-// passed on. Only that one read waits, and only for the append, so the
-// stream gets no latency per chunk. A plain body is written one byte behind
+// the read that completes it is kept, with the reads after it up to the end
+// of its line (a final chunk split across reads: Ollama's generate carries
+// its context between "done":true and its counts, so a body that breaks
+// there is cut, not whole; at most maxHeldEnd bytes), the event is recorded,
+// and only then is what was kept written, and whatever the backend still
+// sends after it passed on. Only that end waits, and only for the append,
+// so the stream gets no latency per chunk. A plain body is written one byte behind
 // what was read: its last byte goes out after the event. A streamed answer
 // whose end is not recognisable (progress of /api/pull) is recorded after
 // its last byte.
@@ -68,6 +71,12 @@ func (c *copied) release() {
 type meterHolder struct{ m, probe meter.Meter }
 
 var meterPool = sync.Pool{New: func() any { return &meterHolder{} }}
+
+// maxHeldEnd bounds the end of a stream held back while its line is
+// finished; an end line longer than that (a generate's context array of
+// many thousand tokens) goes out once this much of it was read, as its
+// first read did before.
+const maxHeldEnd = 1 << 20
 
 // probeBefore is how much of what came before a chunk the probe sees with
 // it, for an end marker split across two reads.
@@ -123,11 +132,14 @@ func (f *Forwarder) copy(out *output, filter io.WriteCloser, body io.Reader, str
 		}
 		switch {
 		case n == 0:
-		case stream && done != nil && c.ends(chunk, done):
-			c.held = append(c.held[:0], chunk...)
-			if err == nil {
+		case stream && done != nil && (len(c.held) > 0 || c.ends(chunk, done)):
+			c.held = append(c.held, chunk...)
+			if err == nil && (c.held[len(c.held)-1] == '\n' || len(c.held) >= maxHeldEnd) {
 				c.more = true
 				return c
+			}
+			if err == nil {
+				continue // the line that completes the answer goes on
 			}
 		case stream:
 			if !write(chunk) {
@@ -297,4 +309,12 @@ func (o *output) end(c *copied, filter io.WriteCloser, body io.Reader, stream bo
 	if stream {
 		o.rc.Flush() //nolint:errcheck // the client may be gone
 	}
+}
+
+// bodyDst is where a body's bytes go: through the filter when there is one.
+func bodyDst(out *output, filter io.WriteCloser) io.Writer {
+	if filter != nil {
+		return filter
+	}
+	return out
 }

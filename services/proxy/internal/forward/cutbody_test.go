@@ -178,3 +178,45 @@ func ptr(p *int64) any {
 	}
 	return *p
 }
+
+// A stream whose last chunk is cut after its end marker but before its
+// counts (Ollama's generate carries its context array between "done":true
+// and the counts, so that line often spans reads; a Response's
+// response.completed event carries the whole response before its usage):
+// the marker alone does not make it whole. The client gets what came of
+// the line, then its API's error; the event is an error, partial, with the
+// output tokens counted from the chunks streamed and the prompt count the
+// cut line carried. At the parent commit the /api/generate client got a
+// clean end after half a line and the event was a success with
+// output_tokens 0.
+func TestStreamCutInsideItsLastChunk(t *testing.T) {
+	proxy, rec := cutEnv(t)
+	for _, tc := range []struct {
+		route, body, at, clientEnd string
+	}{
+		{"/api/generate", `{"model":"tiny","prompt":"one two three"}`, `"eval_count"`, "{\"error\":\"an error was encountered while running the model: "},
+		{"/v1/responses", `{"model":"tiny","input":"one two three","stream":true}`, `"output_tokens"`, "event: error\ndata: {\"type\":\"error\""},
+	} {
+		t.Run(tc.route, func(t *testing.T) {
+			req, err := http.NewRequestWithContext(t.Context(), http.MethodPost, proxy+tc.route, strings.NewReader(tc.body))
+			if err != nil {
+				t.Fatal(err)
+			}
+			req.Header.Set(cutHeader, tc.at)
+			resp, err := http.DefaultClient.Do(req)
+			if err != nil {
+				t.Fatal(err)
+			}
+			got, _ := io.ReadAll(resp.Body) // the stream's error is in-band
+			resp.Body.Close()
+			ev := rec.only(t)
+			if !bytes.Contains(got, []byte(tc.clientEnd)) {
+				t.Fatalf("client got\n%s\nwant the stream's error after the cut line", got[max(0, len(got)-300):])
+			}
+			if !ev.Error || !ev.Partial || ev.OutputTokens == nil || *ev.OutputTokens == 0 || ev.InputTokens == nil || *ev.InputTokens == 0 {
+				t.Fatalf("recorded as error %v, partial %v, input %v, output %v; want an error, partial, the prompt count and the chunks streamed",
+					ev.Error, ev.Partial, ptr(ev.InputTokens), ptr(ev.OutputTokens))
+			}
+		})
+	}
+}

@@ -332,6 +332,10 @@ func (f *Forwarder) attempt(w http.ResponseWriter, r *http.Request, req *Request
 	complete := x.Complete != nil && x.Complete(c.meter())
 	if !stream {
 		complete = c.err == nil && !c.clientGone && (c.shape == nil || c.shape.whole())
+	} else if complete && c.err != nil && !c.more && len(c.held) > 0 && c.held[len(c.held)-1] != '\n' {
+		// The end marker went by, but the body broke inside the line or
+		// event it is in (before the counts after it): not whole.
+		complete = false
 	}
 	// An answer the backend ended cleanly but short is cut as surely as by
 	// a broken connection: a stream without its dialect's end marker (no
@@ -407,6 +411,9 @@ func (f *Forwarder) attempt(w http.ResponseWriter, r *http.Request, req *Request
 		out.end(c, filter, resp.Body, stream)
 	case cut && stream:
 		if short && filter != nil && filter.Close() != nil {
+			return true, nil // the client is gone
+		}
+		if len(c.held) > 0 && out.chunk(bodyDst(out, filter), c.held, true) != nil {
 			return true, nil // the client is gone
 		}
 		out.streamError(req.Route, fmt.Sprintf("an error was encountered while running the model: %v", streamFault(reason)), seq+1)
