@@ -1,6 +1,9 @@
 package affinity
 
-import "slices"
+import (
+	"slices"
+	"time"
+)
 
 // Sharing the lines of warm slots between replicas: a request waiting on
 // one replica for a busy slot (JoinWarm) is in that slot's line on every
@@ -24,6 +27,16 @@ func (w *Warm) LeaveEvent() SlotEvent {
 // Ticket names w for a SlotEvent of its take (0: w is nil).
 func (w *Warm) Ticket() uint64 { return w.id() }
 
+// Bounds on the lines other replicas' joins build: a forged or confused
+// join holds a slot no longer than maxRemoteWait (a cold prompt of a whole
+// long context evaluates within it on a GPU; a waiter that would wait
+// longer is kept for it only that long elsewhere), and a slot's line holds
+// at most maxLine waiters.
+const (
+	maxRemoteWait = 2 * time.Minute
+	maxLine       = 256
+)
+
 // joinRemoteLocked puts another replica's waiter in the line of the slot
 // its Owner take holds (or last held), in the order the waiters joined;
 // a slot free and kept for nobody is kept for it at once. A join naming a
@@ -36,11 +49,17 @@ func (s *Slots) joinRemoteLocked(ev SlotEvent, now int64) {
 		return
 	}
 	e := waiting{ticket: ev.ID, at: ev.At * 1000, until: ev.Until * 1000}
+	// What another replica claims is held to what a waiter could have:
+	// joined no earlier than it could still be waiting (an older claim
+	// would go before every real waiter), waiting at most maxRemoteWait,
+	// and no more of them than maxLine (joins beyond are dropped).
+	e.until = min(e.until, now+int64(maxRemoteWait))
+	e.at = min(max(e.at, now-int64(maxRemoteWait)), now)
 	if e.until <= now {
 		return
 	}
 	sl := &ss[i]
-	if sl.heldFor == e.ticket || slices.ContainsFunc(sl.line, func(x waiting) bool { return x.ticket == e.ticket }) {
+	if len(sl.line) >= maxLine || sl.heldFor == e.ticket || slices.ContainsFunc(sl.line, func(x waiting) bool { return x.ticket == e.ticket }) {
 		return
 	}
 	k, _ := slices.BinarySearchFunc(sl.line, e, func(x, y waiting) int {

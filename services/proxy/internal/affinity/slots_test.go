@@ -375,3 +375,43 @@ func TestSlotsSharedLine(t *testing.T) {
 		t.Fatalf("a lost leave keeps the slot past the wait: %d blocks free", got)
 	}
 }
+
+// Another replica's joins are held to what a waiter could have: a claim
+// of a year's wait keeps a slot maxRemoteWait at most, a claim of having
+// joined long ago does not go before a real waiter who joined within
+// that, and a slot's line takes maxLine joins, no more.
+func TestSlotsRemoteJoinBounds(t *testing.T) {
+	r := NewSlots(time.Hour, 1000)
+	a := Target{"a", "m"}
+	now := time.Now()
+	hot := chain(100, 20)
+	x := r.Take(a, 1, hot, now)
+	local := SlotEvent{T: a, Kind: SlotJoin, ID: 1, Owner: uint64(x), At: now.UnixMicro(), Until: now.Add(time.Second).UnixMicro()}
+	forged := SlotEvent{T: a, Kind: SlotJoin, ID: 2, Owner: uint64(x), At: 1, Until: now.Add(365 * 24 * time.Hour).UnixMicro()}
+	r.Apply("r2", []SlotEvent{local, forged}, now)
+	r.mu.Lock()
+	line := append([]waiting(nil), r.targets[a][0].line...)
+	r.mu.Unlock()
+	if len(line) != 2 || line[0].ticket != 2 || line[0].at < now.Add(-maxRemoteWait).UnixNano() {
+		t.Fatalf("line %+v: the forged join's arrival was not held to within maxRemoteWait", line)
+	}
+	if limit := now.Add(maxRemoteWait).UnixNano(); line[0].until > limit {
+		t.Fatalf("the forged join waits until %d, beyond now + maxRemoteWait (%d)", line[0].until, limit)
+	}
+	r.release(a, x, now)
+	if got := r.Free(a, hot, now.Add(maxRemoteWait+time.Second)); got != 20 {
+		t.Fatalf("a slot is kept past maxRemoteWait for a forged join: %d blocks free", got)
+	}
+	y := r.Take(a, 1, hot, now)
+	var flood []SlotEvent
+	for i := range maxLine + 10 {
+		flood = append(flood, SlotEvent{T: a, Kind: SlotJoin, ID: uint64(100 + i), Owner: uint64(y), At: now.UnixMicro(), Until: now.Add(time.Second).UnixMicro()})
+	}
+	r.Apply("r2", flood, now)
+	r.mu.Lock()
+	n := len(r.targets[a][0].line)
+	r.mu.Unlock()
+	if n != maxLine {
+		t.Fatalf("a slot's line holds %d remote waiters, want at most %d", n, maxLine)
+	}
+}
