@@ -99,12 +99,8 @@ func startNATSCluster(t *testing.T, n int) *natsCluster {
 		}
 		cl.nodes = append(cl.nodes, node)
 	}
-	for _, node := range cl.nodes {
-		node.start(t)
-	}
-	for _, node := range cl.nodes {
-		node.waitReady(t)
-	}
+	// Registered before the nodes start, so that a node that never gets
+	// ready is stopped too and its log shows why.
 	t.Cleanup(func() {
 		for _, node := range cl.nodes {
 			node.stop()
@@ -117,6 +113,12 @@ func startNATSCluster(t *testing.T, n int) *natsCluster {
 			}
 		}
 	})
+	for _, node := range cl.nodes {
+		node.start(t)
+	}
+	for _, node := range cl.nodes {
+		node.waitReady(t)
+	}
 	return cl
 }
 
@@ -219,7 +221,7 @@ func (n *clusterNode) start(t *testing.T) {
 
 func (n *clusterNode) waitReady(t *testing.T) {
 	t.Helper()
-	waitFor(t, 30*time.Second, "nats-server "+n.name, func() bool {
+	waitFor(t, 60*time.Second, "nats-server "+n.name, func() bool {
 		resp, err := http.Get(fmt.Sprintf("http://127.0.0.1:%d/healthz?js-enabled-only=true", n.monitor))
 		if err != nil {
 			return false
