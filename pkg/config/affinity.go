@@ -57,13 +57,18 @@ type Affinity struct {
 	// (default 50ms: at most 20 a second, each batching every insert in
 	// between).
 	ShareInterval time.Duration `yaml:"share_interval"`
+	// SlotShareInterval spaces messages that carry slot events (takes,
+	// releases, warm lines' joins and leaves; default 5ms, at most
+	// ShareInterval): the others hear of a grant this late at most, so
+	// two replicas rarely send one group's requests into one warm slot.
+	SlotShareInterval time.Duration `yaml:"slot_share_interval"`
 }
 
 // DefaultAffinity is routing.affinity's defaults.
 func DefaultAffinity() Affinity {
 	share := true
 	return Affinity{Share: &share, MaxEntries: 65536, ContextTokens: 4096, LoadBound: 2, LoadBoundTokens: 8192, BlockBytes: 256,
-		TTL: 5 * time.Minute, ShareInterval: 50 * time.Millisecond}
+		TTL: 5 * time.Minute, ShareInterval: 50 * time.Millisecond, SlotShareInterval: 5 * time.Millisecond}
 }
 
 // TargetBlocks is how many blocks of one (backend, model) with slots
@@ -102,5 +107,8 @@ func (r Routing) validateAffinity(bad func(key, format string, args ...any)) {
 	}
 	if a.ShareInterval < time.Millisecond {
 		bad("routing.affinity.share_interval", "must be at least 1ms, got %s", a.ShareInterval)
+	}
+	if a.SlotShareInterval < time.Millisecond || a.SlotShareInterval > a.ShareInterval {
+		bad("routing.affinity.slot_share_interval", "must be from 1ms to share_interval (%s), got %s", a.ShareInterval, a.SlotShareInterval)
 	}
 }

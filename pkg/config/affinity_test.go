@@ -38,14 +38,15 @@ func TestAffinityFromFileAndEnvironment(t *testing.T) {
 
 func TestAffinityErrorsNameTheKey(t *testing.T) {
 	for env, key := range map[string]string{
-		"DROVER_ROUTING_STRATEGY=sticky":               "routing.strategy",
-		"DROVER_ROUTING_AFFINITY_BLOCK_BYTES=100":      "routing.affinity.block_bytes",
-		"DROVER_ROUTING_AFFINITY_LOAD_BOUND=-1":        "routing.affinity.load_bound",
-		"DROVER_ROUTING_AFFINITY_LOAD_BOUND_TOKENS=-5": "routing.affinity.load_bound_tokens",
-		"DROVER_ROUTING_AFFINITY_MAX_ENTRIES=-1":       "routing.affinity.max_entries",
-		"DROVER_ROUTING_AFFINITY_CONTEXT_TOKENS=-1":    "routing.affinity.context_tokens",
-		"DROVER_ROUTING_AFFINITY_SHARE_INTERVAL=1us":   "routing.affinity.share_interval",
-		"DROVER_ROUTING_AFFINITY_SHARE=perhaps":        "DROVER_ROUTING_AFFINITY_SHARE",
+		"DROVER_ROUTING_STRATEGY=sticky":                 "routing.strategy",
+		"DROVER_ROUTING_AFFINITY_BLOCK_BYTES=100":        "routing.affinity.block_bytes",
+		"DROVER_ROUTING_AFFINITY_LOAD_BOUND=-1":          "routing.affinity.load_bound",
+		"DROVER_ROUTING_AFFINITY_LOAD_BOUND_TOKENS=-5":   "routing.affinity.load_bound_tokens",
+		"DROVER_ROUTING_AFFINITY_MAX_ENTRIES=-1":         "routing.affinity.max_entries",
+		"DROVER_ROUTING_AFFINITY_CONTEXT_TOKENS=-1":      "routing.affinity.context_tokens",
+		"DROVER_ROUTING_AFFINITY_SHARE_INTERVAL=1us":     "routing.affinity.share_interval",
+		"DROVER_ROUTING_AFFINITY_SLOT_SHARE_INTERVAL=1s": "routing.affinity.slot_share_interval",
+		"DROVER_ROUTING_AFFINITY_SHARE=perhaps":          "DROVER_ROUTING_AFFINITY_SHARE",
 	} {
 		_, err := Load("", []string{"DROVER_BACKENDS=http://a:11434", env})
 		if err == nil || !strings.Contains(err.Error(), key) {

@@ -41,8 +41,10 @@ import (
 // when they change (every Heartbeat while not zero; empty when it stops),
 // and, with SharerOptions.Slots, its grants' slot takes (the prompt's
 // chain) and releases, and its requests joining and leaving warm slots'
-// lines (a take's and a waiter's id are unique over the fleet: Taken),
-// batched: at most one message per interval. Version 1 (no kinds, no
+// lines (a take's and a waiter's id are unique over the fleet: Taken).
+// Batched: a message with slot events goes one SlotInterval (default 5ms)
+// after the previous message at most, and takes everything else pending
+// along; without slot events, at most one message per Interval. Version 1 (no kinds, no
 // lines) is rejected: replicas of both versions share nothing until all
 // run version 2.
 const wireVersion = 2
@@ -76,6 +78,13 @@ type SharerOptions struct {
 	Index   *Index
 	// Interval spaces messages (routing.affinity.share_interval).
 	Interval time.Duration
+	// SlotInterval spaces messages that carry slot events
+	// (routing.affinity.slot_share_interval; default 5ms, at most
+	// Interval): another replica hears of a take, a release or a join this
+	// late at most, so two replicas rarely send one group's requests into
+	// one warm slot within it. Such a message carries the inserts and
+	// loads pending too: at most 1/SlotInterval messages a second.
+	SlotInterval time.Duration
 	// MaxPending bounds the hashes waiting for the next message (default
 	// 8192, 64 KiB); beyond it inserts are dropped and counted.
 	MaxPending int
@@ -138,6 +147,10 @@ func NewSharer(opts SharerOptions) (*Sharer, error) {
 	if opts.Interval <= 0 {
 		opts.Interval = 50 * time.Millisecond
 	}
+	if opts.SlotInterval <= 0 {
+		opts.SlotInterval = 5 * time.Millisecond
+	}
+	opts.SlotInterval = min(opts.SlotInterval, opts.Interval)
 	if opts.MaxPending <= 0 {
 		opts.MaxPending = 8192
 	}
@@ -219,30 +232,43 @@ func (s *Sharer) run() {
 	// Loads are read, and peers' expired, every interval.
 	tick := time.NewTicker(s.opts.Interval)
 	defer tick.Stop()
+	// gap fires when the next message may go: one SlotInterval after the
+	// last if slot events wait, one Interval after it otherwise.
 	gap := time.NewTimer(time.Hour)
 	gap.Stop()
+	defer gap.Stop()
+	var last time.Time // the last message sent
 	for {
 		select {
 		case <-s.kick:
+		case <-gap.C:
 		case now := <-tick.C:
 			s.expire(now)
 		case <-s.stop:
 			s.flush(true)
 			return
 		}
-		if !s.flush(false) {
+		since := time.Since(last)
+		wait := s.opts.Interval - since
+		if s.hasEvents() {
+			wait = s.opts.SlotInterval - since
+		}
+		if wait > 0 {
+			// What arrives meanwhile waits and goes in the next message.
+			gap.Reset(wait)
 			continue
 		}
-		// At most one message per interval: what arrives meanwhile waits
-		// and goes in the next one.
-		gap.Reset(s.opts.Interval)
-		select {
-		case <-gap.C:
-		case <-s.stop:
-			s.flush(true)
-			return
+		if s.flush(false) {
+			last = time.Now()
 		}
 	}
+}
+
+// hasEvents reports slot events waiting for the next message.
+func (s *Sharer) hasEvents() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return len(s.events) > 0
 }
 
 // flush sends what is pending, and the loads when they are due; final

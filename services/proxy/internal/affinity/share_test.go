@@ -307,3 +307,27 @@ func TestSharingSlots(t *testing.T) {
 	r1.sharer.SlotEvent(SlotEvent{T: a, ID: 7})
 	waitFor(t, "r2 to model r1's release", func() bool { return r2.slots.Free(a, p, time.Now()) == 8 })
 }
+
+// Slot events do not wait out the interval (an hour here): each goes one
+// SlotInterval after the previous message, and takes the index inserts
+// waiting for the interval along.
+func TestSharingSlotsPrompt(t *testing.T) {
+	ns := natstest.Start(t)
+	r1 := startReplica(t, ns.URL(), "r1", time.Hour)
+	r2 := startReplica(t, ns.URL(), "r2", time.Hour)
+	a := Target{"a", "m"}
+	now := time.Now()
+	p, q := chain(100, 8), chain(200, 8)
+	r1.sharer.Inserted(a, r1.index.Insert(a, p, now, time.Minute, nil))
+	waitFor(t, "r2 to learn r1's first insert", func() bool { return r2.index.Lookup(a, p, time.Now()).Blocks == 8 })
+	r1.slots.Take(a, 4, p, time.Now())
+	r1.sharer.SlotEvent(SlotEvent{T: a, ID: 7, Slots: 4, Chain: p.Chain})
+	waitFor(t, "r2 to model r1's take", func() bool { return r2.slots.Held(a, p, time.Now()) == 8 })
+	r1.sharer.Inserted(a, r1.index.Insert(a, q, now, time.Minute, nil))
+	r1.sharer.SlotEvent(SlotEvent{T: a, ID: 7})
+	waitFor(t, "r2 to model r1's release", func() bool { return r2.slots.Free(a, p, time.Now()) == 8 })
+	waitFor(t, "r2 to learn the insert sent with the release", func() bool { return r2.index.Lookup(a, q, time.Now()).Blocks == 8 })
+	if sent, _ := r1.counts.get("sent"); sent != 3 {
+		t.Errorf("%d messages for an insert, a take and a release with an insert", sent)
+	}
+}

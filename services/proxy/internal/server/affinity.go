@@ -67,7 +67,7 @@ func newAffinity(cfg *config.Config, m *metrics.Metrics, conn *nats.Conn, log *s
 	for _, b := range cfg.Backends {
 		known[b.Name] = true
 	}
-	p.sharer, err = affinity.NewSharer(affinity.SharerOptions{Conn: conn, Replica: cfg.Replica, Index: p.index, Interval: ac.ShareInterval,
+	p.sharer, err = affinity.NewSharer(affinity.SharerOptions{Conn: conn, Replica: cfg.Replica, Index: p.index, Interval: ac.ShareInterval, SlotInterval: ac.SlotShareInterval,
 		Known: func(b string) bool { return known[b] }, Observe: p.metrics.Share, Log: log, Loads: p.tokenLoads,
 		Slots: func(replica string, events []affinity.SlotEvent) { ra.Slots.Apply(replica, events, time.Now()) }})
 	if err != nil {
