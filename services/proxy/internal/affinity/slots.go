@@ -204,6 +204,7 @@ type modelSlot struct {
 	line      []waiting
 	heldFor   uint64
 	heldUntil int64
+	heldAt    int64 // when heldFor joined the line
 	// remote: the slot's request came through another replica (Apply),
 	// whose release is heard only with the sharing's delay.
 	remote bool
@@ -289,6 +290,37 @@ func (s *Slots) Evicts(t Target, p *Prompt, now time.Time) float64 {
 	return s.pop[g].value(now.UnixNano()) / float64(s.copiesLocked(g, now.UnixNano()))
 }
 
+// maxKeptBlock bounds how long a kept slot may hold back other requests
+// (Kept): a waiter due later than this does not.
+const maxKeptBlock = 5 * time.Second
+
+// Kept is how many of t's free slots are kept for a request waiting in
+// their line (JoinWarm) that joined before before, other than ticket's;
+// and the soonest such keeping lapses. Ollama knows nothing of keeping:
+// any request sent to t while its free slots are all kept would take
+// one (the lowest), and the waiter, having waited, would be evaluated
+// cold. So the router leaves them to their waiters, as to requests that
+// came first.
+func (s *Slots) Kept(t Target, now, before time.Time, ticket uint64) (n int, lapse time.Time) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	nn, b := now.UnixNano(), before.UnixNano()
+	var soonest int64
+	for _, sl := range s.targets[t] {
+		if sl.busy || !sl.keptLocked(nn) || sl.heldFor == ticket || sl.heldAt >= b || sl.heldUntil-nn > int64(maxKeptBlock) {
+			continue
+		}
+		n++
+		if soonest == 0 || sl.heldUntil < soonest {
+			soonest = sl.heldUntil
+		}
+	}
+	if n > 0 {
+		lapse = time.Unix(0, soonest)
+	}
+	return n, lapse
+}
+
 // copiesLocked is how many slots, over every target, hold a prompt of
 // group g (first block g): at least 1 for a group Evicts looks at.
 func (s *Slots) copiesLocked(g uint64, now int64) int {
@@ -359,7 +391,7 @@ func (s *Slots) takeAsLocked(t Target, n int, chain []uint64, now int64, w *Warm
 // first in its line again.
 func (s *Slots) placeLocked(sl *modelSlot, c []uint64, whole int, id Taken, at int64, remote bool) {
 	if sl.heldFor != 0 {
-		sl.line = slices.Insert(sl.line, 0, waiting{ticket: sl.heldFor, until: sl.heldUntil})
+		sl.line = slices.Insert(sl.line, 0, waiting{ticket: sl.heldFor, at: sl.heldAt, until: sl.heldUntil})
 		sl.heldFor = 0
 	}
 	held := matchLen(c, sl.chain)
@@ -612,7 +644,7 @@ func (s *Slots) handOnLocked(t Target, i int, now int64) {
 		sl.heldFor = 0
 		for len(sl.line) > 0 && sl.heldFor == 0 {
 			if e := sl.line[0]; e.until > now {
-				sl.heldFor, sl.heldUntil = e.ticket, e.until
+				sl.heldFor, sl.heldUntil, sl.heldAt = e.ticket, e.until, e.at
 			}
 			sl.line = sl.line[1:]
 		}

@@ -186,6 +186,45 @@ func TestSlotsEvicts(t *testing.T) {
 	}
 }
 
+// Kept counts a free slot kept for a waiter against requests that arrived
+// after the waiter joined its line, not against the waiter itself, nor
+// against requests that came before it (they keep their place).
+func TestSlotsKept(t *testing.T) {
+	s := NewSlots(time.Hour, 1000)
+	a := Target{"a", "m"}
+	now := time.Now()
+	teach(s, a, now)
+	hot := chain(100, 20)
+	i := s.Take(a, 4, hot, now)
+	joined := now.Add(220 * time.Millisecond)
+	w, ok := s.JoinWarm([]Target{a}, hot, joined)
+	if !ok {
+		t.Fatal("did not join the busy slot's line")
+	}
+	if n, _ := s.Kept(a, joined, joined.Add(time.Millisecond), 0); n != 0 {
+		t.Fatalf("kept %d while the slot is still busy", n)
+	}
+	released := joined.Add(10 * time.Millisecond)
+	s.release(a, i, released)
+	n, lapse := s.Kept(a, released, released, 0)
+	if n != 1 || !lapse.Equal(joined.Add(w.Wait)) {
+		t.Fatalf("kept %d, lapsing at %v; want 1 at the waiter's longest wait %v", n, lapse, joined.Add(w.Wait))
+	}
+	if n, _ := s.Kept(a, released, joined.Add(-time.Millisecond), 0); n != 0 {
+		t.Fatal("kept against a request that arrived before the waiter joined")
+	}
+	if n, _ := s.Kept(a, released, released, w.Ticket()); n != 0 {
+		t.Fatal("kept against its own waiter")
+	}
+	if n, _ := s.Kept(a, joined.Add(w.Wait), joined.Add(w.Wait), 0); n != 0 {
+		t.Fatal("still kept after the waiter's longest wait")
+	}
+	s.Leave(w)
+	if n, _ := s.Kept(a, released, released, 0); n != 0 {
+		t.Fatal("still kept after the waiter left")
+	}
+}
+
 // teach gives s's timing for t: warm requests held a slot 100 ms, and a
 // cold one of 10 blocks 100 ms more (10 ms a block).
 func teach(s *Slots, t Target, now time.Time) {

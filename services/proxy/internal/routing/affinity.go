@@ -159,7 +159,7 @@ func (r *Router) Prompt(route string, body []byte, h http.Header) *affinity.Prom
 func (r *Router) AcquireFor(ctx context.Context, who Tenant, cands []Candidate, p *affinity.Prompt) (*Slot, error) {
 	a := r.opts.Affinity
 	if p == nil || a == nil || a.Index == nil || (r.opts.Strategy != Prefix && r.opts.Strategy != Session) {
-		return r.acquire(ctx, who, cands, nil, p, nil)
+		return r.acquire(ctx, who, cands, nil, p, nil, 0)
 	}
 	now := time.Now()
 	slots := a.Slots
@@ -179,7 +179,7 @@ func (r *Router) AcquireFor(ctx context.Context, who Tenant, cands []Candidate, 
 		}
 	}
 	rank := func(now time.Time) []affinity.Match { return matches(a.Index, slots, cands, p, now, warm) }
-	s, err := r.acquire(ctx, who, cands, rank(now), p, rank)
+	s, err := r.acquire(ctx, who, cands, rank(now), p, rank, warm.Ticket())
 	if err != nil {
 		return nil, err
 	}
@@ -348,6 +348,32 @@ func (r *Router) affineLocked(w *waiter, rs []ranked) Candidate {
 		w.choice = choice{outcome: OutcomeMiss}
 	}
 	return best.c
+}
+
+// warmKeptLocked reports whether c's free slots are all kept for requests
+// waiting for a warm slot that joined their line before w arrived
+// (affinity.Slots.Kept): Ollama would give w one of them, and the waiter
+// would find its slot taken. w then waits, as behind earlier arrivals,
+// until the waiter takes its slot or the keeping lapses (a wake is set
+// for that). local is this replica's requests in flight on c.
+func (r *Router) warmKeptLocked(w *waiter, c Candidate, local int, now time.Time) bool {
+	a := r.opts.Affinity
+	if a == nil || a.Slots == nil || (r.opts.Strategy != Prefix && r.opts.Strategy != Session) {
+		return false
+	}
+	n, lapse := a.Slots.Kept(affinity.Target{Backend: c.Backend, Model: c.Model}, now, w.at, w.ticket)
+	if n == 0 {
+		return false
+	}
+	in := local
+	if r.remote != nil {
+		in += r.remote.InFlight(c.Key)
+	}
+	if in+n < c.Cap {
+		return false
+	}
+	r.wakeLocked(max(lapse.Sub(now), time.Millisecond))
+	return true
 }
 
 // withinBoundLocked reports whether x carries at most the load bound more

@@ -519,6 +519,58 @@ func TestWarmWaitReusesBusySlot(t *testing.T) {
 	}
 }
 
+// A slot kept for a request waiting for it (warm) is not given to a
+// request that arrived after that one joined the slot's line: Ollama
+// would put the newcomer in the kept slot (the lowest free) and the
+// waiter, having waited, would be evaluated cold. The newcomer waits, as
+// behind an earlier arrival, and gets the slot once the waiter is done.
+func TestKeptSlotWaitsForItsWaiter(t *testing.T) {
+	r, _ := affineRouter(Prefix, 2, 0)
+	slots := affinity.NewSlots(time.Hour, 1000)
+	r.opts.Affinity.Slots = slots
+	a := cand("a", "m", 1, true, 1)
+	// Teach the model: a warm request is quick, a cold one slow (1 s).
+	x := chatPrompt(r, "Group X. "+sysA, 0, "")
+	mustAcquire(t, r, []Candidate{a}, x).Release()
+	mustAcquire(t, r, []Candidate{a}, x).Release()
+	s := mustAcquire(t, r, []Candidate{a}, chatPrompt(r, "Group Y. "+sysA, 0, ""))
+	time.Sleep(time.Second)
+	s.Release()
+	hot := chatPrompt(r, "Group H. "+sysA, 0, "")
+	mustAcquire(t, r, []Candidate{a}, hot).Release()
+	held := mustAcquire(t, r, []Candidate{a}, hot)
+
+	order := make(chan string, 2)
+	waiter := make(chan *Slot, 1)
+	go func() {
+		w := mustAcquire(t, r, []Candidate{a}, hot)
+		order <- "waiter"
+		waiter <- w
+	}()
+	for deadline := time.Now().Add(10 * time.Second); slots.Waiting() == 0; time.Sleep(time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("the request never waited for the busy slot")
+		}
+	}
+	newcomer := make(chan *Slot, 1)
+	go func() {
+		n := mustAcquire(t, r, []Candidate{a}, chatPrompt(r, "Group N. "+sysA, 0, ""))
+		order <- "newcomer"
+		newcomer <- n
+	}()
+	for deadline := time.Now().Add(10 * time.Second); r.QueueLen() == 0; time.Sleep(time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("the newcomer never queued (the backend's one slot is held)")
+		}
+	}
+	held.Release()
+	if first := <-order; first != "waiter" {
+		t.Fatalf("%s got the kept slot first", first)
+	}
+	(<-waiter).Release()
+	(<-newcomer).Release()
+}
+
 // A waiter that queued is ranked at its grant on what the slot model
 // holds then, not on what it held when the request arrived: here another
 // replica's request cached the prompt on the backend that is not its home

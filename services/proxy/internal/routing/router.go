@@ -168,6 +168,7 @@ type waiter struct {
 	queued bool // found no slot it could take on arrival: waits in the queue
 	tokens int64
 	home   uint64 // the prompt's home key (affinity.go; 0: none)
+	ticket uint64 // its wait for a warm slot (affinity.Warm; 0: none)
 	choice choice
 }
 
@@ -211,19 +212,19 @@ func (s *Slot) Release() {
 // ErrQueueFull (ErrKeyQueueFull for who's own bound), ErrQueueTimeout,
 // ErrNoCandidates or the context's error.
 func (r *Router) Acquire(ctx context.Context, who Tenant, cands []Candidate) (*Slot, error) {
-	return r.acquire(ctx, who, cands, nil, nil, nil)
+	return r.acquire(ctx, who, cands, nil, nil, nil, 0)
 }
 
 // acquire is Acquire with each candidate's affinity (nil: none), the
 // request's prompt (nil: unknown) for the strategy, and how to compute
 // the affinity again if the request has to wait (nil: keep aff).
-func (r *Router) acquire(ctx context.Context, who Tenant, cands []Candidate, aff []affinity.Match, p *affinity.Prompt, rank func(time.Time) []affinity.Match) (*Slot, error) {
+func (r *Router) acquire(ctx context.Context, who Tenant, cands []Candidate, aff []affinity.Match, p *affinity.Prompt, rank func(time.Time) []affinity.Match, ticket uint64) (*Slot, error) {
 	if len(cands) == 0 {
 		return nil, ErrNoCandidates
 	}
 	who = who.normal()
 	start := time.Now()
-	w := &waiter{at: start, who: who, q: who.queue(), cands: cands, aff: aff, rank: rank}
+	w := &waiter{at: start, who: who, q: who.queue(), cands: cands, aff: aff, rank: rank, ticket: ticket}
 	if p != nil {
 		w.tokens, w.home = p.Tokens, p.Home()
 	}
@@ -408,6 +409,9 @@ func (r *Router) pickLocked(w *waiter, plans map[Key]plan, now time.Time) (Candi
 			if l := r.pools[c.Key][w.q]; l == nil || l.n >= p.target[w.q] {
 				continue // not this queue's turn on this pool
 			}
+		}
+		if r.warmKeptLocked(w, c, local, now) {
+			continue
 		}
 		in, total := local, r.backend[c.Backend]
 		if r.remote != nil {
