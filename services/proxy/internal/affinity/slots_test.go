@@ -94,17 +94,8 @@ func TestSlotsTakeWhenFull(t *testing.T) {
 // A take that finds only a slot kept for a waiting request takes it (the
 // backend knows nothing of keeping): the waiter is first in line again.
 func TestSlotsTakeKeptSlot(t *testing.T) {
-	s := NewSlots(time.Hour, 1000)
-	a := Target{"a", "m"}
-	now := time.Now()
-	teach(s, a, now)
-	hot := chain(100, 20)
-	i := s.Take(a, 1, hot, now)
-	later := now.Add(220 * time.Millisecond)
-	w, ok := s.JoinWarm([]Target{a}, hot, later)
-	if !ok {
-		t.Fatal("did not join the line")
-	}
+	s, a, hot := NewSlots(time.Hour, 1000), Target{"a", "m"}, chain(100, 20)
+	later, w, i := joinBusy(t, s, a, hot, 1)
 	s.release(a, i, later)
 	if r, _, _, _ := s.Ready(w, hot, later); !r {
 		t.Fatal("not kept for the waiter")
@@ -190,17 +181,8 @@ func TestSlotsEvicts(t *testing.T) {
 // after the waiter joined its line, not against the waiter itself, nor
 // against requests that came before it (they keep their place).
 func TestSlotsKept(t *testing.T) {
-	s := NewSlots(time.Hour, 1000)
-	a := Target{"a", "m"}
-	now := time.Now()
-	teach(s, a, now)
-	hot := chain(100, 20)
-	i := s.Take(a, 4, hot, now)
-	joined := now.Add(220 * time.Millisecond)
-	w, ok := s.JoinWarm([]Target{a}, hot, joined)
-	if !ok {
-		t.Fatal("did not join the busy slot's line")
-	}
+	s, a, hot := NewSlots(time.Hour, 1000), Target{"a", "m"}, chain(100, 20)
+	joined, w, i := joinBusy(t, s, a, hot, 4)
 	if n, _ := s.Kept(a, joined, joined.Add(time.Millisecond), 0); n != 0 {
 		t.Fatalf("kept %d while the slot is still busy", n)
 	}
@@ -223,6 +205,23 @@ func TestSlotsKept(t *testing.T) {
 	if n, _ := s.Kept(a, released, released, 0); n != 0 {
 		t.Fatal("still kept after the waiter left")
 	}
+}
+
+// joinBusy teaches s's timing for t, takes one of t's n slots with hot
+// and, 220 ms later (when the slot is due back sooner than hot would
+// evaluate), joins that slot's line with hot: when it joined, its wait,
+// and the take.
+func joinBusy(t *testing.T, s *Slots, a Target, hot *Prompt, n int) (time.Time, *Warm, Taken) {
+	t.Helper()
+	now := time.Now()
+	teach(s, a, now)
+	i := s.Take(a, n, hot, now)
+	joined := now.Add(220 * time.Millisecond)
+	w, ok := s.JoinWarm([]Target{a}, hot, joined)
+	if !ok {
+		t.Fatal("did not join the busy slot's line")
+	}
+	return joined, w, i
 }
 
 // teach gives s's timing for t: warm requests held a slot 100 ms, and a

@@ -475,6 +475,22 @@ func TestColdPromptSparesPopularSlots(t *testing.T) {
 	}
 }
 
+// holdWarm teaches r's slot model on a that a warm request is quick and a
+// cold one slow (1 s), then holds a's slot warm with a prompt of its own
+// group: a request of that group arriving now waits for the slot.
+func holdWarm(t *testing.T, r *Router, a Candidate) (*affinity.Prompt, *Slot) {
+	t.Helper()
+	x := chatPrompt(r, "Group X. "+sysA, 0, "")
+	mustAcquire(t, r, []Candidate{a}, x).Release()
+	mustAcquire(t, r, []Candidate{a}, x).Release()
+	s := mustAcquire(t, r, []Candidate{a}, chatPrompt(r, "Group Y. "+sysA, 0, ""))
+	time.Sleep(time.Second)
+	s.Release()
+	hot := chatPrompt(r, "Group H. "+sysA, 0, "")
+	mustAcquire(t, r, []Candidate{a}, hot).Release()
+	return hot, mustAcquire(t, r, []Candidate{a}, hot)
+}
+
 // With the slot model, a request whose group's slot is busy, and due back
 // sooner than its prompt would take to evaluate, waits for that slot
 // instead of evaluating the prompt cold elsewhere (and overwriting another
@@ -491,16 +507,7 @@ func TestWarmWaitReusesBusySlot(t *testing.T) {
 		mu.Unlock()
 	}
 	a, b := cand("a", "m", 4, true, 1), cand("b", "m", 4, true, 1)
-	// Teach the model: a warm request is quick, a cold one slow (1 s).
-	x := chatPrompt(r, "Group X. "+sysA, 0, "")
-	mustAcquire(t, r, []Candidate{a}, x).Release()
-	mustAcquire(t, r, []Candidate{a}, x).Release()
-	s := mustAcquire(t, r, []Candidate{a}, chatPrompt(r, "Group Y. "+sysA, 0, ""))
-	time.Sleep(time.Second)
-	s.Release()
-	hot := chatPrompt(r, "Group H. "+sysA, 0, "")
-	mustAcquire(t, r, []Candidate{a}, hot).Release()
-	held := mustAcquire(t, r, []Candidate{a}, hot)
+	hot, held := holdWarm(t, r, a)
 
 	got := make(chan *Slot, 1)
 	go func() { got <- mustAcquire(t, r, []Candidate{a, b}, hot) }()
@@ -529,16 +536,7 @@ func TestKeptSlotWaitsForItsWaiter(t *testing.T) {
 	slots := affinity.NewSlots(time.Hour, 1000)
 	r.opts.Affinity.Slots = slots
 	a := cand("a", "m", 1, true, 1)
-	// Teach the model: a warm request is quick, a cold one slow (1 s).
-	x := chatPrompt(r, "Group X. "+sysA, 0, "")
-	mustAcquire(t, r, []Candidate{a}, x).Release()
-	mustAcquire(t, r, []Candidate{a}, x).Release()
-	s := mustAcquire(t, r, []Candidate{a}, chatPrompt(r, "Group Y. "+sysA, 0, ""))
-	time.Sleep(time.Second)
-	s.Release()
-	hot := chatPrompt(r, "Group H. "+sysA, 0, "")
-	mustAcquire(t, r, []Candidate{a}, hot).Release()
-	held := mustAcquire(t, r, []Candidate{a}, hot)
+	hot, held := holdWarm(t, r, a)
 
 	order := make(chan string, 2)
 	waiter := make(chan *Slot, 1)
