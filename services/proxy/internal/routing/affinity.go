@@ -203,18 +203,14 @@ func (r *Router) AcquireFor(ctx context.Context, who Tenant, cands []Candidate, 
 		}
 		took := time.Now()
 		i := a.Slots.TakeFor(t, n, p, took, warm)
-		if a.SlotEvent == nil {
-			s.done = func() { a.Slots.Release(t, i) }
-		} else {
+		s.free = func() { a.Slots.Release(t, i) }
+		if a.SlotEvent != nil {
 			chain := a.Slots.Keep(p.Chain)
 			if chain == nil {
 				chain = []uint64{} // a take, not a release
 			}
 			a.SlotEvent(affinity.SlotEvent{T: t, ID: uint64(i), Slots: n, Chain: chain, Ticket: warm.Ticket(), At: took.UnixMicro()})
-			s.done = func() {
-				a.Slots.Release(t, i)
-				a.SlotEvent(affinity.SlotEvent{T: t, ID: uint64(i)})
-			}
+			s.shared = func() { a.SlotEvent(affinity.SlotEvent{T: t, ID: uint64(i)}) }
 		}
 	}
 	if a.Refresh > 0 && a.Inserted != nil {

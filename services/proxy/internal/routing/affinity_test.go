@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -523,6 +524,40 @@ func TestWarmWaitReusesBusySlot(t *testing.T) {
 	defer mu.Unlock()
 	if w.Backend != "a" || slotted["hit/warm"] != 1 {
 		t.Fatalf("went to %s; slot model outcomes %v, picks %v", w.Backend, slotted, o.n)
+	}
+}
+
+// A request waiting for a warm slot is woken by the slot's release and
+// ranks on counts that no longer hold the released request: here the
+// backend has one slot, so with the released request still counted it
+// would go cold to the other backend. Sharing the release is made slow, as
+// a preempted replica would be, to give a wrong order the time to show.
+func TestWarmWaiterRanksAfterRelease(t *testing.T) {
+	r, _ := affineRouter(Prefix, 2, 0)
+	slots := affinity.NewSlots(time.Hour, 1000)
+	r.opts.Affinity.Slots = slots
+	var slow atomic.Bool
+	r.opts.Affinity.SlotEvent = func(ev affinity.SlotEvent) {
+		if ev.Kind == affinity.SlotTake && ev.Chain == nil && slow.Load() {
+			time.Sleep(100 * time.Millisecond)
+		}
+	}
+	a, b := cand("a", "m", 1, true, 1), cand("b", "m", 1, true, 1)
+	hot, held := holdWarm(t, r, a)
+	slow.Store(true)
+
+	got := make(chan *Slot, 1)
+	go func() { got <- mustAcquire(t, r, []Candidate{a, b}, hot) }()
+	for deadline := time.Now().Add(10 * time.Second); slots.Waiting() == 0; time.Sleep(time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("the request never waited for the busy slot")
+		}
+	}
+	held.Release()
+	w := <-got
+	defer w.Release()
+	if w.Backend != "a" {
+		t.Fatalf("the warm waiter went to %s, not to the slot it waited for", w.Backend)
 	}
 }
 

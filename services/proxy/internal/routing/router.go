@@ -191,7 +191,13 @@ type Slot struct {
 	tokens int64  // estimated tokens reserved on the backend
 	choice choice // what ranking decided, for the affinity outcome
 	queued bool   // granted after waiting in the queue
-	done   func() // nil, or the affinity model's release
+	// free, if set, releases the slot in the affinity model; it runs under
+	// the router's lock with the router's own release, so that a request
+	// woken by the model's release (a warm waiter) ranks on counts that
+	// no longer hold this slot. shared, if set, tells the other replicas,
+	// after.
+	free   func()
+	shared func()
 	r      *Router
 	once   sync.Once
 }
@@ -200,10 +206,10 @@ type Slot struct {
 // picks.
 func (s *Slot) Release() {
 	s.once.Do(func() {
-		if s.done != nil {
-			s.done()
+		s.r.release(s.Key, s.q, s.tokens, s.free)
+		if s.shared != nil {
+			s.shared()
 		}
-		s.r.release(s.Key, s.q, s.tokens)
 	})
 }
 
@@ -509,10 +515,13 @@ func (r *Router) reserveLocked(c Candidate, w *waiter, now time.Time) *Slot {
 	return &Slot{Key: k, Loaded: c.Loaded, q: q, tokens: w.tokens, choice: w.choice, r: r}
 }
 
-func (r *Router) release(k Key, q queueID, tokens int64) {
+func (r *Router) release(k Key, q queueID, tokens int64, free func()) {
 	now := time.Now()
 	r.lock(now)
 	defer r.mu.Unlock()
+	if free != nil {
+		free()
+	}
 	if tokens > 0 {
 		if r.tokens[k.Backend] -= tokens; r.tokens[k.Backend] <= 0 {
 			delete(r.tokens, k.Backend)
