@@ -27,6 +27,14 @@ func (w *Warm) LeaveEvent() SlotEvent {
 // Ticket names w for a SlotEvent of its take (0: w is nil).
 func (w *Warm) Ticket() uint64 { return w.id() }
 
+// Target is the (backend, model) whose slot w waits for (zero: w is nil).
+func (w *Warm) Target() Target {
+	if w == nil {
+		return Target{}
+	}
+	return w.t
+}
+
 // Bounds on the lines other replicas' joins build: a forged or confused
 // join holds a slot no longer than maxRemoteWait (a cold prompt of a whole
 // long context evaluates within it on a GPU; a waiter that would wait
@@ -69,8 +77,13 @@ func (s *Slots) joinRemoteLocked(ev SlotEvent, now int64) {
 		return cmpInt64(int64(x.ticket>>1), int64(y.ticket>>1))
 	})
 	sl.line = slices.Insert(sl.line, k, e)
-	if !sl.busy && !sl.keptLocked(now) {
+	switch {
+	case !sl.busy && !sl.keptLocked(now):
 		s.handOnLocked(ev.T, i, now)
+	case k < len(sl.line)-1:
+		// Ahead of waiters that joined before it was heard: they are
+		// later than they reckoned, and one may no longer be in time.
+		s.wakeLocked(ev.T)
 	}
 }
 

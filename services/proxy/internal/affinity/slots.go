@@ -493,11 +493,21 @@ type Warm struct {
 	Wait time.Duration
 }
 
+// joinMargin: a request joins a slot's line only if the slot should be
+// back within this share of what waiting saves (the prefix's evaluation
+// time, which also bounds the wait). The estimate of a busy slot's
+// release runs late by the error in its holder's length; a waiter that
+// joined on a thin margin then waits its whole bound and is evaluated cold
+// after all, about twice a cold prompt's time: the tail of a time to first
+// token (docs/routing-bench.md). Evaluating it now costs one cold prompt.
+const joinMargin = 0.75
+
 // JoinWarm is for a prompt that no free slot of targets holds any of:
 // when a busy slot of one of them holds part of it, and should be
 // released (after the requests already in its line, each as long as a
-// warm request) sooner than evaluating that part would take (both as
-// learnt from this replica's grants), p joins that slot's line.
+// warm request) well before evaluating that part would take (within
+// joinMargin of it; both as learnt from this replica's grants), p joins
+// that slot's line.
 // Only slots this replica's own requests hold are waited for. ok is
 // false when no such slot is known, or nothing was measured yet. The
 // caller must Leave.
@@ -528,7 +538,7 @@ func (s *Slots) JoinWarm(targets []Target, p *Prompt, now time.Time) (w *Warm, o
 				left = max(tm.warm+float64(sl.uncached)*block-float64(n-sl.at), 0)
 			}
 			left += float64(len(sl.line)) * tm.warm
-			if k > 0 && left < saves && saves-left > best {
+			if k > 0 && left < saves*joinMargin && saves-left > best {
 				best, w = saves-left, &Warm{t: t, slot: i, Wait: time.Duration(saves)}
 			}
 		}
@@ -546,7 +556,8 @@ func (s *Slots) JoinWarm(targets []Target, p *Prompt, now time.Time) (w *Warm, o
 
 // Ready reports whether w's slot is free for it now; if not, left is when
 // it should be (after the requests before w in the line), released a
-// channel closed at the next release of a slot of its target, and holds
+// channel closed at the next release of a slot of its target (or when
+// another replica's waiter joins a line ahead of others), and holds
 // whether the slot still holds part of p.
 func (s *Slots) Ready(w *Warm, p *Prompt, now time.Time) (ready bool, left time.Duration, released <-chan struct{}, holds bool) {
 	s.mu.Lock()
@@ -649,6 +660,12 @@ func (s *Slots) handOnLocked(t Target, i int, now int64) {
 			sl.line = sl.line[1:]
 		}
 	}
+	s.wakeLocked(t)
+}
+
+// wakeLocked wakes the requests waiting for a slot of t (Ready's
+// released), to look at their slot again.
+func (s *Slots) wakeLocked(t Target) {
 	tm := s.timingLocked(t)
 	close(tm.released)
 	tm.released = make(chan struct{})

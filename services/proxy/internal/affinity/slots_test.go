@@ -250,9 +250,14 @@ func TestSlotsWarmLine(t *testing.T) {
 		t.Fatal("joined a line for a slot holding none of the prompt")
 	}
 	// Back in about 100 ms + 20 blocks * 10 ms: no sooner than evaluating
-	// the prompt takes (200 ms). After 220 ms, it is.
+	// the prompt takes (200 ms). After 140 ms it should be back within
+	// 160 ms, sooner, but not within joinMargin of it (150 ms). After
+	// 220 ms, it is.
 	if _, ok := s.JoinWarm([]Target{a}, hot, now.Add(90*time.Millisecond)); ok {
 		t.Fatal("joined a line for a slot not back in time")
+	}
+	if _, ok := s.JoinWarm([]Target{a}, hot, now.Add(140*time.Millisecond)); ok {
+		t.Fatal("joined a line for a slot due back on a thin margin (160 of 200 ms)")
 	}
 	later := now.Add(220 * time.Millisecond)
 	w1, ok := s.JoinWarm([]Target{a}, hot, later)
@@ -411,6 +416,39 @@ func TestSlotsSharedLine(t *testing.T) {
 	}
 	if got := r1.Free(a, hot, later.Add(time.Second)); got != 20 {
 		t.Fatalf("a lost leave keeps the slot past the wait: %d blocks free", got)
+	}
+}
+
+// Another replica's waiter heard after this replica's joined, but that
+// joined first, goes ahead of it in the line, and this replica's waiter is
+// woken to reckon with it (it may no longer be in time).
+func TestSlotsRemoteJoinAheadWakes(t *testing.T) {
+	r1, r2 := NewSlots(time.Hour, 1000), NewSlots(time.Hour, 1000)
+	a := Target{"a", "m"}
+	now := time.Now()
+	teach(r1, a, now)
+	teach(r2, a, now)
+	hot := chain(100, 20)
+	x := r1.Take(a, 4, hot, now)
+	r2.Apply("r1", []SlotEvent{{T: a, ID: uint64(x), Slots: 4, Chain: hot.Chain}}, now)
+	w2, ok := r2.JoinWarm([]Target{a}, hot, now.Add(220*time.Millisecond))
+	if !ok {
+		t.Fatal("r2's request did not wait")
+	}
+	mine, ok := r1.JoinWarm([]Target{a}, hot, now.Add(225*time.Millisecond))
+	if !ok {
+		t.Fatal("r1's request did not wait")
+	}
+	heard := now.Add(230 * time.Millisecond)
+	_, before, woken, _ := r1.Ready(mine, hot, heard)
+	r1.Apply("r2", []SlotEvent{w2.JoinEvent()}, heard)
+	select {
+	case <-woken:
+	default:
+		t.Fatal("r1's waiter was not woken when a waiter went ahead of it")
+	}
+	if _, after, _, _ := r1.Ready(mine, hot, heard); after != before+100*time.Millisecond {
+		t.Fatalf("r1's waiter expects its slot in %v, was %v: want one warm request (100 ms) more", after, before)
 	}
 }
 

@@ -159,7 +159,7 @@ func (r *Router) Prompt(route string, body []byte, h http.Header) *affinity.Prom
 func (r *Router) AcquireFor(ctx context.Context, who Tenant, cands []Candidate, p *affinity.Prompt) (*Slot, error) {
 	a := r.opts.Affinity
 	if p == nil || a == nil || a.Index == nil || (r.opts.Strategy != Prefix && r.opts.Strategy != Session) {
-		return r.acquire(ctx, who, cands, nil, p, nil, 0)
+		return r.acquire(ctx, who, cands, nil, p, nil, nil)
 	}
 	now := time.Now()
 	slots := a.Slots
@@ -179,7 +179,7 @@ func (r *Router) AcquireFor(ctx context.Context, who Tenant, cands []Candidate, 
 		}
 	}
 	rank := func(now time.Time) []affinity.Match { return matches(a.Index, slots, cands, p, now, warm) }
-	s, err := r.acquire(ctx, who, cands, rank(now), p, rank, warm.Ticket())
+	s, err := r.acquire(ctx, who, cands, rank(now), p, rank, warm)
 	if err != nil {
 		return nil, err
 	}
@@ -210,7 +210,13 @@ func (r *Router) AcquireFor(ctx context.Context, who Tenant, cands []Candidate, 
 				chain = []uint64{} // a take, not a release
 			}
 			a.SlotEvent(affinity.SlotEvent{T: t, ID: uint64(i), Slots: n, Chain: chain, Ticket: warm.Ticket(), At: took.UnixMicro()})
-			s.shared = func() { a.SlotEvent(affinity.SlotEvent{T: t, ID: uint64(i)}) }
+			// Shared under the router's lock too, the release goes out
+			// before any take it makes room for (a warm waiter it wakes),
+			// in the order the other replicas' models must apply them.
+			s.free = func() {
+				a.Slots.Release(t, i)
+				a.SlotEvent(affinity.SlotEvent{T: t, ID: uint64(i)})
+			}
 		}
 	}
 	if a.Refresh > 0 && a.Inserted != nil {
@@ -305,7 +311,10 @@ func (r *Router) chooseLocked(w *waiter, rs []ranked, now time.Time) (Candidate,
 // least loaded one (loaded model first, then requests, then tokens in
 // flight) and within the load bound of it, the one with the strongest
 // affinity (lighter first among equals); the least loaded when none has
-// any. The outcome is an override when a candidate beyond the bound had a
+// any. The backend whose slot the request waited for (warmWait) is
+// exempt from the bound: having waited for that slot rather than
+// evaluate the prompt elsewhere, sending it elsewhere now would pay for
+// both. The outcome is an override when a candidate beyond the bound had a
 // stronger affinity than the one chosen.
 func (r *Router) affineLocked(w *waiter, rs []ranked) Candidate {
 	least := rs[0]
@@ -322,7 +331,7 @@ func (r *Router) affineLocked(w *waiter, rs []ranked) Candidate {
 		if m.Zero() || x.c.Loaded != least.c.Loaded {
 			continue
 		}
-		if !r.withinBoundLocked(x, least) {
+		if !r.withinBoundLocked(x, least) && x.c.Key != w.warmOn {
 			if m.Better(over) {
 				over = m
 			}

@@ -561,6 +561,35 @@ func TestWarmWaiterRanksAfterRelease(t *testing.T) {
 	}
 }
 
+// The backend whose slot a request waited for is exempt from the load
+// bound: here it carries three more requests than the idle one (the bound
+// is two), and the waiter still takes the slot it waited for rather than
+// evaluate its prompt cold on the idle backend.
+func TestWarmWaiterExemptFromLoadBound(t *testing.T) {
+	r, o := affineRouter(Prefix, 2, 0)
+	slots := affinity.NewSlots(time.Hour, 1000)
+	r.opts.Affinity.Slots = slots
+	a, b := cand("a", "m", 8, true, 1), cand("b", "m", 8, true, 1)
+	hot, held := holdWarm(t, r, a)
+	for i := range 3 {
+		defer mustAcquire(t, r, []Candidate{a}, chatPrompt(r, fmt.Sprintf("Load %d. %s", i, sysA), 0, "")).Release()
+	}
+
+	got := make(chan *Slot, 1)
+	go func() { got <- mustAcquire(t, r, []Candidate{a, b}, hot) }()
+	for deadline := time.Now().Add(10 * time.Second); slots.Waiting() == 0; time.Sleep(time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("the request never waited for the busy slot")
+		}
+	}
+	held.Release()
+	w := <-got
+	defer w.Release()
+	if w.Backend != "a" || o.n[OutcomeHit] == 0 {
+		t.Fatalf("the warm waiter went to %s; outcomes %v", w.Backend, o.n)
+	}
+}
+
 // A slot kept for a request waiting for it (warm) is not given to a
 // request that arrived after that one joined the slot's line: Ollama
 // would put the newcomer in the kept slot (the lowest free) and the

@@ -169,6 +169,7 @@ type waiter struct {
 	tokens int64
 	home   uint64 // the prompt's home key (affinity.go; 0: none)
 	ticket uint64 // its wait for a warm slot (affinity.Warm; 0: none)
+	warmOn Key    // the backend and model of that slot
 	choice choice
 }
 
@@ -191,15 +192,13 @@ type Slot struct {
 	tokens int64  // estimated tokens reserved on the backend
 	choice choice // what ranking decided, for the affinity outcome
 	queued bool   // granted after waiting in the queue
-	// free, if set, releases the slot in the affinity model; it runs under
-	// the router's lock with the router's own release, so that a request
-	// woken by the model's release (a warm waiter) ranks on counts that
-	// no longer hold this slot. shared, if set, tells the other replicas,
-	// after.
-	free   func()
-	shared func()
-	r      *Router
-	once   sync.Once
+	// free, if set, releases the slot in the affinity model (and tells
+	// the other replicas); it runs under the router's lock with the
+	// router's own release, so that a request woken by the model's release
+	// (a warm waiter) ranks on counts that no longer hold this slot.
+	free func()
+	r    *Router
+	once sync.Once
 }
 
 // Release frees the slot and hands it to the waiter the queue's order
@@ -207,9 +206,6 @@ type Slot struct {
 func (s *Slot) Release() {
 	s.once.Do(func() {
 		s.r.release(s.Key, s.q, s.tokens, s.free)
-		if s.shared != nil {
-			s.shared()
-		}
 	})
 }
 
@@ -218,19 +214,22 @@ func (s *Slot) Release() {
 // ErrQueueFull (ErrKeyQueueFull for who's own bound), ErrQueueTimeout,
 // ErrNoCandidates or the context's error.
 func (r *Router) Acquire(ctx context.Context, who Tenant, cands []Candidate) (*Slot, error) {
-	return r.acquire(ctx, who, cands, nil, nil, nil, 0)
+	return r.acquire(ctx, who, cands, nil, nil, nil, nil)
 }
 
 // acquire is Acquire with each candidate's affinity (nil: none), the
 // request's prompt (nil: unknown) for the strategy, and how to compute
 // the affinity again if the request has to wait (nil: keep aff).
-func (r *Router) acquire(ctx context.Context, who Tenant, cands []Candidate, aff []affinity.Match, p *affinity.Prompt, rank func(time.Time) []affinity.Match, ticket uint64) (*Slot, error) {
+func (r *Router) acquire(ctx context.Context, who Tenant, cands []Candidate, aff []affinity.Match, p *affinity.Prompt, rank func(time.Time) []affinity.Match, warm *affinity.Warm) (*Slot, error) {
 	if len(cands) == 0 {
 		return nil, ErrNoCandidates
 	}
 	who = who.normal()
 	start := time.Now()
-	w := &waiter{at: start, who: who, q: who.queue(), cands: cands, aff: aff, rank: rank, ticket: ticket}
+	w := &waiter{at: start, who: who, q: who.queue(), cands: cands, aff: aff, rank: rank, ticket: warm.Ticket()}
+	if t := warm.Target(); t.Backend != "" {
+		w.warmOn = Key{Backend: t.Backend, Model: t.Model}
+	}
 	if p != nil {
 		w.tokens, w.home = p.Tokens, p.Home()
 	}
