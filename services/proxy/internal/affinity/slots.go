@@ -507,10 +507,10 @@ const joinMargin = 0.75
 // released (after the requests already in its line, each as long as a
 // warm request) well before evaluating that part would take (within
 // joinMargin of it; both as learnt from this replica's grants), p joins
-// that slot's line.
-// Only slots this replica's own requests hold are waited for. ok is
-// false when no such slot is known, or nothing was measured yet. The
-// caller must Leave.
+// that slot's line, whichever replica's request holds the slot (a slot
+// another replica took is reckoned from when it was taken). ok is false
+// when no such slot is known, or nothing was measured yet. The caller
+// must Leave.
 func (s *Slots) JoinWarm(targets []Target, p *Prompt, now time.Time) (w *Warm, ok bool) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
