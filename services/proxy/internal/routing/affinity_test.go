@@ -492,6 +492,21 @@ func holdWarm(t *testing.T, r *Router, a Candidate) (*affinity.Prompt, *Slot) {
 	return hot, mustAcquire(t, r, []Candidate{a}, hot)
 }
 
+// warmAfterRelease sends hot to cands, waits until it waits for the warm
+// slot held, releases held and returns the slot the request got.
+func warmAfterRelease(t *testing.T, r *Router, slots *affinity.Slots, held *Slot, cands []Candidate, hot *affinity.Prompt) *Slot {
+	t.Helper()
+	got := make(chan *Slot, 1)
+	go func() { got <- mustAcquire(t, r, cands, hot) }()
+	for deadline := time.Now().Add(10 * time.Second); slots.Waiting() == 0; time.Sleep(time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("the request never waited for the busy slot")
+		}
+	}
+	held.Release()
+	return <-got
+}
+
 // With the slot model, a request whose group's slot is busy, and due back
 // sooner than its prompt would take to evaluate, waits for that slot
 // instead of evaluating the prompt cold elsewhere (and overwriting another
@@ -510,15 +525,7 @@ func TestWarmWaitReusesBusySlot(t *testing.T) {
 	a, b := cand("a", "m", 4, true, 1), cand("b", "m", 4, true, 1)
 	hot, held := holdWarm(t, r, a)
 
-	got := make(chan *Slot, 1)
-	go func() { got <- mustAcquire(t, r, []Candidate{a, b}, hot) }()
-	for deadline := time.Now().Add(10 * time.Second); slots.Waiting() == 0; time.Sleep(time.Millisecond) {
-		if time.Now().After(deadline) {
-			t.Fatal("the request never waited for the busy slot")
-		}
-	}
-	held.Release()
-	w := <-got
+	w := warmAfterRelease(t, r, slots, held, []Candidate{a, b}, hot)
 	defer w.Release()
 	mu.Lock()
 	defer mu.Unlock()
@@ -546,15 +553,7 @@ func TestWarmWaiterRanksAfterRelease(t *testing.T) {
 	hot, held := holdWarm(t, r, a)
 	slow.Store(true)
 
-	got := make(chan *Slot, 1)
-	go func() { got <- mustAcquire(t, r, []Candidate{a, b}, hot) }()
-	for deadline := time.Now().Add(10 * time.Second); slots.Waiting() == 0; time.Sleep(time.Millisecond) {
-		if time.Now().After(deadline) {
-			t.Fatal("the request never waited for the busy slot")
-		}
-	}
-	held.Release()
-	w := <-got
+	w := warmAfterRelease(t, r, slots, held, []Candidate{a, b}, hot)
 	defer w.Release()
 	if w.Backend != "a" {
 		t.Fatalf("the warm waiter went to %s, not to the slot it waited for", w.Backend)
@@ -575,15 +574,7 @@ func TestWarmWaiterExemptFromLoadBound(t *testing.T) {
 		defer mustAcquire(t, r, []Candidate{a}, chatPrompt(r, fmt.Sprintf("Load %d. %s", i, sysA), 0, "")).Release()
 	}
 
-	got := make(chan *Slot, 1)
-	go func() { got <- mustAcquire(t, r, []Candidate{a, b}, hot) }()
-	for deadline := time.Now().Add(10 * time.Second); slots.Waiting() == 0; time.Sleep(time.Millisecond) {
-		if time.Now().After(deadline) {
-			t.Fatal("the request never waited for the busy slot")
-		}
-	}
-	held.Release()
-	w := <-got
+	w := warmAfterRelease(t, r, slots, held, []Candidate{a, b}, hot)
 	defer w.Release()
 	if w.Backend != "a" || o.n[OutcomeHit] == 0 {
 		t.Fatalf("the warm waiter went to %s; outcomes %v", w.Backend, o.n)
