@@ -476,6 +476,14 @@ func TestColdPromptSparesPopularSlots(t *testing.T) {
 	}
 }
 
+// slotRouter is a Prefix router (load bound 2) with a slot model, and
+// the model.
+func slotRouter() (*Router, *affinity.Slots) {
+	r, _ := affineRouter(Prefix, 2, 0)
+	r.opts.Affinity.Slots = affinity.NewSlots(time.Hour, 1000)
+	return r, r.opts.Affinity.Slots
+}
+
 // holdWarm teaches r's slot model on a that a warm request is quick and a
 // cold one slow (1 s), then holds a's slot warm with a prompt of its own
 // group: a request of that group arriving now waits for the slot.
@@ -540,9 +548,7 @@ func TestWarmWaitReusesBusySlot(t *testing.T) {
 // would go cold to the other backend. Sharing the release is made slow, as
 // a preempted replica would be, to give a wrong order the time to show.
 func TestWarmWaiterRanksAfterRelease(t *testing.T) {
-	r, _ := affineRouter(Prefix, 2, 0)
-	slots := affinity.NewSlots(time.Hour, 1000)
-	r.opts.Affinity.Slots = slots
+	r, slots := slotRouter()
 	var slow atomic.Bool
 	r.opts.Affinity.SlotEvent = func(ev affinity.SlotEvent) {
 		if ev.Kind == affinity.SlotTake && ev.Chain == nil && slow.Load() {
@@ -587,9 +593,7 @@ func TestWarmWaiterExemptFromLoadBound(t *testing.T) {
 // waiter, having waited, would be evaluated cold. The newcomer waits, as
 // behind an earlier arrival, and gets the slot once the waiter is done.
 func TestKeptSlotWaitsForItsWaiter(t *testing.T) {
-	r, _ := affineRouter(Prefix, 2, 0)
-	slots := affinity.NewSlots(time.Hour, 1000)
-	r.opts.Affinity.Slots = slots
+	r, slots := slotRouter()
 	a := cand("a", "m", 1, true, 1)
 	hot, held := holdWarm(t, r, a)
 
@@ -622,6 +626,47 @@ func TestKeptSlotWaitsForItsWaiter(t *testing.T) {
 	}
 	(<-waiter).Release()
 	(<-newcomer).Release()
+}
+
+// A request held back from a slot kept for another replica's waiter goes
+// as soon as that waiter is heard to leave the line (the server rechecks
+// the router after applying the others' slot events), not when the
+// keeping lapses.
+func TestKeptForRemoteWaiterFreedByItsLeave(t *testing.T) {
+	r, slots := slotRouter()
+	a := cand("a", "m", 1, true, 1)
+	hot, held := holdWarm(t, r, a)
+	at := affinity.Target{Backend: "a", Model: "m"}
+	// r2's request joined the line of the slot held, waiting up to 4 s
+	// (its join names the take holding the slot, as a local waiter's
+	// would).
+	w, ok := slots.JoinWarm([]affinity.Target{at}, hot, time.Now())
+	if !ok {
+		t.Fatal("no line to join")
+	}
+	join := w.JoinEvent()
+	slots.Leave(w)
+	join.ID, join.Until = 7, time.Now().Add(4*time.Second).UnixMicro()
+	slots.Apply("r2", []affinity.SlotEvent{join}, time.Now())
+	held.Release() // now kept for r2's waiter
+
+	got := make(chan *Slot, 1)
+	go func() { got <- mustAcquire(t, r, []Candidate{a}, chatPrompt(r, "Group N. "+sysA, 0, "")) }()
+	time.Sleep(50 * time.Millisecond)
+	select {
+	case s := <-got:
+		s.Release()
+		t.Fatal("a newcomer took the slot kept for another replica's waiter")
+	default:
+	}
+	slots.Apply("r2", []affinity.SlotEvent{{T: at, Kind: affinity.SlotLeave, ID: 7}}, time.Now())
+	r.Recheck()
+	select {
+	case s := <-got:
+		s.Release()
+	case <-time.After(time.Second):
+		t.Fatal("the newcomer still waits after the waiter left the line")
+	}
 }
 
 // A waiter that queued is ranked at its grant on what the slot model

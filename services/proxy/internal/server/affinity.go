@@ -69,7 +69,16 @@ func newAffinity(cfg *config.Config, m *metrics.Metrics, conn *nats.Conn, log *s
 	}
 	p.sharer, err = affinity.NewSharer(affinity.SharerOptions{Conn: conn, Replica: cfg.Replica, Index: p.index, Interval: ac.ShareInterval, SlotInterval: ac.SlotShareInterval,
 		Known: func(b string) bool { return known[b] }, Observe: p.metrics.Share, Log: log, Loads: p.tokenLoads,
-		Slots: func(replica string, events []affinity.SlotEvent) { ra.Slots.Apply(replica, events, time.Now()) }})
+		Slots: func(replica string, events []affinity.SlotEvent) {
+			ra.Slots.Apply(replica, events, time.Now())
+			// Another replica's waiter taking its kept slot or giving it
+			// up frees what this replica's requests were held back from
+			// (routing's warmKeptLocked): they go now, not when the
+			// keeping lapses.
+			if r := p.router.Load(); r != nil {
+				r.Recheck()
+			}
+		}})
 	if err != nil {
 		log.Error("affinity index not shared: each replica learns alone", "err", err)
 		return p, ra
