@@ -652,12 +652,16 @@ func TestKeptForRemoteWaiterFreedByItsLeave(t *testing.T) {
 
 	got := make(chan *Slot, 1)
 	go func() { got <- mustAcquire(t, r, []Candidate{a}, chatPrompt(r, "Group N. "+sysA, 0, "")) }()
-	time.Sleep(50 * time.Millisecond)
-	select {
-	case s := <-got:
-		s.Release()
-		t.Fatal("a newcomer took the slot kept for another replica's waiter")
-	default:
+	for deadline := time.Now().Add(10 * time.Second); r.QueueLen() == 0; time.Sleep(time.Millisecond) {
+		select {
+		case s := <-got:
+			s.Release()
+			t.Fatal("a newcomer took the slot kept for another replica's waiter")
+		default:
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the newcomer was neither granted nor held back")
+		}
 	}
 	slots.Apply("r2", []affinity.SlotEvent{{T: at, Kind: affinity.SlotLeave, ID: 7}}, time.Now())
 	r.Recheck()
