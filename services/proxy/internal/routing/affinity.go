@@ -243,7 +243,7 @@ func matches(index *affinity.Index, slots *affinity.Slots, cands []Candidate, p 
 			// until it is loaded again or they age out.
 			continue
 		}
-		t := affinity.Target{Backend: c.Backend, Model: c.Model}
+		t := target(c)
 		out[i] = index.Lookup(t, p, now)
 		if slots != nil && len(p.Chain) > 0 {
 			// The model knows what the slots hold: where the session went
@@ -331,7 +331,7 @@ func (r *Router) affineLocked(w *waiter, rs []ranked) Candidate {
 		if m.Zero() || x.c.Loaded != least.c.Loaded {
 			continue
 		}
-		if !r.withinBoundLocked(x, least) && x.c.Key != w.warmOn {
+		if !r.withinBoundLocked(x, least) && w.warm.Target() != target(x.c) {
 			if m.Better(over) {
 				over = m
 			}
@@ -366,7 +366,7 @@ func (r *Router) warmKeptLocked(w *waiter, c Candidate, local int, now time.Time
 	if a == nil || a.Slots == nil || (r.opts.Strategy != Prefix && r.opts.Strategy != Session) {
 		return false
 	}
-	n, lapse := a.Slots.Kept(affinity.Target{Backend: c.Backend, Model: c.Model}, now, w.at, w.ticket)
+	n, lapse := a.Slots.Kept(target(c), now, w.at, w.warm.Ticket())
 	if n == 0 {
 		return false
 	}
@@ -379,6 +379,11 @@ func (r *Router) warmKeptLocked(w *waiter, c Candidate, local int, now time.Time
 	}
 	r.wakeLocked(max(lapse.Sub(now), time.Millisecond))
 	return true
+}
+
+// target is c's (backend, model) as the affinity models name it.
+func target(c Candidate) affinity.Target {
+	return affinity.Target{Backend: c.Backend, Model: c.Model}
 }
 
 // withinBoundLocked reports whether x carries at most the load bound more
@@ -438,7 +443,7 @@ func slotted(slots *affinity.Slots, cands []Candidate, t affinity.Target, p *aff
 	}
 	busy := false
 	for _, c := range cands {
-		ct := affinity.Target{Backend: c.Backend, Model: c.Model}
+		ct := target(c)
 		if slots.Free(ct, p, now) > 0 {
 			return SlottedElsewhere
 		}
@@ -468,7 +473,7 @@ func warmWait(ctx context.Context, slots *affinity.Slots, cands []Candidate, p *
 	var targets []affinity.Target
 	for _, c := range cands {
 		if c.Loaded {
-			targets = append(targets, affinity.Target{Backend: c.Backend, Model: c.Model})
+			targets = append(targets, target(c))
 		}
 	}
 	w, ok := slots.JoinWarm(targets, p, now)

@@ -167,9 +167,8 @@ type waiter struct {
 	rank   func(time.Time) []affinity.Match
 	queued bool // found no slot it could take on arrival: waits in the queue
 	tokens int64
-	home   uint64 // the prompt's home key (affinity.go; 0: none)
-	ticket uint64 // its wait for a warm slot (affinity.Warm; 0: none)
-	warmOn Key    // the backend and model of that slot
+	home   uint64         // the prompt's home key (affinity.go; 0: none)
+	warm   *affinity.Warm // its wait for a warm slot (nil: none)
 	choice choice
 }
 
@@ -226,10 +225,7 @@ func (r *Router) acquire(ctx context.Context, who Tenant, cands []Candidate, aff
 	}
 	who = who.normal()
 	start := time.Now()
-	w := &waiter{at: start, who: who, q: who.queue(), cands: cands, aff: aff, rank: rank, ticket: warm.Ticket()}
-	if t := warm.Target(); t.Backend != "" {
-		w.warmOn = Key{Backend: t.Backend, Model: t.Model}
-	}
+	w := &waiter{at: start, who: who, q: who.queue(), cands: cands, aff: aff, rank: rank, warm: warm}
 	if p != nil {
 		w.tokens, w.home = p.Tokens, p.Home()
 	}
