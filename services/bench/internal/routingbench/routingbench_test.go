@@ -61,6 +61,23 @@ func TestScheduleRatesPopularityAndTurns(t *testing.T) {
 	if w.User(1, 0) == w.User(1, 1) || len(strings.Fields(w.User(3, 2))) != w.UserWords {
 		t.Error("user messages must be new text of UserWords words")
 	}
+	// Four bytes a word: Drover's estimate (bytes / 4) is about the fake
+	// backend's count (a token a word), as for English at a real tokenizer.
+	if n := len(w.System(7)); n != 4*w.SystemWords-1 {
+		t.Errorf("system prompt of %d words is %d bytes, want %d", w.SystemWords, n, 4*w.SystemWords-1)
+	}
+	// Groups differ in their first words, so in their first hashed block.
+	firsts := map[string]int{}
+	for g := range 20000 {
+		k := w.System(g)[:16]
+		if h, ok := firsts[k]; ok {
+			t.Fatalf("groups %d and %d start alike: %q", h, g, k)
+		}
+		firsts[k] = g
+	}
+	if w.User(17576, 1) == w.User(0, 1) || strings.HasPrefix(w.User(17576, 1), w.User(0, 1)[:12]) {
+		t.Error("sessions past one word's worth of ids must still start apart")
+	}
 }
 
 func TestValidateNamesTheField(t *testing.T) {

@@ -8,7 +8,6 @@ package routingbench
 
 import (
 	"errors"
-	"fmt"
 	"math"
 	"math/rand/v2"
 	"sort"
@@ -139,27 +138,50 @@ type Message struct {
 	Content string `json:"content"`
 }
 
-// System is group g's system prompt: SystemWords words no other group uses.
+// System is group g's system prompt: SystemWords words no other group's
+// prompt starts with. Words are three letters, four bytes with their
+// space, so Drover's token estimate (prompt bytes / 4) is about the fake
+// backend's count (a token a word), as it is for English text at a real
+// tokenizer.
 func (s WorkloadSpec) System(g int) string {
-	var b strings.Builder
-	b.Grow(s.SystemWords * 10)
-	for i := range s.SystemWords {
-		if i > 0 {
-			b.WriteByte(' ')
-		}
-		fmt.Fprintf(&b, "g%dw%d", g, i)
-	}
-	return b.String()
+	return words(s.SystemWords, uint64(g), 0)
 }
 
 // User is turn's user message in session id: text no other request sends.
 func (s WorkloadSpec) User(id, turn int) string {
+	return words(s.UserWords, uint64(id), uint64(turn)+1)
+}
+
+// words is n three-letter words that start with id and tag spelt out in
+// base 26 with the number of id's words (so no other (id, tag) starts
+// the same way), then pseudo-random
+// words drawn from them.
+func words(n int, id, tag uint64) string {
 	var b strings.Builder
-	for i := range s.UserWords {
-		if i > 0 {
+	b.Grow(4 * n)
+	word := func(v uint64) {
+		if b.Len() > 0 {
 			b.WriteByte(' ')
 		}
-		fmt.Fprintf(&b, "s%dt%dq%d", id, turn, i)
+		b.WriteByte(byte('a' + v%26))
+		b.WriteByte(byte('a' + v/26%26))
+		b.WriteByte(byte('a' + v/676%26))
+	}
+	var digits []uint64
+	for v := id; ; v /= 17576 {
+		digits = append(digits, v%17576)
+		if v < 17576 {
+			break
+		}
+	}
+	head := append([]uint64{tag, uint64(len(digits))}, digits...)
+	r := rand.New(rand.NewPCG(id, tag))
+	for i := range n {
+		if i < len(head) {
+			word(head[i])
+		} else {
+			word(r.Uint64N(17576))
+		}
 	}
 	return b.String()
 }
