@@ -2,12 +2,13 @@ package usagepub
 
 import (
 	"fmt"
-	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"testing"
 	"time"
+
+	"github.com/droverhq/drover/testkit/freeport"
 )
 
 // oldNATSVersion predates JetStream fast batches (NATS 2.14).
@@ -48,12 +49,10 @@ func TestServerWithoutFastBatches(t *testing.T) {
 		t.Skip("builds an old nats-server")
 	}
 	bin := oldNATSServer(t)
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	port, err := freeport.Port()
 	if err != nil {
 		t.Fatal(err)
 	}
-	port := ln.Addr().(*net.TCPAddr).Port
-	ln.Close()
 	srv := exec.Command(bin, "-a", "127.0.0.1", "-p", fmt.Sprint(port), "-js", "-sd", t.TempDir())
 	if err := srv.Start(); err != nil {
 		t.Fatal(err)

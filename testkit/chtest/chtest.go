@@ -23,6 +23,8 @@ import (
 	"time"
 
 	"github.com/ClickHouse/clickhouse-go/v2"
+
+	"github.com/droverhq/drover/testkit/freeport"
 )
 
 // Server is one clickhouse-server process owned by a test.
@@ -215,24 +217,17 @@ func waitClosed(addr string, d time.Duration) {
 	}
 }
 
-// freePorts finds n distinct free ports. Listeners are held until all are
-// chosen so that the same port is not handed out twice.
+// freePorts finds n distinct free ports (testkit/freeport: outside the
+// kernel's ephemeral range, never the same one twice in a process).
 func freePorts(t testing.TB, n int) []int {
 	t.Helper()
-	var ls []net.Listener
-	defer func() {
-		for _, l := range ls {
-			l.Close()
-		}
-	}()
 	ports := make([]int, 0, n)
 	for len(ports) < n {
-		l, err := net.Listen("tcp", "127.0.0.1:0")
+		p, err := freeport.Port()
 		if err != nil {
 			t.Fatalf("chtest: %v", err)
 		}
-		ls = append(ls, l)
-		ports = append(ports, l.Addr().(*net.TCPAddr).Port)
+		ports = append(ports, p)
 	}
 	return ports
 }

@@ -5,11 +5,12 @@ package natstest
 
 import (
 	"fmt"
-	"net"
 	"testing"
 	"time"
 
 	"github.com/nats-io/nats-server/v2/server"
+
+	"github.com/droverhq/drover/testkit/freeport"
 )
 
 // Server is one embedded NATS server owned by a test.
@@ -72,10 +73,9 @@ func (s *Server) start() {
 
 func freePort(t testing.TB) int {
 	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
+	p, err := freeport.Port()
 	if err != nil {
 		t.Fatalf("natstest: %v", err)
 	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port
+	return p
 }

@@ -17,6 +17,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -28,6 +29,7 @@ import (
 	"github.com/ClickHouse/clickhouse-go/v2/lib/driver"
 
 	"github.com/droverhq/drover/testkit/chtest"
+	"github.com/droverhq/drover/testkit/freeport"
 	"github.com/droverhq/drover/testkit/natstest"
 	"github.com/droverhq/drover/testkit/ollamatest"
 )
@@ -104,13 +106,14 @@ func tail(s string, n int) string {
 	return s
 }
 
+// freeAddr is a loopback address for a server a test starts
+// (testkit/freeport: outside the kernel's ephemeral range).
 func freeAddr(t *testing.T) string {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
+	p, err := freeport.Port()
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer l.Close()
-	return l.Addr().String()
+	return net.JoinHostPort("127.0.0.1", strconv.Itoa(p))
 }
 
 func waitHTTP(t *testing.T, url string) {

@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"net"
 	"net/http"
 	"net/http/httptest"
 	"net/url"
@@ -24,6 +23,7 @@ import (
 
 	"github.com/droverhq/drover/pkg/config"
 	"github.com/droverhq/drover/services/proxy/internal/server"
+	"github.com/droverhq/drover/testkit/freeport"
 )
 
 // enabled is set by DROVER_CONFORMANCE=1; without it every test skips, so
@@ -108,12 +108,7 @@ type ollama struct {
 }
 
 func freePort() (int, error) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return 0, err
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port, nil
+	return freeport.Port()
 }
 
 // start runs `ollama serve` as setup.sh does (HOME and OLLAMA_MODELS in the

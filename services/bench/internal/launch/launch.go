@@ -10,7 +10,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -19,6 +18,8 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/droverhq/drover/testkit/freeport"
 )
 
 // Process is a started child that answers HTTP at URL.
@@ -31,15 +32,16 @@ type Process struct {
 	waitErr error         // set before exited is closed
 }
 
-// FreePort asks the kernel for a free loopback port. Another process could
-// take it before the child binds it; Start then fails readiness and says so.
+// FreePort is a free loopback port outside the kernel's ephemeral range
+// (testkit/freeport), so no outgoing connection takes it as its source
+// port before the child binds it. Another process choosing the same port
+// could; Start then fails readiness and says so.
 func FreePort() (int, error) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	p, err := freeport.Port()
 	if err != nil {
 		return 0, fmt.Errorf("finding a free port: %w", err)
 	}
-	defer ln.Close()
-	return ln.Addr().(*net.TCPAddr).Port, nil
+	return p, nil
 }
 
 // Start runs bin with args, logging to logDir/name.log, and waits until

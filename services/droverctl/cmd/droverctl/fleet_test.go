@@ -9,11 +9,13 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
 	"time"
 
+	"github.com/droverhq/drover/testkit/freeport"
 	"github.com/droverhq/drover/testkit/ollamatest"
 )
 
@@ -42,12 +44,11 @@ func startProxy(t *testing.T, env ...string) (string, []*ollamatest.Server) {
 		fakes = append(fakes, f)
 		urls = append(urls, f.URL())
 	}
-	l, err := net.Listen("tcp", "127.0.0.1:0")
+	port, err := freeport.Port()
 	if err != nil {
 		t.Fatal(err)
 	}
-	addr := l.Addr().String()
-	l.Close()
+	addr := net.JoinHostPort("127.0.0.1", strconv.Itoa(port))
 	cmd := exec.Command(filepath.Join(dir, "drover-proxy"))
 	cmd.Env = append(os.Environ(), "DROVER_LISTEN="+addr, "DROVER_BACKENDS="+strings.Join(urls, ","),
 		"DROVER_LOG_LEVEL=warn", "DROVER_REPLICA=ctl-test", "DROVER_USAGE_SPOOL_DIR="+filepath.Join(dir, "spool"))
