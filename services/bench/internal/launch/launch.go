@@ -10,6 +10,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -18,8 +19,6 @@ import (
 	"strings"
 	"syscall"
 	"time"
-
-	"github.com/droverhq/drover/testkit/freeport"
 )
 
 // Process is a started child that answers HTTP at URL.
@@ -32,16 +31,15 @@ type Process struct {
 	waitErr error         // set before exited is closed
 }
 
-// FreePort is a free loopback port outside the kernel's ephemeral range
-// (testkit/freeport), so no outgoing connection takes it as its source
-// port before the child binds it. Another process choosing the same port
-// could; Start then fails readiness and says so.
+// FreePort asks the kernel for a free loopback port. Another process could
+// take it before the child binds it; Start then fails readiness and says so.
 func FreePort() (int, error) {
-	p, err := freeport.Port()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		return 0, fmt.Errorf("finding a free port: %w", err)
 	}
-	return p, nil
+	defer ln.Close()
+	return ln.Addr().(*net.TCPAddr).Port, nil
 }
 
 // Start runs bin with args, logging to logDir/name.log, and waits until
