@@ -1,5 +1,5 @@
-// Package freeport gives tests loopback TCP ports for servers they start
-// as other processes (nats-server, clickhouse-server, ollama), chosen
+// Package freeport gives tests loopback TCP ports for the servers they
+// start (nats-server, clickhouse-server, ollama, drover-proxy), chosen
 // below the kernel's ephemeral range (net.ipv4.ip_local_port_range).
 //
 // A port the kernel handed to a listener on :0, once that listener is
@@ -23,10 +23,11 @@ import (
 	"sync"
 )
 
+// mu guards the walk: the range, read once, and the next port to try.
 var (
 	mu     sync.Mutex
-	once   sync.Once
-	lo, hi int // ports are chosen in [lo, hi); none: the kernel chooses
+	known  bool // lo and hi are read
+	lo, hi int  // ports are chosen in [lo, hi); none: the kernel chooses
 	next   int
 )
 
@@ -59,13 +60,14 @@ func span(ephemeral string) (int, int) {
 func Port() (int, error) {
 	mu.Lock()
 	defer mu.Unlock()
-	once.Do(func() {
+	if !known {
 		b, _ := os.ReadFile("/proc/sys/net/ipv4/ip_local_port_range")
 		lo, hi = span(string(b))
+		known = true
 		if hi > lo {
 			next = lo + rand.IntN(hi-lo)
 		}
-	})
+	}
 	if hi <= lo {
 		return kernel()
 	}
@@ -82,6 +84,15 @@ func Port() (int, error) {
 		return p, nil
 	}
 	return 0, errors.New("freeport: every port outside the ephemeral range is taken")
+}
+
+// Addr is Port as a host:port address on 127.0.0.1.
+func Addr() (string, error) {
+	p, err := Port()
+	if err != nil {
+		return "", err
+	}
+	return net.JoinHostPort("127.0.0.1", strconv.Itoa(p)), nil
 }
 
 // kernel is the kernel's choice, for machines whose ephemeral range

@@ -44,3 +44,17 @@ func TestPortsAreFreeDistinctAndOutsideTheRange(t *testing.T) {
 		l.Close()
 	}
 }
+
+func TestAddrIsALoopbackPortFromTheRange(t *testing.T) {
+	addr, err := Addr()
+	if err != nil {
+		t.Fatal(err)
+	}
+	host, port, err := net.SplitHostPort(addr)
+	if err != nil || host != "127.0.0.1" {
+		t.Fatalf("Addr() = %q (%v), want 127.0.0.1:port", addr, err)
+	}
+	if p, _ := strconv.Atoi(port); hi > lo && (p < lo || p >= hi) {
+		t.Fatalf("port %d outside [%d, %d)", p, lo, hi)
+	}
+}

@@ -12,12 +12,10 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -109,11 +107,11 @@ func tail(s string, n int) string {
 // freeAddr is a loopback address for a server a test starts
 // (testkit/freeport: outside the kernel's ephemeral range).
 func freeAddr(t *testing.T) string {
-	p, err := freeport.Port()
+	addr, err := freeport.Addr()
 	if err != nil {
 		t.Fatal(err)
 	}
-	return net.JoinHostPort("127.0.0.1", strconv.Itoa(p))
+	return addr
 }
 
 func waitHTTP(t *testing.T, url string) {

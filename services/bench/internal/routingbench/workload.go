@@ -152,10 +152,9 @@ func (s WorkloadSpec) User(id, turn int) string {
 	return words(s.UserWords, uint64(id), uint64(turn)+1)
 }
 
-// words is n three-letter words that start with id and tag spelt out in
-// base 26 with the number of id's words (so no other (id, tag) starts
-// the same way), then pseudo-random
-// words drawn from them.
+// words is n three-letter words: tag, the number of words id takes, and
+// id, each spelt in base 26 (so no other (id, tag) starts the same way),
+// then words drawn at random from a generator seeded with (id, tag).
 func words(n int, id, tag uint64) string {
 	var b strings.Builder
 	b.Grow(4 * n)

@@ -4,12 +4,10 @@ import (
 	"bufio"
 	"bytes"
 	"encoding/json"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -44,11 +42,10 @@ func startProxy(t *testing.T, env ...string) (string, []*ollamatest.Server) {
 		fakes = append(fakes, f)
 		urls = append(urls, f.URL())
 	}
-	port, err := freeport.Port()
+	addr, err := freeport.Addr()
 	if err != nil {
 		t.Fatal(err)
 	}
-	addr := net.JoinHostPort("127.0.0.1", strconv.Itoa(port))
 	cmd := exec.Command(filepath.Join(dir, "drover-proxy"))
 	cmd.Env = append(os.Environ(), "DROVER_LISTEN="+addr, "DROVER_BACKENDS="+strings.Join(urls, ","),
 		"DROVER_LOG_LEVEL=warn", "DROVER_REPLICA=ctl-test", "DROVER_USAGE_SPOOL_DIR="+filepath.Join(dir, "spool"))
