@@ -32,7 +32,9 @@ bench-compare: build
 # nats-server (JetStream, unauthenticated, loopback) in front of fake
 # backends: budget overshoot (admission reserve beside count), the light
 # key's wait and Jain's index on a saturated fleet, interactive wait beside
-# a batch flood (docs/limits-bench.md). TENANCY_FLAGS=-duration 5s for a quick look.
+# a batch flood, and what an ideal scheduler that cannot preempt would do on
+# the same arrivals (docs/limits-bench.md). TENANCY_FLAGS=-duration 5s for a
+# quick look; TENANCY_FLAGS=-scenarios ideal for the model alone (no fleet).
 TENANCY_FLAGS ?=
 bench-tenancy: build
 	cd services/bench && $(GO) build -o ../../bin/nats-server github.com/nats-io/nats-server/v2

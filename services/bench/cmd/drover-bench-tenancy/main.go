@@ -44,9 +44,14 @@ type options struct {
 	rateB, rateChat  float64
 	timeout          time.Duration
 	jsonPath, logDir string
+	idealDraws       int
 }
 
-var allScenarios = []string{"overshoot", "fairness", "priority"}
+// idealScenario runs no fleet: the model of a scheduler that cannot
+// preempt, over many draws (-ideal-draws), in a second.
+const idealScenario = "ideal"
+
+var allScenarios = []string{"overshoot", "fairness", "priority", idealScenario}
 
 func parseFlags(args []string) (options, error) {
 	var o options
@@ -55,7 +60,8 @@ func parseFlags(args []string) (options, error) {
 	fs.StringVar(&o.bins.Proxy, "drover", "", "drover-proxy binary (e.g. ./bin/drover-proxy)")
 	fs.StringVar(&o.bins.Backend, "backend-bin", "", "fake Ollama binary (e.g. ./bin/fake-ollama)")
 	fs.StringVar(&o.bins.NATS, "nats-bin", "", "nats-server binary, run with JetStream and no authentication on loopback")
-	fs.StringVar(&scen, "scenarios", strings.Join(allScenarios, ","), "comma-separated: "+strings.Join(allScenarios, ", "))
+	fs.StringVar(&scen, "scenarios", strings.Join(allScenarios, ","), "comma-separated: "+strings.Join(allScenarios, ", ")+" (ideal: the model of a scheduler that cannot preempt, over many draws; no fleet)")
+	fs.IntVar(&o.idealDraws, "ideal-draws", 200, "ideal: draws of A's arrivals and of the flood's start")
 	fs.IntVar(&o.replicas, "replicas", 3, "drover-proxy replicas sharing one NATS")
 	fs.Int64Var(&o.budget, "budget", 100_000, "overshoot: the key's tokens_per_day")
 	fs.IntVar(&o.burst, "burst", 50, "overshoot: concurrent requests, each sending its next when the last ends, until refused")
@@ -79,15 +85,12 @@ func parseFlags(args []string) (options, error) {
 	if err := fs.Parse(args); err != nil {
 		return o, err
 	}
-	if o.bins.Proxy == "" || o.bins.Backend == "" || o.bins.NATS == "" {
-		return o, errors.New("-drover, -backend-bin and -nats-bin are all required")
-	}
 	o.scenarios = map[string]bool{}
 	for _, s := range strings.Split(scen, ",") {
 		s = strings.TrimSpace(s)
 		switch s {
 		case "":
-		case "overshoot", "fairness", "priority":
+		case "overshoot", "fairness", "priority", idealScenario:
 			o.scenarios[s] = true
 		default:
 			return o, fmt.Errorf("-scenarios: unknown scenario %q (%s)", s, strings.Join(allScenarios, ", "))
@@ -96,17 +99,27 @@ func parseFlags(args []string) (options, error) {
 	if len(o.scenarios) == 0 {
 		return o, errors.New("-scenarios: none selected")
 	}
+	if o.fleet() && (o.bins.Proxy == "" || o.bins.Backend == "" || o.bins.NATS == "") {
+		return o, errors.New("-drover, -backend-bin and -nats-bin are all required (all but the ideal scenario run a fleet)")
+	}
 	if o.replicas < 1 || o.backends < 1 || o.cap < 1 || o.burst < 1 {
 		return o, errors.New("-replicas, -backends, -cap and -burst must be at least 1")
 	}
 	if o.rateB <= 0 || o.rateChat <= 0 {
 		return o, errors.New("-rate-b and -rate-interactive must be positive")
 	}
+	if o.idealDraws < 1 {
+		return o, errors.New("-ideal-draws must be at least 1")
+	}
 	if o.outputSpread < 0 || o.outputSpread > 1 {
 		return o, fmt.Errorf("-output-spread: %v is not within 0 to 1", o.outputSpread)
 	}
 	return o, nil
 }
+
+// fleet reports whether a selected scenario starts a fleet (all but the
+// ideal model do).
+func (o options) fleet() bool { return len(o.scenarios) > 1 || !o.scenarios[idealScenario] }
 
 func main() {
 	o, err := parseFlags(os.Args[1:])
@@ -131,15 +144,17 @@ func run(ctx context.Context, o options, stdout, stderr io.Writer) error {
 		fmt.Fprintf(stderr, "warning: 1-minute load average is %.2f; the machine is not quiet, numbers will be noisy\n", load)
 	}
 	logDir := o.logDir
-	var err error
-	if logDir == "" {
-		if logDir, err = os.MkdirTemp("", "drover-bench-tenancy-"); err != nil {
+	if o.fleet() {
+		var err error
+		if logDir == "" {
+			if logDir, err = os.MkdirTemp("", "drover-bench-tenancy-"); err != nil {
+				return fmt.Errorf("creating log dir: %w", err)
+			}
+		} else if err := os.MkdirAll(logDir, 0o755); err != nil {
 			return fmt.Errorf("creating log dir: %w", err)
 		}
-	} else if err := os.MkdirAll(logDir, 0o755); err != nil {
-		return fmt.Errorf("creating log dir: %w", err)
+		fmt.Fprintf(stderr, "child logs and configs in %s\n", logDir)
 	}
-	fmt.Fprintf(stderr, "child logs and configs in %s\n", logDir)
 	client := tenancy.Client{HTTP: &http.Client{Transport: keepalive.Transport(), Timeout: o.timeout}}
 	defer client.HTTP.CloseIdleConnections()
 
@@ -202,6 +217,11 @@ func run(ctx context.Context, o options, stdout, stderr io.Writer) error {
 		} else {
 			rep.Priority = &res
 		}
+	}
+	if o.scenarios[idealScenario] {
+		fmt.Fprintf(stderr, "ideal: the model over %d draws\n", o.idealDraws)
+		sweep := tenancy.SweepIdeal(sat, o.rateB, o.rateChat, o.idealDraws)
+		rep.Ideal = &sweep
 	}
 	if o.jsonPath != "" {
 		f, err := os.Create(o.jsonPath)

@@ -122,6 +122,9 @@ type NeighbourResult struct {
 	A        WaitStats `json:"a"`
 	P99Ratio float64   `json:"p99_ratio"` // BWithA.P99 / BAlone.P99
 	Passed   bool      `json:"passed"`    // ratio <= 1.5
+	// Ideal is the model of a scheduler that cannot preempt on the same
+	// arrivals (ideal.go), keeping 0 to Slots−1 slots for B.
+	Ideal []IdealResult `json:"ideal"`
 	// Timeline is every request of both phases, in order of arrival:
 	// what the percentiles above summarise, for reading a tail back to
 	// its burst (docs/limits-bench.md).
@@ -194,14 +197,14 @@ func RunNeighbour(ctx context.Context, bins Bins, logDir string, spec Saturation
 	defer cancel()
 
 	var alone results
-	openLoop(ctx, reqCtx, rateB, spec.Duration, 1, sender(b), &alone)
+	openLoop(ctx, reqCtx, rateB, spec.Duration, seedB, sender(b), &alone)
 	var both results
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
-		openLoop(ctx, reqCtx, 10*rateB, spec.Duration, 2, sender(a), &both)
+		openLoop(ctx, reqCtx, 10*rateB, spec.Duration, seedA, sender(a), &both)
 	}()
-	openLoop(ctx, reqCtx, rateB, spec.Duration, 1, sender(b), &both)
+	openLoop(ctx, reqCtx, rateB, spec.Duration, seedB, sender(b), &both)
 	<-done
 
 	base := fastest(alone.all())
@@ -213,6 +216,7 @@ func RunNeighbour(ctx context.Context, bins Bins, logDir string, spec Saturation
 		res.P99Ratio = float64(res.BWithA.P99 / res.BAlone.P99)
 	}
 	res.Passed = res.BAlone.P99 > 0 && res.P99Ratio <= 1.5
+	res.Ideal = idealTable(neighbourIdeal(spec, rateB, seedA))
 	res.Timeline = append(timeline("alone", alone.all(), base), timeline("with_a", both.all(), base)...)
 	return res, ctx.Err()
 }

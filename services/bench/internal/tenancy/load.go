@@ -28,21 +28,31 @@ func (c *results) all() []Result {
 	return append([]Result(nil), c.rs...)
 }
 
+// arrivals is an open loop's schedule: Poisson arrivals at rate per second
+// over d, seeded, as offsets from the loop's start. The ideal model
+// (ideal.go) replays the same schedules.
+func arrivals(rate float64, d time.Duration, seed uint64) []time.Duration {
+	rng := rand.New(rand.NewPCG(seed, seed^0x9e3779b97f4a7c15))
+	var out []time.Duration
+	var at time.Duration
+	for {
+		at += time.Duration(rng.ExpFloat64() / rate * float64(time.Second))
+		if at > d {
+			return out
+		}
+		out = append(out, at)
+	}
+}
+
 // openLoop starts requests at rate per second, Poisson arrivals (seeded,
 // so runs are alike), for d, whatever the replies do; it returns when every
 // request has ended. Requests still running drain after d: reqCtx bounds
 // them.
 func openLoop(ctx, reqCtx context.Context, rate float64, d time.Duration, seed uint64, send sendFunc, out *results) {
-	rng := rand.New(rand.NewPCG(seed, seed^0x9e3779b97f4a7c15))
 	var wg sync.WaitGroup
-	end := time.Now().Add(d)
-	next := time.Now()
-	for i := 0; ; i++ {
-		next = next.Add(time.Duration(rng.ExpFloat64() / rate * float64(time.Second)))
-		if next.After(end) {
-			break
-		}
-		t := time.NewTimer(time.Until(next))
+	start := time.Now()
+	for i, at := range arrivals(rate, d, seed) {
+		t := time.NewTimer(time.Until(start.Add(at)))
 		select {
 		case <-ctx.Done():
 			t.Stop()

@@ -17,6 +17,9 @@ type PriorityResult struct {
 	BatchShare float64   `json:"batch_share"` // of the replies completed during the flood
 	P99Ratio   float64   `json:"p99_ratio"`
 	Passed     bool      `json:"passed"` // ratio <= 1.5
+	// Ideal is the model of a scheduler that cannot preempt on the same
+	// interactive arrivals (ideal.go), keeping 0 to Slots−1 slots for them.
+	Ideal []IdealResult `json:"ideal"`
 }
 
 // RunPriority runs an interactive key alone at rate, then beside a batch
@@ -40,7 +43,7 @@ func RunPriority(ctx context.Context, bins Bins, logDir string, spec SaturationS
 	sendChat := func(ctx context.Context, i int) Result { return c.Do(ctx, f.URL(i), chat.ID, chat.Secret, spec.Req) }
 
 	var alone results
-	openLoop(ctx, reqCtx, rate, spec.Duration, 3, sendChat, &alone)
+	openLoop(ctx, reqCtx, rate, spec.Duration, seedInteractive, sendChat, &alone)
 
 	conns := 10 * spec.Slots()
 	batchReq := spec.Req
@@ -56,7 +59,7 @@ func RunPriority(ctx context.Context, bins Bins, logDir string, spec SaturationS
 	}()
 	// The flood fills the queue before interactive traffic starts.
 	settle(ctx, spec.Warmup)
-	openLoop(ctx, reqCtx, rate, spec.Duration, 3, sendChat, &both)
+	openLoop(ctx, reqCtx, rate, spec.Duration, seedInteractive, sendChat, &both)
 	stopFlood()
 	<-done
 
@@ -72,5 +75,6 @@ func RunPriority(ctx context.Context, bins Bins, logDir string, spec SaturationS
 		res.P99Ratio = float64(res.WithBatch.P99 / res.Alone.P99)
 	}
 	res.Passed = res.Alone.P99 > 0 && res.P99Ratio <= 1.5
+	res.Ideal = idealTable(priorityIdeal(spec, rate, spec.Warmup))
 	return res, ctx.Err()
 }
