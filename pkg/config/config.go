@@ -124,8 +124,8 @@ type Queue struct {
 	InteractiveHeadroom *int `yaml:"interactive_headroom"`
 	// InteractivePeak makes batch requests also leave free, while
 	// interactive ones are about, what interactive requests held or waited
-	// for at their peak in the last 10 s beyond what they hold now, so that
-	// a burst as large as the last finds free slots (default true;
+	// for at their peak in the last 10 to 20 s beyond what they hold now,
+	// so that a burst as large as the last finds free slots (default true;
 	// docs/limits.md).
 	InteractivePeak *bool `yaml:"interactive_peak"`
 	// BatchMinSlots is how many slots of a model the headroom and the peak

@@ -95,8 +95,8 @@ type Options struct {
 	// free while interactive requests are about (headroom.go).
 	InteractiveHeadroom int
 	// InteractivePeak makes batch waiters also leave free what interactive
-	// requests held or waited for at their peak in the last
-	// InteractiveWindow, beyond what they hold now (headroom.go).
+	// requests held or waited for at their peak in the last PeakWindow,
+	// beyond what they hold now (headroom.go).
 	InteractivePeak bool
 	// BatchMinSlots is how many slots of a model the headroom and the peak
 	// never keep from batch waiters (0: all may be kept).
