@@ -8,15 +8,17 @@ import (
 
 // IdealSpec is a saturation scenario replayed on a model of the fleet with
 // no proxy in it: Slots slots, each request holding one for its service
-// time, and a scheduler that sees every arrival and release at once and
-// cannot preempt, since Ollama cannot pause a generation. Its light key
-// (B in the neighbour scenario, the interactive key in the priority one)
-// takes every slot that frees while it has a waiter; the heavy key takes a
-// free slot only while doing so leaves Keep slots, less what the light key
-// holds, free for it. No scheduler that cannot preempt gives the light key
-// shorter waits on the same arrivals, whatever it costs the heavy key: its
-// waits are a bound Drover's are compared with (docs/limits-bench.md,
-// "What no scheduler without preemption does").
+// time, and a scheduler that sees every arrival and release at once. Its
+// light key (B in the neighbour scenario, the interactive key in the
+// priority one) takes every slot that frees while it has a waiter; the
+// heavy key takes a free slot only while doing so leaves Keep slots (or
+// the light key's recent Peak), less what the light key holds, free for
+// it. Without Preempt (Ollama cannot pause a generation, and a stream its
+// client is reading cannot be started over), no scheduler gives the light
+// key shorter waits on the same arrivals at the same Keep, on a fleet that
+// holds its cap exactly: its waits are the bound Drover's are compared
+// with (docs/limits-bench.md, "What no scheduler without preemption
+// does").
 type IdealSpec struct {
 	Slots   int
 	Service func(light bool, i int) time.Duration // request i's slot time
@@ -31,8 +33,9 @@ type IdealSpec struct {
 	Keep    int
 	// Preempt lets a light waiter that finds no slot free stop the heavy
 	// request that started last and take its slot; the stopped request
-	// waits again, first in its queue, and starts over. What Ollama cannot
-	// do: it is here to show what the targets would need, and at what cost.
+	// waits again, first in its queue, and starts over. Drover cannot do
+	// that to the scenarios' streams: it is here to show what the targets
+	// would need, and at what cost.
 	Preempt bool
 	// Peak, when positive, keeps at least what the light key held and
 	// waited for at its peak within the last Peak (up to every slot), as
