@@ -122,8 +122,9 @@ type NeighbourResult struct {
 	A        WaitStats `json:"a"`
 	P99Ratio float64   `json:"p99_ratio"` // BWithA.P99 / BAlone.P99
 	Passed   bool      `json:"passed"`    // ratio <= 1.5
-	// Ideal is the model of a scheduler that cannot preempt on the same
-	// arrivals (ideal.go), keeping 0 to Slots−1 slots for B.
+	// Ideal is the ideal scheduler's figures on the same arrivals
+	// (idealTable): keeping 0 to Slots−1 slots for B, keeping B's recent
+	// peak, and preempting.
 	Ideal []IdealResult `json:"ideal"`
 	// Timeline is every request of both phases, in order of arrival:
 	// what the percentiles above summarise, for reading a tail back to

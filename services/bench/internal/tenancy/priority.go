@@ -17,8 +17,9 @@ type PriorityResult struct {
 	BatchShare float64   `json:"batch_share"` // of the replies completed during the flood
 	P99Ratio   float64   `json:"p99_ratio"`
 	Passed     bool      `json:"passed"` // ratio <= 1.5
-	// Ideal is the model of a scheduler that cannot preempt on the same
-	// interactive arrivals (ideal.go), keeping 0 to Slots−1 slots for them.
+	// Ideal is the ideal scheduler's figures on the same interactive
+	// arrivals (idealTable): keeping 0 to Slots−1 slots for them, keeping
+	// their recent peak, and preempting.
 	Ideal []IdealResult `json:"ideal"`
 }
 
