@@ -615,3 +615,29 @@ func TestInteractiveHeadroom(t *testing.T) {
 		})
 	}
 }
+
+// TestPeakMemory: the interactive peak is remembered for at least half of
+// PeakWindow (10 s) after it was seen and forgotten once a whole window
+// has passed with nothing as large.
+func TestPeakMemory(t *testing.T) {
+	t0 := time.Unix(1_000_000, 0)
+	var p peak
+	p.observe(0, t0)
+	if got := p.observe(4, t0.Add(time.Second)); got != 4 {
+		t.Fatalf("peak %d right after a burst of 4", got)
+	}
+	// Half a window on, the burst is in the previous half: still kept.
+	if got := p.observe(1, t0.Add(PeakWindow/2+2*time.Second)); got != 4 {
+		t.Errorf("peak %d at %v after the burst, want 4", got, PeakWindow/2+time.Second)
+	}
+	if got := p.observe(1, t0.Add(PeakWindow-time.Second)); got != 4 {
+		t.Errorf("peak %d just under a window after the burst, want 4", got)
+	}
+	// Two halves on with nothing larger: forgotten.
+	if got := p.observe(1, t0.Add(PeakWindow+PeakWindow/2+time.Second)); got != 1 {
+		t.Errorf("peak %d %v after the burst, want 1", got, PeakWindow+PeakWindow/2)
+	}
+	if PeakWindow/2 < InteractiveWindow {
+		t.Errorf("PeakWindow %v remembers less than InteractiveWindow %v at its shortest", PeakWindow, InteractiveWindow)
+	}
+}
